@@ -1,0 +1,2 @@
+//! Shared helpers for ebb's benchmarks.
+#![forbid(unsafe_code)]

@@ -1,0 +1,68 @@
+//! The names every component shares (design.md, "Names, ports, defaults"): labels, annotations that are not
+//! configuration, headers, ports, paths and the metric prefix.
+
+/// Label on a Deployment and its pod template naming the service; its value must equal the Deployment's name.
+pub const LABEL_SERVICE: &str = "ebb.dev/service";
+/// Label marking objects that ebb creates and owns.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`] on ebb's own objects.
+pub const MANAGED_BY_EBB: &str = "ebb";
+
+/// Prefix of Knative's autoscaling annotations.
+pub const KNATIVE_PREFIX: &str = "autoscaling.knative.dev/";
+/// Prefix of ebb's own configuration annotations.
+pub const EBB_PREFIX: &str = "ebb.dev/";
+/// Prefix of the annotations the autoscaler writes to explain its state (not configuration).
+pub const STATUS_PREFIX: &str = "status.ebb.dev/";
+
+/// Request header set by a gateway route: `NAMESPACE/NAME` of the target service.
+pub const HEADER_SERVICE: &str = "ebb-service";
+/// Request header marking a request forwarded by the activator.
+pub const HEADER_PROXIED: &str = "ebb-proxied";
+/// Knative's spelling of [`HEADER_PROXIED`], accepted too.
+pub const HEADER_KNATIVE_PROXIED: &str = "k-proxy-request";
+/// Value of [`HEADER_PROXIED`] (and of Knative's header) on requests from the activator.
+pub const PROXIED_BY_ACTIVATOR: &str = "activator";
+/// Request header naming the component a probe is meant for.
+pub const HEADER_PROBE: &str = "ebb-probe";
+/// [`HEADER_PROBE`] value (and answer body) for the queue-proxy.
+pub const PROBE_QUEUE: &str = "queue";
+/// [`HEADER_PROBE`] value (and answer body) for the activator.
+pub const PROBE_ACTIVATOR: &str = "activator";
+
+/// Queue-proxy data port: requests for the user container.
+pub const QUEUE_PROXY_DATA_PORT: u16 = 8012;
+/// Queue-proxy admin port: readiness, liveness, `/wait-for-drain`.
+pub const QUEUE_PROXY_ADMIN_PORT: u16 = 8022;
+/// Queue-proxy stats port: `GET /stats` for the autoscaler.
+pub const QUEUE_PROXY_STATS_PORT: u16 = 9090;
+/// Queue-proxy Prometheus port.
+pub const QUEUE_PROXY_METRICS_PORT: u16 = 9091;
+/// Activator data port.
+pub const ACTIVATOR_DATA_PORT: u16 = 8012;
+/// Activator Prometheus port.
+pub const ACTIVATOR_METRICS_PORT: u16 = 9090;
+/// Autoscaler stat-ingest port (activator streams).
+pub const AUTOSCALER_INGEST_PORT: u16 = 8080;
+/// Autoscaler Prometheus port.
+pub const AUTOSCALER_METRICS_PORT: u16 = 9090;
+/// Every port ebb's sidecar takes in a pod; `ebb inject` refuses user containers that use one.
+pub const RESERVED_POD_PORTS: [u16; 4] = [
+    QUEUE_PROXY_DATA_PORT,
+    QUEUE_PROXY_ADMIN_PORT,
+    QUEUE_PROXY_STATS_PORT,
+    QUEUE_PROXY_METRICS_PORT,
+];
+
+/// Path of the queue-proxy's per-pod stat.
+pub const STATS_PATH: &str = "/stats";
+/// Path of the autoscaler's streaming stat ingest.
+pub const INGEST_PATH: &str = "/v1/stats";
+/// Path on the queue-proxy's admin port that a preStop hook waits on.
+pub const WAIT_FOR_DRAIN_PATH: &str = "/wait-for-drain";
+
+/// Prefix of every Prometheus metric ebb exports (`ebb_...`).
+pub const METRIC_PREFIX: &str = "ebb";
+
+/// Name of the global configuration ConfigMap, in the autoscaler's namespace.
+pub const CONFIG_MAP_NAME: &str = "config-autoscaler";
