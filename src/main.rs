@@ -1,2 +1,42 @@
+//! `ebb`: the command-line tool. It checks configuration, simulates the autoscaler on a trace, and carries
+//! every component as a subcommand so that `ebb up` can spawn itself.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod check;
+mod simulate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ebb", version, about = "Request-driven autoscaling with scale-to-zero for HTTP services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate autoscaled Deployments and `config-autoscaler` ConfigMaps in Kubernetes YAML.
+    Check(check::Args),
+    /// Replay a load trace through the KPA decider and print what it would have done.
+    Simulate(simulate::Args),
+}
+
+/// Exit code for unreadable input or a bad command line (design.md: "a CLI error with exit code 2").
+pub const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Simulate(args) => simulate::run(args),
+    }
+}

@@ -1,0 +1,2 @@
+//! Placeholder until the decider lands; replaced by the KPA decider benchmark.
+fn main() {}
