@@ -47,12 +47,8 @@ pub const AUTOSCALER_INGEST_PORT: u16 = 8080;
 /// Autoscaler Prometheus port.
 pub const AUTOSCALER_METRICS_PORT: u16 = 9090;
 /// Every port ebb's sidecar takes in a pod; `ebb inject` refuses user containers that use one.
-pub const RESERVED_POD_PORTS: [u16; 4] = [
-    QUEUE_PROXY_DATA_PORT,
-    QUEUE_PROXY_ADMIN_PORT,
-    QUEUE_PROXY_STATS_PORT,
-    QUEUE_PROXY_METRICS_PORT,
-];
+pub const RESERVED_POD_PORTS: [u16; 4] =
+    [QUEUE_PROXY_DATA_PORT, QUEUE_PROXY_ADMIN_PORT, QUEUE_PROXY_STATS_PORT, QUEUE_PROXY_METRICS_PORT];
 
 /// Path of the queue-proxy's per-pod stat.
 pub const STATS_PATH: &str = "/stats";
