@@ -5,6 +5,7 @@
 
 pub mod names;
 pub mod spec;
+pub mod value;
 pub mod wire;
 
 pub use spec::{Aggregation, DataPlaneSpec, Metric, Protocol, ScalerClass, ScalingSpec, ServiceConfig};
