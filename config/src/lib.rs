@@ -3,9 +3,20 @@
 //! labels, headers and ports. This crate does no I/O.
 #![forbid(unsafe_code)]
 
+mod error;
+mod fields;
+mod global;
+pub mod keys;
 pub mod names;
+mod service;
 pub mod spec;
 pub mod value;
 pub mod wire;
 
+pub use error::{Diagnosed, FieldError, Invalid, Warning};
+pub use global::GlobalConfig;
+pub use service::{
+    DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT, MAX_CONTAINER_CONCURRENCY,
+    QUEUE_DEPTH_PER_SLOT, resolve_service,
+};
 pub use spec::{Aggregation, DataPlaneSpec, Metric, Protocol, ScalerClass, ScalingSpec, ServiceConfig};

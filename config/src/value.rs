@@ -64,7 +64,8 @@ pub fn parse_int(text: &str) -> Option<i64> {
 
 /// Parses a finite decimal number (`70`, `70.5`, `1e2`); `NaN` and infinities are rejected.
 pub fn parse_number(text: &str) -> Option<f64> {
-    let looks_numeric = text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'+' | b'-' | b'e' | b'E'));
+    let looks_numeric =
+        text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'+' | b'-' | b'e' | b'E'));
     let value: f64 = text.parse().ok().filter(|_| looks_numeric)?;
     value.is_finite().then_some(value)
 }
