@@ -149,7 +149,7 @@ impl NumberRule {
 /// A whole number in `range`.
 pub(crate) fn whole_number(text: &str, range: RangeInclusive<u32>) -> Result<u32, String> {
     let describe = || match *range.end() {
-        u32::MAX => format!("at least {}", range.start()),
+        end if end >= MAX_INT32 => format!("at least {}", range.start()),
         end => format!("between {} and {end}", range.start()),
     };
     let value = value::parse_int(text).ok_or_else(|| format!("must be a whole number {}", describe()))?;

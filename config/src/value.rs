@@ -86,7 +86,7 @@ pub fn format_duration(duration: Duration) -> String {
     }
     let mut secs = duration.as_secs();
     let nanos = duration.subsec_nanos();
-    if secs == 0 && nanos % 1_000_000 == 0 {
+    if secs == 0 && nanos.is_multiple_of(1_000_000) {
         return format!("{}ms", nanos / 1_000_000);
     }
     let mut out = String::new();
