@@ -286,7 +286,8 @@ mod tests {
         assert_eq!(suggest(ANNOTATION_KEYS, "autoscaling.knative.dev/windw"), Some(annotation::WINDOW));
         assert_eq!(
             suggest(ANNOTATION_KEYS, "autoscaling.knative.dev/minscale"),
-            Some("autoscaling.knative.dev/minScale")
+            // Equally close to the alias and the kebab-case key: the kebab-case key wins.
+            Some(annotation::MIN_SCALE)
         );
         assert_eq!(
             suggest(ANNOTATION_KEYS, "ebb.dev/container-concurency"),
