@@ -1,11 +1,229 @@
-//! `ebb check` (being written).
+//! `ebb check FILE...`: validates autoscaled Deployments and `config-autoscaler` ConfigMaps in Kubernetes YAML,
+//! printing every problem as `FILE: Deployment NAMESPACE/NAME: KEY: "VALUE": what is accepted`.
+//!
+//! Exit codes: 0 when no error was found (warnings alone are fine), 1 when any error was, 2 when an input
+//! could not be read or is not YAML.
+
+use std::fmt;
 use std::process::ExitCode;
+
+use ebb_config::names::{
+    CONFIG_MAP_NAME, EBB_PREFIX, KNATIVE_PREFIX, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB,
+};
+use ebb_config::{Diagnosed, GlobalConfig, Invalid, resolve_service};
+
+use crate::manifest::{Object, Source, parse_objects, read_source};
 
 /// Arguments of `ebb check`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// YAML files to check (several documents each, `kind: List` too); `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<String>,
+    /// Also print the effective configuration of every valid service and ConfigMap.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The object would be refused by the autoscaler.
+    Error,
+    /// Legal, but probably not what was meant.
+    Warning,
+}
+
+/// One thing `ebb check` says about one object.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// The input it came from.
+    pub source: String,
+    /// `Kind NAMESPACE/NAME`.
+    pub object: String,
+    /// Error or warning.
+    pub severity: Severity,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = if self.severity == Severity::Warning { "warning: " } else { "" };
+        write!(f, "{}: {}: {label}{}", self.source, self.object, self.message)
+    }
+}
+
+/// Objects read from one source.
+pub struct Input {
+    /// Where they came from.
+    pub source: Source,
+    /// The objects, in order.
+    pub objects: Vec<Object>,
+}
+
+/// What checking found: the findings, and the effective configurations for `--verbose`.
+#[derive(Default)]
+pub struct Report {
+    /// Every error and warning, in input order.
+    pub findings: Vec<Finding>,
+    /// `(source, object, effective key-value pairs)` of every valid service and ConfigMap.
+    pub effective: Vec<(String, String, Vec<(&'static str, String)>)>,
+}
+
+impl Report {
+    fn push(&mut self, source: &Source, object: &Object, severity: Severity, message: String) {
+        let (source, object) = (source.to_string(), object.describe());
+        self.findings.push(Finding { source, object, severity, message });
+    }
+
+    fn push_diagnostics(
+        &mut self,
+        source: &Source,
+        object: &Object,
+        invalid: Option<&Invalid>,
+        warnings: &[ebb_config::Warning],
+    ) {
+        for error in invalid.map(|i| i.errors.as_slice()).unwrap_or_default() {
+            self.push(source, object, Severity::Error, error.to_string());
+        }
+        for warning in warnings {
+            self.push(source, object, Severity::Warning, warning.to_string());
+        }
+    }
+}
+
+/// Checks every object of every input. The first valid `config-autoscaler` ConfigMap in the inputs is the
+/// global configuration the Deployments are checked against; without one, Knative's defaults are.
+pub fn check(inputs: &[Input]) -> Report {
+    let mut report = Report::default();
+    let mut global = None;
+    for input in inputs {
+        for object in input.objects.iter().filter(|o| o.kind == "ConfigMap" && o.name == CONFIG_MAP_NAME) {
+            match GlobalConfig::from_data(&object.data) {
+                Ok(Diagnosed { value, warnings }) => {
+                    report.push_diagnostics(&input.source, object, None, &warnings);
+                    report.effective.push((
+                        input.source.to_string(),
+                        object.describe(),
+                        value.effective_values(),
+                    ));
+                    global.get_or_insert(value);
+                }
+                Err(invalid) => {
+                    report.push_diagnostics(&input.source, object, Some(&invalid), &invalid.warnings)
+                }
+            }
+        }
+    }
+    let global = global.unwrap_or_default();
+    let services: Vec<(&Source, &Object)> = inputs
+        .iter()
+        .flat_map(|input| input.objects.iter().map(move |object| (&input.source, object)))
+        .filter(|(_, object)| object.labels.contains_key(LABEL_SERVICE))
+        .collect();
+    for &(source, object) in &services {
+        check_service(&mut report, source, object, &global);
+    }
+    for input in inputs {
+        for service in input.objects.iter().filter(|o| o.kind == "Service") {
+            let shadows = services.iter().any(|(_, d)| {
+                d.kind == "Deployment" && d.name == service.name && d.namespace == service.namespace
+            });
+            if shadows && service.labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_EBB) {
+                let message = format!(
+                    "has the name of the ebb service {}/{}: the autoscaler creates and owns that Service and leaves one it \
+                     did not create alone, so traffic would bypass ebb; remove or rename this Service",
+                    service.namespace, service.name
+                );
+                report.push(&input.source, service, Severity::Warning, message);
+            }
+        }
+    }
+    report
+}
+
+fn check_service(report: &mut Report, source: &Source, object: &Object, global: &GlobalConfig) {
+    if object.kind != "Deployment" {
+        let message = format!(
+            "is labelled {LABEL_SERVICE} but only Deployments are autoscaled; the label has no effect"
+        );
+        return report.push(source, object, Severity::Warning, message);
+    }
+    for key in &object.non_string_annotations {
+        let value = &object.annotations[key];
+        let message = format!("{key}: {value}: annotation values must be strings; quote it: \"{value}\"");
+        report.push(source, object, Severity::Error, message);
+    }
+    let label = &object.labels[LABEL_SERVICE];
+    if *label != object.name {
+        let message = format!(
+            "label {LABEL_SERVICE} is {label:?} but must equal the Deployment's name {:?}",
+            object.name
+        );
+        report.push(source, object, Severity::Warning, message);
+    }
+    if object.template_labels.get(LABEL_SERVICE) != Some(&object.name) {
+        let message = format!(
+            "the pod template lacks the label {LABEL_SERVICE}: {}; the activator and autoscaler find pods by it",
+            object.name
+        );
+        report.push(source, object, Severity::Warning, message);
+    }
+    for key in object.template_annotations.keys() {
+        let ours = key.starts_with(KNATIVE_PREFIX) || key.starts_with(EBB_PREFIX);
+        if ours && !object.annotations.contains_key(key) {
+            let message = format!(
+                "{key} is set on the pod template only, where it has no effect: ebb reads the Deployment's \
+                 metadata.annotations; move it there"
+            );
+            report.push(source, object, Severity::Warning, message);
+        }
+    }
+    match resolve_service(&object.annotations, global) {
+        Ok(Diagnosed { value, warnings }) => {
+            report.push_diagnostics(source, object, None, &warnings);
+            report.effective.push((source.to_string(), object.describe(), value.effective_values()));
+        }
+        Err(invalid) => report.push_diagnostics(source, object, Some(&invalid), &invalid.warnings),
+    }
+}
 
 /// Runs `ebb check`.
-pub fn run(_args: Args) -> ExitCode {
-    ExitCode::from(crate::EXIT_USAGE)
+pub fn run(args: Args) -> ExitCode {
+    let mut inputs = Vec::new();
+    let mut unreadable = false;
+    for file in args.files {
+        let source = Source(file);
+        match read_source(&source).and_then(|text| parse_objects(&text)) {
+            Ok(objects) => inputs.push(Input { source, objects }),
+            Err(err) => {
+                eprintln!("{source}: {err}");
+                unreadable = true;
+            }
+        }
+    }
+    let report = check(&inputs);
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    if args.verbose {
+        for (source, object, values) in &report.effective {
+            println!("{source}: {object}: effective configuration:");
+            for (key, value) in values {
+                println!("  {key}: {value:?}");
+            }
+        }
+    }
+    let errors = report.findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let warnings = report.findings.len() - errors;
+    let services = report.effective.len();
+    eprintln!("ebb check: {errors} error(s), {warnings} warning(s); {services} valid object(s)");
+    if unreadable {
+        ExitCode::from(crate::EXIT_USAGE)
+    } else if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod manifest;
 mod simulate;
 
 use std::process::ExitCode;

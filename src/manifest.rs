@@ -1,0 +1,188 @@
+//! Reading Kubernetes objects from multi-document YAML: only the fields ebb's commands look at.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// Where YAML comes from: a file path, or `-` for standard input.
+#[derive(Debug, Clone)]
+pub struct Source(pub String);
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0 == "-" { "<stdin>" } else { &self.0 })
+    }
+}
+
+/// Why a source could not be read as Kubernetes YAML.
+#[derive(Debug)]
+pub enum InputError {
+    /// The file (or stdin) could not be read.
+    Unreadable(std::io::Error),
+    /// The text is not YAML; the message carries serde_yaml's line and column.
+    NotYaml(serde_yaml::Error),
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreadable(err) => write!(f, "cannot read: {err}"),
+            Self::NotYaml(err) => write!(f, "not valid YAML: {err}"),
+        }
+    }
+}
+
+/// The parts of a Kubernetes object that ebb reads.
+#[derive(Debug, Clone, Default)]
+pub struct Object {
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`, `default` when absent.
+    pub namespace: String,
+    /// `metadata.labels` (string values only).
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations`, with values that were not YAML strings listed in `non_string_annotations`.
+    pub annotations: BTreeMap<String, String>,
+    /// Annotation keys whose values were numbers or booleans: Kubernetes rejects those.
+    pub non_string_annotations: Vec<String>,
+    /// `spec.template.metadata.labels` of a workload.
+    pub template_labels: BTreeMap<String, String>,
+    /// `spec.template.metadata.annotations` of a workload.
+    pub template_annotations: BTreeMap<String, String>,
+    /// `data` of a ConfigMap.
+    pub data: BTreeMap<String, String>,
+}
+
+impl Object {
+    /// `Kind NAMESPACE/NAME`, as messages name it.
+    pub fn describe(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Reads the text of a source.
+pub fn read_source(source: &Source) -> Result<String, InputError> {
+    let mut text = String::new();
+    let result = if source.0 == "-" {
+        std::io::stdin().read_to_string(&mut text).map(drop)
+    } else {
+        std::fs::read_to_string(&source.0).map(|t| text = t)
+    };
+    result.map(|()| text).map_err(InputError::Unreadable)
+}
+
+/// Parses every document of a YAML stream into objects; `kind: List` documents contribute their items.
+/// Empty documents are skipped; anything that is not a mapping with a `kind` is ignored.
+pub fn parse_objects(text: &str) -> Result<Vec<Object>, InputError> {
+    let mut objects = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = Value::deserialize(document).map_err(InputError::NotYaml)?;
+        collect(&value, &mut objects);
+    }
+    Ok(objects)
+}
+
+fn collect(value: &Value, out: &mut Vec<Object>) {
+    let kind = str_at(value, &["kind"]);
+    if kind.as_deref() == Some("List") {
+        for item in value.get("items").and_then(Value::as_sequence).into_iter().flatten() {
+            collect(item, out);
+        }
+        return;
+    }
+    let Some(kind) = kind else { return };
+    let (annotations, non_string_annotations) = string_map(value, &["metadata", "annotations"]);
+    out.push(Object {
+        kind,
+        name: str_at(value, &["metadata", "name"]).unwrap_or_default(),
+        namespace: str_at(value, &["metadata", "namespace"]).unwrap_or_else(|| "default".into()),
+        labels: string_map(value, &["metadata", "labels"]).0,
+        annotations,
+        non_string_annotations,
+        template_labels: string_map(value, &["spec", "template", "metadata", "labels"]).0,
+        template_annotations: string_map(value, &["spec", "template", "metadata", "annotations"]).0,
+        data: string_map(value, &["data"]).0,
+    });
+}
+
+fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
+}
+
+fn str_at(value: &Value, path: &[&str]) -> Option<String> {
+    at(value, path).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// A map of strings; scalar values of other types are kept as text and their keys returned beside the map.
+fn string_map(value: &Value, path: &[&str]) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut map = BTreeMap::new();
+    let mut not_strings = Vec::new();
+    for (key, value) in at(value, path).and_then(Value::as_mapping).into_iter().flatten() {
+        let Some(key) = key.as_str() else { continue };
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => String::new(),
+            _ => continue,
+        };
+        if !value.is_string() {
+            not_strings.push(key.to_owned());
+        }
+        map.insert(key.to_owned(), text);
+    }
+    (map, not_strings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_documents_lists_and_the_fields_ebb_needs() {
+        let text = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: chat
+  labels: {ebb.dev/service: chat}
+  annotations:
+    autoscaling.knative.dev/min-scale: 2
+    ebb.dev/timeout: "30s"
+spec:
+  template:
+    metadata:
+      labels: {ebb.dev/service: chat}
+      annotations: {autoscaling.knative.dev/window: 30s}
+---
+---
+kind: List
+items:
+  - {kind: ConfigMap, metadata: {name: config-autoscaler, namespace: ebb-system}, data: {stable-window: 30s}}
+"#;
+        let objects = parse_objects(text).unwrap();
+        assert_eq!(objects.len(), 2);
+        let d = &objects[0];
+        assert_eq!(
+            (d.describe(), d.labels["ebb.dev/service"].as_str()),
+            ("Deployment default/chat".into(), "chat")
+        );
+        assert_eq!(d.annotations["autoscaling.knative.dev/min-scale"], "2");
+        assert_eq!(d.non_string_annotations, ["autoscaling.knative.dev/min-scale"]);
+        assert_eq!(d.template_annotations["autoscaling.knative.dev/window"], "30s");
+        assert_eq!(objects[1].describe(), "ConfigMap ebb-system/config-autoscaler");
+        assert_eq!(objects[1].data["stable-window"], "30s");
+    }
+
+    #[test]
+    fn broken_yaml_names_the_line() {
+        let err = parse_objects("kind: Deployment\nmetadata: {name: [unclosed\n").unwrap_err();
+        assert!(matches!(err, InputError::NotYaml(_)));
+        assert!(err.to_string().contains("line"), "{err}");
+    }
+}

@@ -1,0 +1,237 @@
+//! `ebb check` end to end: the real binary on files and stdin, its output lines and exit codes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn ebb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ebb"))
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ebb-check-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let Output { status, stdout, stderr } = ebb().arg("check").args(args).output().unwrap();
+    (status.code().unwrap(), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
+}
+
+const GOOD: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: chat
+  namespace: models
+  labels: {ebb.dev/service: chat}
+  annotations:
+    autoscaling.knative.dev/window: "30s"
+    ebb.dev/container-concurrency: "4"
+spec:
+  template:
+    metadata:
+      labels: {ebb.dev/service: chat}
+"#;
+
+const BAD: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: chat
+  namespace: models
+  labels: {ebb.dev/service: chat}
+  annotations:
+    autoscaling.knative.dev/window: "3s"
+    autoscaling.knative.dev/metric: "cpu"
+    autoscaling.knative.dev/min-scale: "5"
+    autoscaling.knative.dev/max-scale: "2"
+    ebb.dev/timout: "30s"
+spec:
+  template:
+    metadata:
+      labels: {ebb.dev/service: chat}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: unrelated
+  annotations: {autoscaling.knative.dev/window: "1s"}
+"#;
+
+#[test]
+fn a_valid_file_exits_0_and_verbose_prints_the_effective_configuration() {
+    let dir = temp_dir("good");
+    let file = write(&dir, "good.yaml", GOOD);
+    let (code, stdout, stderr) = run(&[&file]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout, "");
+    assert!(stderr.contains("0 error(s), 0 warning(s); 1 valid object(s)"), "{stderr}");
+
+    let (code, stdout, _) = run(&["--verbose", &file]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(&format!("{file}: Deployment models/chat: effective configuration:")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  autoscaling.knative.dev/window: \"30s\""), "{stdout}");
+    assert!(stdout.contains("  autoscaling.knative.dev/target: \"4\""), "CC 4 is the total: {stdout}");
+    assert!(stdout.contains("  ebb.dev/queue-depth: \"40\""), "{stdout}");
+}
+
+#[test]
+fn every_bad_annotation_is_printed_and_the_exit_code_is_1() {
+    let dir = temp_dir("bad");
+    let file = write(&dir, "bad.yaml", BAD);
+    let (code, stdout, _) = run(&[&file]);
+    assert_eq!(code, 1, "{stdout}");
+    let prefix = format!("{file}: Deployment models/chat: ");
+    let expected = [
+        "autoscaling.knative.dev/metric: \"cpu\": must be one of `concurrency`, `rps`",
+        "autoscaling.knative.dev/min-scale: \"5\": must not exceed max-scale (2)",
+        "autoscaling.knative.dev/window: \"3s\": must be between 6s and 1h",
+        "ebb.dev/timout: \"30s\": unknown key; did you mean ebb.dev/timeout?",
+    ];
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{stdout}");
+    for (line, want) in lines.iter().zip(expected) {
+        assert_eq!(*line, format!("{prefix}{want}"));
+    }
+    assert!(!stdout.contains("unrelated"), "unlabelled Deployments are not ebb's business");
+}
+
+#[test]
+fn warnings_alone_exit_0() {
+    let dir = temp_dir("warn");
+    let text = r#"
+kind: Deployment
+metadata:
+  name: chat
+  labels: {ebb.dev/service: chatbot}
+  annotations:
+    autoscaling.knative.dev/minScale: "1"
+    autoscaling.knative.dev/min-scale: "2"
+spec:
+  template:
+    metadata:
+      annotations: {autoscaling.knative.dev/window: "20s"}
+---
+kind: Service
+metadata: {name: chat}
+---
+kind: Service
+metadata: {name: chat, namespace: default, labels: {app.kubernetes.io/managed-by: ebb}}
+---
+kind: StatefulSet
+metadata: {name: db, labels: {ebb.dev/service: db}}
+"#;
+    let file = write(&dir, "warn.yaml", text);
+    let (code, stdout, _) = run(&[&file]);
+    assert_eq!(code, 0, "{stdout}");
+    let expect = |needle: &str| assert!(stdout.contains(needle), "missing {needle:?} in\n{stdout}");
+    expect(
+        "Deployment default/chat: warning: label ebb.dev/service is \"chatbot\" but must equal the Deployment's name \"chat\"",
+    );
+    expect("Deployment default/chat: warning: the pod template lacks the label ebb.dev/service: chat");
+    expect(
+        "Deployment default/chat: warning: autoscaling.knative.dev/window is set on the pod template only",
+    );
+    expect(
+        "Deployment default/chat: warning: autoscaling.knative.dev/minScale: ignored (\"1\"): autoscaling.knative.dev/min-scale is also set and wins",
+    );
+    expect("Service default/chat: warning: has the name of the ebb service default/chat");
+    expect(
+        "StatefulSet default/db: warning: is labelled ebb.dev/service but only Deployments are autoscaled",
+    );
+    assert_eq!(stdout.matches("Service default/chat: warning").count(), 1, "the ebb-owned Service is fine");
+}
+
+#[test]
+fn a_config_map_in_the_input_is_checked_and_applied_to_the_deployments() {
+    let dir = temp_dir("cm");
+    let config_map = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: config-autoscaler, namespace: ebb-system}
+data:
+  max-scale-limit: "10"
+  _example: "ignored"
+"#;
+    let deployment = GOOD
+        .replace("    ebb.dev/container-concurrency: \"4\"", "    autoscaling.knative.dev/max-scale: \"50\"");
+    let cm = write(&dir, "cm.yaml", config_map);
+    let deploy = write(&dir, "deploy.yaml", &deployment);
+    let (code, stdout, _) = run(&[&cm, &deploy]);
+    assert_eq!(code, 1, "{stdout}");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "{deploy}: Deployment models/chat: autoscaling.knative.dev/max-scale: \"50\": must be between 1 and 10 (max-scale-limit is 10)"
+        )
+    );
+
+    let bad_cm = write(
+        &dir,
+        "bad-cm.yaml",
+        "kind: ConfigMap\nmetadata: {name: config-autoscaler}\ndata: {stable-window: 2s, max-scale-up-rate: \"1\"}\n",
+    );
+    let (code, stdout, _) = run(&[&bad_cm]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains(
+            "ConfigMap default/config-autoscaler: max-scale-up-rate: \"1\": must be greater than 1"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "ConfigMap default/config-autoscaler: stable-window: \"2s\": must be between 6s and 1h"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn non_string_annotation_values_are_errors() {
+    let dir = temp_dir("nonstring");
+    let file = write(&dir, "n.yaml", &GOOD.replace("\"30s\"", "30s").replace("\"4\"", "4"));
+    let (code, stdout, _) = run(&[&file]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout
+            .contains("ebb.dev/container-concurrency: 4: annotation values must be strings; quote it: \"4\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn stdin_is_read_with_a_dash() {
+    let mut child = ebb().args(["check", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(BAD.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("<stdin>: Deployment models/chat: "));
+}
+
+#[test]
+fn unreadable_input_exits_2_but_the_rest_is_still_checked() {
+    let dir = temp_dir("unreadable");
+    let bad = write(&dir, "bad.yaml", BAD);
+    let not_yaml = write(&dir, "broken.yaml", "kind: Deployment\nmetadata: {name: [\n");
+    let missing = dir.join("missing.yaml").to_string_lossy().into_owned();
+    let (code, stdout, stderr) = run(&[&missing, &not_yaml, &bad]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains(&format!("{missing}: cannot read: ")), "{stderr}");
+    assert!(stderr.contains(&format!("{not_yaml}: not valid YAML: ")) && stderr.contains("line"), "{stderr}");
+    assert_eq!(stdout.lines().count(), 4, "the readable file is still checked: {stdout}");
+
+    let (code, _, stderr) = run(&[]);
+    assert_eq!(code, 2, "a missing argument is a usage error: {stderr}");
+}
