@@ -67,8 +67,18 @@ pub struct Input {
 pub struct Report {
     /// Every error and warning, in input order.
     pub findings: Vec<Finding>,
-    /// `(source, object, effective key-value pairs)` of every valid service and ConfigMap.
-    pub effective: Vec<(String, String, Vec<(&'static str, String)>)>,
+    /// The effective configuration of every valid service and ConfigMap.
+    pub effective: Vec<Effective>,
+}
+
+/// The effective configuration of one valid object, for `--verbose`.
+pub struct Effective {
+    /// The input it came from.
+    pub source: String,
+    /// `Kind NAMESPACE/NAME`.
+    pub object: String,
+    /// Every key with its effective value.
+    pub values: Vec<(&'static str, String)>,
 }
 
 impl Report {
@@ -183,7 +193,12 @@ fn check_service(report: &mut Report, source: &Source, object: &Object, global: 
     match resolve_service(&object.annotations, global) {
         Ok(Diagnosed { value, warnings }) => {
             report.push_diagnostics(source, object, None, &warnings);
-            report.effective.push((source.to_string(), object.describe(), value.effective_values()));
+            let values = value.effective_values();
+            report.effective.push(Effective {
+                source: source.to_string(),
+                object: object.describe(),
+                values,
+            });
         }
         Err(invalid) => report.push_diagnostics(source, object, Some(&invalid), &invalid.warnings),
     }
@@ -208,7 +223,7 @@ pub fn run(args: Args) -> ExitCode {
         println!("{finding}");
     }
     if args.verbose {
-        for (source, object, values) in &report.effective {
+        for Effective { source, object, values } in &report.effective {
             println!("{source}: {object}: effective configuration:");
             for (key, value) in values {
                 println!("  {key}: {value:?}");
