@@ -113,11 +113,9 @@ pub fn check(inputs: &[Input]) -> Report {
             match GlobalConfig::from_data(&object.data) {
                 Ok(Diagnosed { value, warnings }) => {
                     report.push_diagnostics(&input.source, object, None, &warnings);
-                    report.effective.push((
-                        input.source.to_string(),
-                        object.describe(),
-                        value.effective_values(),
-                    ));
+                    let values = value.effective_values();
+                    let (source, object) = (input.source.to_string(), object.describe());
+                    report.effective.push(Effective { source, object, values });
                     global.get_or_insert(value);
                 }
                 Err(invalid) => {
