@@ -2,6 +2,7 @@
 //! global `config-autoscaler` ConfigMap, their validation, the versioned stat wire formats and the names of
 //! labels, headers and ports. This crate does no I/O.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod error;
 mod fields;
