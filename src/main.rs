@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod demo_model;
 mod manifest;
 mod simulate;
 
@@ -23,6 +24,8 @@ enum Command {
     Check(check::Args),
     /// Replay a load trace through the KPA decider and print what it would have done.
     Simulate(simulate::Args),
+    /// Serve a small OpenAI-compatible demo model (for demos, tests and benchmarks).
+    DemoModel(demo_model::Args),
 }
 
 /// Exit code for unreadable input or a bad command line (design.md: "a CLI error with exit code 2").
@@ -39,5 +42,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::DemoModel(args) => demo_model::run(args),
     }
 }
