@@ -1,0 +1,117 @@
+//! The auxiliary endpoints: the admin port (readiness for the kubelet, liveness, `/wait-for-drain` for the
+//! user container's preStop hook), the stats port (`GET /stats`) and the Prometheus port (`GET /metrics`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ebb_config::names::{STATS_PATH, WAIT_FOR_DRAIN_PATH};
+use ebb_config::wire::STAT_CONTENT_TYPE;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::handler::DataPlane;
+use crate::probe::{ProbeOptions, probe_once};
+use crate::stats::LatestStat;
+
+/// Readiness path on the admin port (the kubelet's readiness probe).
+pub const READY_PATH: &str = "/ready";
+/// Liveness path on the admin port; it does not depend on the user container.
+pub const LIVE_PATH: &str = "/live";
+/// Prometheus path on the metrics port.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Shared state of the auxiliary endpoints.
+#[derive(Debug)]
+pub struct Admin {
+    /// The data plane (readiness, drain, stats, metrics).
+    pub data: Arc<DataPlane>,
+    /// How to re-probe the user container on a readiness check.
+    pub probe: ProbeOptions,
+    /// The latest encoded stat.
+    pub latest: LatestStat,
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+impl Admin {
+    /// The admin port.
+    pub async fn admin(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let response = match req.uri().path() {
+            READY_PATH | "/healthz/ready" => self.readiness().await,
+            LIVE_PATH | "/healthz" | "/healthz/live" => text(StatusCode::OK, "alive"),
+            WAIT_FOR_DRAIN_PATH => {
+                // Called from the preStop hook: the pod is terminating, so start draining if SIGTERM has not
+                // arrived yet, and return once nothing more will come through.
+                self.data.drainer.start();
+                self.data.drainer.drained().await;
+                text(StatusCode::OK, "drained")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found; try /ready, /live or /wait-for-drain"),
+        };
+        Ok(response)
+    }
+
+    async fn readiness(&self) -> Response<Full<Bytes>> {
+        let data = &self.data;
+        if data.drainer.is_draining() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "draining");
+        }
+        if !data.readiness.is_ready() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "user container not ready");
+        }
+        // Ready once: check again that the user container still answers, as the kubelet would.
+        match probe_once(&self.probe).await {
+            Ok(()) => text(StatusCode::OK, "ready"),
+            Err(err) => {
+                tracing::warn!("user container failed its readiness probe: {err}");
+                text(StatusCode::SERVICE_UNAVAILABLE, "user container not ready")
+            }
+        }
+    }
+
+    /// The stats port.
+    pub async fn stats(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        if req.uri().path() != STATS_PATH || req.method() != Method::GET {
+            return Ok(text(StatusCode::NOT_FOUND, "not found; GET /stats"));
+        }
+        let Some(stat) = self.latest.get() else {
+            return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "no stat yet"));
+        };
+        let mut response = Response::new(Full::new(stat));
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(STAT_CONTENT_TYPE));
+        Ok(response)
+    }
+
+    /// The Prometheus port.
+    pub async fn metrics(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        if req.uri().path() != METRICS_PATH {
+            return Ok(text(StatusCode::NOT_FOUND, "not found; GET /metrics"));
+        }
+        let data = &self.data;
+        let queued = data.breaker.as_ref().map_or(0, |b| b.queued() as u64);
+        let inside = data.stats.concurrency();
+        let body = data.metrics.encode(inside.saturating_sub(queued), queued, data.is_ready());
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        Ok(response)
+    }
+}

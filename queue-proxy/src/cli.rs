@@ -1,0 +1,343 @@
+//! The command line (`queue-proxy` and `ebb queue-proxy`): every option is a flag with an `EBB_*`
+//! environment variable, as `ebb inject` writes them. Invalid configuration is reported on stderr with the
+//! flag, the value and what is accepted, and the process exits with code 2.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ebb_config::Protocol;
+use ebb_config::names::{
+    QUEUE_PROXY_ADMIN_PORT, QUEUE_PROXY_DATA_PORT, QUEUE_PROXY_METRICS_PORT, QUEUE_PROXY_STATS_PORT,
+};
+use ebb_config::wire::MAX_SERVICE_NAME_LEN;
+use http::uri::Authority;
+
+use crate::config::{Config, ConfigError, Ports, check_name, parse_upstream};
+use crate::probe::{ProbeOptions, ProbeTarget};
+use crate::proxy::ForwarderOptions;
+use crate::server::QueueProxy;
+use crate::timeouts::Timeouts;
+
+/// Exit code for a bad command line or configuration.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of the queue-proxy.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Address of the user container, HOST:PORT.
+    #[arg(long, env = "EBB_UPSTREAM", default_value = "127.0.0.1:8080", value_parser = parse_upstream)]
+    pub upstream: Authority,
+
+    /// Address every port binds to (local mode gives each pod its own 127.0.0.N).
+    #[arg(long, env = "EBB_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// Data port: requests for the user container (0 = any free port).
+    #[arg(long, env = "EBB_DATA_PORT", default_value_t = QUEUE_PROXY_DATA_PORT)]
+    pub data_port: u16,
+
+    /// Admin port: readiness, liveness and /wait-for-drain (0 = any free port).
+    #[arg(long, env = "EBB_ADMIN_PORT", default_value_t = QUEUE_PROXY_ADMIN_PORT)]
+    pub admin_port: u16,
+
+    /// Stats port: GET /stats for the autoscaler (0 = any free port).
+    #[arg(long, env = "EBB_STATS_PORT", default_value_t = QUEUE_PROXY_STATS_PORT)]
+    pub stats_port: u16,
+
+    /// Prometheus port (0 = any free port).
+    #[arg(long, env = "EBB_METRICS_PORT", default_value_t = QUEUE_PROXY_METRICS_PORT)]
+    pub metrics_port: u16,
+
+    /// Most requests in flight to the user container; 0 = unlimited.
+    #[arg(long, env = "EBB_CONTAINER_CONCURRENCY", default_value_t = 0)]
+    pub container_concurrency: u32,
+
+    /// Requests that may wait for a slot beyond the limit [default: 10 x container concurrency].
+    #[arg(long, env = "EBB_QUEUE_DEPTH")]
+    pub queue_depth: Option<u32>,
+
+    /// Total request timeout, queueing included (300s, 1m30s, or whole seconds).
+    #[arg(long, env = "EBB_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Time allowed until the response starts [default: --timeout].
+    #[arg(long, env = "EBB_RESPONSE_START_TIMEOUT", value_parser = parse_duration)]
+    pub response_start_timeout: Option<Duration>,
+
+    /// Longest pause between response body chunks; 0 = off.
+    #[arg(long, env = "EBB_IDLE_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Upstream protocol, `http1` or `h2c` [default: the client's].
+    #[arg(long, env = "EBB_PROTOCOL", value_parser = parse_protocol)]
+    pub protocol: Option<Protocol>,
+
+    /// HTTP path to probe on the user container (2xx/3xx = ready); without it a TCP connect is the probe.
+    #[arg(long, env = "EBB_PROBE_PATH")]
+    pub probe_path: Option<String>,
+
+    /// Probe period while starting up.
+    #[arg(long, env = "EBB_PROBE_PERIOD", default_value = "10ms", value_parser = parse_duration)]
+    pub probe_period: Duration,
+
+    /// How long to probe at --probe-period before backing off.
+    #[arg(long, env = "EBB_PROBE_AGGRESSIVE_FOR", default_value = "10s", value_parser = parse_duration)]
+    pub probe_aggressive_for: Duration,
+
+    /// Longest probe period after backing off.
+    #[arg(long, env = "EBB_PROBE_MAX_PERIOD", default_value = "1s", value_parser = parse_duration)]
+    pub probe_max_period: Duration,
+
+    /// Time allowed for one probe.
+    #[arg(long, env = "EBB_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+
+    /// While draining, exit once nothing is in flight and nothing arrived for this long.
+    #[arg(long, env = "EBB_DRAIN_QUIET_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    pub drain_quiet_period: Duration,
+
+    /// Longest drain [default: --timeout + --drain-quiet-period].
+    #[arg(long, env = "EBB_DRAIN_DEADLINE", value_parser = parse_duration)]
+    pub drain_deadline: Option<Duration>,
+
+    /// This pod's name, reported in stats [default: $HOSTNAME].
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Namespace of the service this pod serves.
+    #[arg(long, env = "EBB_SERVICE_NAMESPACE", default_value = "default")]
+    pub service_namespace: String,
+
+    /// Name of the service (Deployment) this pod serves.
+    #[arg(long, env = "EBB_SERVICE_NAME", default_value = "unknown")]
+    pub service_name: String,
+
+    /// `Retry-After` sent with 503s.
+    #[arg(long, env = "EBB_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
+    pub retry_after: Duration,
+
+    /// Tokio worker threads (a sidecar needs few).
+    #[arg(long, env = "EBB_WORKER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
+
+    /// Log format.
+    #[arg(long, env = "EBB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Also write the bound addresses (the JSON line printed on stdout) to this file, atomically.
+    #[arg(long, env = "EBB_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    ebb_config::value::parse_duration(text).ok_or_else(|| {
+        format!("'{text}' is not a duration; use Go-style units (300s, 1m30s, 250ms) or whole seconds")
+    })
+}
+
+fn parse_protocol(text: &str) -> Result<Protocol, String> {
+    match text {
+        "http1" => Ok(Protocol::Http1),
+        "h2c" => Ok(Protocol::H2c),
+        _ => Err(format!("'{text}' is not a protocol; use http1 or h2c")),
+    }
+}
+
+impl Args {
+    /// Resolves defaults and checks the values.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let pod_name = match self.pod_name.filter(|p| !p.is_empty()) {
+            Some(name) => name,
+            None => std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "queue-proxy".into()),
+        };
+        check_name("--service-namespace", &self.service_namespace, 63)?;
+        check_name("--service-name", &self.service_name, MAX_SERVICE_NAME_LEN)?;
+        let queue_depth = self.queue_depth.unwrap_or_else(|| self.container_concurrency.saturating_mul(10));
+        let config = Config {
+            probe: ProbeOptions {
+                target: match self.probe_path {
+                    Some(path) => ProbeTarget::Http { path },
+                    None => ProbeTarget::Tcp,
+                },
+                upstream: self.upstream.clone(),
+                initial_period: self.probe_period,
+                aggressive_for: self.probe_aggressive_for,
+                max_period: self.probe_max_period,
+                timeout: self.probe_timeout,
+            },
+            upstream: self.upstream,
+            bind_address: self.bind_address,
+            ports: Ports {
+                data: self.data_port,
+                admin: self.admin_port,
+                stats: self.stats_port,
+                metrics: self.metrics_port,
+            },
+            container_concurrency: self.container_concurrency,
+            queue_depth,
+            timeouts: Timeouts {
+                total: self.timeout,
+                response_start: self.response_start_timeout.unwrap_or(self.timeout),
+                idle: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+            },
+            protocol: self.protocol,
+            drain_quiet_period: self.drain_quiet_period,
+            drain_deadline: self.drain_deadline.unwrap_or(self.timeout + self.drain_quiet_period),
+            pod_name,
+            service: format!("{}/{}", self.service_namespace, self.service_name),
+            retry_after: self.retry_after,
+            forwarder: ForwarderOptions::default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Another subscriber (the `ebb` binary's) may already be installed; keep it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the queue-proxy until it has drained after SIGTERM or SIGINT. Builds its own runtime.
+pub fn run(args: Args) -> ExitCode {
+    let workers = args.worker_threads as usize;
+    let log_format = args.log_format;
+    let ready_file = args.ready_file.clone();
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("queue-proxy: invalid configuration: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(log_format);
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("queue-proxy: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let proxy = QueueProxy::bind(config).await?;
+        let line = proxy.addresses().to_json();
+        {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{line}");
+            let _ = stdout.flush();
+        }
+        if let Some(path) = &ready_file {
+            write_atomically(path, &line)
+                .map_err(|err| crate::server::ServeError::ReadyFile(path.clone(), err))?;
+        }
+        proxy.run(shutdown_signal()).await
+    });
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("queue-proxy failed: {err}");
+            eprintln!("queue-proxy: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_atomically(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{line}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; draining only via /wait-for-drain");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let argv = std::iter::once("queue-proxy").chain(extra.iter().copied());
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        cli.args.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = parse(&["--pod-name", "p"]).unwrap();
+        assert_eq!(c.upstream.as_str(), "127.0.0.1:8080");
+        assert_eq!((c.ports.data, c.ports.admin, c.ports.stats, c.ports.metrics), (8012, 8022, 9090, 9091));
+        assert_eq!(c.timeouts.total, Duration::from_secs(300));
+        assert_eq!(c.timeouts.response_start, Duration::from_secs(300));
+        assert_eq!(c.timeouts.idle, None);
+        assert_eq!(c.drain_deadline, Duration::from_secs(330));
+        let c = parse(&["--pod-name", "p", "--container-concurrency", "4", "--timeout", "1m30s"]).unwrap();
+        assert_eq!((c.container_concurrency, c.queue_depth), (4, 40));
+        assert_eq!(c.timeouts.total, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn bad_values_are_named_with_what_is_accepted() {
+        let err = parse(&["--timeout", "soon"]).unwrap_err();
+        assert!(err.contains("--timeout") && err.contains("1m30s"), "{err}");
+        let err = parse(&["--upstream", "localhost"]).unwrap_err();
+        assert!(err.contains("no port"), "{err}");
+        let err = parse(&["--protocol", "h3"]).unwrap_err();
+        assert!(err.contains("http1 or h2c"), "{err}");
+        let err = parse(&["--pod-name", "p", "--timeout", "0"]).unwrap_err();
+        assert!(err.contains("--timeout: must be more than 0"), "{err}");
+        let err = parse(&["--pod-name", "p", "--probe-path", "healthz"]).unwrap_err();
+        assert!(err.contains("absolute path"), "{err}");
+        let err = parse(&["--pod-name", "p", "--admin-port", "8012"]).unwrap_err();
+        assert!(err.contains("8012 is given twice"), "{err}");
+    }
+}

@@ -1,0 +1,452 @@
+//! The one place where a data-plane error becomes an answer. Every error is classified by where it came from
+//! (the client, the upstream, or this proxy itself); the class and the kind decide the HTTP status, the body
+//! shape the client understands, the log level and the metric label.
+//!
+//! Body shapes: requests under `/v1/` get OpenAI's `{"error": {"message", "type", "code"}}`; gRPC requests
+//! (`content-type: application/grpc*`) get a trailers-only gRPC status (HTTP 200 with `grpc-status` and
+//! `grpc-message`); everything else gets `{"error": "...", "service": "..."}`.
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::timeouts::TimeoutKind;
+
+/// Where an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// The client sent something wrong or went away.
+    Client,
+    /// The user container refused, reset, stalled or answered nonsense.
+    Upstream,
+    /// This proxy decided (overload) or failed.
+    Internal,
+}
+
+impl Origin {
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Client => "client",
+            Origin::Upstream => "upstream",
+            Origin::Internal => "internal",
+        }
+    }
+}
+
+/// Everything that can go wrong with a proxied request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// The request is malformed (hyper rejects most such requests before they reach us).
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    /// The client's request body failed while it was being forwarded.
+    #[error("the request body could not be read from the client")]
+    ClientBody,
+    /// The breaker's slots and queue are all taken.
+    #[error("overloaded: the concurrency limit is reached and the queue is full")]
+    Overloaded,
+    /// The request waited for a slot until its total timeout.
+    #[error("timed out waiting in the queue for a concurrency slot")]
+    QueueTimeout,
+    /// A timeout passed before the response started.
+    #[error("{}", timeout_message(*.0))]
+    Timeout(TimeoutKind),
+    /// Nothing listens on the upstream port.
+    #[error("upstream refused the connection")]
+    UpstreamRefused,
+    /// The upstream connection could not be made for another reason.
+    #[error("could not connect to upstream: {0}")]
+    UpstreamConnect(String),
+    /// The upstream closed or reset the connection before answering.
+    #[error("upstream reset the connection before responding")]
+    UpstreamReset,
+    /// The upstream's answer could not be understood.
+    #[error("upstream sent an invalid response: {0}")]
+    UpstreamProtocol(String),
+    /// A bug or resource failure in this proxy.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn timeout_message(kind: TimeoutKind) -> &'static str {
+    match kind {
+        TimeoutKind::Total => "the request exceeded its total timeout",
+        TimeoutKind::ResponseStart => "upstream did not start responding within the response-start timeout",
+        TimeoutKind::Idle => "upstream response stalled for longer than the idle timeout",
+    }
+}
+
+/// Every error kind's metric label, with its origin, for initialising series at zero.
+pub const ALL_REASONS: [(Origin, &str); 12] = [
+    (Origin::Client, "bad_request"),
+    (Origin::Client, "client_body"),
+    (Origin::Internal, "overloaded"),
+    (Origin::Internal, "queue_timeout"),
+    (Origin::Upstream, "timeout_total"),
+    (Origin::Upstream, "timeout_response_start"),
+    (Origin::Upstream, "timeout_idle"),
+    (Origin::Upstream, "upstream_refused"),
+    (Origin::Upstream, "upstream_connect"),
+    (Origin::Upstream, "upstream_reset"),
+    (Origin::Upstream, "upstream_protocol"),
+    (Origin::Internal, "internal"),
+];
+
+/// How loudly an error is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Expected under load or from misbehaving clients: counted in metrics, logged at debug.
+    Debug,
+    /// Worth noticing: timeouts.
+    Info,
+    /// The user container misbehaves.
+    Warn,
+    /// A bug or resource exhaustion in the proxy.
+    Error,
+}
+
+impl ProxyError {
+    /// Where the error came from.
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::ClientBody => Origin::Client,
+            ProxyError::Overloaded | ProxyError::QueueTimeout | ProxyError::Internal(_) => Origin::Internal,
+            ProxyError::Timeout(_)
+            | ProxyError::UpstreamRefused
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset
+            | ProxyError::UpstreamProtocol(_) => Origin::Upstream,
+        }
+    }
+
+    /// The HTTP status of the answer (for gRPC clients it is carried as a gRPC status instead).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::QueueTimeout | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamRefused
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset
+            | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The bounded metric label (also the OpenAI-style `code`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ClientBody => "client_body",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::QueueTimeout => "queue_timeout",
+            ProxyError::Timeout(TimeoutKind::Total) => "timeout_total",
+            ProxyError::Timeout(TimeoutKind::ResponseStart) => "timeout_response_start",
+            ProxyError::Timeout(TimeoutKind::Idle) => "timeout_idle",
+            ProxyError::UpstreamRefused => "upstream_refused",
+            ProxyError::UpstreamConnect(_) => "upstream_connect",
+            ProxyError::UpstreamReset => "upstream_reset",
+            ProxyError::UpstreamProtocol(_) => "upstream_protocol",
+            ProxyError::Internal(_) => "internal",
+        }
+    }
+
+    /// Which timeout this is, if any (a queue timeout is the total timeout running out while queued).
+    pub fn timeout_kind(&self) -> Option<TimeoutKind> {
+        match self {
+            ProxyError::Timeout(kind) => Some(*kind),
+            ProxyError::QueueTimeout => Some(TimeoutKind::Total),
+            _ => None,
+        }
+    }
+
+    /// How loudly to log it.
+    pub fn log_level(&self) -> LogLevel {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::ClientBody
+            | ProxyError::Overloaded
+            | ProxyError::QueueTimeout => LogLevel::Debug,
+            ProxyError::Timeout(_) => LogLevel::Info,
+            ProxyError::UpstreamRefused
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamReset
+            | ProxyError::UpstreamProtocol(_) => LogLevel::Warn,
+            ProxyError::Internal(_) => LogLevel::Error,
+        }
+    }
+
+    /// Logs the error at its level with the service it concerns.
+    pub fn log(&self, service: &str) {
+        let (origin, reason) = (self.origin().label(), self.reason());
+        match self.log_level() {
+            LogLevel::Debug => tracing::debug!(service, origin, reason, "{self}"),
+            LogLevel::Info => tracing::info!(service, origin, reason, "{self}"),
+            LogLevel::Warn => tracing::warn!(service, origin, reason, "{self}"),
+            LogLevel::Error => tracing::error!(service, origin, reason, "{self}"),
+        }
+    }
+
+    /// Classifies a failure of the pooled upstream client.
+    pub fn from_upstream(err: &hyper_util::client::legacy::Error) -> Self {
+        if err.is_connect() {
+            return match find_io(err) {
+                Some(io) if io.kind() == io::ErrorKind::ConnectionRefused => ProxyError::UpstreamRefused,
+                _ => ProxyError::UpstreamConnect(chain_message(err)),
+            };
+        }
+        Self::from_hyper_chain(err)
+    }
+
+    /// Classifies any error whose source chain holds hyper or I/O errors (a failed upstream request or body).
+    pub fn from_hyper_chain(err: &(dyn StdError + 'static)) -> Self {
+        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+        while let Some(e) = source {
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_user() {
+                    return ProxyError::ClientBody;
+                }
+                if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                    return ProxyError::UpstreamReset;
+                }
+                if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+                    return ProxyError::UpstreamProtocol(chain_message(err));
+                }
+            }
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                return match io.kind() {
+                    io::ErrorKind::ConnectionRefused => ProxyError::UpstreamRefused,
+                    io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof => ProxyError::UpstreamReset,
+                    _ => ProxyError::UpstreamProtocol(chain_message(err)),
+                };
+            }
+            source = e.source();
+        }
+        ProxyError::UpstreamProtocol(chain_message(err))
+    }
+}
+
+fn find_io<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// "outer: inner: innermost", skipping repeats.
+fn chain_message(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            let _ = write!(out, ": {text}");
+        }
+        source = e.source();
+    }
+    out
+}
+
+/// Which error body a client understands, decided from its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// `content-type: application/grpc*`: a gRPC status.
+    Grpc,
+    /// A path under `/v1/`: OpenAI's error object.
+    OpenAi,
+    /// Anything else: `{"error", "service"}`.
+    Json,
+}
+
+impl ClientKind {
+    /// Decides from the request path and headers.
+    pub fn of(path: &str, headers: &HeaderMap) -> Self {
+        let grpc = headers.get(CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            ClientKind::Grpc
+        } else if path.starts_with("/v1/") {
+            ClientKind::OpenAi
+        } else {
+            ClientKind::Json
+        }
+    }
+}
+
+/// gRPC status codes used here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GrpcCode {
+    /// 4
+    DeadlineExceeded = 4,
+    /// 13
+    Internal = 13,
+    /// 14
+    Unavailable = 14,
+}
+
+impl GrpcCode {
+    /// The gRPC status for an HTTP status, following gRPC's HTTP-to-gRPC mapping.
+    pub fn for_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            502..=503 => GrpcCode::Unavailable,
+            504 => GrpcCode::DeadlineExceeded,
+            _ => GrpcCode::Internal,
+        }
+    }
+}
+
+/// Options of the answer that are not properties of the error.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer<'a> {
+    /// The service, `NAMESPACE/NAME`, named in plain JSON bodies.
+    pub service: &'a str,
+    /// `Retry-After` on 503s.
+    pub retry_after: Duration,
+}
+
+/// Builds the response for `err` in the shape `kind` understands.
+pub fn error_response<B: From<Bytes>>(err: &ProxyError, kind: ClientKind, answer: Answer<'_>) -> Response<B> {
+    let status = err.status();
+    let message = err.to_string();
+    let mut builder = Response::builder();
+    let body = match kind {
+        ClientKind::Grpc => {
+            let code = GrpcCode::for_status(status) as u8 as u16;
+            builder = builder
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, "application/grpc")
+                .header("grpc-status", code)
+                .header("grpc-message", grpc_percent_encode(&message));
+            Bytes::new()
+        }
+        ClientKind::OpenAi => {
+            let kind = match err.origin() {
+                Origin::Client => "invalid_request_error",
+                Origin::Upstream => "upstream_error",
+                Origin::Internal => "server_error",
+            };
+            let body = serde_json::json!({"error": {"message": message, "type": kind, "code": err.reason()}});
+            builder = builder.status(status).header(CONTENT_TYPE, "application/json");
+            Bytes::from(body.to_string())
+        }
+        ClientKind::Json => {
+            let body = serde_json::json!({"error": message, "service": answer.service});
+            builder = builder.status(status).header(CONTENT_TYPE, "application/json");
+            Bytes::from(body.to_string())
+        }
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        builder = builder.header(RETRY_AFTER, HeaderValue::from(answer.retry_after.as_secs().max(1)));
+    }
+    builder.body(B::from(body)).unwrap_or_else(|_| {
+        // Every header above is statically valid; this cannot happen, but never panic on the data path.
+        let mut response = Response::new(B::from(Bytes::from_static(b"{\"error\":\"internal error\"}")));
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    })
+}
+
+/// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%` passes, the rest is `%XX`.
+pub fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    fn answer() -> Answer<'static> {
+        Answer { service: "default/demo", retry_after: Duration::from_secs(1) }
+    }
+
+    async fn body(resp: Response<Full<Bytes>>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn shapes_per_client_kind() {
+        let plain: Response<Full<Bytes>> =
+            error_response(&ProxyError::Overloaded, ClientKind::Json, answer());
+        assert_eq!(plain.status(), 503);
+        assert_eq!(plain.headers()[RETRY_AFTER], "1");
+        let v = body(plain).await;
+        assert_eq!(v["service"], "default/demo");
+        assert!(v["error"].as_str().unwrap().contains("overloaded"));
+
+        let openai: Response<Full<Bytes>> =
+            error_response(&ProxyError::UpstreamReset, ClientKind::OpenAi, answer());
+        assert_eq!(openai.status(), 502);
+        let v = body(openai).await;
+        assert_eq!(v["error"]["type"], "upstream_error");
+        assert_eq!(v["error"]["code"], "upstream_reset");
+        assert!(v["error"]["message"].as_str().unwrap().contains("reset"));
+
+        let grpc: Response<Full<Bytes>> =
+            error_response(&ProxyError::Timeout(TimeoutKind::ResponseStart), ClientKind::Grpc, answer());
+        assert_eq!(grpc.status(), 200);
+        assert_eq!(grpc.headers()["grpc-status"], "4");
+        assert_eq!(grpc.headers()[CONTENT_TYPE], "application/grpc");
+    }
+
+    #[test]
+    fn every_error_has_a_consistent_class() {
+        let all = [
+            ProxyError::BadRequest("x"),
+            ProxyError::ClientBody,
+            ProxyError::Overloaded,
+            ProxyError::QueueTimeout,
+            ProxyError::Timeout(TimeoutKind::Total),
+            ProxyError::Timeout(TimeoutKind::ResponseStart),
+            ProxyError::Timeout(TimeoutKind::Idle),
+            ProxyError::UpstreamRefused,
+            ProxyError::UpstreamConnect("x".into()),
+            ProxyError::UpstreamReset,
+            ProxyError::UpstreamProtocol("x".into()),
+            ProxyError::Internal("x".into()),
+        ];
+        for (err, (origin, reason)) in all.iter().zip(ALL_REASONS) {
+            assert_eq!((err.origin(), err.reason()), (origin, reason));
+            let expected_class = match origin {
+                Origin::Client => 4,
+                _ => 5,
+            };
+            assert_eq!(err.status().as_u16() / 100, expected_class, "{err}");
+        }
+    }
+
+    #[test]
+    fn classifies_io_errors() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(ProxyError::from_hyper_chain(&refused), ProxyError::UpstreamRefused);
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(ProxyError::from_hyper_chain(&reset), ProxyError::UpstreamReset);
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_percent_encode("a 100% é"), "a 100%25 %C3%A9");
+    }
+}

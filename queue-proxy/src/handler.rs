@@ -1,0 +1,191 @@
+//! The data-plane pipeline for one request: header-gated probe answers, stats, breaker, forwarding under the
+//! response-start timeout, and a response body that carries the slot, the stats guard and the body timers
+//! until it ends.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ebb_config::Protocol;
+use ebb_config::names::{
+    HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROXIED, PROBE_QUEUE, PROXIED_BY_ACTIVATOR,
+};
+use http::header::{CONNECTION, CONTENT_TYPE};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{BodyEnd, ProxyBody, TrackedBody};
+use crate::breaker::{Breaker, Permit};
+use crate::drain::Drainer;
+use crate::error::{Answer, ClientKind, ProxyError, error_response};
+use crate::metrics::Metrics;
+use crate::probe::Readiness;
+use crate::proxy::Forwarder;
+use crate::stats::{RequestStats, StatsGuard};
+use crate::timeouts::{BodyTimer, TimeoutKind, Timeouts};
+
+/// The data plane's response body.
+pub type DataBody = ProxyBody<Completion>;
+
+/// Whether a request came through the activator (`Ebb-Proxied: activator`, or Knative's
+/// `K-Proxy-Request: activator`).
+pub fn is_proxied(headers: &HeaderMap) -> bool {
+    let by_activator = |name: &str| {
+        headers.get(name).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(PROXIED_BY_ACTIVATOR.as_bytes()))
+    };
+    by_activator(HEADER_PROXIED) || by_activator(HEADER_KNATIVE_PROXIED)
+}
+
+/// Everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct DataPlane {
+    /// The upstream pools.
+    pub forwarder: Forwarder<Incoming>,
+    /// The user container.
+    pub upstream: Authority,
+    /// Upstream protocol override.
+    pub protocol: Option<Protocol>,
+    /// The concurrency limit (`None` = unlimited).
+    pub breaker: Option<Breaker>,
+    /// Time-weighted request stats.
+    pub stats: RequestStats,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Request timeouts.
+    pub timeouts: Timeouts,
+    /// Whether the user container is ready.
+    pub readiness: Arc<Readiness>,
+    /// Drain state.
+    pub drainer: Arc<Drainer>,
+    /// `NAMESPACE/NAME`.
+    pub service: String,
+    /// `Retry-After` on 503s.
+    pub retry_after: Duration,
+}
+
+/// Rides along with a response until it ends: frees the slot, ends the stats interval and records the
+/// request's duration (when dropped), and counts a timeout or failure that cut the body.
+#[derive(Debug)]
+pub struct Completion {
+    start: Instant,
+    metrics: Arc<Metrics>,
+    _permit: Option<Permit>,
+    _guard: StatsGuard,
+}
+
+impl BodyEnd for Completion {
+    fn timed_out(&mut self, kind: TimeoutKind) {
+        self.metrics.error(&ProxyError::Timeout(kind));
+        tracing::info!("response body cut: {}", ProxyError::Timeout(kind));
+    }
+
+    fn failed(&mut self, error: &ProxyError) {
+        self.metrics.error(error);
+        error.log("");
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.metrics.finished(self.start.elapsed());
+    }
+}
+
+impl DataPlane {
+    /// Whether the proxy should be receiving traffic: the user container is ready and no drain started.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready() && !self.drainer.is_draining()
+    }
+
+    /// Handles one request on the data port. Never fails: every error becomes an answer.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<DataBody>, Infallible> {
+        if let Some(probe) = req.headers().get(HEADER_PROBE) {
+            return Ok(self.probe_answer(probe));
+        }
+        let start = Instant::now();
+        self.drainer.touch(start);
+        let guard = self.stats.enter_at(start.into_std(), is_proxied(req.headers()));
+        let kind = ClientKind::of(req.uri().path(), req.headers());
+        let close_after = req.version() <= Version::HTTP_11 && self.drainer.is_draining();
+
+        let permit = match &self.breaker {
+            None => None,
+            Some(breaker) => match breaker.acquire(Some(self.timeouts.total_deadline(start))).await {
+                Ok(permit) => Some(permit),
+                Err(err) => return Ok(self.fail(&err.into(), kind, close_after)),
+            },
+        };
+
+        let mut req = req;
+        let headers = req.headers_mut();
+        if headers.contains_key(HEADER_PROXIED) {
+            headers.remove(HEADER_PROXIED);
+        }
+        if headers.contains_key(HEADER_KNATIVE_PROXIED) {
+            headers.remove(HEADER_KNATIVE_PROXIED);
+        }
+
+        let (deadline, deadline_kind) = self.timeouts.response_start_deadline(start);
+        let forwarded = self.forwarder.forward(req, &self.upstream, self.protocol);
+        let (mut response, upgrade) = match tokio::time::timeout_at(deadline, forwarded).await {
+            Ok(Ok(forwarded)) => forwarded,
+            Ok(Err(err)) => return Ok(self.fail(&err, kind, close_after)),
+            Err(_elapsed) => return Ok(self.fail(&ProxyError::Timeout(deadline_kind), kind, close_after)),
+        };
+        self.metrics.first_byte(start.elapsed());
+        self.metrics.response(response.status());
+        if close_after && upgrade.is_none() {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let completion = Completion { start, metrics: self.metrics.clone(), _permit: permit, _guard: guard };
+        if let Some(upgrade) = upgrade {
+            // The tunnel keeps the slot and counts as in flight until it closes.
+            upgrade.spawn(completion);
+            return Ok(response.map(|_| ProxyBody::empty()));
+        }
+        let timer = BodyTimer::new(self.timeouts.total_deadline(start), self.timeouts.idle);
+        Ok(response.map(|body| ProxyBody::Upstream(TrackedBody::new(body, Some(timer), completion))))
+    }
+
+    fn fail(&self, err: &ProxyError, kind: ClientKind, close_after: bool) -> Response<DataBody> {
+        self.metrics.error(err);
+        self.metrics.response(err.status());
+        err.log(&self.service);
+        let answer = Answer { service: &self.service, retry_after: self.retry_after };
+        let mut response = error_response(err, kind, answer);
+        if close_after {
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// `Ebb-Probe: queue` -> 200 `queue` when ready, 503 before (and while draining). Other components'
+    /// probes are not ours to answer.
+    fn probe_answer(&self, probe: &HeaderValue) -> Response<DataBody> {
+        let (status, body) = if probe.as_bytes() != PROBE_QUEUE.as_bytes() {
+            (StatusCode::BAD_REQUEST, "this is the queue-proxy; it answers only Ebb-Probe: queue")
+        } else if self.is_ready() {
+            (StatusCode::OK, PROBE_QUEUE)
+        } else if self.drainer.is_draining() {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "user container not ready")
+        };
+        let mut response = Response::new(ProxyBody::from(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+    }
+}
+
+impl From<crate::breaker::BreakerError> for ProxyError {
+    fn from(err: crate::breaker::BreakerError) -> Self {
+        match err {
+            crate::breaker::BreakerError::Overloaded => ProxyError::Overloaded,
+            crate::breaker::BreakerError::QueueTimeout => ProxyError::QueueTimeout,
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Probing the user container: aggressively at start-up (every 10 ms by default, then backing off) until it
+//! answers, so the pod turns ready within milliseconds of the container; then once per kubelet readiness
+//! probe. A probe is a TCP connect, or an HTTP GET of a path that must answer 2xx or 3xx.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HOST, USER_AGENT};
+use http::{Request, uri::Authority};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// What a probe checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeTarget {
+    /// The upstream port accepts a TCP connection.
+    Tcp,
+    /// `GET path` answers 2xx or 3xx.
+    Http {
+        /// Absolute path, with query if any.
+        path: String,
+    },
+}
+
+/// How to probe.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// What to check.
+    pub target: ProbeTarget,
+    /// The user container's address.
+    pub upstream: Authority,
+    /// Period while starting up.
+    pub initial_period: Duration,
+    /// How long to keep the initial period before backing off.
+    pub aggressive_for: Duration,
+    /// Longest period after backing off.
+    pub max_period: Duration,
+    /// Time allowed for one probe.
+    pub timeout: Duration,
+}
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No connection.
+    #[error("cannot connect to {upstream}: {source}")]
+    Connect {
+        /// The address probed.
+        upstream: Authority,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("HTTP probe failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// The probe path answered with an unhealthy status.
+    #[error("HTTP probe answered {0}")]
+    Status(http::StatusCode),
+    /// The probe took longer than its timeout.
+    #[error("probe timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Whether the user container has answered a probe (and not failed one since).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    user_ready: AtomicBool,
+}
+
+impl Readiness {
+    /// Whether the user container is ready.
+    pub fn is_ready(&self) -> bool {
+        self.user_ready.load(Ordering::Acquire)
+    }
+
+    /// Records a probe result.
+    pub fn set(&self, ready: bool) {
+        self.user_ready.store(ready, Ordering::Release);
+    }
+}
+
+/// Probes once.
+pub async fn probe_once(options: &ProbeOptions) -> Result<(), ProbeError> {
+    match tokio::time::timeout(options.timeout, probe_inner(options)).await {
+        Ok(result) => result,
+        Err(_) => Err(ProbeError::Timeout(options.timeout)),
+    }
+}
+
+async fn probe_inner(options: &ProbeOptions) -> Result<(), ProbeError> {
+    let upstream = &options.upstream;
+    let connect = |source| ProbeError::Connect { upstream: upstream.clone(), source };
+    let stream = TcpStream::connect(upstream.as_str()).await.map_err(connect)?;
+    let ProbeTarget::Http { path } = &options.target else {
+        return Ok(());
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let connection = tokio::spawn(connection);
+    let request = Request::get(path.as_str())
+        .header(HOST, upstream.as_str())
+        .header(USER_AGENT, concat!("ebb-queue-proxy/", env!("CARGO_PKG_VERSION"), " probe"))
+        .body(Empty::<Bytes>::new());
+    let Ok(request) = request else {
+        // The path was validated at start-up; a bad one just never succeeds.
+        return Err(ProbeError::Status(http::StatusCode::BAD_REQUEST));
+    };
+    let response = sender.send_request(request).await;
+    connection.abort();
+    let status = response?.status();
+    if status.is_success() || status.is_redirection() { Ok(()) } else { Err(ProbeError::Status(status)) }
+}
+
+/// Probes until the user container answers, then marks it ready. Every `initial_period` for
+/// `aggressive_for`, then doubling up to `max_period`.
+pub async fn wait_until_ready(options: &ProbeOptions, readiness: &Readiness) {
+    let start = Instant::now();
+    let mut period = options.initial_period;
+    let mut next_report = start + Duration::from_secs(5);
+    loop {
+        let attempt = Instant::now();
+        match probe_once(options).await {
+            Ok(()) => {
+                readiness.set(true);
+                tracing::info!(after_ms = start.elapsed().as_millis() as u64, "user container is ready");
+                return;
+            }
+            Err(err) => {
+                if attempt >= next_report {
+                    tracing::info!(
+                        waited_s = start.elapsed().as_secs(),
+                        "user container not ready yet: {err}"
+                    );
+                    next_report = attempt + Duration::from_secs(30);
+                } else {
+                    tracing::debug!("user container not ready: {err}");
+                }
+            }
+        }
+        if start.elapsed() >= options.aggressive_for {
+            period = (period * 2).min(options.max_period);
+        }
+        tokio::time::sleep_until(attempt + period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(upstream: Authority, target: ProbeTarget) -> ProbeOptions {
+        ProbeOptions {
+            target,
+            upstream,
+            initial_period: Duration::from_millis(10),
+            aggressive_for: Duration::from_secs(1),
+            max_period: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_waits_for_a_listener() {
+        // Reserve a port, free it, and start listening there a little later.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let opts = options(addr.to_string().parse().unwrap(), ProbeTarget::Tcp);
+        assert!(probe_once(&opts).await.is_err());
+        let readiness = Readiness::default();
+        let listen = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::net::TcpListener::bind(addr).await.unwrap()
+        };
+        let (listener, ()) = tokio::join!(listen, wait_until_ready(&opts, &readiness));
+        assert!(readiness.is_ready());
+        drop(listener);
+    }
+}

@@ -1,0 +1,301 @@
+//! Process wiring: binds the four ports, starts the start-up prober and the once-a-second stat reporter,
+//! serves connections (HTTP/1.1 and HTTP/2 cleartext on each, `TCP_NODELAY` on every accepted socket) and
+//! runs the drain when told to stop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::admin::Admin;
+use crate::body::BoxError;
+use crate::breaker::Breaker;
+use crate::config::Config;
+use crate::drain::{DrainOutcome, Drainer};
+use crate::handler::DataPlane;
+use crate::metrics::Metrics;
+use crate::probe::{Readiness, wait_until_ready};
+use crate::proxy::Forwarder;
+use crate::stats::{LatestStat, RequestStats, Snapshot, pod_stat};
+
+/// Why the queue-proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A port could not be bound.
+    #[error("cannot listen on {addr} ({what} port): {source}")]
+    Bind {
+        /// Which port.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The ready file could not be written.
+    #[error("cannot write the ready file {0}: {1}")]
+    ReadyFile(PathBuf, std::io::Error),
+}
+
+/// The bound addresses, printed as one JSON line at start-up so that tests and `ebb up` can find ports
+/// picked by the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// Data port.
+    pub data: SocketAddr,
+    /// Admin port.
+    pub admin: SocketAddr,
+    /// Stats port.
+    pub stats: SocketAddr,
+    /// Prometheus port.
+    pub metrics: SocketAddr,
+}
+
+impl Addresses {
+    /// `{"data":"ip:port","admin":...,"stats":...,"metrics":...}`
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "data": self.data.to_string(),
+            "admin": self.admin.to_string(),
+            "stats": self.stats.to_string(),
+            "metrics": self.metrics.to_string(),
+        })
+        .to_string()
+    }
+}
+
+/// A bound, not yet running queue-proxy.
+#[derive(Debug)]
+pub struct QueueProxy {
+    config: Config,
+    listeners: [TcpListener; 4],
+    addresses: Addresses,
+    data: Arc<DataPlane>,
+    latest: LatestStat,
+    started: Instant,
+}
+
+impl QueueProxy {
+    /// Binds every port.
+    pub async fn bind(config: Config) -> Result<Self, ServeError> {
+        let ports = config.ports;
+        let mut listeners = Vec::with_capacity(4);
+        let mut addresses = Vec::with_capacity(4);
+        for (what, port) in
+            [("data", ports.data), ("admin", ports.admin), ("stats", ports.stats), ("metrics", ports.metrics)]
+        {
+            let addr = SocketAddr::new(config.bind_address, port);
+            let listener =
+                TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { what, addr, source })?;
+            let local = listener.local_addr().map_err(|source| ServeError::Bind { what, addr, source })?;
+            listeners.push(listener);
+            addresses.push(local);
+        }
+        let addresses =
+            Addresses { data: addresses[0], admin: addresses[1], stats: addresses[2], metrics: addresses[3] };
+        let Ok(listeners) = <[TcpListener; 4]>::try_from(listeners) else { unreachable!("four ports bound") };
+        let started = Instant::now();
+        let breaker = (config.container_concurrency > 0)
+            .then(|| Breaker::new(config.container_concurrency, config.queue_depth));
+        let data = Arc::new(DataPlane {
+            forwarder: Forwarder::new(&config.forwarder),
+            upstream: config.upstream.clone(),
+            protocol: config.protocol,
+            breaker,
+            stats: RequestStats::new(started.into_std()),
+            metrics: Arc::new(Metrics::new()),
+            timeouts: config.timeouts,
+            readiness: Arc::new(Readiness::default()),
+            drainer: Arc::new(Drainer::new()),
+            service: config.service.clone(),
+            retry_after: config.retry_after,
+        });
+        let latest = LatestStat::default();
+        // Until the first period ends, /stats answers with an empty period.
+        if let Ok(encoded) =
+            pod_stat(&config.pod_name, &Snapshot::default(), Duration::ZERO, SystemTime::now()).encode()
+        {
+            latest.set(Bytes::from(encoded));
+        }
+        Ok(Self { config, listeners, addresses, data, latest, started })
+    }
+
+    /// The bound addresses.
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
+    /// The drain state: `start()` on it drains the proxy as SIGTERM would.
+    pub fn drainer(&self) -> Arc<Drainer> {
+        self.data.drainer.clone()
+    }
+
+    /// The data plane (breaker, stats, metrics) for inspection.
+    pub fn data_plane(&self) -> Arc<DataPlane> {
+        self.data.clone()
+    }
+
+    /// Serves until `stop` resolves (or a drain is started otherwise), then drains and returns.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Self { config, listeners, addresses, data, latest, started } = self;
+        tracing::info!(
+            data = %addresses.data, admin = %addresses.admin, stats = %addresses.stats, metrics = %addresses.metrics,
+            upstream = %config.upstream, container_concurrency = config.container_concurrency,
+            queue_depth = config.queue_depth, "queue-proxy listening"
+        );
+        let prober = {
+            let (probe, readiness) = (config.probe.clone(), data.readiness.clone());
+            tokio::spawn(async move { wait_until_ready(&probe, &readiness).await })
+        };
+        let reporter =
+            tokio::spawn(report_stats(data.stats.clone(), latest.clone(), config.pod_name.clone(), started));
+
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (conns_tx, mut conns_rx) = mpsc::channel::<Infallible>(1);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(60));
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
+        let builder = Arc::new(builder);
+        let admin = Arc::new(Admin { data: data.clone(), probe: config.probe.clone(), latest });
+        let [data_listener, admin_listener, stats_listener, metrics_listener] = listeners;
+
+        let ctx = AcceptContext { builder, shutdown, conns: conns_tx };
+        let d = data.clone();
+        tokio::spawn(ctx.clone().accept(data_listener, move |req| d.clone().handle(req)));
+        let a = admin.clone();
+        tokio::spawn(ctx.clone().accept(admin_listener, move |req| a.clone().admin(req)));
+        let a = admin.clone();
+        tokio::spawn(ctx.clone().accept(stats_listener, move |req| a.clone().stats(req)));
+        let a = admin;
+        tokio::spawn(ctx.accept(metrics_listener, move |req| a.clone().metrics(req)));
+
+        tokio::select! {
+            () = stop => data.drainer.start(),
+            () = data.drainer.started() => {}
+        }
+        let drain_start = Instant::now();
+        tracing::info!(
+            in_flight = data.stats.concurrency(),
+            quiet_period_ms = config.drain_quiet_period.as_millis() as u64,
+            "draining: readiness fails, requests are still served"
+        );
+        let stats = data.stats.clone();
+        let outcome = data
+            .drainer
+            .wait_quiet(
+                || stats.concurrency(),
+                config.drain_quiet_period,
+                drain_start + config.drain_deadline,
+            )
+            .await;
+        match outcome {
+            DrainOutcome::Quiet => tracing::info!("drained; shutting down"),
+            DrainOutcome::Deadline => {
+                tracing::warn!(in_flight = data.stats.concurrency(), "drain deadline reached; shutting down")
+            }
+        }
+        data.drainer.mark_drained();
+        prober.abort();
+        reporter.abort();
+        // Stop accepting, finish open exchanges (idle keep-alive connections close, HTTP/2 gets GOAWAY), and
+        // give connections a moment to close.
+        let _ = shutdown_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), conns_rx.recv()).await;
+        Ok(())
+    }
+}
+
+async fn report_stats(stats: RequestStats, latest: LatestStat, pod: String, started: Instant) {
+    let mut tick = tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = tick.tick().await;
+        let snapshot = stats.snapshot(now.into_std());
+        let stat = pod_stat(&pod, &snapshot, now - started, SystemTime::now());
+        match stat.encode() {
+            Ok(encoded) => latest.set(Bytes::from(encoded)),
+            Err(err) => tracing::error!("cannot encode the stat: {err}"),
+        }
+    }
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[derive(Clone)]
+struct AcceptContext {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: watch::Receiver<bool>,
+    /// Held by every connection task; the receiver sees the channel close when all are gone.
+    conns: mpsc::Sender<Infallible>,
+}
+
+impl AcceptContext {
+    async fn accept<H, F, B>(mut self, listener: TcpListener, handler: H)
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = stopped(&mut self.shutdown) => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _peer)) => {
+                    let ctx = self.clone();
+                    let handler = handler.clone();
+                    tokio::spawn(async move { ctx.serve(stream, handler).await });
+                }
+                Err(err) => {
+                    // Out of file descriptors or similar: back off briefly instead of spinning.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve<H, F, B>(mut self, stream: TcpStream, handler: H)
+    where
+        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let _ = stream.set_nodelay(true);
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service_fn(handler));
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!("connection ended: {err}");
+                }
+            }
+            () = stopped(&mut self.shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        drop(self.conns);
+    }
+}

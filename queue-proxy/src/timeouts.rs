@@ -1,0 +1,161 @@
+//! The three request timeouts the queue-proxy owns: total (from arrival to the end of the response body,
+//! queueing included), response-start (from arrival to the response headers) and idle (the longest pause
+//! between response body chunks). Before the response starts they end in a 504; after, the stream is cut,
+//! since the status has been sent.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// Which timeout fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeoutKind {
+    /// The whole request took longer than the total timeout (including time queued for a slot).
+    Total,
+    /// The response did not start in time.
+    ResponseStart,
+    /// The response body paused for longer than the idle timeout.
+    Idle,
+}
+
+impl TimeoutKind {
+    /// Every kind, for initialising metric series.
+    pub const ALL: [TimeoutKind; 3] = [TimeoutKind::Total, TimeoutKind::ResponseStart, TimeoutKind::Idle];
+
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TimeoutKind::Total => "total",
+            TimeoutKind::ResponseStart => "response_start",
+            TimeoutKind::Idle => "idle",
+        }
+    }
+}
+
+/// The timeouts of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From arrival to the end of the response.
+    pub total: Duration,
+    /// From arrival to the response headers; capped by `total`.
+    pub response_start: Duration,
+    /// Longest pause between response body chunks; `None` is off.
+    pub idle: Option<Duration>,
+}
+
+impl Timeouts {
+    /// The deadline for the whole request that arrived at `start`.
+    pub fn total_deadline(&self, start: Instant) -> Instant {
+        start + self.total
+    }
+
+    /// The deadline for the response headers and which timeout it stands for.
+    pub fn response_start_deadline(&self, start: Instant) -> (Instant, TimeoutKind) {
+        if self.response_start < self.total {
+            (start + self.response_start, TimeoutKind::ResponseStart)
+        } else {
+            (start + self.total, TimeoutKind::Total)
+        }
+    }
+}
+
+/// Watches a response body for the total and idle timeouts. The timer is armed only when the body has to
+/// wait for data, so a response whose body is already at hand costs no timer at all.
+#[derive(Debug)]
+pub struct BodyTimer {
+    total_deadline: Instant,
+    idle: Option<Duration>,
+    last_progress: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl BodyTimer {
+    /// A timer for a body that must end by `total_deadline` and never pause longer than `idle`.
+    pub fn new(total_deadline: Instant, idle: Option<Duration>) -> Self {
+        Self { total_deadline, idle, last_progress: None, sleep: None }
+    }
+
+    /// Records that a chunk arrived (restarts the idle clock).
+    pub fn progress(&mut self) {
+        if self.idle.is_some() {
+            self.last_progress = Some(Instant::now());
+            // Re-armed lazily at the next wait.
+            let deadline = self.next_deadline();
+            if let Some(sleep) = &mut self.sleep {
+                sleep.as_mut().reset(deadline);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        match (self.idle, self.last_progress) {
+            (Some(idle), Some(last)) => (last + idle).min(self.total_deadline),
+            (Some(idle), None) => (Instant::now() + idle).min(self.total_deadline),
+            _ => self.total_deadline,
+        }
+    }
+
+    /// Called while the body waits for data: `Ready(kind)` once a timeout has passed.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<TimeoutKind> {
+        if self.sleep.is_none() {
+            if self.idle.is_some() && self.last_progress.is_none() {
+                self.last_progress = Some(Instant::now());
+            }
+            let deadline = self.next_deadline();
+            self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        }
+        let Some(sleep) = &mut self.sleep else { return Poll::Pending };
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let kind = if Instant::now() >= self.total_deadline {
+                    TimeoutKind::Total
+                } else {
+                    TimeoutKind::Idle
+                };
+                Poll::Ready(kind)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_start_is_capped_by_total() {
+        let start = Instant::now();
+        let t =
+            Timeouts { total: Duration::from_secs(10), response_start: Duration::from_secs(20), idle: None };
+        assert_eq!(t.response_start_deadline(start), (start + Duration::from_secs(10), TimeoutKind::Total));
+        let t = Timeouts { response_start: Duration::from_secs(2), ..t };
+        assert_eq!(
+            t.response_start_deadline(start),
+            (start + Duration::from_secs(2), TimeoutKind::ResponseStart)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_restarts_on_progress_and_total_wins_at_the_end() {
+        let start = Instant::now();
+        let mut timer = BodyTimer::new(start + Duration::from_secs(5), Some(Duration::from_secs(2)));
+        let poll = |timer: &mut BodyTimer| {
+            let waker = std::task::Waker::noop();
+            timer.poll_expired(&mut Context::from_waker(waker))
+        };
+        assert_eq!(poll(&mut timer), Poll::Pending);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        timer.progress();
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(poll(&mut timer), Poll::Pending);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(poll(&mut timer), Poll::Ready(TimeoutKind::Idle));
+        timer.progress();
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(poll(&mut timer), Poll::Ready(TimeoutKind::Total));
+    }
+}
