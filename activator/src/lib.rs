@@ -1,1 +1,6 @@
+//! The activator: receives traffic for services at zero or short of burst capacity, holds it while they scale,
+//! and forwards it the moment a pod can take it.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod routing;

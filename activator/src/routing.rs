@@ -1,0 +1,224 @@
+//! Which service a request is for (design.md, "Headers"; issue "activator", Routing).
+//!
+//! The service comes from `Ebb-Service: NAMESPACE/NAME` (set by a gateway route), else from the Host with its
+//! port stripped: `NAME.NAMESPACE`, `NAME.NAMESPACE.svc`, `NAME.NAMESPACE.svc.cluster.local`, a host listed in
+//! the service's `ebb.dev/hosts`, or in local mode a bare `NAME` in namespace `default`.
+//!
+//! Trust: a gateway route that names a service by header *sets* `Ebb-Service`, overwriting whatever the client
+//! sent. A route by Host cannot stop a client from adding the header, so when the Host names a service and the
+//! header names another, the request is refused: a client reaches only the service its route named.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::HOST;
+
+use ebb_config::names::HEADER_SERVICE;
+
+/// A service: `NAMESPACE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// The namespace.
+    pub namespace: Arc<str>,
+    /// The Deployment's name.
+    pub name: Arc<str>,
+}
+
+impl ServiceKey {
+    /// A key from its parts.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// Parses `NAMESPACE/NAME`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (namespace, name) = text.split_once('/')?;
+        let valid = |part: &str| ebb_config::value::is_dns_name(part) && !part.contains('/');
+        (valid(namespace) && valid(name)).then(|| Self::new(namespace, name))
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Why no service could be chosen; each names what was looked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Neither the header nor the Host names a known service.
+    #[error("no service {0}")]
+    Unknown(String),
+    /// The `Ebb-Service` header is not `NAMESPACE/NAME`.
+    #[error("the Ebb-Service header {0:?} is not NAMESPACE/NAME")]
+    BadHeader(String),
+    /// The header names one service and the Host another.
+    #[error("the Ebb-Service header names {header} but the Host routes to {host}")]
+    Conflict {
+        /// The service the header named.
+        header: ServiceKey,
+        /// The service the Host named.
+        host: ServiceKey,
+    },
+}
+
+/// The known services and every host name that routes to one. Rebuilt when services change; cheap to read.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    hosts: HashMap<String, ServiceKey>,
+    services: HashMap<ServiceKey, ()>,
+    local_mode: bool,
+}
+
+impl RouteTable {
+    /// An empty table. In local mode a bare `NAME` Host means `default/NAME`.
+    pub fn new(local_mode: bool) -> Self {
+        Self { local_mode, ..Self::default() }
+    }
+
+    /// Adds a service and its extra host names (`ebb.dev/hosts`). A host already taken by another service stays
+    /// with the first; the conflicting service is returned so the caller can report it.
+    pub fn insert(&mut self, service: ServiceKey, extra_hosts: &[String]) -> Vec<(String, ServiceKey)> {
+        let (ns, name) = (&service.namespace, &service.name);
+        let mut names = vec![
+            format!("{name}.{ns}"),
+            format!("{name}.{ns}.svc"),
+            format!("{name}.{ns}.svc.cluster.local"),
+        ];
+        if self.local_mode && &**ns == "default" {
+            names.push(name.to_string());
+        }
+        names.extend(extra_hosts.iter().cloned());
+        let mut conflicts = Vec::new();
+        for host in names {
+            match self.hosts.get(&host) {
+                Some(owner) if *owner != service => conflicts.push((host, owner.clone())),
+                _ => {
+                    self.hosts.insert(host, service.clone());
+                }
+            }
+        }
+        self.services.insert(service, ());
+        conflicts
+    }
+
+    /// Whether the service is known.
+    pub fn contains(&self, service: &ServiceKey) -> bool {
+        self.services.contains_key(service)
+    }
+
+    /// The service that a request's headers name.
+    pub fn route(&self, headers: &HeaderMap) -> Result<ServiceKey, RouteError> {
+        let host =
+            headers.get(HOST).and_then(|h| h.to_str().ok()).map(strip_port).map(str::to_ascii_lowercase);
+        let by_host = host.as_deref().and_then(|h| self.hosts.get(h));
+        let Some(header) = headers.get(HEADER_SERVICE) else {
+            return by_host
+                .cloned()
+                .ok_or_else(|| RouteError::Unknown(format!("for Host {:?}", host.unwrap_or_default())));
+        };
+        let text = header.to_str().unwrap_or_default();
+        let named = ServiceKey::parse(text).ok_or_else(|| RouteError::BadHeader(text.to_owned()))?;
+        match by_host {
+            Some(host) if *host != named => Err(RouteError::Conflict { header: named, host: host.clone() }),
+            _ if self.contains(&named) => Ok(named),
+            _ => Err(RouteError::Unknown(format!("{named} (from the Ebb-Service header)"))),
+        }
+    }
+}
+
+/// `host:port` or `[v6]:port` without the port.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(local: bool) -> RouteTable {
+        let mut table = RouteTable::new(local);
+        table.insert(ServiceKey::new("default", "demo"), &[]);
+        table.insert(ServiceKey::new("models", "chat"), &["chat.example.com".into()]);
+        table
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect()
+    }
+
+    fn route(table: &RouteTable, pairs: &[(&str, &str)]) -> Result<String, RouteError> {
+        table.route(&headers(pairs)).map(|s| s.to_string())
+    }
+
+    #[test]
+    fn hosts_in_every_cluster_form_with_ports_and_case() {
+        let t = table(false);
+        for host in
+            ["chat.models", "chat.models.svc", "chat.models.svc.cluster.local:80", "Chat.Example.com:8080"]
+        {
+            assert_eq!(route(&t, &[("host", host)]), Ok("models/chat".into()), "{host}");
+        }
+        assert_eq!(route(&t, &[("host", "demo")]), Err(RouteError::Unknown("for Host \"demo\"".into())));
+        assert_eq!(route(&t, &[]), Err(RouteError::Unknown("for Host \"\"".into())));
+    }
+
+    #[test]
+    fn local_mode_routes_a_bare_name_in_default() {
+        let t = table(true);
+        assert_eq!(route(&t, &[("host", "demo:8080")]), Ok("default/demo".into()));
+        assert_eq!(
+            route(&t, &[("host", "chat")]).unwrap_err(),
+            RouteError::Unknown("for Host \"chat\"".into())
+        );
+    }
+
+    #[test]
+    fn the_header_names_the_service_unless_the_host_names_another() {
+        let t = table(false);
+        assert_eq!(
+            route(&t, &[("ebb-service", "models/chat"), ("host", "gateway.example.org")]),
+            Ok("models/chat".into())
+        );
+        assert_eq!(
+            route(&t, &[("ebb-service", "models/chat"), ("host", "chat.example.com")]),
+            Ok("models/chat".into())
+        );
+        let conflict =
+            route(&t, &[("ebb-service", "default/demo"), ("host", "chat.example.com")]).unwrap_err();
+        assert_eq!(
+            conflict.to_string(),
+            "the Ebb-Service header names default/demo but the Host routes to models/chat"
+        );
+        assert_eq!(
+            route(&t, &[("ebb-service", "models/none")]).unwrap_err().to_string(),
+            "no service models/none (from the Ebb-Service header)"
+        );
+        assert_eq!(route(&t, &[("ebb-service", "chat")]), Err(RouteError::BadHeader("chat".into())));
+        assert_eq!(route(&t, &[("ebb-service", "a/b/c")]), Err(RouteError::BadHeader("a/b/c".into())));
+    }
+
+    #[test]
+    fn a_host_claimed_twice_stays_with_the_first_service() {
+        let mut t = table(false);
+        let conflicts = t.insert(ServiceKey::new("other", "svc"), &["chat.example.com".into()]);
+        assert_eq!(conflicts, [("chat.example.com".to_string(), ServiceKey::new("models", "chat"))]);
+        assert_eq!(route(&t, &[("host", "chat.example.com")]), Ok("models/chat".into()));
+    }
+
+    #[test]
+    fn ports_are_stripped_only_when_numeric() {
+        assert_eq!(strip_port("a.b:8080"), "a.b");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("a.b"), "a.b");
+        assert_eq!(strip_port("a:b"), "a:b");
+    }
+}
