@@ -3,4 +3,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod balancer;
+pub mod capacity;
+pub mod endpoints;
 pub mod routing;
