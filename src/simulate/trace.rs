@@ -1,0 +1,216 @@
+//! The trace file: a small, strict CSV reader that names the line of every problem.
+//!
+//! Two forms, told apart by the header:
+//! - load, `t,concurrency` or `t,rps`: service-total load from `t` (whole seconds) until the next row;
+//! - decider inputs, `t,ready,stable,panic`: one decider tick per row (`stable` and `panic` both empty means
+//!   "no data" for that tick).
+//!
+//! Blank lines and lines starting with `#` are skipped. Times never go backwards.
+
+use std::fmt;
+
+use ebb_config::Metric;
+
+/// A parsed trace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trace {
+    /// Load over time; the pods are modelled.
+    Load {
+        /// What the values measure.
+        metric: Metric,
+        /// Rows in time order.
+        rows: Vec<LoadRow>,
+    },
+    /// The decider's inputs, tick by tick.
+    Decider {
+        /// Rows in time order.
+        rows: Vec<DeciderRow>,
+    },
+}
+
+/// One row of a load trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadRow {
+    /// Whole seconds.
+    pub t: u64,
+    /// Service-total concurrency or requests per second from `t` on.
+    pub value: f64,
+}
+
+/// One row of a decider-input trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeciderRow {
+    /// Seconds (fractions allowed).
+    pub t: f64,
+    /// Ready pods.
+    pub ready: u32,
+    /// Stable and panic window averages; `None` for a tick without data.
+    pub observed: Option<(f64, f64)>,
+}
+
+/// A problem in the trace, at a 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for TraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+const LOAD_CONCURRENCY: &[&str] = &["t", "concurrency"];
+const LOAD_RPS: &[&str] = &["t", "rps"];
+const DECIDER: &[&str] = &["t", "ready", "stable", "panic"];
+/// Longest span of a load trace: it is simulated second by second.
+const MAX_LOAD_SPAN_SECS: f64 = 31.0 * 24.0 * 3600.0;
+const EXPECTED_HEADERS: &str = "`t,concurrency`, `t,rps` or `t,ready,stable,panic`";
+
+/// Parses a whole trace file.
+pub fn parse(text: &str) -> Result<Trace, TraceError> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'));
+    let Some((header_line, header)) = lines.next() else {
+        return Err(TraceError { line: 1, message: format!("missing header: expected {EXPECTED_HEADERS}") });
+    };
+    let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+    let err = |line, message: String| TraceError { line, message };
+    let mut last_t = f64::NEG_INFINITY;
+    let mut check_time = |line: usize, t: f64| {
+        if t < last_t {
+            return Err(err(
+                line,
+                format!("time goes backwards: t={} after t={}", fmt_num(t), fmt_num(last_t)),
+            ));
+        }
+        last_t = t;
+        Ok(())
+    };
+    if columns == LOAD_CONCURRENCY || columns == LOAD_RPS {
+        let metric = if columns == LOAD_RPS { Metric::Rps } else { Metric::Concurrency };
+        let mut rows = Vec::new();
+        for (line, text) in lines {
+            let fields = split(line, text, 2)?;
+            let t = number(line, "t", fields[0])?;
+            if t.fract() != 0.0 {
+                return Err(err(
+                    line,
+                    format!("t must be whole seconds in a load trace, got {:?}", fields[0]),
+                ));
+            }
+            check_time(line, t)?;
+            if rows.first().is_some_and(|first: &LoadRow| t - first.t as f64 > MAX_LOAD_SPAN_SECS) {
+                return Err(err(line, "a load trace may span at most 31 days".into()));
+            }
+            let value = number(line, columns[1], fields[1])?;
+            rows.push(LoadRow { t: t as u64, value });
+        }
+        if rows.is_empty() {
+            return Err(err(header_line + 1, "no rows after the header".into()));
+        }
+        Ok(Trace::Load { metric, rows })
+    } else if columns == DECIDER {
+        let mut rows = Vec::new();
+        for (line, text) in lines {
+            let fields = split(line, text, 4)?;
+            let t = number(line, "t", fields[0])?;
+            check_time(line, t)?;
+            let ready = fields[1].parse::<u32>().map_err(|_| {
+                err(line, format!("ready must be a whole number of pods, got {:?}", fields[1]))
+            })?;
+            let observed = match (fields[2], fields[3]) {
+                ("", "") => None,
+                ("", _) | (_, "") => {
+                    return Err(err(
+                        line,
+                        "stable and panic must both be given, or both empty for no data".into(),
+                    ));
+                }
+                (stable, panic) => Some((number(line, "stable", stable)?, number(line, "panic", panic)?)),
+            };
+            rows.push(DeciderRow { t, ready, observed });
+        }
+        if rows.is_empty() {
+            return Err(err(header_line + 1, "no rows after the header".into()));
+        }
+        Ok(Trace::Decider { rows })
+    } else {
+        Err(err(header_line, format!("missing header: expected {EXPECTED_HEADERS}, got {header:?}")))
+    }
+}
+
+/// Splits a row into exactly `n` trimmed fields.
+fn split(line: usize, text: &str, n: usize) -> Result<Vec<&str>, TraceError> {
+    let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+    if fields.len() != n {
+        return Err(TraceError {
+            line,
+            message: format!("expected {n} fields, got {}: {text:?}", fields.len()),
+        });
+    }
+    Ok(fields)
+}
+
+/// A finite, non-negative number.
+fn number(line: usize, column: &str, text: &str) -> Result<f64, TraceError> {
+    match ebb_config::value::parse_number(text) {
+        Some(v) if v >= 0.0 => Ok(v),
+        _ => {
+            Err(TraceError { line, message: format!("{column} must be a non-negative number, got {text:?}") })
+        }
+    }
+}
+
+/// `12` or `12.5`, for messages and CSV cells.
+pub fn fmt_num(value: f64) -> String {
+    let rounded = (value * 1e6).round() / 1e6;
+    if rounded.fract() == 0.0 && rounded.abs() < 1e15 {
+        format!("{}", rounded as i64)
+    } else {
+        let text = format!("{rounded:.6}");
+        text.trim_end_matches('0').to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_forms_with_comments_and_blank_lines() {
+        let load = parse("# a spike\nt,concurrency\n0,0\n\n10,150\n").unwrap();
+        let rows = vec![LoadRow { t: 0, value: 0.0 }, LoadRow { t: 10, value: 150.0 }];
+        assert_eq!(load, Trace::Load { metric: Metric::Concurrency, rows });
+        let decider = parse("t,ready,stable,panic\n0,3,10,20\n2.5,3,,\n").unwrap();
+        let rows = vec![
+            DeciderRow { t: 0.0, ready: 3, observed: Some((10.0, 20.0)) },
+            DeciderRow { t: 2.5, ready: 3, observed: None },
+        ];
+        assert_eq!(decider, Trace::Decider { rows });
+    }
+
+    #[test]
+    fn every_problem_names_its_line() {
+        let line = |text: &str| parse(text).unwrap_err().line;
+        assert_eq!(line(""), 1);
+        assert_eq!(line("0,5\n1,6\n"), 1, "data where the header should be");
+        assert_eq!(line("t,rps\n0,1\n1,x\n"), 3);
+        assert_eq!(line("t,rps\n0,1\n1,-1\n"), 3);
+        assert_eq!(line("t,rps\n5,1\n4,1\n"), 3);
+        assert_eq!(line("t,rps\n0,1,2\n"), 2);
+        assert_eq!(line("t,rps\n0.5,1\n"), 2);
+        assert_eq!(line("t,rps\n"), 2);
+        assert_eq!(line("t,ready,stable,panic\n0,1.5,1,1\n"), 2);
+        assert_eq!(line("t,ready,stable,panic\n0,1,,1\n"), 2);
+        assert_eq!(line("t,ready,stable,panic\n0,1,1,NaN\n"), 2);
+        let e = parse("t,rps\n5,1\n\n4,1\n").unwrap_err();
+        assert_eq!(e.to_string(), "line 4: time goes backwards: t=4 after t=5");
+    }
+}
