@@ -1,0 +1,85 @@
+//! Request stats under a known load, read back from `GET /stats` in the wire format the autoscaler scrapes.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use ebb_config::wire::{PodStat, STAT_CONTENT_TYPE};
+use http::Request;
+use http_body_util::Full;
+use tokio::time::Instant;
+
+/// One request every 100 ms, each held 1 s by the upstream, every other one marked as coming through the
+/// activator: from 1 s after the start until the last request leaves, exactly 10 are inside (5 proxied).
+///
+/// Tolerances: a 1-second stat that lies wholly in that steady stretch must show average concurrency
+/// 10 +- 1.5, proxied 5 +- 1, and 10 +- 2 arrivals (5 +- 2 proxied). The slack covers timer and
+/// scheduling jitter of a few tens of milliseconds per request on a loaded 2-core machine; the exact
+/// arithmetic is unit-tested with injected instants in `stats.rs`.
+#[tokio::test]
+async fn a_steady_load_of_ten_concurrent_requests_reports_about_ten() {
+    let addr = upstream(|_req| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        response(200, full("ok"))
+    })
+    .await;
+    let proxy = proxy(addr, &[]).await;
+    let client = client();
+    const REQUESTS: u32 = 45;
+    let period = Duration::from_millis(100);
+
+    let start_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let start = Instant::now();
+    let load = tokio::spawn({
+        let (client, url) = (client.clone(), proxy.url("/work"));
+        async move {
+            let mut requests = Vec::new();
+            for i in 0..REQUESTS {
+                tokio::time::sleep_until(start + period * i).await;
+                let mut request = Request::get(&url);
+                if i % 2 == 0 {
+                    request = request.header("ebb-proxied", "activator");
+                }
+                let request = request.body(Full::new(Bytes::new())).unwrap();
+                let client = client.clone();
+                requests.push(tokio::spawn(async move { send(&client, request).await.status() }));
+            }
+            for request in requests {
+                assert_eq!(request.await.unwrap(), 200);
+            }
+        }
+    });
+    // Meanwhile, collect every distinct 1-second stat by polling every 100 ms.
+    let mut stats: Vec<PodStat> = Vec::new();
+    let load_end = start + period * REQUESTS + Duration::from_millis(1_100);
+    while Instant::now() < load_end {
+        let response = send(&client, get(&format!("http://{}/stats", proxy.addrs.stats))).await;
+        assert_eq!(response.headers()["content-type"], STAT_CONTENT_TYPE);
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+        let stat = PodStat::decode(&body).unwrap();
+        if stats.last().is_none_or(|last| last.timestamp_ms != stat.timestamp_ms) {
+            stats.push(stat);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load.await.unwrap();
+    // The steady stretch (from the first departure to the last arrival) in wall-clock milliseconds, shrunk
+    // by 50 ms on both sides.
+    let (from, to) = (start_wall + 1_000 + 50, start_wall + (REQUESTS as u64) * 100 - 50);
+    let steady: Vec<_> =
+        stats.iter().filter(|s| s.timestamp_ms - 1_000 >= from && s.timestamp_ms <= to).collect();
+    assert!(!steady.is_empty(), "no 1-second stat fell in the steady stretch {from}..{to}: {stats:#?}");
+    for stat in steady {
+        assert_eq!(stat.pod, "test-pod");
+        assert!((stat.average_concurrency - 10.0).abs() <= 1.5, "{stat:?}");
+        assert!((stat.average_proxied_concurrency - 5.0).abs() <= 1.0, "{stat:?}");
+        assert!((stat.request_count - 10.0).abs() <= 2.0, "{stat:?}");
+        assert!((stat.proxied_request_count - 5.0).abs() <= 2.0, "{stat:?}");
+    }
+    let text = metrics(&proxy).await;
+    assert_eq!(series(&text, "ebb_queue_proxy_requests_total{status_class=\"2xx\"}"), Some(REQUESTS as f64));
+    assert_eq!(series(&text, "ebb_queue_proxy_request_duration_seconds_count"), Some(REQUESTS as f64));
+    proxy.stop().await;
+}
