@@ -6,4 +6,7 @@
 pub mod balancer;
 pub mod capacity;
 pub mod endpoints;
+pub mod probe;
+pub mod registry;
 pub mod routing;
+pub mod service;

@@ -1,0 +1,120 @@
+//! Every service the activator knows, the route table built from them, and the application of changes from an
+//! endpoint source.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use http::HeaderMap;
+use tokio::sync::mpsc;
+
+use crate::endpoints::Change;
+use crate::probe::Prober;
+use crate::routing::{RouteError, RouteTable, ServiceKey};
+use crate::service::Service;
+
+/// The services, their routes and the shared probe client.
+#[derive(Debug)]
+pub struct Registry {
+    services: RwLock<HashMap<ServiceKey, Arc<Service>>>,
+    routes: RwLock<Arc<RouteTable>>,
+    activators: Arc<AtomicUsize>,
+    prober: Prober,
+    local_mode: bool,
+    global_queue_cap: u32,
+}
+
+impl Registry {
+    /// An empty registry. `global_queue_cap` bounds each service's queue (design.md: 10,000 by default).
+    pub fn new(local_mode: bool, global_queue_cap: u32) -> Self {
+        Self {
+            services: RwLock::default(),
+            routes: RwLock::new(Arc::new(RouteTable::new(local_mode))),
+            activators: Arc::new(AtomicUsize::new(1)),
+            prober: Prober::new(),
+            local_mode,
+            global_queue_cap,
+        }
+    }
+
+    /// The probe client, for re-probing a pod that failed.
+    pub fn prober(&self) -> &Prober {
+        &self.prober
+    }
+
+    /// The service a request is for.
+    pub fn route(&self, headers: &HeaderMap) -> Result<Arc<Service>, RouteError> {
+        let key = self.routes.read().unwrap_or_else(|p| p.into_inner()).route(headers)?;
+        self.get(&key).ok_or_else(|| RouteError::Unknown(key.to_string()))
+    }
+
+    /// A service by key.
+    pub fn get(&self, key: &ServiceKey) -> Option<Arc<Service>> {
+        self.services.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    /// Every service.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        self.services.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Applies one change from an endpoint source.
+    pub fn apply(&self, change: Change) {
+        match change {
+            Change::Service { key, config } => {
+                let existing = self.get(&key);
+                match existing {
+                    Some(service) => service.set_config(config),
+                    None => {
+                        let service =
+                            Service::new(key.clone(), config, self.activators.clone(), self.global_queue_cap);
+                        self.services
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key, Arc::new(service));
+                    }
+                }
+                self.rebuild_routes();
+            }
+            Change::ServiceRemoved(key) => {
+                let removed = self.services.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                if let Some(service) = removed {
+                    service.remove();
+                }
+                self.rebuild_routes();
+            }
+            Change::Pods { key, pods } => match self.get(&key) {
+                Some(service) => service.set_pods(pods, &self.prober),
+                None => {
+                    tracing::debug!(service = %key, "pods for a service with no configuration yet; ignored")
+                }
+            },
+            Change::Activators(count) => {
+                self.activators.store(count.max(1), Ordering::Relaxed);
+                for service in self.services() {
+                    service.rebuild();
+                }
+            }
+        }
+    }
+
+    /// Applies changes until the source's sender is dropped.
+    pub async fn follow(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<Change>) {
+        while let Some(change) = changes.recv().await {
+            self.apply(change);
+        }
+    }
+
+    fn rebuild_routes(&self) {
+        let mut table = RouteTable::new(self.local_mode);
+        let mut services = self.services();
+        // Deterministic ownership of contested hosts: the first service by name keeps them.
+        services.sort_by(|a, b| a.key.cmp(&b.key));
+        for service in services {
+            for (host, owner) in table.insert(service.key.clone(), &service.config().hosts) {
+                tracing::warn!(service = %service.key, %host, %owner, "host name already routes to another service");
+            }
+        }
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+}

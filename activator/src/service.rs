@@ -1,0 +1,262 @@
+//! One service as the activator holds it: its settings, its pods and their probe state, the usable endpoints,
+//! the breaker that queues requests while there is no capacity, its request stats, and a status that waiting
+//! requests watch (ready pods, why pods cannot start, removal).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+
+use ebb_config::DataPlaneSpec;
+use ebb_queue_proxy::{Breaker, RequestStats};
+use http::uri::Authority;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::balancer::{self, Endpoint, Lease};
+use crate::capacity::{pod_capacity, service_capacity};
+use crate::endpoints::PodInfo;
+use crate::probe::Prober;
+use crate::routing::ServiceKey;
+
+/// What requests waiting for a service need to know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Pods that answered their probe and are not terminating.
+    pub ready: usize,
+    /// Why the service's pods cannot start, when none is ready and every one is blocked.
+    pub blocked: Option<String>,
+    /// The service is gone.
+    pub removed: bool,
+}
+
+/// A service and everything the activator keeps for it.
+#[derive(Debug)]
+pub struct Service {
+    /// `NAMESPACE/NAME`.
+    pub key: ServiceKey,
+    /// The key as text, for error bodies and logs.
+    pub name: String,
+    /// Queues requests while there is no capacity; its capacity is this activator's share of the ready pods.
+    pub breaker: Breaker,
+    /// Requests queued or in flight at this activator, time-weighted (reported to the autoscaler).
+    pub stats: RequestStats,
+    inner: Mutex<Inner>,
+    endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    status: watch::Sender<Status>,
+    /// Rotates ties in the balancer and seeds power-of-two choices.
+    picks: AtomicU64,
+    /// The per-pod limit, read on every request without taking the lock.
+    container_concurrency: AtomicU32,
+    activators: Arc<AtomicUsize>,
+    global_queue_cap: u32,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: DataPlaneSpec,
+    pods: HashMap<Arc<str>, PodState>,
+}
+
+#[derive(Debug)]
+struct PodState {
+    info: PodInfo,
+    /// Set once the pod answered its probe.
+    endpoint: Option<Arc<Endpoint>>,
+    probe: Option<AbortHandle>,
+}
+
+impl Drop for PodState {
+    fn drop(&mut self) {
+        if let Some(probe) = &self.probe {
+            probe.abort();
+        }
+    }
+}
+
+impl Service {
+    /// A service with no pods yet: every request queues until one is ready.
+    pub fn new(
+        key: ServiceKey,
+        config: DataPlaneSpec,
+        activators: Arc<AtomicUsize>,
+        global_queue_cap: u32,
+    ) -> Self {
+        let queue_depth = config.max_queued.min(global_queue_cap);
+        Self {
+            name: key.to_string(),
+            key,
+            breaker: Breaker::new(0, queue_depth),
+            stats: RequestStats::new(std::time::Instant::now()),
+            container_concurrency: AtomicU32::new(config.container_concurrency),
+            inner: Mutex::new(Inner { config, pods: HashMap::new() }),
+            endpoints: RwLock::new(Arc::from([])),
+            status: watch::Sender::new(Status::default()),
+            picks: AtomicU64::new(0),
+            activators,
+            global_queue_cap,
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The service's current settings.
+    pub fn config(&self) -> DataPlaneSpec {
+        self.inner().config.clone()
+    }
+
+    /// Applies new settings (concurrency, queue bounds, timeouts).
+    pub fn set_config(&self, config: DataPlaneSpec) {
+        self.breaker.set_queue_depth(config.max_queued.min(self.global_queue_cap));
+        self.container_concurrency.store(config.container_concurrency, Ordering::Relaxed);
+        self.inner().config = config;
+        self.rebuild();
+    }
+
+    /// Watches the service's status.
+    pub fn watch(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// The status now.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Replaces the set of pods. New pods with an address are probed; pods that left or are terminating stop
+    /// receiving requests at once (requests already sent to them finish).
+    pub fn set_pods(self: &Arc<Self>, pods: Vec<PodInfo>, prober: &Prober) {
+        {
+            let mut inner = self.inner();
+            let mut next = HashMap::with_capacity(pods.len());
+            for info in pods {
+                let mut state = inner.pods.remove(&info.name).unwrap_or(PodState {
+                    info: info.clone(),
+                    endpoint: None,
+                    probe: None,
+                });
+                if state.info.addr != info.addr || info.terminating {
+                    // A new address is a new process; a terminating pod takes nothing new.
+                    state.endpoint = None;
+                    if let Some(probe) = state.probe.take() {
+                        probe.abort();
+                    }
+                }
+                state.info = info;
+                if let (Some(addr), false, None, None) =
+                    (state.info.addr, state.info.terminating, &state.endpoint, &state.probe)
+                {
+                    state.probe = Some(self.spawn_probe(state.info.name.clone(), addr, prober));
+                }
+                next.insert(state.info.name.clone(), state);
+            }
+            // Whatever is left in `inner.pods` is gone: dropping it aborts its probe.
+            inner.pods = next;
+        }
+        self.rebuild();
+    }
+
+    fn spawn_probe(self: &Arc<Self>, name: Arc<str>, addr: SocketAddr, prober: &Prober) -> AbortHandle {
+        let (service, prober) = (Arc::downgrade(self), prober.clone());
+        tokio::spawn(async move {
+            prober.wait_until_serving(addr).await;
+            if let Some(service) = Weak::upgrade(&service) {
+                service.pod_serving(&name, addr);
+            }
+        })
+        .abort_handle()
+    }
+
+    /// A pod answered its probe: it takes requests from now on.
+    fn pod_serving(&self, name: &Arc<str>, addr: SocketAddr) {
+        {
+            let mut inner = self.inner();
+            let Some(state) = inner.pods.get_mut(name) else { return };
+            if state.info.addr != Some(addr) || state.info.terminating {
+                return;
+            }
+            state.probe = None;
+            let authority: Authority = match addr.to_string().parse() {
+                Ok(authority) => authority,
+                Err(_) => return,
+            };
+            state.endpoint = Some(Arc::new(Endpoint::new(name.clone(), authority)));
+        }
+        self.rebuild();
+    }
+
+    /// A pod refused a connection: stop using it and probe it again until it answers.
+    pub fn pod_failed(self: &Arc<Self>, name: &Arc<str>, prober: &Prober) {
+        {
+            let mut inner = self.inner();
+            let Some(state) = inner.pods.get_mut(name) else { return };
+            if state.endpoint.take().is_none() {
+                return;
+            }
+            if let (Some(addr), false) = (state.info.addr, state.info.terminating) {
+                state.probe = Some(self.spawn_probe(name.clone(), addr, prober));
+            }
+        }
+        self.rebuild();
+    }
+
+    /// Recomputes the usable endpoints, the breaker's capacity and the status after any change.
+    pub fn rebuild(&self) {
+        let inner = self.inner();
+        let mut endpoints: Vec<Arc<Endpoint>> = inner
+            .pods
+            .values()
+            .filter(|pod| !pod.info.terminating)
+            .filter_map(|pod| pod.endpoint.clone())
+            .collect();
+        endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        let ready = endpoints.len();
+        let waiting: Vec<&PodState> = inner.pods.values().filter(|pod| !pod.info.terminating).collect();
+        let blocked = if ready == 0
+            && !waiting.is_empty()
+            && waiting.iter().all(|pod| pod.info.blocked.is_some())
+        {
+            waiting.iter().filter_map(|pod| pod.info.blocked.as_ref()).min().map(|reason| reason.to_string())
+        } else {
+            None
+        };
+        let activators = self.activators.load(Ordering::Relaxed);
+        self.breaker.set_capacity(service_capacity(inner.config.container_concurrency, ready, activators));
+        *self.endpoints.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = endpoints.into();
+        drop(inner);
+        self.status.send_if_modified(|status| {
+            let next = Status { ready, blocked, removed: status.removed };
+            let changed = *status != next;
+            *status = next;
+            changed
+        });
+    }
+
+    /// The service is gone: waiting requests are refused.
+    pub fn remove(&self) {
+        self.inner().pods.clear();
+        self.rebuild();
+        self.status.send_modify(|status| status.removed = true);
+    }
+
+    /// Chooses a pod for a request, skipping pods that already failed it.
+    pub fn pick(&self, exclude: &[Arc<str>]) -> Option<Lease> {
+        let endpoints = self.endpoints.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let cc = self.container_concurrency.load(Ordering::Relaxed);
+        let per_pod = pod_capacity(cc, self.activators.load(Ordering::Relaxed));
+        let seed = self.picks.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        balancer::pick(&endpoints, per_pod, exclude, seed)
+    }
+
+    /// The pods that answered their probe, by name.
+    pub fn endpoint_names(&self) -> Vec<Arc<str>> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+}
