@@ -7,6 +7,8 @@ pub mod balancer;
 pub mod capacity;
 pub mod endpoints;
 pub mod probe;
+pub mod push;
 pub mod registry;
 pub mod routing;
 pub mod service;
+pub mod stats;
