@@ -72,6 +72,24 @@ pub enum ProxyError {
     /// A bug or resource failure in this proxy.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The activator knows no service by the name the request gave (the text says what was looked for).
+    #[error("{0}")]
+    UnknownService(String),
+    /// The request's routing headers contradict each other (a client naming a service its route did not).
+    #[error("{0}")]
+    Misrouted(String),
+    /// Too many requests are already waiting for the service to start.
+    #[error("too many requests are waiting for this service to start; try again shortly")]
+    QueueFull,
+    /// The service had no ready pod within the activation timeout.
+    #[error("the service did not become ready within its activation timeout ({0})")]
+    ActivationTimeout(String),
+    /// The service's pods cannot start; the text names why (from the pods' status).
+    #[error("the service's pods cannot start: {0}")]
+    ServiceBlocked(String),
+    /// The service was removed while the request waited for it.
+    #[error("the service was removed while the request waited for it")]
+    ServiceRemoved,
 }
 
 fn timeout_message(kind: TimeoutKind) -> &'static str {
@@ -83,7 +101,7 @@ fn timeout_message(kind: TimeoutKind) -> &'static str {
 }
 
 /// Every error kind's metric label, with its origin, for initialising series at zero.
-pub const ALL_REASONS: [(Origin, &str); 12] = [
+pub const ALL_REASONS: [(Origin, &str); 18] = [
     (Origin::Client, "bad_request"),
     (Origin::Client, "client_body"),
     (Origin::Internal, "overloaded"),
@@ -96,6 +114,12 @@ pub const ALL_REASONS: [(Origin, &str); 12] = [
     (Origin::Upstream, "upstream_reset"),
     (Origin::Upstream, "upstream_protocol"),
     (Origin::Internal, "internal"),
+    (Origin::Client, "unknown_service"),
+    (Origin::Client, "misrouted"),
+    (Origin::Internal, "queue_full"),
+    (Origin::Upstream, "activation_timeout"),
+    (Origin::Upstream, "service_blocked"),
+    (Origin::Internal, "service_removed"),
 ];
 
 /// How loudly an error is logged.
@@ -115,21 +139,37 @@ impl ProxyError {
     /// Where the error came from.
     pub fn origin(&self) -> Origin {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::ClientBody => Origin::Client,
-            ProxyError::Overloaded | ProxyError::QueueTimeout | ProxyError::Internal(_) => Origin::Internal,
+            ProxyError::BadRequest(_)
+            | ProxyError::ClientBody
+            | ProxyError::UnknownService(_)
+            | ProxyError::Misrouted(_) => Origin::Client,
+            ProxyError::Overloaded
+            | ProxyError::QueueTimeout
+            | ProxyError::Internal(_)
+            | ProxyError::QueueFull
+            | ProxyError::ServiceRemoved => Origin::Internal,
             ProxyError::Timeout(_)
             | ProxyError::UpstreamRefused
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset
-            | ProxyError::UpstreamProtocol(_) => Origin::Upstream,
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::ActivationTimeout(_)
+            | ProxyError::ServiceBlocked(_) => Origin::Upstream,
         }
     }
 
     /// The HTTP status of the answer (for gRPC clients it is carried as a gRPC status instead).
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
-            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody | ProxyError::Misrouted(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
+            ProxyError::Overloaded
+            | ProxyError::QueueFull
+            | ProxyError::ActivationTimeout(_)
+            | ProxyError::ServiceBlocked(_)
+            | ProxyError::ServiceRemoved => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::QueueTimeout | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamRefused
             | ProxyError::UpstreamConnect(_)
@@ -154,6 +194,12 @@ impl ProxyError {
             ProxyError::UpstreamReset => "upstream_reset",
             ProxyError::UpstreamProtocol(_) => "upstream_protocol",
             ProxyError::Internal(_) => "internal",
+            ProxyError::UnknownService(_) => "unknown_service",
+            ProxyError::Misrouted(_) => "misrouted",
+            ProxyError::QueueFull => "queue_full",
+            ProxyError::ActivationTimeout(_) => "activation_timeout",
+            ProxyError::ServiceBlocked(_) => "service_blocked",
+            ProxyError::ServiceRemoved => "service_removed",
         }
     }
 
@@ -172,12 +218,18 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::ClientBody
             | ProxyError::Overloaded
-            | ProxyError::QueueTimeout => LogLevel::Debug,
-            ProxyError::Timeout(_) => LogLevel::Info,
+            | ProxyError::QueueTimeout
+            | ProxyError::UnknownService(_)
+            | ProxyError::Misrouted(_)
+            | ProxyError::QueueFull => LogLevel::Debug,
+            ProxyError::Timeout(_) | ProxyError::ActivationTimeout(_) | ProxyError::ServiceRemoved => {
+                LogLevel::Info
+            }
             ProxyError::UpstreamRefused
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset
-            | ProxyError::UpstreamProtocol(_) => LogLevel::Warn,
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::ServiceBlocked(_) => LogLevel::Warn,
             ProxyError::Internal(_) => LogLevel::Error,
         }
     }
@@ -426,6 +478,12 @@ mod tests {
             ProxyError::UpstreamReset,
             ProxyError::UpstreamProtocol("x".into()),
             ProxyError::Internal("x".into()),
+            ProxyError::UnknownService("x".into()),
+            ProxyError::Misrouted("x".into()),
+            ProxyError::QueueFull,
+            ProxyError::ActivationTimeout("x".into()),
+            ProxyError::ServiceBlocked("x".into()),
+            ProxyError::ServiceRemoved,
         ];
         for (err, (origin, reason)) in all.iter().zip(ALL_REASONS) {
             assert_eq!((err.origin(), err.reason()), (origin, reason));
