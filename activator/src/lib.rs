@@ -6,6 +6,7 @@
 pub mod balancer;
 pub mod capacity;
 pub mod endpoints;
+pub mod metrics;
 pub mod probe;
 pub mod push;
 pub mod registry;

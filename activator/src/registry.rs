@@ -9,6 +9,7 @@ use http::HeaderMap;
 use tokio::sync::mpsc;
 
 use crate::endpoints::Change;
+use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::routing::{RouteError, RouteTable, ServiceKey};
 use crate::service::Service;
@@ -20,18 +21,20 @@ pub struct Registry {
     routes: RwLock<Arc<RouteTable>>,
     activators: Arc<AtomicUsize>,
     prober: Prober,
+    metrics: Arc<Metrics>,
     local_mode: bool,
     global_queue_cap: u32,
 }
 
 impl Registry {
     /// An empty registry. `global_queue_cap` bounds each service's queue (design.md: 10,000 by default).
-    pub fn new(local_mode: bool, global_queue_cap: u32) -> Self {
+    pub fn new(local_mode: bool, global_queue_cap: u32, metrics: Arc<Metrics>) -> Self {
         Self {
             services: RwLock::default(),
             routes: RwLock::new(Arc::new(RouteTable::new(local_mode))),
             activators: Arc::new(AtomicUsize::new(1)),
             prober: Prober::new(),
+            metrics,
             local_mode,
             global_queue_cap,
         }
@@ -66,8 +69,9 @@ impl Registry {
                 match existing {
                     Some(service) => service.set_config(config),
                     None => {
-                        let service =
-                            Service::new(key.clone(), config, self.activators.clone(), self.global_queue_cap);
+                        let metrics = self.metrics.service(&key);
+                        let (activators, cap) = (self.activators.clone(), self.global_queue_cap);
+                        let service = Service::new(key.clone(), config, metrics, activators, cap);
                         self.services
                             .write()
                             .unwrap_or_else(|p| p.into_inner())
@@ -80,6 +84,7 @@ impl Registry {
                 let removed = self.services.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
                 if let Some(service) = removed {
                     service.remove();
+                    self.metrics.remove_service(&key);
                 }
                 self.rebuild_routes();
             }

@@ -16,6 +16,7 @@ use tokio::task::AbortHandle;
 use crate::balancer::{self, Endpoint, Lease};
 use crate::capacity::{pod_capacity, service_capacity};
 use crate::endpoints::PodInfo;
+use crate::metrics::ServiceMetrics;
 use crate::probe::Prober;
 use crate::routing::ServiceKey;
 
@@ -41,6 +42,8 @@ pub struct Service {
     pub breaker: Breaker,
     /// Requests queued or in flight at this activator, time-weighted (reported to the autoscaler).
     pub stats: RequestStats,
+    /// The service's cached metric handles.
+    pub metrics: ServiceMetrics,
     inner: Mutex<Inner>,
     endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
     status: watch::Sender<Status>,
@@ -79,6 +82,7 @@ impl Service {
     pub fn new(
         key: ServiceKey,
         config: DataPlaneSpec,
+        metrics: ServiceMetrics,
         activators: Arc<AtomicUsize>,
         global_queue_cap: u32,
     ) -> Self {
@@ -88,6 +92,7 @@ impl Service {
             key,
             breaker: Breaker::new(0, queue_depth),
             stats: RequestStats::new(std::time::Instant::now()),
+            metrics,
             container_concurrency: AtomicU32::new(config.container_concurrency),
             inner: Mutex::new(Inner { config, pods: HashMap::new() }),
             endpoints: RwLock::new(Arc::from([])),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ebb_activator::endpoints::PodInfo;
+use ebb_activator::metrics::ServiceMetrics;
 use ebb_activator::probe::Prober;
 use ebb_activator::routing::ServiceKey;
 use ebb_activator::service::{Service, Status};
@@ -52,7 +53,8 @@ async fn fake_queue_proxy(ready: watch::Receiver<bool>) -> SocketAddr {
 fn service(cc: u32) -> Arc<Service> {
     let mut config = ServiceConfig::default().data_plane;
     config.container_concurrency = cc;
-    Arc::new(Service::new(ServiceKey::new("default", "demo"), config, Arc::new(AtomicUsize::new(1)), 10_000))
+    let (key, metrics) = (ServiceKey::new("default", "demo"), ServiceMetrics::unregistered());
+    Arc::new(Service::new(key, config, metrics, Arc::new(AtomicUsize::new(1)), 10_000))
 }
 
 async fn wait_for(
