@@ -17,6 +17,7 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod handler;
+pub mod listen;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

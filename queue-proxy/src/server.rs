@@ -2,7 +2,6 @@
 //! serves connections (HTTP/1.1 and HTTP/2 cleartext on each, `TCP_NODELAY` on every accepted socket) and
 //! runs the drain when told to stop.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,21 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use hyper::body::{Body, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::admin::Admin;
-use crate::body::BoxError;
 use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::drain::{DrainOutcome, Drainer};
 use crate::handler::DataPlane;
+use crate::listen::Acceptor;
 use crate::metrics::Metrics;
 use crate::probe::{Readiness, wait_until_ready};
 use crate::proxy::Forwarder;
@@ -161,20 +154,10 @@ impl QueueProxy {
         let reporter =
             tokio::spawn(report_stats(data.stats.clone(), latest.clone(), config.pod_name.clone(), started));
 
-        let (shutdown_tx, shutdown) = watch::channel(false);
-        let (conns_tx, mut conns_rx) = mpsc::channel::<Infallible>(1);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .keep_alive(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(60));
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
-        let builder = Arc::new(builder);
+        let (ctx, shutdown) = Acceptor::new();
         let admin = Arc::new(Admin { data: data.clone(), probe: config.probe.clone(), latest });
         let [data_listener, admin_listener, stats_listener, metrics_listener] = listeners;
 
-        let ctx = AcceptContext { builder, shutdown, conns: conns_tx };
         let d = data.clone();
         tokio::spawn(ctx.clone().accept(data_listener, move |req| d.clone().handle(req)));
         let a = admin.clone();
@@ -214,8 +197,7 @@ impl QueueProxy {
         reporter.abort();
         // Stop accepting, finish open exchanges (idle keep-alive connections close, HTTP/2 gets GOAWAY), and
         // give connections a moment to close.
-        let _ = shutdown_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(2), conns_rx.recv()).await;
+        shutdown.close(Duration::from_secs(2)).await;
         Ok(())
     }
 }
@@ -231,71 +213,5 @@ async fn report_stats(stats: RequestStats, latest: LatestStat, pod: String, star
             Ok(encoded) => latest.set(Bytes::from(encoded)),
             Err(err) => tracing::error!("cannot encode the stat: {err}"),
         }
-    }
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-#[derive(Clone)]
-struct AcceptContext {
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    shutdown: watch::Receiver<bool>,
-    /// Held by every connection task; the receiver sees the channel close when all are gone.
-    conns: mpsc::Sender<Infallible>,
-}
-
-impl AcceptContext {
-    async fn accept<H, F, B>(mut self, listener: TcpListener, handler: H)
-    where
-        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                () = stopped(&mut self.shutdown) => return,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, _peer)) => {
-                    let ctx = self.clone();
-                    let handler = handler.clone();
-                    tokio::spawn(async move { ctx.serve(stream, handler).await });
-                }
-                Err(err) => {
-                    // Out of file descriptors or similar: back off briefly instead of spinning.
-                    tracing::warn!("accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    }
-
-    async fn serve<H, F, B>(mut self, stream: TcpStream, handler: H)
-    where
-        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-        F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let _ = stream.set_nodelay(true);
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service_fn(handler));
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!("connection ended: {err}");
-                }
-            }
-            () = stopped(&mut self.shutdown) => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
-        drop(self.conns);
     }
 }
