@@ -6,10 +6,12 @@
 pub mod balancer;
 pub mod capacity;
 pub mod endpoints;
+pub mod handler;
 pub mod metrics;
 pub mod probe;
 pub mod push;
 pub mod registry;
+pub mod retry;
 pub mod routing;
 pub mod service;
 pub mod stats;

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
-use ebb_config::DataPlaneSpec;
+use std::time::Duration;
+
+use ebb_config::{DataPlaneSpec, Protocol};
 use ebb_queue_proxy::{Breaker, RequestStats};
 use http::uri::Authority;
 use tokio::sync::watch;
@@ -29,6 +31,17 @@ pub struct Status {
     pub blocked: Option<String>,
     /// The service is gone.
     pub removed: bool,
+}
+
+/// The settings one request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSettings {
+    /// How long the request may wait for a pod.
+    pub activation_timeout: Duration,
+    /// The service's request timeout; the activator's backstop is this plus [`crate::handler::BACKSTOP`].
+    pub timeout: Duration,
+    /// Upstream protocol override.
+    pub protocol: Option<Protocol>,
 }
 
 /// A service and everything the activator keeps for it.
@@ -110,6 +123,17 @@ impl Service {
     /// The service's current settings.
     pub fn config(&self) -> DataPlaneSpec {
         self.inner().config.clone()
+    }
+
+    /// The settings one request needs, copied out without cloning the rest.
+    pub fn request_settings(&self) -> RequestSettings {
+        let inner = self.inner();
+        let config = &inner.config;
+        RequestSettings {
+            activation_timeout: config.activation_timeout,
+            timeout: config.timeout,
+            protocol: config.protocol,
+        }
     }
 
     /// Applies new settings (concurrency, queue bounds, timeouts).

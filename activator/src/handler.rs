@@ -1,0 +1,324 @@
+//! The activator's request pipeline: answer its own probe, find the service, announce a cold start, wait for
+//! capacity (failing fast when the pods cannot start), forward to the least-loaded pod with retries only while
+//! nothing was sent, and hand back a response body that holds the slot, the pod lease and the stats interval
+//! until it ends.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ebb_config::names::{
+    HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROXIED, PROBE_ACTIVATOR, PROXIED_BY_ACTIVATOR,
+};
+use ebb_config::value::format_duration;
+use ebb_queue_proxy::body::BodyEnd;
+use ebb_queue_proxy::drain::Drainer;
+use ebb_queue_proxy::error::{Answer, ClientKind, error_response};
+use ebb_queue_proxy::proxy::{Forwarder, PendingUpgrade, is_upgrade};
+use ebb_queue_proxy::timeouts::{BodyTimer, TimeoutKind};
+use ebb_queue_proxy::{BreakerError, Permit, ProxyBody, ProxyError, StatsGuard, TrackedBody};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::balancer::Lease;
+use crate::registry::Registry;
+use crate::retry::{RetryBody, RetrySlot};
+use crate::routing::RouteError;
+use crate::service::{RequestSettings, Service, Status};
+use crate::stats::{StatSink, cold_start_stat};
+
+/// How long after the service's own timeout the activator gives up on a forwarded request; the queue-proxy
+/// owns the real timeouts and should always answer first.
+pub const BACKSTOP: Duration = Duration::from_secs(5);
+
+/// The activator's response body.
+pub type ActivatorBody = ProxyBody<Completion>;
+
+/// Rides with a response until it ends: frees the service slot, the pod lease and the stats interval.
+#[derive(Debug)]
+pub struct Completion {
+    _permit: Permit,
+    _lease: Lease,
+    _guard: StatsGuard,
+}
+
+impl BodyEnd for Completion {}
+
+/// Counts requests waiting across all services, against the global cap.
+#[derive(Debug)]
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicU32, cap: u32) -> Option<Self> {
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1)).ok()?;
+        Some(Self(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Options of the pipeline.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This activator's name in the stats it sends (its pod name).
+    pub name: String,
+    /// Most requests waiting across all services.
+    pub max_queued_total: u32,
+    /// `Retry-After` on 503s.
+    pub retry_after: Duration,
+}
+
+/// Everything the pipeline shares across requests.
+pub struct Activator {
+    /// The known services.
+    pub registry: Arc<Registry>,
+    /// Drain state: readiness fails once it starts.
+    pub drainer: Arc<Drainer>,
+    forwarder: Forwarder<RetryBody>,
+    sink: Arc<dyn StatSink>,
+    metrics: Arc<crate::metrics::Metrics>,
+    options: Options,
+    waiting: AtomicU32,
+    started: std::time::Instant,
+}
+
+impl std::fmt::Debug for Activator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activator").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl Activator {
+    /// The pipeline over `registry`, reporting stats to `sink`.
+    pub fn new(
+        registry: Arc<Registry>,
+        sink: Arc<dyn StatSink>,
+        metrics: Arc<crate::metrics::Metrics>,
+        options: Options,
+    ) -> Self {
+        Self {
+            registry,
+            drainer: Arc::new(Drainer::new()),
+            forwarder: Forwarder::new(&Default::default()),
+            sink,
+            metrics,
+            options,
+            waiting: AtomicU32::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Requests waiting for capacity across all services.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Whether the activator should receive traffic (it is not draining).
+    pub fn is_ready(&self) -> bool {
+        !self.drainer.is_draining()
+    }
+
+    /// Handles one request. Never fails: every error becomes an answer in the client's shape.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ActivatorBody>, Infallible> {
+        if let Some(probe) = req.headers().get(HEADER_PROBE) {
+            return Ok(self.probe_answer(probe));
+        }
+        let arrived = Instant::now();
+        self.drainer.touch(arrived);
+        let kind = ClientKind::of(req.uri().path(), req.headers());
+        let service = match self.registry.route(req.headers()) {
+            Ok(service) => service,
+            Err(err) => return Ok(self.fail(None, &route_error(err), kind)),
+        };
+        let settings = service.request_settings();
+
+        // The first request for a service at zero tells the autoscaler at once.
+        let cold = service.status().ready == 0 && service.stats.concurrency() == 0;
+        let guard = service.stats.enter_at(arrived.into_std(), false);
+        if cold {
+            self.sink.send(cold_start_stat(&service, &self.options.name, self.started.elapsed()));
+        }
+
+        let activation_deadline = arrived + settings.activation_timeout;
+        let permit = match self.admit(&service, activation_deadline, settings).await {
+            Ok(permit) => permit,
+            Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
+        };
+        service.metrics.waited(arrived.elapsed());
+
+        let (response, lease, upgrade) =
+            match self.forward(&service, req, settings, activation_deadline).await {
+                Ok(forwarded) => forwarded,
+                Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
+            };
+        service.metrics.forwarded();
+        let completion = Completion { _permit: permit, _lease: lease, _guard: guard };
+        if let Some(upgrade) = upgrade {
+            upgrade.spawn(completion);
+            return Ok(response.map(|_| ProxyBody::empty()));
+        }
+        let timer = BodyTimer::new(Instant::now() + settings.timeout + BACKSTOP, None);
+        Ok(response.map(|body| ProxyBody::Upstream(TrackedBody::new(body, Some(timer), completion))))
+    }
+
+    /// Takes a slot of the service's capacity, queueing (in arrival order) until a pod can take the request,
+    /// the activation deadline passes, or the service's pods are found unable to start.
+    async fn admit(
+        &self,
+        service: &Service,
+        deadline: Instant,
+        settings: RequestSettings,
+    ) -> Result<Permit, ProxyError> {
+        if let Ok(permit) = service.breaker.try_acquire() {
+            return Ok(permit);
+        }
+        let _waiting =
+            Waiting::enter(&self.waiting, self.options.max_queued_total).ok_or(ProxyError::QueueFull)?;
+        let mut status = service.watch();
+        tokio::select! {
+            acquired = service.breaker.acquire(Some(deadline)) => acquired.map_err(|err| match err {
+                BreakerError::Overloaded => ProxyError::QueueFull,
+                BreakerError::QueueTimeout => activation_timeout(settings),
+            }),
+            failed = unable_to_start(&mut status) => Err(failed),
+        }
+    }
+
+    /// Forwards to a pod, retrying on another only when the connection failed before any of the request was
+    /// sent. Waits for a pod if the set changed between admission and choice.
+    async fn forward(
+        &self,
+        service: &Arc<Service>,
+        req: Request<Incoming>,
+        settings: RequestSettings,
+        activation_deadline: Instant,
+    ) -> Result<(Response<Incoming>, Lease, Option<PendingUpgrade>), ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let headers = &mut parts.headers;
+        headers.remove(HEADER_KNATIVE_PROXIED);
+        headers.insert(HEADER_PROXIED, HeaderValue::from_static(PROXIED_BY_ACTIVATOR));
+        // An upgrade's handshake lives in the request's extensions, which only the first attempt can carry.
+        let retryable = !is_upgrade(&parts.headers);
+        let template = retryable
+            .then(|| (parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone()));
+        let slot = RetrySlot::new(body);
+        let mut first = Some(parts);
+        let mut tried = Vec::new();
+        let mut last_error = None;
+        let deadline = Instant::now() + settings.timeout + BACKSTOP;
+        loop {
+            let lease = match service.pick(&tried) {
+                Some(lease) => lease,
+                None if tried.is_empty() => {
+                    wait_for_a_pod(service, activation_deadline, settings).await?;
+                    continue;
+                }
+                None => return Err(last_error.unwrap_or(ProxyError::UpstreamRefused)),
+            };
+            let parts = match (first.take(), &template) {
+                (Some(parts), _) => parts,
+                (None, Some((method, uri, version, headers))) => {
+                    let mut rebuilt = Request::new(());
+                    *rebuilt.method_mut() = method.clone();
+                    *rebuilt.uri_mut() = uri.clone();
+                    *rebuilt.version_mut() = *version;
+                    *rebuilt.headers_mut() = headers.clone();
+                    rebuilt.into_parts().0
+                }
+                (None, None) => return Err(last_error.unwrap_or(ProxyError::UpstreamRefused)),
+            };
+            let attempt = self.forwarder.forward(
+                Request::from_parts(parts, slot.body()),
+                &lease.endpoint().authority,
+                settings.protocol,
+            );
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok((response, upgrade))) => return Ok((response, lease, upgrade)),
+                Ok(Err(err)) if retryable && slot.unused() && is_connect_failure(&err) => {
+                    let pod = lease.endpoint().name.clone();
+                    tracing::info!(service = %service.key, %pod, "connection failed before sending; retrying elsewhere: {err}");
+                    service.pod_failed(&pod, self.registry.prober());
+                    tried.push(pod);
+                    last_error = Some(err);
+                }
+                Ok(Err(err)) => return Err(err),
+                Err(_elapsed) => return Err(ProxyError::Timeout(TimeoutKind::ResponseStart)),
+            }
+        }
+    }
+
+    fn fail(&self, service: Option<&Service>, err: &ProxyError, kind: ClientKind) -> Response<ActivatorBody> {
+        self.metrics.rejected(service.map(|s| &s.key), err);
+        let name = service.map_or("", |s| s.name.as_str());
+        err.log(name);
+        error_response(err, kind, Answer { service: name, retry_after: self.options.retry_after })
+    }
+
+    /// `Ebb-Probe: activator` -> 200 `activator` (503 while draining); other components' probes are refused.
+    fn probe_answer(&self, probe: &HeaderValue) -> Response<ActivatorBody> {
+        let (status, body) = if probe.as_bytes() != PROBE_ACTIVATOR.as_bytes() {
+            (StatusCode::BAD_REQUEST, "this is the activator; it answers only Ebb-Probe: activator")
+        } else if self.is_ready() {
+            (StatusCode::OK, PROBE_ACTIVATOR)
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        };
+        let mut response = Response::new(ProxyBody::from(bytes::Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+    }
+}
+
+fn route_error(err: RouteError) -> ProxyError {
+    match err {
+        RouteError::Unknown(_) => ProxyError::UnknownService(err.to_string()),
+        RouteError::BadHeader(_) | RouteError::Conflict { .. } => ProxyError::Misrouted(err.to_string()),
+    }
+}
+
+fn activation_timeout(settings: RequestSettings) -> ProxyError {
+    ProxyError::ActivationTimeout(format_duration(settings.activation_timeout))
+}
+
+fn is_connect_failure(err: &ProxyError) -> bool {
+    matches!(err, ProxyError::UpstreamRefused | ProxyError::UpstreamConnect(_))
+}
+
+/// Resolves when the service is removed or its pods are found unable to start; never otherwise.
+async fn unable_to_start(status: &mut tokio::sync::watch::Receiver<Status>) -> ProxyError {
+    match status.wait_for(|s| s.removed || s.blocked.is_some()).await {
+        Ok(s) if s.removed => ProxyError::ServiceRemoved,
+        Ok(s) => ProxyError::ServiceBlocked(s.blocked.clone().unwrap_or_default()),
+        // The service's sender lives as long as the service, which the caller holds.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Waits until the service has a usable pod, failing like admission does.
+async fn wait_for_a_pod(
+    service: &Service,
+    deadline: Instant,
+    settings: RequestSettings,
+) -> Result<(), ProxyError> {
+    let mut status = service.watch();
+    let ready = async {
+        let _ = status.wait_for(|s| s.ready > 0 || s.removed || s.blocked.is_some()).await;
+    };
+    tokio::time::timeout_at(deadline, ready).await.map_err(|_| activation_timeout(settings))?;
+    match service.status() {
+        Status { removed: true, .. } => Err(ProxyError::ServiceRemoved),
+        Status { ready: 0, blocked: Some(reason), .. } => Err(ProxyError::ServiceBlocked(reason)),
+        _ => Ok(()),
+    }
+}
