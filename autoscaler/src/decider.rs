@@ -22,7 +22,7 @@ use ebb_config::{Metric, ScalingSpec};
 
 use crate::delay::MaxWindow;
 use crate::reason::{Reason, ReasonKind, Undecided};
-use crate::{Error, Timestamp};
+use crate::{Error, MetricWindows, Timestamp};
 
 /// Longest accepted scale-down delay (Knative's limit).
 const MAX_SCALE_DOWN_DELAY: Duration = Duration::from_secs(3600);
@@ -290,6 +290,16 @@ impl Decider {
         };
 
         Outcome::Decided(Decision { desired, excess_burst_capacity, panic: self.in_panic(), reason })
+    }
+
+    /// Decides at `now` from a service's windows: [`Decider::decide`] with their averages at `now`.
+    pub fn decide_from_windows(
+        &mut self,
+        now: Timestamp,
+        ready: Option<u32>,
+        windows: &MetricWindows,
+    ) -> Outcome {
+        self.decide(now, ready, windows.observe(now))
     }
 
     /// Clamps one window's raw count to the rate limits and applies the activation scale.

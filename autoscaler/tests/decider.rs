@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ebb_autoscaler::{
-    Decider, DeciderSpec, Decision, Error, Observed, Outcome, Reason, ReasonKind, Timestamp, Undecided,
+    Decider, DeciderSpec, Decision, Error, MetricWindows, Observed, Outcome, Reason, ReasonKind, Timestamp,
+    Undecided,
 };
-use ebb_config::{GlobalConfig, Metric, ServiceConfig, resolve_service};
+use ebb_config::{Aggregation, GlobalConfig, Metric, ServiceConfig, resolve_service};
 
 /// Target 10 per pod (total 10 at 100%), so pod counts are easy to compute by hand.
 fn spec() -> DeciderSpec {
@@ -220,6 +221,22 @@ fn no_data_or_unknown_pods_make_no_decision_and_leave_the_state_alone() {
         assert!(d.decide(at(t), Some(3), None).decision().is_none());
     }
     assert!(d.in_panic());
+}
+
+#[test]
+fn windows_feed_the_decision_and_their_silence_is_no_data() {
+    let mut windows =
+        MetricWindows::new(Duration::from_secs(60), Duration::from_secs(6), Aggregation::Linear).unwrap();
+    let mut d = Decider::new(spec(), at(0), 1).unwrap();
+    assert_eq!(d.decide_from_windows(at(0), Some(1), &windows), Outcome::Undecided(Undecided::NoData));
+    // 35 concurrent for t = 0..=9: both averages 35 -> ceil(35/10) = 4 pods; panic 4/1 >= 2.
+    for t in 0..10 {
+        windows.record(at(t), 35.0).unwrap();
+    }
+    let r = decided(d.decide_from_windows(at(9), Some(1), &windows));
+    assert_eq!((r.desired, r.panic), (4, true));
+    // 61 s after the last stat (t=9): no data, no decision.
+    assert_eq!(d.decide_from_windows(at(70), Some(4), &windows), Outcome::Undecided(Undecided::NoData));
 }
 
 #[test]
