@@ -9,6 +9,7 @@
 //! [`Timestamp`]), does I/O or spawns tasks, so the same code runs in the autoscaler, in `ebb simulate` and in
 //! tests with simulated time.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod decider;
 mod delay;
