@@ -115,6 +115,27 @@ impl Activator {
         }
     }
 
+    /// Sends each busy service's load to the stat sink every second, until dropped.
+    pub async fn report_stats(&self) {
+        crate::stats::report(
+            self.registry.clone(),
+            self.sink.clone(),
+            self.options.name.clone(),
+            self.started,
+        )
+        .await
+    }
+
+    /// The Prometheus text of every metric.
+    pub fn encode_metrics(&self) -> String {
+        self.metrics.encode(&self.registry.services(), self.sink.dropped())
+    }
+
+    /// Requests at this activator, queued or in flight, across all services.
+    pub fn in_flight(&self) -> u64 {
+        self.registry.services().iter().map(|service| service.stats.concurrency()).sum()
+    }
+
     /// Requests waiting for capacity across all services.
     pub fn waiting(&self) -> u32 {
         self.waiting.load(Ordering::Relaxed)
@@ -297,9 +318,11 @@ fn is_connect_failure(err: &ProxyError) -> bool {
 
 /// Resolves when the service is removed or its pods are found unable to start; never otherwise.
 async fn unable_to_start(status: &mut tokio::sync::watch::Receiver<Status>) -> ProxyError {
-    match status.wait_for(|s| s.removed || s.blocked.is_some()).await {
-        Ok(s) if s.removed => ProxyError::ServiceRemoved,
-        Ok(s) => ProxyError::ServiceBlocked(s.blocked.clone().unwrap_or_default()),
+    let seen =
+        status.wait_for(|s| s.removed || s.blocked.is_some()).await.map(|s| (s.removed, s.blocked.clone()));
+    match seen {
+        Ok((true, _)) => ProxyError::ServiceRemoved,
+        Ok((false, reason)) => ProxyError::ServiceBlocked(reason.unwrap_or_default()),
         // The service's sender lives as long as the service, which the caller holds.
         Err(_) => std::future::pending().await,
     }

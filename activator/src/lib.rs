@@ -13,5 +13,6 @@ pub mod push;
 pub mod registry;
 pub mod retry;
 pub mod routing;
+pub mod server;
 pub mod service;
 pub mod stats;

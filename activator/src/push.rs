@@ -81,11 +81,6 @@ impl Pusher {
         Arc::new(Self { replicas: Mutex::default(), token, dropped: AtomicU64::new(0) })
     }
 
-    /// Frames dropped because a replica was down or slow.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
     /// Replicas whose stream is open now.
     pub fn connected(&self) -> usize {
         let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,6 +116,10 @@ impl StatSink for Pusher {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ebb_config::wire::IngestFrame;
@@ -17,26 +18,35 @@ use crate::service::Service;
 pub trait StatSink: Send + Sync + 'static {
     /// Hands one frame on.
     fn send(&self, frame: IngestFrame);
+
+    /// Frames lost so far because the receiver was absent or congested.
+    fn dropped(&self) -> u64;
 }
 
 /// In-process delivery (local mode): a bounded channel to the autoscaler.
-#[derive(Debug, Clone)]
-pub struct ChannelSink(pub mpsc::Sender<IngestFrame>);
+#[derive(Debug)]
+pub struct ChannelSink {
+    sender: mpsc::Sender<IngestFrame>,
+    dropped: AtomicU64,
+}
 
-impl StatSink for ChannelSink {
-    fn send(&self, frame: IngestFrame) {
-        if let Err(err) = self.0.try_send(frame) {
-            tracing::debug!("stat dropped: {err}");
-        }
+impl ChannelSink {
+    /// Delivers into `sender`.
+    pub fn new(sender: mpsc::Sender<IngestFrame>) -> Self {
+        Self { sender, dropped: AtomicU64::new(0) }
     }
 }
 
-/// Sends to several sinks (every autoscaler replica).
-impl<S: StatSink> StatSink for Vec<S> {
+impl StatSink for ChannelSink {
     fn send(&self, frame: IngestFrame) {
-        for sink in self {
-            sink.send(frame.clone());
+        if let Err(err) = self.sender.try_send(frame) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("stat dropped: {err}");
         }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
