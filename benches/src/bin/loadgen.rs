@@ -1,0 +1,233 @@
+//! A small HTTP/1.1 load generator for the data-plane benchmarks.
+//!
+//! * `--rate R`: open loop at a fixed rate. Request `i` is due at `start + i/R`; its latency is measured from
+//!   that due time, not from when a connection got round to sending it, so a stall shows up in the tail
+//!   instead of silently lowering the rate (no coordinated omission). Connections take the next due request
+//!   whenever they are free; with enough of them the schedule is kept.
+//! * without `--rate`: closed loop, every connection sends back to back (saturation throughput).
+//! * `--hold N`: opens N keep-alive connections, sends one request on each, and keeps them open for
+//!   `--duration` (for memory measurements).
+//!
+//! Prints one JSON line: requests, errors, achieved rate and latency percentiles in microseconds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "HTTP/1.1 load generator: fixed-rate open loop or saturating closed loop")]
+struct Args {
+    /// Target, HOST:PORT.
+    #[arg(long)]
+    target: String,
+    /// Path to request.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Requests per second (open loop); without it, closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Measured duration in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up in seconds before measuring (same load, not recorded).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Open this many connections, one request each, and hold them for --duration.
+    #[arg(long)]
+    hold: Option<usize>,
+}
+
+struct Shared {
+    args: Args,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    next: AtomicU64,
+    errors: AtomicU64,
+    /// Every completed request, warm-up included (for CPU time per request).
+    total: AtomicU64,
+}
+
+async fn connect(target: &str) -> Result<SendRequest<Empty<Bytes>>> {
+    let tcp = TcpStream::connect(target).await.with_context(|| format!("connect {target}"))?;
+    tcp.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn one(sender: &mut SendRequest<Empty<Bytes>>, shared: &Shared) -> Result<()> {
+    sender.ready().await?;
+    let req = Request::get(shared.args.path.as_str())
+        .header(hyper::header::HOST, shared.args.target.as_str())
+        .body(Empty::new())?;
+    let response = sender.send_request(req).await?;
+    let ok = response.status().is_success();
+    response.into_body().collect().await?;
+    if !ok {
+        bail!("status not 2xx");
+    }
+    Ok(())
+}
+
+async fn worker(shared: Arc<Shared>) -> Vec<u32> {
+    let mut latencies = Vec::with_capacity(1 << 16);
+    let mut sender = None;
+    let interval = shared.args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    loop {
+        let due = match interval {
+            Some(interval) => {
+                let i = shared.next.fetch_add(1, Ordering::Relaxed);
+                let due = shared.start + interval.mul_f64(i as f64);
+                if due >= shared.end {
+                    break;
+                }
+                // A connection that is free before the request is due waits for it; tokio's timer wakes it up
+                // to a millisecond late, which is the generator's fault, so such a request is timed from when
+                // it actually left. A request that was already due when a connection became free (the
+                // system under test was slow) is timed from its due time.
+                if Instant::now() < due {
+                    tokio::time::sleep_until(due).await;
+                    Instant::now()
+                } else {
+                    due
+                }
+            }
+            None => {
+                let now = Instant::now();
+                if now >= shared.end {
+                    break;
+                }
+                now
+            }
+        };
+        if sender.is_none() {
+            match connect(&shared.args.target).await {
+                Ok(s) => sender = Some(s),
+                Err(_) => {
+                    shared.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        let result = one(s, &shared).await;
+        let done = Instant::now();
+        if result.is_err() {
+            if due >= shared.measure_from {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            sender = None;
+            continue;
+        }
+        shared.total.fetch_add(1, Ordering::Relaxed);
+        if due >= shared.measure_from {
+            latencies.push((done - due).as_micros().min(u32::MAX as u128) as u32);
+        }
+    }
+    latencies
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn hold(args: Args, n: usize) -> Result<()> {
+    let mut senders = Vec::with_capacity(n);
+    for _ in 0..n {
+        senders.push(connect(&args.target).await?);
+    }
+    let shared = Shared {
+        args: args.clone(),
+        start: Instant::now(),
+        measure_from: Instant::now(),
+        end: Instant::now(),
+        next: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        total: AtomicU64::new(0),
+    };
+    // One request on each connection, 50 at a time, so every connection has carried real traffic.
+    let mut errors = 0;
+    for chunk in senders.chunks_mut(50) {
+        let results = futures_join(chunk, &shared).await;
+        errors += results.iter().filter(|r| r.is_err()).count();
+    }
+    println!("{{\"held\":{n},\"errors\":{errors}}}");
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    drop(senders);
+    Ok(())
+}
+
+async fn futures_join(chunk: &mut [SendRequest<Empty<Bytes>>], shared: &Shared) -> Vec<Result<()>> {
+    let mut set = Vec::with_capacity(chunk.len());
+    for sender in chunk.iter_mut() {
+        set.push(one(sender, shared));
+    }
+    let mut results = Vec::with_capacity(set.len());
+    for fut in set {
+        results.push(fut.await);
+    }
+    results
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        if let Some(n) = args.hold {
+            return hold(args, n).await;
+        }
+        let start = Instant::now() + Duration::from_millis(50);
+        let measure_from = start + Duration::from_secs_f64(args.warmup);
+        let end = measure_from + Duration::from_secs_f64(args.duration);
+        let shared = Arc::new(Shared {
+            args: args.clone(),
+            start,
+            measure_from,
+            end,
+            next: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        });
+        let tasks: Vec<_> = (0..args.connections).map(|_| tokio::spawn(worker(shared.clone()))).collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await?);
+        }
+        all.sort_unstable();
+        let requests = all.len();
+        println!(
+            "{{\"mode\":\"{}\",\"total\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+            if args.rate.is_some() { "rate" } else { "saturate" },
+            shared.total.load(Ordering::Relaxed),
+            requests,
+            shared.errors.load(Ordering::Relaxed),
+            requests as f64 / args.duration,
+            percentile(&all, 50.0),
+            percentile(&all, 99.0),
+            percentile(&all, 99.9),
+            all.last().copied().unwrap_or(0),
+        );
+        Ok(())
+    })
+}
