@@ -1,0 +1,18 @@
+//! Shared support for the end-to-end tests against a real Kubernetes control plane (issues 6 and 8).
+//! A test binary includes it with `mod support;`.
+//!
+//! - [`k8s`]: [`ControlPlane::shared`] (etcd, kube-apiserver, kube-controller-manager once per test binary),
+//!   admin and ServiceAccount clients, [`TestNamespace`] (a namespace per test, deleted on drop).
+//! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
+//! - [`supervisor`]: process groups that die with the test binary, however it ends.
+
+// Every test binary compiles this module separately and uses only part of it, so unused items are
+// expected here and are not dead code.
+#![allow(dead_code, unused_imports)]
+
+pub mod k8s;
+pub mod supervisor;
+pub mod wait;
+
+pub use k8s::{ControlPlane, TestNamespace};
+pub use wait::{wait_for, wait_until};
