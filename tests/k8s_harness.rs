@@ -1,6 +1,7 @@
-//! The end-to-end harness itself, against the real v1.20.2 control plane: it starts, a ServiceAccount
-//! without RBAC is refused, each test has its own namespace, and supervised processes die with the test
-//! process.
+//! The end-to-end harness itself, against the real v1.20.2 control plane: it starts, the real controller
+//! manager turns a Deployment into Pending pods, the node emulator binds, addresses, readies and finalizes
+//! them, a ServiceAccount without RBAC is refused, each test has its own namespace, and supervised
+//! processes die with the test process.
 
 mod support;
 
@@ -8,14 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
 use support::supervisor::Supervisor;
-use support::{ControlPlane, TestNamespace, wait_for};
+use support::{ControlPlane, NodeEmulator, Readiness, TestNamespace, wait_for};
 
 /// Generous: the machine has 2 cores, and other test binaries may be running beside this one.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,6 +44,78 @@ async fn control_plane_serves_v1_20_and_each_test_gets_its_own_namespace() {
             Some(ns) if ns.metadata.deletion_timestamp.is_none() => Err("not deleted".to_string()),
             _ => Ok(()),
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deployment_pods_are_bound_addressed_made_ready_and_finalized() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = TestNamespace::create(&client, "harness-pods").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    deployments.create(&PostParams::default(), &deployment("web", 2)).await.expect("create the Deployment");
+
+    // The real deployment and replicaset controllers make the pods; without a scheduler they stay Pending.
+    wait_for(TIMEOUT, "2 Pending, unbound pods", async || {
+        let list = web_pods(&pods).await?;
+        let pending = list.iter().filter(|p| phase(p) == "Pending" && node(p).is_none()).count();
+        if list.len() == 2 && pending == 2 {
+            Ok(())
+        } else {
+            Err(format!("{} pods, {pending} pending", list.len()))
+        }
+    })
+    .await;
+
+    let emulator = NodeEmulator::builder().namespace(&ns).readiness(Readiness::Manual).start(&client).await;
+    let running = wait_for(TIMEOUT, "2 pods bound and Running with an address", async || {
+        let list = web_pods(&pods).await?;
+        let running: Vec<_> = list
+            .iter()
+            .filter(|p| node(p) == Some(emulator.node_name()) && phase(p) == "Running" && ip(p).is_some())
+            .cloned()
+            .collect();
+        if running.len() == 2 {
+            Ok(running)
+        } else {
+            Err(format!("{} of {} running", running.len(), list.len()))
+        }
+    })
+    .await;
+    let mut ips: Vec<_> = running.iter().map(|p| ip(p).unwrap()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 2, "pods share an address: {ips:?}");
+    assert!(ips.iter().all(|ip| ip.starts_with("127.0.0.") && ip != "127.0.0.1"), "{ips:?}");
+    assert!(running.iter().all(|p| !ready(p)), "Readiness::Manual pods are not Ready until told");
+
+    // The test decides when they become Ready.
+    for pod in &running {
+        let name = pod.metadata.name.as_deref().unwrap();
+        emulator.set_ready(&ns, name, true).await.expect("set_ready");
+    }
+    wait_for(TIMEOUT, "the Deployment to count 2 ready replicas", async || {
+        let deployment = deployments.get("web").await.map_err(|e| e.to_string())?;
+        let ready = deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+        if ready == 2 { Ok(()) } else { Err(format!("{ready} ready replicas")) }
+    })
+    .await;
+    let list = web_pods(&pods).await.unwrap();
+    assert!(list.iter().all(ready), "pods Ready with ready containers");
+    assert_eq!(emulator.pods().iter().filter(|p| p.ready).count(), 2, "{:?}", emulator.pods());
+
+    // Scaling to zero deletes the pods gracefully; only the emulator (the kubelet) can finish that.
+    let scale = json!({"spec": {"replicas": 0}});
+    deployments.patch_scale("web", &PatchParams::default(), &Patch::Merge(&scale)).await.expect("scale to 0");
+    wait_for(TIMEOUT, "the pods to be finalized", async || {
+        let left = web_pods(&pods).await?;
+        if left.is_empty() { Ok(()) } else { Err(format!("{} pods left", left.len())) }
+    })
+    .await;
+    wait_for(TIMEOUT, "the emulator to forget the pods", async || {
+        if emulator.pods().is_empty() { Ok(()) } else { Err(format!("{:?}", emulator.pods())) }
     })
     .await;
 }
@@ -127,6 +201,45 @@ fn poll<T>(mut check: impl FnMut() -> Option<T>, what: &str) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+            },
+        },
+    }))
+    .unwrap()
+}
+
+async fn web_pods(pods: &Api<Pod>) -> Result<Vec<Pod>, String> {
+    pods.list(&ListParams::default().labels("app=web")).await.map(|l| l.items).map_err(|e| e.to_string())
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
+}
+
+fn node(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+fn ip(pod: &Pod) -> Option<String> {
+    pod.status.as_ref().and_then(|s| s.pod_ip.clone())
+}
+
+/// Ready=True, and every container ready.
+fn ready(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else { return false };
+    let condition = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    let containers = status.container_statuses.iter().flatten().all(|c| c.ready);
+    condition && containers && !status.container_statuses.as_deref().unwrap_or_default().is_empty()
 }
 
 async fn grant_secret_reading(admin: &Client, namespace: &str, account: &str) {

@@ -3,6 +3,8 @@
 //!
 //! - [`k8s`]: [`ControlPlane::shared`] (etcd, kube-apiserver, kube-controller-manager once per test binary),
 //!   admin and ServiceAccount clients, [`TestNamespace`] (a namespace per test, deleted on drop).
+//! - [`node`]: [`NodeEmulator`], the scheduler and kubelet of a fake Node, with a [`PodRuntime`] extension
+//!   point for running pods' processes.
 //! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
 //! - [`supervisor`]: process groups that die with the test binary, however it ends.
 
@@ -11,8 +13,10 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod k8s;
+pub mod node;
 pub mod supervisor;
 pub mod wait;
 
 pub use k8s::{ControlPlane, TestNamespace};
+pub use node::{NodeEmulator, PodRuntime, Readiness, RunningPod};
 pub use wait::{wait_for, wait_until};
