@@ -1,0 +1,275 @@
+//! The activator end to end on loopback: real upstreams, real queue-proxies, the activator's real server, and
+//! the endpoint source driven by the test.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::*;
+
+/// An upstream that answers `hello` after `delay`, counting the requests it served.
+async fn counting_upstream(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    let addr = upstream(move |_req| {
+        let count = count.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            count.fetch_add(1, Ordering::Relaxed);
+            hyper::Response::new(full("hello"))
+        }
+    })
+    .await;
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_at_zero_all_succeed_once_a_pod_is_ready() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    let client = client();
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            let (client, request) = (client.clone(), get(activator.addr, "demo", "/"));
+            tokio::spawn(async move { client.request(request).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    eventually("all 1000 requests to queue", || activator.activator.waiting() == 1000).await;
+
+    // The pod becomes ready 500 ms later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (upstream, served) = counting_upstream(Duration::ZERO).await;
+    let pod = queue_proxy(upstream, "demo-1", 0).await;
+    activator.pods(&key, &[("demo-1", pod.data)]);
+
+    for request in requests {
+        let status =
+            tokio::time::timeout(DEADLINE, request).await.expect("a request never finished").unwrap();
+        assert_eq!(status.expect("a request failed"), 200);
+    }
+    assert_eq!(served.load(Ordering::Relaxed), 1000);
+    assert_eq!(activator.activator.waiting(), 0);
+}
+
+#[tokio::test]
+async fn the_cold_start_stat_reaches_the_autoscaler_before_any_pod_exists() {
+    let mut activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    let (client, request) = (client(), get(activator.addr, "demo", "/"));
+    let pending = tokio::spawn(async move { client.request(request).await.unwrap().status().as_u16() });
+
+    let frame = tokio::time::timeout(DEADLINE, activator.stats.recv()).await.expect("no stat").unwrap();
+    assert_eq!((frame.namespace.as_str(), frame.name.as_str()), ("default", "demo"));
+    assert_eq!((frame.stat.average_concurrency, frame.stat.request_count), (1.0, 1.0));
+    assert_eq!(frame.stat.pod, "activator-test");
+    assert_eq!(activator.registry.get(&key).unwrap().status().ready, 0, "no pod existed when it was sent");
+
+    let (upstream, _) = counting_upstream(Duration::ZERO).await;
+    let pod = queue_proxy(upstream, "demo-1", 0).await;
+    activator.pods(&key, &[("demo-1", pod.data)]);
+    assert_eq!(pending.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let activator = TestActivator::start(10_000).await;
+    activator.service("demo", data_plane(|spec| spec.max_queued = 2));
+    let client = client();
+    let _queued: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, request) = (client.clone(), get(activator.addr, "demo", "/"));
+            tokio::spawn(async move { client.request(request).await })
+        })
+        .collect();
+    eventually("two requests to queue", || activator.activator.waiting() == 2).await;
+
+    let response = client.request(get(activator.addr, "demo", "/")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body = text(response).await;
+    assert!(body.contains("too many requests are waiting for this service to start"), "{body}");
+    assert!(body.contains("\"service\":\"default/demo\""), "{body}");
+}
+
+#[tokio::test]
+async fn the_global_cap_bounds_waiting_requests_across_services() {
+    let activator = TestActivator::start(1).await;
+    activator.service("a", data_plane(|_| {}));
+    activator.service("b", data_plane(|_| {}));
+    let (client, first) = (client(), get(activator.addr, "a", "/"));
+    let c = client.clone();
+    let _waiting = tokio::spawn(async move { c.request(first).await });
+    eventually("one request to queue", || activator.activator.waiting() == 1).await;
+    let response = client.request(get(activator.addr, "b", "/")).await.unwrap();
+    assert_eq!(response.status(), 503);
+}
+
+#[tokio::test]
+async fn the_activation_timeout_answers_503_in_the_clients_shape() {
+    let activator = TestActivator::start(10_000).await;
+    activator.service("demo", data_plane(|spec| spec.activation_timeout = Duration::from_millis(300)));
+    let request = http::Request::post(format!("http://{}/v1/chat/completions", activator.addr))
+        .header("host", "demo")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&text(response).await).unwrap();
+    assert_eq!(body["error"]["code"], "activation_timeout");
+    assert_eq!(
+        body["error"]["message"],
+        "the service did not become ready within its activation timeout (300ms)"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_looping_pod_fails_the_queue_fast() {
+    let activator = TestActivator::start(10_000).await;
+    let key =
+        activator.service("demo", data_plane(|spec| spec.activation_timeout = Duration::from_secs(600)));
+    let client = client();
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, request) = (client.clone(), get(activator.addr, "demo", "/"));
+            tokio::spawn(async move {
+                let response = client.request(request).await.unwrap();
+                (response.status().as_u16(), text(response).await)
+            })
+        })
+        .collect();
+    eventually("three requests to queue", || activator.activator.waiting() == 3).await;
+
+    let mut pod = ebb_activator::endpoints::PodInfo::live("demo-1", "127.0.0.1:9".parse().unwrap());
+    pod.addr = None;
+    pod.blocked = Some("CrashLoopBackOff: back-off 40s restarting failed container model".into());
+    activator.registry.apply(ebb_activator::endpoints::Change::Pods { key, pods: vec![pod] });
+    for request in queued {
+        // Far sooner than the 600 s activation timeout.
+        let (status, body) = tokio::time::timeout(DEADLINE, request).await.unwrap().unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("the service's pods cannot start: CrashLoopBackOff: back-off 40s"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_leaves_the_queue_at_once() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|spec| spec.container_concurrency = 1));
+    let (client, request) = (client(), get(activator.addr, "demo", "/"));
+    let waiting = tokio::spawn(async move { client.request(request).await });
+    eventually("the request to queue", || activator.activator.waiting() == 1).await;
+    waiting.abort();
+    let service = activator.registry.get(&key).unwrap();
+    eventually("the queue to empty", || activator.activator.waiting() == 0 && service.breaker.queued() == 0)
+        .await;
+}
+
+#[tokio::test]
+async fn two_pods_with_cc_1_share_load_evenly() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|spec| spec.container_concurrency = 1));
+    let ((a, served_a), (b, served_b)) = (
+        counting_upstream(Duration::from_millis(30)).await,
+        counting_upstream(Duration::from_millis(30)).await,
+    );
+    let (pod_a, pod_b) = (queue_proxy(a, "demo-a", 1).await, queue_proxy(b, "demo-b", 1).await);
+    activator.pods(&key, &[("demo-a", pod_a.data), ("demo-b", pod_b.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("both pods to be ready", || service.status().ready == 2).await;
+
+    let client = client();
+    for _ in 0..10 {
+        // Two at once: with one slot per pod, each pod takes exactly one.
+        let (x, y) = tokio::join!(
+            client.request(get(activator.addr, "demo", "/")),
+            client.request(get(activator.addr, "demo", "/"))
+        );
+        assert_eq!((x.unwrap().status().as_u16(), y.unwrap().status().as_u16()), (200, 200));
+    }
+    assert_eq!((served_a.load(Ordering::Relaxed), served_b.load(Ordering::Relaxed)), (10, 10));
+}
+
+#[tokio::test]
+async fn a_pod_that_disappears_mid_stream_does_not_take_other_requests_with_it() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    // Pod A streams a token every 50 ms for a long time; pod B answers at once.
+    let (streaming, kill_a) = killable_upstream(|_req| async {
+        let ticks = futures::stream::unfold(0u32, |i| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            (i < 1000).then(|| {
+                (
+                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+                        "token\n",
+                    ))),
+                    i + 1,
+                )
+            })
+        });
+        hyper::Response::new(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(ticks)))
+    })
+    .await;
+    let pod_a = queue_proxy(streaming, "demo-a", 0).await;
+    activator.pods(&key, &[("demo-a", pod_a.data)]);
+    let client = client();
+    let stream = client.request(get(activator.addr, "demo", "/stream")).await.unwrap();
+    let mut body = stream.into_body();
+    assert!(http_body_util::BodyExt::frame(&mut body).await.unwrap().is_ok(), "the stream started on pod A");
+
+    let (b, served_b) = counting_upstream(Duration::ZERO).await;
+    let pod_b = queue_proxy(b, "demo-b", 0).await;
+    activator.pods(&key, &[("demo-a", pod_a.data), ("demo-b", pod_b.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("pod B to be ready", || service.status().ready == 2).await;
+
+    // Pod A's model process dies mid-stream, and the pod leaves the service.
+    kill_a.send(true).unwrap();
+    activator.pods(&key, &[("demo-b", pod_b.data)]);
+    let outcome = tokio::time::timeout(DEADLINE, http_body_util::BodyExt::collect(body)).await;
+    assert!(matches!(outcome, Ok(Err(_))), "the cut stream ends with an error, not a clean end");
+
+    for _ in 0..20 {
+        let response = client.request(get(activator.addr, "demo", "/")).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(served_b.load(Ordering::Relaxed), 20);
+}
+
+#[tokio::test]
+async fn unknown_services_and_contradictory_headers_are_refused() {
+    let activator = TestActivator::start(10_000).await;
+    activator.service("demo", data_plane(|_| {}));
+    let client = client();
+    let response = client.request(get(activator.addr, "nothing", "/")).await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(text(response).await.contains("no service for Host \\\"nothing\\\""));
+
+    let mut request = get(activator.addr, "demo.default.svc", "/");
+    request.headers_mut().insert("ebb-service", "default/other".parse().unwrap());
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(
+        text(response)
+            .await
+            .contains("the Ebb-Service header names default/other but the Host routes to default/demo")
+    );
+}
+
+#[tokio::test]
+async fn the_activator_answers_its_own_probe_and_stops_when_draining() {
+    let mut activator = TestActivator::start(10_000).await;
+    let probe = |addr| {
+        http::Request::get(format!("http://{addr}/"))
+            .header("ebb-probe", "activator")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let client = client();
+    let response = client.request(probe(activator.addr)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(text(response).await, "activator");
+    activator.stop();
+    eventually("draining to start", || !activator.activator.is_ready()).await;
+}

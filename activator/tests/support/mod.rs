@@ -1,0 +1,229 @@
+//! Shared pieces of the activator's end-to-end tests: upstreams, in-process queue-proxies, an activator on a
+//! loopback port with its endpoint source driven by the test, and a client.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use ebb_activator::endpoints::{Change, PodInfo};
+use ebb_activator::handler::{Activator, Options};
+use ebb_activator::metrics::Metrics;
+use ebb_activator::registry::Registry;
+use ebb_activator::routing::ServiceKey;
+use ebb_activator::server::{DrainOptions, Server};
+use ebb_activator::stats::ChannelSink;
+use ebb_config::wire::IngestFrame;
+use ebb_config::{DataPlaneSpec, ServiceConfig};
+use ebb_queue_proxy::QueueProxy;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Generous bound for anything a test waits on.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+pub fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).boxed()
+}
+
+/// A real HTTP server on a loopback port answering with `handler`.
+pub async fn upstream<H, F>(handler: H) -> SocketAddr
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let (addr, kill) = killable_upstream(handler).await;
+    // Never killed: keep the switch alive as long as the test runs.
+    std::mem::forget(kill);
+    addr
+}
+
+/// Like [`upstream`], with a switch that ends it at once, open connections included, like a process that died.
+pub async fn killable_upstream<H, F>(handler: H) -> (SocketAddr, watch::Sender<bool>)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (kill, killed) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let mut killed = killed.clone();
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = killed.wait_for(|k| *k) => return,
+            };
+            let Ok((stream, _)) = accepted else { return };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let response = handler(req);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    _ = killed.wait_for(|k| *k) => {}
+                }
+            });
+        }
+    });
+    (addr, kill)
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: ebb_queue_proxy::cli::Args,
+}
+
+/// A real queue-proxy, in process, in front of `upstream`; stops (drains) when dropped or stopped.
+pub struct QueueProxyHandle {
+    pub data: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl QueueProxyHandle {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(DEADLINE, &mut self.task).await;
+    }
+}
+
+pub async fn queue_proxy(upstream: SocketAddr, pod: &str, container_concurrency: u32) -> QueueProxyHandle {
+    let (upstream, cc) = (upstream.to_string(), container_concurrency.to_string());
+    let argv = [
+        "queue-proxy",
+        "--upstream",
+        &upstream,
+        "--bind-address",
+        "127.0.0.1",
+        "--data-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--stats-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--pod-name",
+        pod,
+        "--service-name",
+        "demo",
+        "--drain-quiet-period",
+        "0s",
+        "--container-concurrency",
+        &cc,
+    ];
+    let config = Cli::try_parse_from(argv).unwrap().args.into_config().unwrap();
+    let proxy = QueueProxy::bind(config).await.unwrap();
+    let data = proxy.addresses().data;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        proxy.run(async move { drop(stopped.await) }).await.unwrap();
+    });
+    QueueProxyHandle { data, stop: Some(stop), task }
+}
+
+/// An activator on a loopback port whose endpoint source is the test.
+pub struct TestActivator {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub activator: Arc<Activator>,
+    pub registry: Arc<Registry>,
+    pub stats: mpsc::Receiver<IngestFrame>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestActivator {
+    pub async fn start(max_queued_total: u32) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(true, max_queued_total, metrics.clone()));
+        let (tx, stats) = mpsc::channel(10_000);
+        let options =
+            Options { name: "activator-test".into(), max_queued_total, retry_after: Duration::from_secs(1) };
+        let activator =
+            Arc::new(Activator::new(registry.clone(), Arc::new(ChannelSink::new(tx)), metrics, options));
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let drain = DrainOptions { quiet_period: Duration::ZERO, deadline: Duration::from_secs(30) };
+        let server = Server::bind(activator.clone(), any, any, drain).await.unwrap();
+        let (addr, metrics_addr) = server.addresses();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.run(async move { drop(stopped.await) }));
+        Self { addr, metrics_addr, activator, registry, stats, stop: Some(stop) }
+    }
+
+    /// Declares `default/NAME` with `config`.
+    pub fn service(&self, name: &str, config: DataPlaneSpec) -> ServiceKey {
+        let key = ServiceKey::new("default", name);
+        self.registry.apply(Change::Service { key: key.clone(), config });
+        key
+    }
+
+    /// Replaces the service's pods with these (name, queue-proxy address) pairs.
+    pub fn pods(&self, key: &ServiceKey, pods: &[(&str, SocketAddr)]) {
+        let pods = pods.iter().map(|(name, addr)| PodInfo::live(name, *addr)).collect();
+        self.registry.apply(Change::Pods { key: key.clone(), pods });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A service's data-plane settings with these changes from the defaults.
+pub fn data_plane(change: impl FnOnce(&mut DataPlaneSpec)) -> DataPlaneSpec {
+    let mut spec = ServiceConfig::default().data_plane;
+    change(&mut spec);
+    spec
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// A GET for `path` at the activator, routed to `default/SERVICE` by Host.
+pub fn get(addr: SocketAddr, service: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}{path}"))
+        .header("host", service)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+pub async fn text(response: Response<Incoming>) -> String {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Polls `check` every 5 ms until it holds, failing after [`DEADLINE`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
