@@ -27,7 +27,7 @@ enum Command {
     /// Serve a small OpenAI-compatible demo model (for demos, tests and benchmarks).
     DemoModel(demo_model::Args),
     /// Run the queue-proxy sidecar (the same code as the `queue-proxy` binary).
-    QueueProxy(ebb_queue_proxy::cli::Args),
+    QueueProxy(Box<ebb_queue_proxy::cli::Args>),
 }
 
 /// Exit code for unreadable input or a bad command line (design.md: "a CLI error with exit code 2").
@@ -45,6 +45,6 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::DemoModel(args) => demo_model::run(args),
-        Command::QueueProxy(args) => ebb_queue_proxy::cli::run(args),
+        Command::QueueProxy(args) => ebb_queue_proxy::cli::run(*args),
     }
 }
