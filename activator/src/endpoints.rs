@@ -52,6 +52,24 @@ pub enum Change {
     },
     /// How many activators share the services' capacity (at least 1).
     Activators(usize),
+    /// Whether the service is warm enough to bypass the activator (local mode, where the activator is also
+    /// the gateway; the autoscaler decides, as it decides the EndpointSlice in a cluster).
+    Mode {
+        /// The service.
+        key: ServiceKey,
+        /// The request path.
+        mode: Mode,
+    },
+}
+
+/// Where a service's requests go, as the autoscaler decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Through the activator: counted, throttled to its capacity share, queued at zero.
+    #[default]
+    Proxy,
+    /// Straight to the pods; used only while a pod is ready.
+    Serve,
 }
 
 /// Where changes are sent; sources hold one.

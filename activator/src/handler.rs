@@ -37,11 +37,18 @@ pub const BACKSTOP: Duration = Duration::from_secs(5);
 /// The activator's response body.
 pub type ActivatorBody = ProxyBody<Completion>;
 
-/// Rides with a response until it ends: frees the service slot, the pod lease and the stats interval.
+/// Rides with a response until it ends: frees the pod lease and, for requests the activator held, the
+/// service slot and the stats interval.
 #[derive(Debug)]
 pub struct Completion {
-    _permit: Permit,
+    _held: Option<Held>,
     _lease: Lease,
+}
+
+/// A request the activator counts and throttles (proxy mode).
+#[derive(Debug)]
+struct Held {
+    _permit: Permit,
     _guard: StatsGuard,
 }
 
@@ -163,33 +170,49 @@ impl Activator {
         };
         let settings = service.request_settings();
 
-        // The first request for a service at zero tells the autoscaler at once.
-        let cold = service.status().ready == 0 && service.stats.concurrency() == 0;
-        let guard = service.stats.enter_at(arrived.into_std(), false);
-        if cold {
-            self.sink.send(cold_start_stat(&service, &self.options.name, self.started.elapsed()));
-        }
-
-        let activation_deadline = arrived + settings.activation_timeout;
-        let permit = match self.admit(&service, activation_deadline, settings).await {
-            Ok(permit) => permit,
-            Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
+        // Serve mode (local mode, warm service): straight to a pod, as a gateway routing to the pods would, so
+        // the queue-proxies measure the load as they do in a cluster. Otherwise the activator holds a slot of
+        // its capacity share and counts the request.
+        let direct = service.is_serving() && service.status().ready > 0;
+        let held = match direct {
+            true => None,
+            false => match self.hold(&service, arrived, settings).await {
+                Ok(held) => Some(held),
+                Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
+            },
         };
-        service.metrics.waited(arrived.elapsed());
-
+        let activation_deadline = arrived + settings.activation_timeout;
         let (response, lease, upgrade) =
-            match self.forward(&service, req, settings, activation_deadline).await {
+            match self.forward(&service, req, settings, activation_deadline, !direct).await {
                 Ok(forwarded) => forwarded,
                 Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
             };
         service.metrics.forwarded();
-        let completion = Completion { _permit: permit, _lease: lease, _guard: guard };
+        let completion = Completion { _held: held, _lease: lease };
         if let Some(upgrade) = upgrade {
             upgrade.spawn(completion);
             return Ok(response.map(|_| ProxyBody::empty()));
         }
         let timer = BodyTimer::new(Instant::now() + settings.timeout + BACKSTOP, None);
         Ok(response.map(|body| ProxyBody::Upstream(TrackedBody::new(body, Some(timer), completion))))
+    }
+
+    /// Counts the request in the service's stats (announcing a cold start) and waits for a slot.
+    async fn hold(
+        &self,
+        service: &Service,
+        arrived: Instant,
+        settings: RequestSettings,
+    ) -> Result<Held, ProxyError> {
+        // The first request for a service at zero tells the autoscaler at once.
+        let cold = service.status().ready == 0 && service.stats.concurrency() == 0;
+        let guard = service.stats.enter_at(arrived.into_std(), false);
+        if cold {
+            self.sink.send(cold_start_stat(service, &self.options.name, self.started.elapsed()));
+        }
+        let permit = self.admit(service, arrived + settings.activation_timeout, settings).await?;
+        service.metrics.waited(arrived.elapsed());
+        Ok(Held { _permit: permit, _guard: guard })
     }
 
     /// Takes a slot of the service's capacity, queueing (in arrival order) until a pod can take the request,
@@ -216,18 +239,24 @@ impl Activator {
     }
 
     /// Forwards to a pod, retrying on another only when the connection failed before any of the request was
-    /// sent. Waits for a pod if the set changed between admission and choice.
+    /// sent. Waits for a pod if the set changed between admission and choice. `proxied` marks the request as
+    /// the activator's for the queue-proxy's accounting.
     async fn forward(
         &self,
         service: &Arc<Service>,
         req: Request<Incoming>,
         settings: RequestSettings,
         activation_deadline: Instant,
+        proxied: bool,
     ) -> Result<(Response<Incoming>, Lease, Option<PendingUpgrade>), ProxyError> {
         let (mut parts, body) = req.into_parts();
+        // The client's own claims are never passed on: only the activator says a request went through it.
         let headers = &mut parts.headers;
         headers.remove(HEADER_KNATIVE_PROXIED);
-        headers.insert(HEADER_PROXIED, HeaderValue::from_static(PROXIED_BY_ACTIVATOR));
+        headers.remove(HEADER_PROXIED);
+        if proxied {
+            headers.insert(HEADER_PROXIED, HeaderValue::from_static(PROXIED_BY_ACTIVATOR));
+        }
         // An upgrade's handshake lives in the request's extensions, which only the first attempt can carry.
         let retryable = !is_upgrade(&parts.headers);
         let template = retryable

@@ -94,6 +94,10 @@ impl Registry {
                     tracing::debug!(service = %key, "pods for a service with no configuration yet; ignored")
                 }
             },
+            Change::Mode { key, mode } => match self.get(&key) {
+                Some(service) => service.set_mode(mode),
+                None => tracing::debug!(service = %key, "mode for an unknown service; ignored"),
+            },
             Change::Activators(count) => {
                 self.activators.store(count.max(1), Ordering::Relaxed);
                 for service in self.services() {

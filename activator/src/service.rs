@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use std::time::Duration;
@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 
 use crate::balancer::{self, Endpoint, Lease};
 use crate::capacity::{pod_capacity, service_capacity};
-use crate::endpoints::PodInfo;
+use crate::endpoints::{Mode, PodInfo};
 use crate::metrics::ServiceMetrics;
 use crate::probe::Prober;
 use crate::routing::ServiceKey;
@@ -64,6 +64,8 @@ pub struct Service {
     picks: AtomicU64,
     /// The per-pod limit, read on every request without taking the lock.
     container_concurrency: AtomicU32,
+    /// Serve mode: requests bypass the activator's accounting and throttling.
+    serving: AtomicBool,
     activators: Arc<AtomicUsize>,
     global_queue_cap: u32,
 }
@@ -107,6 +109,7 @@ impl Service {
             stats: RequestStats::new(std::time::Instant::now()),
             metrics,
             container_concurrency: AtomicU32::new(config.container_concurrency),
+            serving: AtomicBool::new(false),
             inner: Mutex::new(Inner { config, pods: HashMap::new() }),
             endpoints: RwLock::new(Arc::from([])),
             status: watch::Sender::new(Status::default()),
@@ -142,6 +145,16 @@ impl Service {
         self.container_concurrency.store(config.container_concurrency, Ordering::Relaxed);
         self.inner().config = config;
         self.rebuild();
+    }
+
+    /// Sets the request path the autoscaler chose.
+    pub fn set_mode(&self, mode: Mode) {
+        self.serving.store(mode == Mode::Serve, Ordering::Relaxed);
+    }
+
+    /// Whether requests go straight to the pods.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 
     /// Watches the service's status.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use ebb_activator::endpoints::{Change, Mode, PodInfo};
 use support::*;
 
 /// An upstream that answers `hello` after `delay`, counting the requests it served.
@@ -141,10 +142,10 @@ async fn a_crash_looping_pod_fails_the_queue_fast() {
         .collect();
     eventually("three requests to queue", || activator.activator.waiting() == 3).await;
 
-    let mut pod = ebb_activator::endpoints::PodInfo::live("demo-1", "127.0.0.1:9".parse().unwrap());
+    let mut pod = PodInfo::live("demo-1", "127.0.0.1:9".parse().unwrap());
     pod.addr = None;
     pod.blocked = Some("CrashLoopBackOff: back-off 40s restarting failed container model".into());
-    activator.registry.apply(ebb_activator::endpoints::Change::Pods { key, pods: vec![pod] });
+    activator.registry.apply(Change::Pods { key, pods: vec![pod] });
     for request in queued {
         // Far sooner than the 600 s activation timeout.
         let (status, body) = tokio::time::timeout(DEADLINE, request).await.unwrap().unwrap();
@@ -272,4 +273,40 @@ async fn the_activator_answers_its_own_probe_and_stops_when_draining() {
     assert_eq!(text(response).await, "activator");
     activator.stop();
     eventually("draining to start", || !activator.activator.is_ready()).await;
+}
+
+#[tokio::test]
+async fn serve_mode_goes_straight_to_the_pods_and_proxy_mode_counts() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    // The upstream holds each request until released, so the accounting can be looked at mid-request.
+    let (release, released) = tokio::sync::watch::channel(0u32);
+    let addr = upstream(move |_req| {
+        let mut released = released.clone();
+        // Wait for the next release, not one that happened before this request.
+        released.mark_unchanged();
+        async move {
+            let _ = released.changed().await;
+            hyper::Response::new(full("done"))
+        }
+    })
+    .await;
+    let pod = queue_proxy(addr, "demo-1", 0).await;
+    activator.pods(&key, &[("demo-1", pod.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("the pod to be ready", || service.status().ready == 1).await;
+    let client = client();
+
+    for (mode, counted) in [(Mode::Proxy, 1), (Mode::Serve, 0)] {
+        activator.registry.apply(Change::Mode { key: key.clone(), mode });
+        let (c, request) = (client.clone(), get(activator.addr, "demo", "/"));
+        let in_flight = tokio::spawn(async move { c.request(request).await.unwrap().status() });
+        let endpoint = service.pick(&[]).unwrap();
+        eventually("the request to reach the pod", || endpoint.endpoint().in_flight() == 2).await;
+        drop(endpoint);
+        assert_eq!(service.stats.concurrency(), counted, "{mode:?}");
+        assert_eq!(service.breaker.in_flight() as u64, counted, "{mode:?}");
+        release.send_modify(|n| *n += 1);
+        assert_eq!(in_flight.await.unwrap(), 200);
+    }
 }
