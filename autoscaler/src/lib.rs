@@ -5,7 +5,10 @@
 //! - [`policy`]: bounds and scale-to-zero on top of the decider, as a state machine with named phases;
 //! - [`reason`]: why each decision came out as it did, for logs and metric labels.
 //!
-//! Everything here is a pure function of its inputs: nothing reads a clock (every call takes an explicit
+//! [`runtime`] drives them: stat collection and scraping, a tick per service, actuation through a
+//! [`runtime::Scaler`], status and metrics. It alone does I/O and reads clocks, then passes `now` in.
+//!
+//! Everything else here is a pure function of its inputs: nothing reads a clock (every call takes an explicit
 //! [`Timestamp`]), does I/O or spawns tasks, so the same code runs in the autoscaler, in `ebb simulate` and in
 //! tests with simulated time.
 #![forbid(unsafe_code)]
@@ -16,6 +19,7 @@ mod delay;
 mod error;
 pub mod policy;
 pub mod reason;
+pub mod runtime;
 mod time;
 pub mod window;
 

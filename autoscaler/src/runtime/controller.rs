@@ -1,0 +1,337 @@
+//! One service's autoscaling state: its windows, decider and scale policy, built from its [`ServiceConfig`],
+//! ticked with an explicit `now`, and what it last decided (a status snapshot and the last decisions). No I/O.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use ebb_config::{ScalerClass, ServiceConfig};
+use serde::Serialize;
+
+use crate::{
+    Decider, DeciderSpec, Error, MetricWindows, Mode, Observed, Phase, PolicyInput, PolicySpec, ScalePolicy,
+    Timestamp,
+};
+
+/// One tick's decision, as logged, kept for `/debug/decisions` and shown by `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecisionRecord {
+    /// Seconds since the autoscaler's epoch.
+    pub at_secs: f64,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// Stable-window average (service total); `None` without data.
+    pub observed_stable: Option<f64>,
+    /// Panic-window average (service total); `None` without data.
+    pub observed_panic: Option<f64>,
+    /// Ready pods.
+    pub ready: u32,
+    /// The decider's count, before bounds and scale-to-zero; `None` without a decision.
+    pub decider_desired: Option<u32>,
+    /// The replicas in force after this tick.
+    pub desired: u32,
+    /// Whether this tick changed the replicas.
+    pub changed: bool,
+    /// Excess burst capacity; `None` without a decision.
+    pub excess_burst_capacity: Option<i64>,
+    /// Whether the decider is in panic.
+    pub panic: bool,
+    /// The routing mode after this tick.
+    pub mode: &'static str,
+    /// The phase after this tick.
+    pub phase: &'static str,
+    /// The decider's reason kind (`stable`, `panic`, `no_data`, ...).
+    pub decider_kind: &'static str,
+    /// The policy's reason kind (`desired`, `grace_period`, `scaled_to_zero`, ...).
+    pub policy_kind: &'static str,
+    /// Both reasons as one sentence.
+    pub reason: String,
+}
+
+/// A service's state for `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceStatus {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Replicas in force.
+    pub desired: u32,
+    /// Ready pods.
+    pub ready: u32,
+    /// Pods the source knows (starting, ready or terminating).
+    pub pods: u32,
+    /// `serve` or `proxy`.
+    pub mode: &'static str,
+    /// `activating`, `active`, `inactive` or `zero`.
+    pub phase: &'static str,
+    /// Per-pod target the decider divides by.
+    pub target: f64,
+    /// Last stable-window average.
+    pub observed_stable: Option<f64>,
+    /// Last panic-window average.
+    pub observed_panic: Option<f64>,
+    /// Whether the decider is in panic.
+    pub panic: bool,
+    /// Last excess burst capacity.
+    pub excess_burst_capacity: Option<i64>,
+    /// Why the replicas are what they are.
+    pub last_reason: String,
+    /// `ebb.dev/paused` or HPA class: the autoscaler does not act.
+    pub paused: bool,
+}
+
+/// What a tick asks the caller to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actions {
+    /// New replicas, when they changed.
+    pub replicas: Option<u32>,
+    /// New mode, when it changed.
+    pub mode: Option<Mode>,
+}
+
+/// One service's windows, decider and policy, and what they last decided.
+#[derive(Debug)]
+pub struct ServiceController {
+    config: ServiceConfig,
+    windows: MetricWindows,
+    decider: Decider,
+    policy: ScalePolicy,
+    replicas: u32,
+    mode: Mode,
+    last: Option<DecisionRecord>,
+    history: VecDeque<DecisionRecord>,
+    history_len: usize,
+}
+
+impl ServiceController {
+    /// A service first seen at `now` with `ready` ready pods and `replicas` replicas in force.
+    pub fn new(
+        config: ServiceConfig,
+        now: Timestamp,
+        ready: u32,
+        replicas: u32,
+        history_len: usize,
+    ) -> Result<Self, Error> {
+        let windows = MetricWindows::from_spec(&config.scaling)?;
+        let decider = Decider::new(DeciderSpec::from_scaling(&config.scaling, true), now, ready)?;
+        let policy = ScalePolicy::new(PolicySpec::from_config(&config, true), now, ready);
+        let mode = policy.mode();
+        Ok(Self {
+            config,
+            windows,
+            decider,
+            policy,
+            replicas,
+            mode,
+            last: None,
+            history: VecDeque::with_capacity(history_len),
+            history_len: history_len.max(1),
+        })
+    }
+
+    /// Applies a changed configuration, keeping the windows' data and the policy's clocks.
+    pub fn update(&mut self, config: ServiceConfig) -> Result<(), Error> {
+        let s = &config.scaling;
+        self.windows.resize(s.stable_window, s.panic_window(), s.aggregation)?;
+        self.decider.update(DeciderSpec::from_scaling(s, true))?;
+        self.policy.update(PolicySpec::from_config(&config, true));
+        self.config = config;
+        Ok(())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The replicas in force (the last ones applied).
+    pub fn replicas(&self) -> u32 {
+        self.replicas
+    }
+
+    /// The mode in force.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether the autoscaler leaves this service alone (`ebb.dev/paused`, or an HPA-class service).
+    pub fn is_paused(&self) -> bool {
+        self.config.paused || self.config.scaling.class != ScalerClass::Kpa
+    }
+
+    /// Adds one second's service total.
+    pub fn record(&mut self, at: Timestamp, value: f64) -> Result<(), Error> {
+        self.windows.record(at, value)
+    }
+
+    /// The window averages at `now`.
+    pub fn observe(&self, now: Timestamp) -> Option<Observed> {
+        self.windows.observe(now)
+    }
+
+    /// Decides at `now`. `ready` is `None` when the pods could not be counted (no decision then).
+    pub fn tick(
+        &mut self,
+        now: Timestamp,
+        ready: Option<u32>,
+        activator_in_path: bool,
+        activators_ready: bool,
+    ) -> (DecisionRecord, Actions) {
+        let observed = self.windows.observe(now);
+        let outcome = self.decider.decide(now, ready, observed);
+        let decision = outcome.decision().copied();
+        let ready_n = ready.unwrap_or(0);
+        let out = self.policy.tick(PolicyInput {
+            now,
+            decision,
+            ready: ready_n,
+            activator_in_path,
+            activators_ready,
+        });
+        let previous = self.replicas;
+        let replicas = if self.is_paused() { None } else { out.replicas };
+        if let Some(n) = replicas {
+            self.replicas = n;
+        }
+        let mode_changed = out.mode != self.mode;
+        self.mode = out.mode;
+        let mut reason = outcome.to_string();
+        if !matches!(out.reason.kind(), "desired" | "no_decision") {
+            reason.push_str("; ");
+            reason.push_str(&out.reason.to_string());
+        }
+        if self.is_paused() {
+            reason.push_str("; paused: replicas left as they are");
+        }
+        let unix_ms =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let record = DecisionRecord {
+            at_secs: now.since_epoch().as_secs_f64(),
+            unix_ms,
+            observed_stable: observed.map(|o| o.stable),
+            observed_panic: observed.map(|o| o.panic),
+            ready: ready_n,
+            decider_desired: decision.map(|d| d.desired),
+            desired: self.replicas,
+            changed: self.replicas != previous,
+            excess_burst_capacity: decision.map(|d| d.excess_burst_capacity),
+            panic: self.decider.in_panic(),
+            mode: out.mode.as_str(),
+            phase: out.phase.name(),
+            decider_kind: outcome.kind().as_str(),
+            policy_kind: out.reason.kind(),
+            reason,
+        };
+        if self.history.len() == self.history_len {
+            self.history.pop_front();
+        }
+        self.history.push_back(record.clone());
+        self.last = Some(record.clone());
+        let actions = Actions {
+            replicas: (self.replicas != previous).then_some(self.replicas),
+            mode: mode_changed.then_some(self.mode),
+        };
+        (record, actions)
+    }
+
+    /// The last decisions, oldest first.
+    pub fn history(&self) -> Vec<DecisionRecord> {
+        self.history.iter().cloned().collect()
+    }
+
+    /// The status snapshot, with the pod counts the caller knows.
+    pub fn status(&self, namespace: &str, name: &str, ready: u32, pods: u32) -> ServiceStatus {
+        let last = self.last.as_ref();
+        ServiceStatus {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            desired: self.replicas,
+            ready,
+            pods,
+            mode: self.mode.as_str(),
+            phase: self.policy.phase().name(),
+            target: self.config.scaling.target(),
+            observed_stable: last.and_then(|l| l.observed_stable),
+            observed_panic: last.and_then(|l| l.observed_panic),
+            panic: self.decider.in_panic(),
+            excess_burst_capacity: last.and_then(|l| l.excess_burst_capacity),
+            last_reason: last.map_or_else(|| "no decision yet".to_owned(), |l| l.reason.clone()),
+            paused: self.is_paused(),
+        }
+    }
+
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        self.policy.phase()
+    }
+
+    /// The stable window (pods younger than it are sampled last).
+    pub fn stable_window(&self) -> Duration {
+        self.config.scaling.stable_window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ebb_config::{GlobalConfig, resolve_service};
+
+    use super::*;
+
+    fn config(annotations: &[(&str, &str)]) -> ServiceConfig {
+        let mut global = BTreeMap::new();
+        global.insert("allow-zero-initial-scale".to_owned(), "true".to_owned());
+        global.insert("scale-to-zero-grace-period".to_owned(), "2s".to_owned());
+        let global = GlobalConfig::from_data(&global).unwrap().value;
+        let annotations: BTreeMap<String, String> =
+            annotations.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        resolve_service(&annotations, &global).unwrap().value
+    }
+
+    #[test]
+    fn scales_from_zero_on_load_and_back_to_zero_when_idle() {
+        let config = config(&[
+            ("autoscaling.knative.dev/initial-scale", "0"),
+            ("autoscaling.knative.dev/window", "6s"),
+            ("ebb.dev/container-concurrency", "4"),
+        ]);
+        let mut c = ServiceController::new(config, Timestamp::ZERO, 0, 0, 8).unwrap();
+        assert_eq!(c.replicas(), 0);
+        // First request at zero: the activator's concurrency-1 stat.
+        c.record(Timestamp::from_secs(1), 1.0).unwrap();
+        let (record, actions) = c.tick(Timestamp::from_secs(1), Some(0), true, true);
+        assert_eq!(actions.replicas, Some(1), "{record:?}");
+        assert_eq!(record.mode, "proxy");
+        // Load of 10 for a while with 1 pod ready: more pods.
+        let mut t = 2;
+        let mut max = 0;
+        while t < 12 {
+            c.record(Timestamp::from_secs(t), 10.0).unwrap();
+            if t % 2 == 0 {
+                let ready = c.replicas();
+                c.tick(Timestamp::from_secs(t), Some(ready), c.mode() == Mode::Proxy, true);
+                max = max.max(c.replicas());
+            }
+            t += 1;
+        }
+        assert!(max > 1, "scaled to {max}");
+        // Idle: zeros, then no data; it must reach 0.
+        let mut zero_at = None;
+        while t < 60 {
+            if t < 30 {
+                c.record(Timestamp::from_secs(t), 0.0).unwrap();
+            }
+            if t % 2 == 0 {
+                let ready = c.replicas();
+                c.tick(Timestamp::from_secs(t), Some(ready), c.mode() == Mode::Proxy, true);
+                if c.replicas() == 0 && zero_at.is_none() {
+                    zero_at = Some(t);
+                }
+            }
+            t += 1;
+        }
+        assert!(zero_at.is_some(), "{:#?}", c.history());
+        assert_eq!(c.history().len(), 8);
+    }
+}

@@ -1,0 +1,260 @@
+//! The autoscaler's Prometheus metrics (`ebb_autoscaler_*`), labelled by `namespace` and `service`. A service's
+//! series exist, at zero, from the moment it is known, decision counters for every reason kind included.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use super::ServiceId;
+use super::controller::{DecisionRecord, ServiceStatus};
+
+/// Every decider reason kind (label values of `decisions_total`).
+const DECIDER_KINDS: [&str; 9] = [
+    "stable",
+    "panic",
+    "scale_up_limited",
+    "scale_down_limited",
+    "activation_scale",
+    "panic_hold",
+    "scale_down_delay",
+    "no_data",
+    "pods_unknown",
+];
+
+/// Every policy reason kind (label values of `policy_decisions_total`).
+const POLICY_KINDS: [&str; 15] = [
+    "desired",
+    "min_scale",
+    "initial_scale",
+    "max_scale",
+    "no_decision",
+    "scale_to_zero_disabled",
+    "active_window",
+    "deactivated",
+    "awaiting_activator",
+    "pod_retention",
+    "grace_period",
+    "scaled_to_zero",
+    "at_zero",
+    "activating",
+    "activation_timed_out",
+];
+
+/// Labels of every per-service series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The service's namespace.
+    pub namespace: String,
+    /// The service's name.
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    namespace: String,
+    service: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric family of the autoscaler.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    desired: Family<ServiceLabels, Gauge>,
+    ready: Family<ServiceLabels, Gauge>,
+    actual: Family<ServiceLabels, Gauge>,
+    stable: Family<ServiceLabels, FloatGauge>,
+    panic_observed: Family<ServiceLabels, FloatGauge>,
+    target: Family<ServiceLabels, FloatGauge>,
+    panic_mode: Family<ServiceLabels, Gauge>,
+    ebc: Family<ServiceLabels, Gauge>,
+    serve_mode: Family<ServiceLabels, Gauge>,
+    decisions: Family<KindLabels, Counter>,
+    policy_decisions: Family<KindLabels, Counter>,
+    scrape_errors: Family<ServiceLabels, Counter>,
+    stats_received: Family<SourceLabels, Counter>,
+    tick_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// The families, registered under `ebb_autoscaler_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ebb_autoscaler");
+        let m = Self {
+            registry: Registry::default(),
+            desired: Family::default(),
+            ready: Family::default(),
+            actual: Family::default(),
+            stable: Family::default(),
+            panic_observed: Family::default(),
+            target: Family::default(),
+            panic_mode: Family::default(),
+            ebc: Family::default(),
+            serve_mode: Family::default(),
+            decisions: Family::default(),
+            policy_decisions: Family::default(),
+            scrape_errors: Family::default(),
+            stats_received: Family::default(),
+            tick_duration: Histogram::new(exponential_buckets(0.00001, 4.0, 10)),
+        };
+        registry.register("desired_pods", "Replicas the autoscaler wants", m.desired.clone());
+        registry.register("ready_pods", "Ready pods", m.ready.clone());
+        registry.register(
+            "actual_pods",
+            "Pods that exist (starting, ready or terminating)",
+            m.actual.clone(),
+        );
+        registry.register("observed_stable", "Stable-window average load (service total)", m.stable.clone());
+        registry.register(
+            "observed_panic",
+            "Panic-window average load (service total)",
+            m.panic_observed.clone(),
+        );
+        registry.register("target", "Per-pod target", m.target.clone());
+        registry.register("panic_mode", "1 while the decider is in panic", m.panic_mode.clone());
+        registry.register("excess_burst_capacity", "Excess burst capacity", m.ebc.clone());
+        registry.register(
+            "serve_mode",
+            "1 in serve mode, 0 with the activator in the path",
+            m.serve_mode.clone(),
+        );
+        registry.register("decisions", "Decisions by the decider's reason kind", m.decisions.clone());
+        registry.register(
+            "policy_decisions",
+            "Decisions by the scale policy's reason kind",
+            m.policy_decisions.clone(),
+        );
+        registry.register("scrape_errors", "Pod stat scrapes that failed", m.scrape_errors.clone());
+        registry.register("stats_received", "Stats received, by source", m.stats_received.clone());
+        registry.register_with_unit(
+            "tick_duration",
+            "Time one tick of every service takes",
+            Unit::Seconds,
+            m.tick_duration.clone(),
+        );
+        for source in ["pod", "activator"] {
+            let _ = m.stats_received.get_or_create(&SourceLabels { source });
+        }
+        Self { registry, ..m }
+    }
+
+    fn labels(id: &ServiceId) -> ServiceLabels {
+        ServiceLabels { namespace: id.namespace.clone(), service: id.name.clone() }
+    }
+
+    /// Creates a new service's series at zero.
+    pub fn add_service(&self, id: &ServiceId) {
+        let l = Self::labels(id);
+        let _ = self.desired.get_or_create(&l);
+        let _ = self.ready.get_or_create(&l);
+        let _ = self.actual.get_or_create(&l);
+        let _ = self.stable.get_or_create(&l);
+        let _ = self.panic_observed.get_or_create(&l);
+        let _ = self.target.get_or_create(&l);
+        let _ = self.panic_mode.get_or_create(&l);
+        let _ = self.ebc.get_or_create(&l);
+        let _ = self.serve_mode.get_or_create(&l);
+        let _ = self.scrape_errors.get_or_create(&l);
+        for kind in DECIDER_KINDS {
+            let _ = self.decisions.get_or_create(&self.kind(id, kind));
+        }
+        for kind in POLICY_KINDS {
+            let _ = self.policy_decisions.get_or_create(&self.kind(id, kind));
+        }
+    }
+
+    fn kind(&self, id: &ServiceId, kind: &'static str) -> KindLabels {
+        KindLabels { namespace: id.namespace.clone(), service: id.name.clone(), kind }
+    }
+
+    /// Drops a removed service's series.
+    pub fn remove_service(&self, id: &ServiceId) {
+        let l = Self::labels(id);
+        for family in
+            [&self.desired, &self.ready, &self.actual, &self.panic_mode, &self.ebc, &self.serve_mode]
+        {
+            family.remove(&l);
+        }
+        for family in [&self.stable, &self.panic_observed, &self.target] {
+            family.remove(&l);
+        }
+        self.scrape_errors.remove(&l);
+        for kind in DECIDER_KINDS {
+            self.decisions.remove(&self.kind(id, kind));
+        }
+        for kind in POLICY_KINDS {
+            self.policy_decisions.remove(&self.kind(id, kind));
+        }
+    }
+
+    /// Counts a decision and sets the service's gauges from it.
+    pub fn decided(&self, id: &ServiceId, record: &DecisionRecord) {
+        let l = Self::labels(id);
+        let find = |kinds: &[&'static str], kind: &str| kinds.iter().copied().find(|k| *k == kind);
+        if let Some(kind) = find(&DECIDER_KINDS, record.decider_kind) {
+            self.decisions.get_or_create(&self.kind(id, kind)).inc();
+        }
+        if let Some(kind) = find(&POLICY_KINDS, record.policy_kind) {
+            self.policy_decisions.get_or_create(&self.kind(id, kind)).inc();
+        }
+        self.desired.get_or_create(&l).set(i64::from(record.desired));
+        self.panic_mode.get_or_create(&l).set(i64::from(record.panic));
+        self.serve_mode.get_or_create(&l).set(i64::from(record.mode == "serve"));
+        if let Some(ebc) = record.excess_burst_capacity {
+            self.ebc.get_or_create(&l).set(ebc);
+        }
+        self.stable.get_or_create(&l).set(record.observed_stable.unwrap_or(0.0));
+        self.panic_observed.get_or_create(&l).set(record.observed_panic.unwrap_or(0.0));
+    }
+
+    /// Sets the gauges that do not come from a decision.
+    pub fn observe_status(&self, id: &ServiceId, status: &ServiceStatus) {
+        let l = Self::labels(id);
+        self.ready.get_or_create(&l).set(i64::from(status.ready));
+        self.actual.get_or_create(&l).set(i64::from(status.pods));
+        self.target.get_or_create(&l).set(status.target);
+        self.desired.get_or_create(&l).set(i64::from(status.desired));
+    }
+
+    /// Counts a failed scrape.
+    pub fn scrape_failed(&self, id: &ServiceId) {
+        self.scrape_errors.get_or_create(&Self::labels(id)).inc();
+    }
+
+    /// Counts received stats.
+    pub fn stats_received(&self, source: &'static str, count: u64) {
+        self.stats_received.get_or_create(&SourceLabels { source }).inc_by(count);
+    }
+
+    /// Records how long a tick of every service took.
+    pub fn tick_took(&self, took: Duration) {
+        self.tick_duration.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text (OpenMetrics, ending in `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

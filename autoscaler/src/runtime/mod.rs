@@ -1,0 +1,400 @@
+//! The autoscaler's runtime: stat collection, ticking and actuation around the pure decision core, shared by
+//! local mode (`ebb up`) and the Kubernetes controller.
+//!
+//! - A source (the local pod manager, or a Kubernetes watch) tells the [`Autoscaler`] the services
+//!   ([`Autoscaler::set_service`]) and their pods ([`Autoscaler::set_pods`]: stats address, readiness, age).
+//! - Every second it scrapes a sample of each service's ready pods (bounded by a timeout), takes out the load
+//!   the activator proxied, adds the activators' stats ([`Autoscaler::ingest`]) and records the total.
+//! - Every [`TICK_INTERVAL`] it decides for every service, and at once when an activator's stat arrives for a
+//!   service at zero. Each decision is one log line, a [`DecisionRecord`] kept in a short history, and a
+//!   [`ServiceStatus`]; changes of replicas or mode go to the [`Scaler`].
+
+pub mod collect;
+pub mod controller;
+pub mod metrics;
+pub mod scrape;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ebb_config::ServiceConfig;
+use ebb_config::wire::{IngestFrame, PodStat};
+use tokio::sync::mpsc;
+
+pub use controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
+pub use metrics::Metrics;
+pub use scrape::{ScrapeError, Scraper};
+
+use crate::{Error, Mode, TICK_INTERVAL, Timestamp};
+
+/// A service: `NAMESPACE/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId {
+    /// Namespace.
+    pub namespace: String,
+    /// Name (the Deployment's).
+    pub name: String,
+}
+
+impl ServiceId {
+    /// `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One pod of a service, as its source sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodTarget {
+    /// The pod's name.
+    pub name: String,
+    /// Its queue-proxy's stats address; `None` until it has one.
+    pub stats: Option<SocketAddr>,
+    /// Ready and not terminating: counted as ready and sampled.
+    pub ready: bool,
+    /// Terminating: counted in no total.
+    pub terminating: bool,
+    /// When it started (older pods are sampled first).
+    pub started: Instant,
+}
+
+/// Where decisions take effect: Kubernetes (the Deployment's scale subresource and the EndpointSlice) or local
+/// mode (processes and the in-process activator). Calls never block: an implementation hands the work to its
+/// own task.
+pub trait Scaler: Send + Sync + 'static {
+    /// Applies a replica count.
+    fn set_replicas(&self, service: &ServiceId, replicas: u32);
+    /// Puts the activator in the request path (`Proxy`) or takes it out (`Serve`).
+    fn set_mode(&self, service: &ServiceId, mode: Mode);
+    /// Whether the activator is verified in `service`'s request path (replicas go to 0 only then).
+    fn activator_in_path(&self, service: &ServiceId) -> bool;
+    /// Whether at least one activator is ready (without one, serve mode is forced).
+    fn activators_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Tuning of the runtime.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Longest wait for one pod's stat.
+    pub scrape_timeout: Duration,
+    /// How often pods are scraped (Knative: every second).
+    pub scrape_interval: Duration,
+    /// How often every service is decided for.
+    pub tick_interval: Duration,
+    /// Decisions kept per service.
+    pub history_len: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            scrape_timeout: Duration::from_millis(500),
+            scrape_interval: Duration::from_secs(1),
+            tick_interval: TICK_INTERVAL,
+            history_len: 100,
+        }
+    }
+}
+
+struct Entry {
+    controller: ServiceController,
+    pods: Vec<PodTarget>,
+    /// The latest stat of each activator since the last collection.
+    activator_stats: HashMap<String, PodStat>,
+}
+
+impl Entry {
+    fn ready(&self) -> u32 {
+        self.pods.iter().filter(|p| p.ready && !p.terminating).count() as u32
+    }
+
+    fn status(&self, id: &ServiceId) -> ServiceStatus {
+        self.controller.status(&id.namespace, &id.name, self.ready(), self.pods.len() as u32)
+    }
+}
+
+/// The autoscaler of a set of services.
+pub struct Autoscaler {
+    services: Mutex<BTreeMap<ServiceId, Entry>>,
+    scaler: Arc<dyn Scaler>,
+    metrics: Metrics,
+    scraper: Scraper,
+    options: Options,
+    epoch: Instant,
+}
+
+impl fmt::Debug for Autoscaler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Autoscaler").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl Autoscaler {
+    /// An autoscaler with no services, acting through `scaler`.
+    pub fn new(scaler: Arc<dyn Scaler>, options: Options) -> Arc<Self> {
+        Arc::new(Self {
+            services: Mutex::default(),
+            scaler,
+            metrics: Metrics::new(),
+            scraper: Scraper::new(options.scrape_timeout),
+            options,
+            epoch: Instant::now(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<ServiceId, Entry>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The decision clock: time since this autoscaler started.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_duration(self.epoch.elapsed())
+    }
+
+    /// Adds a service (with `replicas` in force now) or applies its changed configuration. On error the last
+    /// good configuration stays in force.
+    pub fn set_service(&self, id: ServiceId, config: ServiceConfig, replicas: u32) -> Result<(), Error> {
+        let now = self.now();
+        let mut services = self.lock();
+        match services.get_mut(&id) {
+            Some(entry) => entry.controller.update(config),
+            None => {
+                let controller = ServiceController::new(config, now, 0, replicas, self.options.history_len)?;
+                self.metrics.add_service(&id);
+                let entry = Entry { controller, pods: Vec::new(), activator_stats: HashMap::new() };
+                self.metrics.observe_status(&id, &entry.status(&id));
+                services.insert(id, entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets a service.
+    pub fn remove_service(&self, id: &ServiceId) {
+        if self.lock().remove(id).is_some() {
+            self.metrics.remove_service(id);
+        }
+    }
+
+    /// Replaces a service's pods.
+    pub fn set_pods(&self, id: &ServiceId, pods: Vec<PodTarget>) {
+        let mut services = self.lock();
+        if let Some(entry) = services.get_mut(id) {
+            entry.pods = pods;
+            self.metrics.observe_status(id, &entry.status(id));
+        }
+    }
+
+    /// Takes an activator's stat. For a service at zero it is recorded and decided on at once (the cold
+    /// start); otherwise it joins the current second's collection.
+    pub fn ingest(&self, frame: IngestFrame) {
+        self.metrics.stats_received("activator", 1);
+        let id = ServiceId::new(frame.namespace, frame.name);
+        let now = self.now();
+        let actions = {
+            let mut services = self.lock();
+            let Some(entry) = services.get_mut(&id) else {
+                tracing::debug!(service = %id, "stat for an unknown service; ignored");
+                return;
+            };
+            if entry.controller.replicas() == 0 && !entry.controller.is_paused() {
+                let metric = entry.controller.config().scaling.metric;
+                let value = collect::activator_value(metric, &frame.stat);
+                if let Err(err) = entry.controller.record(now, value) {
+                    tracing::warn!(service = %id, "stat refused: {err}");
+                    return;
+                }
+                self.decide(&id, entry, now)
+            } else {
+                entry.activator_stats.insert(frame.stat.pod.clone(), frame.stat);
+                return;
+            }
+        };
+        self.apply(&id, actions);
+    }
+
+    /// Decides for one service now (the lock is held; the actions are applied after it is released).
+    fn decide(&self, id: &ServiceId, entry: &mut Entry, now: Timestamp) -> Actions {
+        let ready = entry.ready();
+        let in_path = self.scaler.activator_in_path(id);
+        let (record, actions) =
+            entry.controller.tick(now, Some(ready), in_path, self.scaler.activators_ready());
+        self.metrics.decided(id, &record);
+        self.metrics.observe_status(id, &entry.status(id));
+        let fmt_obs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+        tracing::info!(
+            target: "ebb::decision",
+            service = %id,
+            observed = %fmt_obs(record.observed_stable),
+            panic_observed = %fmt_obs(record.observed_panic),
+            desired = record.desired,
+            ready = record.ready,
+            mode = record.mode,
+            phase = record.phase,
+            reason = %record.reason,
+            "decision"
+        );
+        actions
+    }
+
+    fn apply(&self, id: &ServiceId, actions: Actions) {
+        if let Some(mode) = actions.mode {
+            self.scaler.set_mode(id, mode);
+        }
+        if let Some(replicas) = actions.replicas {
+            self.scaler.set_replicas(id, replicas);
+        }
+    }
+
+    /// Decides for every service now.
+    pub fn tick(&self) {
+        let started = Instant::now();
+        let now = self.now();
+        let mut all = Vec::new();
+        {
+            let mut services = self.lock();
+            for (id, entry) in services.iter_mut() {
+                let actions = self.decide(id, entry, now);
+                all.push((id.clone(), actions));
+            }
+        }
+        for (id, actions) in all {
+            self.apply(&id, actions);
+        }
+        self.metrics.tick_took(started.elapsed());
+    }
+
+    /// Scrapes every service's pod sample and records one second of load per service.
+    pub async fn collect(&self) {
+        let now = self.now();
+        let plan: Vec<(ServiceId, usize, Vec<SocketAddr>)> = {
+            let services = self.lock();
+            services
+                .iter()
+                .map(|(id, entry)| {
+                    let window = entry.controller.stable_window();
+                    let candidates = entry
+                        .pods
+                        .iter()
+                        .filter(|p| p.ready && !p.terminating)
+                        .filter_map(|p| {
+                            p.stats.map(|addr| collect::Candidate { pod: addr, age: p.started.elapsed() })
+                        })
+                        .collect();
+                    (id.clone(), entry.ready() as usize, collect::choose_sample(candidates, window))
+                })
+                .collect()
+        };
+        let scrapes = plan.into_iter().map(|(id, ready, sample)| async move {
+            let results = futures_join(sample.iter().map(|addr| self.scraper.scrape(*addr))).await;
+            (id, ready, results)
+        });
+        let results = futures_join(scrapes).await;
+        let mut services = self.lock();
+        for (id, ready, results) in results {
+            let Some(entry) = services.get_mut(&id) else { continue };
+            let mut answered = Vec::with_capacity(results.len());
+            for result in results {
+                match result {
+                    Ok(stat) => answered.push(stat),
+                    Err(err) => {
+                        self.metrics.scrape_failed(&id);
+                        tracing::debug!(service = %id, "scrape failed: {err}");
+                    }
+                }
+            }
+            self.metrics.stats_received("pod", answered.len() as u64);
+            let activators: Vec<PodStat> = entry.activator_stats.drain().map(|(_, s)| s).collect();
+            let metric = entry.controller.config().scaling.metric;
+            if let Some(total) = collect::service_total(metric, ready, &answered, &activators)
+                && let Err(err) = entry.controller.record(now, total)
+            {
+                tracing::warn!(service = %id, "load refused: {err}");
+            }
+        }
+    }
+
+    /// Every service's status, by name.
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        self.lock().iter().map(|(id, entry)| entry.status(id)).collect()
+    }
+
+    /// A service's last decisions, oldest first.
+    pub fn decisions(&self, id: &ServiceId) -> Option<Vec<DecisionRecord>> {
+        self.lock().get(id).map(|entry| entry.controller.history())
+    }
+
+    /// The Prometheus text of the autoscaler's metrics.
+    pub fn encode_metrics(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// Collects every second, decides every tick and ingests the activators' stats until `stop` resolves.
+    pub async fn run(
+        self: Arc<Self>,
+        mut frames: mpsc::Receiver<IngestFrame>,
+        stop: impl Future<Output = ()>,
+    ) {
+        let mut collect = tokio::time::interval(self.options.scrape_interval);
+        collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(self.options.tick_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Collection runs on its own task so a slow scrape never delays a tick or a cold-start stat.
+        let collector = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    collect.tick().await;
+                    this.collect().await;
+                }
+            })
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                frame = frames.recv() => match frame {
+                    Some(frame) => self.ingest(frame),
+                    None => { std::future::pending::<()>().await }
+                },
+                _ = tick.tick() => self.tick(),
+            }
+        }
+        collector.abort();
+    }
+}
+
+/// Runs futures concurrently and returns their outputs in order (a small `join_all` without a dependency).
+async fn futures_join<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("every future finished")).collect()
+}

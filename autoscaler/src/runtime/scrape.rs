@@ -1,0 +1,72 @@
+//! Reading a queue-proxy's latest 1-second stat: `GET :9090/stats`, bounded by a timeout so that one stuck pod
+//! never delays a service's second.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ebb_config::names::STATS_PATH;
+use ebb_config::wire::{MAX_STAT_LEN, PodStat};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Why a scrape gave no stat.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    /// No answer within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection or the request failed.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The queue-proxy answered with an error status.
+    #[error("status {0}")]
+    Status(u16),
+    /// The body is not a stat.
+    #[error("bad stat: {0}")]
+    Decode(String),
+}
+
+/// A pooled HTTP client for stats.
+#[derive(Debug, Clone)]
+pub struct Scraper {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    timeout: Duration,
+}
+
+impl Scraper {
+    /// A scraper whose every request is bounded by `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client =
+            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        Self { client, timeout }
+    }
+
+    /// The stat of the queue-proxy whose stats port is `addr`.
+    pub async fn scrape(&self, addr: SocketAddr) -> Result<PodStat, ScrapeError> {
+        let fetch = async {
+            let uri: http::Uri = format!("http://{addr}{STATS_PATH}")
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| ScrapeError::Request(e.to_string()))?;
+            let response = self.client.get(uri).await.map_err(|e| ScrapeError::Request(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(ScrapeError::Status(response.status().as_u16()));
+            }
+            let body = Limited::new(response.into_body(), MAX_STAT_LEN)
+                .collect()
+                .await
+                .map_err(|e| ScrapeError::Decode(e.to_string()))?
+                .to_bytes();
+            PodStat::decode(&body).map_err(|e| ScrapeError::Decode(e.to_string()))
+        };
+        match tokio::time::timeout(self.timeout, fetch).await {
+            Ok(result) => result,
+            Err(_) => Err(ScrapeError::Timeout(self.timeout)),
+        }
+    }
+}
