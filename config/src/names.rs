@@ -8,6 +8,19 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`] on ebb's own objects.
 pub const MANAGED_BY_EBB: &str = "ebb";
 
+/// Label naming which ebb component a pod of `ebb-system` runs (values below).
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// [`LABEL_COMPONENT`] of activator pods; the autoscaler and the activators watch them.
+pub const COMPONENT_ACTIVATOR: &str = "activator";
+/// [`LABEL_COMPONENT`] of autoscaler pods; the activators stream stats to every Ready one.
+pub const COMPONENT_AUTOSCALER: &str = "autoscaler";
+/// Label on every ebb component pod.
+pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+/// Value of [`LABEL_PART_OF`].
+pub const PART_OF_EBB: &str = "ebb";
+/// Annotation with which Kubernetes picks the cheapest pods to delete on scale-down.
+pub const ANNOTATION_POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
 /// Prefix of Knative's autoscaling annotations.
 pub const KNATIVE_PREFIX: &str = "autoscaling.knative.dev/";
 /// Prefix of ebb's own configuration annotations.
