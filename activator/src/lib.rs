@@ -7,6 +7,7 @@ pub mod balancer;
 pub mod capacity;
 pub mod endpoints;
 pub mod handler;
+pub mod kube_source;
 pub mod metrics;
 pub mod probe;
 pub mod push;

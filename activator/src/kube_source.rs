@@ -1,0 +1,395 @@
+//! The Kubernetes endpoint source: watches the Deployments and pods labelled `ebb.dev/service` (all namespaces or
+//! a list), the activator pods (to share capacity among them) and the autoscaler pods (to stream stats to every
+//! Ready one). Watch events become [`Change`]s at once; nothing polls.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ebb_config::names::{
+    AUTOSCALER_INGEST_PORT, COMPONENT_ACTIVATOR, COMPONENT_AUTOSCALER, LABEL_COMPONENT, LABEL_PART_OF,
+    LABEL_SERVICE, PART_OF_EBB, QUEUE_PROXY_DATA_PORT,
+};
+use ebb_config::{DataPlaneSpec, GlobalConfig, ServiceConfig, resolve_service};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::endpoints::{Change, ChangeSender, PodInfo};
+use crate::push::Pusher;
+use crate::routing::ServiceKey;
+
+/// Container waiting reasons that mean a pod will not become ready without a change.
+const BLOCKING_WAITING_REASONS: [&str; 7] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// What the source watches.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Namespaces whose services are routed; empty means all.
+    pub namespaces: Vec<String>,
+    /// The namespace of ebb's own pods (activators and autoscalers).
+    pub own_namespace: String,
+}
+
+/// Why a pod cannot start, from its status: unschedulable, or a container waiting for a reason that needs a
+/// change (image pull failures, crash loops, bad configuration).
+pub fn blocked_reason(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+    });
+    if let Some(condition) = unschedulable {
+        return Some(format!(
+            "Unschedulable: {}",
+            condition.message.as_deref().unwrap_or("no node fits the pod")
+        ));
+    }
+    let mut containers =
+        status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    containers.find_map(|container| {
+        let waiting = container.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref().filter(|r| BLOCKING_WAITING_REASONS.contains(r))?;
+        let message = waiting.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        Some(format!("{reason}: container {}{message}", container.name))
+    })
+}
+
+/// The service a pod belongs to and what the activator needs of it.
+pub fn pod_info(pod: &Pod) -> Option<(ServiceKey, PodInfo)> {
+    let service = ServiceKey::new(&pod.namespace()?, pod.labels().get(LABEL_SERVICE)?);
+    let status = pod.status.as_ref();
+    let phase_over =
+        status.and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
+    let ip: Option<IpAddr> = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
+    let info = PodInfo {
+        name: pod.name_any().into(),
+        addr: ip.map(|ip| SocketAddr::new(ip, QUEUE_PROXY_DATA_PORT)),
+        terminating: pod.meta().deletion_timestamp.is_some() || phase_over,
+        blocked: blocked_reason(pod),
+    };
+    Some((service, info))
+}
+
+/// Whether the kubelet reports the pod Ready and it is not being deleted.
+pub fn is_ready(pod: &Pod) -> bool {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    ready && pod.meta().deletion_timestamp.is_none()
+}
+
+/// The service a Deployment declares, with its data-plane settings, or why they are invalid. `None` when it is not
+/// an ebb service or its label does not name it (the autoscaler reports that with an Event).
+pub fn deployment_service(deployment: &Deployment) -> Option<(ServiceKey, Result<DataPlaneSpec, String>)> {
+    let name = deployment.name_any();
+    if deployment.labels().get(LABEL_SERVICE) != Some(&name) {
+        return None;
+    }
+    let key = ServiceKey::new(&deployment.namespace()?, &name);
+    // The data-plane keys do not depend on config-autoscaler, which the activator has no right to read.
+    let config = resolve_service(deployment.annotations(), &GlobalConfig::default());
+    Some((key, config.map(|c| c.value.data_plane).map_err(|invalid| invalid.to_string())))
+}
+
+/// The objects of one watch, kept whole across relists. `apply` returns the keys (`NAMESPACE/NAME`) whose object
+/// appeared, changed or went away.
+struct Mirror<K> {
+    objects: BTreeMap<String, K>,
+    relist: Option<BTreeMap<String, K>>,
+}
+
+impl<K: Resource> Mirror<K> {
+    fn new() -> Self {
+        Self { objects: BTreeMap::new(), relist: None }
+    }
+
+    fn key(object: &K) -> String {
+        format!(
+            "{}/{}",
+            object.meta().namespace.as_deref().unwrap_or(""),
+            object.meta().name.as_deref().unwrap_or("")
+        )
+    }
+
+    fn apply(&mut self, event: Event<K>) -> Vec<String> {
+        match event {
+            Event::Apply(object) => {
+                let key = Self::key(&object);
+                self.objects.insert(key.clone(), object);
+                vec![key]
+            }
+            Event::Delete(object) => {
+                let key = Self::key(&object);
+                self.objects.remove(&key);
+                vec![key]
+            }
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                Vec::new()
+            }
+            Event::InitApply(object) => {
+                self.relist.get_or_insert_with(BTreeMap::new).insert(Self::key(&object), object);
+                Vec::new()
+            }
+            Event::InitDone => {
+                let fresh = self.relist.take().unwrap_or_default();
+                let old = std::mem::replace(&mut self.objects, fresh);
+                old.into_keys()
+                    .chain(self.objects.keys().cloned())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Follows a watch through errors (with kube's default backoff), handing each event to `mirror`.
+async fn follow<K>(
+    what: &'static str,
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    mut handle: impl FnMut(Event<K>),
+) {
+    let mut stream = std::pin::pin!(stream.default_backoff());
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => handle(event),
+            Err(err) => tracing::warn!("watching {what}: {err}"),
+        }
+    }
+}
+
+fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> Api<K>
+where
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Sends a service's whole pod set whenever one of its pods changes.
+async fn watch_pods(client: Client, namespace: Option<String>, changes: ChangeSender) {
+    let pods: Api<Pod> = api(&client, namespace.as_deref());
+    let mut mirror = Mirror::new();
+    // Which service each pod belonged to when last seen, so a pod that leaves is removed from it.
+    let mut owner: BTreeMap<String, ServiceKey> = BTreeMap::new();
+    let config = watcher::Config::default().labels(LABEL_SERVICE);
+    follow("pods", watcher::watcher(pods, config), |event| {
+        let mut affected = BTreeSet::new();
+        for key in mirror.apply(event) {
+            affected.extend(owner.remove(&key));
+            if let Some((service, _)) = mirror.objects.get(&key).and_then(pod_info) {
+                owner.insert(key, service.clone());
+                affected.insert(service);
+            }
+        }
+        for service in affected {
+            let pods: Vec<PodInfo> = mirror
+                .objects
+                .values()
+                .filter_map(pod_info)
+                .filter(|(s, _)| *s == service)
+                .map(|(_, p)| p)
+                .collect();
+            let _ = changes.send(Change::Pods { key: service, pods });
+        }
+    })
+    .await;
+}
+
+/// Sends a service's settings when its Deployment appears or changes, and its removal when it goes. Invalid
+/// settings keep the last valid ones (or the defaults for a Deployment never valid), as the autoscaler does.
+async fn watch_deployments(client: Client, namespace: Option<String>, changes: ChangeSender) {
+    let deployments: Api<Deployment> = api(&client, namespace.as_deref());
+    let mut mirror = Mirror::new();
+    let mut known: BTreeMap<String, ServiceKey> = BTreeMap::new();
+    let config = watcher::Config::default().labels(LABEL_SERVICE);
+    follow("deployments", watcher::watcher(deployments, config), |event| {
+        for key in mirror.apply(event) {
+            match mirror.objects.get(&key).and_then(deployment_service) {
+                Some((service, Ok(config))) => {
+                    known.insert(key, service.clone());
+                    let _ = changes.send(Change::Service { key: service, config });
+                }
+                Some((service, Err(problems))) => {
+                    tracing::warn!(%service, "invalid annotations; keeping the last valid settings:\n{problems}");
+                    if known.insert(key, service.clone()).is_none() {
+                        let config = ServiceConfig::default().data_plane;
+                        let _ = changes.send(Change::Service { key: service, config });
+                    }
+                }
+                None => {
+                    if let Some(service) = known.remove(&key) {
+                        let _ = changes.send(Change::ServiceRemoved(service));
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Follows ebb's own component pods: the count of Ready activators, and the addresses of Ready autoscalers.
+async fn watch_components(
+    client: Client,
+    namespace: String,
+    changes: ChangeSender,
+    pusher: Option<Arc<Pusher>>,
+) {
+    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let selector = format!(
+        "{LABEL_PART_OF}={PART_OF_EBB},{LABEL_COMPONENT} in ({COMPONENT_ACTIVATOR},{COMPONENT_AUTOSCALER})"
+    );
+    let mut mirror = Mirror::new();
+    let (mut activators, mut autoscalers) = (None, None);
+    follow("ebb's own pods", watcher::watcher(pods, watcher::Config::default().labels(&selector)), |event| {
+        if mirror.apply(event).is_empty() {
+            return;
+        }
+        let ready = |component: &'static str| {
+            mirror.objects.values().filter(move |p| {
+                p.labels().get(LABEL_COMPONENT).is_some_and(|c| c == component) && is_ready(p)
+            })
+        };
+        let count = ready(COMPONENT_ACTIVATOR).count();
+        if activators.replace(count) != Some(count) {
+            let _ = changes.send(Change::Activators(count.max(1)));
+        }
+        let addrs: Vec<SocketAddr> = ready(COMPONENT_AUTOSCALER)
+            .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse().ok())
+            .map(|ip| SocketAddr::new(ip, AUTOSCALER_INGEST_PORT))
+            .collect();
+        if let Some(pusher) = &pusher
+            && autoscalers.as_ref() != Some(&addrs)
+        {
+            pusher.set_replicas(&addrs);
+            autoscalers = Some(addrs);
+        }
+    })
+    .await;
+}
+
+/// Runs every watch until they all end (they end only with the runtime).
+pub async fn run(client: Client, options: Options, changes: ChangeSender, pusher: Option<Arc<Pusher>>) {
+    let scopes: Vec<Option<String>> = match options.namespaces.is_empty() {
+        true => vec![None],
+        false => options.namespaces.iter().cloned().map(Some).collect(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for scope in scopes {
+        tasks.spawn(watch_deployments(client.clone(), scope.clone(), changes.clone()));
+        tasks.spawn(watch_pods(client.clone(), scope, changes.clone()));
+    }
+    tasks.spawn(watch_components(client, options.own_namespace, changes, pusher));
+    while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(value: serde_json::Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_pod_becomes_an_endpoint_with_its_queue_proxy_address() {
+        let p = pod(json!({
+            "metadata": {"name": "chat-1", "namespace": "models", "labels": {"ebb.dev/service": "chat"}},
+            "status": {"podIP": "10.0.0.7", "phase": "Running"}
+        }));
+        let (service, info) = pod_info(&p).unwrap();
+        assert_eq!(service, ServiceKey::new("models", "chat"));
+        assert_eq!(info, PodInfo::live("chat-1", "10.0.0.7:8012".parse().unwrap()));
+        let pending =
+            pod(json!({"metadata": {"name": "x", "namespace": "n", "labels": {"ebb.dev/service": "s"}}}));
+        assert_eq!(pod_info(&pending).unwrap().1.addr, None);
+        let deleting = pod(
+            json!({"metadata": {"name": "x", "namespace": "n", "deletionTimestamp": "2026-01-01T00:00:00Z",
+            "labels": {"ebb.dev/service": "s"}}}),
+        );
+        assert!(pod_info(&deleting).unwrap().1.terminating);
+        assert!(pod_info(&pod(json!({"metadata": {"name": "x", "namespace": "n"}}))).is_none());
+    }
+
+    #[test]
+    fn blocked_pods_say_why() {
+        let crash = pod(json!({"metadata": {"name": "x"}, "status": {"containerStatuses": [{
+            "name": "model", "ready": false, "restartCount": 5, "image": "i", "imageID": "",
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}}
+        }]}}));
+        assert_eq!(
+            blocked_reason(&crash).as_deref(),
+            Some("CrashLoopBackOff: container model: back-off 40s restarting failed container")
+        );
+        let unschedulable = pod(json!({"metadata": {"name": "x"}, "status": {"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+        }]}}));
+        assert_eq!(
+            blocked_reason(&unschedulable).as_deref(),
+            Some("Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+        );
+        let starting = pod(json!({"metadata": {"name": "x"}, "status": {"containerStatuses": [{
+            "name": "model", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+            "state": {"waiting": {"reason": "ContainerCreating"}}
+        }]}}));
+        assert_eq!(blocked_reason(&starting), None);
+    }
+
+    #[test]
+    fn deployments_declare_services_only_when_the_label_names_them() {
+        let d = |labels: serde_json::Value, annotations: serde_json::Value| -> Deployment {
+            serde_json::from_value(
+                json!({"metadata": {"name": "chat", "namespace": "models", "labels": labels,
+                "annotations": annotations}}),
+            )
+            .unwrap()
+        };
+        let (key, config) = deployment_service(&d(
+            json!({"ebb.dev/service": "chat"}),
+            json!({"ebb.dev/container-concurrency": "4"}),
+        ))
+        .unwrap();
+        assert_eq!((key, config.unwrap().container_concurrency), (ServiceKey::new("models", "chat"), 4));
+        assert!(deployment_service(&d(json!({"ebb.dev/service": "other"}), json!({}))).is_none());
+        let (_, invalid) =
+            deployment_service(&d(json!({"ebb.dev/service": "chat"}), json!({"ebb.dev/timeout": "never"})))
+                .unwrap();
+        assert!(invalid.unwrap_err().contains("ebb.dev/timeout"));
+    }
+
+    #[test]
+    fn the_mirror_reports_what_a_relist_changed() {
+        let named = |name: &str| pod(json!({"metadata": {"name": name, "namespace": "n"}}));
+        let mut mirror = Mirror::new();
+        assert_eq!(mirror.apply(Event::Apply(named("a"))), ["n/a"]);
+        assert_eq!(mirror.apply(Event::Apply(named("b"))), ["n/b"]);
+        assert!(mirror.apply(Event::Init).is_empty());
+        assert!(mirror.apply(Event::InitApply(named("b"))).is_empty());
+        assert!(mirror.apply(Event::InitApply(named("c"))).is_empty());
+        assert_eq!(mirror.apply(Event::InitDone), ["n/a", "n/b", "n/c"]);
+        assert_eq!(mirror.objects.keys().collect::<Vec<_>>(), ["n/b", "n/c"]);
+        assert_eq!(mirror.apply(Event::Delete(named("b"))), ["n/b"]);
+        assert_eq!(mirror.objects.len(), 1);
+    }
+}
