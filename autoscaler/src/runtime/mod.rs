@@ -113,6 +113,8 @@ struct Entry {
     pods: Vec<PodTarget>,
     /// The latest stat of each activator since the last collection.
     activator_stats: HashMap<String, PodStat>,
+    /// The last decision logged at info level's content, to log repeats at debug level.
+    last_logged: Option<DecisionRecord>,
 }
 
 impl Entry {
@@ -166,14 +168,33 @@ impl Autoscaler {
     /// Adds a service (with `replicas` in force now) or applies its changed configuration. On error the last
     /// good configuration stays in force.
     pub fn set_service(&self, id: ServiceId, config: ServiceConfig, replicas: u32) -> Result<(), Error> {
+        self.set_service_with_ready(id, config, replicas, 0)
+    }
+
+    /// [`Self::set_service`] for a source that knows how many pods are ready when it first sees the service
+    /// (the Kubernetes controller after a restart): with more than one ready pod the decider starts in panic
+    /// holding that count, so a restart never shrinks a scaled service.
+    pub fn set_service_with_ready(
+        &self,
+        id: ServiceId,
+        config: ServiceConfig,
+        replicas: u32,
+        ready: u32,
+    ) -> Result<(), Error> {
         let now = self.now();
         let mut services = self.lock();
         match services.get_mut(&id) {
             Some(entry) => entry.controller.update(config),
             None => {
-                let controller = ServiceController::new(config, now, 0, replicas, self.options.history_len)?;
+                let controller =
+                    ServiceController::new(config, now, ready, replicas, self.options.history_len)?;
                 self.metrics.add_service(&id);
-                let entry = Entry { controller, pods: Vec::new(), activator_stats: HashMap::new() };
+                let entry = Entry {
+                    controller,
+                    pods: Vec::new(),
+                    activator_stats: HashMap::new(),
+                    last_logged: None,
+                };
                 self.metrics.observe_status(&id, &entry.status(&id));
                 services.insert(id, entry);
                 Ok(())
@@ -234,8 +255,22 @@ impl Autoscaler {
         self.metrics.decided(id, &record);
         self.metrics.observe_status(id, &entry.status(id));
         let fmt_obs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
-        tracing::info!(
-            target: "ebb::decision",
+        // Every decision is logged; those that change nothing (same replicas, mode, phase and reason kind as
+        // the last one) at debug level, so an idle service does not fill the terminal.
+        let same = entry.last_logged.as_ref().is_some_and(|last: &DecisionRecord| {
+            last.desired == record.desired
+                && last.mode == record.mode
+                && last.phase == record.phase
+                && last.ready == record.ready
+                && last.decider_kind == record.decider_kind
+                && last.policy_kind == record.policy_kind
+        });
+        let level_info = !same;
+        entry.last_logged = Some(record.clone());
+        macro_rules! log_decision {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "ebb::decision",
             service = %id,
             observed = %fmt_obs(record.observed_stable),
             panic_observed = %fmt_obs(record.observed_panic),
@@ -245,7 +280,14 @@ impl Autoscaler {
             phase = record.phase,
             reason = %record.reason,
             "decision"
-        );
+                )
+            };
+        }
+        if level_info {
+            log_decision!(info);
+        } else {
+            log_decision!(debug);
+        }
         actions
     }
 

@@ -1,0 +1,290 @@
+//! `ebb.yaml`: the services `ebb up` runs, and optional `config-autoscaler` keys. Every problem is reported
+//! with the file, line and field, and `ebb up` exits with code 2.
+//!
+//! ```yaml
+//! config:                        # optional: config-autoscaler keys over ebb up's local defaults
+//!   scale-to-zero-grace-period: 10s
+//! services:
+//!   - name: demo                 # a DNS label; requests with `Host: demo` go to it
+//!     command: ebb demo-model    # run with `sh -c`, or a list for an argv; gets HOST and PORT
+//!     port: 8080                 # optional, the port the command listens on (default 8080)
+//!     annotations:               # as on a Deployment
+//!       ebb.dev/container-concurrency: 4
+//!     hosts: [demo.localhost]    # optional extra host names
+//!     env: {LOG_LEVEL: debug}    # optional extra environment
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use ebb_config::names::EBB_PREFIX;
+use ebb_config::{GlobalConfig, ServiceConfig, resolve_service};
+use serde::Deserialize;
+
+/// The port a service's command listens on when `port` is not given.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// `config-autoscaler` keys that differ in local mode: services start at zero, so the first request shows a
+/// cold start. `config:` in `ebb.yaml` overrides them.
+pub const LOCAL_GLOBAL_DEFAULTS: [(&str, &str); 2] =
+    [("allow-zero-initial-scale", "true"), ("initial-scale", "0")];
+
+/// How a service's process is started.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Command {
+    /// A shell command line, run with `sh -c`.
+    Shell(String),
+    /// A program and its arguments.
+    Argv(Vec<String>),
+}
+
+/// A scalar YAML value, so that `container-concurrency: 4` need not be quoted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bool(b) => b.fmt(f),
+            Self::Int(i) => i.fmt(f),
+            Self::Float(x) => x.fmt(f),
+            Self::Text(t) => t.fmt(f),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileYaml {
+    services: Vec<ServiceYaml>,
+    #[serde(default)]
+    config: BTreeMap<String, Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceYaml {
+    name: String,
+    command: Command,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    annotations: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, Scalar>,
+}
+
+/// One service, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Its name (namespace `default`).
+    pub name: String,
+    /// How to start it.
+    pub command: Command,
+    /// The port it listens on.
+    pub port: u16,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Its resolved configuration.
+    pub config: ServiceConfig,
+}
+
+/// The whole file.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    /// The services, in file order.
+    pub services: Vec<Service>,
+}
+
+/// Why the file cannot be used: one line per problem, each naming the file, line and field.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+/// The global configuration: local defaults, then `overrides`.
+pub fn global(overrides: &BTreeMap<String, String>) -> Result<GlobalConfig, ebb_config::Invalid> {
+    let mut data: BTreeMap<String, String> =
+        LOCAL_GLOBAL_DEFAULTS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    data.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+    GlobalConfig::from_data(&data).map(|d| d.value)
+}
+
+/// The service `ebb up` runs without a file: `ebb demo-model` as `demo`, tuned so the walkthrough is
+/// watchable: concurrency 4 per pod, the shortest stable window (6 s) and a 10 s grace period, so it scales
+/// up within seconds of a load and back to zero about 20 s after it.
+pub fn default_demo(exe: &Path) -> UpConfig {
+    let overrides = BTreeMap::from([("scale-to-zero-grace-period".to_owned(), "10s".to_owned())]);
+    let global = global(&overrides).expect("the demo's global config is valid");
+    let annotations = BTreeMap::from([
+        ("ebb.dev/container-concurrency".to_owned(), "4".to_owned()),
+        ("autoscaling.knative.dev/window".to_owned(), "6s".to_owned()),
+        ("ebb.dev/activation-timeout".to_owned(), "60s".to_owned()),
+    ]);
+    let config = resolve_service(&annotations, &global).expect("the demo's annotations are valid").value;
+    let command = Command::Argv(vec![
+        exe.display().to_string(),
+        "demo-model".into(),
+        "--startup-delay".into(),
+        "500ms".into(),
+    ]);
+    UpConfig {
+        services: vec![Service {
+            name: "demo".into(),
+            command,
+            port: DEFAULT_PORT,
+            env: BTreeMap::new(),
+            config,
+        }],
+    }
+}
+
+/// Reads and validates `ebb.yaml`; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<UpConfig, ConfigError> {
+    let yaml: FileYaml = serde_yaml::from_str(text).map_err(|err| {
+        let at = err
+            .location()
+            .map_or_else(String::new, |l| format!("line {}, column {}: ", l.line(), l.column()));
+        // serde_yaml appends " at line L column C"; the prefix already says it.
+        let message = err.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+        ConfigError(vec![format!("{file}: {at}{message}")])
+    })?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut errors = Vec::new();
+
+    let overrides: BTreeMap<String, String> =
+        yaml.config.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    let global = match global(&overrides) {
+        Ok(global) => global,
+        Err(invalid) => {
+            let start = find_line(&lines, 0, "config:").unwrap_or(0);
+            for e in &invalid.errors {
+                let line = find_line(&lines, start, &e.key).map_or(0, |l| l + 1);
+                errors.push(format!("{file}: line {line}: config: {e}"));
+            }
+            GlobalConfig::default()
+        }
+    };
+
+    if yaml.services.is_empty() {
+        errors.push(format!("{file}: services: at least one service is needed"));
+    }
+    let mut services = Vec::new();
+    let mut names = Vec::new();
+    for (i, s) in yaml.services.into_iter().enumerate() {
+        let start = find_line(&lines, 0, &format!("name: {}", s.name))
+            .or_else(|| find_line(&lines, 0, "name:"))
+            .unwrap_or(0);
+        let at = |key: &str| find_line(&lines, start, key).map_or(start + 1, |l| l + 1);
+        let what = format!("services[{i}] ({})", s.name);
+        if !ebb_config::value::is_dns_name(&s.name) || s.name.contains('.') || s.name.len() > 63 {
+            errors.push(format!(
+                "{file}: line {}: {what}: name: {:?} must be a lower-case DNS label (a-z, 0-9, '-')",
+                at("name:"),
+                s.name
+            ));
+        }
+        if names.contains(&s.name) {
+            errors.push(format!("{file}: line {}: {what}: name: {:?} is used twice", at("name:"), s.name));
+        }
+        names.push(s.name.clone());
+        match &s.command {
+            Command::Shell(c) if c.trim().is_empty() => {
+                errors.push(format!("{file}: line {}: {what}: command: must not be empty", at("command:")))
+            }
+            Command::Argv(v) if v.is_empty() => {
+                errors.push(format!("{file}: line {}: {what}: command: must not be empty", at("command:")))
+            }
+            _ => {}
+        }
+        if s.port == Some(0) {
+            errors.push(format!("{file}: line {}: {what}: port: must be between 1 and 65535", at("port:")));
+        }
+        let mut annotations: BTreeMap<String, String> =
+            s.annotations.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        if !s.hosts.is_empty() {
+            let mut hosts: Vec<String> = annotations
+                .get("ebb.dev/hosts")
+                .map(|h| h.split(',').map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect())
+                .unwrap_or_default();
+            hosts.extend(s.hosts.iter().cloned());
+            annotations.insert(format!("{EBB_PREFIX}hosts"), hosts.join(","));
+        }
+        match resolve_service(&annotations, &global) {
+            Ok(config) => {
+                for w in &config.warnings {
+                    tracing::warn!(service = %s.name, "{w}");
+                }
+                services.push(Service {
+                    name: s.name,
+                    command: s.command,
+                    port: s.port.unwrap_or(DEFAULT_PORT),
+                    env: s.env.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+                    config: config.value,
+                });
+            }
+            Err(invalid) => {
+                for e in &invalid.errors {
+                    let field =
+                        if e.key == "ebb.dev/hosts" && !s.hosts.is_empty() { "hosts:" } else { &e.key };
+                    errors.push(format!("{file}: line {}: {what}: annotations: {e}", at(field)));
+                }
+            }
+        }
+    }
+    if errors.is_empty() { Ok(UpConfig { services }) } else { Err(ConfigError(errors)) }
+}
+
+/// The first line at or after `start` containing `needle`.
+fn find_line(lines: &[&str], start: usize, needle: &str) -> Option<usize> {
+    lines.iter().enumerate().skip(start).find(|(_, l)| l.contains(needle)).map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_resolves() {
+        let text = "config:\n  scale-to-zero-grace-period: 1s\nservices:\n  - name: demo\n    command: sleep 1\n    \
+                    annotations:\n      ebb.dev/container-concurrency: 4\n      autoscaling.knative.dev/window: 6s\n    \
+                    hosts: [a.example]\n";
+        let config = parse("ebb.yaml", text).unwrap();
+        let s = &config.services[0];
+        assert_eq!(s.port, DEFAULT_PORT);
+        assert_eq!(s.config.data_plane.container_concurrency, 4);
+        assert_eq!(s.config.data_plane.hosts, vec!["a.example".to_owned()]);
+        assert_eq!(s.config.scaling.scale_to_zero_grace_period, std::time::Duration::from_secs(1));
+        assert_eq!(s.config.scaling.initial_scale, 0);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let err = parse("ebb.yaml", "services:\n  - name: demo\n    comand: x\n").unwrap_err();
+        assert!(err.0[0].contains("line 3") && err.0[0].contains("comand"), "{err}");
+        let text = "services:\n  - name: demo\n    command: x\n    annotations:\n      \
+                    autoscaling.knative.dev/window: 3s\n      ebb.dev/container-concurrency: lots\n";
+        let err = parse("ebb.yaml", text).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(
+            err.0.iter().any(|e| e.contains("line 5") && e.contains("autoscaling.knative.dev/window")),
+            "{err}"
+        );
+        assert!(err.0.iter().any(|e| e.contains("line 6") && e.contains("container-concurrency")), "{err}");
+    }
+}

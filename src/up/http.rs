@@ -1,0 +1,142 @@
+//! `ebb up`'s metrics port: `/metrics` (the autoscaler's and the activator's metrics), `/status` (JSON for
+//! `ebb status`), `/debug/decisions?service=NAME` (the last decisions), `/service-discovery` (Prometheus
+//! `http_sd_configs`: the live pods' queue-proxy metrics endpoints) and `/healthz`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ebb_activator::handler::Activator;
+use ebb_activator::routing::ServiceKey;
+use ebb_autoscaler::runtime::{Autoscaler, ServiceId};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::pods::{NAMESPACE, PodManager};
+
+/// What the endpoints read.
+pub struct State {
+    /// The autoscaler.
+    pub autoscaler: Arc<Autoscaler>,
+    /// The gateway.
+    pub activator: Arc<Activator>,
+    /// The pods.
+    pub pods: Arc<PodManager>,
+    /// The gateway's address, for `/status`.
+    pub gateway: SocketAddr,
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &req)) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("a valid response")
+}
+
+fn json_reply(value: &Value) -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, "application/json", value.to_string())
+}
+
+fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+    }
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics_text(state),
+        ),
+        "/status" => json_reply(&status(state)),
+        "/service-discovery" => json_reply(&service_discovery(state)),
+        "/debug/decisions" => {
+            let service = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("service=")))
+                .unwrap_or_default();
+            match state.autoscaler.decisions(&ServiceId::new(NAMESPACE, service)) {
+                Some(decisions) => json_reply(&json!(decisions)),
+                None => reply(
+                    StatusCode::NOT_FOUND,
+                    "application/json",
+                    json!({"error": format!("no service {service:?}"), "service": service}).to_string(),
+                ),
+            }
+        }
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// Both components' metrics as one OpenMetrics document (one `# EOF`).
+fn metrics_text(state: &State) -> String {
+    let mut out = String::new();
+    for part in [state.autoscaler.encode_metrics(), state.activator.encode_metrics()] {
+        out.push_str(part.trim_end().strip_suffix("# EOF").unwrap_or(&part));
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// Every service: the autoscaler's view plus the activator's in-flight and queued requests.
+fn status(state: &State) -> Value {
+    let counts = state.pods.counts();
+    let services: Vec<Value> = state
+        .autoscaler
+        .status()
+        .into_iter()
+        .map(|s| {
+            let service = state.activator.registry.get(&ServiceKey::new(&s.namespace, &s.name));
+            let (in_flight, queued) =
+                service.map_or((0, 0), |svc| (svc.breaker.in_flight(), svc.breaker.queued()));
+            let (_, terminating) = counts.get(&s.name).copied().unwrap_or_default();
+            let mut value = json!(s);
+            value["in_flight"] = json!(in_flight);
+            value["queued"] = json!(queued);
+            value["terminating"] = json!(terminating);
+            value
+        })
+        .collect();
+    json!({"gateway": state.gateway.to_string(), "services": services})
+}
+
+fn service_discovery(state: &State) -> Value {
+    let groups: Vec<Value> = state
+        .pods
+        .metrics_targets()
+        .into_iter()
+        .map(|t| {
+            json!({
+                "targets": [t.addr.to_string()],
+                "labels": {"namespace": NAMESPACE, "service": t.service, "pod": t.pod},
+            })
+        })
+        .collect();
+    Value::Array(groups)
+}

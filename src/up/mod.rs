@@ -1,0 +1,256 @@
+//! `ebb up`: local mode (design.md, "Local mode"). The activator is the gateway, the autoscaler runs in
+//! process, and every pod is a queue-proxy plus the service's command on its own 127.0.0.N, run by an
+//! `ebb pod-supervisor` so that nothing outlives `ebb up`.
+//!
+//! - [`config`]: `ebb.yaml` and the default demo service;
+//! - [`pods`]: starting, draining and replacing pod processes;
+//! - [`scaler`]: the autoscaler's decisions applied to the pods and the activator;
+//! - [`http`]: `/metrics`, `/status`, `/service-discovery`, `/debug/decisions`;
+//! - [`supervisor`]: the per-pod watchdog process.
+
+pub mod config;
+mod http;
+mod pods;
+mod scaler;
+pub mod supervisor;
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ebb_activator::endpoints::Change;
+use ebb_activator::handler::{Activator, Options as ActivatorOptions};
+use ebb_activator::metrics::Metrics as ActivatorMetrics;
+use ebb_activator::registry::Registry;
+use ebb_activator::routing::ServiceKey;
+use ebb_activator::server::{DrainOptions, Server};
+use ebb_activator::stats::ChannelSink;
+use ebb_autoscaler::runtime::{Autoscaler, Options as AutoscalerOptions, ServiceId};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use pods::{NAMESPACE, PodManager, PodOptions};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `ebb up`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Services to run (see the README); without it, `ebb demo-model` runs as `demo`.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Gateway port (the activator); 0 picks a free one.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Port of /metrics, /status and /service-discovery; 0 picks a free one.
+    #[arg(long, default_value_t = 9090)]
+    metrics_port: u16,
+    /// Address the gateway and metrics ports bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: IpAddr,
+    /// Log format (the pods' queue-proxies use it too).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// How long a stopping pod may drain before it is killed.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    grace_period: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    ebb_config::value::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration such as 30s"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs `ebb up` until Ctrl-C or SIGTERM.
+pub fn run(args: Args) -> ExitCode {
+    init_logging(args.log_format);
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => {
+            eprintln!("ebb up: cannot find the ebb binary: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match &args.file {
+        None => config::default_demo(&exe),
+        Some(path) => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(err) => {
+                    eprintln!("ebb up: cannot read {}: {err}", path.display());
+                    return ExitCode::from(crate::EXIT_USAGE);
+                }
+            };
+            match config::parse(&path.display().to_string(), &text) {
+                Ok(config) => config,
+                Err(err) => {
+                    for line in &err.0 {
+                        eprintln!("ebb up: {line}");
+                    }
+                    return ExitCode::from(crate::EXIT_USAGE);
+                }
+            }
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ebb up: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(up(args, exe, config));
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ebb up: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Result<()> {
+    let activator_metrics = Arc::new(ActivatorMetrics::new());
+    let registry = Arc::new(Registry::new(true, 10_000, activator_metrics.clone()));
+    let (frames, frames_rx) = mpsc::channel(4096);
+    let activator = Arc::new(Activator::new(
+        registry.clone(),
+        Arc::new(ChannelSink::new(frames)),
+        activator_metrics,
+        ActivatorOptions {
+            name: "ebb-up".into(),
+            max_queued_total: 10_000,
+            retry_after: Duration::from_secs(1),
+        },
+    ));
+    for service in &config.services {
+        let key = ServiceKey::new(NAMESPACE, &service.name);
+        registry.apply(Change::Service { key, config: service.config.data_plane.clone() });
+    }
+    let (changes, changes_rx) = mpsc::unbounded_channel();
+    tokio::spawn(registry.clone().follow(changes_rx));
+
+    let log_format = match args.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    let pods = PodManager::new(
+        PodOptions { exe, grace_period: args.grace_period, log_format },
+        config.services.clone(),
+        changes.clone(),
+        registry.clone(),
+    );
+    let scaler = Arc::new(scaler::LocalScaler::new(pods.clone(), changes.clone()));
+    let autoscaler = Autoscaler::new(scaler, AutoscalerOptions::default());
+    pods.set_autoscaler(&autoscaler);
+    for service in &config.services {
+        let id = ServiceId::new(NAMESPACE, &service.name);
+        autoscaler
+            .set_service(id, service.config.clone(), 0)
+            .with_context(|| format!("service {}", service.name))?;
+    }
+
+    // The activator's own metrics port is not used: ours serves its metrics beside the autoscaler's.
+    let gateway = SocketAddr::new(args.bind_address, args.port);
+    let internal = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 0);
+    let drain = DrainOptions { quiet_period: Duration::from_millis(200), deadline: args.grace_period };
+    let server = Server::bind(activator.clone(), gateway, internal, drain)
+        .await
+        .with_context(|| format!("cannot bind the gateway on {gateway}"))?;
+    let gateway = server.addresses().0;
+    let metrics_addr = SocketAddr::new(args.bind_address, args.metrics_port);
+    let metrics_listener = TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("cannot bind the metrics port on {metrics_addr}"))?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let state =
+        Arc::new(http::State { autoscaler: autoscaler.clone(), activator, pods: pods.clone(), gateway });
+    let http_task = tokio::spawn(http::serve(metrics_listener, state));
+
+    // Readiness as the activator's probes find it, for the autoscaler's ready counts.
+    for name in pods.service_names() {
+        let key = ServiceKey::new(NAMESPACE, &name);
+        let Some(service) = registry.get(&key) else { continue };
+        let mut watch = service.watch();
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            while watch.changed().await.is_ok() {
+                pods.publish_ready(&name);
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let autoscaler_task = tokio::spawn(autoscaler.clone().run(frames_rx, async {
+        let _ = stop_rx.await;
+    }));
+    let (gateway_stop, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway_task = tokio::spawn(server.run(async {
+        let _ = gateway_stopped.await;
+    }));
+
+    {
+        let line = serde_json::json!({"gateway": gateway.to_string(), "metrics": metrics_addr.to_string()});
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    }
+    tracing::info!(
+        %gateway,
+        metrics = %metrics_addr,
+        services = ?pods.service_names(),
+        "ebb up: try curl -H 'Host: {}' http://{gateway}/...",
+        pods.service_names().first().map_or("demo", String::as_str)
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining the gateway, then the pods (Ctrl-C again to kill at once)");
+    let graceful = async {
+        let _ = gateway_stop.send(());
+        let _ = gateway_task.await;
+        let _ = stop_tx.send(());
+        let _ = autoscaler_task.await;
+        pods.shutdown(args.grace_period + Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        () = graceful => tracing::info!("all pods stopped"),
+        () = shutdown_signal() => tracing::warn!("second signal: killing the pods"),
+    }
+    http_task.abort();
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

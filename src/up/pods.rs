@@ -1,0 +1,451 @@
+//! Local pods: each is an `ebb pod-supervisor` process (its own process group) running a queue-proxy on its
+//! own loopback address 127.0.0.N and the service's command with `HOST=127.0.0.N` and `PORT`. The manager keeps
+//! each service at the replicas the autoscaler asked for (replacing pods that die), tells the activator the
+//! pods (probed before use) and tells the autoscaler which are ready and where their stats are.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use ebb_activator::endpoints::{Change, ChangeSender, PodInfo};
+use ebb_activator::registry::Registry;
+use ebb_activator::routing::ServiceKey;
+use ebb_autoscaler::runtime::{Autoscaler, PodTarget, ServiceId};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{ChildStdin, Command};
+
+use super::config::Service;
+use super::supervisor::Spec;
+
+/// The namespace of every local service.
+pub const NAMESPACE: &str = "default";
+
+/// How pods are run.
+#[derive(Debug, Clone)]
+pub struct PodOptions {
+    /// The `ebb` binary.
+    pub exe: PathBuf,
+    /// How long a terminating pod may drain before it is killed.
+    pub grace_period: Duration,
+    /// `--log-format` for the queue-proxies.
+    pub log_format: &'static str,
+}
+
+/// The addresses a queue-proxy printed.
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct ProxyAddrs {
+    data: SocketAddr,
+    stats: SocketAddr,
+    metrics: SocketAddr,
+}
+
+#[derive(Debug)]
+struct Pod {
+    name: String,
+    ip: Ipv4Addr,
+    pid: Option<u32>,
+    addrs: Option<ProxyAddrs>,
+    started: Instant,
+    terminating: bool,
+    /// Never written: dropping it (or `ebb up` dying) closes the supervisor's stdin, which stops the pod.
+    _lifeline: Option<ChildStdin>,
+}
+
+#[derive(Debug)]
+struct ServiceState {
+    spec: Service,
+    want: u32,
+    pods: Vec<Pod>,
+    next: u64,
+}
+
+/// A live pod's queue-proxy metrics endpoint, for Prometheus service discovery.
+#[derive(Debug, Clone)]
+pub struct MetricsTarget {
+    /// The service.
+    pub service: String,
+    /// The pod.
+    pub pod: String,
+    /// Its queue-proxy's Prometheus address.
+    pub addr: SocketAddr,
+}
+
+/// Every local pod.
+pub struct PodManager {
+    options: PodOptions,
+    services: Mutex<BTreeMap<String, ServiceState>>,
+    ips: Mutex<BTreeSet<Ipv4Addr>>,
+    changes: ChangeSender,
+    registry: Arc<Registry>,
+    autoscaler: OnceLock<Weak<Autoscaler>>,
+    me: Weak<PodManager>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl PodManager {
+    /// A manager for `services` (none running yet).
+    pub fn new(
+        options: PodOptions,
+        services: Vec<Service>,
+        changes: ChangeSender,
+        registry: Arc<Registry>,
+    ) -> Arc<Self> {
+        let services = services
+            .into_iter()
+            .map(|spec| (spec.name.clone(), ServiceState { spec, want: 0, pods: Vec::new(), next: 1 }))
+            .collect();
+        Arc::new_cyclic(|me| Self {
+            options,
+            services: Mutex::new(services),
+            ips: Mutex::default(),
+            changes,
+            registry,
+            autoscaler: OnceLock::new(),
+            me: me.clone(),
+            stopping: Default::default(),
+        })
+    }
+
+    /// Connects the autoscaler that is told the pods.
+    pub fn set_autoscaler(&self, autoscaler: &Arc<Autoscaler>) {
+        let _ = self.autoscaler.set(Arc::downgrade(autoscaler));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, ServiceState>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets a service's replicas and starts or stops pods to match.
+    pub fn scale(&self, service: &str, replicas: u32) {
+        if let Some(state) = self.lock().get_mut(service) {
+            state.want = replicas;
+        }
+        self.reconcile(service);
+    }
+
+    /// The live pods' queue-proxy metrics endpoints.
+    pub fn metrics_targets(&self) -> Vec<MetricsTarget> {
+        let services = self.lock();
+        services
+            .values()
+            .flat_map(|s| {
+                s.pods.iter().filter(|p| !p.terminating).filter_map(|p| {
+                    p.addrs.map(|a| MetricsTarget {
+                        service: s.spec.name.clone(),
+                        pod: p.name.clone(),
+                        addr: a.metrics,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    fn reconcile(&self, service: &str) {
+        if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut to_start = 0;
+        {
+            let mut services = self.lock();
+            let Some(state) = services.get_mut(service) else { return };
+            let live = state.pods.iter().filter(|p| !p.terminating).count() as u32;
+            if live < state.want {
+                to_start = state.want - live;
+            } else if live > state.want {
+                // Stop the youngest pods first: not yet ready ones are the cheapest to lose.
+                let mut excess = live - state.want;
+                for pod in state.pods.iter_mut().rev().filter(|p| !p.terminating) {
+                    if excess == 0 {
+                        break;
+                    }
+                    terminate(pod);
+                    excess -= 1;
+                }
+            }
+        }
+        for _ in 0..to_start {
+            self.start_pod(service);
+        }
+        self.publish(service);
+    }
+
+    /// A free loopback address: one no other pod of ours uses, where the service's port can be bound.
+    fn pick_ip(&self, port: u16) -> Option<Ipv4Addr> {
+        let mut used = self.ips.lock().unwrap_or_else(|p| p.into_inner());
+        // Start at an offset of our own so that several `ebb up`s rarely race for the same address.
+        let offset = (std::process::id() % 16) as u16 * 15;
+        for i in 0..253u16 {
+            let n = 2 + (offset + i) % 253;
+            let ip = Ipv4Addr::new(127, 0, 0, n as u8);
+            if used.contains(&ip) {
+                continue;
+            }
+            if TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), port)).is_ok() {
+                used.insert(ip);
+                return Some(ip);
+            }
+        }
+        None
+    }
+
+    fn release_ip(&self, ip: Ipv4Addr) {
+        self.ips.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+    }
+
+    fn start_pod(&self, service: &str) {
+        let (spec, name) = {
+            let mut services = self.lock();
+            let Some(state) = services.get_mut(service) else { return };
+            let name = format!("{}-{}", state.spec.name, state.next);
+            state.next += 1;
+            (state.spec.clone(), name)
+        };
+        let Some(ip) = self.pick_ip(spec.port) else {
+            tracing::error!(service, "no free loopback address 127.0.0.N for a new pod");
+            return;
+        };
+        let dp = &spec.config.data_plane;
+        let upstream = format!("{ip}:{}", spec.port);
+        let grace = self.options.grace_period;
+        let mut qp: Vec<String> = vec![
+            "--upstream".into(),
+            upstream,
+            "--bind-address".into(),
+            ip.to_string(),
+            "--data-port".into(),
+            "0".into(),
+            "--admin-port".into(),
+            "0".into(),
+            "--stats-port".into(),
+            "0".into(),
+            "--metrics-port".into(),
+            "0".into(),
+            "--pod-name".into(),
+            name.clone(),
+            "--service-namespace".into(),
+            NAMESPACE.into(),
+            "--service-name".into(),
+            spec.name.clone(),
+            "--container-concurrency".into(),
+            dp.container_concurrency.to_string(),
+            "--queue-depth".into(),
+            dp.queue_depth.to_string(),
+            "--timeout".into(),
+            format!("{}ms", dp.timeout.as_millis()),
+            "--response-start-timeout".into(),
+            format!("{}ms", dp.response_start_timeout.as_millis()),
+            "--idle-timeout".into(),
+            format!("{}ms", dp.idle_timeout.map_or(0, |d| d.as_millis())),
+            // The activator stops sending to a terminating pod at once: a short quiet period suffices.
+            "--drain-quiet-period".into(),
+            "1s".into(),
+            "--drain-deadline".into(),
+            format!("{}ms", grace.as_millis()),
+            "--log-format".into(),
+            self.options.log_format.into(),
+        ];
+        if let Some(protocol) = dp.protocol {
+            qp.push("--protocol".into());
+            qp.push(match protocol {
+                ebb_config::Protocol::Http1 => "http1".into(),
+                ebb_config::Protocol::H2c => "h2c".into(),
+            });
+        }
+        let mut env = spec.env.clone();
+        env.insert("HOST".into(), ip.to_string());
+        env.insert("PORT".into(), spec.port.to_string());
+        let supervisor = Spec {
+            exe: self.options.exe.display().to_string(),
+            queue_proxy: qp,
+            command: spec.command.clone(),
+            env,
+            grace_ms: grace.as_millis() as u64,
+        };
+        let spec_json = serde_json::to_string(&supervisor).expect("a spec serialises");
+        let mut command = Command::new(&self.options.exe);
+        command
+            .arg("pod-supervisor")
+            .arg("--spec")
+            .arg(spec_json)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                tracing::error!(service, pod = name, "cannot start the pod: {err}");
+                self.release_ip(ip);
+                return;
+            }
+        };
+        let pid = child.id();
+        tracing::info!(service, pod = name, %ip, pid, "pod started");
+        {
+            let mut services = self.lock();
+            let Some(state) = services.get_mut(service) else { return };
+            state.pods.push(Pod {
+                name: name.clone(),
+                ip,
+                pid,
+                addrs: None,
+                started: Instant::now(),
+                terminating: false,
+                _lifeline: child.stdin.take(),
+            });
+        }
+        let stdout = child.stdout.take();
+        let me = self.me.clone();
+        let service = service.to_owned();
+        tokio::spawn(async move {
+            if let Some(stdout) = stdout {
+                let mut lines = BufReader::new(stdout).lines();
+                if let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<ProxyAddrs>(&line) {
+                        Ok(addrs) => {
+                            if let Some(me) = me.upgrade() {
+                                me.pod_bound(&service, &name, addrs);
+                            }
+                        }
+                        Err(err) => tracing::warn!(service, pod = name, "unexpected line {line:?}: {err}"),
+                    }
+                }
+                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            }
+            let status = child.wait().await;
+            if let Some(me) = me.upgrade() {
+                me.pod_exited(&service, &name, status);
+            }
+        });
+    }
+
+    fn pod_bound(&self, service: &str, name: &str, addrs: ProxyAddrs) {
+        {
+            let mut services = self.lock();
+            let Some(pod) =
+                services.get_mut(service).and_then(|s| s.pods.iter_mut().find(|p| p.name == name))
+            else {
+                return;
+            };
+            pod.addrs = Some(addrs);
+            tracing::info!(service, pod = name, data = %addrs.data, "queue-proxy listening");
+        }
+        self.publish(service);
+    }
+
+    fn pod_exited(&self, service: &str, name: &str, status: std::io::Result<std::process::ExitStatus>) {
+        let expected = {
+            let mut services = self.lock();
+            let Some(state) = services.get_mut(service) else { return };
+            let Some(i) = state.pods.iter().position(|p| p.name == name) else { return };
+            let pod = state.pods.remove(i);
+            self.release_ip(pod.ip);
+            pod.terminating
+        };
+        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        if expected {
+            tracing::info!(service, pod = name, %status, "pod stopped");
+        } else {
+            tracing::warn!(service, pod = name, %status, "pod died; replacing it");
+        }
+        self.reconcile(service);
+    }
+
+    /// Tells the activator and the autoscaler a service's pods.
+    pub fn publish(&self, service: &str) {
+        let pods: Vec<(String, Option<ProxyAddrs>, bool, Instant)> = {
+            let services = self.lock();
+            let Some(state) = services.get(service) else { return };
+            state.pods.iter().map(|p| (p.name.clone(), p.addrs, p.terminating, p.started)).collect()
+        };
+        let key = ServiceKey::new(NAMESPACE, service);
+        let infos = pods
+            .iter()
+            .filter_map(|(name, addrs, terminating, _)| {
+                addrs.map(|a| PodInfo { terminating: *terminating, ..PodInfo::live(name, a.data) })
+            })
+            .collect();
+        let _ = self.changes.send(Change::Pods { key: key.clone(), pods: infos });
+        self.publish_ready(service);
+    }
+
+    /// Tells the autoscaler which pods are ready: those the activator's probe found serving.
+    pub fn publish_ready(&self, service: &str) {
+        let Some(autoscaler) = self.autoscaler.get().and_then(Weak::upgrade) else { return };
+        let key = ServiceKey::new(NAMESPACE, service);
+        let serving: Vec<Arc<str>> = self.registry.get(&key).map(|s| s.endpoint_names()).unwrap_or_default();
+        let targets = {
+            let services = self.lock();
+            let Some(state) = services.get(service) else { return };
+            state
+                .pods
+                .iter()
+                .map(|p| PodTarget {
+                    name: p.name.clone(),
+                    stats: p.addrs.map(|a| a.stats),
+                    ready: !p.terminating && serving.iter().any(|s| **s == *p.name),
+                    terminating: p.terminating,
+                    started: p.started,
+                })
+                .collect()
+        };
+        autoscaler.set_pods(&ServiceId::new(NAMESPACE, service), targets);
+    }
+
+    /// Stops every pod (drain, then kill after the grace period) and waits until all are gone or `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut services = self.lock();
+            for state in services.values_mut() {
+                state.want = 0;
+                for pod in state.pods.iter_mut() {
+                    terminate(pod);
+                }
+            }
+        }
+        let until = Instant::now() + deadline;
+        while Instant::now() < until && self.lock().values().any(|s| !s.pods.is_empty()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Whatever is left loses its lifeline: the supervisors kill their groups.
+        for state in self.lock().values_mut() {
+            for pod in state.pods.iter_mut() {
+                pod._lifeline = None;
+            }
+        }
+    }
+
+    /// The services' names.
+    pub fn service_names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Pod counts by service, for status: `(starting or ready, terminating)`.
+    pub fn counts(&self) -> HashMap<String, (u32, u32)> {
+        self.lock()
+            .iter()
+            .map(|(name, s)| {
+                let terminating = s.pods.iter().filter(|p| p.terminating).count() as u32;
+                (name.clone(), (s.pods.len() as u32 - terminating, terminating))
+            })
+            .collect()
+    }
+}
+
+/// Asks a pod's supervisor to drain and stop it.
+fn terminate(pod: &mut Pod) {
+    if pod.terminating {
+        return;
+    }
+    pod.terminating = true;
+    if let Some(pid) = pod.pid {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    tracing::info!(pod = pod.name, "pod terminating (draining)");
+}

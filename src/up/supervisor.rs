@@ -1,0 +1,196 @@
+//! `ebb pod-supervisor` (hidden): one local pod, a queue-proxy and the service's command, each in its own
+//! process group. `ebb up` starts one per pod with a pipe on its stdin and never writes to it: when `ebb up`
+//! dies, however it died (SIGKILL included), the pipe closes and the supervisor kills both groups and exits.
+//! That is the orphan guarantee without `unsafe` (no `prctl(PR_SET_PDEATHSIG)` in a `pre_exec`).
+//!
+//! - SIGTERM (a scale-down): SIGTERM to the queue-proxy, which drains; once it exited (or the grace period
+//!   ran out), SIGTERM to the command's group; SIGKILL to both groups when the grace period is over.
+//! - stdin closed (`ebb up` is gone): SIGTERM to both groups, SIGKILL after a second.
+//! - Either process exits on its own: the other's group is stopped the same way, and the supervisor exits 1,
+//!   so `ebb up` sees the pod die and replaces it.
+//!
+//! The queue-proxy's first stdout line (its bound addresses, JSON) is copied to the supervisor's stdout.
+
+use std::collections::BTreeMap;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, timeout};
+
+use super::config;
+
+/// What a supervisor runs, passed as one JSON argument.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    /// The `ebb` binary.
+    pub exe: String,
+    /// Arguments after `ebb queue-proxy`.
+    pub queue_proxy: Vec<String>,
+    /// The service's command.
+    pub command: config::Command,
+    /// Environment of the command (`HOST`, `PORT`, the service's `env`).
+    pub env: BTreeMap<String, String>,
+    /// How long a terminating pod may take before it is killed.
+    pub grace_ms: u64,
+}
+
+/// Arguments of `ebb pod-supervisor`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The pod, as JSON.
+    #[arg(long)]
+    spec: String,
+}
+
+/// Runs one pod until it is told to stop, `ebb up` goes away, or one of its processes exits.
+pub fn run(args: Args) -> ExitCode {
+    let spec: Spec = match serde_json::from_str(&args.spec) {
+        Ok(spec) => spec,
+        Err(err) => {
+            eprintln!("ebb pod-supervisor: bad --spec: {err}");
+            return ExitCode::from(crate::EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ebb pod-supervisor: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(supervise(spec));
+    // The stdin reader sits in a blocking read that only `ebb up` closing the pipe ends: do not wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+fn group(child: &Child) -> Option<Pid> {
+    child.id().map(|id| Pid::from_raw(id as i32))
+}
+
+fn signal_group(pgid: Option<Pid>, signal: Signal) {
+    if let Some(pgid) = pgid {
+        // ESRCH: the group is already gone.
+        let _ = killpg(pgid, signal);
+    }
+}
+
+async fn supervise(spec: Spec) -> ExitCode {
+    let grace = Duration::from_millis(spec.grace_ms);
+    let mut user = match &spec.command {
+        config::Command::Shell(line) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(line);
+            c
+        }
+        config::Command::Argv(argv) => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    user.envs(&spec.env).env("EBB", &spec.exe).stdin(Stdio::null()).process_group(0);
+    let mut user = match user.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            eprintln!("ebb pod-supervisor: cannot start {:?}: {err}", spec.command);
+            return ExitCode::FAILURE;
+        }
+    };
+    let user_group = group(&user);
+    let mut proxy = Command::new(&spec.exe);
+    proxy.arg("queue-proxy").args(&spec.queue_proxy).stdin(Stdio::null()).stdout(Stdio::piped());
+    proxy.process_group(0);
+    let mut proxy = match proxy.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            eprintln!("ebb pod-supervisor: cannot start the queue-proxy: {err}");
+            signal_group(user_group, Signal::SIGKILL);
+            return ExitCode::FAILURE;
+        }
+    };
+    let proxy_group = group(&proxy);
+    let kill_all = || {
+        signal_group(proxy_group, Signal::SIGKILL);
+        signal_group(user_group, Signal::SIGKILL);
+    };
+
+    // Copy the queue-proxy's address line, then keep its stdout drained.
+    if let Some(stdout) = proxy.stdout.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Ok(Some(line)) = lines.next_line().await {
+                let mut out = tokio::io::stdout();
+                let _ = out.write_all(format!("{line}\n").as_bytes()).await;
+                let _ = out.flush().await;
+            }
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+    }
+
+    let parent_gone = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            eprintln!("ebb pod-supervisor: cannot handle SIGTERM: {err}");
+            kill_all();
+            return ExitCode::FAILURE;
+        }
+    };
+
+    tokio::select! {
+        () = parent_gone => {
+            signal_group(proxy_group, Signal::SIGTERM);
+            signal_group(user_group, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let _ = tokio::time::timeout_at(deadline, async { let _ = tokio::join!(proxy.wait(), user.wait()); }).await;
+            kill_all();
+            ExitCode::SUCCESS
+        }
+        _ = term.recv() => {
+            let deadline = Instant::now() + grace;
+            signal_group(proxy_group, Signal::SIGTERM);
+            let _ = tokio::time::timeout_at(deadline, proxy.wait()).await;
+            signal_group(user_group, Signal::SIGTERM);
+            let _ = tokio::time::timeout_at(deadline, user.wait()).await;
+            kill_all();
+            let _ = timeout(Duration::from_secs(1), async { let _ = tokio::join!(proxy.wait(), user.wait()); }).await;
+            ExitCode::SUCCESS
+        }
+        status = proxy.wait() => {
+            eprintln!("ebb pod-supervisor: the queue-proxy exited ({})", describe(status));
+            signal_group(user_group, Signal::SIGTERM);
+            let _ = timeout(Duration::from_secs(1), user.wait()).await;
+            kill_all();
+            ExitCode::FAILURE
+        }
+        status = user.wait() => {
+            eprintln!("ebb pod-supervisor: the service's command exited ({})", describe(status));
+            signal_group(proxy_group, Signal::SIGTERM);
+            let _ = timeout(Duration::from_secs(1), proxy.wait()).await;
+            kill_all();
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(err) => err.to_string(),
+    }
+}
