@@ -141,7 +141,8 @@ pub struct Args {
     pub ready_file: Option<PathBuf>,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Parses a duration flag (Go-style units or whole seconds), with a message clap shows as is.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     ebb_config::value::parse_duration(text).ok_or_else(|| {
         format!("'{text}' is not a duration; use Go-style units (300s, 1m30s, 250ms) or whole seconds")
     })
@@ -208,7 +209,8 @@ impl Args {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Installs the log subscriber (`RUST_LOG` filters, default `info`) writing to stderr in `format`.
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

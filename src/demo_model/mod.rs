@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use api::{ApiError, Generation, Kind};
+use ebb_queue_proxy::cli::parse_duration;
 
 /// Arguments of `ebb demo-model`. Durations take `250ms`, `1.5s` or whole seconds.
 #[derive(clap::Args, Debug, Clone)]
@@ -37,10 +38,10 @@ pub struct Args {
     #[arg(long, default_value = "demo", env = "EBB_DEMO_MODEL")]
     model: String,
     /// Time spent "loading the model" before the server listens (connections are refused meanwhile).
-    #[arg(long, default_value = "0s", value_parser = duration, env = "EBB_DEMO_STARTUP_DELAY")]
+    #[arg(long, default_value = "0s", value_parser = parse_duration, env = "EBB_DEMO_STARTUP_DELAY")]
     startup_delay: Duration,
     /// Time from request to the first token.
-    #[arg(long, default_value = "20ms", value_parser = duration, env = "EBB_DEMO_TIME_TO_FIRST_TOKEN")]
+    #[arg(long, default_value = "20ms", value_parser = parse_duration, env = "EBB_DEMO_TIME_TO_FIRST_TOKEN")]
     time_to_first_token: Duration,
     /// Tokens generated per second after the first (0 = as fast as possible).
     #[arg(long, default_value_t = 100.0, env = "EBB_DEMO_TOKENS_PER_SECOND")]
@@ -54,11 +55,6 @@ pub struct Args {
     /// Requests generated at once; more wait their turn, as in a model server's queue (0 = no limit).
     #[arg(long, default_value_t = 0, env = "EBB_DEMO_CONCURRENCY")]
     concurrency: u32,
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    ebb_config::value::parse_duration(text)
-        .ok_or_else(|| format!("{text:?} is not a duration such as 250ms or 2s"))
 }
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
