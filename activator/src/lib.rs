@@ -5,6 +5,7 @@
 
 pub mod balancer;
 pub mod capacity;
+pub mod cli;
 pub mod endpoints;
 pub mod handler;
 pub mod kube_source;
