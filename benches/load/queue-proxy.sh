@@ -6,9 +6,10 @@
 # Medians of RUNS runs. Prints a markdown table; raw results stay in $OUT_DIR.
 #
 #   benches/load/queue-proxy.sh            # RUNS=5 RATE=1000 DURATION=10 SAT_DURATION=5 CONNECTIONS=32
+#   MODES=rate SUT_CPU=0 benches/load/queue-proxy.sh   # fixed rate only, proxy on the generator's CPU
 #
 # Placement: the load generator and the upstream share CPU 0; the proxy under test (queue-proxy or nginx)
-# runs alone on CPU 1 (taskset). Requires: cargo, python3, nginx (installed with apt-get if missing).
+# runs alone on CPU 1 (taskset; LOAD_CPU and SUT_CPU change it). Requires: cargo, python3, nginx (installed with apt-get if missing).
 # Not part of `cargo test`.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ DURATION=${DURATION:-10}
 SAT_DURATION=${SAT_DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-32}
 HOLD=${HOLD:-1000}
+MODES=${MODES:-rate saturate}
 LOAD_CPU=${LOAD_CPU:-0}
 SUT_CPU=${SUT_CPU:-1}
 
@@ -159,8 +161,7 @@ measure() { # RUN TARGET SIZE MODE
 for run in $(seq 1 "$RUNS"); do
     for size in 13 4096; do
         for name in direct qp1 qp2 nginx; do
-            measure "$run" "$name" "$size" rate
-            measure "$run" "$name" "$size" saturate
+            for mode in $MODES; do measure "$run" "$name" "$size" "$mode"; done
         done
     done
 done
@@ -177,5 +178,5 @@ for key in qp1-13 qp2-13 nginx-13; do
 done
 
 MACHINE="$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(uname -r), nginx $(nginx -v 2>&1 | cut -d/ -f2)"
-python3 "$ROOT/benches/load/summarise.py" "$RESULTS" "$MACHINE" "$RUNS"
+python3 "$ROOT/benches/load/summarise.py" "$RESULTS" "$MACHINE" "$RUNS" "Load generator and upstreams on CPU $LOAD_CPU, proxy under test on CPU $SUT_CPU."
 echo "raw results: $RESULTS" >&2

@@ -7,6 +7,7 @@ import sys
 from collections import defaultdict
 
 results_path, machine, runs = sys.argv[1], sys.argv[2], sys.argv[3]
+placement = sys.argv[4] if len(sys.argv) > 4 else ""
 records = [json.loads(line) for line in open(results_path) if line.strip()]
 
 NAMES = {
@@ -45,7 +46,7 @@ def fmt(v, digits=0):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-print(f"Machine: {machine}. Medians of {runs} runs.\n")
+print(f"Machine: {machine}. Medians of {runs} runs. {placement}\n")
 print("Fixed rate (open loop, latency from each request's due time), 32 connections:\n")
 print("| response | path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | CPU µs/req | CPU vs nginx |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
