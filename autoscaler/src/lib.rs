@@ -14,9 +14,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod decider;
 mod delay;
 mod error;
+pub mod kube;
 pub mod policy;
 pub mod reason;
 pub mod runtime;

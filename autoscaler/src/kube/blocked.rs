@@ -1,0 +1,81 @@
+//! Pods that will not become ready on their own: unschedulable, unable to pull their image, or crash-looping.
+//! A pure function of the pod's status, so that the activator's Kubernetes source (which has its own copy
+//! today, in `activator/src/kube_source.rs`) could share it from a common place.
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// Why a pod is stuck.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    /// `unschedulable`, `image_pull` or `crash_loop` (a metric label).
+    pub kind: &'static str,
+    /// The reason and message Kubernetes gave.
+    pub message: String,
+}
+
+/// Waiting reasons of a container that is not going to start without help.
+const IMAGE_PULL: [&str; 4] = ["ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"];
+const CRASH_LOOP: [&str; 2] = ["CrashLoopBackOff", "CreateContainerConfigError"];
+
+/// Every kind [`blocked`] returns.
+pub const KINDS: [&str; 3] = ["unschedulable", "image_pull", "crash_loop"];
+
+/// Whether `pod` is stuck, and why. A pod being deleted is not reported.
+pub fn blocked(pod: &Pod) -> Option<Blocked> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if let Some(c) = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+    }) {
+        let message = format!("Unschedulable: {}", c.message.as_deref().unwrap_or("no node fits"));
+        return Some(Blocked { kind: "unschedulable", message });
+    }
+    let containers =
+        status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+    for c in containers {
+        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
+        let reason = waiting.reason.as_deref().unwrap_or_default();
+        let kind = if IMAGE_PULL.contains(&reason) {
+            "image_pull"
+        } else if CRASH_LOOP.contains(&reason) {
+            "crash_loop"
+        } else {
+            continue;
+        };
+        let message =
+            format!("container {}: {reason}: {}", c.name, waiting.message.as_deref().unwrap_or_default());
+        return Some(Blocked { kind, message });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn stuck_pods_say_why() {
+        let unschedulable = pod(json!({"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes have a GPU"}]}));
+        assert_eq!(blocked(&unschedulable).unwrap().kind, "unschedulable");
+        let pull = pod(json!({"containerStatuses": [{"name": "app", "ready": false, "restartCount": 0,
+            "image": "x", "imageID": "", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}]}));
+        let b = blocked(&pull).unwrap();
+        assert_eq!(b.kind, "image_pull");
+        assert!(b.message.contains("no such image"), "{b:?}");
+        let crash = pod(json!({"containerStatuses": [{"name": "app", "ready": false, "restartCount": 5,
+            "image": "x", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}));
+        assert_eq!(blocked(&crash).unwrap().kind, "crash_loop");
+        let starting = pod(json!({"containerStatuses": [{"name": "app", "ready": false, "restartCount": 0,
+            "image": "x", "imageID": "", "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        assert_eq!(blocked(&starting), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! The Kubernetes controller's own metrics, beside the runtime's (`ebb_autoscaler_*`): leadership, whether
+//! the API server is reachable, stuck pods, writers that fight over replicas, and configuration errors.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of a service's series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// Service (Deployment) name.
+    pub service: String,
+}
+
+/// Labels of stuck pods by kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockedLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// Service (Deployment) name.
+    pub service: String,
+    /// `unschedulable`, `image_pull` or `crash_loop`.
+    pub kind: String,
+}
+
+/// The controller's metric families.
+#[derive(Debug)]
+pub struct KubeMetrics {
+    registry: Registry,
+    /// 1 while this replica holds the Lease.
+    pub leader: Gauge,
+    /// 1 while the API server answers.
+    pub api_reachable: Gauge,
+    /// Pods that will not become ready without help.
+    pub blocked_pods: Family<BlockedLabels, Gauge>,
+    /// Times another writer changed a service's replicas.
+    pub external_changes: Family<ServiceLabels, Counter>,
+    /// Invalid annotations or ConfigMap seen (each distinct problem once).
+    pub config_errors: Family<ServiceLabels, Counter>,
+    /// Scale changes applied.
+    pub scale_changes: Family<ServiceLabels, Counter>,
+    /// Scale-downs held back (API unreachable or requests queued in an activator).
+    pub scale_downs_held: Family<ServiceLabels, Counter>,
+}
+
+impl Default for KubeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KubeMetrics {
+    /// Registered under `ebb_autoscaler_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ebb_autoscaler");
+        let m = Self {
+            registry: Registry::default(),
+            leader: Gauge::default(),
+            api_reachable: Gauge::default(),
+            blocked_pods: Family::default(),
+            external_changes: Family::default(),
+            config_errors: Family::default(),
+            scale_changes: Family::default(),
+            scale_downs_held: Family::default(),
+        };
+        registry.register("leader", "1 while this replica holds the Lease and acts", m.leader.clone());
+        registry.register(
+            "api_reachable",
+            "1 while the Kubernetes API server answers",
+            m.api_reachable.clone(),
+        );
+        registry.register(
+            "blocked_pods",
+            "Pods stuck unschedulable, pulling their image or crash-looping",
+            m.blocked_pods.clone(),
+        );
+        registry.register(
+            "external_replica_changes",
+            "Times another writer changed a service's replicas",
+            m.external_changes.clone(),
+        );
+        registry.register("config_errors", "Invalid configurations reported", m.config_errors.clone());
+        registry.register("scale_changes", "Replica changes applied to Deployments", m.scale_changes.clone());
+        registry.register(
+            "scale_downs_held",
+            "Scale-downs held back (API server unreachable or requests queued in an activator)",
+            m.scale_downs_held.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Labels of a service.
+    pub fn labels(namespace: &str, service: &str) -> ServiceLabels {
+        ServiceLabels { namespace: namespace.to_owned(), service: service.to_owned() }
+    }
+
+    /// The Prometheus text, without the closing `# EOF` (the runtime's text ends the page).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out.trim_end().trim_end_matches("# EOF").to_owned()
+    }
+}

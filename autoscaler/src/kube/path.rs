@@ -1,0 +1,289 @@
+//! The request path (design.md, "The request path in a cluster"), leader only: the public Service `NAME`
+//! (selector-less, port 80 `http` -> 8012, `app.kubernetes.io/managed-by: ebb`, owned by the Deployment)
+//! and its one EndpointSlice, rewritten in place: the activators in proxy mode, the ready, non-terminating
+//! pods in serve mode. The mode and when it was entered are annotations on the Service.
+//!
+//! The activator counts as in the path only when the activator-only slice was written *and* seen back on
+//! the watch, *and* every listed activator answers `Ebb-Probe: activator` on its pod address; only then is
+//! the policy told so (and may replicas go to 0). A Service of that name that ebb did not create is left
+//! alone and reported, and the activator is never considered in its path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ebb_config::names::{
+    HEADER_PROBE, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB, PROBE_ACTIVATOR, STATUS_PREFIX,
+};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use super::watch::{ServiceState, Stores, is_ready};
+use super::{Shared, scale::patch_params};
+use crate::runtime::{ServiceId, ServiceStatus};
+
+/// The EndpointSlice label naming its Service.
+pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
+/// The EndpointSlice label naming who manages it (the built-in controller leaves other values alone).
+pub const LABEL_SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+/// ebb's value of [`LABEL_SLICE_MANAGED_BY`].
+pub const SLICE_MANAGER: &str = "ebb.dev";
+/// How long a successful activator probe counts.
+const PROBE_FRESH: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The label selector of ebb's EndpointSlices.
+pub fn slice_selector() -> String {
+    format!("{LABEL_SLICE_MANAGED_BY}={SLICE_MANAGER}")
+}
+
+/// `discovery.k8s.io/v1` EndpointSlices where served, else `v1beta1` (Kubernetes 1.20).
+pub async fn discover_endpoint_slices(client: &Client) -> Result<ApiResource, kube::Error> {
+    let groups = client.list_api_groups().await?;
+    let versions: Vec<String> = groups
+        .groups
+        .iter()
+        .find(|g| g.name == "discovery.k8s.io")
+        .map(|g| g.versions.iter().map(|v| v.version.clone()).collect())
+        .unwrap_or_default();
+    let version = if versions.iter().any(|v| v == "v1") || versions.is_empty() { "v1" } else { "v1beta1" };
+    let gvk = GroupVersionKind::gvk("discovery.k8s.io", version, "EndpointSlice");
+    Ok(ApiResource::from_gvk_with_plural(&gvk, "endpointslices"))
+}
+
+/// The annotation on the Service with the routing mode.
+pub fn mode_key() -> String {
+    format!("{STATUS_PREFIX}mode")
+}
+
+/// The annotation on the Service with when the mode was entered (RFC 3339).
+pub fn mode_since_key() -> String {
+    format!("{STATUS_PREFIX}mode-since")
+}
+
+/// Per-service request-path state.
+#[derive(Debug, Default)]
+pub(crate) struct PathState {
+    /// A foreign Service was reported.
+    pub foreign: bool,
+}
+
+/// Probes activators with `Ebb-Probe: activator`, remembering recent successes.
+pub(crate) struct Prober {
+    client: HttpClient<HttpConnector, Empty<Bytes>>,
+    ok: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl Prober {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(PROBE_TIMEOUT));
+        Self { client: HttpClient::builder(TokioExecutor::new()).build(connector), ok: Mutex::default() }
+    }
+
+    /// Whether the activator at `addr` answered the probe recently or does now.
+    pub async fn check(&self, addr: SocketAddr) -> bool {
+        if Shared::lock(&self.ok).get(&addr).is_some_and(|t| t.elapsed() < PROBE_FRESH) {
+            return true;
+        }
+        let ok = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let request = http::Request::get(format!("http://{addr}/"))
+                .header(HEADER_PROBE, PROBE_ACTIVATOR)
+                .body(Empty::new())
+                .ok()?;
+            let response = self.client.request(request).await.ok()?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), 64).collect().await.ok()?.to_bytes();
+            Some(status == http::StatusCode::OK && body.as_ref() == PROBE_ACTIVATOR.as_bytes())
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        let mut cache = Shared::lock(&self.ok);
+        if ok {
+            cache.insert(addr, Instant::now());
+        } else {
+            cache.remove(&addr);
+        }
+        ok
+    }
+}
+
+/// What the path reconciliation reads.
+pub(crate) struct Context<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub stores: &'a Stores,
+    pub slices: &'a ApiResource,
+    pub prober: &'a Prober,
+    pub activators: &'a [IpAddr],
+}
+
+/// The wanted slice: addresses and port.
+fn wanted(ctx: &Context<'_>, status: &ServiceStatus, pods: &[Arc<Pod>]) -> (Vec<String>, u16) {
+    let options = &ctx.shared.options;
+    if status.mode == "proxy" && !ctx.activators.is_empty() {
+        let mut ips: Vec<String> = ctx.activators.iter().map(IpAddr::to_string).collect();
+        ips.sort();
+        (ips, options.activator_port)
+    } else {
+        let mut ips: Vec<String> =
+            pods.iter().filter(|p| is_ready(p)).filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
+        ips.sort();
+        ips.dedup();
+        (ips, options.pod_data_port)
+    }
+}
+
+/// The addresses and port of a slice as stored.
+fn slice_content(slice: &DynamicObject) -> (Vec<String>, u16) {
+    let mut ips: Vec<String> = slice.data["endpoints"]
+        .as_array()
+        .map(|eps| {
+            eps.iter()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort();
+    let port = slice.data["ports"][0]["port"].as_u64().unwrap_or(0) as u16;
+    (ips, port)
+}
+
+fn slice_body(ips: &[String], port: u16) -> Value {
+    let endpoints: Vec<Value> =
+        ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
+    json!({
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    })
+}
+
+/// The leader's pass for one service's request path.
+pub(crate) async fn reconcile(
+    ctx: &Context<'_>,
+    id: &ServiceId,
+    state: &mut ServiceState,
+    deployment: &Deployment,
+    status: &ServiceStatus,
+    pods: &[Arc<Pod>],
+) {
+    let shared = ctx.shared;
+    let set_in_path = |v: bool| {
+        Shared::lock(&shared.in_path).insert(id.clone(), v);
+    };
+    let services: Api<Service> = Api::namespaced(shared.client.clone(), &id.namespace);
+    let service = match ctx.stores.service(&id.namespace, &id.name) {
+        None => {
+            match services
+                .create(
+                    &PostParams { field_manager: patch_params().field_manager, ..Default::default() },
+                    &public_service(deployment, status),
+                )
+                .await
+            {
+                Ok(_) => shared.health.ok(),
+                Err(err) => tracing::warn!(service = %id, "cannot create the public Service: {err}"),
+            }
+            set_in_path(false);
+            return;
+        }
+        Some(service) => service,
+    };
+    if service.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_EBB) {
+        if !state.path.foreign {
+            state.path.foreign = true;
+            shared.events.warning(
+                deployment.object_ref(&()),
+                "ServiceNotManaged",
+                format!(
+                    "Service {}/{} exists and was not created by ebb (no {LABEL_MANAGED_BY}: {MANAGED_BY_EBB}); \
+                     ebb leaves it alone, so the activator is never in this service's path and it is not \
+                     scaled to zero",
+                    id.namespace, id.name
+                ),
+            );
+        }
+        set_in_path(false);
+        return;
+    }
+    state.path.foreign = false;
+
+    // The mode, and when it was entered, on the Service (a new leader resumes from them).
+    if service.annotations().get(&mode_key()).map(String::as_str) != Some(status.mode) {
+        let patch = json!({"metadata": {"annotations": {
+            mode_key(): status.mode, mode_since_key(): Timestamp::now().to_string(),
+        }}});
+        if let Err(err) = services.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
+            tracing::warn!(service = %id, "cannot write the mode on the Service: {err}");
+        }
+    }
+
+    // The one EndpointSlice.
+    let (ips, port) = wanted(ctx, status, pods);
+    let slices: Api<DynamicObject> = Api::namespaced_with(shared.client.clone(), &id.namespace, ctx.slices);
+    let seen = ctx.stores.slice(&id.namespace, &id.name, ctx.slices);
+    let seen_content = seen.as_deref().map(slice_content);
+    if seen_content.as_ref() != Some(&(ips.clone(), port)) {
+        let body = slice_body(&ips, port);
+        let result = match &seen {
+            Some(_) => slices.patch(&id.name, &patch_params(), &Patch::Merge(&body)).await.map(drop),
+            None => {
+                let mut object = DynamicObject::new(&id.name, ctx.slices).within(&id.namespace);
+                object.metadata.labels = Some(BTreeMap::from([
+                    (LABEL_SLICE_SERVICE.to_owned(), id.name.clone()),
+                    (LABEL_SLICE_MANAGED_BY.to_owned(), SLICE_MANAGER.to_owned()),
+                    (LABEL_MANAGED_BY.to_owned(), MANAGED_BY_EBB.to_owned()),
+                ]));
+                object.metadata.owner_references = service.controller_owner_ref(&()).map(|r| vec![r]);
+                object.data = body;
+                slices.create(&PostParams::default(), &object).await.map(drop)
+            }
+        };
+        if let Err(err) = result {
+            tracing::warn!(service = %id, "cannot write the EndpointSlice: {err}");
+        }
+    }
+
+    // Verified in the path: activator-only slice seen back on the watch, and every activator answers.
+    let proxy_slice =
+        status.mode == "proxy" && !ctx.activators.is_empty() && port == shared.options.activator_port;
+    let seen_matches = seen_content.as_ref() == Some(&(ips.clone(), port));
+    let mut verified = proxy_slice && seen_matches && !ips.is_empty();
+    if verified {
+        for ip in ctx.activators {
+            if !ctx.prober.check(SocketAddr::new(*ip, shared.options.activator_port)).await {
+                verified = false;
+                break;
+            }
+        }
+    }
+    set_in_path(verified);
+}
+
+/// The public Service of a Deployment.
+fn public_service(deployment: &Deployment, status: &ServiceStatus) -> Service {
+    let name = deployment.name_any();
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY_EBB, LABEL_SERVICE: name},
+            "annotations": {mode_key(): status.mode, mode_since_key(): Timestamp::now().to_string()},
+            "ownerReferences": deployment.controller_owner_ref(&()).map(|r| vec![r]),
+        },
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"}]},
+    }))
+    .unwrap_or_default()
+}

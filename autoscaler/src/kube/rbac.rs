@@ -1,0 +1,86 @@
+//! The least RBAC the controller needs, as data: `docs/rbac.md` explains each rule, and the end-to-end test
+//! builds its ClusterRole from this very list. RBAC cannot restrict a verb to the objects ebb owns, so
+//! ownership is enforced in code (a Service not labelled `app.kubernetes.io/managed-by: ebb` is never
+//! written; only Deployments labelled `ebb.dev/service` are scaled).
+
+/// One RBAC rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// API group (`""` = core).
+    pub group: &'static str,
+    /// Resource (or `resource/subresource`).
+    pub resource: &'static str,
+    /// Verbs.
+    pub verbs: &'static [&'static str],
+    /// Cluster-wide (ClusterRole) or the autoscaler's own namespace only (Role).
+    pub cluster: bool,
+    /// Why.
+    pub why: &'static str,
+}
+
+/// Every permission the controller uses.
+pub const RULES: &[Rule] = &[
+    Rule {
+        group: "apps",
+        resource: "deployments",
+        verbs: &["get", "list", "watch", "patch"],
+        cluster: true,
+        why: "watch labelled Deployments; write the status.ebb.dev/* annotations",
+    },
+    Rule {
+        group: "apps",
+        resource: "deployments/scale",
+        verbs: &["patch"],
+        cluster: true,
+        why: "set replicas through the scale subresource",
+    },
+    Rule {
+        group: "",
+        resource: "pods",
+        verbs: &["get", "list", "watch", "patch"],
+        cluster: true,
+        why: "ready pods and their addresses; the pod-deletion-cost annotation before scaling down",
+    },
+    Rule {
+        group: "",
+        resource: "services",
+        verbs: &["get", "list", "watch", "create", "patch"],
+        cluster: true,
+        why: "the public Service of each autoscaled Deployment and its mode annotations",
+    },
+    Rule {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["get", "list", "watch", "create", "patch"],
+        cluster: true,
+        why: "the one EndpointSlice of each public Service (activators or pods)",
+    },
+    Rule {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        cluster: true,
+        why: "Normal and Warning Events on Deployments and the ConfigMap",
+    },
+    Rule {
+        group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        verbs: &["create"],
+        cluster: true,
+        why: "authenticate the activators' stat streams",
+    },
+    Rule {
+        group: "",
+        resource: "configmaps",
+        verbs: &["get", "list", "watch"],
+        cluster: false,
+        why: "config-autoscaler, hot reloaded",
+    },
+    Rule {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "update"],
+        cluster: false,
+        why: "leader election",
+    },
+];

@@ -1,0 +1,255 @@
+//! Replicas: the Kubernetes [`Scaler`] the runtime acts through, and the leader's reconciliation of each
+//! Deployment's `spec.replicas` with the runtime's desired count.
+//!
+//! The runtime calls the scaler only when its decision changes; the reconciliation here is level-triggered
+//! (desired vs. what the watch shows) so that a write that failed, was held back or was undone by another
+//! writer is retried. Rules:
+//! - merge patch of `deployments/scale`, only when the value differs;
+//! - never lower replicas while the API server is unreachable, or while an activator reported queued or
+//!   in-flight requests for the service in the last [`QUEUED_HOLD`];
+//! - before lowering, mark the least busy pods cheapest to delete;
+//! - a Normal Event per change, with the decision's reason;
+//! - another writer (kubectl scale, an HPA, a GitOps re-apply) that changes replicas gets a Warning Event
+//!   naming it; ebb wins for an autoscaled Deployment and sets its count back (`docs/rbac.md`, "Other
+//!   writers"); `ebb.dev/paused: "true"` hands the replicas over.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ebb_config::names::ANNOTATION_POD_DELETION_COST;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::{CONTROLLER_NAME, Shared, deletion_cost, status, watch::ServiceState};
+use crate::Mode;
+use crate::runtime::{Autoscaler, Scaler, Scraper, ServiceId, ServiceStatus};
+
+/// Replicas are not lowered for this long after an activator reported load for the service.
+pub const QUEUED_HOLD: Duration = Duration::from_secs(3);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The runtime's [`Scaler`] on Kubernetes: calls wake the controller's pass, which applies the runtime's
+/// state if this replica leads.
+pub struct KubeScaler {
+    shared: Arc<Shared>,
+}
+
+impl KubeScaler {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl Scaler for KubeScaler {
+    fn set_replicas(&self, _service: &ServiceId, _replicas: u32) {
+        self.shared.wake.notify_one();
+    }
+
+    fn set_mode(&self, _service: &ServiceId, _mode: Mode) {
+        self.shared.wake.notify_one();
+    }
+
+    fn activator_in_path(&self, service: &ServiceId) -> bool {
+        Shared::lock(&self.shared.in_path).get(service).copied().unwrap_or(false)
+    }
+
+    fn activators_ready(&self) -> bool {
+        // Without a managed request path there is no activator to route through: serve mode.
+        self.shared.options.manage_request_path && !Shared::lock(&self.shared.activators).is_empty()
+    }
+}
+
+/// The field manager of every write.
+pub fn patch_params() -> PatchParams {
+    PatchParams { field_manager: Some(CONTROLLER_NAME.to_owned()), ..Default::default() }
+}
+
+/// The last writer of `spec.replicas` other than ebb, from `managedFields`, if the server records one.
+pub fn replicas_writer(deployment: &Deployment) -> Option<String> {
+    deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() != Some(CONTROLLER_NAME))
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:spec").is_some_and(|s| s.get("f:replicas").is_some()))
+        })
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.clone())
+}
+
+/// Notes `spec.replicas` as the watch shows it; when it changed to a value this replica did not write while
+/// it leads, another writer did: a Warning Event says who fights whom.
+pub(crate) fn observe_replicas(
+    shared: &Shared,
+    reference: &ObjectReference,
+    id: &ServiceId,
+    state: &mut ServiceState,
+    deployment: &Deployment,
+    replicas: u32,
+) {
+    let previous = state.seen_replicas.replace(replicas);
+    let Some(previous) = previous else { return };
+    if previous == replicas || state.last_written == Some(replicas) || !shared.is_leader() || !state.valid {
+        return;
+    }
+    let Some(autoscaler) = shared.autoscaler() else { return };
+    let Some(status) =
+        autoscaler.status().into_iter().find(|s| s.namespace == id.namespace && s.name == id.name)
+    else {
+        return;
+    };
+    if status.paused || status.desired == replicas {
+        return;
+    }
+    let writer = replicas_writer(deployment).map_or_else(
+        || "another writer (kubectl scale, an HPA or a GitOps tool)".to_owned(),
+        |m| format!("{m:?}"),
+    );
+    shared
+        .metrics
+        .external_changes
+        .get_or_create(&super::metrics::KubeMetrics::labels(&id.namespace, &id.name))
+        .inc();
+    shared.events.warning(
+        reference.clone(),
+        "ReplicasOverridden",
+        format!(
+            "spec.replicas changed from {previous} to {replicas} by {writer}, not by ebb; ebb autoscales this \
+             Deployment and sets replicas back to {}. To let another writer own replicas, set \
+             ebb.dev/paused: \"true\" (or remove the ebb.dev/service label).",
+            status.desired
+        ),
+    );
+}
+
+/// The leader's pass for one service: replicas, then the status annotations.
+pub(crate) async fn reconcile(
+    shared: &Arc<Shared>,
+    autoscaler: &Autoscaler,
+    id: &ServiceId,
+    state: &mut ServiceState,
+    deployment: &Deployment,
+    status: &ServiceStatus,
+    pods: &[Arc<Pod>],
+) {
+    if status.paused {
+        return;
+    }
+    let api: Api<Deployment> = Api::namespaced(shared.client.clone(), &id.namespace);
+    let observed = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+    let desired = status.desired;
+    let reason = || {
+        autoscaler
+            .decisions(id)
+            .and_then(|d| d.into_iter().rev().find(|r| r.changed).map(|r| r.reason))
+            .unwrap_or_else(|| status.last_reason.clone())
+    };
+    if observed != desired && state.retry_at.is_none_or(|t| Instant::now() >= t) {
+        let mut hold = None;
+        if desired < observed {
+            let queued =
+                Shared::lock(&shared.activator_load).get(id).is_some_and(|t| t.elapsed() < QUEUED_HOLD);
+            if !shared.health.reachable() {
+                hold = Some("the API server is unreachable");
+            } else if queued {
+                hold = Some("requests are queued in an activator");
+            }
+        }
+        if let Some(why) = hold {
+            shared
+                .metrics
+                .scale_downs_held
+                .get_or_create(&super::metrics::KubeMetrics::labels(&id.namespace, &id.name))
+                .inc();
+            tracing::info!(service = %id, observed, desired, "scale-down held: {why}");
+        } else {
+            if desired < observed {
+                mark_deletion_costs(shared, id, pods).await;
+            }
+            let patch = json!({"spec": {"replicas": desired}});
+            match api.patch_scale(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    shared.health.ok();
+                    state.last_written = Some(desired);
+                    state.retry_at = None;
+                    state.backoff = Duration::ZERO;
+                    let reason = reason();
+                    shared
+                        .metrics
+                        .scale_changes
+                        .get_or_create(&super::metrics::KubeMetrics::labels(&id.namespace, &id.name))
+                        .inc();
+                    shared.events.normal(
+                        deployment.object_ref(&()),
+                        "Scaled",
+                        format!("replicas {observed} -> {desired}: {reason}"),
+                    );
+                    state.reason_pending = Some(reason);
+                }
+                Err(err) => {
+                    failed(shared, state, &err);
+                    tracing::warn!(service = %id, "scale to {desired} failed (retrying with backoff): {err}");
+                    return;
+                }
+            }
+        }
+    }
+    let current = deployment.annotations();
+    let reason =
+        state.reason_pending.clone().or_else(|| (!current.contains_key(&status::reason_key())).then(reason));
+    if let Some(patch) = status::annotations_patch(current, desired, status.mode, reason.as_deref()) {
+        match api.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
+            Ok(_) => state.reason_pending = None,
+            Err(err) => {
+                failed(shared, state, &err);
+                tracing::warn!(service = %id, "cannot write the status annotations: {err}");
+            }
+        }
+    }
+}
+
+fn failed(shared: &Shared, state: &mut ServiceState, err: &kube::Error) {
+    if !matches!(err, kube::Error::Api(_)) {
+        shared.health.failed();
+    }
+    state.backoff = (state.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+    state.retry_at = Some(Instant::now() + state.backoff);
+}
+
+/// Marks the ready pods with their in-flight work as deletion cost (least busy = cheapest), best effort.
+async fn mark_deletion_costs(shared: &Shared, id: &ServiceId, pods: &[Arc<Pod>]) {
+    let scraper = Scraper::new(Duration::from_millis(300));
+    let mut loads = Vec::new();
+    for pod in pods.iter().filter(|p| super::watch::is_ready(p)) {
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
+        let load = match ip {
+            Some(ip) => scraper
+                .scrape(std::net::SocketAddr::new(ip, shared.options.pod_stats_port))
+                .await
+                .ok()
+                .map(|s| s.average_concurrency),
+            None => None,
+        };
+        loads.push((pod.clone(), load));
+    }
+    let changes = deletion_cost::changes(
+        loads
+            .iter()
+            .map(|(p, load)| (p.metadata.name.as_deref().unwrap_or_default(), p.annotations(), *load)),
+    );
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &id.namespace);
+    for (name, cost) in changes {
+        let patch = json!({"metadata": {"annotations": {ANNOTATION_POD_DELETION_COST: cost.to_string()}}});
+        if let Err(err) = api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
+            tracing::debug!(service = %id, pod = %name, "cannot mark the deletion cost: {err}");
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Port 9090: `/metrics` (the runtime's `ebb_autoscaler_*` families and the controller's), `/healthz`
+//! (the process answers) and `/readyz` (the watches are up and the API server answers).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::Shared;
+use crate::runtime::Autoscaler;
+
+/// The Prometheus text content type.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves until `stop` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    autoscaler: Arc<Autoscaler>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        let autoscaler = autoscaler.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let response = match req.uri().path() {
+                    "/metrics" => {
+                        let text = format!("{}\n{}", shared.metrics.encode(), autoscaler.encode_metrics());
+                        let mut r = Response::new(Full::new(Bytes::from(text)));
+                        r.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(OPENMETRICS));
+                        r
+                    }
+                    "/healthz" => text(StatusCode::OK, "ok"),
+                    "/readyz" if shared.health.reachable() => text(StatusCode::OK, "ok"),
+                    "/readyz" => {
+                        text(StatusCode::SERVICE_UNAVAILABLE, "the API server has not answered recently")
+                    }
+                    "/status" => {
+                        let body = serde_json::to_string(&autoscaler.status()).unwrap_or_default();
+                        text(StatusCode::OK, &body)
+                    }
+                    _ => text(StatusCode::NOT_FOUND, "not found"),
+                };
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r
+}

@@ -1,0 +1,64 @@
+//! The autoscaler's state written on the Deployment, so that `kubectl get deployment -o yaml` explains it:
+//! `status.ebb.dev/desired`, `status.ebb.dev/mode` and `status.ebb.dev/reason` (the reason of the last
+//! change of replicas). Written only when one of them changes: the reason sentence carries live numbers, and
+//! rewriting it every tick would be an API write per service every 2 s.
+
+use std::collections::BTreeMap;
+
+use ebb_config::names::STATUS_PREFIX;
+use serde_json::{Map, Value, json};
+
+/// Annotation: the replicas the autoscaler wants.
+pub fn desired_key() -> String {
+    format!("{STATUS_PREFIX}desired")
+}
+
+/// Annotation: `serve` or `proxy`.
+pub fn mode_key() -> String {
+    format!("{STATUS_PREFIX}mode")
+}
+
+/// Annotation: why the replicas last changed.
+pub fn reason_key() -> String {
+    format!("{STATUS_PREFIX}reason")
+}
+
+/// The merge patch that brings `current` annotations to `desired`, `mode` and (when given) `reason`, or
+/// `None` when they already say so.
+pub fn annotations_patch(
+    current: &BTreeMap<String, String>,
+    desired: u32,
+    mode: &str,
+    reason: Option<&str>,
+) -> Option<Value> {
+    let mut wanted = vec![(desired_key(), desired.to_string()), (mode_key(), mode.to_owned())];
+    if let Some(reason) = reason {
+        wanted.push((reason_key(), reason.to_owned()));
+    }
+    let mut changes = Map::new();
+    for (key, value) in wanted {
+        if current.get(&key) != Some(&value) {
+            changes.insert(key, Value::String(value));
+        }
+    }
+    (!changes.is_empty()).then(|| json!({"metadata": {"annotations": changes}}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_are_written() {
+        let mut current = BTreeMap::new();
+        let patch = annotations_patch(&current, 3, "serve", Some("stable: 3 pods")).unwrap();
+        assert_eq!(patch["metadata"]["annotations"]["status.ebb.dev/desired"], "3");
+        current.insert(desired_key(), "3".to_owned());
+        current.insert(mode_key(), "serve".to_owned());
+        current.insert(reason_key(), "stable: 3 pods".to_owned());
+        assert_eq!(annotations_patch(&current, 3, "serve", None), None);
+        assert_eq!(annotations_patch(&current, 3, "serve", Some("stable: 3 pods")), None);
+        let patch = annotations_patch(&current, 3, "proxy", None).unwrap();
+        assert_eq!(patch, json!({"metadata": {"annotations": {"status.ebb.dev/mode": "proxy"}}}));
+    }
+}
