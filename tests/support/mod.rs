@@ -12,6 +12,7 @@
 // expected here and are not dead code.
 #![allow(dead_code, unused_imports)]
 
+pub mod autoscaler;
 pub mod k8s;
 pub mod node;
 pub mod supervisor;

@@ -1,0 +1,450 @@
+//! The autoscaler as a Kubernetes controller (issue 6), against the real v1.20.2 control plane.
+//!
+//! The controller runs in-process through its library API (`ebb_autoscaler::kube::Controller`), as
+//! ServiceAccount `ebb-autoscaler` holding exactly the RBAC of `ebb_autoscaler::kube::rbac::RULES`: in-process
+//! lets each test bind its ports on :0 and read the runtime's decisions to wait on them, while the RBAC and
+//! every API call are the real ones. (The failover test, which kills processes, runs the real binary:
+//! `tests/autoscaler_failover.rs`.) Pods are played by the node emulator with [`FakePods`]: queue-proxy stats
+//! on :9090 and activator probes on :8012 of each pod's own loopback address. Stats reach the ingest port
+//! in the real wire format with the activator ServiceAccount's token.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ebb_autoscaler::kube::{Controller, Options};
+use ebb_autoscaler::runtime::ServiceId;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use support::autoscaler::{
+    FakePods, activator_frame, event_notes, grant_autoscaler_rbac, send_stats, token_of,
+};
+use support::{ControlPlane, NodeEmulator, TestNamespace, wait_for};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Env {
+    admin: Client,
+    ns: TestNamespace,
+    controller: Option<Controller>,
+    activator_token: String,
+    autoscaler_token: String,
+    pods: FakePods,
+    _emulator: NodeEmulator,
+}
+
+impl Env {
+    async fn start(prefix: &str, config: &[(&str, &str)]) -> Env {
+        let cp = ControlPlane::shared();
+        let admin = cp.client().await;
+        let ns = TestNamespace::create(&admin, prefix).await;
+        grant_autoscaler_rbac(&admin, &ns, "ebb-autoscaler").await;
+        let sa_config = cp.service_account_kubeconfig(&admin, &ns, "ebb-autoscaler").await;
+        let client = support::k8s::client_from_kubeconfig(&sa_config).await.unwrap();
+        let autoscaler_token = token_of(&sa_config);
+        let activator_token = token_of(&cp.service_account_kubeconfig(&admin, &ns, "ebb-activator").await);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        wait_for(TIMEOUT, "the autoscaler's RBAC to take effect", async || {
+            deployments.list(&ListParams::default()).await.map(drop)
+        })
+        .await;
+        if !config.is_empty() {
+            let data: BTreeMap<String, String> =
+                config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            let cm = ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("config-autoscaler".into()),
+                    ..Default::default()
+                },
+                data: Some(data),
+                ..Default::default()
+            };
+            Api::<ConfigMap>::namespaced(admin.clone(), &ns)
+                .create(&PostParams::default(), &cm)
+                .await
+                .unwrap();
+        }
+        let pods = FakePods::default();
+        let emulator = NodeEmulator::builder().namespace(&ns).runtime(pods.clone()).start(&admin).await;
+        let mut options = Options::new(ns.name(), "replica-0");
+        options.watch_namespaces = vec![ns.name().to_owned()];
+        options.ingest_addr = "127.0.0.1:0".parse().unwrap();
+        options.metrics_addr = "127.0.0.1:0".parse().unwrap();
+        options.sync_interval = Duration::from_millis(250);
+        let controller = Controller::start(client, options).await.expect("start the controller");
+        wait_for(TIMEOUT, "the controller to lead", async || {
+            if controller.is_leader() { Ok(()) } else { Err("not leading yet") }
+        })
+        .await;
+        Env {
+            admin,
+            ns,
+            controller: Some(controller),
+            activator_token,
+            autoscaler_token,
+            pods,
+            _emulator: emulator,
+        }
+    }
+
+    fn controller(&self) -> &Controller {
+        self.controller.as_ref().unwrap()
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    async fn create(&self, name: &str, replicas: i32, annotations: &[(&str, &str)]) {
+        let annotations: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"ebb.dev/service": name}, "annotations": annotations},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"ebb.dev/service": name}},
+                "template": {
+                    "metadata": {"labels": {"ebb.dev/service": name}},
+                    "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+                },
+            },
+        }))
+        .unwrap();
+        self.deployments().create(&PostParams::default(), &deployment).await.expect("create the Deployment");
+    }
+
+    async fn replicas(&self, name: &str) -> Result<i32, String> {
+        let d = self.deployments().get(name).await.map_err(|e| e.to_string())?;
+        Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
+    }
+
+    async fn wait_replicas(&self, name: &str, want: i32, timeout: Duration) {
+        wait_for(timeout, &format!("{name} at {want} replicas"), async || {
+            let replicas = self.replicas(name).await?;
+            if replicas == want {
+                Ok(())
+            } else {
+                let decisions =
+                    self.controller().autoscaler().decisions(&ServiceId::new(self.ns.name(), name));
+                let last = decisions.and_then(|d| d.last().map(|r| r.reason.clone()));
+                Err(format!("{replicas} replicas; last decision: {last:?}"))
+            }
+        })
+        .await;
+    }
+
+    async fn wait_event(&self, name: &str, reason: &str, contains: &[&str]) -> String {
+        wait_for(TIMEOUT, &format!("a {reason} Event on {name} mentioning {contains:?}"), async || {
+            let notes = event_notes(&self.admin, &self.ns, name, reason).await?;
+            notes
+                .into_iter()
+                .find(|n| contains.iter().all(|c| n.contains(c)))
+                .ok_or_else(|| "none yet".to_owned())
+        })
+        .await
+    }
+
+    async fn activator_pod(&self) {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "activator-0", "labels": {
+                "app.kubernetes.io/part-of": "ebb", "app.kubernetes.io/component": "activator"}},
+            "spec": {"containers": [{"name": "activator", "image": "example.invalid/activator:1"}]},
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(self.admin.clone(), &self.ns)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+    }
+
+    async fn slice_addresses(&self, name: &str) -> Result<Vec<String>, String> {
+        let gvk = GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, "endpointslices");
+        let api: Api<DynamicObject> = Api::namespaced_with(self.admin.clone(), &self.ns, &ar);
+        let slice = api.get(name).await.map_err(|e| e.to_string())?;
+        let mut ips: Vec<String> = slice.data["endpoints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e["addresses"][0].as_str().map(str::to_owned))
+            .collect();
+        ips.sort();
+        Ok(ips)
+    }
+
+    async fn pod_ips(&self, selector: &str) -> Vec<String> {
+        let list = Api::<Pod>::namespaced(self.admin.clone(), &self.ns)
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap();
+        let mut ips: Vec<String> = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .collect();
+        ips.sort();
+        ips
+    }
+
+    async fn stop(mut self) {
+        if let Some(controller) = self.controller.take() {
+            controller.shutdown().await;
+        }
+    }
+}
+
+/// Items 2, 3, 4 and 6: the ingest authenticates; a stat at zero scales up at once; pod stats scale up
+/// further (Normal Events with reasons, status annotations); the EndpointSlice flips from the activator to
+/// the pods and back; idle after shortened windows scales to zero only with the activator in the path.
+#[tokio::test]
+async fn scales_from_zero_on_ingested_stats_up_on_pod_stats_and_back_to_zero() {
+    let env = Env::start(
+        "as-scale",
+        &[
+            ("allow-zero-initial-scale", "true"),
+            ("scale-to-zero-grace-period", "2s"),
+            ("stable-window", "6s"),
+        ],
+    )
+    .await;
+    // The token cannot read Secrets: the RBAC is no wider than the list.
+    let sa = support::k8s::client_from_kubeconfig(
+        &ControlPlane::shared().service_account_kubeconfig(&env.admin, &env.ns, "ebb-autoscaler").await,
+    )
+    .await
+    .unwrap();
+    match Api::<Secret>::namespaced(sa, &env.ns).list(&ListParams::default()).await {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("the autoscaler's token must not list Secrets: {other:?}"),
+    }
+
+    env.activator_pod().await;
+    env.create(
+        "web",
+        0,
+        &[
+            ("autoscaling.knative.dev/initial-scale", "0"),
+            ("autoscaling.knative.dev/target", "1"),
+            ("autoscaling.knative.dev/target-utilization-percentage", "100"),
+            ("autoscaling.knative.dev/target-burst-capacity", "0"),
+            ("autoscaling.knative.dev/max-scale", "3"),
+        ],
+    )
+    .await;
+    let activator_ips = wait_for(TIMEOUT, "a ready activator", async || {
+        let ips = env.pod_ips("app.kubernetes.io/component=activator").await;
+        if ips.is_empty() { Err("none") } else { Ok(ips) }
+    })
+    .await;
+    // The public Service, ebb's, and its slice listing the activator while at zero.
+    wait_for(TIMEOUT, "the public Service", async || {
+        let svc = Api::<Service>::namespaced(env.admin.clone(), &env.ns)
+            .get("web")
+            .await
+            .map_err(|e| e.to_string())?;
+        let labels = svc.metadata.labels.unwrap_or_default();
+        let port = &svc.spec.unwrap_or_default().ports.unwrap_or_default()[0];
+        if labels.get("app.kubernetes.io/managed-by").map(String::as_str) == Some("ebb") && port.port == 80 {
+            Ok(())
+        } else {
+            Err(format!("{labels:?}"))
+        }
+    })
+    .await;
+    wait_for(TIMEOUT, "the slice to list the activator", async || {
+        let ips = env.slice_addresses("web").await?;
+        if ips == activator_ips { Ok(()) } else { Err(format!("{ips:?}")) }
+    })
+    .await;
+
+    // The ingest: no token 401, another identity 403, the activator's token accepted.
+    let ingest = env.controller().ingest_addr;
+    let frame = activator_frame(&env.ns, "web", 1.0);
+    assert_eq!(send_stats(ingest, None, std::slice::from_ref(&frame)).await, 401);
+    assert_eq!(send_stats(ingest, Some("not-a-token"), std::slice::from_ref(&frame)).await, 401);
+    assert_eq!(send_stats(ingest, Some(&env.autoscaler_token), std::slice::from_ref(&frame)).await, 403);
+    assert_eq!(env.replicas("web").await.unwrap(), 0, "refused stats must not scale");
+    assert_eq!(send_stats(ingest, Some(&env.activator_token), &[frame]).await, 200);
+    env.wait_replicas("web", 1, Duration::from_secs(20)).await;
+    env.wait_event("web", "Scaled", &["0 -> 1"]).await;
+
+    // Load on the pods: 5 concurrent over a target of 1 -> max-scale 3.
+    env.pods.set_load("web", 5.0);
+    env.wait_replicas("web", 3, TIMEOUT).await;
+    let note = env.wait_event("web", "Scaled", &["-> 3"]).await;
+    assert!(note.contains("target"), "the event says why: {note}");
+    wait_for(TIMEOUT, "the status annotations", async || {
+        let d = env.deployments().get("web").await.map_err(|e| e.to_string())?;
+        let a = d.metadata.annotations.unwrap_or_default();
+        match (a.get("status.ebb.dev/desired"), a.get("status.ebb.dev/mode"), a.get("status.ebb.dev/reason"))
+        {
+            (Some(d), Some(m), Some(r)) if d == "3" && m == "serve" && !r.is_empty() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // Serve mode: the slice lists the ready pods.
+    wait_for(TIMEOUT, "the slice to list the 3 pods", async || {
+        let ips = env.slice_addresses("web").await?;
+        let pods = env.pod_ips("ebb.dev/service=web").await;
+        if ips.len() == 3 && ips == pods { Ok(()) } else { Err(format!("slice {ips:?}, pods {pods:?}")) }
+    })
+    .await;
+
+    // Idle: down, then to zero once the activator is back in the path.
+    env.pods.set_load("web", 0.0);
+    env.wait_replicas("web", 0, Duration::from_secs(90)).await;
+    let ips = env.slice_addresses("web").await.unwrap();
+    assert_eq!(ips, activator_ips, "at zero the slice lists the activator");
+    let svc = Api::<Service>::namespaced(env.admin.clone(), &env.ns).get("web").await.unwrap();
+    let annotations = svc.metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations.get("status.ebb.dev/mode").map(String::as_str), Some("proxy"), "{annotations:?}");
+    assert!(annotations.contains_key("status.ebb.dev/mode-since"), "{annotations:?}");
+    env.stop().await;
+}
+
+/// Items 1 and 4: an invalid annotation -> a Warning Event naming key, value and range, replicas untouched;
+/// `ebb.dev/paused` -> decisions, but replicas left alone; a foreign Service is left alone and reported.
+#[tokio::test]
+async fn invalid_annotations_paused_and_foreign_services_are_left_alone() {
+    let env = Env::start("as-invalid", &[]).await;
+    env.create("bad", 2, &[("autoscaling.knative.dev/window", "2s")]).await;
+    let note = env.wait_event("bad", "InvalidConfiguration", &["autoscaling.knative.dev/window", "2s"]).await;
+    assert!(note.contains("6s"), "the accepted range is named: {note}");
+    assert_eq!(env.replicas("bad").await.unwrap(), 2);
+    assert!(env.controller().autoscaler().decisions(&ServiceId::new(env.ns.name(), "bad")).is_none());
+
+    // Paused with a load that would scale it up: decided on, not applied.
+    env.pods.set_load("calm", 10.0);
+    env.create("calm", 1, &[("ebb.dev/paused", "true"), ("autoscaling.knative.dev/target", "1")]).await;
+    let id = ServiceId::new(env.ns.name(), "calm");
+    wait_for(TIMEOUT, "a paused decision that wants more pods", async || {
+        let decisions = env.controller().autoscaler().decisions(&id).unwrap_or_default();
+        decisions
+            .iter()
+            .find(|d| d.decider_desired.unwrap_or(0) > 1 && d.reason.contains("paused"))
+            .map(drop)
+            .ok_or_else(|| format!("{:?}", decisions.last()))
+    })
+    .await;
+    assert_eq!(env.replicas("calm").await.unwrap(), 1, "a paused Deployment is not scaled");
+
+    // A valid one turning invalid keeps its last configuration.
+    env.create("turns", 1, &[("autoscaling.knative.dev/target", "5")]).await;
+    let turns = ServiceId::new(env.ns.name(), "turns");
+    wait_for(TIMEOUT, "turns to be autoscaled", async || {
+        env.controller().autoscaler().decisions(&turns).map(drop).ok_or("not yet")
+    })
+    .await;
+    let patch = json!({"metadata": {"annotations": {"autoscaling.knative.dev/target": "-3"}}});
+    env.deployments().patch("turns", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let note = env.wait_event("turns", "InvalidConfiguration", &["target", "-3"]).await;
+    assert!(note.contains("last valid configuration stays in force"), "{note}");
+    let status = env.controller().autoscaler().status();
+    let target = status.iter().find(|s| s.name == "turns").unwrap().target;
+    assert!((target - 5.0 * 0.7).abs() < 1e-9, "the old target stays: {target}");
+
+    // A Service of that name that ebb did not create.
+    let foreign: Service = serde_json::from_value(json!({
+        "metadata": {"name": "taken"},
+        "spec": {"ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(env.admin.clone(), &env.ns)
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    env.create("taken", 1, &[]).await;
+    env.wait_event("taken", "ServiceNotManaged", &["leaves it alone"]).await;
+    let svc = Api::<Service>::namespaced(env.admin.clone(), &env.ns).get("taken").await.unwrap();
+    assert!(svc.metadata.labels.is_none(), "the foreign Service is untouched: {:?}", svc.metadata);
+    env.stop().await;
+}
+
+/// Item 1: the ConfigMap is hot reloaded; an invalid one draws a Warning Event and the previous one stays.
+#[tokio::test]
+async fn config_map_is_hot_reloaded_and_an_invalid_one_is_reported() {
+    let env = Env::start("as-config", &[("container-concurrency-target-default", "50")]).await;
+    env.create("app", 1, &[]).await;
+    let target = async || {
+        let status = env.controller().autoscaler().status();
+        status.iter().find(|s| s.name == "app").map(|s| s.target).ok_or_else(|| "no service yet".to_owned())
+    };
+    wait_for(TIMEOUT, "target 50 x 70%", async || match target().await {
+        Ok(t) if (t - 35.0).abs() < 1e-9 => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.admin.clone(), &env.ns);
+    let patch = json!({"data": {"container-concurrency-target-default": "10"}});
+    cms.patch("config-autoscaler", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for(TIMEOUT, "target 10 x 70%", async || match target().await {
+        Ok(t) if (t - 7.0).abs() < 1e-9 => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    let patch = json!({"data": {"stable-window": "1s"}});
+    cms.patch("config-autoscaler", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    env.wait_event("config-autoscaler", "InvalidConfiguration", &["stable-window", "previous configuration"])
+        .await;
+    assert!((target().await.unwrap() - 7.0).abs() < 1e-9, "the previous configuration stays");
+    env.stop().await;
+}
+
+/// Item 5: another writer changes replicas -> a Warning Event naming it, and ebb sets its count back.
+#[tokio::test]
+async fn an_external_scale_draws_a_warning_and_is_undone() {
+    let env = Env::start("as-external", &[]).await;
+    env.create("fought", 1, &[]).await;
+    let id = ServiceId::new(env.ns.name(), "fought");
+    wait_for(TIMEOUT, "fought to be autoscaled", async || {
+        env.controller().autoscaler().decisions(&id).filter(|d| !d.is_empty()).map(drop).ok_or("not yet")
+    })
+    .await;
+    let kubectl = PatchParams { field_manager: Some("kubectl".into()), ..Default::default() };
+    let scale = json!({"spec": {"replicas": 4}});
+    env.deployments().patch_scale("fought", &kubectl, &Patch::Merge(&scale)).await.unwrap();
+    let note = env.wait_event("fought", "ReplicasOverridden", &["from 1 to 4"]).await;
+    assert!(note.contains("ebb.dev/paused"), "{note}");
+    env.wait_replicas("fought", 1, TIMEOUT).await;
+    env.stop().await;
+}
+
+/// Item 7 in-process: two replicas, one Lease, exactly one leader; the other takes over on release.
+#[tokio::test]
+async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {
+    let env = Env::start("as-lease", &[]).await;
+    let cp = ControlPlane::shared();
+    let client = cp.service_account_client(&env.admin, &env.ns, "ebb-autoscaler").await;
+    let mut options = Options::new(env.ns.name(), "replica-1");
+    options.watch_namespaces = vec![env.ns.name().to_owned()];
+    options.ingest_addr = "127.0.0.1:0".parse().unwrap();
+    options.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    let second = Controller::start(client, options).await.unwrap();
+    // Give the second replica time to look at the Lease a few times: it must not lead.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.admin.clone(), &env.ns);
+    for _ in 0..3 {
+        let before = leases.get("ebb-autoscaler").await.unwrap().metadata.resource_version;
+        wait_for(TIMEOUT, "a renewal", async || {
+            let now =
+                leases.get("ebb-autoscaler").await.map_err(|e| e.to_string())?.metadata.resource_version;
+            if now != before { Ok(()) } else { Err("not renewed".to_owned()) }
+        })
+        .await;
+        assert!(env.controller().is_leader() && !second.is_leader(), "exactly one leader");
+    }
+    let lease = leases.get("ebb-autoscaler").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("replica-0"));
+    env.stop().await;
+    wait_for(Duration::from_secs(15), "the second replica to take over after the release", async || {
+        if second.is_leader() { Ok(()) } else { Err("not leading") }
+    })
+    .await;
+    second.shutdown().await;
+}

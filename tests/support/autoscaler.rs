@@ -1,0 +1,226 @@
+//! Helpers for the autoscaler's end-to-end tests (issue 6): its RBAC from `ebb_autoscaler::kube::rbac::RULES`,
+//! a pod runtime that plays queue-proxies (`GET :9090/stats` with a load the test sets) and activators
+//! (`Ebb-Probe: activator` on :8012), a stat-ingest client speaking the real wire format, and Event lookups.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use ebb_config::names::{
+    ACTIVATOR_DATA_PORT, INGEST_PATH, LABEL_COMPONENT, LABEL_SERVICE, QUEUE_PROXY_STATS_PORT,
+};
+use ebb_config::wire::{INGEST_CONTENT_TYPE, IngestFrame, PodStat};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::task::AbortHandle;
+
+use super::node::{BoxFuture, PodRuntime, RunningPod};
+
+/// Grants ServiceAccount `namespace/account` exactly the autoscaler's RBAC: the cluster rules as a
+/// ClusterRole (named after the namespace) and the namespaced ones as a Role in `namespace`.
+pub async fn grant_autoscaler_rbac(admin: &Client, namespace: &str, account: &str) {
+    let rules = |cluster: bool| {
+        ebb_autoscaler::kube::rbac::RULES
+            .iter()
+            .filter(|r| r.cluster == cluster)
+            .map(|r| json!({"apiGroups": [r.group], "resources": [r.resource], "verbs": r.verbs}))
+            .collect::<Vec<_>>()
+    };
+    let name = format!("ebb-autoscaler-{namespace}");
+    let subject = json!([{"kind": "ServiceAccount", "name": account, "namespace": namespace}]);
+    let cluster_role: ClusterRole =
+        serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules(true)})).unwrap();
+    let cluster_binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": subject,
+    }))
+    .unwrap();
+    let role: Role =
+        serde_json::from_value(json!({"metadata": {"name": "ebb-autoscaler"}, "rules": rules(false)}))
+            .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "ebb-autoscaler"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ebb-autoscaler"},
+        "subjects": subject,
+    }))
+    .unwrap();
+    let pp = PostParams::default();
+    Api::<ClusterRole>::all(admin.clone()).create(&pp, &cluster_role).await.expect("ClusterRole");
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&pp, &cluster_binding)
+        .await
+        .expect("ClusterRoleBinding");
+    Api::<Role>::namespaced(admin.clone(), namespace).create(&pp, &role).await.expect("Role");
+    Api::<RoleBinding>::namespaced(admin.clone(), namespace)
+        .create(&pp, &binding)
+        .await
+        .expect("RoleBinding");
+}
+
+/// The bearer token in a kubeconfig written by `ControlPlane::service_account_kubeconfig`.
+pub fn token_of(kubeconfig: &Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).expect("read the kubeconfig");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("a token in the kubeconfig")
+        .trim()
+        .to_owned()
+}
+
+/// Fake pods: each service pod serves `GET :9090/stats` with its service's load; each activator pod answers
+/// `Ebb-Probe: activator` on :8012.
+#[derive(Clone, Default)]
+pub struct FakePods {
+    load: Arc<Mutex<HashMap<String, f64>>>,
+    servers: Arc<Mutex<HashMap<String, AbortHandle>>>,
+}
+
+impl FakePods {
+    /// Sets the average concurrency every pod of `service` reports.
+    pub fn set_load(&self, service: &str, concurrency: f64) {
+        self.load.lock().unwrap().insert(service.to_owned(), concurrency);
+    }
+}
+
+impl PodRuntime for FakePods {
+    fn start(&self, pod: RunningPod) -> BoxFuture<Result<(), String>> {
+        let labels = pod.pod.metadata.labels.clone().unwrap_or_default();
+        let key = format!("{}/{}", pod.namespace(), pod.name());
+        let this = self.clone();
+        Box::pin(async move {
+            let (port, role) = if labels.get(LABEL_COMPONENT).map(String::as_str) == Some("activator") {
+                (ACTIVATOR_DATA_PORT, FakeRole::Activator)
+            } else if let Some(service) = labels.get(LABEL_SERVICE) {
+                (QUEUE_PROXY_STATS_PORT, FakeRole::Pod(service.clone(), pod.name().to_owned()))
+            } else {
+                return Ok(());
+            };
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(pod.ip.into(), port))
+                .await
+                .map_err(|e| format!("bind {}:{port}: {e}", pod.ip))?;
+            let load = this.load.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let role = role.clone();
+                    let load = load.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |_req| {
+                            let body = match &role {
+                                FakeRole::Activator => Bytes::from_static(b"activator"),
+                                FakeRole::Pod(service, name) => {
+                                    let c = load.lock().unwrap().get(service).copied().unwrap_or(0.0);
+                                    let stat = PodStat {
+                                        pod: name.clone(),
+                                        average_concurrency: c,
+                                        average_proxied_concurrency: 0.0,
+                                        request_count: c,
+                                        proxied_request_count: 0.0,
+                                        process_uptime_secs: 10.0,
+                                        timestamp_ms: 0,
+                                    };
+                                    Bytes::from(stat.encode().unwrap())
+                                }
+                            };
+                            async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body))) }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+            this.servers.lock().unwrap().insert(key, task.abort_handle());
+            Ok(())
+        })
+    }
+
+    fn stop(&self, pod: RunningPod, _grace: std::time::Duration) -> BoxFuture<()> {
+        if let Some(task) =
+            self.servers.lock().unwrap().remove(&format!("{}/{}", pod.namespace(), pod.name()))
+        {
+            task.abort();
+        }
+        Box::pin(async {})
+    }
+}
+
+impl Drop for FakePods {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.servers) == 1 {
+            for task in self.servers.lock().unwrap().values() {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+enum FakeRole {
+    Activator,
+    Pod(String, String),
+}
+
+/// A concurrency stat of an activator for `namespace/name`.
+pub fn activator_frame(namespace: &str, name: &str, concurrency: f64) -> IngestFrame {
+    IngestFrame {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        stat: PodStat {
+            pod: "activator-test".to_owned(),
+            average_concurrency: concurrency,
+            average_proxied_concurrency: 0.0,
+            request_count: concurrency,
+            proxied_request_count: 0.0,
+            process_uptime_secs: 1.0,
+            timestamp_ms: 0,
+        },
+    }
+}
+
+/// Sends `frames` on one `POST /v1/stats` stream and returns the status.
+pub async fn send_stats(addr: SocketAddr, token: Option<&str>, frames: &[IngestFrame]) -> u16 {
+    let mut body = Vec::new();
+    for frame in frames {
+        body.extend(frame.encode().unwrap());
+    }
+    let client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = http::Request::post(format!("http://{addr}{INGEST_PATH}"))
+        .header(http::header::CONTENT_TYPE, INGEST_CONTENT_TYPE)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    if let Some(token) = token {
+        request.headers_mut().insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    }
+    let response = client.request(request).await.expect("ingest request");
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+/// The notes of the events.k8s.io Events about object `name` in `namespace` with `reason`.
+pub async fn event_notes(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> Result<Vec<String>, String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.note)
+        .collect())
+}
