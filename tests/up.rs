@@ -1,0 +1,388 @@
+//! `ebb up` end to end: the real binary, real pod processes on their own loopback addresses, real sockets.
+//! Windows are shortened through `ebb.yaml` (a 6 s stable window, a 1 s scale-to-zero grace period); every
+//! wait is a poll with a deadline. Each test's `ebb up` is stopped (and its pods with it) when the test ends,
+//! pass or fail.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const EBB: &str = env!("CARGO_BIN_EXE_ebb");
+
+/// A unique name per test (a DNS label): service name, model name, and the marker found in process lists.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+struct Up {
+    child: Child,
+    gateway: SocketAddr,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // Ctrl-C semantics first (drain), then make sure.
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// `ebb.yaml` for one demo-model service named `name` (also its model name, the marker in process lists).
+fn yaml(name: &str, annotations: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        "config:\n  scale-to-zero-grace-period: 1s\nservices:\n  - name: {name}\n    command: [{EBB}, demo-model, \
+         --model, {name}, --startup-delay, 100ms, --time-to-first-token, 10ms, --tokens-per-second, '200']\n    \
+         port: 8080\n    annotations:\n      autoscaling.knative.dev/window: 6s\n"
+    );
+    for (k, v) in annotations {
+        text.push_str(&format!("      {k}: \"{v}\"\n"));
+    }
+    text
+}
+
+fn write_yaml(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ebb-up-test-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ebb.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start(name: &str, text: &str) -> Up {
+    let path = write_yaml(name, text);
+    let log = path.with_file_name("ebb-up.log");
+    let mut child = Command::new(EBB)
+        .args(["up", "--port", "0", "--metrics-port", "0", "--grace-period", "10s", "-f"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+        panic!("ebb up exited before listening; log: {}", std::fs::read_to_string(&log).unwrap_or_default())
+    });
+    std::thread::spawn(move || lines.for_each(drop));
+    let v: Value = serde_json::from_str(&line).unwrap();
+    let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
+    Up { gateway: addr("gateway"), metrics: addr("metrics"), child, log }
+}
+
+impl Up {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = request(self.metrics, "GET", path, "", "x").await.unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    async fn service(&self, name: &str) -> Value {
+        let status = self.get("/status").await;
+        status["services"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap()
+    }
+
+    /// Polls `/status` until `check` holds for the service, or panics at the deadline with the log's tail.
+    async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.service(name).await;
+            if check(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> =
+                    log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("timed out waiting for {what}: {s:#}\n--- log tail ---\n{}", tail.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One streaming chat completion through the gateway: `Ok` only when it is complete.
+    async fn chat(&self, host: &str) -> Result<(), String> {
+        // The service's name is also its model's name.
+        let body = format!(
+            r#"{{"model":"{host}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":6,"stream":true}}"#
+        );
+        let (status, body) = request(self.gateway, "POST", "/v1/chat/completions", &body, host).await?;
+        if status == 200 && body.contains("data: [DONE]") {
+            Ok(())
+        } else {
+            Err(format!("status {status}: {body}"))
+        }
+    }
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    host: &str,
+) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Pids of live processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        // Zombies have an empty command line: they are dead.
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Clients that loop on streaming requests until stopped, counting successes and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(up: &Arc<Up>, host: &str, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (up, host, stop, ok, failures) =
+                    (up.clone(), host.to_owned(), stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match up.chat(&host).await {
+                            Ok(()) => drop(ok.fetch_add(1, Ordering::Relaxed)),
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, ok, failures, tasks }
+    }
+
+    /// Stops the clients (each finishes its request) and returns `(successes, failures)`.
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// From zero: a burst of 200 concurrent streaming requests all succeed; sustained load scales above 1; a
+/// lighter load keeps running, without a failure, while pods drain away; with no load it goes back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scales_from_zero_up_down_and_back_to_zero_without_failures() {
+    let name = unique("burst");
+    let up = Arc::new(start(
+        &name,
+        &yaml(
+            &name,
+            &[
+                ("ebb.dev/container-concurrency", "10"),
+                ("autoscaling.knative.dev/max-scale", "4"),
+                ("autoscaling.knative.dev/target-burst-capacity", "0"),
+            ],
+        ),
+    ));
+    let s = up.service(&name).await;
+    assert_eq!((s["desired"].as_u64(), s["ready"].as_u64()), (Some(0), Some(0)), "{s}");
+
+    let started = Instant::now();
+    let burst: Vec<_> = (0..200)
+        .map(|_| {
+            let (up, name) = (up.clone(), name.clone());
+            tokio::spawn(async move { up.chat(&name).await })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for r in burst {
+        if let Err(e) = r.await.unwrap() {
+            failed.push(e);
+        }
+    }
+    assert!(failed.is_empty(), "{} of 200 failed, first: {:?}\n{}", failed.len(), failed.first(), up.log());
+    eprintln!("burst of 200 from zero done in {:?}", started.elapsed());
+
+    let heavy = Load::start(&up, &name, 40);
+    up.wait_for(&name, "more than one ready pod under load", Duration::from_secs(30), |s| {
+        s["desired"].as_u64() > Some(1) && s["ready"].as_u64() > Some(1)
+    })
+    .await;
+    let (ok, failures) = heavy.stop().await;
+    assert!(failures.is_empty(), "{} failed under load: {:?}", failures.len(), failures.first());
+    eprintln!("{ok} requests under sustained load");
+
+    // A light load while the service scales down: pods drain, nothing fails.
+    let light = Load::start(&up, &name, 2);
+    up.wait_for(&name, "a scale-down under light load", Duration::from_secs(40), |s| {
+        s["desired"].as_u64() == Some(1) && s["terminating"].as_u64() == Some(0)
+    })
+    .await;
+    let (ok, failures) = light.stop().await;
+    assert!(failures.is_empty(), "{} failed during scale-down: {:?}", failures.len(), failures.first());
+    assert!(ok > 0);
+
+    up.wait_for(&name, "scale to zero", Duration::from_secs(40), |s| {
+        s["desired"].as_u64() == Some(0) && s["pods"].as_u64() == Some(0)
+    })
+    .await;
+    assert!(up.log().contains("scaled to zero"), "{}", up.log());
+}
+
+/// A pod whose process dies stops receiving requests and is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_pod_is_dropped_and_replaced() {
+    let name = unique("kill");
+    let up = Arc::new(start(&name, &yaml(&name, &[("autoscaling.knative.dev/min-scale", "1")])));
+    up.wait_for(&name, "the min-scale pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1))
+        .await;
+    up.chat(&name).await.unwrap();
+    let before = up.get("/service-discovery").await;
+    assert_eq!(before.as_array().unwrap().len(), 1, "{before}");
+    let old_pod = before[0]["labels"]["pod"].as_str().unwrap().to_owned();
+    assert_eq!(before[0]["labels"]["service"], name.as_str());
+
+    // Kill the model server (the pod's user process) the hard way.
+    let victims: Vec<i32> = processes_with(&format!("--model\0{name}"));
+    assert_eq!(victims.len(), 1, "exactly one model process: {victims:?}");
+    kill(Pid::from_raw(victims[0]), Signal::SIGKILL).unwrap();
+
+    // The dead pod leaves the lists and a new one takes its place.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let targets = up.get("/service-discovery").await;
+        let pods: Vec<String> = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["labels"]["pod"].as_str().unwrap().to_owned())
+            .collect();
+        let s = up.service(&name).await;
+        if pods.len() == 1 && pods[0] != old_pod && s["ready"].as_u64() == Some(1) {
+            assert_eq!(s["desired"].as_u64(), Some(1));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replacement: {pods:?} {s}\n{}", up.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..20 {
+        up.chat(&name).await.unwrap_or_else(|e| panic!("after the replacement: {e}\n{}", up.log()));
+    }
+    assert!(up.log().contains("pod died; replacing it"), "{}", up.log());
+}
+
+/// Killing `ebb up` with SIGKILL leaves no pod process behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_process_survives_ebb_up_being_killed() {
+    let name = unique("orphan");
+    let mut up = start(&name, &yaml(&name, &[("autoscaling.knative.dev/min-scale", "2")]));
+    up.wait_for(&name, "two ready pods", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(2)).await;
+    // Each pod: its supervisor and the model (both carry the marker); the queue-proxies carry the pod names.
+    let pods = processes_with(&format!("--model\0{name}")).len() + processes_with(&format!("{name}-")).len();
+    assert!(pods >= 4, "expected the pods' processes, found {pods}");
+
+    kill(Pid::from_raw(up.child.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = up.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<i32> = processes_with(&name);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes survived ebb up: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A malformed `ebb.yaml` exits with code 2, naming the line and the field of every problem.
+#[test]
+fn a_malformed_file_exits_2_naming_line_and_field() {
+    let name = unique("bad");
+    let typo = write_yaml(&format!("{name}-typo"), "services:\n  - name: demo\n    comand: sleep 1\n");
+    let output = Command::new(EBB)
+        .args(["up", "--port", "0", "--metrics-port", "0", "-f"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 3") && stderr.contains("comand"), "{stderr}");
+
+    let bad = write_yaml(
+        &format!("{name}-values"),
+        "services:\n  - name: demo\n    command: sleep 1\n    annotations:\n      \
+         autoscaling.knative.dev/window: 2s\n      ebb.dev/container-concurrency: lots\n",
+    );
+    let output = Command::new(EBB)
+        .args(["up", "--port", "0", "--metrics-port", "0", "-f"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 5") && stderr.contains("autoscaling.knative.dev/window"), "{stderr}");
+    assert!(stderr.contains("line 6") && stderr.contains("ebb.dev/container-concurrency"), "{stderr}");
+}
