@@ -8,7 +8,7 @@
 //! A leader that cannot renew for `renew_deadline` stops acting before anyone else may take over.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -16,6 +16,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use tokio::sync::watch;
+// tokio's clock, so that tests with paused time see the deadlines pass.
+use tokio::time::Instant;
 
 use super::ApiHealth;
 
@@ -184,4 +186,99 @@ async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Err
     spec.lease_duration_seconds = Some(1);
     spec.renew_time = Some(now());
     api.replace(&config.name, &PostParams::default(), &lease).await.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    //! API error paths with a mock API server (everything else runs against the real control plane).
+
+    use std::sync::Mutex;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+
+    use super::*;
+
+    /// A client whose API server answers each request with the next `(status, body)` and records the
+    /// requests' methods.
+    fn mock(answers: Vec<(u16, serde_json::Value)>) -> (kube::Client, Arc<Mutex<Vec<String>>>) {
+        let answers = Arc::new(Mutex::new(answers.into_iter()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let service = tower::service_fn(move |req: Request<Body>| {
+            log.lock().unwrap().push(req.method().to_string());
+            let (status, body) = answers.lock().unwrap().next().expect("an answer for every request");
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(body.to_string().into_bytes()))
+                        .unwrap(),
+                )
+            }
+        });
+        (kube::Client::new(service, "ns"), seen)
+    }
+
+    fn status(code: u16, reason: &str) -> serde_json::Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code})
+    }
+
+    fn lease(holder: &str, rv: &str) -> serde_json::Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "l", "namespace": "ns", "resourceVersion": rv},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 10}})
+    }
+
+    #[tokio::test]
+    async fn a_lost_create_race_is_not_leadership() {
+        let (client, seen) = mock(vec![(404, status(404, "NotFound")), (409, status(409, "AlreadyExists"))]);
+        let api: Api<Lease> = Api::namespaced(client, "ns");
+        let leads = step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default()).await.unwrap();
+        assert!(!leads);
+        assert_eq!(*seen.lock().unwrap(), ["GET", "POST"]);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_on_renewal_is_not_leadership_and_a_server_error_is_an_error() {
+        let (client, _) = mock(vec![(200, lease("me", "1")), (409, status(409, "Conflict"))]);
+        let api: Api<Lease> = Api::namespaced(client, "ns");
+        assert!(!step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default()).await.unwrap());
+
+        let (client, _) = mock(vec![(500, status(500, "InternalError"))]);
+        let api: Api<Lease> = Api::namespaced(client, "ns");
+        assert!(step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_fresh_lease_of_another_holder_is_left_alone() {
+        let (client, seen) = mock(vec![(200, lease("other", "7"))]);
+        let api: Api<Lease> = Api::namespaced(client, "ns");
+        assert!(!step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default()).await.unwrap());
+        assert_eq!(*seen.lock().unwrap(), ["GET"], "no write while the holder's lease runs");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_steps_down_before_the_lease_expires() {
+        // Renewed once, then every request fails.
+        let mut answers = vec![(200, lease("me", "1")), (200, lease("me", "2"))];
+        answers.extend((0..20).map(|_| (500, status(500, "InternalError"))));
+        let (client, _) = mock(answers);
+        let api: Api<Lease> = Api::namespaced(client, "ns");
+        let (leading_tx, leading) = watch::channel(false);
+        let (_stop_tx, stop) = watch::channel(false);
+        let health = Arc::new(ApiHealth::new(Duration::from_secs(10)));
+        let config = LeaseConfig::new("l", "me");
+        let deadline = config.renew_deadline;
+        let task = tokio::spawn(run(api, config, leading_tx, health.clone(), stop));
+        let mut leading_rx = leading.clone();
+        leading_rx.wait_for(|l| *l).await.unwrap();
+        let became = tokio::time::Instant::now();
+        leading_rx.wait_for(|l| !*l).await.unwrap();
+        let stepped_down = became.elapsed();
+        assert!(stepped_down >= deadline && stepped_down < Duration::from_secs(10), "{stepped_down:?}");
+        assert!(!health.reachable());
+        task.abort();
+    }
 }

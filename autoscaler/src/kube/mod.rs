@@ -335,3 +335,22 @@ impl Controller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_is_unreachable_until_it_answers_after_a_failure_and_when_silent_too_long() {
+        let health = ApiHealth::new(Duration::from_millis(200));
+        assert!(!health.reachable(), "unknown at start: no scale-down");
+        health.ok();
+        assert!(health.reachable());
+        health.failed();
+        assert!(!health.reachable(), "a failure after the last success");
+        health.ok();
+        assert!(health.reachable());
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!health.reachable(), "silent for longer than stale_after");
+    }
+}
