@@ -183,7 +183,7 @@ impl Activator {
         };
         let activation_deadline = arrived + settings.activation_timeout;
         let (response, lease, upgrade) =
-            match self.forward(&service, req, settings, activation_deadline, !direct).await {
+            match Box::pin(self.forward(&service, req, settings, activation_deadline, !direct)).await {
                 Ok(forwarded) => forwarded,
                 Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
             };
