@@ -5,8 +5,8 @@
 //!   instead of silently lowering the rate (no coordinated omission). Connections take the next due request
 //!   whenever they are free; with enough of them the schedule is kept.
 //! * without `--rate`: closed loop, every connection sends back to back (saturation throughput).
-//! * `--hold N`: opens N keep-alive connections, sends one request on each, and keeps them open for
-//!   `--duration` (for memory measurements).
+//! * `--hold N`: opens N keep-alive connections, sends one request on each (all before awaiting any answer),
+//!   and keeps them open for `--duration` (for memory measurements).
 //!
 //! Prints one JSON line: requests, errors, achieved rate and latency percentiles in microseconds.
 
@@ -157,37 +157,38 @@ async fn hold(args: Args, n: usize) -> Result<()> {
     for _ in 0..n {
         senders.push(connect(&args.target).await?);
     }
-    let shared = Shared {
-        args: args.clone(),
-        start: Instant::now(),
-        measure_from: Instant::now(),
-        end: Instant::now(),
-        next: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        total: AtomicU64::new(0),
-    };
-    // One request on each connection, 50 at a time, so every connection has carried real traffic.
-    let mut errors = 0;
-    for chunk in senders.chunks_mut(50) {
-        let results = futures_join(chunk, &shared).await;
-        errors += results.iter().filter(|r| r.is_err()).count();
+    // Send on every connection before waiting for any answer: a proxy holding requests (the activator at
+    // zero) answers none of them until it has a pod, and each must be in flight for the memory reading.
+    let mut answers = tokio::task::JoinSet::new();
+    for sender in &mut senders {
+        sender.ready().await?;
+        let req = Request::get(args.path.as_str())
+            .header(hyper::header::HOST, args.target.as_str())
+            .body(Empty::new())?;
+        let answer = sender.send_request(req);
+        answers.spawn(async move {
+            let response = answer.await?;
+            let ok = response.status().is_success();
+            response.into_body().collect().await?;
+            if !ok {
+                bail!("status not 2xx");
+            }
+            Ok::<_, anyhow::Error>(())
+        });
     }
-    println!("{{\"held\":{n},\"errors\":{errors}}}");
+    let (mut answered, mut errors) = (0, 0);
+    let collect = async {
+        while let Some(result) = answers.join_next().await {
+            answered += 1;
+            errors += usize::from(!matches!(result, Ok(Ok(()))));
+        }
+    };
+    // Answers that have not come by then stay pending (a holding proxy); the line says how many came.
+    let _ = tokio::time::timeout(Duration::from_secs_f64(args.duration), collect).await;
+    println!("{{\"held\":{n},\"answered\":{answered},\"errors\":{errors}}}");
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     drop(senders);
     Ok(())
-}
-
-async fn futures_join(chunk: &mut [SendRequest<Empty<Bytes>>], shared: &Shared) -> Vec<Result<()>> {
-    let mut set = Vec::with_capacity(chunk.len());
-    for sender in chunk.iter_mut() {
-        set.push(one(sender, shared));
-    }
-    let mut results = Vec::with_capacity(set.len());
-    for fut in set {
-        results.push(fut.await);
-    }
-    results
 }
 
 fn main() -> Result<()> {
