@@ -6,6 +6,8 @@ mod check;
 mod demo_model;
 mod manifest;
 mod simulate;
+mod status;
+mod up;
 
 use std::process::ExitCode;
 
@@ -28,8 +30,17 @@ enum Command {
     DemoModel(demo_model::Args),
     /// Run the queue-proxy sidecar (the same code as the `queue-proxy` binary).
     QueueProxy(Box<ebb_queue_proxy::cli::Args>),
+    /// Run the Kubernetes autoscaler (the same code as the `autoscaler` binary).
+    Autoscaler(Box<ebb_autoscaler::cli::Args>),
     /// Run the activator in a cluster (the same code as the `activator` binary).
     Activator(Box<ebb_activator::cli::Args>),
+    /// Run services locally with scale-to-zero: the gateway on :8080, the autoscaler, pods as processes.
+    Up(up::Args),
+    /// Print the services of a running `ebb up` as a table.
+    Status(status::Args),
+    /// One local pod (used by `ebb up`; not for direct use).
+    #[command(hide = true)]
+    PodSupervisor(up::supervisor::Args),
 }
 
 /// Exit code for unreadable input or a bad command line (design.md: "a CLI error with exit code 2").
@@ -48,6 +59,10 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::DemoModel(args) => demo_model::run(args),
         Command::QueueProxy(args) => ebb_queue_proxy::cli::run(*args),
+        Command::Autoscaler(args) => ebb_autoscaler::cli::run(*args),
         Command::Activator(args) => ebb_activator::cli::run(*args),
+        Command::Up(args) => up::run(args),
+        Command::Status(args) => status::run(args),
+        Command::PodSupervisor(args) => up::supervisor::run(args),
     }
 }
