@@ -12,10 +12,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// First interval between probes of a starting pod; it grows by half each time up to [`MAX_INTERVAL`].
+/// Interval between probes of a starting pod during [`EAGER_FOR`]: most workloads that start fast start within
+/// it, and seeing them ready a few milliseconds sooner is most of a fast cold start's overhead.
 pub const FIRST_INTERVAL: Duration = Duration::from_millis(5);
-/// Longest interval between probes.
-pub const MAX_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a starting pod is probed every [`FIRST_INTERVAL`] before the interval grows by half each time.
+pub const EAGER_FOR: Duration = Duration::from_secs(1);
+/// Longest interval between probes (slow starts, such as GPU model loads, are seen within this).
+pub const MAX_INTERVAL: Duration = Duration::from_millis(100);
 /// How long one probe may take.
 pub const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -56,12 +59,16 @@ impl Prober {
         matches!(tokio::time::timeout(TIMEOUT, answer).await, Ok(Some(true)))
     }
 
-    /// Probes until the pod answers, backing off from [`FIRST_INTERVAL`] to [`MAX_INTERVAL`]. Cancel by dropping.
+    /// Probes until the pod answers: every [`FIRST_INTERVAL`] for [`EAGER_FOR`], then backing off to
+    /// [`MAX_INTERVAL`]. Cancel by dropping.
     pub async fn wait_until_serving(&self, addr: SocketAddr) {
+        let eager_until = tokio::time::Instant::now() + EAGER_FOR;
         let mut interval = FIRST_INTERVAL;
         while !self.probe(addr).await {
             tokio::time::sleep(interval).await;
-            interval = (interval * 3 / 2).min(MAX_INTERVAL);
+            if tokio::time::Instant::now() >= eager_until {
+                interval = (interval * 3 / 2).min(MAX_INTERVAL);
+            }
         }
     }
 }
