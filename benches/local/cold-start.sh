@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --bin ebb
-exec python3 benches/local/cold_start.py "$PWD/target/release/ebb" "${1:-5}"
+exec python3 benches/local/cold_start.py "$(realpath "${CARGO_TARGET_DIR:-target}")/release/ebb" "${1:-5}"

@@ -247,6 +247,10 @@ impl PodManager {
             "1s".into(),
             "--drain-deadline".into(),
             format!("{}ms", grace.as_millis()),
+            // On loopback a probe costs microseconds: probing the workload every 2 ms (not the cluster
+            // default of 10 ms) sees a fast start sooner, which is most of a local cold start's overhead.
+            "--probe-period".into(),
+            "2ms".into(),
             "--log-format".into(),
             self.options.log_format.into(),
         ];
