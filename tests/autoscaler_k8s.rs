@@ -28,6 +28,16 @@ use support::{ControlPlane, NodeEmulator, TestNamespace, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Starts a controller and waits until it leads.
+async fn start_leading(client: Client, options: Options) -> Controller {
+    let controller = Controller::start(client, options).await.expect("start the controller");
+    wait_for(TIMEOUT, "the controller to lead", async || {
+        if controller.is_leader() { Ok(()) } else { Err("not leading yet") }
+    })
+    .await;
+    controller
+}
+
 struct Env {
     admin: Client,
     ns: TestNamespace,
@@ -35,6 +45,8 @@ struct Env {
     activator_token: String,
     autoscaler_token: String,
     pods: FakePods,
+    /// The autoscaler ServiceAccount's client, to start a fresh controller.
+    client: Client,
     _emulator: NodeEmulator,
 }
 
@@ -76,11 +88,7 @@ impl Env {
         options.ingest_addr = "127.0.0.1:0".parse().unwrap();
         options.metrics_addr = "127.0.0.1:0".parse().unwrap();
         options.sync_interval = Duration::from_millis(250);
-        let controller = Controller::start(client, options).await.expect("start the controller");
-        wait_for(TIMEOUT, "the controller to lead", async || {
-            if controller.is_leader() { Ok(()) } else { Err("not leading yet") }
-        })
-        .await;
+        let controller = start_leading(client.clone(), options).await;
         Env {
             admin,
             ns,
@@ -88,8 +96,22 @@ impl Env {
             activator_token,
             autoscaler_token,
             pods,
+            client,
             _emulator: emulator,
         }
+    }
+
+    /// Stops the controller (releasing the Lease) and starts a fresh one named `identity`, with no memory.
+    async fn restart_controller(&mut self, identity: &str) {
+        if let Some(controller) = self.controller.take() {
+            controller.shutdown().await;
+        }
+        let mut options = Options::new(self.ns.name(), identity);
+        options.watch_namespaces = vec![self.ns.name().to_owned()];
+        options.ingest_addr = "127.0.0.1:0".parse().unwrap();
+        options.metrics_addr = "127.0.0.1:0".parse().unwrap();
+        options.sync_interval = Duration::from_millis(250);
+        self.controller = Some(start_leading(self.client.clone(), options).await);
     }
 
     fn controller(&self) -> &Controller {
@@ -447,4 +469,59 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {
     })
     .await;
     second.shutdown().await;
+}
+
+/// Issue 6, leftover 1: a fresh leader resumes the scale-to-zero clocks from the public Service's annotations.
+/// The Service says the service went inactive (and proxy) 25 s ago; with a 30 s grace period and a 6 s stable
+/// window, a controller that started its clocks afresh would keep the pod for at least 30 s, a resumed one
+/// only for the grace period's remaining few seconds.
+#[tokio::test]
+async fn a_fresh_leader_resumes_the_scale_to_zero_clock_from_the_service() {
+    let mut env =
+        Env::start("as-resume", &[("scale-to-zero-grace-period", "30s"), ("stable-window", "6s")]).await;
+    // No controller while the state a previous leader would have left is set up.
+    env.controller.take().unwrap().shutdown().await;
+    env.activator_pod().await;
+    let entered = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(25);
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {
+            "name": "idle",
+            "labels": {"app.kubernetes.io/managed-by": "ebb", "ebb.dev/service": "idle"},
+            "annotations": {
+                "status.ebb.dev/mode": "proxy", "status.ebb.dev/mode-since": entered.to_string(),
+                "status.ebb.dev/phase": "inactive", "status.ebb.dev/phase-since": entered.to_string(),
+            },
+        },
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"}]},
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(env.admin.clone(), &env.ns)
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    env.create("idle", 1, &[]).await;
+    wait_for(TIMEOUT, "the pod and the activator to be ready", async || {
+        let pods = env.pod_ips("ebb.dev/service=idle").await;
+        let activators = env.pod_ips("app.kubernetes.io/component=activator").await;
+        if pods.len() == 1 && activators.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{pods:?} {activators:?}"))
+        }
+    })
+    .await;
+
+    env.restart_controller("replica-fresh").await;
+    let started = std::time::Instant::now();
+    // Well under the 30 s a fresh clock would need; the remaining grace plus probing and a few passes.
+    env.wait_replicas("idle", 0, Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    let id = ServiceId::new(env.ns.name(), "idle");
+    let decisions = env.controller().autoscaler().decisions(&id).unwrap();
+    assert!(
+        decisions.iter().all(|d| d.policy_kind != "active_window" && d.policy_kind != "deactivated"),
+        "resumed inactive, never active: {decisions:#?}"
+    );
+    assert!(took < Duration::from_secs(20), "zero after {took:?}");
+    env.stop().await;
 }

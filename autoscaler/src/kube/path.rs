@@ -1,7 +1,8 @@
 //! The request path (design.md, "The request path in a cluster"), leader only: the public Service `NAME`
 //! (selector-less, port 80 `http` -> 8012, `app.kubernetes.io/managed-by: ebb`, owned by the Deployment)
 //! and its one EndpointSlice, rewritten in place: the activators in proxy mode, the ready, non-terminating
-//! pods in serve mode. The mode and when it was entered are annotations on the Service.
+//! pods in serve mode. The mode and the phase, with when each was entered, are annotations on the Service, so
+//! a new leader resumes the scale-to-zero clocks from them ([`resumed`]).
 //!
 //! The activator counts as in the path only when the activator-only slice was written *and* seen back on
 //! the watch, *and* every listed activator answers `Ebb-Probe: activator` on its pod address; only then is
@@ -31,6 +32,7 @@ use serde_json::{Value, json};
 use super::watch::{ServiceState, Stores, is_ready};
 use super::{Shared, scale::patch_params};
 use crate::runtime::{ServiceId, ServiceStatus};
+use crate::{Mode, Phase};
 
 /// The EndpointSlice label naming its Service.
 pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
@@ -69,6 +71,64 @@ pub fn mode_key() -> String {
 /// The annotation on the Service with when the mode was entered (RFC 3339).
 pub fn mode_since_key() -> String {
     format!("{STATUS_PREFIX}mode-since")
+}
+
+/// The annotation on the Service with the policy's phase (`activating`, `active`, `inactive`, `zero`).
+pub fn phase_key() -> String {
+    format!("{STATUS_PREFIX}phase")
+}
+
+/// The annotation on the Service with when the phase was entered (RFC 3339).
+pub fn phase_since_key() -> String {
+    format!("{STATUS_PREFIX}phase-since")
+}
+
+/// The clocks a new leader resumes, from the Service's annotations: the mode and how long ago it was entered,
+/// and the phase's name and how long ago it was entered when both are there and readable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The routing mode.
+    pub mode: Mode,
+    /// How long ago (wall clock) the mode was entered.
+    pub mode_for: Duration,
+    /// The phase's name and how long ago it was entered.
+    pub phase: Option<(String, Duration)>,
+}
+
+impl Resumed {
+    /// The phase on the clock that `at_ago` reads (the runtime's [`crate::runtime::Autoscaler::ago`]).
+    pub fn phase_at(&self, at_ago: impl Fn(Duration) -> crate::Timestamp) -> Option<Phase> {
+        let (name, ago) = self.phase.as_ref()?;
+        let since = at_ago(*ago);
+        Some(match name.as_str() {
+            "activating" => Phase::Activating { since },
+            "active" => Phase::Active { since },
+            "inactive" => Phase::Inactive { since },
+            "zero" => Phase::Zero { since },
+            _ => return None,
+        })
+    }
+}
+
+/// What to resume from a Service's `annotations` at wall-clock time `now`; `None` without a readable mode and
+/// mode time. A time in the future (clock skew between replicas) counts as now.
+pub fn resumed(annotations: &BTreeMap<String, String>, now: Timestamp) -> Option<Resumed> {
+    let ago = |key: String| -> Option<Duration> {
+        let at: Timestamp = annotations.get(&key)?.parse().ok()?;
+        let secs = now.duration_since(at).as_secs_f64().max(0.0);
+        Some(Duration::from_secs_f64(secs))
+    };
+    let mode = match annotations.get(&mode_key())?.as_str() {
+        "serve" => Mode::Serve,
+        "proxy" => Mode::Proxy,
+        _ => return None,
+    };
+    let mode_for = ago(mode_since_key())?;
+    let phase = annotations
+        .get(&phase_key())
+        .filter(|p| matches!(p.as_str(), "activating" | "active" | "inactive" | "zero"))
+        .and_then(|p| Some((p.clone(), ago(phase_since_key())?)));
+    Some(Resumed { mode, mode_for, phase })
 }
 
 /// Per-service request-path state.
@@ -221,13 +281,22 @@ pub(crate) async fn reconcile(
     }
     state.path.foreign = false;
 
-    // The mode, and when it was entered, on the Service (a new leader resumes from them).
-    if service.annotations().get(&mode_key()).map(String::as_str) != Some(status.mode) {
-        let patch = json!({"metadata": {"annotations": {
-            mode_key(): status.mode, mode_since_key(): Timestamp::now().to_string(),
-        }}});
+    // The mode and the phase, and when each was entered, on the Service (a new leader resumes from them).
+    // Written on change only, so the times are those of the change (within a pass).
+    let mut changes = serde_json::Map::new();
+    let now = Timestamp::now().to_string();
+    for (key, since_key, value) in
+        [(mode_key(), mode_since_key(), status.mode), (phase_key(), phase_since_key(), status.phase)]
+    {
+        if service.annotations().get(&key).map(String::as_str) != Some(value) {
+            changes.insert(key, json!(value));
+            changes.insert(since_key, json!(now));
+        }
+    }
+    if !changes.is_empty() {
+        let patch = json!({"metadata": {"annotations": changes}});
         if let Err(err) = services.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
-            tracing::warn!(service = %id, "cannot write the mode on the Service: {err}");
+            tracing::warn!(service = %id, "cannot write the mode and phase on the Service: {err}");
         }
     }
 
@@ -280,10 +349,56 @@ fn public_service(deployment: &Deployment, status: &ServiceStatus) -> Service {
         "metadata": {
             "name": name,
             "labels": {LABEL_MANAGED_BY: MANAGED_BY_EBB, LABEL_SERVICE: name},
-            "annotations": {mode_key(): status.mode, mode_since_key(): Timestamp::now().to_string()},
+            "annotations": {
+                mode_key(): status.mode, mode_since_key(): Timestamp::now().to_string(),
+                phase_key(): status.phase, phase_since_key(): Timestamp::now().to_string(),
+            },
             "ownerReferences": deployment.controller_owner_ref(&()).map(|r| vec![r]),
         },
         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"}]},
     }))
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(String, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.clone(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_clocks_resume_from_the_annotations() {
+        let now: Timestamp = "2024-05-01T12:00:00Z".parse().unwrap();
+        let a = annotations(&[
+            (mode_key(), "proxy"),
+            (mode_since_key(), "2024-05-01T11:59:35Z"),
+            (phase_key(), "inactive"),
+            (phase_since_key(), "2024-05-01T11:59:30.5Z"),
+        ]);
+        let r = resumed(&a, now).unwrap();
+        assert_eq!(r.mode, Mode::Proxy);
+        assert_eq!(r.mode_for, Duration::from_secs(25));
+        assert_eq!(r.phase, Some(("inactive".to_owned(), Duration::from_millis(29_500))));
+        let clock = |ago: Duration| crate::Timestamp::from_duration(Duration::from_secs(100) - ago);
+        assert_eq!(r.phase_at(clock), Some(Phase::Inactive { since: crate::Timestamp::from_millis(70_500) }));
+    }
+
+    #[test]
+    fn missing_or_unreadable_annotations_resume_nothing_or_only_the_mode() {
+        let now: Timestamp = "2024-05-01T12:00:00Z".parse().unwrap();
+        assert_eq!(resumed(&BTreeMap::new(), now), None);
+        assert_eq!(resumed(&annotations(&[(mode_key(), "proxy")]), now), None, "no time");
+        let bad = annotations(&[(mode_key(), "sideways"), (mode_since_key(), "2024-05-01T11:00:00Z")]);
+        assert_eq!(resumed(&bad, now), None);
+        let future = annotations(&[
+            (mode_key(), "serve"),
+            (mode_since_key(), "2024-05-01T12:00:09Z"),
+            (phase_key(), "sleeping"),
+            (phase_since_key(), "2024-05-01T11:00:00Z"),
+        ]);
+        let r = resumed(&future, now).unwrap();
+        assert_eq!((r.mode, r.mode_for, r.phase), (Mode::Serve, Duration::ZERO, None), "skew counts as now");
+    }
 }

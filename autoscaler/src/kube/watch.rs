@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ebb_config::names::{CONFIG_MAP_NAME, LABEL_SERVICE};
+use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
 use ebb_config::{GlobalConfig, resolve_service};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -293,7 +293,14 @@ async fn pass(
             match resolve_service(&annotations, &global.config) {
                 Ok(resolved) => {
                     match autoscaler.set_service_with_ready(id.clone(), resolved.value, replicas, ready) {
-                        Ok(()) => state.valid = true,
+                        Ok(()) => {
+                            if !state.valid {
+                                // Just added: resume the scale-to-zero clocks a previous leader left on
+                                // ebb's public Service (design.md), rather than starting them from zero.
+                                resume(shared, stores, &autoscaler, &id);
+                            }
+                            state.valid = true;
+                        }
                         Err(err) => invalid(shared, &reference, &id, state.valid, &err.to_string()),
                     }
                     for warning in resolved.warnings {
@@ -352,6 +359,20 @@ async fn pass(
             path::reconcile(&ctx, &id, state, deployment, status, service_pods).await;
         }
     }
+}
+
+/// Resumes a just-added service's clocks from its public Service's annotations, when ebb manages it.
+fn resume(shared: &Arc<Shared>, stores: &Stores, autoscaler: &crate::runtime::Autoscaler, id: &ServiceId) {
+    if !shared.options.manage_request_path {
+        return;
+    }
+    let Some(service) = stores.service(&id.namespace, &id.name) else { return };
+    if service.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_EBB) {
+        return;
+    }
+    let Some(resumed) = path::resumed(service.annotations(), Timestamp::now()) else { return };
+    let phase = resumed.phase_at(|ago| autoscaler.ago(ago));
+    autoscaler.resume_service(id, phase, resumed.mode, autoscaler.ago(resumed.mode_for));
 }
 
 fn update_global(shared: &Arc<Shared>, stores: &Stores, global: &mut Global) {

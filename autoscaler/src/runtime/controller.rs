@@ -129,6 +129,17 @@ impl ServiceController {
         })
     }
 
+    /// Resumes the policy's clocks from persisted state (a new leader): `phase` (`None` keeps the current
+    /// one) and `mode`, entered at `mode_since`. The windows and the decider start empty as they do.
+    pub fn resume(&mut self, phase: Option<Phase>, mode: Mode, mode_since: Timestamp) {
+        let phase = phase.unwrap_or_else(|| self.policy.phase());
+        // Past activation means the initial scale was reached once (Knative marks it so on activation).
+        let initialized = self.policy.initialized() || !matches!(phase, Phase::Activating { .. });
+        let spec = self.policy.spec().clone();
+        self.policy = ScalePolicy::resume(spec, phase, mode, mode_since, initialized);
+        self.mode = mode;
+    }
+
     /// Applies a changed configuration, keeping the windows' data and the policy's clocks.
     pub fn update(&mut self, config: ServiceConfig) -> Result<(), Error> {
         let s = &config.scaling;

@@ -29,7 +29,12 @@ pub use controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
 pub use metrics::Metrics;
 pub use scrape::{ScrapeError, Scraper};
 
-use crate::{Error, Mode, TICK_INTERVAL, Timestamp};
+use crate::{Error, Mode, Phase, TICK_INTERVAL, Timestamp};
+
+/// Where the decision clock starts: a day after its own epoch, so that a clock resumed from persisted state
+/// ([`Autoscaler::resume_service`]) can lie before this autoscaler started ([`Timestamp`] cannot be negative).
+/// Older times are clamped to it, a day being longer than any window or period the clocks are compared with.
+const CLOCK_ORIGIN: Duration = Duration::from_secs(86_400);
 
 /// A service: `NAMESPACE/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,9 +165,26 @@ impl Autoscaler {
         self.services.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The decision clock: time since this autoscaler started.
+    /// The decision clock: time since this autoscaler started, plus [`CLOCK_ORIGIN`].
     pub fn now(&self) -> Timestamp {
-        Timestamp::from_duration(self.epoch.elapsed())
+        Timestamp::from_duration(CLOCK_ORIGIN + self.epoch.elapsed())
+    }
+
+    /// The decision clock's time `ago` before now (clamped at the clock's epoch, a day before start).
+    pub fn ago(&self, ago: Duration) -> Timestamp {
+        Timestamp::from_duration(self.now().since_epoch().saturating_sub(ago))
+    }
+
+    /// Resumes a just-added service's policy clocks from persisted state (a new leader): its `phase` (with
+    /// when it was entered; `None` keeps the fresh one) and its `mode`, entered at `mode_since`. Unknown
+    /// services are ignored.
+    pub fn resume_service(&self, id: &ServiceId, phase: Option<Phase>, mode: Mode, mode_since: Timestamp) {
+        let mut services = self.lock();
+        if let Some(entry) = services.get_mut(id) {
+            entry.controller.resume(phase, mode, mode_since);
+            tracing::info!(service = %id, phase = %entry.controller.phase(), %mode, "resumed the scale-to-zero clocks");
+            self.metrics.observe_status(id, &entry.status(id));
+        }
     }
 
     /// Adds a service (with `replicas` in force now) or applies its changed configuration. On error the last
