@@ -525,3 +525,70 @@ async fn a_fresh_leader_resumes_the_scale_to_zero_clock_from_the_service() {
     assert!(took < Duration::from_secs(20), "zero after {took:?}");
     env.stop().await;
 }
+
+/// Issue 6, leftover 2: while an activator reports requests queued or in flight for a service, its replicas
+/// are not lowered, though the decision wants fewer; once the activator's load stops they are.
+#[tokio::test]
+async fn replicas_are_not_lowered_while_an_activator_reports_load() {
+    let env = Env::start("as-queued", &[("stable-window", "6s")]).await;
+    env.create(
+        "busy",
+        1,
+        &[
+            ("autoscaling.knative.dev/target", "1"),
+            ("autoscaling.knative.dev/target-utilization-percentage", "100"),
+            ("autoscaling.knative.dev/max-scale", "3"),
+        ],
+    )
+    .await;
+    env.pods.set_load("busy", 5.0);
+    env.wait_replicas("busy", 3, TIMEOUT).await;
+
+    // The pods go idle; an activator keeps reporting a trickle of queued requests (0.1 over a target of 1:
+    // the decision wants 1 pod, fewer than 3).
+    env.pods.set_load("busy", 0.0);
+    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sender = {
+        let (ingest, token, ns) =
+            (env.controller().ingest_addr, env.activator_token.clone(), env.ns.name().to_owned());
+        let sending = sending.clone();
+        tokio::spawn(async move {
+            while sending.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(send_stats(ingest, Some(&token), &[activator_frame(&ns, "busy", 0.1)]).await, 200);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let id = ServiceId::new(env.ns.name(), "busy");
+    let wanted = async || {
+        let status = env.controller().autoscaler().status();
+        status.iter().find(|s| s.name == "busy").map(|s| s.desired).ok_or_else(|| "no status".to_owned())
+    };
+    wait_for(TIMEOUT, "a decision that wants fewer than 3 pods", async || {
+        match (wanted().await?, env.replicas("busy").await?) {
+            (desired, 3) if desired < 3 => Ok(()),
+            (desired, replicas) => {
+                assert_eq!(replicas, 3, "lowered while the activator reports load (desired {desired})");
+                Err(format!("desired {desired}"))
+            }
+        }
+    })
+    .await;
+    // Held across several passes and more than the 3 s hold, as long as the load keeps coming.
+    let held_since = std::time::Instant::now();
+    wait_for(TIMEOUT, "5 s of held scale-down", async || {
+        let replicas = env.replicas("busy").await?;
+        assert_eq!(replicas, 3, "lowered while the activator reports load");
+        assert!(wanted().await? < 3, "the decision still wants fewer");
+        if held_since.elapsed() >= Duration::from_secs(5) { Ok(()) } else { Err("holding".to_owned()) }
+    })
+    .await;
+
+    // The activator's load stops: down to the decision's count.
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    sender.await.unwrap();
+    env.wait_replicas("busy", 1, TIMEOUT).await;
+    let decisions = env.controller().autoscaler().decisions(&id).unwrap();
+    assert!(decisions.iter().any(|d| d.changed && d.desired < 3), "{decisions:#?}");
+    env.stop().await;
+}
