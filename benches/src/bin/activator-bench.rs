@@ -3,6 +3,7 @@
 //! * `cold`: for fresh services at zero, the time from a request's arrival to the activator's stat leaving
 //!   it (goal <= 1 ms), and from a pod's endpoint becoming ready (the moment its queue-proxy answered the probe
 //!   that made it usable) to the first request reaching that pod (goal <= 2 ms). Prints a markdown table.
+//! * `serve`: an activator in proxy mode in front of one ready pod, for `benches/activator/warm.sh`.
 //! * `hold`: an activator in local mode whose service `127.0.0.1` never gets a pod, so every request waits;
 //!   `benches/activator/hold.sh` sends it 10,000 requests from a separate process and reads its memory.
 
@@ -45,6 +46,12 @@ enum Command {
         /// Services to measure.
         #[arg(long, default_value_t = 200)]
         iterations: usize,
+    },
+    /// Serve an activator in front of one ready pod (a queue-proxy's data address), for the warm-path benchmark.
+    Serve {
+        /// The pod's queue-proxy data address.
+        #[arg(long)]
+        pod: SocketAddr,
     },
     /// Serve an activator whose one service never starts, holding every request (until killed).
     Hold {
@@ -189,6 +196,22 @@ async fn cold(iterations: usize) -> Result<()> {
     Ok(())
 }
 
+async fn serve(pod: SocketAddr) -> Result<()> {
+    let bench = activator(10_000).await?;
+    let key = service(&bench, "bench", 10_000, vec!["127.0.0.1".into()]);
+    bench.registry.apply(Change::Pods { key: key.clone(), pods: vec![PodInfo::live("pod", pod)] });
+    let service = bench.registry.get(&key).expect("just declared");
+    let mut status = service.watch();
+    let ready = status.wait_for(|s| s.ready == 1);
+    tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .map_err(|_| anyhow::anyhow!("the pod never answered"))??;
+    println!("{{\"addr\":\"{}\",\"metrics\":\"{}\"}}", bench.addr, bench.metrics);
+    let mut stats = bench.stats;
+    while stats.recv().await.is_some() {}
+    Ok(())
+}
+
 async fn hold(max_queued: u32) -> Result<()> {
     let bench = activator(max_queued).await?;
     service(&bench, "bench", max_queued, vec!["127.0.0.1".into()]);
@@ -204,6 +227,7 @@ fn main() -> Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Cold { iterations } => cold(iterations).await,
+            Command::Serve { pod } => serve(pod).await,
             Command::Hold { max_queued } => hold(max_queued).await,
         }
     })
