@@ -2,7 +2,8 @@
 # Benchmark: the activator's warm-path overhead (goal: p50 <= 100 µs added at 1000 requests/s).
 # Direct to an upstream, through a queue-proxy, and through the activator (proxy mode: counted, throttled)
 # and the queue-proxy, each at a fixed 1000 requests/s with 32 connections; medians of RUNS runs, and the
-# activator's CPU time per request. Load generator and upstream on CPU 0, the proxies on CPU 1.
+# activator's CPU time per request. Load generator and upstream on CPU 0, the proxies on CPU 1 (LOAD_CPU and
+# SUT_CPU change it; SUT_CPU=0 puts everything on one CPU, so no idle CPU is woken per request).
 # Usage: benches/activator/warm.sh [RUNS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,7 +13,7 @@ target=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet -p ebb-benches --bin activator-bench --bin loadgen --bin bench-upstream
 cargo build --release --quiet -p ebb-queue-proxy --bin queue-proxy
 bin="$target/release"
-load_cpu=0; sut_cpu=1
+load_cpu=${LOAD_CPU:-0}; sut_cpu=${SUT_CPU:-1}
 [ "$(nproc)" -ge 2 ] || sut_cpu=0
 work=$(mktemp -d)
 pids=()
