@@ -386,6 +386,37 @@ async fn invalid_annotations_paused_and_foreign_services_are_left_alone() {
     env.wait_event("taken", "ServiceNotManaged", &["leaves it alone"]).await;
     let svc = Api::<Service>::namespaced(env.admin.clone(), &env.ns).get("taken").await.unwrap();
     assert!(svc.metadata.labels.is_none(), "the foreign Service is untouched: {:?}", svc.metadata);
+
+    // A pod whose queue-proxy env disagrees with the annotations draws a Warning naming both values.
+    let drift: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "drift", "labels": {"ebb.dev/service": "drift"},
+            "annotations": {"ebb.dev/container-concurrency": "4"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"ebb.dev/service": "drift"}},
+            "template": {
+                "metadata": {"labels": {"ebb.dev/service": "drift"}},
+                "spec": {"containers": [
+                    {"name": "app", "image": "example.invalid/app:1"},
+                    {"name": "queue-proxy", "image": "example.invalid/queue-proxy:1", "env": [
+                        {"name": "EBB_UPSTREAM", "value": "127.0.0.1:8080"},
+                        {"name": "EBB_CONTAINER_CONCURRENCY", "value": "2"},
+                        {"name": "EBB_QUEUE_DEPTH", "value": "40"},
+                    ]},
+                ]},
+            },
+        },
+    }))
+    .unwrap();
+    env.deployments().create(&PostParams::default(), &drift).await.expect("create the Deployment");
+    let note = env
+        .wait_event(
+            "drift",
+            "ConfigMismatch",
+            &["EBB_CONTAINER_CONCURRENCY is \"2\"", "ebb.dev/container-concurrency is \"4\""],
+        )
+        .await;
+    assert!(note.contains("re-run ebb inject"), "{note}");
     env.stop().await;
 }
 

@@ -7,7 +7,8 @@
 //! - [`scale`]: the [`Scaler`], replicas through `deployments/scale` (only on change), held scale-downs and
 //!   other writers;
 //! - [`path`]: the public Service and its one EndpointSlice, activator or pods;
-//! - [`status`], [`deletion_cost`], [`blocked`], [`events`]: what the controller writes besides replicas;
+//! - [`status`], [`deletion_cost`], [`blocked`], [`env_check`], [`events`]: what the controller writes besides
+//!   replicas;
 //! - [`auth`], [`ingest`]: the activators' authenticated stat streams;
 //! - [`serve`], [`metrics`]: `/metrics`, `/healthz`, `/readyz` on port 9090;
 //! - [`rbac`]: the permissions it needs, as data (docs/rbac.md explains them).
@@ -18,6 +19,7 @@
 pub mod auth;
 pub mod blocked;
 pub mod deletion_cost;
+pub mod env_check;
 pub mod events;
 pub mod ingest;
 pub mod leader;

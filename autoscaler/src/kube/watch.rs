@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
-use super::{Shared, blocked, path, scale};
+use super::{Shared, blocked, env_check, path, scale};
 use crate::runtime::{PodTarget, ServiceId};
 
 /// The reflectors' stores.
@@ -198,6 +198,10 @@ pub(crate) struct ServiceState {
     pub backoff: Duration,
     /// Stuck pods already counted.
     pub blocked: HashMap<String, &'static str>,
+    /// The data-plane settings of the configuration in force (set while [`Self::valid`]).
+    pub data_plane: Option<ebb_config::DataPlaneSpec>,
+    /// Pods whose queue-proxy env disagrees with the annotations, with what was reported.
+    pub mismatched: HashMap<String, Vec<env_check::Mismatch>>,
     /// The request path's state.
     pub path: path::PathState,
 }
@@ -292,8 +296,10 @@ async fn pass(
             state.config_key = Some(key);
             match resolve_service(&annotations, &global.config) {
                 Ok(resolved) => {
+                    let data_plane = resolved.value.data_plane.clone();
                     match autoscaler.set_service_with_ready(id.clone(), resolved.value, replicas, ready) {
                         Ok(()) => {
+                            state.data_plane = Some(data_plane);
                             if !state.valid {
                                 // Just added: resume the scale-to-zero clocks a previous leader left on
                                 // ebb's public Service (design.md), rather than starting them from zero.
@@ -314,6 +320,7 @@ async fn pass(
             autoscaler.set_pods(&id, targets);
         }
         report_blocked(shared, &reference, &id, state, service_pods);
+        report_mismatches(shared, &reference, state, service_pods);
         scale::observe_replicas(shared, &reference, &id, state, deployment, replicas);
     }
     services.retain(|id, state| {
@@ -484,6 +491,33 @@ fn report_blocked(
         }
     }
     state.blocked = now;
+}
+
+/// Pods whose queue-proxy env disagrees with the configuration in force: one Warning Event per pod, again
+/// only when its mismatches change.
+fn report_mismatches(
+    shared: &Shared,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    state: &mut ServiceState,
+    pods: &[Arc<Pod>],
+) {
+    let Some(spec) = state.data_plane.as_ref().filter(|_| state.valid) else {
+        state.mismatched.clear();
+        return;
+    };
+    let mut now = HashMap::new();
+    for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        let found = env_check::mismatches(pod, spec);
+        if found.is_empty() {
+            continue;
+        }
+        let name = pod.name_any();
+        if state.mismatched.get(&name) != Some(&found) {
+            shared.events.warning(reference.clone(), "ConfigMismatch", env_check::describe(&found));
+        }
+        now.insert(name, found);
+    }
+    state.mismatched = now;
 }
 
 /// Ready condition true, not being deleted.
