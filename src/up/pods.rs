@@ -3,7 +3,7 @@
 //! each service at the replicas the autoscaler asked for (replacing pods that die), tells the activator the
 //! pods (probed before use) and tells the autoscaler which are ready and where their stats are.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -80,7 +80,9 @@ pub struct MetricsTarget {
 pub struct PodManager {
     options: PodOptions,
     services: Mutex<BTreeMap<String, ServiceState>>,
-    ips: Mutex<BTreeSet<Ipv4Addr>>,
+    /// Addresses our pods hold, each with its reservation: an exclusive lock on a file named after the address,
+    /// shared by every `ebb up` on this machine and released by the kernel when we exit, however we exit.
+    ips: Mutex<BTreeMap<Ipv4Addr, std::fs::File>>,
     changes: ChangeSender,
     registry: Arc<Registry>,
     autoscaler: OnceLock<Weak<Autoscaler>>,
@@ -175,19 +177,32 @@ impl PodManager {
         self.publish(service);
     }
 
-    /// A free loopback address: one no other pod of ours uses, where the service's port can be bound.
+    /// A free loopback address: one that no pod of any `ebb up` on this machine holds (a lock file per address,
+    /// held while the pod lives, so two instances never share one), and where the service's port can be bound
+    /// (no other process listens there). Binding alone was not enough: two instances could both find the port
+    /// free and then start their workloads on the same address, and a queue-proxy would forward to the other
+    /// instance's workload.
     fn pick_ip(&self, port: u16) -> Option<Ipv4Addr> {
-        let mut used = self.ips.lock().unwrap_or_else(|p| p.into_inner());
-        // Start at an offset of our own so that several `ebb up`s rarely race for the same address.
+        let mut held = self.ips.lock().unwrap_or_else(|p| p.into_inner());
+        let locks = std::env::temp_dir().join("ebb-up-addresses");
+        if let Err(err) = std::fs::create_dir_all(&locks) {
+            tracing::error!(dir = %locks.display(), "cannot create the address reservation folder: {err}");
+            return None;
+        }
+        // Start at an offset of our own so that several `ebb up`s rarely contend for the same address.
         let offset = (std::process::id() % 16) as u16 * 15;
         for i in 0..253u16 {
             let n = 2 + (offset + i) % 253;
             let ip = Ipv4Addr::new(127, 0, 0, n as u8);
-            if used.contains(&ip) {
+            if held.contains_key(&ip) {
                 continue;
             }
+            let Ok(file) = std::fs::File::create(locks.join(format!("{ip}.lock"))) else { continue };
+            if file.try_lock().is_err() {
+                continue; // another `ebb up` holds it
+            }
             if TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), port)).is_ok() {
-                used.insert(ip);
+                held.insert(ip, file);
                 return Some(ip);
             }
         }
@@ -195,6 +210,7 @@ impl PodManager {
     }
 
     fn release_ip(&self, ip: Ipv4Addr) {
+        // Dropping the file releases its lock.
         self.ips.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
     }
 
