@@ -38,6 +38,12 @@ struct QueueProxyCli {
     args: ebb_queue_proxy::cli::Args,
 }
 
+/// Pods labelled `test/broken` stand for a container that cannot start: nothing runs and they never
+/// become Ready, so the emulator writes no status after the test's own.
+fn is_broken(pod: &RunningPod) -> bool {
+    pod.pod.metadata.labels.as_ref().is_some_and(|l| l.contains_key("test/broken"))
+}
+
 /// Runs a real queue-proxy on each pod's address (data port 8012, as in a cluster) in front of one shared
 /// upstream, except for pods labelled `test/broken`, which never start.
 struct QueueProxyRuntime {
@@ -47,7 +53,7 @@ struct QueueProxyRuntime {
 
 impl PodRuntime for QueueProxyRuntime {
     fn start(&self, pod: RunningPod) -> BoxFuture<Result<(), String>> {
-        if pod.pod.metadata.labels.as_ref().is_some_and(|l| l.contains_key("test/broken")) {
+        if is_broken(&pod) {
             return Box::pin(async { Ok(()) });
         }
         let (stop, stopped) = oneshot::channel::<()>();
@@ -165,7 +171,7 @@ async fn cluster_services_route_through_the_activator_with_least_rbac() {
     let runtime = QueueProxyRuntime { upstream: hello_upstream().await, running: Mutex::default() };
     let _node = NodeEmulator::builder()
         .namespace(&ns)
-        .readiness(Readiness::Immediate)
+        .readiness(Readiness::hook(|pod| async move { !is_broken(&pod) }))
         .runtime(runtime)
         .start(&admin)
         .await;

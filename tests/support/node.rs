@@ -514,6 +514,7 @@ impl Inner {
             return;
         }
         if let Err(message) = self.runtime.start(running.clone()).await {
+            eprintln!("node emulator {}: {namespace}/{name} failed to start: {message}", self.node_name);
             if let Err(e) = self.write_status(&key, Some(&message)).await {
                 eprintln!("node emulator {}: status of {namespace}/{name}: {e}", self.node_name);
             }
