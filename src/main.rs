@@ -4,6 +4,7 @@
 
 mod check;
 mod demo_model;
+mod inject;
 mod manifest;
 mod simulate;
 mod status;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Validate autoscaled Deployments and `config-autoscaler` ConfigMaps in Kubernetes YAML.
     Check(check::Args),
+    /// Add the queue-proxy sidecar to autoscaled Deployments in Kubernetes YAML and print the result.
+    Inject(inject::Args),
     /// Replay a load trace through the KPA decider and print what it would have done.
     Simulate(simulate::Args),
     /// Serve a small OpenAI-compatible demo model (for demos, tests and benchmarks).
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(args) => check::run(args),
+        Command::Inject(args) => inject::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::DemoModel(args) => demo_model::run(args),
         Command::QueueProxy(args) => ebb_queue_proxy::cli::run(*args),
