@@ -76,16 +76,7 @@ fn export_everything() -> Catalogue {
     let autoscaler = AutoscalerMetrics::new();
     autoscaler.add_service(&ServiceId { namespace: "demo".into(), name: "chat".into() });
     let kube = KubeMetrics::new();
-    let labels = KubeMetrics::labels("demo", "chat");
-    for family in [&kube.external_changes, &kube.config_errors, &kube.scale_changes, &kube.scale_downs_held] {
-        let _ = family.get_or_create(&labels);
-    }
-    let blocked = ebb_autoscaler::kube::metrics::BlockedLabels {
-        namespace: "demo".into(),
-        service: "chat".into(),
-        kind: "image_pull".into(),
-    };
-    let _ = kube.blocked_pods.get_or_create(&blocked);
+    kube.add_service("demo", "chat");
     // The autoscaler serves the controller's families, then the runtime's page.
     let autoscaler = format!("{}\n{}", kube.encode(), autoscaler.encode());
 

@@ -18,7 +18,7 @@ use ebb_queue_proxy::error::{Answer, ClientKind, error_response};
 use ebb_queue_proxy::proxy::{Forwarder, PendingUpgrade, is_upgrade};
 use ebb_queue_proxy::timeouts::{BodyTimer, TimeoutKind};
 use ebb_queue_proxy::{BreakerError, Permit, ProxyBody, ProxyError, StatsGuard, TrackedBody};
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -33,6 +33,9 @@ use crate::stats::{StatSink, cold_start_stat};
 /// How long after the service's own timeout the activator gives up on a forwarded request; the queue-proxy
 /// owns the real timeouts and should always answer first.
 pub const BACKSTOP: Duration = Duration::from_secs(5);
+
+/// Carries a cold start's phases to the client (W3C Server Timing; browsers' developer tools show it).
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 /// The activator's response body.
 pub type ActivatorBody = ProxyBody<Completion>;
@@ -174,6 +177,7 @@ impl Activator {
         // the queue-proxies measure the load as they do in a cluster. Otherwise the activator holds a slot of
         // its capacity share and counts the request.
         let direct = service.is_serving() && service.status().ready > 0;
+        let cold_start = !direct && service.waits_for_cold_start(arrived.into_std());
         let held = match direct {
             true => None,
             false => match self.hold(&service, arrived, settings).await {
@@ -182,12 +186,17 @@ impl Activator {
             },
         };
         let activation_deadline = arrived + settings.activation_timeout;
-        let (response, lease, upgrade) =
+        let (mut response, lease, upgrade) =
             match Box::pin(self.forward(&service, req, settings, activation_deadline, !direct)).await {
                 Ok(forwarded) => forwarded,
                 Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
             };
         service.metrics.forwarded();
+        if let Some(timeline) = service.cold_start().filter(|_| cold_start) {
+            let phases = timeline.phases(arrived.into_std(), std::time::Instant::now());
+            service.metrics.cold_start_answered(&phases);
+            response.headers_mut().append(SERVER_TIMING, phases.server_timing());
+        }
         let completion = Completion { _held: held, _lease: lease };
         if let Some(upgrade) = upgrade {
             upgrade.spawn(completion);

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::cold_start::{Phases, Timeline};
 use crate::routing::ServiceKey;
 use crate::service::Service;
 
@@ -52,6 +53,7 @@ pub struct Metrics {
     forwarded: Family<ServiceLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
     queue_wait: HistogramFamily,
+    cold_start: [HistogramFamily; 4],
     queued: Family<ServiceLabels, Gauge>,
     in_flight: Family<ServiceLabels, Gauge>,
     ready_pods: Family<ServiceLabels, Gauge>,
@@ -63,12 +65,27 @@ pub struct Metrics {
 pub struct ServiceMetrics {
     forwarded: Counter,
     queue_wait: Histogram,
+    /// Pod created, pod ready, first byte, whole wait: as [`COLD_START_FAMILIES`].
+    cold_start: [Histogram; 4],
 }
+
+/// The cold-start histograms: name and help, in [`ServiceMetrics`]' order.
+const COLD_START_FAMILIES: [(&str, &str); 4] = [
+    ("cold_start_pod_created", "Cold starts: first request at zero until the service's first pod exists"),
+    ("cold_start_pod_ready", "Cold starts: first pod exists until it answers the activator's probe"),
+    ("cold_start_first_byte", "Requests that waited for a cold start: pod ready until response headers"),
+    ("cold_start_wait", "Requests that waited for a cold start: arrival until response headers"),
+];
 
 impl ServiceMetrics {
     /// Handles that no registry exports (for a service built outside an activator, as in tests).
     pub fn unregistered() -> Self {
-        Self { forwarded: Counter::default(), queue_wait: Histogram::new(WAIT_BUCKETS) }
+        let histogram = || Histogram::new(WAIT_BUCKETS);
+        Self {
+            forwarded: Counter::default(),
+            queue_wait: histogram(),
+            cold_start: std::array::from_fn(|_| histogram()),
+        }
     }
 
     /// Counts a request forwarded to a pod.
@@ -79,6 +96,20 @@ impl ServiceMetrics {
     /// Records how long a request waited for capacity.
     pub fn waited(&self, wait: Duration) {
         self.queue_wait.observe(wait.as_secs_f64());
+    }
+
+    /// Records a cold start that ended: how long until the first pod existed and until it was ready.
+    pub fn cold_start_ended(&self, timeline: &Timeline) {
+        let (Some(ready), pod_seen) = (timeline.ready, timeline.pod_seen) else { return };
+        let pod_seen = pod_seen.unwrap_or(ready);
+        self.cold_start[0].observe(pod_seen.saturating_duration_since(timeline.began).as_secs_f64());
+        self.cold_start[1].observe(ready.saturating_duration_since(pod_seen).as_secs_f64());
+    }
+
+    /// Records a request that waited for a cold start and got its response headers.
+    pub fn cold_start_answered(&self, phases: &Phases) {
+        self.cold_start[2].observe(phases.forward.as_secs_f64());
+        self.cold_start[3].observe(phases.total().as_secs_f64());
     }
 }
 
@@ -103,6 +134,11 @@ impl Metrics {
             Unit::Seconds,
             queue_wait.clone(),
         );
+        let cold_start = COLD_START_FAMILIES.map(|(name, help)| {
+            let family: HistogramFamily = Family::new_with_constructor(|| Histogram::new(WAIT_BUCKETS));
+            registry.register_with_unit(name, help, Unit::Seconds, family.clone());
+            family
+        });
         let queued = Family::default();
         registry.register("queued", "Requests waiting for capacity", queued.clone());
         let in_flight = Family::default();
@@ -119,7 +155,17 @@ impl Metrics {
             "Stat frames dropped because an autoscaler was unreachable or slow",
             stats_dropped.clone(),
         );
-        Self { registry, forwarded, rejected, queue_wait, queued, in_flight, ready_pods, stats_dropped }
+        Self {
+            registry,
+            forwarded,
+            rejected,
+            queue_wait,
+            cold_start,
+            queued,
+            in_flight,
+            ready_pods,
+            stats_dropped,
+        }
     }
 
     /// Creates a service's series at zero and returns its cached handles.
@@ -138,6 +184,7 @@ impl Metrics {
         ServiceMetrics {
             forwarded: self.forwarded.get_or_create(&labels).clone(),
             queue_wait: self.queue_wait.get_or_create(&labels).clone(),
+            cold_start: self.cold_start.each_ref().map(|family| family.get_or_create(&labels).clone()),
         }
     }
 
@@ -146,6 +193,9 @@ impl Metrics {
         let labels = ServiceLabels::of(key);
         self.forwarded.remove(&labels);
         self.queue_wait.remove(&labels);
+        for family in &self.cold_start {
+            family.remove(&labels);
+        }
         for family in [&self.queued, &self.in_flight, &self.ready_pods] {
             family.remove(&labels);
         }

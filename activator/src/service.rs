@@ -17,6 +17,7 @@ use tokio::task::AbortHandle;
 
 use crate::balancer::{self, Endpoint, Lease};
 use crate::capacity::{pod_capacity, service_capacity};
+use crate::cold_start::Timeline;
 use crate::endpoints::{Mode, PodInfo};
 use crate::metrics::ServiceMetrics;
 use crate::probe::Prober;
@@ -74,6 +75,8 @@ pub struct Service {
 struct Inner {
     config: DataPlaneSpec,
     pods: HashMap<Arc<str>, PodState>,
+    /// The latest cold start, over or not.
+    cold_start: Option<Timeline>,
 }
 
 #[derive(Debug)]
@@ -110,7 +113,7 @@ impl Service {
             metrics,
             container_concurrency: AtomicU32::new(config.container_concurrency),
             serving: AtomicBool::new(false),
-            inner: Mutex::new(Inner { config, pods: HashMap::new() }),
+            inner: Mutex::new(Inner { config, pods: HashMap::new(), cold_start: None }),
             endpoints: RwLock::new(Arc::from([])),
             status: watch::Sender::new(Status::default()),
             picks: AtomicU64::new(0),
@@ -165,6 +168,24 @@ impl Service {
     /// The status now.
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// A request arrived at `at` and will wait for a pod: returns whether it waits for a cold start (the
+    /// service has no ready pod), which begins now unless one is under way.
+    pub fn waits_for_cold_start(&self, at: std::time::Instant) -> bool {
+        let mut inner = self.inner();
+        if self.status.borrow().ready > 0 {
+            return false;
+        }
+        if inner.cold_start.as_ref().is_none_or(Timeline::is_over) {
+            inner.cold_start = Some(Timeline::begin(at));
+        }
+        true
+    }
+
+    /// The latest cold start's timeline.
+    pub fn cold_start(&self) -> Option<Timeline> {
+        self.inner().cold_start
     }
 
     /// Replaces the set of pods. New pods with an address are probed; pods that left or are terminating stop
@@ -246,7 +267,7 @@ impl Service {
 
     /// Recomputes the usable endpoints, the breaker's capacity and the status after any change.
     pub fn rebuild(&self) {
-        let inner = self.inner();
+        let mut inner = self.inner();
         let mut endpoints: Vec<Arc<Endpoint>> = inner
             .pods
             .values()
@@ -264,6 +285,17 @@ impl Service {
         } else {
             None
         };
+        let has_pods = !waiting.is_empty();
+        if let Some(cold_start) = inner.cold_start.as_mut().filter(|c| !c.is_over()) {
+            let now = std::time::Instant::now();
+            if has_pods && cold_start.pod_seen.is_none() {
+                cold_start.pod_seen = Some(now);
+            }
+            if ready > 0 {
+                cold_start.ready = Some(now);
+                self.metrics.cold_start_ended(cold_start);
+            }
+        }
         let activators = self.activators.load(Ordering::Relaxed);
         self.breaker.set_capacity(service_capacity(inner.config.container_concurrency, ready, activators));
         *self.endpoints.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = endpoints.into();

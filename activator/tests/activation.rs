@@ -73,6 +73,64 @@ async fn the_cold_start_stat_reaches_the_autoscaler_before_any_pod_exists() {
     assert_eq!(pending.await.unwrap(), 200);
 }
 
+/// The `dur` of each `Server-Timing` metric, by name.
+fn server_timing(response: &hyper::Response<hyper::body::Incoming>) -> Vec<(String, f64)> {
+    let Some(header) = response.headers().get("server-timing") else { return Vec::new() };
+    header
+        .to_str()
+        .unwrap()
+        .split(", ")
+        .map(|metric| {
+            let mut fields = metric.split(';');
+            let name = fields.next().unwrap().to_owned();
+            let dur = fields.find_map(|f| f.strip_prefix("dur=")).expect("every phase has a duration");
+            (name, dur.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn requests_that_waited_for_a_cold_start_are_told_its_phases() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    let (http, request) = (client(), get(activator.addr, "demo", "/"));
+    let pending = tokio::spawn(async move { http.request(request).await.unwrap() });
+    eventually("the request to queue", || activator.activator.waiting() == 1).await;
+
+    // The pod object appears 200 ms in, without an address yet; 300 ms later it is up and ready.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let starting = PodInfo { addr: None, ..PodInfo::live("demo-1", "127.0.0.1:1".parse().unwrap()) };
+    activator.registry.apply(Change::Pods { key: key.clone(), pods: vec![starting] });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (upstream, _) = counting_upstream(Duration::from_millis(50)).await;
+    let pod = queue_proxy(upstream, "demo-1", 0).await;
+    activator.pods(&key, &[("demo-1", pod.data)]);
+
+    let response = tokio::time::timeout(DEADLINE, pending).await.expect("no answer").unwrap();
+    assert_eq!(response.status(), 200);
+    let phases = server_timing(&response);
+    let names: Vec<&str> = phases.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["ebb-scale", "ebb-pod-start", "ebb-forward", "ebb-cold-start"]);
+    let (scale, pod_start, forward, total) = (phases[0].1, phases[1].1, phases[2].1, phases[3].1);
+    assert!(scale >= 200.0, "the pod appeared after 200 ms: {phases:?}");
+    assert!(pod_start >= 300.0, "it took 300 ms more to be ready: {phases:?}");
+    assert!(forward >= 50.0, "the upstream takes 50 ms to answer: {phases:?}");
+    assert!((scale + pod_start + forward - total).abs() < 0.01, "the phases add up to the wait: {phases:?}");
+
+    // A warm request waited for nothing and says nothing; the histograms hold the cold start.
+    let warm = client().request(get(activator.addr, "demo", "/")).await.unwrap();
+    assert_eq!(warm.status(), 200);
+    assert!(server_timing(&warm).is_empty(), "{:?}", warm.headers());
+    let metrics =
+        text(client().request(get(activator.metrics_addr, "demo", "/metrics")).await.unwrap()).await;
+    for family in ["pod_created", "pod_ready", "first_byte", "wait"] {
+        let series = format!(
+            "ebb_activator_cold_start_{family}_seconds_count{{namespace=\"default\",service=\"demo\"}} 1"
+        );
+        assert!(metrics.contains(&series), "{series} missing from:\n{metrics}");
+    }
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
     let activator = TestActivator::start(10_000).await;

@@ -6,7 +6,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
 /// Labels of a service's series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +47,13 @@ pub struct KubeMetrics {
     pub scale_changes: Family<ServiceLabels, Counter>,
     /// Scale-downs held back (API unreachable or requests queued in an activator).
     pub scale_downs_held: Family<ServiceLabels, Counter>,
+    /// From a decision that changed replicas until the API server accepted the scale patch.
+    pub scale_patch: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+}
+
+/// Scale patch buckets, seconds: 1 ms to about a minute (a patch retried with backoff).
+fn patch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 3.0, 11))
 }
 
 impl Default for KubeMetrics {
@@ -67,6 +75,7 @@ impl KubeMetrics {
             config_errors: Family::default(),
             scale_changes: Family::default(),
             scale_downs_held: Family::default(),
+            scale_patch: Family::new_with_constructor(patch_histogram),
         };
         registry.register("leader", "1 while this replica holds the Lease and acts", m.leader.clone());
         registry.register(
@@ -91,7 +100,46 @@ impl KubeMetrics {
             "Scale-downs held back (API server unreachable or requests queued in an activator)",
             m.scale_downs_held.clone(),
         );
+        registry.register_with_unit(
+            "scale_patch",
+            "Time from a decision that changed replicas until the API server accepted the scale patch",
+            Unit::Seconds,
+            m.scale_patch.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Creates a service's series at zero, so dashboards and alerts see them before any event.
+    pub fn add_service(&self, namespace: &str, service: &str) {
+        let labels = Self::labels(namespace, service);
+        for family in
+            [&self.external_changes, &self.config_errors, &self.scale_changes, &self.scale_downs_held]
+        {
+            let _ = family.get_or_create(&labels);
+        }
+        let _ = self.scale_patch.get_or_create(&labels);
+        for kind in super::blocked::KINDS {
+            let _ = self.blocked_pods.get_or_create(&Self::blocked_labels(namespace, service, kind));
+        }
+    }
+
+    /// Drops a removed service's series.
+    pub fn remove_service(&self, namespace: &str, service: &str) {
+        let labels = Self::labels(namespace, service);
+        for family in
+            [&self.external_changes, &self.config_errors, &self.scale_changes, &self.scale_downs_held]
+        {
+            family.remove(&labels);
+        }
+        self.scale_patch.remove(&labels);
+        for kind in super::blocked::KINDS {
+            self.blocked_pods.remove(&Self::blocked_labels(namespace, service, kind));
+        }
+    }
+
+    /// Labels of a service's stuck pods of one kind.
+    pub fn blocked_labels(namespace: &str, service: &str, kind: &str) -> BlockedLabels {
+        BlockedLabels { namespace: namespace.to_owned(), service: service.to_owned(), kind: kind.to_owned() }
     }
 
     /// Labels of a service.

@@ -63,6 +63,19 @@ impl Scaler for KubeScaler {
     }
 }
 
+/// Records how long after the decision to go to `desired` replicas the scale patch was accepted.
+fn observe_patch_latency(shared: &Shared, autoscaler: &Autoscaler, id: &ServiceId, desired: u32) {
+    let decided = autoscaler
+        .decisions(id)
+        .and_then(|d| d.into_iter().rev().find(|r| r.changed && r.desired == desired).map(|r| r.unix_ms));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    if let Some(decided) = decided {
+        let took = Duration::from_millis(now.as_millis().saturating_sub(u128::from(decided)) as u64);
+        let labels = super::metrics::KubeMetrics::labels(&id.namespace, &id.name);
+        shared.metrics.scale_patch.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+}
+
 /// The field manager of every write.
 pub fn patch_params() -> PatchParams {
     PatchParams { field_manager: Some(CONTROLLER_NAME.to_owned()), ..Default::default() }
@@ -181,6 +194,7 @@ pub(crate) async fn reconcile(
                     state.last_written = Some(desired);
                     state.retry_at = None;
                     state.backoff = Duration::ZERO;
+                    observe_patch_latency(shared, autoscaler, id, desired);
                     let reason = reason();
                     shared
                         .metrics

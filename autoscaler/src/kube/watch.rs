@@ -282,7 +282,10 @@ async fn pass(
             continue;
         }
         present.insert(id.clone());
-        let state = services.entry(id.clone()).or_default();
+        let state = services.entry(id.clone()).or_insert_with(|| {
+            shared.metrics.add_service(&id.namespace, &id.name);
+            ServiceState::default()
+        });
         let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
         let targets: Vec<PodTarget> =
             service_pods.iter().map(|p| target(p, shared.options.pod_stats_port)).collect();
@@ -323,13 +326,11 @@ async fn pass(
         report_mismatches(shared, &reference, state, service_pods);
         scale::observe_replicas(shared, &reference, &id, state, deployment, replicas);
     }
-    services.retain(|id, state| {
+    services.retain(|id, _state| {
         let keep = present.contains(id);
         if !keep {
             autoscaler.remove_service(id);
-            for kind in state.blocked.values() {
-                shared.metrics.blocked_pods.get_or_create(&blocked_labels(id, kind)).dec();
-            }
+            shared.metrics.remove_service(&id.namespace, &id.name);
             Shared::lock(&shared.in_path).remove(id);
         }
         keep
@@ -454,11 +455,7 @@ fn oneline(text: &str) -> String {
 }
 
 fn blocked_labels(id: &ServiceId, kind: &str) -> super::metrics::BlockedLabels {
-    super::metrics::BlockedLabels {
-        namespace: id.namespace.clone(),
-        service: id.name.clone(),
-        kind: kind.to_owned(),
-    }
+    super::metrics::KubeMetrics::blocked_labels(&id.namespace, &id.name, kind)
 }
 
 /// Stuck pods: a Warning Event (deduplicated) and the `blocked_pods` gauge.

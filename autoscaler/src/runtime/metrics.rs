@@ -69,6 +69,12 @@ struct SourceLabels {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily = Family<ServiceLabels, Histogram, fn() -> Histogram>;
+
+/// Cold-start decision buckets, seconds: from 10 µs (decided as the stat arrives) to a minute.
+fn decision_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00001, 4.0, 12))
+}
 
 /// Every metric family of the autoscaler.
 #[derive(Debug)]
@@ -88,6 +94,7 @@ pub struct Metrics {
     scrape_errors: Family<ServiceLabels, Counter>,
     stats_received: Family<SourceLabels, Counter>,
     tick_duration: Histogram,
+    cold_start_decision: HistogramFamily,
 }
 
 impl Default for Metrics {
@@ -116,6 +123,7 @@ impl Metrics {
             scrape_errors: Family::default(),
             stats_received: Family::default(),
             tick_duration: Histogram::new(exponential_buckets(0.00001, 4.0, 10)),
+            cold_start_decision: Family::new_with_constructor(decision_histogram),
         };
         registry.register("desired_pods", "Replicas the autoscaler wants", m.desired.clone());
         registry.register("ready_pods", "Ready pods", m.ready.clone());
@@ -152,6 +160,12 @@ impl Metrics {
             Unit::Seconds,
             m.tick_duration.clone(),
         );
+        registry.register_with_unit(
+            "cold_start_decision",
+            "Cold starts: first stat showing load at zero until the decision to scale up",
+            Unit::Seconds,
+            m.cold_start_decision.clone(),
+        );
         for source in ["pod", "activator"] {
             let _ = m.stats_received.get_or_create(&SourceLabels { source });
         }
@@ -175,6 +189,7 @@ impl Metrics {
         let _ = self.ebc.get_or_create(&l);
         let _ = self.serve_mode.get_or_create(&l);
         let _ = self.scrape_errors.get_or_create(&l);
+        let _ = self.cold_start_decision.get_or_create(&l);
         for kind in DECIDER_KINDS {
             let _ = self.decisions.get_or_create(&self.kind(id, kind));
         }
@@ -199,6 +214,7 @@ impl Metrics {
             family.remove(&l);
         }
         self.scrape_errors.remove(&l);
+        self.cold_start_decision.remove(&l);
         for kind in DECIDER_KINDS {
             self.decisions.remove(&self.kind(id, kind));
         }
@@ -234,6 +250,11 @@ impl Metrics {
         self.actual.get_or_create(&l).set(i64::from(status.pods));
         self.target.get_or_create(&l).set(status.target);
         self.desired.get_or_create(&l).set(i64::from(status.desired));
+    }
+
+    /// Records how long a cold start waited for the decision to scale up.
+    pub fn cold_start_decided(&self, id: &ServiceId, took: Duration) {
+        self.cold_start_decision.get_or_create(&Self::labels(id)).observe(took.as_secs_f64());
     }
 
     /// Counts a failed scrape.

@@ -120,6 +120,8 @@ struct Entry {
     activator_stats: HashMap<String, PodStat>,
     /// The last decision logged at info level's content, to log repeats at debug level.
     last_logged: Option<DecisionRecord>,
+    /// When the first stat showing load arrived while the service was at zero, until it is scaled up.
+    cold_since: Option<Instant>,
 }
 
 impl Entry {
@@ -216,6 +218,7 @@ impl Autoscaler {
                     pods: Vec::new(),
                     activator_stats: HashMap::new(),
                     last_logged: None,
+                    cold_since: None,
                 };
                 self.metrics.observe_status(&id, &entry.status(&id));
                 services.insert(id, entry);
@@ -255,6 +258,9 @@ impl Autoscaler {
             if entry.controller.replicas() == 0 && !entry.controller.is_paused() {
                 let metric = entry.controller.config().scaling.metric;
                 let value = collect::activator_value(metric, &frame.stat);
+                if value > 0.0 {
+                    entry.cold_since.get_or_insert_with(Instant::now);
+                }
                 if let Err(err) = entry.controller.record(now, value) {
                     tracing::warn!(service = %id, "stat refused: {err}");
                     return;
@@ -276,6 +282,12 @@ impl Autoscaler {
             entry.controller.tick(now, Some(ready), in_path, self.scaler.activators_ready());
         self.metrics.decided(id, &record);
         self.metrics.observe_status(id, &entry.status(id));
+        if record.changed
+            && record.desired > 0
+            && let Some(since) = entry.cold_since.take()
+        {
+            self.metrics.cold_start_decided(id, since.elapsed());
+        }
         let fmt_obs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
         // Every decision is logged; those that change nothing (same replicas, mode, phase and reason kind as
         // the last one) at debug level, so an idle service does not fill the terminal.
@@ -461,4 +473,59 @@ async fn futures_join<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F:
     })
     .await;
     out.into_iter().map(|v| v.expect("every future finished")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ebb_config::wire::{IngestFrame, PodStat};
+    use ebb_config::{GlobalConfig, resolve_service};
+
+    use super::*;
+
+    /// Records the replicas asked for.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<u32>>);
+
+    impl Scaler for Recorder {
+        fn set_replicas(&self, _service: &ServiceId, replicas: u32) {
+            self.0.lock().unwrap().push(replicas);
+        }
+        fn set_mode(&self, _service: &ServiceId, _mode: Mode) {}
+        fn activator_in_path(&self, _service: &ServiceId) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_cold_start_stat_is_decided_at_once_and_the_wait_is_recorded() {
+        let scaler = Arc::new(Recorder::default());
+        let autoscaler = Autoscaler::new(scaler.clone(), Options::default());
+        let data: BTreeMap<String, String> = [("allow-zero-initial-scale", "true"), ("initial-scale", "0")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        let global = GlobalConfig::from_data(&data).unwrap().value;
+        let config = resolve_service(&BTreeMap::new(), &global).unwrap().value;
+        let id = ServiceId::new("demo", "chat");
+        autoscaler.set_service(id.clone(), config, 0).unwrap();
+        autoscaler.tick();
+        assert_eq!(*scaler.0.lock().unwrap(), [] as [u32; 0], "at zero without load");
+
+        let stat = PodStat {
+            pod: "activator-0".into(),
+            average_concurrency: 1.0,
+            average_proxied_concurrency: 1.0,
+            request_count: 1.0,
+            proxied_request_count: 1.0,
+            process_uptime_secs: 1.0,
+            timestamp_ms: 0,
+        };
+        autoscaler.ingest(IngestFrame { namespace: "demo".into(), name: "chat".into(), stat });
+        assert_eq!(*scaler.0.lock().unwrap(), [1], "scaled up as the stat arrived");
+        let metrics = autoscaler.encode_metrics();
+        let series =
+            "ebb_autoscaler_cold_start_decision_seconds_count{namespace=\"demo\",service=\"chat\"} 1";
+        assert!(metrics.contains(series), "{metrics}");
+    }
 }
