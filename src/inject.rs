@@ -528,6 +528,8 @@ fn inject_deployment(
             "securityContext",
             map([
                 ("runAsNonRoot", true.into()),
+                // The distroless `nonroot` user; numeric, so the kubelet can check it is not root.
+                ("runAsUser", 65532.into()),
                 ("readOnlyRootFilesystem", true.into()),
                 ("allowPrivilegeEscalation", false.into()),
                 ("capabilities", drop),
