@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Shared;
-use crate::runtime::Autoscaler;
+use crate::runtime::{Autoscaler, debug};
 
 /// The Prometheus text content type.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -52,6 +52,13 @@ pub(crate) async fn serve(
                     "/status" => {
                         let body = serde_json::to_string(&autoscaler.status()).unwrap_or_default();
                         text(StatusCode::OK, &body)
+                    }
+                    "/debug/decisions" => {
+                        let (status, body) = debug::decisions(&autoscaler, req.uri().query(), "default");
+                        let mut r = text(status, &body.to_string());
+                        r.headers_mut()
+                            .insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                        r
                     }
                     _ => text(StatusCode::NOT_FOUND, "not found"),
                 };

@@ -11,6 +11,7 @@
 
 pub mod collect;
 pub mod controller;
+pub mod debug;
 pub mod metrics;
 pub mod scrape;
 
@@ -527,5 +528,27 @@ mod tests {
         let series =
             "ebb_autoscaler_cold_start_decision_seconds_count{namespace=\"demo\",service=\"chat\"} 1";
         assert!(metrics.contains(series), "{metrics}");
+
+        // The decision trace names the service and keeps the last ones asked for.
+        let (status, body) = debug::decisions(&autoscaler, Some("service=demo%2Fchat&limit=1"), "default");
+        assert_eq!(status, http::StatusCode::OK);
+        assert_eq!(body["service"], "demo/chat");
+        let decisions = body["decisions"].as_array().unwrap();
+        assert_eq!(decisions.len(), 1);
+        assert_eq!(
+            (decisions[0]["desired"].as_u64(), decisions[0]["changed"].as_bool()),
+            (Some(1), Some(true))
+        );
+        let (status, body) = debug::decisions(&autoscaler, Some("service=chat"), "demo");
+        assert_eq!((status, body["decisions"].as_array().unwrap().len()), (http::StatusCode::OK, 2));
+        for (query, expected) in [
+            (None, http::StatusCode::BAD_REQUEST),
+            (Some("service=demo/chat&limit=few"), http::StatusCode::BAD_REQUEST),
+            (Some("service=demo/other"), http::StatusCode::NOT_FOUND),
+        ] {
+            let (status, body) = debug::decisions(&autoscaler, query, "default");
+            assert_eq!(status, expected, "{query:?}: {body}");
+            assert!(body["error"].is_string(), "{body}");
+        }
     }
 }
