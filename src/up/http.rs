@@ -1,5 +1,5 @@
 //! `ebb up`'s metrics port: `/metrics` (the autoscaler's and the activator's metrics), `/status` (JSON for
-//! `ebb status`), `/debug/decisions?service=NAME` (the last decisions), `/service-discovery` (Prometheus
+//! `ebb status`), `/debug/decisions?service=NAME` (the last decisions, `debug::decisions`), `/service-discovery` (Prometheus
 //! `http_sd_configs`: the live pods' queue-proxy metrics endpoints) and `/healthz`.
 
 use std::convert::Infallible;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ebb_activator::handler::Activator;
 use ebb_activator::routing::ServiceKey;
-use ebb_autoscaler::runtime::{Autoscaler, ServiceId};
+use ebb_autoscaler::runtime::{Autoscaler, debug};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -72,19 +72,8 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/status" => json_reply(&status(state)),
         "/service-discovery" => json_reply(&service_discovery(state)),
         "/debug/decisions" => {
-            let service = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("service=")))
-                .unwrap_or_default();
-            match state.autoscaler.decisions(&ServiceId::new(NAMESPACE, service)) {
-                Some(decisions) => json_reply(&json!(decisions)),
-                None => reply(
-                    StatusCode::NOT_FOUND,
-                    "application/json",
-                    json!({"error": format!("no service {service:?}"), "service": service}).to_string(),
-                ),
-            }
+            let (status, body) = debug::decisions(&state.autoscaler, req.uri().query(), NAMESPACE);
+            reply(status, "application/json", body.to_string())
         }
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
