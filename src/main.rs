@@ -39,7 +39,7 @@ enum Command {
     Activator(Box<ebb_activator::cli::Args>),
     /// Run services locally with scale-to-zero: the gateway on :8080, the autoscaler, pods as processes.
     Up(up::Args),
-    /// Print the services of a running `ebb up` as a table.
+    /// Print the services of a running `ebb up`, or of a cluster with --kubeconfig/--cluster, as a table.
     Status(status::Args),
     /// One local pod (used by `ebb up`; not for direct use).
     #[command(hide = true)]

@@ -107,6 +107,15 @@ async fn status_lists_what_the_autoscaler_wrote() {
     let (code, stdout, stderr) = ebb_status(&["--kubeconfig", &kubeconfig]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(row(&stdout, &service).map(|r| r.0), Some(cells.clone()), "{stdout}");
+    // --cluster finds the cluster through $KUBECONFIG, as kubectl does.
+    let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["status", "--cluster", "-n", &ns])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8(stdout).unwrap(), String::from_utf8_lossy(&stderr));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(row(&stdout, &service).map(|r| r.0), Some(cells.clone()), "{stdout}");
     let (code, stdout, stderr) = ebb_status(&["--kubeconfig", &kubeconfig, "-n", &ns, "--json"]);
     assert_eq!(code, 0, "{stderr}");
     let rows: Value = serde_json::from_str(&stdout).unwrap();
