@@ -3,52 +3,20 @@
 //! wait is a poll with a deadline. Each test's `ebb up` is stopped (and its pods with it) when the test ends,
 //! pass or fail.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
-use serde_json::Value;
+use std::process::Command;
 
-const EBB: &str = env!("CARGO_BIN_EXE_ebb");
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::up::{EBB, Load, start, write_yaml};
 
 /// A unique name per test (a DNS label): service name, model name, and the marker found in process lists.
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", std::process::id())
-}
-
-struct Up {
-    child: Child,
-    gateway: SocketAddr,
-    metrics: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // Ctrl-C semantics first (drain), then make sure.
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = killpg(pid, Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
 }
 
 /// `ebb.yaml` for one demo-model service named `name` (also its model name, the marker in process lists).
@@ -62,114 +30,6 @@ fn yaml(name: &str, annotations: &[(&str, &str)]) -> String {
         text.push_str(&format!("      {k}: \"{v}\"\n"));
     }
     text
-}
-
-fn write_yaml(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ebb-up-test-{name}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("ebb.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start(name: &str, text: &str) -> Up {
-    let path = write_yaml(name, text);
-    let log = path.with_file_name("ebb-up.log");
-    let mut child = Command::new(EBB)
-        .args(["up", "--port", "0", "--metrics-port", "0", "--grace-period", "10s", "-f"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
-        panic!("ebb up exited before listening; log: {}", std::fs::read_to_string(&log).unwrap_or_default())
-    });
-    std::thread::spawn(move || lines.for_each(drop));
-    let v: Value = serde_json::from_str(&line).unwrap();
-    let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
-    Up { gateway: addr("gateway"), metrics: addr("metrics"), child, log }
-}
-
-impl Up {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (status, body) = request(self.metrics, "GET", path, "", "x").await.unwrap();
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    async fn service(&self, name: &str) -> Value {
-        let status = self.get("/status").await;
-        status["services"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap()
-    }
-
-    /// Polls `/status` until `check` holds for the service, or panics at the deadline with the log's tail.
-    async fn wait_for(
-        &self,
-        name: &str,
-        what: &str,
-        within: Duration,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let s = self.service(name).await;
-            if check(&s) {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let log = self.log();
-                let tail: Vec<&str> =
-                    log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-                panic!("timed out waiting for {what}: {s:#}\n--- log tail ---\n{}", tail.join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// One streaming chat completion through the gateway: `Ok` only when it is complete.
-    async fn chat(&self, host: &str) -> Result<(), String> {
-        // The service's name is also its model's name.
-        let body = format!(
-            r#"{{"model":"{host}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":6,"stream":true}}"#
-        );
-        let (status, body) = request(self.gateway, "POST", "/v1/chat/completions", &body, host).await?;
-        if status == 200 && body.contains("data: [DONE]") {
-            Ok(())
-        } else {
-            Err(format!("status {status}: {body}"))
-        }
-    }
-}
-
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-    host: &str,
-) -> Result<(u16, String), String> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Pids of live processes whose command line contains `marker`.
@@ -188,47 +48,6 @@ fn processes_with(marker: &str) -> Vec<i32> {
         }
     }
     pids
-}
-
-/// Clients that loop on streaming requests until stopped, counting successes and failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(up: &Arc<Up>, host: &str, clients: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (up, host, stop, ok, failures) =
-                    (up.clone(), host.to_owned(), stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match up.chat(&host).await {
-                            Ok(()) => drop(ok.fetch_add(1, Ordering::Relaxed)),
-                            Err(e) => failures.lock().unwrap().push(e),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Self { stop, ok, failures, tasks }
-    }
-
-    /// Stops the clients (each finishes its request) and returns `(successes, failures)`.
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
 }
 
 /// From zero: a burst of 200 concurrent streaming requests all succeed; sustained load scales above 1; a
@@ -344,8 +163,7 @@ async fn no_process_survives_ebb_up_being_killed() {
     let pods = processes_with(&format!("--model\0{name}")).len() + processes_with(&format!("{name}-")).len();
     assert!(pods >= 4, "expected the pods' processes, found {pods}");
 
-    kill(Pid::from_raw(up.child.id() as i32), Signal::SIGKILL).unwrap();
-    let _ = up.child.wait();
+    up.kill();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left: Vec<i32> = processes_with(&name);

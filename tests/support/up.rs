@@ -1,0 +1,210 @@
+//! `ebb up` as the user runs it: the real binary on ports it picks, its log in a file, stopped (and its pods
+//! with it) when the test ends, pass or fail; plus HTTP helpers and a streaming load against its gateway.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The `ebb` binary under test.
+pub const EBB: &str = env!("CARGO_BIN_EXE_ebb");
+
+/// A running `ebb up`.
+pub struct Up {
+    child: Child,
+    /// The gateway (the activator).
+    pub gateway: SocketAddr,
+    /// `/metrics`, `/status`, `/service-discovery`, `/debug/decisions`.
+    pub metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // Ctrl-C semantics first (drain), then make sure.
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `text` as `ebb.yaml` in a directory of its own named after `name`.
+pub fn write_yaml(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ebb-up-test-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ebb.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts `ebb up -f` on `text`, waiting for it to say where it listens.
+pub fn start(name: &str, text: &str) -> Up {
+    let path = write_yaml(name, text);
+    let log = path.with_file_name("ebb-up.log");
+    let mut child = Command::new(EBB)
+        .args(["up", "--port", "0", "--metrics-port", "0", "--grace-period", "10s", "-f"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+        panic!("ebb up exited before listening; log: {}", std::fs::read_to_string(&log).unwrap_or_default())
+    });
+    std::thread::spawn(move || lines.for_each(drop));
+    let v: Value = serde_json::from_str(&line).unwrap();
+    let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
+    Up { gateway: addr("gateway"), metrics: addr("metrics"), child, log }
+}
+
+impl Up {
+    /// Kills `ebb up` alone with SIGKILL (as the OOM killer would) and reaps it; its pods are on their own.
+    pub fn kill(&mut self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).unwrap();
+        let _ = self.child.wait();
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on the metrics port, as JSON (asserting a 200).
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = request(self.metrics, "GET", path, "", "x").await.unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// One service's entry in `/status`.
+    pub async fn service(&self, name: &str) -> Value {
+        let status = self.get("/status").await;
+        status["services"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap()
+    }
+
+    /// Polls `/status` until `check` holds for the service, or panics at the deadline with the log's tail.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.service(name).await;
+            if check(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let log = self.log();
+                let tail: Vec<&str> =
+                    log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("timed out waiting for {what}: {s:#}\n--- log tail ---\n{}", tail.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One streaming chat completion through the gateway: `Ok` only when it is complete.
+    pub async fn chat(&self, host: &str) -> Result<(), String> {
+        // The service's name is also its model's name.
+        let body = format!(
+            r#"{{"model":"{host}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":6,"stream":true}}"#
+        );
+        let (status, body) = request(self.gateway, "POST", "/v1/chat/completions", &body, host).await?;
+        if status == 200 && body.contains("data: [DONE]") {
+            Ok(())
+        } else {
+            Err(format!("status {status}: {body}"))
+        }
+    }
+}
+
+/// One HTTP/1.1 request with this `Host`; `Err` when no answer came.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    host: &str,
+) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Clients that loop on streaming requests until stopped, counting successes and failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(up: &Arc<Up>, host: &str, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (up, host, stop, ok, failures) =
+                    (up.clone(), host.to_owned(), stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match up.chat(&host).await {
+                            Ok(()) => drop(ok.fetch_add(1, Ordering::Relaxed)),
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, ok, failures, tasks }
+    }
+
+    /// Stops the clients (each finishes its request) and returns `(successes, failures)`.
+    pub async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
