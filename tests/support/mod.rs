@@ -7,6 +7,7 @@
 //!   point for running pods' processes.
 //! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
 //! - [`supervisor`]: process groups that die with the test binary, however it ends.
+//! - [`up`]: `ebb up` run as the user runs it, with HTTP helpers and a streaming load.
 
 // Every test binary compiles this module separately and uses only part of it, so unused items are
 // expected here and are not dead code.
@@ -16,6 +17,7 @@ pub mod autoscaler;
 pub mod k8s;
 pub mod node;
 pub mod supervisor;
+pub mod up;
 pub mod wait;
 
 pub use k8s::{ControlPlane, TestNamespace};
