@@ -15,6 +15,7 @@
 
 pub mod autoscaler;
 pub mod k8s;
+pub mod manifests;
 pub mod node;
 pub mod supervisor;
 pub mod up;
