@@ -5,6 +5,9 @@
 //!   admin and ServiceAccount clients, [`TestNamespace`] (a namespace per test, deleted on drop).
 //! - [`node`]: [`NodeEmulator`], the scheduler and kubelet of a fake Node, with a [`PodRuntime`] extension
 //!   point for running pods' processes.
+//! - [`process_runtime`]: [`process_runtime::ProcessRuntime`], a [`PodRuntime`] running each container as a
+//!   process of the `ebb` binary under test on the pod's address, with probes, hooks and ServiceAccount tokens.
+//! - [`gateway`]: [`gateway::Gateway`], an ingress stand-in following a public Service's EndpointSlice.
 //! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
 //! - [`supervisor`]: process groups that die with the test binary, however it ends.
 //! - [`up`]: `ebb up` run as the user runs it, with HTTP helpers and a streaming load.
@@ -14,9 +17,11 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod autoscaler;
+pub mod gateway;
 pub mod k8s;
 pub mod manifests;
 pub mod node;
+pub mod process_runtime;
 pub mod supervisor;
 pub mod up;
 pub mod wait;

@@ -6,9 +6,10 @@
 //! ([`Readiness`]). When a pod is being deleted it stops it and finalizes it (delete with grace 0) after an
 //! optional delay, and the address goes back to the pool.
 //!
-//! Containers are not run: a [`PodRuntime`] is told when a pod starts and stops, and the default
-//! ([`NoopRuntime`]) does nothing. Issue 8 plugs in a runtime that runs real processes bound to the pod's
-//! address (spawned through a [`super::supervisor::Supervisor`], so they cannot outlive the test).
+//! Containers are run by a [`PodRuntime`], told when a pod starts and stops. The default ([`NoopRuntime`])
+//! runs nothing; [`super::process_runtime::ProcessRuntime`] runs each container as a real process bound to
+//! the pod's address (spawned through a [`super::supervisor::Supervisor`], so none outlives the test) and
+//! reports readiness from the containers' probes.
 //!
 //! The emulator's tasks run on the runtime of the test that starts it, and stop when it is dropped.
 
@@ -97,6 +98,45 @@ impl RunningPod {
     /// Writes Ready (or not Ready) into the pod's status, as a kubelet does after a readiness probe.
     pub async fn set_ready(&self, ready: bool) -> Result<(), String> {
         self.emulator.set_ready(self.namespace(), self.name(), ready).await
+    }
+
+    /// Marks a container as not running, `waiting` with `reason` (say `ErrImagePull`) and `message`, as a
+    /// kubelet does when it cannot start it; the pod is Pending and never Ready while a container waits.
+    pub async fn set_waiting(&self, container: &str, reason: &str, message: &str) -> Result<(), String> {
+        let key = (self.namespace().to_string(), self.name().to_string());
+        {
+            let mut pods = self.emulator.pods.lock().unwrap();
+            let tracked =
+                pods.get_mut(&key).ok_or_else(|| format!("{}/{} is not on this node", key.0, key.1))?;
+            tracked.waiting.insert(container.to_string(), (reason.to_string(), message.to_string()));
+            tracked.ready = false;
+        }
+        self.emulator
+            .write_status(&key, None)
+            .await
+            .map_err(|e| format!("status of {}/{}: {e}", key.0, key.1))
+    }
+
+    /// The emulator's (admin) client, bound to the runtime of the test that started the emulator.
+    pub fn client(&self) -> &Client {
+        &self.emulator.client
+    }
+
+    /// Runs `task` for as long as the pod runs: it is aborted when the pod's deletion is requested (before
+    /// [`PodRuntime::stop`] is called), when the pod is gone, or when the emulator is dropped. For a
+    /// runtime's per-pod loops (readiness probes). Does nothing if the pod is no longer held.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let key = (self.namespace().to_string(), self.name().to_string());
+        let mut pods = self.emulator.pods.lock().unwrap();
+        match pods.get_mut(&key) {
+            Some(tracked)
+                if !tracked.terminating
+                    && tracked.uid == self.pod.metadata.uid.clone().unwrap_or_default() =>
+            {
+                tracked.tasks.push(tokio::spawn(task).abort_handle());
+            }
+            _ => {}
+        }
     }
 }
 
@@ -403,6 +443,8 @@ struct Tracked {
     terminating: bool,
     /// Set once the pod started; what the runtime was given.
     running: Option<RunningPod>,
+    /// Containers that could not start: name -> (reason, message) of their `waiting` state.
+    waiting: HashMap<String, (String, String)>,
     /// When its containers started (`startedAt`, `startTime`).
     started_at: Option<Value>,
     /// Its start and finalize tasks, aborted when the pod is gone or the emulator dropped.
@@ -602,6 +644,7 @@ impl Tracked {
             ready: false,
             terminating: false,
             running: None,
+            waiting: HashMap::new(),
             started_at: None,
             tasks: vec![task],
             status_writes: Arc::default(),
@@ -621,7 +664,7 @@ fn forget(tracked: Option<Tracked>) {
 fn status_patch(tracked: &Tracked, running: &RunningPod, failure: Option<&str>) -> Value {
     let started = tracked.started_at.clone().unwrap_or_else(now);
     let now = now();
-    let ready = tracked.ready && failure.is_none();
+    let ready = tracked.ready && failure.is_none() && tracked.waiting.is_empty();
     let flag = |b: bool| if b { "True" } else { "False" };
     let containers: Vec<_> = running
         .pod
@@ -629,15 +672,18 @@ fn status_patch(tracked: &Tracked, running: &RunningPod, failure: Option<&str>) 
         .iter()
         .flat_map(|s| &s.containers)
         .map(|c| {
-            let state = match failure {
-                None => json!({"running": {"startedAt": started}}),
-                Some(message) => {
+            let waiting = tracked.waiting.get(&c.name);
+            let state = match (failure, waiting) {
+                (Some(message), _) => {
                     json!({"terminated": {"exitCode": 1, "reason": "Error", "message": message}})
                 }
+                (None, Some((reason, message))) => json!({"waiting": {"reason": reason, "message": message}}),
+                (None, None) => json!({"running": {"startedAt": started}}),
             };
             json!({
                 "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
-                "ready": ready, "started": failure.is_none(), "restartCount": 0, "state": state,
+                "ready": ready, "started": failure.is_none() && waiting.is_none(), "restartCount": 0,
+                "state": state,
             })
         })
         .collect();
@@ -646,7 +692,11 @@ fn status_patch(tracked: &Tracked, running: &RunningPod, failure: Option<&str>) 
     json!({
         "metadata": {"uid": tracked.uid},
         "status": {
-            "phase": if failure.is_some() { "Failed" } else { "Running" },
+            "phase": match (failure, tracked.waiting.is_empty()) {
+                (Some(_), _) => "Failed",
+                (None, false) => "Pending",
+                (None, true) => "Running",
+            },
             "message": failure,
             "hostIP": "127.0.0.1",
             "podIP": running.ip.to_string(),
