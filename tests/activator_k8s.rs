@@ -22,7 +22,6 @@ use ebb_activator::stats::ChannelSink;
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::node::BoxFuture;
@@ -115,24 +114,10 @@ async fn hello_upstream() -> SocketAddr {
     addr
 }
 
-/// The activator's RBAC, as the manifests grant it, bound to a ServiceAccount whose client the source uses.
+/// The activator's RBAC as `manifests/` grants it (rendered by [`support::manifests::grant`]), bound to
+/// ServiceAccount `ebb-activator` of `ns`, whose client the source uses.
 async fn activator_client(cp: &ControlPlane, admin: &kube::Client, ns: &str) -> kube::Client {
-    let role: ClusterRole = serde_json::from_value(json!({
-        "metadata": {"name": format!("ebb-activator-{ns}")},
-        "rules": [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
-            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "watch"]},
-        ]
-    }))
-    .unwrap();
-    Api::<ClusterRole>::all(admin.clone()).create(&PostParams::default(), &role).await.unwrap();
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("ebb-activator-{ns}")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("ebb-activator-{ns}")},
-        "subjects": [{"kind": "ServiceAccount", "name": "ebb-activator", "namespace": ns}]
-    }))
-    .unwrap();
-    Api::<ClusterRoleBinding>::all(admin.clone()).create(&PostParams::default(), &binding).await.unwrap();
+    support::manifests::grant(admin, ns, "ebb-activator").await;
     cp.service_account_client(admin, ns, "ebb-activator").await
 }
 

@@ -1,4 +1,4 @@
-//! Helpers for the autoscaler's end-to-end tests (issue 6): its RBAC from `ebb_autoscaler::kube::rbac::RULES`,
+//! Helpers for the autoscaler's end-to-end tests (issue 6): its RBAC from `manifests/`,
 //! a pod runtime that plays queue-proxies (`GET :9090/stats` with a load the test sets) and activators
 //! (`Ebb-Probe: activator` on :8012), a stat-ingest client speaking the real wire format, and Event lookups.
 
@@ -15,54 +15,19 @@ use ebb_config::wire::{INGEST_CONTENT_TYPE, IngestFrame, PodStat};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::{Api, Client};
-use serde_json::json;
 use tokio::task::AbortHandle;
 
 use super::node::{BoxFuture, PodRuntime, RunningPod};
 
-/// Grants ServiceAccount `namespace/account` exactly the autoscaler's RBAC: the cluster rules as a
-/// ClusterRole (named after the namespace) and the namespaced ones as a Role in `namespace`.
+/// Grants ServiceAccount `namespace/account` exactly the autoscaler's RBAC as `manifests/` gives it (rendered
+/// by [`super::manifests::grant`]): the ClusterRole and its binding (renamed after the namespace) and the
+/// Role and its binding in `namespace`. `tests/manifests_k8s.rs` checks that these equal docs/rbac.md and
+/// `ebb_autoscaler::kube::rbac::RULES`.
 pub async fn grant_autoscaler_rbac(admin: &Client, namespace: &str, account: &str) {
-    let rules = |cluster: bool| {
-        ebb_autoscaler::kube::rbac::RULES
-            .iter()
-            .filter(|r| r.cluster == cluster)
-            .map(|r| json!({"apiGroups": [r.group], "resources": [r.resource], "verbs": r.verbs}))
-            .collect::<Vec<_>>()
-    };
-    let name = format!("ebb-autoscaler-{namespace}");
-    let subject = json!([{"kind": "ServiceAccount", "name": account, "namespace": namespace}]);
-    let cluster_role: ClusterRole =
-        serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules(true)})).unwrap();
-    let cluster_binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": subject,
-    }))
-    .unwrap();
-    let role: Role =
-        serde_json::from_value(json!({"metadata": {"name": "ebb-autoscaler"}, "rules": rules(false)}))
-            .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "ebb-autoscaler"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ebb-autoscaler"},
-        "subjects": subject,
-    }))
-    .unwrap();
-    let pp = PostParams::default();
-    Api::<ClusterRole>::all(admin.clone()).create(&pp, &cluster_role).await.expect("ClusterRole");
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .create(&pp, &cluster_binding)
-        .await
-        .expect("ClusterRoleBinding");
-    Api::<Role>::namespaced(admin.clone(), namespace).create(&pp, &role).await.expect("Role");
-    Api::<RoleBinding>::namespaced(admin.clone(), namespace)
-        .create(&pp, &binding)
-        .await
-        .expect("RoleBinding");
+    assert_eq!(account, "ebb-autoscaler", "manifests/ binds its RBAC to ServiceAccount ebb-autoscaler");
+    super::manifests::grant(admin, namespace, account).await;
 }
 
 /// The bearer token in a kubeconfig written by `ControlPlane::service_account_kubeconfig`.
