@@ -258,6 +258,9 @@ impl ControlPlane {
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
                 "--secure-port=0".into(),
+                // v1.20 also opens a deprecated insecure port, fixed at 10252 unless turned off: two control
+                // planes at once (two test runs) would collide on it.
+                "--port=0".into(),
                 format!("--controllers={CONTROLLERS}"),
             ],
         )?;
