@@ -9,23 +9,16 @@ be at zero, sends one request, and splits the time to its first byte using ebb u
 
 ebb's share is the total minus the model's start-up. Usage: cold_start.py EBB_BINARY [ROUNDS]
 """
-import json, os, socket, subprocess, sys, tempfile, threading, time
-from datetime import datetime
+import os, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ebb_up import EbbUp, decision_time, http_request, message_time  # noqa: E402
 
 EBB = sys.argv[1]
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 STARTUP_MS = 100
 
-def ts(line):
-    # "2026-11-22T04:03:12.523523Z" -> epoch seconds
-    t = line["timestamp"].rstrip("Z")
-    base, frac = (t.split(".") + ["0"])[:2]
-    return datetime.fromisoformat(base + "+00:00").timestamp() + float("0." + frac)
-
-tmp = tempfile.mkdtemp(prefix="ebb-cold-")
-yaml = os.path.join(tmp, "ebb.yaml")
-with open(yaml, "w") as f:
-    f.write(f"""config:
+up = EbbUp(EBB, f"""config:
   scale-to-zero-grace-period: 1s
 services:
   - name: cold
@@ -33,66 +26,17 @@ services:
     annotations:
       autoscaling.knative.dev/window: 6s
       ebb.dev/container-concurrency: 4
-""")
-log_path = os.path.join(tmp, "up.log")
-log = open(log_path, "w")
-up = subprocess.Popen([EBB, "up", "--port", "0", "--metrics-port", "0", "--log-format", "json", "-f", yaml],
-                      stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
-addrs = json.loads(up.stdout.readline())
-threading.Thread(target=lambda: [None for _ in up.stdout], daemon=True).start()
-gw_host, gw_port = addrs["gateway"].rsplit(":", 1)
-m_host, m_port = addrs["metrics"].rsplit(":", 1)
-
-def http(host, port, method, path, body=b"", headers=()):
-    s = socket.create_connection((host, int(port)))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    head = f"{method} {path} HTTP/1.1\r\nHost: cold\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
-    return s, head.encode() + body
-
-def status():
-    s, req = http(m_host, m_port, "GET", "/status")
-    s.sendall(req)
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    s.close()
-    return json.loads(data.split(b"\r\n\r\n", 1)[1])["services"][0]
-
-def wait_zero(timeout=60):
-    end = time.time() + timeout
-    while time.time() < end:
-        s = status()
-        if s["desired"] == 0 and s["pods"] == 0:
-            return
-        time.sleep(0.1)
-    raise SystemExit("the service did not return to zero")
-
-def events_since(t0):
-    out = []
-    with open(log_path) as f:
-        for raw in f:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if ts(line) >= t0 - 0.001:
-                out.append(line)
-    return out
-
-def first(events, pred):
-    for e in events:
-        if pred(e):
-            return ts(e)
-    return None
+""", workdir=None)
+gw_host, gw_port = up.gateway.rsplit(":", 1)
 
 body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":1}'
 rows = []
 try:
     for i in range(ROUNDS):
-        wait_zero()
+        up.wait_zero("cold")
         time.sleep(0.2)
-        s, req = http(gw_host, gw_port, "POST", "/v1/chat/completions", body, [("Content-Type", "application/json")])
+        s, req = http_request(gw_host, gw_port, "POST", "/v1/chat/completions", body,
+                              [("Content-Type", "application/json")], service="cold")
         t0 = time.time()
         s.sendall(req)
         s.recv(1)
@@ -101,24 +45,19 @@ try:
             pass
         s.close()
         time.sleep(0.3)
-        ev = events_since(t0)
-        f = lambda e: e.get("fields", {})
-        t_dec = first(ev, lambda e: e.get("target") == "ebb::decision" and f(e).get("desired") == 1)
-        t_qp = first(ev, lambda e: f(e).get("message") == "queue-proxy listening" and e.get("target") == "ebb::up::pods")
-        t_ready = first(ev, lambda e: f(e).get("message") == "user container is ready")
+        ev = up.events(t0)
+        t_dec = decision_time(ev)
+        t_qp = message_time(ev, "queue-proxy listening", target="ebb::up::pods")
+        t_ready = message_time(ev, "user container is ready")
         if None in (t_dec, t_qp, t_ready):
             print(f"round {i}: missing log events", file=sys.stderr)
             continue
         rows.append((t_dec - t0, t_qp - t_dec, t_ready - t_qp, t_fb - t_ready, t_fb - t0))
 finally:
-    up.terminate()
-    try:
-        up.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(up.pid, 9)
+    up.stop()
 
 if not rows:
-    raise SystemExit(f"no complete round; see {log_path}")
+    raise SystemExit(f"no complete round; see {up.log_path}")
 ms = lambda x: f"{x * 1000:7.1f}"
 names = ["arrival->decision", "decision->spawned", "spawned->ready", "ready->first byte", "total"]
 print(f"local cold start, {len(rows)} rounds, model start-up {STARTUP_MS} ms (milliseconds)")
