@@ -25,9 +25,11 @@ use serde_json::{Value, json};
 use support::manifests::{find, grant, kind, manifests_dir, name, render, to_yaml};
 use support::{ControlPlane, TestNamespace};
 
-/// The base and every example, each a kustomization.
+/// The base, the dashboards, the monitoring objects and every example, each a kustomization.
 const KUSTOMIZATIONS: &[&str] = &[
     "manifests",
+    "manifests/dashboards",
+    "manifests/monitoring",
     "manifests/examples/chat",
     "manifests/examples/vllm",
     "manifests/examples/gateway-api",
@@ -36,6 +38,8 @@ const KUSTOMIZATIONS: &[&str] = &[
 
 const PDB_WHY: &str = "policy/v1 is served from Kubernetes 1.21 and v1.20 serves only policy/v1beta1, so it is \
                        validated as policy/v1beta1 instead (same fields)";
+const OPERATOR_WHY: &str = "a Prometheus operator CRD, not installed in the test control plane (tests/prometheus.rs \
+                            checks the rules with promtool)";
 const HTTPROUTE_WHY: &str = "a Gateway API CRD (HTTPRoute v1 needs Gateway API >= 1.0), not installed in the \
                              test control plane";
 
@@ -44,6 +48,9 @@ const HTTPROUTE_WHY: &str = "a Gateway API CRD (HTTPRoute v1 needs Gateway API >
 const EXPECTED_SKIPS: &[(&str, &str, &str, &str)] = &[
     ("policy/v1", "PodDisruptionBudget", "ebb-autoscaler", PDB_WHY),
     ("policy/v1", "PodDisruptionBudget", "ebb-activator", PDB_WHY),
+    ("monitoring.coreos.com/v1", "PodMonitor", "ebb-system", OPERATOR_WHY),
+    ("monitoring.coreos.com/v1", "PodMonitor", "ebb-queue-proxies", OPERATOR_WHY),
+    ("monitoring.coreos.com/v1", "PrometheusRule", "ebb", OPERATOR_WHY),
     ("gateway.networking.k8s.io/v1", "HTTPRoute", "chat", HTTPROUTE_WHY),
 ];
 
@@ -90,7 +97,7 @@ async fn every_object_is_valid_for_the_api_server_or_named_as_skipped() {
     let ns = TestNamespace::create(&admin, "manifests").await;
     let (mut validated, mut skipped, mut failures) = (0, Vec::new(), Vec::new());
     for dir in KUSTOMIZATIONS {
-        let want_namespace = if *dir == "manifests" { "ebb-system" } else { "demo" };
+        let want_namespace = if dir.starts_with("manifests/examples/") { "demo" } else { "ebb-system" };
         for object in rendered(dir) {
             let (api_version, kind, name) =
                 (object["apiVersion"].as_str().unwrap_or_default().to_owned(), kind(&object), name(&object));

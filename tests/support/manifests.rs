@@ -3,7 +3,9 @@
 //! manifests' RBAC is what the end-to-end tests exercise.
 //!
 //! Supported: `resources` (YAML files of one or more documents, and directories holding a
-//! `kustomization.yaml`, recursively) and `namespace`. Any other kustomization field is refused with an
+//! `kustomization.yaml`, recursively), `namespace`, and `configMapGenerator` entries made of `files` with
+//! `generatorOptions` that turn the name hash off (and add labels and annotations). Any other kustomization
+//! field is refused with an
 //! error, so the manifests never mean more than these tests see. The `namespace` override does what
 //! kustomize's does for the kinds ebb uses: it sets `metadata.namespace` on namespaced objects, renames the
 //! `Namespace` objects, and moves the ServiceAccount subjects of (Cluster)RoleBindings that name a
@@ -33,7 +35,8 @@ const CLUSTER_SCOPED: &[&str] = &[
 ];
 
 /// The kustomization fields this renderer implements.
-const SUPPORTED_FIELDS: &[&str] = &["apiVersion", "kind", "resources", "namespace"];
+const SUPPORTED_FIELDS: &[&str] =
+    &["apiVersion", "kind", "resources", "namespace", "configMapGenerator", "generatorOptions"];
 
 /// `manifests/` or a path under it (`manifests/examples/chat`), from the repository root.
 pub fn manifests_dir(relative: &str) -> PathBuf {
@@ -70,12 +73,45 @@ pub fn render(dir: &Path) -> Result<Vec<Value>, String> {
             objects.extend(read_documents(&target)?);
         }
     }
+    for generator in fields.get("configMapGenerator").and_then(Value::as_array).into_iter().flatten() {
+        objects.push(generate_config_map(dir, generator, fields.get("generatorOptions"))?);
+    }
     if let Some(namespace) = fields.get("namespace") {
         let namespace =
             namespace.as_str().ok_or_else(|| format!("{}: `namespace` is not a string", path.display()))?;
         set_namespace(&mut objects, namespace);
     }
     Ok(objects)
+}
+
+/// A `configMapGenerator` entry: a ConfigMap holding each of its `files` under the file's name.
+fn generate_config_map(dir: &Path, generator: &Value, options: Option<&Value>) -> Result<Value, String> {
+    let at = dir.join("kustomization.yaml").display().to_string();
+    let name = generator["name"].as_str().ok_or_else(|| format!("{at}: a configMapGenerator has no name"))?;
+    if let Some(field) =
+        generator.as_object().into_iter().flatten().map(|(k, _)| k).find(|k| *k != "name" && *k != "files")
+    {
+        return Err(format!("{at}: configMapGenerator `{field}` is not supported by the tests' renderer"));
+    }
+    let options = options.cloned().unwrap_or(Value::Null);
+    if options["disableNameSuffixHash"] != true {
+        return Err(format!(
+            "{at}: name hashes are not supported by the tests' renderer; set disableNameSuffixHash"
+        ));
+    }
+    let mut data = serde_json::Map::new();
+    for file in generator["files"].as_array().into_iter().flatten() {
+        let file = file.as_str().ok_or_else(|| format!("{at}: a file is not a string"))?;
+        let text = std::fs::read_to_string(dir.join(file)).map_err(|e| format!("{at}: {file}: {e}"))?;
+        data.insert(file.to_owned(), json!(text));
+    }
+    let mut metadata = json!({"name": name});
+    for field in ["labels", "annotations"] {
+        if options[field].is_object() {
+            metadata[field] = options[field].clone();
+        }
+    }
+    Ok(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}))
 }
 
 /// [`render`], then the `namespace` override `namespace` on top (as an overlay would).
