@@ -326,6 +326,13 @@ fn is_completion(status: u16, body: &str) -> bool {
     status == 200 && body.contains("\"text_completion\"")
 }
 
+/// Keeps a failure: all of them are counted, the first 10 are kept whole (the rest as a marker).
+fn keep(failures: &std::sync::Mutex<Vec<String>>, failure: String) {
+    let mut failures = failures.lock().unwrap();
+    let failure = if failures.len() < 10 { failure } else { String::from("...") };
+    failures.push(failure);
+}
+
 /// Closed-loop load: `workers` clients sending completions one after the other until stopped. Counts
 /// successes and keeps every failure.
 struct Load {
@@ -353,8 +360,8 @@ impl Load {
                             Ok((status, body)) if is_completion(status, &body) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            Ok((status, body)) => failures.lock().unwrap().push(format!("{status}: {body}")),
-                            Err(e) => failures.lock().unwrap().push(e),
+                            Ok((status, body)) => keep(&failures, format!("{status}: {body}")),
+                            Err(e) => keep(&failures, e),
                         }
                     }
                 })
@@ -522,6 +529,126 @@ async fn an_invalid_annotation_is_reported_and_replicas_are_untouched() {
     assert!(
         !annotations.get("status.ebb.dev/desired").is_some_and(|v| v != "2"),
         "no other desired: {annotations:?}"
+    );
+    assert_eq!(cluster.logs.exits(), Vec::<String>::new(), "no container exited on its own");
+}
+
+/// The image of every pod of service `name` that is not being deleted.
+async fn pod_images(pods: &Api<Pod>, name: &str) -> Result<Vec<String>, String> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("ebb.dev/service={name}")))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.spec.as_ref()?.containers.first()?.image.clone())
+        .collect())
+}
+
+/// Sets the image of every container of Deployment `name` (a rollout).
+async fn set_image(cluster: &Cluster, name: &str, image: &str) {
+    let d = cluster.deployments().get(name).await.expect("the Deployment");
+    let containers: Vec<Value> = d
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .iter()
+        .map(|c| json!({"name": c.name, "image": image}))
+        .collect();
+    let patch = json!({"spec": {"template": {"spec": {"containers": containers}}}});
+    cluster
+        .deployments()
+        .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .expect("roll out");
+}
+
+/// Item (e): an image rollout under load loses no request and does not scale up; one at zero starts no pod,
+/// and the next request is served by the new image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_rollouts_under_load_and_at_zero_lose_nothing_and_do_not_over_scale() {
+    let cluster =
+        Cluster::install("e2e-roll", &[("stable-window", "6s"), ("scale-to-zero-grace-period", "2s")]).await;
+    cluster
+        .deploy_chat(
+            "chat",
+            &[
+                ("autoscaling.knative.dev/window", "6s"),
+                ("autoscaling.knative.dev/scale-to-zero-pod-retention-period", "0s"),
+                ("autoscaling.knative.dev/target-burst-capacity", "0"),
+                ("autoscaling.knative.dev/max-scale", "4"),
+            ],
+            &["--model", "demo", "--startup-delay", "1s", "--tokens-per-second", "200", "--concurrency", "8"],
+        )
+        .await;
+    let gateway = Gateway::start(&cluster.admin, &cluster.apps, "chat").await;
+    let apps: Api<Pod> = Api::namespaced(cluster.admin.clone(), &cluster.apps);
+    wait_for(WAIT, "the gateway to follow the slice", async || {
+        if gateway.endpoints().is_empty() { Err("no endpoints") } else { Ok(()) }
+    })
+    .await;
+    // Steady load: 16 clients over 8 per pod at a 70% target (5.6) want 3 pods; the rollout starts once
+    // they are all Ready.
+    let load = Load::start(gateway.addr(), 16);
+    let before = cluster.wait_replicas("chat", "= 3", |r| r == 3).await;
+    cluster.wait_ready_pods(&cluster.apps, "ebb.dev/service=chat", 3).await;
+
+    set_image(&cluster, "chat", "ghcr.io/ebb-dev/ebb:0.1.1").await;
+    let mut highest = before;
+    wait_for(WAIT, "the rollout under load to finish", async || {
+        highest = highest.max(cluster.replicas("chat").await?);
+        let images = pod_images(&apps, "chat").await?;
+        let ready = ready_ips(&apps, "ebb.dev/service=chat").await?;
+        let done =
+            !images.is_empty() && images.iter().all(|i| i.ends_with(":0.1.1")) && ready.len() == images.len();
+        if done { Ok(()) } else { Err(format!("images {images:?}, {} ready", ready.len())) }
+    })
+    .await;
+    let served = load.ok();
+    wait_for(WAIT, "requests served by the new pods", async || {
+        if load.ok() > served + 20 { Ok(()) } else { Err(format!("{} served", load.ok())) }
+    })
+    .await;
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the rollout: {failures:?}",
+        failures.len(),
+        ok as usize + failures.len()
+    );
+    assert!(highest <= before, "the rollout scaled the service up: {before} -> {highest} replicas");
+
+    // At zero: the rollout starts no pod; the next request cold-starts one of the new image.
+    cluster.wait_replicas("chat", "= 0", |r| r == 0).await;
+    wait_for(WAIT, "the pods to be gone", async || {
+        let images = pod_images(&apps, "chat").await?;
+        if images.is_empty() { Ok(()) } else { Err(format!("{images:?}")) }
+    })
+    .await;
+    set_image(&cluster, "chat", "ghcr.io/ebb-dev/ebb:0.1.2").await;
+    wait_for(WAIT, "the Deployment controller to see the rollout", async || {
+        let d = cluster.deployments().get("chat").await.map_err(|e| e.to_string())?;
+        let (generation, observed) = (d.metadata.generation, d.status.and_then(|s| s.observed_generation));
+        if observed >= generation {
+            Ok(())
+        } else {
+            Err(format!("generation {generation:?}, observed {observed:?}"))
+        }
+    })
+    .await;
+    assert_eq!(cluster.replicas("chat").await.unwrap(), 0, "a rollout at zero stays at zero");
+    assert_eq!(pod_images(&apps, "chat").await.unwrap(), Vec::<String>::new(), "no pod started");
+    let (status, body) = complete(&http_client(), gateway.addr()).await.expect("a request after the rollout");
+    assert!(is_completion(status, &body), "{status}: {body}");
+    let images = pod_images(&apps, "chat").await.unwrap();
+    assert!(
+        !images.is_empty() && images.iter().all(|i| i.ends_with(":0.1.2")),
+        "served by the new image: {images:?}"
     );
     assert_eq!(cluster.logs.exits(), Vec::<String>::new(), "no container exited on its own");
 }
