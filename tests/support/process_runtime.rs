@@ -73,9 +73,14 @@ struct Inner {
     probe_period_cap: Option<Duration>,
     http: HttpClient<HttpConnector, Empty<Bytes>>,
     /// The processes of each running pod.
-    pods: Mutex<HashMap<(String, String), Arc<Vec<Proc>>>>,
+    pods: Mutex<HashMap<PodKey, Arc<Vec<Proc>>>>,
     exits: Arc<Mutex<Vec<String>>>,
 }
+
+/// A pod's namespace and name.
+type PodKey = (String, String);
+/// Environment variables in the order they are defined.
+type Env = Vec<(String, String)>;
 
 /// One container's process.
 struct Proc {
@@ -535,10 +540,7 @@ fn kubeconfig_yaml(server: &str, user: &str, token: &str) -> String {
 
 /// The `ebb` arguments and the environment of `container`, resolved as a kubelet does, with the pod's
 /// network imposed (module documentation).
-pub fn container_command(
-    pod: &RunningPod,
-    container: &Container,
-) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+pub fn container_command(pod: &RunningPod, container: &Container) -> Result<(Vec<String>, Env), String> {
     let what = format!("{}/{} container {}", pod.namespace(), pod.name(), container.name);
     let mut env: Vec<(String, String)> = Vec::new();
     if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
