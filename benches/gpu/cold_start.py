@@ -141,7 +141,7 @@ def read_server_events(path, pid=None):
 def cold_rounds(args, out):
     events_path = os.path.join(out["workdir"], "server-events-cold.jsonl")
     up = EbbUp(args.ebb, service_yaml(args, events_path, warm=False),
-               workdir=os.path.join(out["workdir"], "cold"), extra_args=["--grace-period", "5s"])
+               workdir=os.path.join(out["workdir"], "cold"), extra_args=["--grace-period", "5s"], env=args.up_env)
     rounds = []
     plan = (["dropped"] if args.drop_caches else []) + ["cached"] * args.rounds
     try:
@@ -275,7 +275,7 @@ def stream_load(addr, concurrency, duration, tokens, procs):
 def warm(args, out):
     events_path = os.path.join(out["workdir"], "server-events-warm.jsonl")
     up = EbbUp(args.ebb, service_yaml(args, events_path, warm=True), workdir=os.path.join(out["workdir"], "warm"),
-               extra_args=["--grace-period", "5s"])
+               extra_args=["--grace-period", "5s"], env=args.up_env)
     results = []
     try:
         up.wait_for(SERVICE, lambda s: s["ready"] >= 1, "one ready pod", timeout=180)
@@ -289,7 +289,7 @@ def warm(args, out):
         # One warm-up run through every path, then the measured ones, paths interleaved per concurrency.
         for addr in paths.values():
             stream_load(addr, 4, 1.0, args.warm_tokens, args.client_procs)
-        for c in args.concurrency:
+        for c in [c for c in args.concurrency for _ in range(args.repeat)]:
             for name, addr in paths.items():
                 r = stream_load(addr, c, args.duration, args.warm_tokens, args.client_procs)
                 r.update(path=name, concurrency=c, tokens=args.warm_tokens)
@@ -368,6 +368,9 @@ def main():
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--client-procs", type=int, default=4)
     ap.add_argument("--skip-warm", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each warm concurrency, paths alternating")
+    ap.add_argument("--up-env", type=lambda s: dict(kv.split("=", 1) for kv in s.split(",") if kv), default={},
+                    help="K=V,... for ebb up's environment (its queue-proxies inherit it: EBB_PROBE_*)")
     ap.add_argument("--server-args", default="", help="extra arguments of `server.py serve`, e.g. --allow-cpu")
     ap.add_argument("--workdir", default="/tmp/ebb-gpu-cold-start", help="ebb up's files and logs")
     args = ap.parse_args()
