@@ -99,8 +99,11 @@ pub fn deployment_service(deployment: &Deployment) -> Option<(ServiceKey, Result
         return None;
     }
     let key = ServiceKey::new(&deployment.namespace()?, &name);
-    // The data-plane keys do not depend on config-autoscaler, which the activator has no right to read.
-    let config = resolve_service(deployment.annotations(), &GlobalConfig::default());
+    // The data-plane keys do not depend on config-autoscaler, which the activator has no right to read. Its
+    // defaults would refuse `initial-scale: 0` (allowed only by the ConfigMap): that check is the
+    // autoscaler's, which reads the ConfigMap, so the activator assumes the most permissive global setting.
+    let global = GlobalConfig { allow_zero_initial_scale: true, ..GlobalConfig::default() };
+    let config = resolve_service(deployment.annotations(), &global);
     Some((key, config.map(|c| c.value.data_plane).map_err(|invalid| invalid.to_string())))
 }
 
@@ -376,6 +379,13 @@ mod tests {
             deployment_service(&d(json!({"ebb.dev/service": "chat"}), json!({"ebb.dev/timeout": "never"})))
                 .unwrap();
         assert!(invalid.unwrap_err().contains("ebb.dev/timeout"));
+        // Whether a service may start at zero is config-autoscaler's to say, which the activator cannot read.
+        let (_, at_zero) = deployment_service(&d(
+            json!({"ebb.dev/service": "chat"}),
+            json!({"autoscaling.knative.dev/initial-scale": "0"}),
+        ))
+        .unwrap();
+        assert!(at_zero.is_ok(), "{at_zero:?}");
     }
 
     #[test]
