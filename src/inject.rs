@@ -241,7 +241,11 @@ fn split_documents(text: &str) -> Result<Vec<Document>, (usize, String)> {
             match Value::deserialize(document) {
                 Ok(v) if !v.is_null() => parsed.push(v),
                 Ok(_) => {}
-                Err(_) => faithful = false,
+                // The iterator repeats a syntax error forever: stop at the first.
+                Err(_) => {
+                    faithful = false;
+                    break;
+                }
             }
         }
         match parsed.len() {
@@ -340,6 +344,12 @@ fn inject_deployment(
     let name = str_at(deployment, &["metadata", "name"]).unwrap_or_default().to_owned();
     if name.is_empty() {
         errors.push("has no metadata.name; the sidecar needs the service's name".to_owned());
+    }
+    let label = str_at(deployment, &["metadata", "labels", LABEL_SERVICE]).unwrap_or_default();
+    if !name.is_empty() && label != name {
+        warnings.push(format!(
+            "label {LABEL_SERVICE} is {label:?} but must equal the Deployment's name {name:?}"
+        ));
     }
     let (annotations, not_strings) = string_map(at(deployment, &["metadata", "annotations"]));
     for key in &not_strings {
@@ -567,10 +577,16 @@ fn inject_deployment(
         pod.insert("terminationGracePeriodSeconds".into(), wanted.into());
     }
 
-    // The activator and autoscaler find the pods by the label.
+    // The activator and autoscaler find the pods by the label. Added when missing; another value is only
+    // reported, since the Deployment's selector may rely on it.
     let labels = ensure_mapping(deployment, &["spec", "template", "metadata", "labels"]);
-    if labels.get(LABEL_SERVICE).and_then(Value::as_str) != Some(name.as_str()) {
-        labels.insert(LABEL_SERVICE.into(), name.clone().into());
+    match labels.get(LABEL_SERVICE) {
+        None => drop(labels.insert(LABEL_SERVICE.into(), name.clone().into())),
+        Some(value) if value.as_str() == Some(name.as_str()) => {}
+        Some(value) => warnings.push(format!(
+            "the pod template's label {LABEL_SERVICE} is {value:?} but must be {name:?}: the activator and \
+             autoscaler find the pods by it"
+        )),
     }
     Ok(warnings)
 }
@@ -886,6 +902,32 @@ spec:
         let d = one(text);
         let env = env_of(&d["items"][0]["spec"]["template"]["spec"]["containers"][1]);
         assert!(env.contains(&("EBB_UPSTREAM".into(), "127.0.0.1:8080".into())), "{env:?}");
+    }
+
+    #[test]
+    fn streams_that_cannot_be_cut_are_rewritten_whole() {
+        // A directive makes the text before the first `---` unparseable alone: every document is re-serialized,
+        // with the same values.
+        let text = format!("%YAML 1.2\n---\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n{DEPLOYMENT}");
+        let out = inject(&text, IMAGE).unwrap().yaml;
+        let values: Vec<Value> =
+            serde_yaml::Deserializer::from_str(&out).map(|d| Value::deserialize(d).unwrap()).collect();
+        assert_eq!(values.len(), 2, "{out}");
+        assert_eq!(values[0], serde_yaml::from_str::<Value>("kind: ConfigMap\nmetadata: {name: x}").unwrap());
+        assert_eq!(values[1]["spec"]["template"]["spec"]["containers"][1]["name"], SIDECAR);
+        assert_eq!(inject(&out, IMAGE).unwrap().yaml, out, "and then it is idempotent");
+    }
+
+    #[test]
+    fn a_template_label_of_another_value_is_reported_not_changed() {
+        let text = DEPLOYMENT.replace(
+            "spec:\n  template:\n",
+            "spec:\n  template:\n    metadata: {labels: {ebb.dev/service: other}}\n",
+        );
+        let out = inject(&text, IMAGE).unwrap();
+        assert!(out.warnings.iter().any(|w| w.contains("\"other\"")), "{:?}", out.warnings);
+        let d: Value = serde_yaml::from_str(&out.yaml).unwrap();
+        assert_eq!(d["spec"]["template"]["metadata"]["labels"][LABEL_SERVICE], "other");
     }
 
     #[test]
