@@ -123,7 +123,14 @@ fn percent_encode(text: &str) -> String {
 /// A running Prometheus of this test's own.
 struct Prometheus {
     addr: std::net::SocketAddr,
-    _supervisor: Supervisor,
+    child: std::process::Child,
+    supervisor: Supervisor,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.supervisor.shutdown(std::slice::from_mut(&mut self.child));
+    }
 }
 
 impl Prometheus {
@@ -151,8 +158,8 @@ impl Prometheus {
             .arg(format!("--web.listen-address={addr}"))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        supervisor.spawn(&mut command).expect("prometheus starts");
-        let prometheus = Prometheus { addr, _supervisor: supervisor };
+        let child = supervisor.spawn(&mut command).expect("prometheus starts");
+        let prometheus = Prometheus { addr, child, supervisor };
         let log = dir.join("prometheus.log");
         wait_for(Duration::from_secs(60), "Prometheus to be ready", async || {
             match request(addr, "GET", "/-/ready", "", "prometheus").await {
