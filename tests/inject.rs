@@ -2,7 +2,7 @@
 //! injected pod template checked with the autoscaler's own ConfigMismatch check (`env_check`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
@@ -257,4 +257,47 @@ fn invalid_annotations_and_input_are_refused() {
     let Output { status, stderr, .. } = ebb().args(["inject", "/nonexistent/ebb.yaml"]).output().unwrap();
     assert_eq!(status.code(), Some(2));
     assert!(String::from_utf8_lossy(&stderr).contains("/nonexistent/ebb.yaml: cannot read"));
+}
+
+#[test]
+fn the_queue_proxy_accepts_the_injected_env() {
+    let (code, stdout, stderr) = inject("run.yaml", CHAT);
+    assert_eq!(code, 0, "{stderr}");
+    let qp = containers(&deployments(&stdout)[0])[1].clone();
+    let mut command = ebb();
+    command.arg("queue-proxy");
+    // The env as a kubelet resolves it for pod models/chat-1 ...
+    for e in qp.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().unwrap().field_path.as_str() {
+                "metadata.namespace" => "models".to_owned(),
+                "metadata.name" => "chat-1".to_owned(),
+                "status.podIP" => "127.0.0.1".to_owned(),
+                other => panic!("unexpected fieldRef {other}"),
+            },
+            (None, None) => String::new(),
+        };
+        command.env(&e.name, value);
+    }
+    // ... on loopback and free ports (tests never take fixed ports).
+    for (name, value) in [
+        ("EBB_BIND_ADDRESS", "127.0.0.1"),
+        ("EBB_DATA_PORT", "0"),
+        ("EBB_ADMIN_PORT", "0"),
+        ("EBB_STATS_PORT", "0"),
+        ("EBB_METRICS_PORT", "0"),
+    ] {
+        command.env(name, value);
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // It prints its bound addresses once its configuration is accepted and its ports are open.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let addresses: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("no addresses ({e}): {line:?}; stderr: {stderr}"));
+    assert!(addresses["data"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{addresses}");
 }
