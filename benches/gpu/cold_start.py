@@ -306,6 +306,8 @@ def report(out):
     ms = lambda x: f"{x * 1000:.1f}" if x is not None else "-"  # noqa: E731
     cached = [r for r in out["rounds"] if r["cache"] == "cached"]
     dropped = [r for r in out["rounds"] if r["cache"] == "dropped"]
+    if not cached:
+        lines.append("Cold start: not run (--skip-cold)")
     rows, totals, ebb = phase_rows(cached)
     d_rows = phase_rows(dropped)[0] if dropped else None
     lines.append(f"Cold start: {len(cached)} rounds with the page cache warm (milliseconds; median, min, max)"
@@ -314,7 +316,7 @@ def report(out):
     head = "| phase | whose | median | min | max |" + (" dropped cache |" if dropped else "")
     lines.append(head)
     lines.append("|---|---|---:|---:|---:|" + ("---:|" if dropped else ""))
-    for j, (name, whose, vals) in enumerate(rows):
+    for j, (name, whose, vals) in enumerate(rows if cached else []):
         cells = f"| {name} | {whose} | {ms(median(vals))} | {ms(min(vals) if vals else None)} | " \
                 f"{ms(max(vals) if vals else None)} |"
         if dropped:
@@ -368,6 +370,7 @@ def main():
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--client-procs", type=int, default=4)
     ap.add_argument("--skip-warm", action="store_true")
+    ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each warm concurrency, paths alternating")
     ap.add_argument("--up-env", type=lambda s: dict(kv.split("=", 1) for kv in s.split(",") if kv), default={},
                     help="K=V,... for ebb up's environment (its queue-proxies inherit it: EBB_PROBE_*)")
@@ -379,7 +382,7 @@ def main():
     out = {"args": vars(args), "workdir": workdir, "started": time.time()}
     os.makedirs(workdir, exist_ok=True)
     try:
-        out["rounds"] = cold_rounds(args, out)
+        out["rounds"] = [] if args.skip_cold else cold_rounds(args, out)
         if not args.skip_warm:
             out["warm"] = warm(args, out)
     finally:

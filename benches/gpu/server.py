@@ -15,7 +15,8 @@ answers with server-sent events, one per token, then `data: [DONE]`), `GET /heal
 the model is loaded: the server only listens from then on, so a TCP probe sees the same).
 
 Concurrent requests with prompts of equal length are decoded together as one batch (static batching: a batch
-runs until its longest request is done; requests that arrive meanwhile wait for the next batch).
+runs until its longest request is done; requests that arrive meanwhile wait for the next batch). With
+`--engine continuous`, transformers' continuous batching serves them instead (after the same warm-up).
 
 Start-up phases go to the file named by $EBB_GPU_EVENTS (JSON lines: event, t in epoch seconds, pid): `exec`
 (from $EBB_GPU_T_EXEC, set by the shell that execs this), `interpreter` (first line of this file), `imported`
@@ -177,6 +178,41 @@ class Engine:
                 out = self.model(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
 
 
+class ContinuousEngine:
+    """transformers' continuous batching manager (paged KV cache; requests join and leave the batch at every
+    step), for warm throughput under concurrency. Its handlers run on the event loop."""
+
+    def __init__(self, model, max_new_tokens):
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=-1)
+        self.manager = model.init_continuous_batching(generation_config=config)
+        self.manager.start()
+        self.count = 0
+
+    def submit(self, job):
+        self.count += 1
+        job.rid = f"r{self.count}"
+        job.sent = 0
+
+        def on_result(result):
+            now = time.time()
+            if result.error:
+                job.out.put_nowait(("error", str(result.error)))
+                return
+            for tok in result.generated_tokens[job.sent:job.max_tokens]:
+                job.out.put_nowait(("token", tok, now))
+            job.sent = len(result.generated_tokens)
+            if result.is_finished() or job.sent >= job.max_tokens:
+                job.out.put_nowait(("done", None))
+
+        self.manager.register_result_handler(job.rid, on_result)
+        self.manager.add_request(job.ids, request_id=job.rid, max_new_tokens=job.max_tokens, streaming=True)
+
+    def cancel(self, job):
+        self.manager.cancel_request(job.rid)
+
+
 def token_text(tok):
     return chr(32 + tok % 95)
 
@@ -210,6 +246,9 @@ def serve(args):
     engine = Engine(model, torch, device, args.max_batch)
     engine.generate([TOKEN_OFFSET + b for b in b"warm up"], 2)
     events.write("warm")
+    if args.engine == "continuous":
+        engine = ContinuousEngine(model, 4096)
+        events.write("continuous_batching_ready")
 
     state = {"first": True, "requests": 0}
 
@@ -268,6 +307,8 @@ def serve(args):
                     await resp.write(b"data: " + json.dumps(chunk(texts[-1])).encode() + b"\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             job.cancelled = True
+            if hasattr(engine, "cancel"):
+                engine.cancel(job)
             raise
         if resp is not None:
             await resp.write_eof()
@@ -310,6 +351,9 @@ def main():
     s = sub.add_parser("serve", help="load the model and serve on $HOST:$PORT")
     s.add_argument("--model-dir", required=True)
     s.add_argument("--max-batch", type=int, default=64)
+    s.add_argument("--engine", choices=["static", "continuous"], default="static",
+                   help="static: this file's batching (the default; starts fastest); continuous: transformers' "
+                        "continuous batching, for warm throughput under concurrency")
     s.add_argument("--allow-cpu", action="store_true", help="serve on the CPU when there is no GPU")
     args = parser.parse_args()
     if args.cmd == "prepare":
