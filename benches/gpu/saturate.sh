@@ -14,6 +14,7 @@ BIN=${BIN:-.device-bin}
 DURATION=${DURATION:-5}
 LOADGENS=${LOADGENS:-6}
 OUT=${OUT:-$(mktemp -d /tmp/ebb-saturate.XXXXXX)}
+mkdir -p "$OUT"
 for b in ebb loadgen bench-upstream activator-bench; do
     [ -x "$BIN/$b" ] || { echo "saturate.sh: $BIN/$b missing (cargo build --release -p ebb-benches; ebb)" >&2; exit 2; }
 done
