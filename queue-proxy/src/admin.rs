@@ -1,11 +1,12 @@
-//! The auxiliary endpoints: the admin port (readiness for the kubelet, liveness, `/wait-for-drain` for the
+//! The auxiliary endpoints: the admin port (readiness for the kubelet at `/ready` or with `Ebb-Probe: queue`,
+//! liveness, `/wait-for-drain` for the
 //! user container's preStop hook), the stats port (`GET /stats`) and the Prometheus port (`GET /metrics`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ebb_config::names::{STATS_PATH, WAIT_FOR_DRAIN_PATH};
+use ebb_config::names::{HEADER_PROBE, PROBE_QUEUE, STATS_PATH, WAIT_FOR_DRAIN_PATH};
 use ebb_config::wire::STAT_CONTENT_TYPE;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -46,6 +47,15 @@ impl Admin {
         self: Arc<Self>,
         req: Request<hyper::body::Incoming>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
+        // The kubelet's readiness probe as `ebb inject` writes it: `Ebb-Probe: queue`, whatever the path.
+        if let Some(probe) = req.headers().get(HEADER_PROBE) {
+            return Ok(match probe.as_bytes() == PROBE_QUEUE.as_bytes() {
+                true => self.readiness().await,
+                false => {
+                    text(StatusCode::BAD_REQUEST, "this is the queue-proxy; it answers only Ebb-Probe: queue")
+                }
+            });
+        }
         let response = match req.uri().path() {
             READY_PATH | "/healthz/ready" => self.readiness().await,
             LIVE_PATH | "/healthz" | "/healthz/live" => text(StatusCode::OK, "alive"),

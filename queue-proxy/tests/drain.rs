@@ -55,6 +55,8 @@ async fn sigterm_fails_readiness_serves_everything_then_exits_after_the_quiet_pe
 
     eventually("the proxy reports ready", || async move { fetch(admin, "/ready").await.0 == 200 }).await;
     assert_eq!(fetch(admin, "/live").await.0, 200);
+    // The readiness probe `ebb inject` writes: `GET /` with `Ebb-Probe: queue` on the admin port.
+    assert_eq!(probe(admin).await, 200);
 
     let client = client();
     let slow: Vec<_> = (0..3)
@@ -75,6 +77,7 @@ async fn sigterm_fails_readiness_serves_everything_then_exits_after_the_quiet_pe
 
     kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();
     eventually("readiness fails", || async move { fetch(admin, "/ready").await.0 == 503 }).await;
+    assert_eq!(probe(admin).await, 503, "the injected readiness probe fails while draining too");
     assert_eq!(fetch(admin, "/live").await.0, 200, "liveness does not depend on draining");
 
     // Requests arriving while draining are still served (and told to close their connection).
@@ -133,4 +136,13 @@ impl Drop for KillOnDrop {
             let _ = self.0.wait();
         }
     }
+}
+
+/// The kubelet's readiness probe as `ebb inject` writes it; the status.
+async fn probe(admin: std::net::SocketAddr) -> u16 {
+    let request = hyper::Request::get(format!("http://{admin}/"))
+        .header("ebb-probe", "queue")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    send(&client(), request).await.status().as_u16()
 }
