@@ -78,7 +78,7 @@ fn export_everything() -> Catalogue {
     let kube = KubeMetrics::new();
     kube.add_service("demo", "chat");
     // The autoscaler serves the controller's families, then the runtime's page.
-    let autoscaler = format!("{}\n{}", kube.encode(), autoscaler.encode());
+    let autoscaler = kube.page(&autoscaler.encode());
 
     let mut all = Catalogue::new();
     for page in [queue_proxy, activator, autoscaler] {

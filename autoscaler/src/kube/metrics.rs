@@ -147,10 +147,31 @@ impl KubeMetrics {
         ServiceLabels { namespace: namespace.to_owned(), service: service.to_owned() }
     }
 
-    /// The Prometheus text, without the closing `# EOF` (the runtime's text ends the page).
-    pub fn encode(&self) -> String {
+    /// The metrics page: these families, then the runtime's page (`runtime`, which ends with `# EOF`). One
+    /// OpenMetrics document, which allows no blank line and one `# EOF`.
+    pub fn page(&self, runtime: &str) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
-        out.trim_end().trim_end_matches("# EOF").to_owned()
+        let families = out.trim_end().trim_end_matches("# EOF").trim_end();
+        format!("{families}\n{}", runtime.trim_start())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::metrics::Metrics;
+
+    #[test]
+    fn the_page_is_one_openmetrics_document() {
+        let kube = KubeMetrics::new();
+        kube.add_service("demo", "chat");
+        let page = kube.page(&Metrics::new().encode());
+        assert!(
+            page.contains("ebb_autoscaler_leader ") && page.contains("ebb_autoscaler_tick_duration_seconds")
+        );
+        assert!(!page.lines().any(str::is_empty), "a blank line ends an OpenMetrics page early:\n{page}");
+        assert_eq!(page.matches("# EOF").count(), 1);
+        assert!(page.ends_with("# EOF\n"), "{page}");
     }
 }

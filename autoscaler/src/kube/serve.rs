@@ -39,7 +39,7 @@ pub(crate) async fn serve(
             let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let response = match req.uri().path() {
                     "/metrics" => {
-                        let text = format!("{}\n{}", shared.metrics.encode(), autoscaler.encode_metrics());
+                        let text = shared.metrics.page(&autoscaler.encode_metrics());
                         let mut r = Response::new(Full::new(Bytes::from(text)));
                         r.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(OPENMETRICS));
                         r
