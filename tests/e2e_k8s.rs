@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 use support::gateway::{Gateway, slice_now};
 use support::manifests::{find, is_namespaced, kind, manifests_dir, name, render_in};
 use support::process_runtime::{ProcessRuntime, RuntimeLogs};
+use support::prometheus::{Prometheus, alert_rules, cluster_only, dashboard_expressions, signal, substitute};
 use support::{ControlPlane, NodeEmulator, Readiness, TestNamespace, wait_for};
 
 /// Waiting for processes to start, pods to become Ready, decisions to be made.
@@ -116,7 +117,6 @@ impl Cluster {
         let model = &mut deployment["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(model["name"], "model", "the example's first container is the model");
         model["args"] = json!(args);
-        work_around_the_admin_probe(&mut deployment);
         let deployment: Deployment = serde_json::from_value(deployment).expect("a Deployment");
         self.deployments().create(&PostParams::default(), &deployment).await.expect("create the service");
     }
@@ -233,27 +233,6 @@ fn rename_service(deployment: &mut Value, name: &str) {
             if var["name"] == "EBB_SERVICE_NAME" {
                 var["value"] = json!(name);
             }
-        }
-    }
-}
-
-/// KNOWN BUG, worked around here until fixed elsewhere: the example (and `ebb inject`, as conventions.md
-/// says) probes the queue-proxy's readiness with `GET / Ebb-Probe: queue` on its admin port 8022, but the
-/// queue-proxy answers `Ebb-Probe` only on its data port 8012, and on 8022 serves readiness at `/ready`
-/// (404 for `/`): such pods never become Ready in a cluster. The test probes `/ready` on 8022 instead, and
-/// says so, so that the rest of the path is tested meanwhile.
-fn work_around_the_admin_probe(deployment: &mut Value) {
-    for container in deployment["spec"]["template"]["spec"]["containers"].as_array_mut().into_iter().flatten()
-    {
-        if container["name"] != "queue-proxy" || container["readinessProbe"]["httpGet"].is_null() {
-            continue;
-        }
-        let get = &mut container["readinessProbe"]["httpGet"];
-        if get["port"] == 8022 && get["path"] == "/" {
-            eprintln!(
-                "WORKAROUND: the queue-proxy's readinessProbe GET / on 8022 answers 404; probing /ready"
-            );
-            get["path"] = json!("/ready");
         }
     }
 }
@@ -397,6 +376,19 @@ async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero()
     )
     .await;
     eprintln!("kinds not served by this API server, not installed: {:?}", cluster.skipped);
+    // Prometheus scrapes the autoscalers and the activators, for the panels only a cluster fills.
+    let mut jobs = String::new();
+    for component in ["autoscaler", "activator"] {
+        let ips = cluster
+            .wait_ready_pods(&cluster.system, &format!("app.kubernetes.io/component={component}"), 2)
+            .await;
+        let targets: Vec<String> = ips.iter().map(|ip| format!("'{ip}:9090'")).collect();
+        jobs += &format!(
+            "- job_name: {component}\n  honor_labels: true\n  static_configs: [{{targets: [{}]}}]\n",
+            targets.join(", ")
+        );
+    }
+    let prometheus = Prometheus::start(&jobs).await;
     cluster
         .deploy_chat(
             "chat",
@@ -467,6 +459,7 @@ async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero()
         ok + failures.len() as u32
     );
     assert!(cluster.replicas("chat").await.unwrap() <= 4, "never above max-scale");
+    every_cluster_only_panel_and_alert_has_data(&prometheus).await;
 
     // Idle: back to zero, the slice on the activators again.
     cluster.wait_replicas("chat", "= 0", |r| r == 0).await;
@@ -484,6 +477,30 @@ async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero()
     let (status, body) = complete(&http, gateway.addr()).await.expect("a request after going to zero");
     assert!(is_completion(status, &body), "{status}: {body}");
     assert_eq!(cluster.logs.exits(), Vec::<String>::new(), "no container exited on its own");
+}
+
+/// The dashboard panels and alert signals on the Kubernetes controller's own families (which `ebb up`
+/// cannot fill; tests/prometheus.rs evaluates the rest) return data from the cluster's autoscalers.
+async fn every_cluster_only_panel_and_alert_has_data(prometheus: &Prometheus) {
+    let panels = dashboard_expressions().into_iter().map(|(d, p, e)| (format!("{d} / {p}"), substitute(&e)));
+    let alerts = alert_rules().into_iter().map(|(name, e)| (format!("alert {name}"), signal(&e).to_owned()));
+    let mut failures = Vec::new();
+    let mut evaluated = 0;
+    for (what, expr) in panels.chain(alerts).filter(|(_, e)| cluster_only(e)) {
+        evaluated += 1;
+        if let Err(e) = prometheus.has_data(&expr).await {
+            failures.push(format!("{what}: {expr}: {e}"));
+        }
+    }
+    assert!(evaluated > 0);
+    let targets = prometheus.targets().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {evaluated} expressions failed:\n{}\nscrape targets:\n{targets}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{evaluated} cluster-only expressions returned data");
 }
 
 /// Item (c): an invalid annotation draws a Warning Event naming it, and the replicas are left alone.

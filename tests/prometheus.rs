@@ -2,204 +2,21 @@
 //! own instance on a free port): `ebb up` serves two services under load, Prometheus scrapes it and, through
 //! its `/service-discovery` endpoint, every pod's queue-proxy; then every PromQL expression of every dashboard
 //! panel and alert rule, with Grafana's variables substituted, must return data. Panels that only a cluster
-//! can fill (the Kubernetes controller's own families) are named in [`CLUSTER_ONLY`].
+//! can fill (the Kubernetes controller's own families) are evaluated by tests/e2e_k8s.rs instead.
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::supervisor::Supervisor;
-use support::up::{Load, Up, request, start};
+use support::prometheus::{
+    Prometheus, alert_rules, cluster_only, dashboard_expressions, read, signal, substitute, tool,
+};
+use support::up::{Load, request, start};
 use support::wait::wait_for;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// Families only the Kubernetes controller exports (docs/metrics.md, "a cluster only"): expressions on them
-/// have no data in `ebb up`.
-const CLUSTER_ONLY: [&str; 8] = [
-    "ebb_autoscaler_scale_patch_seconds",
-    "ebb_autoscaler_leader",
-    "ebb_autoscaler_api_reachable",
-    "ebb_autoscaler_config_errors_total",
-    "ebb_autoscaler_external_replica_changes_total",
-    "ebb_autoscaler_scale_downs_held_total",
-    "ebb_autoscaler_blocked_pods",
-    "ebb_autoscaler_scale_changes_total",
-];
-
-/// A program from Debian's `prometheus` package: `$EBB_<NAME>` or on `PATH`.
-fn tool(name: &str) -> PathBuf {
-    let variable = format!("EBB_{}", name.to_uppercase());
-    if let Some(path) = std::env::var_os(&variable) {
-        return PathBuf::from(path);
-    }
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file());
-    found.unwrap_or_else(|| {
-        panic!(
-            "{name} not found: install Debian's prometheus package (apt-get install --no-install-recommends \
-             prometheus; .ci/run does) or set {variable} to the binary"
-        )
-    })
-}
-
-fn read(path: &str) -> String {
-    let path = Path::new(ROOT).join(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// Every expression of every dashboard panel: (dashboard, panel title, expression).
-fn dashboard_expressions() -> Vec<(String, String, String)> {
-    let mut found = Vec::new();
-    for name in ["service-overview", "cold-start", "data-plane", "control-plane"] {
-        let dashboard: Value =
-            serde_json::from_str(&read(&format!("manifests/dashboards/{name}.json"))).unwrap();
-        for panel in dashboard["panels"].as_array().unwrap() {
-            for target in panel["targets"].as_array().unwrap() {
-                let expr = target["expr"].as_str().expect("every target has an expression");
-                found.push((name.to_owned(), panel["title"].as_str().unwrap().to_owned(), expr.to_owned()));
-            }
-        }
-    }
-    found
-}
-
-/// Every alert rule: (name, expression).
-fn alert_rules() -> Vec<(String, String)> {
-    let rules: serde_yaml::Value =
-        serde_yaml::from_str(&read("manifests/monitoring/alerts.rules.yml")).unwrap();
-    let mut found = Vec::new();
-    for group in rules["groups"].as_sequence().unwrap() {
-        for rule in group["rules"].as_sequence().unwrap() {
-            let name = rule["alert"].as_str().unwrap().to_owned();
-            found.push((name, rule["expr"].as_str().unwrap().to_owned()));
-        }
-    }
-    found
-}
-
-/// The signal of an alert expression written `(signal) OP threshold`.
-fn signal(expr: &str) -> &str {
-    let open = expr.find('(').filter(|&i| i == 0).unwrap_or_else(|| panic!("{expr} does not start with '('"));
-    let mut depth = 0;
-    for (i, c) in expr.char_indices().skip(open) {
-        depth += match c {
-            '(' => 1,
-            ')' => -1,
-            _ => 0,
-        };
-        if depth == 0 {
-            let rest = expr[i + 1..].trim();
-            assert!(
-                ["> ", "< ", "== ", ">= ", "<= ", "!= "].iter().any(|op| rest.starts_with(op)),
-                "{expr} is not (signal) OP threshold"
-            );
-            return &expr[1..i];
-        }
-    }
-    panic!("unbalanced parentheses in {expr}")
-}
-
-/// Grafana's variables as a user picking every namespace and service would set them.
-fn substitute(expr: &str) -> String {
-    expr.replace("$__rate_interval", "1m").replace("$namespace", ".*").replace("$service", ".*")
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A running Prometheus of this test's own.
-struct Prometheus {
-    addr: std::net::SocketAddr,
-    child: std::process::Child,
-    supervisor: Supervisor,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        self.supervisor.shutdown(std::slice::from_mut(&mut self.child));
-    }
-}
-
-impl Prometheus {
-    /// Scrapes `ebb up` every second, and every pod it lists for service discovery.
-    async fn start(up: &Up) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!("ebb-prometheus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let rules = Path::new(ROOT).join("manifests/monitoring/alerts.rules.yml");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{rules:?}]\nscrape_configs:\n  \
-             - job_name: ebb-up\n    static_configs: [{{targets: ['{metrics}']}}]\n  - job_name: ebb-pods\n    \
-             http_sd_configs: [{{url: 'http://{metrics}/service-discovery', refresh_interval: 1s}}]\n",
-            metrics = up.metrics,
-        );
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        // A free port: Prometheus cannot bind :0 and say which it took.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let supervisor = Supervisor::start(Some(&dir)).unwrap();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let mut command = std::process::Command::new(tool("prometheus"));
-        command
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let child = supervisor.spawn(&mut command).expect("prometheus starts");
-        let prometheus = Prometheus { addr, child, supervisor };
-        let log = dir.join("prometheus.log");
-        wait_for(Duration::from_secs(60), "Prometheus to be ready", async || {
-            match request(addr, "GET", "/-/ready", "", "prometheus").await {
-                Ok((200, _)) => Ok(()),
-                other => {
-                    Err(format!("{other:?}; log: {}", std::fs::read_to_string(&log).unwrap_or_default()))
-                }
-            }
-        })
-        .await;
-        prometheus
-    }
-
-    /// The instant query's result vector (an error names the expression and Prometheus' answer).
-    async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
-        let path = format!("/api/v1/query?query={}", percent_encode(expr));
-        let (status, body) = request(self.addr, "GET", &path, "", "prometheus").await?;
-        let answer: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if status != 200 || answer["status"] != "success" {
-            return Err(format!("{expr}: {status} {body}"));
-        }
-        Ok(answer["data"]["result"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// Whether the expression returns at least one sample that is a number (not NaN).
-    async fn has_data(&self, expr: &str) -> Result<(), String> {
-        let result = self.query(expr).await?;
-        let numbers = result.iter().filter(|sample| {
-            sample["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| !v.is_nan())
-        });
-        match numbers.count() {
-            0 => Err(format!("no data: {} series, all NaN or none: {result:?}", result.len())),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn cluster_only(expr: &str) -> bool {
-    CLUSTER_ONLY.iter().any(|family| expr.contains(family))
-}
 
 #[test]
 fn the_alert_rules_pass_promtool_and_the_prometheus_rule_carries_the_same_groups() {
@@ -236,7 +53,12 @@ async fn every_dashboard_panel_and_alert_rule_returns_data_from_ebb_up() {
          command: [sleep, '600']\n    annotations:\n      ebb.dev/max-queued: '2'\n"
     );
     let up = Arc::new(start(&format!("prometheus-{}", std::process::id()), &yaml));
-    let prometheus = Prometheus::start(&up).await;
+    let prometheus = Prometheus::start(&format!(
+        "- job_name: ebb-up\n  static_configs: [{{targets: ['{0}']}}]\n- job_name: ebb-pods\n  \
+         http_sd_configs: [{{url: 'http://{0}/service-discovery', refresh_interval: 1s}}]",
+        up.metrics
+    ))
+    .await;
     // Prometheus must see the series at zero before the load: an increase before its first sample is not
     // one it can see.
     wait_for(Duration::from_secs(60), "two scrapes of ebb up at zero", async || {

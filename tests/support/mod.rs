@@ -11,6 +11,7 @@
 //! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
 //! - [`supervisor`]: process groups that die with the test binary, however it ends.
 //! - [`up`]: `ebb up` run as the user runs it, with HTTP helpers and a streaming load.
+//! - [`prometheus`]: a real Prometheus of the test's own, and the PromQL of the dashboards and alert rules.
 
 // Every test binary compiles this module separately and uses only part of it, so unused items are
 // expected here and are not dead code.
@@ -22,6 +23,7 @@ pub mod k8s;
 pub mod manifests;
 pub mod node;
 pub mod process_runtime;
+pub mod prometheus;
 pub mod supervisor;
 pub mod up;
 pub mod wait;
