@@ -5,6 +5,11 @@
 //!   other work never changes what plain `ebb status` shows): the Deployments labelled `ebb.dev/service` in
 //!   every namespace (or `-n NS`), with what the autoscaler writes on them and on their public Service
 //!   ([`cluster_run`]).
+//!
+//! With `--service NS/NAME` it shows that service's last decisions instead ([`decisions`]), from `ebb up` or
+//! from any autoscaler's metrics port given as `--url`.
+
+mod decisions;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +37,17 @@ pub struct Args {
     /// With a cluster: only this namespace [default: all namespaces].
     #[arg(long, short = 'n', value_name = "NS")]
     namespace: Option<String>,
+    /// Show this service's last decisions with their inputs and reasons (`NAME` in `ebb up`). In a cluster,
+    /// point --url at an autoscaler: `kubectl -n ebb-system port-forward deploy/ebb-autoscaler 9090`.
+    #[arg(long, short = 's', value_name = "NS/NAME", conflicts_with_all = ["kubeconfig", "cluster"])]
+    service: Option<String>,
+    /// With --service: only the last N decisions.
+    #[arg(long, value_name = "N", requires = "service")]
+    limit: Option<usize>,
+    /// With --service: also write an SVG of them (load, desired and ready pods, panic periods) with the
+    /// service's cold-start phases where the server measures them (`ebb up`).
+    #[arg(long, value_name = "FILE", requires = "service")]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// Prints the table; exit 1 when `ebb up` or the cluster cannot be reached, 2 for a bad command line or an
@@ -51,6 +67,10 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(service) = &args.service {
+        let options = decisions::Options { limit: args.limit, plot: args.plot.as_deref(), json: args.json };
+        return runtime.block_on(decisions::run(&args.url, service, options));
+    }
     match runtime.block_on(fetch(&args.url)) {
         Ok(status) if args.json => {
             println!("{status:#}");
@@ -68,6 +88,15 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn fetch(url: &str) -> Result<Value, String> {
+    let (status, body) = get(url, "/status").await?;
+    if !(200..300).contains(&status) {
+        return Err(format!("status {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+/// `GET path` at `url` (`http://HOST:PORT`): the status and the body.
+async fn get(url: &str, path: &str) -> Result<(u16, Bytes), String> {
     let authority = url.trim_end_matches('/').trim_start_matches("http://");
     let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(authority))
         .await
@@ -76,16 +105,14 @@ async fn fetch(url: &str) -> Result<Value, String> {
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let request = hyper::Request::get("/status")
+    let request = hyper::Request::get(path)
         .header("host", authority)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("status {}", response.status()));
-    }
+    let status = response.status().as_u16();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    serde_json::from_slice(&body).map_err(|e| e.to_string())
+    Ok((status, body))
 }
 
 /// The table: one row per service.

@@ -109,6 +109,27 @@ async fn scales_from_zero_up_down_and_back_to_zero_without_failures() {
     })
     .await;
     assert!(up.log().contains("scaled to zero"), "{}", up.log());
+
+    // The whole story, as `ebb status --service` tells it: decisions up and back to zero, and a plot of them
+    // with the cold start's phases.
+    let svg = std::env::temp_dir().join(format!("{name}.svg"));
+    let url = format!("http://{}", up.metrics);
+    let output = Command::new(EBB)
+        .args(["status", "--url", &url, "--service", &name, "--plot"])
+        .arg(&svg)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(table.starts_with("TIME (UTC)"), "{table}");
+    assert!(table.lines().any(|l| l.contains("proxy") && l.contains("activating")), "{table}");
+    assert!(table.lines().last().is_some_and(|l| l.contains("zero")), "{table}");
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains(&format!("ebb: default/{name}")), "{plot}");
+    for phase in ["decision", "scale-up until a pod exists", "pod start", "first byte"] {
+        assert!(plot.contains(&format!(">{phase} ")), "no {phase} phase in the plot");
+    }
+    std::fs::remove_file(&svg).unwrap();
 }
 
 /// A pod whose process dies stops receiving requests and is replaced.

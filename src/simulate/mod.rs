@@ -4,8 +4,9 @@
 
 mod model;
 mod output;
-mod plot;
 mod trace;
+
+pub use trace::fmt_num;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,10 +95,32 @@ fn simulate(args: &Args) -> Result<(), Failure> {
     }
     if let Some(path) = &args.plot {
         let title = args.trace.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        write(path, &plot::svg(&title, &run, unit))?;
+        write(path, &crate::plot::svg(&plot_chart(&title, &run, unit)))?;
     }
     eprint!("{}", output::summary(&run.summary, run.rows.len()));
     Ok(())
+}
+
+/// The plot of a simulated run.
+fn plot_chart(title: &str, run: &model::Run, unit: &str) -> crate::plot::Chart {
+    let points = run
+        .rows
+        .iter()
+        .map(|r| crate::plot::Point {
+            t: r.t,
+            ready: r.ready,
+            replicas: r.replicas,
+            desired: r.desired,
+            panic: r.panic,
+        })
+        .collect();
+    crate::plot::Chart {
+        heading: format!("ebb simulate: {title}"),
+        points,
+        load: run.load.clone(),
+        load_unit: unit.to_owned(),
+        phases: Vec::new(),
+    }
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), Failure> {

@@ -1,10 +1,10 @@
-//! The SVG plot: load (right axis), desired, ready and applied pods (left axis) over time, panic periods
-//! shaded. Plain SVG text, so it needs no font or image library.
+//! The SVG plot of a service's scaling, for `ebb simulate --plot` and `ebb status --service --plot`: load
+//! (right axis), desired, ready and applied pods (left axis) over time, panic periods shaded, and optionally a
+//! band splitting a cold start into its phases. Plain SVG text, so it needs no font or image library.
 
 use std::fmt::Write;
 
-use super::model::Run;
-use super::trace::fmt_num;
+use crate::simulate::fmt_num;
 
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 420.0;
@@ -17,6 +17,39 @@ const DESIRED_COLOUR: &str = "#ff7f0e";
 const READY_COLOUR: &str = "#2ca02c";
 const REPLICAS_COLOUR: &str = "#7f7f7f";
 const PANIC_COLOUR: &str = "#d62728";
+/// The cold-start band's height below the chart, when there is one.
+const PHASES_HEIGHT: f64 = 70.0;
+const PHASE_COLOURS: [&str; 5] = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"];
+
+/// One decision: the pods at time `t` (seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Seconds from the start.
+    pub t: f64,
+    /// Ready pods.
+    pub ready: u32,
+    /// Replicas in force (after bounds and scale-to-zero).
+    pub replicas: u32,
+    /// The decider's own count (`None`: no decision).
+    pub desired: Option<u32>,
+    /// Whether the decider was in panic.
+    pub panic: bool,
+}
+
+/// What one plot shows.
+#[derive(Debug, Clone, Default)]
+pub struct Chart {
+    /// The line above the chart.
+    pub heading: String,
+    /// The decisions, in time order.
+    pub points: Vec<Point>,
+    /// `(t, load)` samples.
+    pub load: Vec<(f64, f64)>,
+    /// The load's unit (`concurrency` or `rps`).
+    pub load_unit: String,
+    /// A cold start's phases in order, `(name, seconds)`; none: no band.
+    pub phases: Vec<(String, f64)>,
+}
 
 /// Maps data to plot coordinates.
 struct Scale {
@@ -36,57 +69,86 @@ impl Scale {
     }
 }
 
-/// The plot of a run; `title` names the trace, `load_unit` the metric (`concurrency` or `rps`).
-pub fn svg(title: &str, run: &Run, load_unit: &str) -> String {
-    let t0 = run.load.first().map_or(0.0, |p| p.0).min(run.rows.first().map_or(0.0, |r| r.t));
-    let t1 = run.load.last().map_or(0.0, |p| p.0).max(run.rows.last().map_or(0.0, |r| r.t));
-    let pods_max = run
-        .rows
-        .iter()
-        .map(|r| r.ready.max(r.replicas).max(r.desired.unwrap_or(0)))
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let load_max = run.load.iter().map(|p| p.1).fold(0.0, f64::max);
+/// The SVG of a chart.
+pub fn svg(chart: &Chart) -> String {
+    let (points, load) = (&chart.points, &chart.load);
+    let t0 = load.first().map_or(0.0, |p| p.0).min(points.first().map_or(0.0, |r| r.t));
+    let t1 = load.last().map_or(0.0, |p| p.0).max(points.last().map_or(0.0, |r| r.t));
+    let pods_max =
+        points.iter().map(|r| r.ready.max(r.replicas).max(r.desired.unwrap_or(0))).max().unwrap_or(0).max(1);
+    let load_max = load.iter().map(|p| p.1).fold(0.0, f64::max);
     let s = Scale {
         t0,
         t_span: (t1 - t0).max(1.0),
         pods_max: nice_ceiling(f64::from(pods_max)),
         load_max: nice_ceiling(load_max.max(1.0)),
     };
+    let height = if chart.phases.is_empty() { HEIGHT } else { HEIGHT + PHASES_HEIGHT };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(out, r#"<text x="{LEFT}" y="20" font-size="14">ebb simulate: {}</text>"#, escape(title));
-    panic_periods(&mut out, run, &s, t1);
-    axes(&mut out, &s, load_unit);
-    let load: Vec<(f64, f64)> = run.load.clone();
-    let ready: Vec<(f64, f64)> = run.rows.iter().map(|r| (r.t, f64::from(r.ready))).collect();
-    let replicas: Vec<(f64, f64)> = run.rows.iter().map(|r| (r.t, f64::from(r.replicas))).collect();
+    let _ = writeln!(out, r#"<text x="{LEFT}" y="20" font-size="14">{}</text>"#, escape(&chart.heading));
+    panic_periods(&mut out, points, &s, t1);
+    axes(&mut out, &s, &chart.load_unit);
+    let ready: Vec<(f64, f64)> = points.iter().map(|r| (r.t, f64::from(r.ready))).collect();
+    let replicas: Vec<(f64, f64)> = points.iter().map(|r| (r.t, f64::from(r.replicas))).collect();
     let desired: Vec<(f64, f64)> =
-        run.rows.iter().filter_map(|r| r.desired.map(|d| (r.t, f64::from(d)))).collect();
-    step_line(&mut out, &load, &s, s.load_max, t1, LOAD_COLOUR, "");
+        points.iter().filter_map(|r| r.desired.map(|d| (r.t, f64::from(d)))).collect();
+    step_line(&mut out, load, &s, s.load_max, t1, LOAD_COLOUR, "");
     step_line(&mut out, &replicas, &s, s.pods_max, t1, REPLICAS_COLOUR, r#" stroke-dasharray="4 3""#);
     step_line(&mut out, &ready, &s, s.pods_max, t1, READY_COLOUR, "");
     step_line(&mut out, &desired, &s, s.pods_max, t1, DESIRED_COLOUR, "");
-    legend(&mut out, load_unit);
+    legend(&mut out, &chart.load_unit);
+    phases_band(&mut out, &chart.phases);
     out.push_str("</svg>\n");
     out
 }
 
+/// A bar below the chart splitting a cold start into its phases, each labelled with its duration.
+fn phases_band(out: &mut String, phases: &[(String, f64)]) {
+    let total: f64 = phases.iter().map(|p| p.1).sum();
+    if phases.is_empty() || total <= 0.0 {
+        return;
+    }
+    let (x0, width, y) = (LEFT, WIDTH - LEFT - RIGHT, HEIGHT + 4.0);
+    let _ = writeln!(
+        out,
+        r#"<text x="{x0}" y="{y}">cold start, {:.0} ms from the first request to its first byte:</text>"#,
+        total * 1000.0
+    );
+    let mut x = x0;
+    for (i, (name, seconds)) in phases.iter().enumerate() {
+        let w = seconds / total * width;
+        let colour = PHASE_COLOURS[i % PHASE_COLOURS.len()];
+        let label = format!("{name} {:.0} ms", seconds * 1000.0);
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="16" fill="{colour}"><title>{}</title></rect>"#,
+            y + 8.0,
+            w.max(1.0),
+            escape(&label)
+        );
+        // Labels alternate above and below the bar so that short phases stay readable.
+        let label_y = if i % 2 == 0 { y + 40.0 } else { y + 56.0 };
+        let _ =
+            writeln!(out, r#"<text x="{x:.1}" y="{label_y:.1}" fill="{colour}">{}</text>"#, escape(&label));
+        x += w;
+    }
+}
+
 /// Shaded spans from each tick in panic to the next tick.
-fn panic_periods(out: &mut String, run: &Run, s: &Scale, t_end: f64) {
+fn panic_periods(out: &mut String, points: &[Point], s: &Scale, t_end: f64) {
     let mut start = None;
-    for (i, row) in run.rows.iter().enumerate() {
-        let next_t = run.rows.get(i + 1).map_or(t_end, |r| r.t);
+    for (i, row) in points.iter().enumerate() {
+        let next_t = points.get(i + 1).map_or(t_end, |r| r.t);
         if row.panic && start.is_none() {
             start = Some(row.t);
         }
         if let Some(begin) = start
-            && (!row.panic || i + 1 == run.rows.len())
+            && (!row.panic || i + 1 == points.len())
         {
             let end = if row.panic { next_t } else { row.t };
             let (x0, x1) = (s.x(begin), s.x(end));
