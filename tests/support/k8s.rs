@@ -136,6 +136,9 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     children: Mutex<Vec<Child>>,
     supervisor: Supervisor,
+    /// The binaries' directory and the API server's flags, for [`ControlPlane::restart_api_server`].
+    bin: PathBuf,
+    api_server_args: Mutex<Vec<String>>,
 }
 
 impl ControlPlane {
@@ -208,6 +211,8 @@ impl ControlPlane {
             server,
             children: Mutex::new(Vec::new()),
             supervisor,
+            bin: bin.to_path_buf(),
+            api_server_args: Mutex::new(Vec::new()),
         };
         let d = |name: &str| cp.dir.join(name).display().to_string();
         let etcd = format!("http://127.0.0.1:{etcd_port}");
@@ -224,24 +229,22 @@ impl ControlPlane {
                 format!("--initial-cluster=default={peer}"),
             ],
         )?;
-        cp.spawn(
-            bin,
-            "kube-apiserver",
-            &[
-                format!("--etcd-servers={etcd}"),
-                format!("--service-account-key-file={}", d("sa.key")),
-                format!("--service-account-signing-key-file={}", d("sa.key")),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                "--api-audiences=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--cert-dir={}", d("certs")),
-                format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--token-auth-file={}", d("tokens.csv")),
-                "--authorization-mode=RBAC".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-            ],
-        )?;
+        let api_server_args = vec![
+            format!("--etcd-servers={etcd}"),
+            format!("--service-account-key-file={}", d("sa.key")),
+            format!("--service-account-signing-key-file={}", d("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            "--api-audiences=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--cert-dir={}", d("certs")),
+            format!("--secure-port={api_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--token-auth-file={}", d("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+        ];
+        cp.spawn(bin, "kube-apiserver", &api_server_args)?;
+        *cp.api_server_args.lock().unwrap() = api_server_args;
         // Readiness is checked from a runtime of this thread's own (start runs outside any runtime).
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(cp.wait_ready("the API server's /readyz", async |client: &Client| {
@@ -281,13 +284,49 @@ impl ControlPlane {
 
     /// Spawns a component with its output in `DIR/NAME.log`.
     fn spawn(&self, bin: &Path, name: &str, args: &[String]) -> Result<(), String> {
-        let log = File::create(self.dir.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
+        let child = self.spawn_child(bin, name, args)?;
+        self.children.lock().unwrap().push(child);
+        Ok(())
+    }
+
+    /// Starts a component's process, its output appended to `DIR/NAME.log`.
+    fn spawn_child(&self, bin: &Path, name: &str, args: &[String]) -> Result<Child, String> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .map_err(|e| e.to_string())?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         let mut command = Command::new(bin.join(name));
         command.args(args).current_dir(&self.dir).stdin(Stdio::null()).stdout(log).stderr(err);
-        let child = self.supervisor.spawn(&mut command).map_err(|e| format!("cannot start {name}: {e}"))?;
-        self.children.lock().unwrap().push(child);
-        Ok(())
+        self.supervisor.spawn(&mut command).map_err(|e| format!("cannot start {name}: {e}"))
+    }
+
+    /// Kills kube-apiserver with SIGKILL (a crash: no graceful shutdown, every connection and watch cut),
+    /// leaves it down for `down_for`, starts it again with the same flags, port and certificates (etcd keeps
+    /// the data) and waits until it is ready again. Every test of the binary sees the outage: a test binary
+    /// that restarts the API server runs its tests one at a time. Panics if it does not come back.
+    pub async fn restart_api_server(&self, down_for: Duration) {
+        const API_SERVER: usize = 1; // Its place in `children` (etcd, kube-apiserver, controller manager).
+        {
+            let mut children = self.children.lock().unwrap();
+            let child = &mut children[API_SERVER];
+            let _ = child.kill();
+            let status = child.wait().expect("wait for the killed kube-apiserver");
+            eprintln!("test control plane: kube-apiserver killed ({status}), down for {down_for:?}");
+        }
+        tokio::time::sleep(down_for).await;
+        let args = self.api_server_args.lock().unwrap().clone();
+        let child = self.spawn_child(&self.bin, "kube-apiserver", &args).expect("restart kube-apiserver");
+        self.children.lock().unwrap()[API_SERVER] = child;
+        let began = std::time::Instant::now();
+        self.wait_ready("the restarted API server's /readyz", async |client: &Client| {
+            let request = http::Request::get("/readyz").body(Vec::new()).unwrap();
+            client.request_text(request).await.map(drop).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("kube-apiserver did not come back: {e}"));
+        eprintln!("test control plane: kube-apiserver ready again after {:.1?}", began.elapsed());
     }
 
     /// Polls `check` with an admin client until it succeeds; fails early when a component exits, and says

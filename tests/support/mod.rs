@@ -7,6 +7,8 @@
 //!   point for running pods' processes.
 //! - [`process_runtime`]: [`process_runtime::ProcessRuntime`], a [`PodRuntime`] running each container as a
 //!   process of the `ebb` binary under test on the pod's address, with probes, hooks and ServiceAccount tokens.
+//! - [`cluster`]: [`cluster::Cluster`], ebb-system installed from `manifests/` and run as real processes,
+//!   the example chat service, and closed-loop load through the gateway.
 //! - [`gateway`]: [`gateway::Gateway`], an ingress stand-in following a public Service's EndpointSlice.
 //! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
 //! - [`supervisor`]: process groups that die with the test binary, however it ends.
@@ -18,6 +20,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod autoscaler;
+pub mod cluster;
 pub mod gateway;
 pub mod k8s;
 pub mod manifests;

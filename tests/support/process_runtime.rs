@@ -88,6 +88,8 @@ struct Proc {
     child: Mutex<Child>,
     /// Set once the process is known to have exited.
     exited: Mutex<Option<ExitStatus>>,
+    /// Killed by the test ([`RuntimeLogs::kill`]): its exit is expected, not recorded as a crash.
+    killed: std::sync::atomic::AtomicBool,
 }
 
 /// What a test keeps of a [`ProcessRuntime`] once the runtime went into its emulator: the logs and the
@@ -96,6 +98,8 @@ struct Proc {
 pub struct RuntimeLogs {
     dir: PathBuf,
     exits: Arc<Mutex<Vec<String>>>,
+    /// The runtime's pods, for [`RuntimeLogs::kill`] (weak: the emulator owns the runtime).
+    inner: std::sync::Weak<Inner>,
 }
 
 impl RuntimeLogs {
@@ -107,6 +111,32 @@ impl RuntimeLogs {
     /// Containers that exited while their pod was not being deleted: `NS/POD/CONTAINER exited (STATUS)`.
     pub fn exits(&self) -> Vec<String> {
         self.exits.lock().unwrap().clone()
+    }
+
+    /// Kills container `container` of pod `namespace/name` with SIGKILL, as a crash of the process (or of
+    /// its node) would: no preStop hook, no SIGTERM, the pod stays as it is until its probes fail. Like
+    /// every container here it is not restarted. Its exit is not counted in [`RuntimeLogs::exits`]. Returns
+    /// the pid killed.
+    pub fn kill(&self, namespace: &str, name: &str, container: &str) -> Result<u32, String> {
+        let inner = self.inner.upgrade().ok_or("the runtime is gone (its emulator was dropped)")?;
+        let procs = inner
+            .pods
+            .lock()
+            .unwrap()
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+            .ok_or_else(|| format!("pod {namespace}/{name} does not run on this runtime"))?;
+        let proc = procs
+            .iter()
+            .find(|p| p.container.name == container)
+            .ok_or_else(|| format!("pod {namespace}/{name} has no container {container}"))?;
+        proc.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut child = proc.child.lock().unwrap();
+        let pid = child.id();
+        child.kill().map_err(|e| format!("killing {namespace}/{name}/{container} (pid {pid}): {e}"))?;
+        let status = child.wait().map_err(|e| format!("waiting for pid {pid}: {e}"))?;
+        *proc.exited.lock().unwrap() = Some(status);
+        Ok(pid)
     }
 
     /// The last `lines` lines of every container's log whose file name contains `filter`, each under a
@@ -169,7 +199,11 @@ impl ProcessRuntime {
 
     /// The logs and unexpected exits, for the test to read later.
     pub fn logs(&self) -> RuntimeLogs {
-        RuntimeLogs { dir: self.inner.dir.clone(), exits: self.inner.exits.clone() }
+        RuntimeLogs {
+            dir: self.inner.dir.clone(),
+            exits: self.inner.exits.clone(),
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 }
 
@@ -259,6 +293,7 @@ impl Inner {
                 container: container.clone(),
                 child: Mutex::new(child),
                 exited: Mutex::new(None),
+                killed: Default::default(),
             });
         }
         let procs = Arc::new(procs);
@@ -287,6 +322,10 @@ impl Inner {
                     }
                     if let Some(status) = proc.child.lock().unwrap().try_wait().ok().flatten() {
                         *proc.exited.lock().unwrap() = Some(status);
+                        if proc.killed.load(std::sync::atomic::Ordering::SeqCst) {
+                            state.ready = false;
+                            return;
+                        }
                         this.exits.lock().unwrap().push(format!(
                             "{}/{}/{} exited ({status})",
                             pod.namespace(),

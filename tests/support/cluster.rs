@@ -1,0 +1,366 @@
+//! An ebb cluster for end-to-end tests (issue 8, part 6): ebb-system installed from `manifests/` and run as
+//! real processes of the `ebb` binary under test by the node emulator (each pod on its own 127.0.0.N, each
+//! component with its ServiceAccount's token, so the manifests' RBAC is what they get), the example service
+//! `manifests/examples/chat` (`ebb demo-model` with its queue-proxy sidecar), and closed-loop load through a
+//! test gateway ([`super::gateway::Gateway`]).
+//!
+//! Each [`Cluster`] installs ebb-system in a namespace of its own (its cluster-wide RBAC renamed with the
+//! namespace as suffix, and the components restricted to the test's service namespace with
+//! `EBB_WATCH_NAMESPACES`, as an overlay would), so tests neither share nor disturb components. The
+//! autoscaling windows are shortened through `config-autoscaler` and the service's annotations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DynamicObject, ListParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::pinned_kind;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use super::gateway::slice_now;
+use super::manifests::{find, is_namespaced, kind, manifests_dir, name, render_in};
+use super::process_runtime::{ProcessRuntime, RuntimeLogs};
+use super::{ControlPlane, NodeEmulator, Readiness, TestNamespace, wait_for};
+/// Waiting for processes to start, pods to become Ready, decisions to be made.
+pub const WAIT: Duration = Duration::from_secs(90);
+/// The completion every request asks for (a few tokens: the test is about routing, not generation).
+pub const COMPLETION: &str = r#"{"model":"demo","prompt":"hello there","max_tokens":4}"#;
+
+/// ebb-system and an application namespace, with the node running both.
+pub struct Cluster {
+    /// An admin client.
+    pub admin: Client,
+    /// The namespace ebb-system is installed in.
+    pub system: TestNamespace,
+    /// The application namespace, where services are deployed.
+    pub apps: TestNamespace,
+    /// The pods' logs and unexpected exits; [`RuntimeLogs::kill`] crashes a container.
+    pub logs: RuntimeLogs,
+    _node: NodeEmulator,
+    /// Kinds of `manifests/` this API server does not serve, which were not installed.
+    pub skipped: Vec<String>,
+}
+
+impl Cluster {
+    /// Installs `manifests/` into a fresh namespace with `config` added to `config-autoscaler`, runs its
+    /// pods, and waits for the two autoscalers and the two activators to be Ready.
+    pub async fn install(prefix: &str, config: &[(&str, &str)]) -> Cluster {
+        let cp = ControlPlane::shared();
+        let admin = cp.client().await;
+        let system = TestNamespace::create(&admin, &format!("{prefix}-sys")).await;
+        let apps = TestNamespace::create(&admin, &format!("{prefix}-app")).await;
+        let runtime =
+            ProcessRuntime::new(env!("CARGO_BIN_EXE_ebb"), cp).probe_period_cap(Duration::from_millis(200));
+        let logs = runtime.logs();
+        let node = NodeEmulator::builder()
+            .namespace(&system)
+            .namespace(&apps)
+            .readiness(Readiness::Manual)
+            .runtime(runtime)
+            .start(&admin)
+            .await;
+        let mut objects = render_in(&manifests_dir("manifests"), &system).expect("render manifests/");
+        for object in &mut objects {
+            overlay(object, &system, &apps, config);
+        }
+        let mut skipped = Vec::new();
+        for object in objects {
+            if kind(&object) == "Namespace" {
+                continue; // The test's namespace stands for it.
+            }
+            match apply(&admin, object.clone()).await {
+                Ok(()) => {}
+                Err(Unserved(what)) => skipped.push(what),
+            }
+        }
+        let cluster = Cluster { admin, system, apps, logs, _node: node, skipped };
+        for component in ["autoscaler", "activator"] {
+            cluster
+                .wait_ready_pods(&cluster.system, &format!("app.kubernetes.io/component={component}"), 2)
+                .await;
+        }
+        cluster
+    }
+
+    /// Waits for `count` Ready pods matching `selector` in `namespace`; returns their IPs.
+    pub async fn wait_ready_pods(&self, namespace: &str, selector: &str, count: usize) -> Vec<String> {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), namespace);
+        wait_for(WAIT, &format!("{count} Ready pods {selector} in {namespace}"), async || {
+            let ips = ready_ips(&pods, selector).await?;
+            if ips.len() == count { Ok(ips) } else { Err(format!("ready: {ips:?}")) }
+        })
+        .await
+    }
+
+    /// Creates the example service `manifests/examples/chat` in the application namespace as `name`, with
+    /// `annotations` added and the model's `args` replaced.
+    pub async fn deploy_chat(&self, name: &str, annotations: &[(&str, &str)], args: &[&str]) {
+        let objects = render_in(&manifests_dir("manifests/examples/chat"), &self.apps).expect("render chat");
+        let mut deployment = find(&objects, "Deployment", "chat").expect("the chat Deployment").clone();
+        rename_service(&mut deployment, name);
+        for (key, value) in annotations {
+            deployment["metadata"]["annotations"][*key] = json!(value);
+        }
+        let model = &mut deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(model["name"], "model", "the example's first container is the model");
+        model["args"] = json!(args);
+        let deployment: Deployment = serde_json::from_value(deployment).expect("a Deployment");
+        self.deployments().create(&PostParams::default(), &deployment).await.expect("create the service");
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.admin.clone(), &self.apps)
+    }
+
+    pub async fn replicas(&self, name: &str) -> Result<i32, String> {
+        let d = self.deployments().get(name).await.map_err(|e| e.to_string())?;
+        Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
+    }
+
+    pub async fn wait_replicas(&self, name: &str, what: &str, want: impl Fn(i32) -> bool) -> i32 {
+        wait_for(WAIT, &format!("{name}: replicas {what}"), async || {
+            let replicas = self.replicas(name).await?;
+            if want(replicas) { Ok(replicas) } else { Err(format!("replicas {replicas}")) }
+        })
+        .await
+    }
+
+    /// The addresses of the slice of service `name` (sorted).
+    pub async fn slice(&self, name: &str) -> Result<Vec<SocketAddr>, String> {
+        slice_now(&self.admin, &self.apps, name).await
+    }
+
+    /// The activators' data addresses (sorted), as the slice lists them in proxy mode.
+    pub async fn activator_endpoints(&self) -> Vec<SocketAddr> {
+        let ips = self.wait_ready_pods(&self.system, "app.kubernetes.io/component=activator", 2).await;
+        let mut out: Vec<SocketAddr> = ips.iter().map(|ip| format!("{ip}:8012").parse().unwrap()).collect();
+        out.sort();
+        out
+    }
+
+    /// Waits for the public Service's mode annotation to be `mode` and its slice to list `endpoints`.
+    pub async fn wait_path(&self, name: &str, mode: &str, endpoints: impl AsyncFn() -> Vec<SocketAddr>) {
+        let services: Api<Service> = Api::namespaced(self.admin.clone(), &self.apps);
+        wait_for(WAIT, &format!("{name}: {mode} mode"), async || {
+            let service = services.get(name).await.map_err(|e| e.to_string())?;
+            let annotations = service.metadata.annotations.unwrap_or_default();
+            let current = annotations.get("status.ebb.dev/mode").cloned().unwrap_or_default();
+            let (slice, want) = (self.slice(name).await?, endpoints().await);
+            if current == mode && slice == want && !want.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("mode {current:?}, slice {slice:?}, want {want:?}"))
+            }
+        })
+        .await
+    }
+
+    /// The Events about Deployment `name` with `reason`.
+    pub async fn events(&self, name: &str, reason: &str) -> Vec<Event> {
+        let events: Api<Event> = Api::namespaced(self.admin.clone(), &self.apps);
+        let list = events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+        list.into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("unexpected container exits: {:?}", self.logs.exits());
+            eprintln!("{}", self.logs.tails("", 40));
+        }
+    }
+}
+
+/// The test's overlay on `manifests/`: cluster-wide RBAC renamed for the namespace, the components watching
+/// only the application namespace, and `config` added to `config-autoscaler`.
+pub fn overlay(object: &mut Value, system: &str, apps: &str, config: &[(&str, &str)]) {
+    let suffixed = |n: &str| format!("{n}-{system}");
+    match kind(object) {
+        "ClusterRole" => object["metadata"]["name"] = json!(suffixed(name(object))),
+        "ClusterRoleBinding" => {
+            object["metadata"]["name"] = json!(suffixed(name(object)));
+            let role = object["roleRef"]["name"].as_str().unwrap_or_default().to_string();
+            object["roleRef"]["name"] = json!(suffixed(&role));
+        }
+        "ConfigMap" if name(object) == "config-autoscaler" => {
+            for (key, value) in config {
+                object["data"][*key] = json!(value);
+            }
+        }
+        "Deployment" => {
+            for container in
+                object["spec"]["template"]["spec"]["containers"].as_array_mut().into_iter().flatten()
+            {
+                let env = container["env"].as_array_mut().expect("the ebb containers set env");
+                env.push(json!({"name": "EBB_WATCH_NAMESPACES", "value": apps}));
+                // The components' debug logs help when a test fails.
+                for var in env.iter_mut().filter(|v| v["name"] == "RUST_LOG") {
+                    var["value"] = json!("info,ebb_autoscaler=debug,ebb_activator=debug");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Renames the example service `chat` to `name` (Deployment name, `ebb.dev/service` label and selector, the
+/// sidecar's EBB_SERVICE_NAME).
+pub fn rename_service(deployment: &mut Value, name: &str) {
+    deployment["metadata"]["name"] = json!(name);
+    deployment["metadata"]["labels"]["ebb.dev/service"] = json!(name);
+    deployment["spec"]["selector"]["matchLabels"]["ebb.dev/service"] = json!(name);
+    deployment["spec"]["template"]["metadata"]["labels"]["ebb.dev/service"] = json!(name);
+    for container in deployment["spec"]["template"]["spec"]["containers"].as_array_mut().into_iter().flatten()
+    {
+        for var in container["env"].as_array_mut().into_iter().flatten() {
+            if var["name"] == "EBB_SERVICE_NAME" {
+                var["value"] = json!(name);
+            }
+        }
+    }
+}
+
+/// An object kind the API server does not serve (say `policy/v1` PodDisruptionBudget on v1.20).
+pub struct Unserved(pub String);
+
+/// Creates `object` with `admin`; `Err` only for a kind the server does not serve.
+pub async fn apply(admin: &Client, object: Value) -> Result<(), Unserved> {
+    let (group, version) = match object["apiVersion"].as_str().unwrap_or_default().split_once('/') {
+        Some((group, version)) => (group.to_string(), version.to_string()),
+        None => (String::new(), object["apiVersion"].as_str().unwrap_or_default().to_string()),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, kind(&object));
+    let Ok((resource, _)) = pinned_kind(admin, &gvk).await else {
+        let api_version = object["apiVersion"].as_str().unwrap_or_default();
+        return Err(Unserved(format!("{api_version} {} {}", kind(&object), name(&object))));
+    };
+    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+        Some(ns) if is_namespaced(kind(&object)) => Api::namespaced_with(admin.clone(), ns, &resource),
+        _ => Api::all_with(admin.clone(), &resource),
+    };
+    let dynamic: DynamicObject = serde_json::from_value(object.clone()).expect("an object");
+    api.create(&PostParams::default(), &dynamic)
+        .await
+        .unwrap_or_else(|e| panic!("creating {} {}: {e}", kind(&object), name(&object)));
+    Ok(())
+}
+
+/// The IPs of the Ready pods matching `selector` (sorted), except those being deleted.
+pub async fn ready_ips(pods: &Api<Pod>, selector: &str) -> Result<Vec<String>, String> {
+    let list = pods.list(&ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?;
+    let mut ips: Vec<String> = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    ips.sort();
+    Ok(ips)
+}
+
+/// Sends one completion through the gateway; `(status, body)`.
+pub async fn complete(
+    http: &HttpClient<HttpConnector, Full<Bytes>>,
+    gateway: SocketAddr,
+) -> Result<(u16, String), String> {
+    let request = http::Request::post(format!("http://{gateway}/v1/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(COMPLETION.as_bytes())))
+        .unwrap();
+    let response = http.request(request).await.map_err(|e| format!("{e:?}"))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+pub fn http_client() -> HttpClient<HttpConnector, Full<Bytes>> {
+    HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http()
+}
+
+/// A completion answered by the demo model (an OpenAI-style completion object).
+pub fn is_completion(status: u16, body: &str) -> bool {
+    status == 200 && body.contains("\"text_completion\"")
+}
+
+/// Keeps a failure: all of them are counted, the first 10 are kept whole (the rest as a marker).
+fn keep(failures: &std::sync::Mutex<Vec<String>>, failure: String) {
+    let mut failures = failures.lock().unwrap();
+    let failure = if failures.len() < 10 { failure } else { String::from("...") };
+    failures.push(failure);
+}
+
+/// Closed-loop load: `workers` clients sending completions one after the other until stopped. Counts
+/// successes and keeps every failure.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU32>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(gateway: SocketAddr, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok: Arc<AtomicU32> = Arc::default();
+        let failures: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let http = http_client();
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failures, http) =
+                    (stop.clone(), Arc::clone(&ok), Arc::clone(&failures), http.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match complete(&http, gateway).await {
+                            Ok((status, body)) if is_completion(status, &body) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok((status, body)) => keep(&failures, format!("{status}: {body}")),
+                            Err(e) => keep(&failures, e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failures, tasks }
+    }
+
+    /// Requests answered by the model so far.
+    pub fn ok(&self) -> u32 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Requests failed so far.
+    pub fn failed(&self) -> usize {
+        self.failures.lock().unwrap().len()
+    }
+
+    /// Stops and returns (successes, failures).
+    pub async fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("a load worker");
+        }
+        (self.ok.load(Ordering::Relaxed), self.failures.lock().unwrap().clone())
+    }
+}
