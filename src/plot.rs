@@ -18,7 +18,7 @@ const READY_COLOUR: &str = "#2ca02c";
 const REPLICAS_COLOUR: &str = "#7f7f7f";
 const PANIC_COLOUR: &str = "#d62728";
 /// The cold-start band's height below the chart, when there is one.
-const PHASES_HEIGHT: f64 = 70.0;
+const PHASES_HEIGHT: f64 = 56.0;
 const PHASE_COLOURS: [&str; 5] = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"];
 
 /// One decision: the pods at time `t` (seconds).
@@ -107,36 +107,52 @@ pub fn svg(chart: &Chart) -> String {
     out
 }
 
-/// A bar below the chart splitting a cold start into its phases, each labelled with its duration.
+/// A bar below the chart splitting a cold start into its phases, with a legend naming each and its duration
+/// (short phases are thin slivers in the bar, so the legend carries the numbers).
 fn phases_band(out: &mut String, phases: &[(String, f64)]) {
     let total: f64 = phases.iter().map(|p| p.1).sum();
     if phases.is_empty() || total <= 0.0 {
         return;
     }
-    let (x0, width, y) = (LEFT, WIDTH - LEFT - RIGHT, HEIGHT + 4.0);
+    let (width, y) = (WIDTH - LEFT - RIGHT, HEIGHT + 4.0);
     let _ = writeln!(
         out,
-        r#"<text x="{x0}" y="{y}">cold start, {:.0} ms from the first request to its first byte:</text>"#,
+        r#"<text x="{LEFT}" y="{y}">cold start (mean), {:.0} ms from the first request to its first byte:</text>"#,
         total * 1000.0
     );
-    let mut x = x0;
+    let (mut x, mut legend_x) = (LEFT, LEFT);
     for (i, (name, seconds)) in phases.iter().enumerate() {
-        let w = seconds / total * width;
         let colour = PHASE_COLOURS[i % PHASE_COLOURS.len()];
-        let label = format!("{name} {:.0} ms", seconds * 1000.0);
+        let label = format!("{name} {}", milliseconds(*seconds));
+        let w = seconds / total * width;
         let _ = writeln!(
             out,
-            r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="16" fill="{colour}"><title>{}</title></rect>"#,
+            r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="14" fill="{colour}"><title>{}</title></rect>"#,
             y + 8.0,
             w.max(1.0),
             escape(&label)
         );
-        // Labels alternate above and below the bar so that short phases stay readable.
-        let label_y = if i % 2 == 0 { y + 40.0 } else { y + 56.0 };
-        let _ =
-            writeln!(out, r#"<text x="{x:.1}" y="{label_y:.1}" fill="{colour}">{}</text>"#, escape(&label));
         x += w;
+        let _ = writeln!(
+            out,
+            r#"<rect x="{legend_x:.1}" y="{:.1}" width="10" height="10" fill="{colour}"/>"#,
+            y + 32.0
+        );
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            legend_x + 14.0,
+            y + 41.0,
+            escape(&label)
+        );
+        legend_x += 30.0 + 6.5 * label.len() as f64;
     }
+}
+
+/// A duration in milliseconds, with a decimal below 10 ms.
+fn milliseconds(seconds: f64) -> String {
+    let ms = seconds * 1000.0;
+    if ms < 10.0 { format!("{ms:.1} ms") } else { format!("{ms:.0} ms") }
 }
 
 /// Shaded spans from each tick in panic to the next tick.
