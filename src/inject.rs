@@ -16,7 +16,6 @@
 //! The user container is the first container not named `queue-proxy`; its port is its first TCP
 //! `containerPort`, or 8080 (the queue-proxy's default upstream) when it declares none.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,7 +29,7 @@ use ebb_config::{GlobalConfig, Protocol, resolve_service};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
-use crate::manifest::{Source, read_source};
+use crate::manifest::{Source, at, read_source, string_map};
 
 /// The one image of every ebb component (cluster conventions).
 pub const IMAGE: &str = "ghcr.io/ebb-dev/ebb:0.1.0";
@@ -702,10 +701,6 @@ fn set(mapping: &mut Mapping, key: &str, value: Value) {
     mapping.insert(key.into(), value);
 }
 
-fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(value, |v, key| v.get(key))
-}
-
 fn at_mut<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
     path.iter().try_fold(value, |v, key| v.get_mut(key))
 }
@@ -731,27 +726,6 @@ fn ensure_mapping<'a>(value: &'a mut Value, path: &[&str]) -> &'a mut Mapping {
         Value::Mapping(mapping) => mapping,
         _ => unreachable!("made a mapping above"),
     }
-}
-
-/// A map of strings; scalars of other types are kept as text and their keys returned beside the map.
-fn string_map(value: Option<&Value>) -> (BTreeMap<String, String>, Vec<String>) {
-    let mut map = BTreeMap::new();
-    let mut not_strings = Vec::new();
-    for (key, value) in value.and_then(Value::as_mapping).into_iter().flatten() {
-        let Some(key) = key.as_str() else { continue };
-        let text = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Null => String::new(),
-            _ => continue,
-        };
-        if !value.is_string() {
-            not_strings.push(key.to_owned());
-        }
-        map.insert(key.to_owned(), text);
-    }
-    (map, not_strings)
 }
 
 /// `Kind NAMESPACE/NAME`, or `Kind NAME` when the object has no namespace.

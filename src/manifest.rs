@@ -96,21 +96,22 @@ fn collect(value: &Value, out: &mut Vec<Object>) {
         return;
     }
     let Some(kind) = kind else { return };
-    let (annotations, non_string_annotations) = string_map(value, &["metadata", "annotations"]);
+    let (annotations, non_string_annotations) = string_map(at(value, &["metadata", "annotations"]));
     out.push(Object {
         kind,
         name: str_at(value, &["metadata", "name"]).unwrap_or_default(),
         namespace: str_at(value, &["metadata", "namespace"]).unwrap_or_else(|| "default".into()),
-        labels: string_map(value, &["metadata", "labels"]).0,
+        labels: string_map(at(value, &["metadata", "labels"])).0,
         annotations,
         non_string_annotations,
-        template_labels: string_map(value, &["spec", "template", "metadata", "labels"]).0,
-        template_annotations: string_map(value, &["spec", "template", "metadata", "annotations"]).0,
-        data: string_map(value, &["data"]).0,
+        template_labels: string_map(at(value, &["spec", "template", "metadata", "labels"])).0,
+        template_annotations: string_map(at(value, &["spec", "template", "metadata", "annotations"])).0,
+        data: string_map(at(value, &["data"])).0,
     });
 }
 
-fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+/// The value at `path` (mapping keys) under `value`.
+pub fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(value, |v, key| v.get(key))
 }
 
@@ -118,11 +119,12 @@ fn str_at(value: &Value, path: &[&str]) -> Option<String> {
     at(value, path).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// A map of strings; scalar values of other types are kept as text and their keys returned beside the map.
-fn string_map(value: &Value, path: &[&str]) -> (BTreeMap<String, String>, Vec<String>) {
+/// A map of strings (annotations, labels, ConfigMap data); scalar values of other types are kept as text and
+/// their keys returned beside the map.
+pub fn string_map(value: Option<&Value>) -> (BTreeMap<String, String>, Vec<String>) {
     let mut map = BTreeMap::new();
     let mut not_strings = Vec::new();
-    for (key, value) in at(value, path).and_then(Value::as_mapping).into_iter().flatten() {
+    for (key, value) in value.and_then(Value::as_mapping).into_iter().flatten() {
         let Some(key) = key.as_str() else { continue };
         let text = match value {
             Value::String(s) => s.clone(),
