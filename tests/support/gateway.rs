@@ -67,13 +67,20 @@ impl Gateway {
         let following = endpoints.clone();
         let watch = tokio::spawn(async move {
             let mut events = watcher::watcher(slices, config).default_backoff().boxed();
+            // Whether the current (re)list has listed the slice. While the API cannot be reached the last
+            // endpoints are kept, as an ingress keeps its last configuration.
+            let mut listed = false;
             while let Some(event) = events.next().await {
                 match event {
                     Ok(Event::Apply(slice) | Event::InitApply(slice)) => {
+                        listed = true;
                         *following.lock().unwrap() = slice_endpoints(&slice);
                     }
                     Ok(Event::Delete(_)) => following.lock().unwrap().clear(),
-                    Ok(Event::Init | Event::InitDone) => {}
+                    Ok(Event::Init) => listed = false,
+                    // A relist without the slice: it was deleted while the watch was down.
+                    Ok(Event::InitDone) if !listed => following.lock().unwrap().clear(),
+                    Ok(Event::InitDone) => {}
                     Err(e) => eprintln!("gateway: watching the EndpointSlice (retrying): {e}"),
                 }
             }
