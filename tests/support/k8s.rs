@@ -478,7 +478,7 @@ async fn service_account_token(client: &Client, namespace: &str, name: &str) -> 
 
 /// A kubeconfig with one cluster (TLS not verified: the API server's certificate is self-signed) and one
 /// bearer-token user.
-fn kubeconfig_yaml(server: &str, user: &str, token: &str) -> String {
+pub fn kubeconfig_yaml(server: &str, user: &str, token: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\n\
          clusters:\n- name: test\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\n\

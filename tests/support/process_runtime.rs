@@ -47,7 +47,7 @@ use kube::{Api, Client};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::k8s::ControlPlane;
+use super::k8s::{ControlPlane, kubeconfig_yaml};
 use super::node::{BoxFuture, PodRuntime, RunningPod};
 use super::supervisor::Supervisor;
 
@@ -564,17 +564,6 @@ async fn service_account_token(client: Client, namespace: String, account: Strin
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// A kubeconfig with the API server (TLS not verified: its certificate is self-signed) and a bearer token.
-fn kubeconfig_yaml(server: &str, user: &str, token: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters:\n- name: test\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\n\
-         users:\n- name: {user:?}\n  user:\n    token: {token}\n\
-         contexts:\n- name: test\n  context:\n    cluster: test\n    user: {user:?}\n\
-         current-context: test\n"
-    )
 }
 
 /// The `ebb` arguments and the environment of `container`, resolved as a kubelet does, with the pod's
