@@ -42,6 +42,12 @@ pub const HEADER_PROBE: &str = "ebb-probe";
 pub const PROBE_QUEUE: &str = "queue";
 /// [`HEADER_PROBE`] value (and answer body) for the activator.
 pub const PROBE_ACTIVATOR: &str = "activator";
+/// Request header on a queue-proxy probe: how many seconds (at most [`PROBE_WAIT_MAX_SECS`]) the queue-proxy
+/// may hold the probe while the user container is not ready yet, answering the moment it is. The activator
+/// learns of a ready pod without polling; a queue-proxy that does not know the header answers at once.
+pub const HEADER_PROBE_WAIT: &str = "ebb-probe-wait";
+/// The longest [`HEADER_PROBE_WAIT`] a queue-proxy honours.
+pub const PROBE_WAIT_MAX_SECS: u64 = 10;
 
 /// Queue-proxy data port: requests for the user container.
 pub const QUEUE_PROXY_DATA_PORT: u16 = 8012;

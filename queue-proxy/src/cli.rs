@@ -92,8 +92,10 @@ pub struct Args {
     #[arg(long, env = "EBB_PROBE_PERIOD", default_value = "10ms", value_parser = parse_duration)]
     pub probe_period: Duration,
 
-    /// How long to probe at --probe-period before backing off.
-    #[arg(long, env = "EBB_PROBE_AGGRESSIVE_FOR", default_value = "10s", value_parser = parse_duration)]
+    /// How long to probe at --probe-period before backing off. As long as the default activation timeout:
+    /// a model that loads for minutes is seen ready within --probe-period, and a loopback probe costs
+    /// microseconds.
+    #[arg(long, env = "EBB_PROBE_AGGRESSIVE_FOR", default_value = "600s", value_parser = parse_duration)]
     pub probe_aggressive_for: Duration,
 
     /// Longest probe period after backing off.

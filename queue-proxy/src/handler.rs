@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ebb_config::Protocol;
 use ebb_config::names::{
-    HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROXIED, PROBE_QUEUE, PROXIED_BY_ACTIVATOR,
+    HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROBE_WAIT, HEADER_PROXIED, PROBE_QUEUE,
+    PROBE_WAIT_MAX_SECS, PROXIED_BY_ACTIVATOR,
 };
 use http::header::{CONNECTION, CONTENT_TYPE};
 use http::uri::Authority;
@@ -103,7 +104,7 @@ impl DataPlane {
     /// Handles one request on the data port. Never fails: every error becomes an answer.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<DataBody>, Infallible> {
         if let Some(probe) = req.headers().get(HEADER_PROBE) {
-            return Ok(self.probe_answer(probe));
+            return Ok(self.probe_answer(probe, probe_wait(req.headers())).await);
         }
         let start = Instant::now();
         self.drainer.touch(start);
@@ -162,10 +163,15 @@ impl DataPlane {
         response
     }
 
-    /// `Ebb-Probe: queue` -> 200 `queue` when ready, 503 before (and while draining). Other components'
-    /// probes are not ours to answer.
-    fn probe_answer(&self, probe: &HeaderValue) -> Response<DataBody> {
-        let (status, body) = if probe.as_bytes() != PROBE_QUEUE.as_bytes() {
+    /// `Ebb-Probe: queue` -> 200 `queue` when ready, 503 before (and while draining); with `Ebb-Probe-Wait`,
+    /// a probe of a starting pod is held until the user container is ready or the wait is over. Other
+    /// components' probes are not ours to answer.
+    async fn probe_answer(&self, probe: &HeaderValue, wait: Duration) -> Response<DataBody> {
+        let ours = probe.as_bytes() == PROBE_QUEUE.as_bytes();
+        if ours && !wait.is_zero() && !self.drainer.is_draining() && !self.readiness.is_ready() {
+            self.readiness.wait_ready(wait).await;
+        }
+        let (status, body) = if !ours {
             (StatusCode::BAD_REQUEST, "this is the queue-proxy; it answers only Ebb-Probe: queue")
         } else if self.is_ready() {
             (StatusCode::OK, PROBE_QUEUE)
@@ -188,4 +194,10 @@ impl From<crate::breaker::BreakerError> for ProxyError {
             crate::breaker::BreakerError::QueueTimeout => ProxyError::QueueTimeout,
         }
     }
+}
+
+/// How long a probe may be held (`Ebb-Probe-Wait`, whole seconds, capped); zero when not asked.
+fn probe_wait(headers: &http::HeaderMap) -> Duration {
+    let seconds = headers.get(HEADER_PROBE_WAIT).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    Duration::from_secs(seconds.unwrap_or(0).min(PROBE_WAIT_MAX_SECS))
 }

@@ -2,7 +2,6 @@
 //! answers, so the pod turns ready within milliseconds of the container; then once per kubelet readiness
 //! probe. A probe is a TCP connect, or an HTTP GET of a path that must answer 2xx or 3xx.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +10,7 @@ use http::{Request, uri::Authority};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// What a probe checks.
@@ -64,21 +64,33 @@ pub enum ProbeError {
     Timeout(Duration),
 }
 
-/// Whether the user container has answered a probe (and not failed one since).
-#[derive(Debug, Default)]
+/// Whether the user container has answered a probe (and not failed one since), and a way to wait for it.
+#[derive(Debug)]
 pub struct Readiness {
-    user_ready: AtomicBool,
+    user_ready: watch::Sender<bool>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self { user_ready: watch::Sender::new(false) }
+    }
 }
 
 impl Readiness {
     /// Whether the user container is ready.
     pub fn is_ready(&self) -> bool {
-        self.user_ready.load(Ordering::Acquire)
+        *self.user_ready.borrow()
     }
 
     /// Records a probe result.
     pub fn set(&self, ready: bool) {
-        self.user_ready.store(ready, Ordering::Release);
+        self.user_ready.send_if_modified(|was| std::mem::replace(was, ready) != ready);
+    }
+
+    /// Waits until the user container is ready, at most `limit`; whether it is.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let mut ready = self.user_ready.subscribe();
+        matches!(tokio::time::timeout(limit, ready.wait_for(|r| *r)).await, Ok(Ok(_)))
     }
 }
 
@@ -173,8 +185,17 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             tokio::net::TcpListener::bind(addr).await.unwrap()
         };
-        let (listener, ()) = tokio::join!(listen, wait_until_ready(&opts, &readiness));
+        let (listener, (), woken) = tokio::join!(
+            listen,
+            wait_until_ready(&opts, &readiness),
+            readiness.wait_ready(Duration::from_secs(5))
+        );
         assert!(readiness.is_ready());
+        assert!(woken, "a waiter is woken when the container turns ready");
+        assert!(
+            !Readiness::default().wait_ready(Duration::from_millis(20)).await,
+            "and gives up at its limit"
+        );
         drop(listener);
     }
 }

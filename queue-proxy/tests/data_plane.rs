@@ -344,6 +344,35 @@ async fn malformed_requests_get_400_and_probes_answer_queue() {
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn a_held_probe_is_answered_the_moment_the_user_container_is_ready() {
+    // The user container starts listening 300 ms after the queue-proxy: a probe that may wait is held until
+    // then and answered 200; one that may not is answered 503 at once.
+    let addr = closed_port();
+    let proxy = common::proxy_unready(addr, &[]).await;
+    let client = client();
+    let probe = |wait: &str| {
+        Request::get(proxy.url("/"))
+            .header("ebb-probe", "queue")
+            .header("ebb-probe-wait", wait)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(send(&client, probe("0")).await.status(), 503);
+    let held = tokio::spawn({
+        let (client, probe) = (client.clone(), probe("5"));
+        async move { send(&client, probe).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "the probe is held while the container starts");
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let answer = tokio::time::timeout(DEADLINE, held).await.expect("answered once ready").unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(text(answer).await, "queue");
+    drop(listener);
+    proxy.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Timeouts
 
