@@ -39,23 +39,8 @@ const AUTOSCALERS: &str = "app.kubernetes.io/component=autoscaler";
 async fn install(prefix: &str) -> (Cluster, Gateway) {
     let cluster =
         Cluster::install(prefix, &[("stable-window", "6s"), ("scale-to-zero-grace-period", "2s")]).await;
-    cluster
-        .deploy_chat(
-            "chat",
-            &[
-                ("autoscaling.knative.dev/window", "6s"),
-                ("autoscaling.knative.dev/scale-to-zero-pod-retention-period", "0s"),
-                ("autoscaling.knative.dev/target-burst-capacity", "0"),
-                ("autoscaling.knative.dev/max-scale", "4"),
-            ],
-            &["--model", "demo", "--startup-delay", "1s", "--tokens-per-second", "200", "--concurrency", "8"],
-        )
-        .await;
-    let gateway = Gateway::start(&cluster.admin, &cluster.apps, "chat").await;
-    wait_for(WAIT, "the gateway to follow the slice", async || {
-        if gateway.endpoints().is_empty() { Err("no endpoints") } else { Ok(()) }
-    })
-    .await;
+    cluster.deploy_scaling_chat("chat").await;
+    let gateway = cluster.gateway("chat").await;
     (cluster, gateway)
 }
 

@@ -20,7 +20,6 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Load, WAIT, complete, http_client, is_completion, ready_ips};
-use support::gateway::Gateway;
 use support::prometheus::{Prometheus, alert_rules, cluster_only, dashboard_expressions, signal, substitute};
 use support::wait_for;
 
@@ -52,28 +51,12 @@ async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero()
         );
     }
     let prometheus = Prometheus::start(&jobs).await;
-    cluster
-        .deploy_chat(
-            "chat",
-            &[
-                ("autoscaling.knative.dev/window", "6s"),
-                ("autoscaling.knative.dev/scale-to-zero-pod-retention-period", "0s"),
-                // No burst capacity kept in reserve: the activator leaves the path as soon as pods are warm.
-                ("autoscaling.knative.dev/target-burst-capacity", "0"),
-                ("autoscaling.knative.dev/max-scale", "4"),
-            ],
-            &["--model", "demo", "--startup-delay", "1s", "--tokens-per-second", "200", "--concurrency", "8"],
-        )
-        .await;
+    cluster.deploy_scaling_chat("chat").await;
     // It starts at one pod and, idle, goes to zero: the public Service in proxy mode, its slice listing
     // the activators.
     cluster.wait_replicas("chat", "= 0 (idle)", |r| r == 0).await;
     cluster.wait_path("chat", "proxy", async || cluster.activator_endpoints().await).await;
-    let gateway = Gateway::start(&cluster.admin, &cluster.apps, "chat").await;
-    wait_for(WAIT, "the gateway to follow the slice", async || {
-        if gateway.endpoints().is_empty() { Err("no endpoints") } else { Ok(()) }
-    })
-    .await;
+    let gateway = cluster.gateway("chat").await;
 
     // (a) 100 concurrent requests from zero: the activators hold them until a pod is Ready.
     let http = http_client();
@@ -252,24 +235,9 @@ async fn set_image(cluster: &Cluster, name: &str, image: &str) {
 async fn image_rollouts_under_load_and_at_zero_lose_nothing_and_do_not_over_scale() {
     let cluster =
         Cluster::install("e2e-roll", &[("stable-window", "6s"), ("scale-to-zero-grace-period", "2s")]).await;
-    cluster
-        .deploy_chat(
-            "chat",
-            &[
-                ("autoscaling.knative.dev/window", "6s"),
-                ("autoscaling.knative.dev/scale-to-zero-pod-retention-period", "0s"),
-                ("autoscaling.knative.dev/target-burst-capacity", "0"),
-                ("autoscaling.knative.dev/max-scale", "4"),
-            ],
-            &["--model", "demo", "--startup-delay", "1s", "--tokens-per-second", "200", "--concurrency", "8"],
-        )
-        .await;
-    let gateway = Gateway::start(&cluster.admin, &cluster.apps, "chat").await;
+    cluster.deploy_scaling_chat("chat").await;
     let apps: Api<Pod> = Api::namespaced(cluster.admin.clone(), &cluster.apps);
-    wait_for(WAIT, "the gateway to follow the slice", async || {
-        if gateway.endpoints().is_empty() { Err("no endpoints") } else { Ok(()) }
-    })
-    .await;
+    let gateway = cluster.gateway("chat").await;
     // Steady load: 16 clients over 8 per pod at a 70% target (5.6) want 3 pods; the rollout starts once
     // they are all Ready.
     let load = Load::start(gateway.addr(), 16);

@@ -28,7 +28,7 @@ use kube::discovery::pinned_kind;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use super::gateway::slice_now;
+use super::gateway::{Gateway, slice_now};
 use super::manifests::{find, is_namespaced, kind, manifests_dir, name, render_in};
 use super::process_runtime::{ProcessRuntime, RuntimeLogs};
 use super::{ControlPlane, NodeEmulator, Readiness, TestNamespace, wait_for};
@@ -101,6 +101,31 @@ impl Cluster {
             if ips.len() == count { Ok(ips) } else { Err(format!("ready: {ips:?}")) }
         })
         .await
+    }
+
+    /// [`Self::deploy_chat`] as the scaling scenarios want it: 6 s windows, no pod retention, no burst capacity
+    /// held in reserve (the activator leaves the path as soon as pods are warm), at most 4 pods, and a model
+    /// that takes 1 s to start and serves 8 requests at once.
+    pub async fn deploy_scaling_chat(&self, name: &str) {
+        let annotations = [
+            ("autoscaling.knative.dev/window", "6s"),
+            ("autoscaling.knative.dev/scale-to-zero-pod-retention-period", "0s"),
+            ("autoscaling.knative.dev/target-burst-capacity", "0"),
+            ("autoscaling.knative.dev/max-scale", "4"),
+        ];
+        let args =
+            ["--model", "demo", "--startup-delay", "1s", "--tokens-per-second", "200", "--concurrency", "8"];
+        self.deploy_chat(name, &annotations, &args).await;
+    }
+
+    /// A gateway for service `name`, once it follows a slice with endpoints.
+    pub async fn gateway(&self, name: &str) -> Gateway {
+        let gateway = Gateway::start(&self.admin, &self.apps, name).await;
+        wait_for(WAIT, "the gateway to follow the slice", async || {
+            if gateway.endpoints().is_empty() { Err("no endpoints") } else { Ok(()) }
+        })
+        .await;
+        gateway
     }
 
     /// Creates the example service `manifests/examples/chat` in the application namespace as `name`, with
