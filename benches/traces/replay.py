@@ -10,8 +10,8 @@ start. Pod-seconds integrate /status's `pods` (pods that exist: starting or read
 apart) polled every 150 ms over the trace's whole length, idle tail included.
 
 Usage: replay.py EBB_BINARY TRACE_DIR OUT_DIR [--traces bursty,diurnal,idle] [--configs defaults,tuned,fixed]
-Standard library only. Writes OUT_DIR/results.json and OUT_DIR/results.md; per run an ebb up log and the
-simulator's CSV.
+Standard library only. Writes OUT_DIR/results.json and OUT_DIR/results.md; per run (OUT_DIR/TRACE-CONFIG/) the ebb up
+log, the simulator's CSV and status.csv (the polled /status next to the trace's clients).
 """
 import argparse
 import json
@@ -147,7 +147,7 @@ def replay(ebb, trace, config, out_dir):
     annots = annotations(config, rows)
     up = EbbUp(ebb, ebb_yaml(ebb, annots), workdir=out_dir)
     host, port = up.gateway.rsplit(":", 1)
-    results, samples = [], []
+    results, samples, seen = [], [], []
     lock = threading.Lock()
     try:
         if config == "fixed":
@@ -170,6 +170,9 @@ def replay(ebb, trace, config, out_dir):
             while (now := time.time()) < t0 + end:
                 s = up.status(SERVICE)
                 samples.append((now - t0, s["pods"], s.get("terminating", 0)))
+                # What ebb sees, to compare with the trace's clients and the simulator's input.
+                seen.append((round(now - t0, 3), s["pods"], s["ready"], s["desired"], s["in_flight"], s["queued"],
+                             s.get("observed_stable")))
                 time.sleep(POLL)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(max(c for _, c in rows))]
@@ -187,6 +190,10 @@ def replay(ebb, trace, config, out_dir):
         t_from = 0.0 if j == 0 else t
         pod_s += pods * (t_next - t_from)
         drain_s += term * (t_next - t_from)
+    with open(os.path.join(out_dir, "status.csv"), "w") as f:
+        f.write("t,pods,ready,desired,in_flight,queued,observed_stable,clients\n")
+        for row in seen:
+            f.write(",".join("" if v is None else str(v) for v in row) + f",{clients_at(rows, int(row[0]))}\n")
     ok = [r for r in results if r[3] is None]
     errors = [r[3] for r in results if r[3] is not None]
     sim = simulate(ebb, trace, config, annots, out_dir)
@@ -194,6 +201,8 @@ def replay(ebb, trace, config, out_dir):
         "trace": os.path.basename(trace)[:-4], "config": config,
         "annotations": annots, "seconds": end, "requests": len(results), "failed": len(errors),
         "errors": sorted(set(errors))[:5], "cold": sum(1 for r in results if r[2]),
+        "cold_ttft_p50": percentile([r[0] for r in ok if r[2]], 50),
+        "ttft_max": max((r[0] for r in ok), default=None),
         "ttft_p50": percentile([r[0] for r in ok], 50), "ttft_p99": percentile([r[0] for r in ok], 99),
         "total_p50": percentile([r[1] for r in ok], 50), "total_p99": percentile([r[1] for r in ok], 99),
         "pod_seconds": pod_s, "draining_pod_seconds": drain_s,
@@ -203,14 +212,17 @@ def replay(ebb, trace, config, out_dir):
 
 def table(runs):
     ms = lambda x: "-" if x is None else f"{x * 1000:.0f}"
-    out = ["| trace | config | requests | failed | cold-start waits | first token p50 / p99 ms | "
-           "response p50 / p99 ms | peak pods | pod-s measured | pod-s simulated | sim error |",
+    out = ["| trace | config | requests | failed | cold-start waits (median first token ms) | "
+           "first token p50 / p99 / max ms | response p50 / p99 ms | peak pods | pod-s measured | "
+           "pod-s simulated | sim error |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         err = (r["sim_pod_seconds"] - r["pod_seconds"]) / r["pod_seconds"] * 100 if r["pod_seconds"] else 0
-        out.append(f"| {r['trace']} | {r['config']} | {r['requests']} | {r['failed']} | {r['cold']} | "
-                   f"{ms(r['ttft_p50'])} / {ms(r['ttft_p99'])} | {ms(r['total_p50'])} / {ms(r['total_p99'])} | "
-                   f"{r['peak_pods']} | {r['pod_seconds']:.1f} | {r['sim_pod_seconds']:.0f} | {err:+.1f}% |")
+        cold = f"{r['cold']} ({ms(r['cold_ttft_p50'])})" if r["cold"] else "0"
+        out.append(f"| {r['trace']} | {r['config']} | {r['requests']} | {r['failed']} | {cold} | "
+                   f"{ms(r['ttft_p50'])} / {ms(r['ttft_p99'])} / {ms(r['ttft_max'])} | "
+                   f"{ms(r['total_p50'])} / {ms(r['total_p99'])} | {r['peak_pods']} | {r['pod_seconds']:.1f} | "
+                   f"{r['sim_pod_seconds']:.0f} | {err:+.1f}% |")
     return "\n".join(out)
 
 
