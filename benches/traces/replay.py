@@ -51,11 +51,20 @@ def read_trace(path):
     rows = []
     with open(path) as f:
         lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
-    if lines[0] != "t,concurrency":
-        raise SystemExit(f"{path}: expected the header t,concurrency")
-    for ln in lines[1:]:
-        t, c = ln.split(",")
-        rows.append((int(t), int(c)))
+    if not lines or lines[0] != "t,concurrency":
+        print(f"{path}: expected the header t,concurrency", file=sys.stderr)
+        sys.exit(2)
+    for n, ln in enumerate(lines[1:], 2):
+        try:
+            t, c = ln.split(",")
+            rows.append((int(t), int(c)))
+        except ValueError:
+            print(f"{path}: row {n} (not counting comments): expected whole numbers t,concurrency: {ln}",
+                  file=sys.stderr)
+            sys.exit(2)
+    if len(rows) < 2:
+        print(f"{path}: a trace needs at least two rows (the last marks its end)", file=sys.stderr)
+        sys.exit(2)
     return rows
 
 
