@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use http::HeaderMap;
 use tokio::sync::mpsc;
 
-use crate::endpoints::Change;
+use crate::endpoints::{Change, PodInfo};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::routing::{RouteError, RouteTable, ServiceKey};
@@ -18,6 +18,10 @@ use crate::service::Service;
 #[derive(Debug)]
 pub struct Registry {
     services: RwLock<HashMap<ServiceKey, Arc<Service>>>,
+    /// The latest pods of services not configured yet: the pod and Deployment watches are independent, so
+    /// pods may come first (an activator starting up lists both at once), and are applied when the service
+    /// appears rather than lost until the pods next change.
+    pending_pods: Mutex<HashMap<ServiceKey, Vec<PodInfo>>>,
     routes: RwLock<Arc<RouteTable>>,
     activators: Arc<AtomicUsize>,
     prober: Prober,
@@ -31,6 +35,7 @@ impl Registry {
     pub fn new(local_mode: bool, global_queue_cap: u32, metrics: Arc<Metrics>) -> Self {
         Self {
             services: RwLock::default(),
+            pending_pods: Mutex::default(),
             routes: RwLock::new(Arc::new(RouteTable::new(local_mode))),
             activators: Arc::new(AtomicUsize::new(1)),
             prober: Prober::new(),
@@ -71,16 +76,22 @@ impl Registry {
                     None => {
                         let metrics = self.metrics.service(&key);
                         let (activators, cap) = (self.activators.clone(), self.global_queue_cap);
-                        let service = Service::new(key.clone(), config, metrics, activators, cap);
+                        let service = Arc::new(Service::new(key.clone(), config, metrics, activators, cap));
                         self.services
                             .write()
                             .unwrap_or_else(|p| p.into_inner())
-                            .insert(key, Arc::new(service));
+                            .insert(key.clone(), service.clone());
+                        let pending =
+                            self.pending_pods.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                        if let Some(pods) = pending {
+                            service.set_pods(pods, &self.prober);
+                        }
                     }
                 }
                 self.rebuild_routes();
             }
             Change::ServiceRemoved(key) => {
+                self.pending_pods.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
                 let removed = self.services.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
                 if let Some(service) = removed {
                     service.remove();
@@ -91,7 +102,12 @@ impl Registry {
             Change::Pods { key, pods } => match self.get(&key) {
                 Some(service) => service.set_pods(pods, &self.prober),
                 None => {
-                    tracing::debug!(service = %key, "pods for a service with no configuration yet; ignored")
+                    tracing::debug!(service = %key, "pods for a service with no configuration yet; kept for it");
+                    let mut pending = self.pending_pods.lock().unwrap_or_else(|p| p.into_inner());
+                    match pods.is_empty() {
+                        true => pending.remove(&key),
+                        false => pending.insert(key, pods),
+                    };
                 }
             },
             Change::Mode { key, mode } => match self.get(&key) {

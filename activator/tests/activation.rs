@@ -132,6 +132,22 @@ async fn requests_that_waited_for_a_cold_start_are_told_its_phases() {
 }
 
 #[tokio::test]
+async fn pods_seen_before_their_service_are_used_once_it_appears() {
+    // The pod and Deployment watches are independent: at an activator's start the pods may come first.
+    let activator = TestActivator::start(10_000).await;
+    let (upstream, _) = counting_upstream(Duration::ZERO).await;
+    let pod = queue_proxy(upstream, "demo-1", 0).await;
+    let key = ebb_activator::routing::ServiceKey::new("default", "demo");
+    activator.pods(&key, &[("demo-1", pod.data)]);
+    assert!(activator.registry.get(&key).is_none());
+    activator.service("demo", data_plane(|_| {}));
+    let service = activator.registry.get(&key).unwrap();
+    eventually("the pod to be ready", || service.status().ready == 1).await;
+    let response = client().request(get(activator.addr, "demo", "/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
     let activator = TestActivator::start(10_000).await;
     activator.service("demo", data_plane(|spec| spec.max_queued = 2));
