@@ -180,15 +180,18 @@ impl ServiceController {
         self.windows.observe(now)
     }
 
-    /// Decides at `now`. `ready` is `None` when the pods could not be counted (no decision then).
+    /// Decides at `now` on the load windows read at `load_at` (at most `now`: the time of the last collected
+    /// second when the caller knows it). `ready` is `None` when the pods could not be counted (no decision
+    /// then).
     pub fn tick(
         &mut self,
         now: Timestamp,
+        load_at: Timestamp,
         ready: Option<u32>,
         activator_in_path: bool,
         activators_ready: bool,
     ) -> (DecisionRecord, Actions) {
-        let observed = self.windows.observe(now);
+        let observed = self.windows.observe(load_at.min(now));
         let outcome = self.decider.decide(now, ready, observed);
         let decision = outcome.decision().copied();
         let ready_n = ready.unwrap_or(0);
@@ -311,7 +314,7 @@ mod tests {
         assert_eq!(c.replicas(), 0);
         // First request at zero: the activator's concurrency-1 stat.
         c.record(Timestamp::from_secs(1), 1.0).unwrap();
-        let (record, actions) = c.tick(Timestamp::from_secs(1), Some(0), true, true);
+        let (record, actions) = c.tick(Timestamp::from_secs(1), Timestamp::from_secs(1), Some(0), true, true);
         assert_eq!(actions.replicas, Some(1), "{record:?}");
         assert_eq!(record.mode, "proxy");
         // Load of 10 for a while with 1 pod ready: more pods.
@@ -321,7 +324,13 @@ mod tests {
             c.record(Timestamp::from_secs(t), 10.0).unwrap();
             if t % 2 == 0 {
                 let ready = c.replicas();
-                c.tick(Timestamp::from_secs(t), Some(ready), c.mode() == Mode::Proxy, true);
+                c.tick(
+                    Timestamp::from_secs(t),
+                    Timestamp::from_secs(t),
+                    Some(ready),
+                    c.mode() == Mode::Proxy,
+                    true,
+                );
                 max = max.max(c.replicas());
             }
             t += 1;
@@ -335,7 +344,13 @@ mod tests {
             }
             if t % 2 == 0 {
                 let ready = c.replicas();
-                c.tick(Timestamp::from_secs(t), Some(ready), c.mode() == Mode::Proxy, true);
+                c.tick(
+                    Timestamp::from_secs(t),
+                    Timestamp::from_secs(t),
+                    Some(ready),
+                    c.mode() == Mode::Proxy,
+                    true,
+                );
                 if c.replicas() == 0 && zero_at.is_none() {
                     zero_at = Some(t);
                 }

@@ -123,6 +123,8 @@ struct Entry {
     last_logged: Option<DecisionRecord>,
     /// When the first stat showing load arrived while the service was at zero, until it is scaled up.
     cold_since: Option<Instant>,
+    /// The time of the last collection, which stamped its second of load.
+    collected_at: Option<Timestamp>,
 }
 
 impl Entry {
@@ -220,6 +222,7 @@ impl Autoscaler {
                     activator_stats: HashMap::new(),
                     last_logged: None,
                     cold_since: None,
+                    collected_at: None,
                 };
                 self.metrics.observe_status(&id, &entry.status(&id));
                 services.insert(id, entry);
@@ -279,8 +282,9 @@ impl Autoscaler {
     fn decide(&self, id: &ServiceId, entry: &mut Entry, now: Timestamp) -> Actions {
         let ready = entry.ready();
         let in_path = self.scaler.activator_in_path(id);
+        let load_at = self.load_at(entry, now);
         let (record, actions) =
-            entry.controller.tick(now, Some(ready), in_path, self.scaler.activators_ready());
+            entry.controller.tick(now, load_at, Some(ready), in_path, self.scaler.activators_ready());
         self.metrics.decided(id, &record);
         self.metrics.observe_status(id, &entry.status(id));
         if record.changed
@@ -324,6 +328,17 @@ impl Autoscaler {
             log_decision!(debug);
         }
         actions
+    }
+
+    /// When a decision at `now` reads the service's load: as of its last collection while collections keep
+    /// coming. A tick that lands before the current second's collection has finished must not read that
+    /// second as idle: with a 1 s panic window (a 6 s stable window) it read every burst as zero load, and
+    /// panic mode never started. When collections stop, the load is read at `now` and ages out as it should.
+    fn load_at(&self, entry: &Entry, now: Timestamp) -> Timestamp {
+        match entry.collected_at {
+            Some(at) if now.saturating_since(at) <= 2 * self.options.scrape_interval => at,
+            _ => now,
+        }
     }
 
     fn apply(&self, id: &ServiceId, actions: Actions) {
@@ -382,6 +397,7 @@ impl Autoscaler {
         let mut services = self.lock();
         for (id, ready, results) in results {
             let Some(entry) = services.get_mut(&id) else { continue };
+            entry.collected_at = Some(now);
             let mut answered = Vec::with_capacity(results.len());
             for result in results {
                 match result {
@@ -497,6 +513,81 @@ mod tests {
         fn activator_in_path(&self, _service: &ServiceId) -> bool {
             true
         }
+    }
+
+    /// A queue-proxy stats endpoint answering every scrape with `concurrency`, on a real socket.
+    async fn stats_server(concurrency: f64) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stat = PodStat {
+            pod: "chat-0".into(),
+            average_concurrency: concurrency,
+            average_proxied_concurrency: 0.0,
+            request_count: concurrency,
+            proxied_request_count: 0.0,
+            process_uptime_secs: 100.0,
+            timestamp_ms: 0,
+        };
+        let body = stat.encode().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(&[head.as_bytes(), &body].concat()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_tick_in_the_second_after_a_collection_still_sees_it_in_a_one_second_panic_window() {
+        let autoscaler = Autoscaler::new(Arc::new(Recorder::default()), Options::default());
+        // A 6 s stable window makes a 1 s panic window: the last collected second is all of it.
+        let annotations: BTreeMap<String, String> =
+            [("autoscaling.knative.dev/window", "6s"), ("autoscaling.knative.dev/target", "10")]
+                .map(|(k, v)| (k.into(), v.into()))
+                .into();
+        let config = resolve_service(&annotations, &GlobalConfig::default()).unwrap().value;
+        let id = ServiceId::new("demo", "chat");
+        autoscaler.set_service(id.clone(), config, 1).unwrap();
+        let stats = stats_server(50.0).await;
+        let pod = PodTarget {
+            name: "chat-0".into(),
+            stats: Some(stats),
+            ready: true,
+            terminating: false,
+            started: Instant::now(),
+        };
+        autoscaler.set_pods(&id, vec![pod]);
+
+        autoscaler.collect().await;
+        // The tick lands in the next second, before that second's collection (as it does when the tick and
+        // collection intervals drift against each other).
+        let collected = autoscaler.now().whole_secs();
+        while autoscaler.now().whole_secs() == collected {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        autoscaler.tick();
+
+        let last = autoscaler.decisions(&id).unwrap().pop().unwrap();
+        assert_eq!(last.observed_panic, Some(50.0), "{last:?}");
+        // Target 10 at the default 70 % utilization is 7 per pod: ceil(50 / 7) = 8, over 2 x 1 ready.
+        assert!(last.panic, "50 concurrent over a target of 7 on 1 pod is a panic: {last:?}");
+        assert_eq!(last.desired, 8, "{last:?}");
     }
 
     #[test]
