@@ -3,7 +3,7 @@
 //! * `cold`: for fresh services at zero, the time from a request's arrival to the activator's stat leaving
 //!   it (goal <= 1 ms), and from a pod's endpoint becoming ready (the moment its queue-proxy answered the probe
 //!   that made it usable) to the first request reaching that pod (goal <= 2 ms). Prints a markdown table.
-//! * `serve`: an activator in proxy mode in front of one ready pod, for `benches/activator/warm.sh`.
+//! * `serve`: an activator in proxy mode in front of one ready pod, for `benches/load/data-plane.sh`.
 //! * `hold`: an activator in local mode whose service `127.0.0.1` never gets a pod, so every request waits;
 //!   `benches/activator/hold.sh` sends it 10,000 requests from a separate process and reads its memory.
 
@@ -35,6 +35,9 @@ use tokio::time::Instant;
 #[derive(Parser)]
 #[command(about = "The activator's cold-path and holding benchmarks")]
 struct Cli {
+    /// Tokio worker threads (the data-plane runner compares one-thread proxies).
+    #[arg(long, global = true, default_value_t = 2)]
+    worker_threads: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -223,7 +226,10 @@ async fn hold(max_queued: u32) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.worker_threads)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Cold { iterations } => cold(iterations).await,

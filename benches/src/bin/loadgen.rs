@@ -8,7 +8,8 @@
 //! * `--hold N`: opens N keep-alive connections, sends one request on each (all before awaiting any answer),
 //!   and keeps them open for `--duration` (for memory measurements).
 //!
-//! Prints one JSON line: requests, errors, achieved rate and latency percentiles in microseconds.
+//! Prints one JSON line: requests, errors, achieved rate and latency percentiles in microseconds, to the end of
+//! the response and to its first body byte (`ttfb_*`: what a streamed response's reader waits for first).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +49,10 @@ struct Args {
     /// Open this many connections, one request each, and hold them for --duration.
     #[arg(long)]
     hold: Option<usize>,
+    /// A response whose body does not end with this (trailing whitespace aside) is an error: a cut stream,
+    /// with `data: [DONE]`.
+    #[arg(long)]
+    expect_end: Option<String>,
 }
 
 struct Shared {
@@ -71,21 +76,46 @@ async fn connect(target: &str) -> Result<SendRequest<Empty<Bytes>>> {
     Ok(sender)
 }
 
-async fn one(sender: &mut SendRequest<Empty<Bytes>>, shared: &Shared) -> Result<()> {
+/// Sends one request and reads the whole response; returns when its first body byte came (or its end, when
+/// it has no body).
+async fn one(sender: &mut SendRequest<Empty<Bytes>>, shared: &Shared) -> Result<Instant> {
     sender.ready().await?;
     let req = Request::get(shared.args.path.as_str())
         .header(hyper::header::HOST, shared.args.target.as_str())
         .body(Empty::new())?;
     let response = sender.send_request(req).await?;
     let ok = response.status().is_success();
-    response.into_body().collect().await?;
+    let mut body = response.into_body();
+    let mut first_byte = None;
+    let mut tail = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            first_byte.get_or_insert_with(Instant::now);
+            if shared.args.expect_end.is_some() {
+                tail.extend_from_slice(&data);
+                let keep = tail.len().saturating_sub(64);
+                tail.drain(..keep);
+            }
+        }
+    }
     if !ok {
         bail!("status not 2xx");
     }
-    Ok(())
+    if let Some(end) = &shared.args.expect_end
+        && !tail.trim_ascii_end().ends_with(end.as_bytes())
+    {
+        bail!("the body does not end with {end:?}");
+    }
+    Ok(first_byte.unwrap_or_else(Instant::now))
 }
 
-async fn worker(shared: Arc<Shared>) -> Vec<u32> {
+/// Microseconds from `from` to `to`.
+fn micros(from: Instant, to: Instant) -> u32 {
+    (to - from).as_micros().min(u32::MAX as u128) as u32
+}
+
+/// Each measured request's latency to its end and to its first body byte.
+async fn worker(shared: Arc<Shared>) -> Vec<(u32, u32)> {
     let mut latencies = Vec::with_capacity(1 << 16);
     let mut sender = None;
     let interval = shared.args.rate.map(|r| Duration::from_secs_f64(1.0 / r));
@@ -129,16 +159,16 @@ async fn worker(shared: Arc<Shared>) -> Vec<u32> {
         let Some(s) = sender.as_mut() else { continue };
         let result = one(s, &shared).await;
         let done = Instant::now();
-        if result.is_err() {
+        let Ok(first_byte) = result else {
             if due >= shared.measure_from {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
             }
             sender = None;
             continue;
-        }
+        };
         shared.total.fetch_add(1, Ordering::Relaxed);
         if due >= shared.measure_from {
-            latencies.push((done - due).as_micros().min(u32::MAX as u128) as u32);
+            latencies.push((micros(due, done), micros(due, first_byte)));
         }
     }
     latencies
@@ -215,19 +245,24 @@ fn main() -> Result<()> {
         for task in tasks {
             all.extend(task.await?);
         }
-        all.sort_unstable();
         let requests = all.len();
+        let (mut total, mut first_byte): (Vec<u32>, Vec<u32>) = all.into_iter().unzip();
+        total.sort_unstable();
+        first_byte.sort_unstable();
         println!(
-            "{{\"mode\":\"{}\",\"total\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+            "{{\"mode\":\"{}\",\"total\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"ttfb_p50_us\":{},\"ttfb_p99_us\":{},\"ttfb_p999_us\":{}}}",
             if args.rate.is_some() { "rate" } else { "saturate" },
             shared.total.load(Ordering::Relaxed),
             requests,
             shared.errors.load(Ordering::Relaxed),
             requests as f64 / args.duration,
-            percentile(&all, 50.0),
-            percentile(&all, 99.0),
-            percentile(&all, 99.9),
-            all.last().copied().unwrap_or(0),
+            percentile(&total, 50.0),
+            percentile(&total, 99.0),
+            percentile(&total, 99.9),
+            total.last().copied().unwrap_or(0),
+            percentile(&first_byte, 50.0),
+            percentile(&first_byte, 99.0),
+            percentile(&first_byte, 99.9),
         );
         Ok(())
     })
