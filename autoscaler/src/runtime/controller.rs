@@ -303,6 +303,12 @@ mod tests {
         resolve_service(&annotations, &global).unwrap().value
     }
 
+    /// A tick at second `t` with every replica ready, the activator in the path in proxy mode.
+    fn tick_at(c: &mut ServiceController, t: u64) {
+        let (now, ready, in_path) = (Timestamp::from_secs(t), c.replicas(), c.mode() == Mode::Proxy);
+        c.tick(now, now, Some(ready), in_path, true);
+    }
+
     #[test]
     fn scales_from_zero_on_load_and_back_to_zero_when_idle() {
         let config = config(&[
@@ -323,14 +329,7 @@ mod tests {
         while t < 12 {
             c.record(Timestamp::from_secs(t), 10.0).unwrap();
             if t % 2 == 0 {
-                let ready = c.replicas();
-                c.tick(
-                    Timestamp::from_secs(t),
-                    Timestamp::from_secs(t),
-                    Some(ready),
-                    c.mode() == Mode::Proxy,
-                    true,
-                );
+                tick_at(&mut c, t);
                 max = max.max(c.replicas());
             }
             t += 1;
@@ -343,14 +342,7 @@ mod tests {
                 c.record(Timestamp::from_secs(t), 0.0).unwrap();
             }
             if t % 2 == 0 {
-                let ready = c.replicas();
-                c.tick(
-                    Timestamp::from_secs(t),
-                    Timestamp::from_secs(t),
-                    Some(ready),
-                    c.mode() == Mode::Proxy,
-                    true,
-                );
+                tick_at(&mut c, t);
                 if c.replicas() == 0 && zero_at.is_none() {
                     zero_at = Some(t);
                 }
