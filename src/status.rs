@@ -164,6 +164,7 @@ pub fn render(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 const DESIRED: &str = "status.ebb.dev/desired";
 const MODE: &str = "status.ebb.dev/mode";
 const PHASE: &str = "status.ebb.dev/phase";
+const PANIC: &str = "status.ebb.dev/panic";
 const REASON: &str = "status.ebb.dev/reason";
 
 /// One autoscaled Deployment as the cluster shows it.
@@ -181,8 +182,8 @@ pub struct ClusterRow {
     pub mode: Option<String>,
     /// The scale-to-zero phase on the public Service (`activating`, `active`, `inactive`, `zero`).
     pub phase: Option<String>,
-    /// Whether the last change of replicas was a panic decision (its reason starts `panic`); the autoscaler
-    /// writes no live panic flag, so this is about that change, not about now.
+    /// Whether the decider is in panic mode (`status.ebb.dev/panic`); from an autoscaler too old to write
+    /// it, whether the last change of replicas was a panic decision (its reason starts `panic`).
     pub panic: Option<bool>,
     /// Why the replicas last changed (`status.ebb.dev/reason`).
     pub last_reason: Option<String>,
@@ -223,9 +224,9 @@ pub fn cluster_rows(
                 ready: d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
                 mode: public.get(MODE).or_else(|| own.get(MODE)).cloned(),
                 phase: public.get(PHASE).cloned(),
-                panic: last_reason
-                    .as_deref()
-                    .map(|r| r.starts_with("panic: ") || r.starts_with("panic hold: ")),
+                panic: own.get(PANIC).map(|v| v == "true").or_else(|| {
+                    last_reason.as_deref().map(|r| r.starts_with("panic: ") || r.starts_with("panic hold: "))
+                }),
                 last_reason,
                 service,
             }
@@ -361,6 +362,7 @@ mod tests {
                 json!({DESIRED: "3", MODE: "proxy", REASON: "panic: 30 concurrent over target 7 x 1 pod -> 3 pods"}),
             ),
             deployment("batch", json!({})),
+            deployment("embed", json!({DESIRED: "2", PANIC: "true", REASON: "stable: 2 pods"})),
         ];
         let service = |labels: serde_json::Value| {
             serde_json::from_value(json!({
@@ -387,6 +389,8 @@ mod tests {
             table.contains("models/chat   3        3         2      serve  active  yes    panic: 30"),
             "{table}"
         );
+        // The live flag wins over the last change's reason.
+        assert_eq!((rows[2].service.as_str(), rows[2].panic), ("models/embed", Some(true)));
         // A Service ebb does not own says nothing about the mode: the Deployment's annotation is used.
         let rows = cluster_rows(&deployments, &[service(json!({}))]);
         assert_eq!((rows[1].mode.as_deref(), rows[1].phase.as_deref()), (Some("proxy"), None));

@@ -512,7 +512,7 @@ async fn allowed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_accounts_get_exactly_the_documented_rbac_and_no_secrets() {
-    // The three statements of the autoscaler's rights agree: the docs, the code's list, the manifests.
+    // The statements of each component's rights agree: the docs, the code's list, the manifests.
     let objects = rendered("manifests");
     let rules = |kind: &str, name: &str| {
         flatten(&find(&objects, kind, name).unwrap_or_else(|| panic!("{kind} {name}"))["rules"])
@@ -524,6 +524,7 @@ async fn the_service_accounts_get_exactly_the_documented_rbac_and_no_secrets() {
     assert_eq!(rules("Role", "ebb-autoscaler"), own, "manifests/ Role ebb-autoscaler");
     let activator: BTreeSet<Permission> =
         ACTIVATOR_RULES.iter().map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string())).collect();
+    assert_eq!(documented("The activator"), activator, "docs/rbac.md's activator table");
     assert_eq!(rules("ClusterRole", "ebb-activator"), activator, "manifests/ ClusterRole ebb-activator");
     assert!(find(&objects, "Role", "ebb-activator").is_none(), "the activator needs no Role");
 

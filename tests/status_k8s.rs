@@ -91,7 +91,12 @@ async fn status_lists_what_the_autoscaler_wrote() {
         }
         let (cells, reason) = row(&stdout, &service).ok_or(format!("no row:\n{stdout}"))?;
         let want_reason = written.get("status.ebb.dev/reason").cloned().unwrap_or_default();
-        if cells[1..5] == ["2", "2", "2", "serve"] && !want_reason.is_empty() && reason == want_reason {
+        let panic_written = written.contains_key("status.ebb.dev/panic");
+        if cells[1..5] == ["2", "2", "2", "serve"]
+            && !want_reason.is_empty()
+            && reason == want_reason
+            && panic_written
+        {
             Ok((cells, reason))
         } else {
             Err(format!("table:\n{stdout}annotations: {written:?}"))
@@ -102,6 +107,8 @@ async fn status_lists_what_the_autoscaler_wrote() {
     let phase = svc.metadata.annotations.unwrap_or_default().get("status.ebb.dev/phase").cloned();
     assert_eq!(Some(cells[5].clone()), phase.or(Some("-".into())), "the phase is the Service's");
     assert_eq!(cells[6], "no", "a scale-up to min-scale is no panic: {reason}");
+    let written = deployments.get("web").await.unwrap().metadata.annotations.unwrap_or_default();
+    assert_eq!(written.get("status.ebb.dev/panic").map(String::as_str), Some("false"), "the live flag");
 
     // All namespaces (the default) include it too; --json gives the same values.
     let (code, stdout, stderr) = ebb_status(&["--kubeconfig", &kubeconfig]);

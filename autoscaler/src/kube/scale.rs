@@ -219,7 +219,9 @@ pub(crate) async fn reconcile(
     let current = deployment.annotations();
     let reason =
         state.reason_pending.clone().or_else(|| (!current.contains_key(&status::reason_key())).then(reason));
-    if let Some(patch) = status::annotations_patch(current, desired, status.mode, reason.as_deref()) {
+    if let Some(patch) =
+        status::annotations_patch(current, desired, status.mode, status.panic, reason.as_deref())
+    {
         match api.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
             Ok(_) => state.reason_pending = None,
             Err(err) => {

@@ -1,7 +1,8 @@
 //! The autoscaler's state written on the Deployment, so that `kubectl get deployment -o yaml` explains it:
-//! `status.ebb.dev/desired`, `status.ebb.dev/mode` and `status.ebb.dev/reason` (the reason of the last
-//! change of replicas). Written only when one of them changes: the reason sentence carries live numbers, and
-//! rewriting it every tick would be an API write per service every 2 s.
+//! `status.ebb.dev/desired`, `status.ebb.dev/mode`, `status.ebb.dev/panic` (`true` while the decider is in
+//! panic) and `status.ebb.dev/reason` (the reason of the last change of replicas). Written only when one of
+//! them changes: the reason sentence carries live numbers, and rewriting it every tick would be an API write
+//! per service every 2 s.
 
 use std::collections::BTreeMap;
 
@@ -18,20 +19,30 @@ pub fn mode_key() -> String {
     format!("{STATUS_PREFIX}mode")
 }
 
+/// Annotation: `true` while the decider is in panic mode, else `false`.
+pub fn panic_key() -> String {
+    format!("{STATUS_PREFIX}panic")
+}
+
 /// Annotation: why the replicas last changed.
 pub fn reason_key() -> String {
     format!("{STATUS_PREFIX}reason")
 }
 
-/// The merge patch that brings `current` annotations to `desired`, `mode` and (when given) `reason`, or
-/// `None` when they already say so.
+/// The merge patch that brings `current` annotations to `desired`, `mode`, `panic` and (when given) `reason`,
+/// or `None` when they already say so.
 pub fn annotations_patch(
     current: &BTreeMap<String, String>,
     desired: u32,
     mode: &str,
+    panic: bool,
     reason: Option<&str>,
 ) -> Option<Value> {
-    let mut wanted = vec![(desired_key(), desired.to_string()), (mode_key(), mode.to_owned())];
+    let mut wanted = vec![
+        (desired_key(), desired.to_string()),
+        (mode_key(), mode.to_owned()),
+        (panic_key(), panic.to_string()),
+    ];
     if let Some(reason) = reason {
         wanted.push((reason_key(), reason.to_owned()));
     }
@@ -51,14 +62,18 @@ mod tests {
     #[test]
     fn only_changes_are_written() {
         let mut current = BTreeMap::new();
-        let patch = annotations_patch(&current, 3, "serve", Some("stable: 3 pods")).unwrap();
+        let patch = annotations_patch(&current, 3, "serve", false, Some("stable: 3 pods")).unwrap();
         assert_eq!(patch["metadata"]["annotations"]["status.ebb.dev/desired"], "3");
+        assert_eq!(patch["metadata"]["annotations"]["status.ebb.dev/panic"], "false");
         current.insert(desired_key(), "3".to_owned());
         current.insert(mode_key(), "serve".to_owned());
+        current.insert(panic_key(), "false".to_owned());
         current.insert(reason_key(), "stable: 3 pods".to_owned());
-        assert_eq!(annotations_patch(&current, 3, "serve", None), None);
-        assert_eq!(annotations_patch(&current, 3, "serve", Some("stable: 3 pods")), None);
-        let patch = annotations_patch(&current, 3, "proxy", None).unwrap();
+        assert_eq!(annotations_patch(&current, 3, "serve", false, None), None);
+        assert_eq!(annotations_patch(&current, 3, "serve", false, Some("stable: 3 pods")), None);
+        let patch = annotations_patch(&current, 3, "proxy", false, None).unwrap();
         assert_eq!(patch, json!({"metadata": {"annotations": {"status.ebb.dev/mode": "proxy"}}}));
+        let patch = annotations_patch(&current, 3, "serve", true, None).unwrap();
+        assert_eq!(patch, json!({"metadata": {"annotations": {"status.ebb.dev/panic": "true"}}}));
     }
 }
