@@ -21,7 +21,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use support::cluster::{Cluster, Load, WAIT, ready_ips};
+use support::cluster::{Cluster, WAIT, gateway_load, ready_ips};
 use support::gateway::Gateway;
 use support::{ControlPlane, wait_for};
 
@@ -69,7 +69,7 @@ async fn killing_the_autoscaler_leader_under_load_hands_over_and_scaling_continu
     let _serial = SERIAL.lock().await;
     let (cluster, gateway) = install("e2e-leader").await;
     // 8 clients over 8 per pod at a 70% target (5.6) want 2 pods.
-    let load = Load::start(gateway.addr(), 8);
+    let load = gateway_load(gateway.addr(), 8);
     cluster.wait_replicas("chat", "= 2", |r| r == 2).await;
     cluster.wait_ready_pods(&cluster.apps, "ebb.dev/service=chat", 2).await;
 
@@ -80,7 +80,7 @@ async fn killing_the_autoscaler_leader_under_load_hands_over_and_scaling_continu
     eprintln!("killed the autoscaler leader {leader} (pid {pid})");
 
     // Three times the load: 24 clients want 5 pods, capped at 4. Only the new leader can scale now.
-    let more = Load::start(gateway.addr(), 16);
+    let more = gateway_load(gateway.addr(), 16);
     let (holder, after) = wait_for(WAIT, "another replica to take the Lease", async || {
         let (holder, after) = lease(&cluster).await?;
         if holder != leader { Ok((holder, after)) } else { Err(format!("still held by {holder}")) }
@@ -123,7 +123,7 @@ async fn killing_the_autoscaler_leader_under_load_hands_over_and_scaling_continu
 async fn restarting_kube_apiserver_mid_load_loses_nothing_and_decisions_resume() {
     let _serial = SERIAL.lock().await;
     let (cluster, gateway) = install("e2e-apiserver").await;
-    let load = Load::start(gateway.addr(), 8);
+    let load = gateway_load(gateway.addr(), 8);
     cluster.wait_replicas("chat", "= 2", |r| r == 2).await;
     // Warm: the slice lists the two pods, and so does the gateway.
     cluster

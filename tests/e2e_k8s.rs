@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::cluster::{Cluster, Load, WAIT, complete, http_client, is_completion, ready_ips};
+use support::cluster::{Cluster, WAIT, complete, gateway_load, http_client, is_completion, ready_ips};
 use support::prometheus::{Prometheus, alert_rules, cluster_only, dashboard_expressions, signal, substitute};
 use support::wait_for;
 
@@ -80,7 +80,7 @@ async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero()
     assert!((1..=4).contains(&replicas), "scaled from zero within max-scale: {replicas}");
 
     // (b) Sustained load (40 clients over 8 per pod at a 70% target): more pods, the slice lists them.
-    let load = Load::start(gateway.addr(), 40);
+    let load = gateway_load(gateway.addr(), 40);
     cluster.wait_replicas("chat", ">= 2", |r| r >= 2).await;
     let apps: Api<Pod> = Api::namespaced(cluster.admin.clone(), &cluster.apps);
     cluster
@@ -102,7 +102,7 @@ async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero()
         failures.is_empty(),
         "{} of {} requests under load failed: {failures:?}",
         failures.len(),
-        ok + failures.len() as u32
+        ok + failures.len() as u64
     );
     assert!(cluster.replicas("chat").await.unwrap() <= 4, "never above max-scale");
     every_cluster_only_panel_and_alert_has_data(&prometheus).await;
@@ -240,7 +240,7 @@ async fn image_rollouts_under_load_and_at_zero_lose_nothing_and_do_not_over_scal
     let gateway = cluster.gateway("chat").await;
     // Steady load: 16 clients over 8 per pod at a 70% target (5.6) want 3 pods; the rollout starts once
     // they are all Ready.
-    let load = Load::start(gateway.addr(), 16);
+    let load = gateway_load(gateway.addr(), 16);
     let before = cluster.wait_replicas("chat", "= 3", |r| r == 3).await;
     cluster.wait_ready_pods(&cluster.apps, "ebb.dev/service=chat", 3).await;
 

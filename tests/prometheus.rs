@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::prometheus::{
     Prometheus, alert_rules, cluster_only, dashboard_expressions, read, signal, substitute, tool,
 };
-use support::up::{Load, request, start};
+use support::up::{chat_load, request, start};
 use support::wait::wait_for;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -76,7 +76,7 @@ async fn every_dashboard_panel_and_alert_rule_returns_data_from_ebb_up() {
             tokio::spawn(async move { request(up.gateway, "GET", "/", "", "stuck").await })
         })
         .collect();
-    let load = Load::start(&up, "demo", 8);
+    let load = chat_load(&up, "demo", 8);
     // Let the load run through the cold start and a few scrapes of the warm pods.
     wait_for(Duration::from_secs(60), "load on warm demo pods in Prometheus", async || {
         let expr = "sum(rate(ebb_queue_proxy_requests_total{service=\"demo\",status_class=\"2xx\"}[1m]))";
@@ -114,7 +114,7 @@ async fn every_dashboard_panel_and_alert_rule_returns_data_from_ebb_up() {
             failures.push(format!("alert {name} does not hold for the stuck service: {firing:?}"));
         }
     }
-    let (ok, load_failures) = load.stop().await;
+    let (ok, load_failures) = load.finish().await;
     assert!(
         failures.is_empty(),
         "{} of {evaluated} expressions failed:\n{}",

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::up::{EBB, Load, start, write_yaml};
+use support::up::{EBB, chat_load, start, write_yaml};
 
 /// A unique name per test (a DNS label): service name, model name, and the marker found in process lists.
 fn unique(prefix: &str) -> String {
@@ -85,22 +85,22 @@ async fn scales_from_zero_up_down_and_back_to_zero_without_failures() {
     assert!(failed.is_empty(), "{} of 200 failed, first: {:?}\n{}", failed.len(), failed.first(), up.log());
     eprintln!("burst of 200 from zero done in {:?}", started.elapsed());
 
-    let heavy = Load::start(&up, &name, 40);
+    let heavy = chat_load(&up, &name, 40);
     up.wait_for(&name, "more than one ready pod under load", Duration::from_secs(30), |s| {
         s["desired"].as_u64() > Some(1) && s["ready"].as_u64() > Some(1)
     })
     .await;
-    let (ok, failures) = heavy.stop().await;
+    let (ok, failures) = heavy.finish().await;
     assert!(failures.is_empty(), "{} failed under load: {:?}", failures.len(), failures.first());
     eprintln!("{ok} requests under sustained load");
 
     // A light load while the service scales down: pods drain, nothing fails.
-    let light = Load::start(&up, &name, 2);
+    let light = chat_load(&up, &name, 2);
     up.wait_for(&name, "a scale-down under light load", Duration::from_secs(40), |s| {
         s["desired"].as_u64() == Some(1) && s["terminating"].as_u64() == Some(0)
     })
     .await;
-    let (ok, failures) = light.stop().await;
+    let (ok, failures) = light.finish().await;
     assert!(failures.is_empty(), "{} failed during scale-down: {:?}", failures.len(), failures.first());
     assert!(ok > 0);
 

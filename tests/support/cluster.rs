@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +28,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use super::gateway::{Gateway, slice_now};
+use super::load::Load;
 use super::manifests::{find, is_namespaced, kind, manifests_dir, name, render_in};
 use super::process_runtime::{ProcessRuntime, RuntimeLogs};
 use super::{ControlPlane, NodeEmulator, Readiness, TestNamespace, wait_for};
@@ -328,64 +328,17 @@ pub fn is_completion(status: u16, body: &str) -> bool {
     status == 200 && body.contains("\"text_completion\"")
 }
 
-/// Keeps a failure: all of them are counted, the first 10 are kept whole (the rest as a marker).
-fn keep(failures: &std::sync::Mutex<Vec<String>>, failure: String) {
-    let mut failures = failures.lock().unwrap();
-    let failure = if failures.len() < 10 { failure } else { String::from("...") };
-    failures.push(failure);
-}
-
-/// Closed-loop load: `workers` clients sending completions one after the other until stopped. Counts
-/// successes and keeps every failure.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU32>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    pub fn start(gateway: SocketAddr, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok: Arc<AtomicU32> = Arc::default();
-        let failures: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let http = http_client();
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, ok, failures, http) =
-                    (stop.clone(), Arc::clone(&ok), Arc::clone(&failures), http.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match complete(&http, gateway).await {
-                            Ok((status, body)) if is_completion(status, &body) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok((status, body)) => keep(&failures, format!("{status}: {body}")),
-                            Err(e) => keep(&failures, e),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, ok, failures, tasks }
-    }
-
-    /// Requests answered by the model so far.
-    pub fn ok(&self) -> u32 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Requests failed so far.
-    pub fn failed(&self) -> usize {
-        self.failures.lock().unwrap().len()
-    }
-
-    /// Stops and returns (successes, failures).
-    pub async fn finish(self) -> (u32, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.expect("a load worker");
+/// Closed-loop load through the gateway: `workers` clients sending completions one after the other.
+pub fn gateway_load(gateway: SocketAddr, workers: usize) -> Load {
+    let http = http_client();
+    Load::start(workers, move || {
+        let http = http.clone();
+        async move {
+            match complete(&http, gateway).await {
+                Ok((status, body)) if is_completion(status, &body) => Ok(()),
+                Ok((status, body)) => Err(format!("{status}: {body}")),
+                Err(e) => Err(e),
+            }
         }
-        (self.ok.load(Ordering::Relaxed), self.failures.lock().unwrap().clone())
-    }
+    })
 }

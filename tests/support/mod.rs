@@ -13,6 +13,7 @@
 //! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
 //! - [`supervisor`]: process groups that die with the test binary, however it ends.
 //! - [`up`]: `ebb up` run as the user runs it, with HTTP helpers and a streaming load.
+//! - [`load`]: [`load::Load`], closed-loop clients counting successes and failures.
 //! - [`prometheus`]: a real Prometheus of the test's own, and the PromQL of the dashboards and alert rules.
 
 // Every test binary compiles this module separately and uses only part of it, so unused items are
@@ -23,6 +24,7 @@ pub mod autoscaler;
 pub mod cluster;
 pub mod gateway;
 pub mod k8s;
+pub mod load;
 pub mod manifests;
 pub mod node;
 pub mod process_runtime;

@@ -7,7 +7,6 @@ use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +16,8 @@ use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
+
+use super::load::Load;
 
 /// The `ebb` binary under test.
 pub const EBB: &str = env!("CARGO_BIN_EXE_ebb");
@@ -168,43 +169,11 @@ pub async fn request(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Clients that loop on streaming requests until stopped, counting successes and failures.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    pub fn start(up: &Arc<Up>, host: &str, clients: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (up, host, stop, ok, failures) =
-                    (up.clone(), host.to_owned(), stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match up.chat(&host).await {
-                            Ok(()) => drop(ok.fetch_add(1, Ordering::Relaxed)),
-                            Err(e) => failures.lock().unwrap().push(e),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Self { stop, ok, failures, tasks }
-    }
-
-    /// Stops the clients (each finishes its request) and returns `(successes, failures)`.
-    pub async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
+/// Clients that loop on streamed chats with `host` through `up`'s gateway until stopped.
+pub fn chat_load(up: &Arc<Up>, host: &str, clients: usize) -> Load {
+    let (up, host) = (up.clone(), host.to_owned());
+    Load::start(clients, move || {
+        let (up, host) = (up.clone(), host.clone());
+        async move { up.chat(&host).await }
+    })
 }
