@@ -469,6 +469,19 @@ async fn an_external_scale_draws_a_warning_and_is_undone() {
     env.stop().await;
 }
 
+/// Item 7: a replica that first sees a Deployment while another writer has just changed its replicas starts
+/// from the last leader's decision (`status.ebb.dev/desired`), not from that passing value: as the next leader
+/// it sets the replicas back. Its pods never start, so there is no data: without data a service keeps the
+/// replicas it started from, and only where it started from decides.
+#[tokio::test]
+async fn a_new_leader_starts_from_the_last_leaders_decision_not_from_an_external_write() {
+    let env = Env::start("as-inherit", &[]).await;
+    env.pods.fail_to_start("inherited");
+    env.create("inherited", 3, &[("status.ebb.dev/desired", "1")]).await;
+    env.wait_replicas("inherited", 1, TIMEOUT).await;
+    env.stop().await;
+}
+
 /// Item 7 in-process: two replicas, one Lease, exactly one leader; the other takes over on release.
 #[tokio::test]
 async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {

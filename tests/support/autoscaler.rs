@@ -2,7 +2,7 @@
 //! a pod runtime that plays queue-proxies (`GET :9090/stats` with a load the test sets) and activators
 //! (`Ebb-Probe: activator` on :8012), a stat-ingest client speaking the real wire format, and Event lookups.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -46,12 +46,18 @@ pub fn token_of(kubeconfig: &Path) -> String {
 pub struct FakePods {
     load: Arc<Mutex<HashMap<String, f64>>>,
     servers: Arc<Mutex<HashMap<String, AbortHandle>>>,
+    failing: Arc<Mutex<HashSet<String>>>,
 }
 
 impl FakePods {
     /// Sets the average concurrency every pod of `service` reports.
     pub fn set_load(&self, service: &str, concurrency: f64) {
         self.load.lock().unwrap().insert(service.to_owned(), concurrency);
+    }
+
+    /// Makes `service`'s pods fail to start from now on: never Ready, so the service has no data.
+    pub fn fail_to_start(&self, service: &str) {
+        self.failing.lock().unwrap().insert(service.to_owned());
     }
 }
 
@@ -64,6 +70,9 @@ impl PodRuntime for FakePods {
             let (port, role) = if labels.get(LABEL_COMPONENT).map(String::as_str) == Some("activator") {
                 (ACTIVATOR_DATA_PORT, FakeRole::Activator)
             } else if let Some(service) = labels.get(LABEL_SERVICE) {
+                if this.failing.lock().unwrap().contains(service) {
+                    return Err(format!("{service}'s pods are set to fail to start"));
+                }
                 (QUEUE_PROXY_STATS_PORT, FakeRole::Pod(service.clone(), pod.name().to_owned()))
             } else {
                 return Ok(());

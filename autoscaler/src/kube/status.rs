@@ -29,6 +29,15 @@ pub fn reason_key() -> String {
     format!("{STATUS_PREFIX}reason")
 }
 
+/// The replicas a leader last decided for this Deployment, from its `status.ebb.dev/desired` annotation.
+///
+/// A replica that first sees a service starts from this rather than from `spec.replicas`: a follower may first
+/// see the Deployment while another writer has just changed its replicas (before the leader set them back),
+/// and as the next leader it would otherwise enforce that passing value.
+pub fn leader_desired(annotations: &BTreeMap<String, String>) -> Option<u32> {
+    annotations.get(&desired_key())?.parse().ok()
+}
+
 /// The merge patch that brings `current` annotations to `desired`, `mode`, `panic` and (when given) `reason`,
 /// or `None` when they already say so.
 pub fn annotations_patch(
@@ -58,6 +67,18 @@ pub fn annotations_patch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_leaders_decision_is_read_back_and_anything_else_is_ignored() {
+        let mut annotations = BTreeMap::new();
+        assert_eq!(leader_desired(&annotations), None);
+        annotations.insert(desired_key(), "3".to_owned());
+        assert_eq!(leader_desired(&annotations), Some(3));
+        for bad in ["", "-1", "three", "1.5"] {
+            annotations.insert(desired_key(), bad.to_owned());
+            assert_eq!(leader_desired(&annotations), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn only_changes_are_written() {

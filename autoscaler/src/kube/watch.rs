@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
-use super::{Shared, blocked, env_check, path, scale};
+use super::{Shared, blocked, env_check, path, scale, status};
 use crate::runtime::{PodTarget, ServiceId};
 
 /// The reflectors' stores.
@@ -300,7 +300,14 @@ async fn pass(
             match resolve_service(&annotations, &global.config) {
                 Ok(resolved) => {
                     let data_plane = resolved.value.data_plane.clone();
-                    match autoscaler.set_service_with_ready(id.clone(), resolved.value, replicas, ready) {
+                    // A paused service's replicas belong to someone else; otherwise start from the last
+                    // leader's decision (if any), which ebb enforces over other writers anyway.
+                    let in_force = if resolved.value.paused {
+                        replicas
+                    } else {
+                        status::leader_desired(&annotations).unwrap_or(replicas)
+                    };
+                    match autoscaler.set_service_with_ready(id.clone(), resolved.value, in_force, ready) {
                         Ok(()) => {
                             state.data_plane = Some(data_plane);
                             if !state.valid {
