@@ -15,7 +15,7 @@ use ebb_config::names::{
 use ebb_config::wire::MAX_SERVICE_NAME_LEN;
 use http::uri::Authority;
 
-use crate::config::{Config, ConfigError, Ports, check_name, parse_upstream};
+use crate::config::{Config, ConfigError, MAX_DURATION, Ports, check_name, parse_upstream};
 use crate::probe::{ProbeOptions, ProbeTarget};
 use crate::proxy::ForwarderOptions;
 use crate::server::QueueProxy;
@@ -200,7 +200,10 @@ impl Args {
             },
             protocol: self.protocol,
             drain_quiet_period: self.drain_quiet_period,
-            drain_deadline: self.drain_deadline.unwrap_or(self.timeout + self.drain_quiet_period),
+            // Capped, so that an accepted timeout and quiet period never make an unacceptable default.
+            drain_deadline: self
+                .drain_deadline
+                .unwrap_or_else(|| self.timeout.saturating_add(self.drain_quiet_period).min(MAX_DURATION)),
             pod_name,
             service: format!("{}/{}", self.service_namespace, self.service_name),
             retry_after: self.retry_after,
@@ -346,5 +349,31 @@ mod tests {
         assert!(err.contains("absolute path"), "{err}");
         let err = parse(&["--pod-name", "p", "--admin-port", "8012"]).unwrap_err();
         assert!(err.contains("8012 is given twice"), "{err}");
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused_by_name_without_overflowing() {
+        let huge = u64::MAX.to_string();
+        for option in [
+            "--timeout",
+            "--response-start-timeout",
+            "--idle-timeout",
+            "--probe-period",
+            "--probe-aggressive-for",
+            "--probe-max-period",
+            "--probe-timeout",
+            "--drain-quiet-period",
+            "--drain-deadline",
+            "--retry-after",
+        ] {
+            let err = parse(&["--pod-name", "p", option, &huge]).unwrap_err();
+            assert!(err.starts_with(&format!("{option}: ")), "{option}: {err}");
+            assert!(err.contains("too long") && err.contains("at most 8760h"), "{option}: {err}");
+        }
+        let err = parse(&["--pod-name", "p", "--timeout", "8761h"]).unwrap_err();
+        assert!(err.contains("--timeout: 8761h is too long"), "{err}");
+        // A year is accepted, and the default drain deadline (timeout + quiet period) is capped at a year.
+        let c = parse(&["--pod-name", "p", "--timeout", "8760h", "--drain-quiet-period", "8760h"]).unwrap();
+        assert_eq!(c.drain_deadline, MAX_DURATION);
     }
 }

@@ -4,12 +4,17 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ebb_config::Protocol;
+use ebb_config::value::format_duration;
 use ebb_config::wire::MAX_POD_NAME_LEN;
 use http::uri::Authority;
 
 use crate::probe::{ProbeOptions, ProbeTarget};
 use crate::proxy::ForwarderOptions;
 use crate::timeouts::Timeouts;
+
+/// The longest duration any option accepts: a year, far beyond any real timeout or period, and small enough
+/// that deadlines computed from it (arrival + timeout, drain start + deadline) never overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Everything the queue-proxy needs, checked.
 #[derive(Debug, Clone)]
@@ -101,8 +106,34 @@ pub fn check_name(option: &'static str, name: &str, max: usize) -> Result<(), Co
 }
 
 impl Config {
-    /// Checks the relations between values (each value is checked when parsed).
+    /// Checks the ranges of durations and the relations between values (each value is checked when parsed).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let durations = [
+            ("--timeout", Some(self.timeouts.total)),
+            ("--response-start-timeout", Some(self.timeouts.response_start)),
+            ("--idle-timeout", self.timeouts.idle),
+            ("--probe-period", Some(self.probe.initial_period)),
+            ("--probe-aggressive-for", Some(self.probe.aggressive_for)),
+            ("--probe-max-period", Some(self.probe.max_period)),
+            ("--probe-timeout", Some(self.probe.timeout)),
+            ("--drain-quiet-period", Some(self.drain_quiet_period)),
+            ("--drain-deadline", Some(self.drain_deadline)),
+            ("--retry-after", Some(self.retry_after)),
+        ];
+        for (option, value) in durations {
+            if let Some(value) = value
+                && value > MAX_DURATION
+            {
+                return Err(ConfigError::new(
+                    option,
+                    format!(
+                        "{} is too long; accepted: at most {} (365 days)",
+                        format_duration(value),
+                        format_duration(MAX_DURATION)
+                    ),
+                ));
+            }
+        }
         if self.timeouts.total.is_zero() {
             return Err(ConfigError::new("--timeout", "must be more than 0"));
         }

@@ -85,7 +85,7 @@ impl Drainer {
             if now >= deadline {
                 return DrainOutcome::Deadline;
             }
-            let quiet_at = self.last_arrival() + quiet;
+            let quiet_at = crate::timeouts::deadline_after(self.last_arrival(), quiet);
             let busy = in_flight() > 0;
             if !busy && now >= quiet_at {
                 return DrainOutcome::Quiet;

@@ -153,7 +153,7 @@ pub async fn wait_until_ready(options: &ProbeOptions, readiness: &Readiness) {
             }
         }
         if start.elapsed() >= options.aggressive_for {
-            period = (period * 2).min(options.max_period);
+            period = period.saturating_mul(2).min(options.max_period);
         }
         tokio::time::sleep_until(attempt + period).await;
     }

@@ -183,7 +183,7 @@ impl QueueProxy {
             .wait_quiet(
                 || stats.concurrency(),
                 config.drain_quiet_period,
-                drain_start + config.drain_deadline,
+                crate::timeouts::deadline_after(drain_start, config.drain_deadline),
             )
             .await;
         match outcome {

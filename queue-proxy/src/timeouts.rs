@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+/// `start + after`, saturating: configuration caps durations at a year, but a deadline must never panic.
+pub fn deadline_after(start: Instant, after: Duration) -> Instant {
+    start.checked_add(after).or_else(|| start.checked_add(crate::config::MAX_DURATION)).unwrap_or(start)
+}
+
 /// Which timeout fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TimeoutKind {
@@ -49,15 +54,15 @@ pub struct Timeouts {
 impl Timeouts {
     /// The deadline for the whole request that arrived at `start`.
     pub fn total_deadline(&self, start: Instant) -> Instant {
-        start + self.total
+        deadline_after(start, self.total)
     }
 
     /// The deadline for the response headers and which timeout it stands for.
     pub fn response_start_deadline(&self, start: Instant) -> (Instant, TimeoutKind) {
         if self.response_start < self.total {
-            (start + self.response_start, TimeoutKind::ResponseStart)
+            (deadline_after(start, self.response_start), TimeoutKind::ResponseStart)
         } else {
-            (start + self.total, TimeoutKind::Total)
+            (self.total_deadline(start), TimeoutKind::Total)
         }
     }
 }
@@ -92,8 +97,8 @@ impl BodyTimer {
 
     fn next_deadline(&self) -> Instant {
         match (self.idle, self.last_progress) {
-            (Some(idle), Some(last)) => (last + idle).min(self.total_deadline),
-            (Some(idle), None) => (Instant::now() + idle).min(self.total_deadline),
+            (Some(idle), Some(last)) => deadline_after(last, idle).min(self.total_deadline),
+            (Some(idle), None) => deadline_after(Instant::now(), idle).min(self.total_deadline),
             _ => self.total_deadline,
         }
     }
@@ -137,6 +142,17 @@ mod tests {
             t.response_start_deadline(start),
             (start + Duration::from_secs(2), TimeoutKind::ResponseStart)
         );
+    }
+
+    #[test]
+    fn deadlines_saturate_instead_of_panicking() {
+        let start = Instant::now();
+        let t = Timeouts { total: Duration::MAX, response_start: Duration::MAX, idle: Some(Duration::MAX) };
+        assert!(t.total_deadline(start) > start);
+        assert!(t.response_start_deadline(start).0 > start);
+        let mut timer = BodyTimer::new(t.total_deadline(start), t.idle);
+        timer.progress();
+        assert!(timer.next_deadline() > start);
     }
 
     #[tokio::test(start_paused = true)]

@@ -124,6 +124,15 @@ fn invalid_configuration_exits_with_code_2_and_says_why() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--probe-path"));
+
+    // A duration too large for any deadline is refused by name, not an arithmetic overflow (exit 101).
+    let output = Command::new(env!("CARGO_BIN_EXE_queue-proxy"))
+        .args(["--pod-name", "p", "--timeout", "18446744073709551615"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--timeout") && stderr.contains("at most 8760h"), "{stderr}");
 }
 
 /// Kills the child if the test fails before it exits.
