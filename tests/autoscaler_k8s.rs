@@ -22,7 +22,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use support::autoscaler::{
-    FakePods, activator_frame, event_notes, grant_autoscaler_rbac, send_stats, token_of,
+    FakePods, activator_frame, event_notes, grant_autoscaler_rbac, metrics_text, send_stats, token_of,
 };
 use support::{ControlPlane, NodeEmulator, TestNamespace, wait_for};
 
@@ -570,10 +570,13 @@ async fn a_fresh_leader_resumes_the_scale_to_zero_clock_from_the_service() {
     env.stop().await;
 }
 
-/// Issue 6, leftover 2: while an activator reports requests queued or in flight for a service, its replicas
-/// are not lowered, though the decision wants fewer; once the activator's load stops they are.
+/// Item 4: while an activator reports requests queued (waiting for a pod) for a service, its replicas are not
+/// lowered, though the decision wants fewer; load it merely proxies to pods with room does not hold them (in
+/// proxy mode all traffic passes through the activator, and a scale-down must still happen).
 #[tokio::test]
-async fn replicas_are_not_lowered_while_an_activator_reports_load() {
+async fn replicas_are_not_lowered_while_requests_are_queued_in_an_activator_but_are_under_proxied_load() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let env = Env::start("as-queued", &[("stable-window", "6s")]).await;
     env.create(
         "busy",
@@ -588,17 +591,19 @@ async fn replicas_are_not_lowered_while_an_activator_reports_load() {
     env.pods.set_load("busy", 5.0);
     env.wait_replicas("busy", 3, TIMEOUT).await;
 
-    // The pods go idle; an activator keeps reporting a trickle of queued requests (0.1 over a target of 1:
-    // the decision wants 1 pod, fewer than 3).
+    // The pods go idle; an activator keeps reporting a trickle of load (0.1 over a target of 1: the decision
+    // wants 1 pod, fewer than 3), first queued, then merely proxied.
     env.pods.set_load("busy", 0.0);
-    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (sending, queued) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true)));
     let sender = {
         let (ingest, token, ns) =
             (env.controller().ingest_addr, env.activator_token.clone(), env.ns.name().to_owned());
-        let sending = sending.clone();
+        let (sending, queued) = (sending.clone(), queued.clone());
         tokio::spawn(async move {
-            while sending.load(std::sync::atomic::Ordering::Relaxed) {
-                assert_eq!(send_stats(ingest, Some(&token), &[activator_frame(&ns, "busy", 0.1)]).await, 200);
+            while sending.load(Ordering::Relaxed) {
+                let mut frame = activator_frame(&ns, "busy", 0.1);
+                frame.stat.average_queued = Some(if queued.load(Ordering::Relaxed) { 0.1 } else { 0.0 });
+                assert_eq!(send_stats(ingest, Some(&token), &[frame]).await, 200);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         })
@@ -612,26 +617,38 @@ async fn replicas_are_not_lowered_while_an_activator_reports_load() {
         match (wanted().await?, env.replicas("busy").await?) {
             (desired, 3) if desired < 3 => Ok(()),
             (desired, replicas) => {
-                assert_eq!(replicas, 3, "lowered while the activator reports load (desired {desired})");
+                assert_eq!(replicas, 3, "lowered while requests are queued (desired {desired})");
                 Err(format!("desired {desired}"))
             }
         }
     })
     .await;
-    // Held across several passes and more than the 3 s hold, as long as the load keeps coming.
+    // Held across several passes and more than the 3 s hold, as long as queued requests are reported.
     let held_since = std::time::Instant::now();
     wait_for(TIMEOUT, "5 s of held scale-down", async || {
         let replicas = env.replicas("busy").await?;
-        assert_eq!(replicas, 3, "lowered while the activator reports load");
+        assert_eq!(replicas, 3, "lowered while requests are queued");
         assert!(wanted().await? < 3, "the decision still wants fewer");
         if held_since.elapsed() >= Duration::from_secs(5) { Ok(()) } else { Err("holding".to_owned()) }
     })
     .await;
+    let metrics = metrics_text(env.controller().metrics_addr).await;
+    let held = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ebb_autoscaler_scale_downs_held_total{")
+                && l.contains("service=\"busy\"")
+                && l.contains("reason=\"activator_queued\"")
+        })
+        .unwrap_or_else(|| panic!("no held series: {metrics}"));
+    assert!(!held.ends_with(" 0"), "{held}");
 
-    // The activator's load stops: down to the decision's count.
-    sending.store(false, std::sync::atomic::Ordering::Relaxed);
-    sender.await.unwrap();
+    // Nothing queued any more, though the activator still proxies load: down to the decision's count.
+    queued.store(false, Ordering::Relaxed);
     env.wait_replicas("busy", 1, TIMEOUT).await;
+    assert!(sending.load(Ordering::Relaxed) && !sender.is_finished(), "the activator's load kept coming");
+    sending.store(false, Ordering::Relaxed);
+    sender.await.unwrap();
     let decisions = env.controller().autoscaler().decisions(&id).unwrap();
     assert!(decisions.iter().any(|d| d.changed && d.desired < 3), "{decisions:#?}");
     env.stop().await;

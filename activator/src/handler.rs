@@ -167,7 +167,7 @@ impl Activator {
         let arrived = Instant::now();
         self.drainer.touch(arrived);
         let kind = ClientKind::of(req.uri().path(), req.headers());
-        let service = match self.registry.route(req.headers()) {
+        let service = match self.registry.route(req.uri(), req.headers()) {
             Ok(service) => service,
             Err(err) => return Ok(self.fail(None, &route_error(err), kind)),
         };
@@ -215,11 +215,13 @@ impl Activator {
     ) -> Result<Held, ProxyError> {
         // The first request for a service at zero tells the autoscaler at once.
         let cold = service.status().ready == 0 && service.stats.concurrency() == 0;
-        let guard = service.stats.enter_at(arrived.into_std(), false);
+        // Queued until a slot is free: the autoscaler holds scale-downs while an activator has requests queued.
+        let mut guard = service.stats.enter_queued_at(arrived.into_std(), false);
         if cold {
             self.sink.send(cold_start_stat(service, &self.options.name, self.started.elapsed()));
         }
         let permit = self.admit(service, arrived + settings.activation_timeout, settings).await?;
+        guard.admitted();
         service.metrics.waited(arrived.elapsed());
         Ok(Held { _permit: permit, _guard: guard })
     }

@@ -65,6 +65,7 @@ fn frame(concurrency: f64) -> IngestFrame {
         proxied_request_count: 0.0,
         process_uptime_secs: 1.0,
         timestamp_ms: 1,
+        average_queued: Some(0.0),
     };
     IngestFrame { namespace: "default".into(), name: "demo".into(), stat }
 }

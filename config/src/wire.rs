@@ -5,17 +5,18 @@
 //! * An **ingest frame** is one `{version, namespace, name, stat}` record on an activator's streaming
 //!   `POST /v1/stats`, preceded by its length as a big-endian `u32`, at most [`MAX_FRAME_LEN`] bytes.
 //!
-//! Both begin with a version byte. Decoders accept [`ACCEPTED_VERSIONS`]: the current version and, once there is
-//! one, the previous, so that a rolling upgrade never drops stats. All integers and floats are little-endian
+//! Both begin with a version byte. Decoders accept [`ACCEPTED_VERSIONS`]: the current version and the previous
+//! one, so that a rolling upgrade (autoscaler first, then the senders) never drops stats. Version 2 appended the
+//! average queued requests to version 1's fields. All integers and floats are little-endian
 //! except the frame's length prefix. Decoding checks every length before reading, so hostile input yields an
 //! error, never a panic or an allocation larger than the limit.
 
 use std::ops::RangeInclusive;
 
 /// Version written by this build.
-pub const CURRENT_VERSION: u8 = 1;
-/// Versions this build decodes: the current one and the one before it (there is none before 1 yet).
-pub const ACCEPTED_VERSIONS: RangeInclusive<u8> = 1..=CURRENT_VERSION;
+pub const CURRENT_VERSION: u8 = 2;
+/// Versions this build decodes: the current one and the one before it.
+pub const ACCEPTED_VERSIONS: RangeInclusive<u8> = CURRENT_VERSION - 1..=CURRENT_VERSION;
 /// Content type of a pod stat on `GET /stats`.
 pub const STAT_CONTENT_TYPE: &str = "application/vnd.ebb.stat";
 /// Content type of the ingest stream on `POST /v1/stats`.
@@ -48,6 +49,9 @@ pub struct PodStat {
     pub process_uptime_secs: f64,
     /// End of the period, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
+    /// The part of [`Self::average_concurrency`] that waited for a slot rather than being served (version 2;
+    /// `None` from a version-1 sender, which did not say).
+    pub average_queued: Option<f64>,
 }
 
 /// One stat for one service on the ingest stream.
@@ -127,8 +131,8 @@ impl PodStat {
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         check_len("stat", bytes.len(), MAX_STAT_LEN)?;
         let mut reader = Reader::new(bytes, "stat");
-        check_version(reader.u8()?)?;
-        let stat = Self::decode_fields(&mut reader)?;
+        let version = check_version(reader.u8()?)?;
+        let stat = Self::decode_fields(&mut reader, version)?;
         reader.finish()?;
         Ok(stat)
     }
@@ -140,20 +144,26 @@ impl PodStat {
             out.extend_from_slice(&value.to_le_bytes());
         }
         out.extend_from_slice(&self.timestamp_ms.to_le_bytes());
+        let queued = self.average_queued.unwrap_or(0.0);
+        check_number("average queued", queued)?;
+        out.extend_from_slice(&queued.to_le_bytes());
         Ok(())
     }
 
-    fn decode_fields(reader: &mut Reader<'_>) -> Result<Self, WireError> {
+    /// Reads the fields after the version byte, as `version` lays them out.
+    fn decode_fields(reader: &mut Reader<'_>, version: u8) -> Result<Self, WireError> {
         let pod = reader.name("pod name", MAX_POD_NAME_LEN)?;
-        let mut number = |what| reader.f64().and_then(|v| check_number(what, v).map(|()| v));
+        let number =
+            |reader: &mut Reader<'_>, what| reader.f64().and_then(|v| check_number(what, v).map(|()| v));
         Ok(Self {
             pod,
-            average_concurrency: number("average concurrency")?,
-            average_proxied_concurrency: number("average proxied concurrency")?,
-            request_count: number("request count")?,
-            proxied_request_count: number("proxied request count")?,
-            process_uptime_secs: number("process uptime")?,
+            average_concurrency: number(reader, "average concurrency")?,
+            average_proxied_concurrency: number(reader, "average proxied concurrency")?,
+            request_count: number(reader, "request count")?,
+            proxied_request_count: number(reader, "proxied request count")?,
+            process_uptime_secs: number(reader, "process uptime")?,
             timestamp_ms: reader.u64()?,
+            average_queued: if version >= 2 { Some(number(reader, "average queued")?) } else { None },
         })
     }
 
@@ -195,18 +205,19 @@ impl IngestFrame {
             return Ok(None);
         };
         let mut reader = Reader::new(bytes, "ingest frame");
-        check_version(reader.u8()?)?;
+        let version = check_version(reader.u8()?)?;
         let namespace = reader.name("namespace", MAX_NAMESPACE_LEN)?;
         let name = reader.name("service name", MAX_SERVICE_NAME_LEN)?;
-        let stat = PodStat::decode_fields(&mut reader)?;
+        let stat = PodStat::decode_fields(&mut reader, version)?;
         reader.finish()?;
         Ok(Some((Self { namespace, name, stat }, 4 + body)))
     }
 }
 
-fn check_version(found: u8) -> Result<(), WireError> {
+/// The version, if this build reads it.
+fn check_version(found: u8) -> Result<u8, WireError> {
     if ACCEPTED_VERSIONS.contains(&found) {
-        Ok(())
+        Ok(found)
     } else {
         Err(WireError::UnsupportedVersion { found, accepted: ACCEPTED_VERSIONS })
     }
@@ -294,7 +305,35 @@ mod tests {
             proxied_request_count: 30.0,
             process_uptime_secs: 61.5,
             timestamp_ms: 1_795_000_000_123,
+            average_queued: Some(1.5),
         }
+    }
+
+    /// `stat()` as a version-1 sender encoded it: no average queued.
+    fn version_1(stat: &PodStat) -> Vec<u8> {
+        let mut bytes = stat.encode().unwrap();
+        bytes.truncate(bytes.len() - 8);
+        bytes[0] = 1;
+        bytes
+    }
+
+    #[test]
+    fn the_previous_version_is_still_read_and_says_nothing_of_queueing() {
+        let decoded = PodStat::decode(&version_1(&stat())).unwrap();
+        assert_eq!(decoded, PodStat { average_queued: None, ..stat() });
+        let frame = IngestFrame { namespace: "ns".into(), name: "svc".into(), stat: stat() };
+        let mut bytes = frame.encode().unwrap();
+        bytes.truncate(bytes.len() - 8);
+        bytes[4] = 1;
+        let body = (bytes.len() - 4) as u32;
+        bytes[..4].copy_from_slice(&body.to_be_bytes());
+        let (decoded, used) = IngestFrame::decode_prefix(&bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(decoded.stat, PodStat { average_queued: None, ..stat() });
+        // A version-2 record cut to version 1's length is truncated, not silently read as version 1.
+        let mut cut = stat().encode().unwrap();
+        cut.truncate(cut.len() - 8);
+        assert!(matches!(PodStat::decode(&cut), Err(WireError::Truncated { .. })));
     }
 
     #[test]
@@ -338,7 +377,7 @@ mod tests {
         let mut bytes = stat().encode().unwrap();
         bytes[0] = CURRENT_VERSION + 1;
         let err = PodStat::decode(&bytes).unwrap_err();
-        assert_eq!(err.to_string(), "unsupported stat format version 2; this build accepts versions 1..=1");
+        assert_eq!(err.to_string(), "unsupported stat format version 3; this build accepts versions 1..=2");
         bytes[0] = 0;
         assert!(matches!(PodStat::decode(&bytes), Err(WireError::UnsupportedVersion { found: 0, .. })));
     }
@@ -379,11 +418,11 @@ mod tests {
         fn any_valid_stat_round_trips(
             pod in "[a-z0-9-]{1,253}",
             c in 0.0f64..1e9, pc in 0.0f64..1e9, r in 0.0f64..1e9, pr in 0.0f64..1e9, up in 0.0f64..1e9,
-            ts in any::<u64>(),
+            ts in any::<u64>(), q in 0.0f64..1e9,
         ) {
             let stat = PodStat {
                 pod, average_concurrency: c, average_proxied_concurrency: pc, request_count: r,
-                proxied_request_count: pr, process_uptime_secs: up, timestamp_ms: ts,
+                proxied_request_count: pr, process_uptime_secs: up, timestamp_ms: ts, average_queued: Some(q),
             };
             prop_assert_eq!(PodStat::decode(&stat.encode().unwrap()).unwrap(), stat);
         }

@@ -138,7 +138,7 @@ DASHBOARDS = {
         ("API-side problems", "short",
          [(rate("ebb_autoscaler_config_errors_total", "service"), "config errors {{service}}"),
           (rate("ebb_autoscaler_external_replica_changes_total", "service"), "replicas changed by others {{service}}"),
-          (rate("ebb_autoscaler_scale_downs_held_total", "service"), "scale-downs held {{service}}")],
+          (rate("ebb_autoscaler_scale_downs_held_total", "service, reason"), "scale-downs held {{service}}: {{reason}}")],
          "Invalid configuration, fights over replicas, scale-downs held back (a cluster only)."),
         ("Blocked pods", "short",
          [(f"sum by (service, kind) (ebb_autoscaler_blocked_pods{{{SEL}}})", "{{service}} {{kind}}")],

@@ -100,6 +100,7 @@ impl PodRuntime for FakePods {
                                         proxied_request_count: 0.0,
                                         process_uptime_secs: 10.0,
                                         timestamp_ms: 0,
+                                        average_queued: Some(0.0),
                                     };
                                     Bytes::from(stat.encode().unwrap())
                                 }
@@ -156,6 +157,7 @@ pub fn activator_frame(namespace: &str, name: &str, concurrency: f64) -> IngestF
             proxied_request_count: 0.0,
             process_uptime_secs: 1.0,
             timestamp_ms: 0,
+            average_queued: Some(0.0),
         },
     }
 }
@@ -197,4 +199,16 @@ pub async fn event_notes(
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .filter_map(|e| e.note)
         .collect())
+}
+
+/// The Prometheus page served at `addr` (`GET /metrics`), body only.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the metrics port");
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n").await.expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read the metrics page");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "{head}");
+    body.to_owned()
 }

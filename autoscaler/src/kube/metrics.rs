@@ -29,6 +29,20 @@ pub struct BlockedLabels {
     pub kind: String,
 }
 
+/// Labels of held scale-downs by reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeldLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// Service (Deployment) name.
+    pub service: String,
+    /// One of [`HOLD_REASONS`].
+    pub reason: String,
+}
+
+/// Why a scale-down is held: the API server is unreachable, or an activator has requests queued.
+pub const HOLD_REASONS: [&str; 2] = ["api_unreachable", "activator_queued"];
+
 /// The controller's metric families.
 #[derive(Debug)]
 pub struct KubeMetrics {
@@ -45,8 +59,8 @@ pub struct KubeMetrics {
     pub config_errors: Family<ServiceLabels, Counter>,
     /// Scale changes applied.
     pub scale_changes: Family<ServiceLabels, Counter>,
-    /// Scale-downs held back (API unreachable or requests queued in an activator).
-    pub scale_downs_held: Family<ServiceLabels, Counter>,
+    /// Scale-downs held back, by reason.
+    pub scale_downs_held: Family<HeldLabels, Counter>,
     /// From a decision that changed replicas until the API server accepted the scale patch.
     pub scale_patch: Family<ServiceLabels, Histogram, fn() -> Histogram>,
 }
@@ -97,7 +111,7 @@ impl KubeMetrics {
         registry.register("scale_changes", "Replica changes applied to Deployments", m.scale_changes.clone());
         registry.register(
             "scale_downs_held",
-            "Scale-downs held back (API server unreachable or requests queued in an activator)",
+            "Scale-downs held back, by reason: the API server unreachable or requests queued in an activator",
             m.scale_downs_held.clone(),
         );
         registry.register_with_unit(
@@ -112,12 +126,13 @@ impl KubeMetrics {
     /// Creates a service's series at zero, so dashboards and alerts see them before any event.
     pub fn add_service(&self, namespace: &str, service: &str) {
         let labels = Self::labels(namespace, service);
-        for family in
-            [&self.external_changes, &self.config_errors, &self.scale_changes, &self.scale_downs_held]
-        {
+        for family in [&self.external_changes, &self.config_errors, &self.scale_changes] {
             let _ = family.get_or_create(&labels);
         }
         let _ = self.scale_patch.get_or_create(&labels);
+        for reason in HOLD_REASONS {
+            let _ = self.scale_downs_held.get_or_create(&Self::held_labels(namespace, service, reason));
+        }
         for kind in super::blocked::KINDS {
             let _ = self.blocked_pods.get_or_create(&Self::blocked_labels(namespace, service, kind));
         }
@@ -126,12 +141,13 @@ impl KubeMetrics {
     /// Drops a removed service's series.
     pub fn remove_service(&self, namespace: &str, service: &str) {
         let labels = Self::labels(namespace, service);
-        for family in
-            [&self.external_changes, &self.config_errors, &self.scale_changes, &self.scale_downs_held]
-        {
+        for family in [&self.external_changes, &self.config_errors, &self.scale_changes] {
             family.remove(&labels);
         }
         self.scale_patch.remove(&labels);
+        for reason in HOLD_REASONS {
+            self.scale_downs_held.remove(&Self::held_labels(namespace, service, reason));
+        }
         for kind in super::blocked::KINDS {
             self.blocked_pods.remove(&Self::blocked_labels(namespace, service, kind));
         }
@@ -140,6 +156,11 @@ impl KubeMetrics {
     /// Labels of a service's stuck pods of one kind.
     pub fn blocked_labels(namespace: &str, service: &str, kind: &str) -> BlockedLabels {
         BlockedLabels { namespace: namespace.to_owned(), service: service.to_owned(), kind: kind.to_owned() }
+    }
+
+    /// Labels of a service's held scale-downs for one reason.
+    pub fn held_labels(namespace: &str, service: &str, reason: &str) -> HeldLabels {
+        HeldLabels { namespace: namespace.to_owned(), service: service.to_owned(), reason: reason.to_owned() }
     }
 
     /// Labels of a service.

@@ -172,8 +172,8 @@ pub(crate) struct Shared {
     events: events::Events,
     metrics: metrics::KubeMetrics,
     wake: Notify,
-    /// The last time an activator reported load (requests queued or in flight) for a service.
-    activator_load: Mutex<HashMap<ServiceId, Instant>>,
+    /// The last time an activator reported requests queued for a service (waiting for a pod).
+    activator_queued: Mutex<HashMap<ServiceId, Instant>>,
     /// Ready activator pod addresses.
     activators: Mutex<Vec<std::net::IpAddr>>,
     /// Services whose activator-only slice is verified in the path.
@@ -249,7 +249,7 @@ impl Controller {
             health: health.clone(),
             metrics: metrics::KubeMetrics::new(),
             wake: Notify::new(),
-            activator_load: Mutex::default(),
+            activator_queued: Mutex::default(),
             activators: Mutex::default(),
             in_path: Mutex::default(),
         });
@@ -262,9 +262,12 @@ impl Controller {
         let observer: ingest::Observer = {
             let shared = shared.clone();
             Arc::new(move |frame| {
-                if frame.stat.average_concurrency > 0.0 || frame.stat.request_count > 0.0 {
+                // A version-1 activator does not say what is queued: any load it reports counts as queued.
+                let stat = &frame.stat;
+                let load = stat.average_concurrency > 0.0 || stat.request_count > 0.0;
+                if stat.average_queued.map_or(load, |queued| queued > 0.0) {
                     let id = ServiceId::new(frame.namespace.clone(), frame.name.clone());
-                    Shared::lock(&shared.activator_load).insert(id, Instant::now());
+                    Shared::lock(&shared.activator_queued).insert(id, Instant::now());
                 }
             })
         };

@@ -5,8 +5,9 @@
 //! (desired vs. what the watch shows) so that a write that failed, was held back or was undone by another
 //! writer is retried. Rules:
 //! - merge patch of `deployments/scale`, only when the value differs;
-//! - never lower replicas while the API server is unreachable, or while an activator reported queued or
-//!   in-flight requests for the service in the last [`QUEUED_HOLD`];
+//! - never lower replicas while the API server is unreachable, or while an activator reported requests
+//!   queued (waiting for a pod's slot) for the service in the last [`QUEUED_HOLD`]; load it is merely
+//!   proxying to pods with room does not hold a scale-down;
 //! - before lowering, mark the least busy pods cheapest to delete;
 //! - a Normal Event per change, with the decision's reason;
 //! - another writer (kubectl scale, an HPA, a GitOps re-apply) that changes replicas gets a Warning Event
@@ -27,7 +28,7 @@ use super::{CONTROLLER_NAME, Shared, deletion_cost, status, watch::ServiceState}
 use crate::Mode;
 use crate::runtime::{Autoscaler, Scaler, Scraper, ServiceId, ServiceStatus};
 
-/// Replicas are not lowered for this long after an activator reported load for the service.
+/// Replicas are not lowered for this long after an activator reported requests queued for the service.
 pub const QUEUED_HOLD: Duration = Duration::from_secs(3);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -169,18 +170,18 @@ pub(crate) async fn reconcile(
         let mut hold = None;
         if desired < observed {
             let queued =
-                Shared::lock(&shared.activator_load).get(id).is_some_and(|t| t.elapsed() < QUEUED_HOLD);
+                Shared::lock(&shared.activator_queued).get(id).is_some_and(|t| t.elapsed() < QUEUED_HOLD);
             if !shared.health.reachable() {
-                hold = Some("the API server is unreachable");
+                hold = Some(("api_unreachable", "the API server is unreachable"));
             } else if queued {
-                hold = Some("requests are queued in an activator");
+                hold = Some(("activator_queued", "requests are queued in an activator"));
             }
         }
-        if let Some(why) = hold {
+        if let Some((reason, why)) = hold {
             shared
                 .metrics
                 .scale_downs_held
-                .get_or_create(&super::metrics::KubeMetrics::labels(&id.namespace, &id.name))
+                .get_or_create(&super::metrics::KubeMetrics::held_labels(&id.namespace, &id.name, reason))
                 .inc();
             tracing::info!(service = %id, observed, desired, "scale-down held: {why}");
         } else {

@@ -98,6 +98,7 @@ mod tests {
             proxied_request_count: proxied * 10.0,
             process_uptime_secs: 1.0,
             timestamp_ms: 0,
+            average_queued: Some(0.0),
         }
     }
 

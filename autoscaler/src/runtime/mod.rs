@@ -528,6 +528,7 @@ mod tests {
             proxied_request_count: 0.0,
             process_uptime_secs: 100.0,
             timestamp_ms: 0,
+            average_queued: Some(0.0),
         };
         let body = stat.encode().unwrap();
         tokio::spawn(async move {
@@ -612,6 +613,7 @@ mod tests {
             proxied_request_count: 1.0,
             process_uptime_secs: 1.0,
             timestamp_ms: 0,
+            average_queued: Some(0.0),
         };
         autoscaler.ingest(IngestFrame { namespace: "demo".into(), name: "chat".into(), stat });
         assert_eq!(*scaler.0.lock().unwrap(), [1], "scaled up as the stat arrived");
