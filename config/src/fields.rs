@@ -30,7 +30,7 @@ impl<'a> Fields<'a> {
             if is_ours(key) && keys::lookup(table, key).is_none() {
                 let problem = match keys::suggest(table, key) {
                     Some(near) => format!("unknown key; did you mean {near}?"),
-                    None => "unknown key".to_owned(),
+                    None => unknown_key(key),
                 };
                 fields.error(key, value, problem);
             }
@@ -93,6 +93,16 @@ impl<'a> Fields<'a> {
             Err(Invalid { errors: self.errors, warnings: self.warnings })
         }
     }
+}
+
+/// The problem for an unknown key with no close match: where it was looked for and where the known keys are.
+fn unknown_key(key: &str) -> String {
+    // Annotation keys carry a prefix; ConfigMap keys cannot contain `/`.
+    let place = match key.split_once('/') {
+        Some((prefix, _)) => format!("unknown key under {prefix}/"),
+        None => "unknown config-autoscaler key".to_owned(),
+    };
+    format!("{place} (a typo? the keys are listed in the README's configuration tables)")
 }
 
 /// A number's accepted range: bounds are inclusive unless marked exclusive.

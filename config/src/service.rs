@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::{Diagnosed, Invalid};
 use crate::fields::{DurationRule, Fields, MAX_INT32, NumberRule, boolean, one_of, spelling, whole_number};
 use crate::global::{CLASSES, GlobalConfig, PANIC_THRESHOLD_RULE, PANIC_WINDOW_PERCENTAGE_RULE, WINDOW_RULE};
-use crate::keys::{ANNOTATION_KEYS, annotation as key};
+use crate::keys::{ANNOTATION_KEYS, annotation as key, global as global_key};
 use crate::names::{EBB_PREFIX, KNATIVE_PREFIX};
 use crate::spec::{Aggregation, DataPlaneSpec, Metric, Protocol, ScalerClass, ScalingSpec, ServiceConfig};
 use crate::value::{format_duration, format_number, is_dns_name};
@@ -103,6 +103,11 @@ fn resolve_scaling(f: &mut Fields<'_>, g: &GlobalConfig) -> (ScalingSpec, u32) {
     if max_scale != 0 && activation_scale > max_scale {
         f.conflict(key::ACTIVATION_SCALE, format!("must not exceed max-scale ({max_scale})"));
     }
+    // Knative keeps activation-scale within min..max; below min-scale it would never apply. The unset default
+    // (1, no lift) is always fine.
+    if f.has(key::ACTIVATION_SCALE) && activation_scale < min_scale {
+        f.conflict(key::ACTIVATION_SCALE, format!("must be at least min-scale ({min_scale})"));
+    }
 
     let scaling = ScalingSpec {
         class,
@@ -193,6 +198,7 @@ impl Default for ServiceConfig {
 
 impl ServiceConfig {
     /// Every annotation key with its effective value (for `ebb check --verbose`), in annotation spelling.
+    /// The inputs only `config-autoscaler` sets are in [`ServiceConfig::config_map_values`].
     pub fn effective_values(&self) -> Vec<(&'static str, String)> {
         let (s, d) = (&self.scaling, &self.data_plane);
         vec![
@@ -221,6 +227,20 @@ impl ServiceConfig {
             (key::HOSTS, d.hosts.join(",")),
             (key::PROTOCOL, d.protocol.map_or("client", |p| spelling(PROTOCOLS, p)).to_owned()),
             (key::PAUSED, self.paused.to_string()),
+        ]
+    }
+
+    /// The decider's and the scale policy's inputs that have no annotation and come from the `config-autoscaler`
+    /// ConfigMap alone, with their effective values in the ConfigMap's spelling: with
+    /// [`ServiceConfig::effective_values`], the service's whole effective configuration.
+    pub fn config_map_values(&self) -> Vec<(&'static str, String)> {
+        let s = &self.scaling;
+        vec![
+            (global_key::MAX_SCALE_UP_RATE, format_number(s.max_scale_up_rate)),
+            (global_key::MAX_SCALE_DOWN_RATE, format_number(s.max_scale_down_rate)),
+            (global_key::ENABLE_SCALE_TO_ZERO, s.enable_scale_to_zero.to_string()),
+            (global_key::SCALE_TO_ZERO_GRACE_PERIOD, format_duration(s.scale_to_zero_grace_period)),
+            (global_key::ACTIVATOR_CAPACITY, format_number(s.activator_capacity)),
         ]
     }
 

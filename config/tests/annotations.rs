@@ -171,7 +171,10 @@ fn unknown_keys_under_our_prefixes_are_errors() {
     );
     assert_eq!(
         problems(&[("autoscaling.knative.dev/zzzz", "1")]),
-        ["autoscaling.knative.dev/zzzz: \"1\": unknown key"]
+        [
+            "autoscaling.knative.dev/zzzz: \"1\": unknown key under autoscaling.knative.dev/ (a typo? the keys are \
+             listed in the README's configuration tables)"
+        ]
     );
     // Status annotations the autoscaler writes and other tools' annotations are not configuration.
     assert!(
@@ -240,6 +243,15 @@ fn cross_key_rules() {
     assert_eq!(
         problems(&[(key::ACTIVATION_SCALE, "4"), (key::MAX_SCALE, "3")]),
         ["autoscaling.knative.dev/activation-scale: \"4\": must not exceed max-scale (3)"]
+    );
+    assert_eq!(
+        problems(&[(key::ACTIVATION_SCALE, "2"), (key::MIN_SCALE, "3")]),
+        ["autoscaling.knative.dev/activation-scale: \"2\": must be at least min-scale (3)"]
+    );
+    assert!(resolve(&[(key::ACTIVATION_SCALE, "3"), (key::MIN_SCALE, "3")]).is_ok(), "min..max is inclusive");
+    assert!(
+        resolve(&[(key::MIN_SCALE, "3")]).is_ok(),
+        "an unset activation-scale is no lift, not a conflict"
     );
     assert!(resolve(&[(key::MIN_SCALE, "5"), (key::MAX_SCALE, "0")]).is_ok(), "max 0 is unbounded");
     // The response-start and idle timeouts are bounded by the service's own timeout.

@@ -96,6 +96,10 @@ fn all_errors_are_listed_in_key_order() {
         parse(&[(key::STABLE_WINDOW, "1s"), (key::MAX_SCALE_UP_RATE, "0"), ("bogus", "1")]).unwrap_err();
     let keys: Vec<&str> = invalid.errors.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["bogus", "max-scale-up-rate", "stable-window"]);
+    assert_eq!(
+        invalid.errors[0].problem,
+        "unknown config-autoscaler key (a typo? the keys are listed in the README's configuration tables)"
+    );
     assert_eq!(invalid.to_string().lines().count(), 3);
 }
 
@@ -119,6 +123,47 @@ fn global_values_reach_services_and_annotations_override_them() {
     let overridden = resolve_service(&annotations, &global).unwrap().value.scaling;
     assert_eq!(overridden.stable_window, Duration::from_secs(30));
     assert_eq!(overridden.panic_window(), Duration::from_secs(3));
+}
+
+#[test]
+fn a_services_effective_configuration_includes_the_config_map_only_inputs() {
+    let global = parse(&[
+        (key::MAX_SCALE_UP_RATE, "3"),
+        (key::MAX_SCALE_DOWN_RATE, "4"),
+        (key::ENABLE_SCALE_TO_ZERO, "false"),
+        (key::SCALE_TO_ZERO_GRACE_PERIOD, "45s"),
+        (key::ACTIVATOR_CAPACITY, "250"),
+    ])
+    .unwrap();
+    let config = resolve_service(&BTreeMap::new(), &global).unwrap().value;
+    let values = config.config_map_values();
+    assert_eq!(
+        values.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>(),
+        [
+            (key::MAX_SCALE_UP_RATE, "3"),
+            (key::MAX_SCALE_DOWN_RATE, "4"),
+            (key::ENABLE_SCALE_TO_ZERO, "false"),
+            (key::SCALE_TO_ZERO_GRACE_PERIOD, "45s"),
+            (key::ACTIVATOR_CAPACITY, "250"),
+        ]
+    );
+    // Every ConfigMap key reaches a service somehow: as an annotation's fallback, as a ConfigMap-only input, or
+    // by shaping another value (a target's default, a range). A new key must pick one.
+    let shapes_others = [
+        key::CONTAINER_CONCURRENCY_TARGET_DEFAULT,
+        key::REQUESTS_PER_SECOND_TARGET_DEFAULT,
+        key::ALLOW_ZERO_INITIAL_SCALE,
+        key::MAX_SCALE_LIMIT,
+    ];
+    for doc in GLOBAL_KEYS {
+        let fallback = ebb_config::keys::ANNOTATION_KEYS.iter().any(|a| a.global == Some(doc.key));
+        let listed = values.iter().any(|(k, _)| *k == doc.key);
+        assert!(
+            [fallback, listed, shapes_others.contains(&doc.key)].iter().filter(|b| **b).count() == 1,
+            "{} must be exactly one of: an annotation's fallback, a config_map_values entry, shaping others",
+            doc.key
+        );
+    }
 }
 
 proptest! {
