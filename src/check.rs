@@ -39,7 +39,7 @@ pub enum Severity {
 pub struct Finding {
     /// The input it came from.
     pub source: String,
-    /// `Kind NAMESPACE/NAME`.
+    /// `Kind NAMESPACE/NAME`; empty when the finding is about the whole input.
     pub object: String,
     /// Error or warning.
     pub severity: Severity,
@@ -50,7 +50,9 @@ pub struct Finding {
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let label = if self.severity == Severity::Warning { "warning: " } else { "" };
-        write!(f, "{}: {}: {label}{}", self.source, self.object, self.message)
+        // A finding about a whole input names no object.
+        let object = if self.object.is_empty() { String::new() } else { format!("{}: ", self.object) };
+        write!(f, "{}: {object}{label}{}", self.source, self.message)
     }
 }
 
@@ -79,6 +81,8 @@ pub struct Effective {
     pub object: String,
     /// Every key with its effective value.
     pub values: Vec<(&'static str, String)>,
+    /// For a service, the inputs only `config-autoscaler` sets (keys in the ConfigMap's spelling).
+    pub config_map: Vec<(&'static str, String)>,
 }
 
 impl Report {
@@ -109,13 +113,25 @@ pub fn check(inputs: &[Input]) -> Report {
     let mut report = Report::default();
     let mut global = None;
     for input in inputs {
+        // A file that is valid YAML but holds no object (a scalar, a wrong file) would otherwise pass silently.
+        if input.objects.is_empty() {
+            report.findings.push(Finding {
+                source: input.source.to_string(),
+                object: String::new(),
+                severity: Severity::Warning,
+                message:
+                    "no Kubernetes objects found (no YAML document has a `kind`), so nothing was checked; \
+                          is this the right file?"
+                        .into(),
+            });
+        }
         for object in input.objects.iter().filter(|o| o.kind == "ConfigMap" && o.name == CONFIG_MAP_NAME) {
             match GlobalConfig::from_data(&object.data) {
                 Ok(Diagnosed { value, warnings }) => {
                     report.push_diagnostics(&input.source, object, None, &warnings);
                     let values = value.effective_values();
                     let (source, object) = (input.source.to_string(), object.describe());
-                    report.effective.push(Effective { source, object, values });
+                    report.effective.push(Effective { source, object, values, config_map: Vec::new() });
                     global.get_or_insert(value);
                 }
                 Err(invalid) => {
@@ -191,11 +207,11 @@ fn check_service(report: &mut Report, source: &Source, object: &Object, global: 
     match resolve_service(&object.annotations, global) {
         Ok(Diagnosed { value, warnings }) => {
             report.push_diagnostics(source, object, None, &warnings);
-            let values = value.effective_values();
             report.effective.push(Effective {
                 source: source.to_string(),
                 object: object.describe(),
-                values,
+                values: value.effective_values(),
+                config_map: value.config_map_values(),
             });
         }
         Err(invalid) => report.push_diagnostics(source, object, Some(&invalid), &invalid.warnings),
@@ -221,10 +237,14 @@ pub fn run(args: Args) -> ExitCode {
         println!("{finding}");
     }
     if args.verbose {
-        for Effective { source, object, values } in &report.effective {
+        for Effective { source, object, values, config_map } in &report.effective {
             println!("{source}: {object}: effective configuration:");
             for (key, value) in values {
                 println!("  {key}: {value:?}");
+            }
+            // No annotation sets these; name where they come from so a user knows where to change them.
+            for (key, value) in config_map {
+                println!("  {key}: {value:?} (from {CONFIG_MAP_NAME})");
             }
         }
     }

@@ -84,6 +84,43 @@ fn a_valid_file_exits_0_and_verbose_prints_the_effective_configuration() {
     assert!(stdout.contains("  autoscaling.knative.dev/window: \"30s\""), "{stdout}");
     assert!(stdout.contains("  autoscaling.knative.dev/target: \"4\""), "CC 4 is the total: {stdout}");
     assert!(stdout.contains("  ebb.dev/queue-depth: \"40\""), "{stdout}");
+    // The decider's and the policy's inputs that only config-autoscaler sets are part of it, marked as such.
+    for line in [
+        "  max-scale-up-rate: \"1000\" (from config-autoscaler)",
+        "  max-scale-down-rate: \"2\" (from config-autoscaler)",
+        "  enable-scale-to-zero: \"true\" (from config-autoscaler)",
+        "  scale-to-zero-grace-period: \"30s\" (from config-autoscaler)",
+        "  activator-capacity: \"100\" (from config-autoscaler)",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+
+    // A ConfigMap in the input changes them.
+    let cm = write(
+        &dir,
+        "cm.yaml",
+        "kind: ConfigMap\nmetadata: {name: config-autoscaler}\n\
+         data: {max-scale-up-rate: \"3\", enable-scale-to-zero: \"false\"}\n",
+    );
+    let (code, stdout, _) = run(&["--verbose", &cm, &file]);
+    assert_eq!(code, 0, "{stdout}");
+    let service = stdout.split_once("Deployment models/chat: effective configuration:").unwrap().1;
+    assert!(service.contains("  max-scale-up-rate: \"3\" (from config-autoscaler)"), "{stdout}");
+    assert!(service.contains("  enable-scale-to-zero: \"false\" (from config-autoscaler)"), "{stdout}");
+}
+
+#[test]
+fn an_input_with_no_kubernetes_objects_is_a_warning() {
+    let dir = temp_dir("noobjects");
+    let text = write(&dir, "hello.txt", "hello world\n");
+    let empty = write(&dir, "empty.yaml", "");
+    let good = write(&dir, "good.yaml", GOOD);
+    let (code, stdout, stderr) = run(&[&text, &empty, &good]);
+    assert_eq!(code, 0, "warnings alone exit 0: {stdout}{stderr}");
+    let warning = "warning: no Kubernetes objects found (no YAML document has a `kind`), so nothing was checked; \
+                   is this the right file?";
+    assert_eq!(stdout, format!("{text}: {warning}\n{empty}: {warning}\n"));
+    assert!(stderr.contains("0 error(s), 2 warning(s); 1 valid object(s)"), "{stderr}");
 }
 
 #[test]
