@@ -76,7 +76,8 @@ pub struct Args {
     #[arg(long, env = "EBB_RESPONSE_START_TIMEOUT", value_parser = parse_duration)]
     pub response_start_timeout: Option<Duration>,
 
-    /// Longest pause between response body chunks; 0 = off.
+    /// Longest time the upstream may send nothing (before the response headers, then between body chunks);
+    /// 0 = off.
     #[arg(long, env = "EBB_IDLE_TIMEOUT", default_value = "0", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 

@@ -51,7 +51,7 @@ pub enum ProxyError {
     /// The breaker's slots and queue are all taken.
     #[error("overloaded: the concurrency limit is reached and the queue is full")]
     Overloaded,
-    /// The request waited for a slot until its total timeout.
+    /// The request waited for a slot until its deadline (the total or response-start timeout).
     #[error("timed out waiting in the queue for a concurrency slot")]
     QueueTimeout,
     /// A timeout passed before the response started.
@@ -96,7 +96,7 @@ fn timeout_message(kind: TimeoutKind) -> &'static str {
     match kind {
         TimeoutKind::Total => "the request exceeded its total timeout",
         TimeoutKind::ResponseStart => "upstream did not start responding within the response-start timeout",
-        TimeoutKind::Idle => "upstream response stalled for longer than the idle timeout",
+        TimeoutKind::Idle => "upstream sent nothing for longer than the idle timeout",
     }
 }
 

@@ -1,5 +1,5 @@
 //! The data-plane pipeline for one request: header-gated probe answers, stats, breaker, forwarding under the
-//! response-start timeout, and a response body that carries the slot, the stats guard and the body timers
+//! response-start and idle timeouts, and a response body that carries the slot, the stats guard and the body timers
 //! until it ends.
 
 use std::convert::Infallible;
@@ -112,9 +112,12 @@ impl DataPlane {
         let kind = ClientKind::of(req.uri().path(), req.headers());
         let close_after = req.version() <= Version::HTTP_11 && self.drainer.is_draining();
 
+        // A queued request waits no longer than its response may take to start: a slot granted later would
+        // only be held for an immediate 504.
+        let (queue_deadline, _) = self.timeouts.response_start_deadline(start);
         let permit = match &self.breaker {
             None => None,
-            Some(breaker) => match breaker.acquire(Some(self.timeouts.total_deadline(start))).await {
+            Some(breaker) => match breaker.acquire(Some(queue_deadline)).await {
                 Ok(permit) => Some(permit),
                 Err(err) => return Ok(self.fail(&err.into(), kind, close_after)),
             },
@@ -129,7 +132,7 @@ impl DataPlane {
             headers.remove(HEADER_KNATIVE_PROXIED);
         }
 
-        let (deadline, deadline_kind) = self.timeouts.response_start_deadline(start);
+        let (deadline, deadline_kind) = self.timeouts.header_deadline(start, Instant::now());
         let forwarded = self.forwarder.forward(req, &self.upstream, self.protocol);
         let (mut response, upgrade) = match tokio::time::timeout_at(deadline, forwarded).await {
             Ok(Ok(forwarded)) => forwarded,

@@ -1,7 +1,8 @@
 //! The three request timeouts the queue-proxy owns: total (from arrival to the end of the response body,
-//! queueing included), response-start (from arrival to the response headers) and idle (the longest pause
-//! between response body chunks). Before the response starts they end in a 504; after, the stream is cut,
-//! since the status has been sent.
+//! queueing included), response-start (from arrival to the response headers) and idle (the longest time the
+//! upstream sends nothing: from forwarding the request to the headers, then between response body chunks, as
+//! Knative counts it). Before the response starts they end in a 504; after, the stream is cut, since the
+//! status has been sent.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -22,7 +23,7 @@ pub enum TimeoutKind {
     Total,
     /// The response did not start in time.
     ResponseStart,
-    /// The response body paused for longer than the idle timeout.
+    /// The upstream sent nothing (no headers, then no body chunk) for longer than the idle timeout.
     Idle,
 }
 
@@ -47,7 +48,7 @@ pub struct Timeouts {
     pub total: Duration,
     /// From arrival to the response headers; capped by `total`.
     pub response_start: Duration,
-    /// Longest pause between response body chunks; `None` is off.
+    /// Longest time the upstream may send nothing, from forwarding on; `None` is off.
     pub idle: Option<Duration>,
 }
 
@@ -57,12 +58,25 @@ impl Timeouts {
         deadline_after(start, self.total)
     }
 
-    /// The deadline for the response headers and which timeout it stands for.
+    /// The deadline for the response headers and which timeout it stands for. It also bounds the wait for a
+    /// concurrency slot: a request that got a slot only after this would be answered 504 at once.
     pub fn response_start_deadline(&self, start: Instant) -> (Instant, TimeoutKind) {
         if self.response_start < self.total {
             (deadline_after(start, self.response_start), TimeoutKind::ResponseStart)
         } else {
             (self.total_deadline(start), TimeoutKind::Total)
+        }
+    }
+
+    /// The deadline for the response headers of a request that arrived at `start` and was sent upstream at
+    /// `forwarded`: the response-start deadline, or the idle timeout counted from forwarding if that is
+    /// earlier. The idle clock starts at forwarding, not arrival: time queued for a slot is not the upstream
+    /// being silent, and the total and response-start timeouts already bound it.
+    pub fn header_deadline(&self, start: Instant, forwarded: Instant) -> (Instant, TimeoutKind) {
+        let (deadline, kind) = self.response_start_deadline(start);
+        match self.idle.map(|idle| deadline_after(forwarded, idle)) {
+            Some(idle_at) if idle_at < deadline => (idle_at, TimeoutKind::Idle),
+            _ => (deadline, kind),
         }
     }
 }
@@ -145,11 +159,26 @@ mod tests {
     }
 
     #[test]
+    fn idle_bounds_the_wait_for_headers_from_forwarding_on() {
+        let start = Instant::now();
+        let secs = Duration::from_secs;
+        let t = Timeouts { total: secs(10), response_start: secs(6), idle: Some(secs(2)) };
+        // Forwarded at once: the idle timeout is the earliest.
+        assert_eq!(t.header_deadline(start, start), (start + secs(2), TimeoutKind::Idle));
+        // Forwarded after 5 s in the queue: response-start comes first.
+        assert_eq!(t.header_deadline(start, start + secs(5)), (start + secs(6), TimeoutKind::ResponseStart));
+        // Without an idle timeout, nothing changes.
+        let t = Timeouts { idle: None, ..t };
+        assert_eq!(t.header_deadline(start, start), t.response_start_deadline(start));
+    }
+
+    #[test]
     fn deadlines_saturate_instead_of_panicking() {
         let start = Instant::now();
         let t = Timeouts { total: Duration::MAX, response_start: Duration::MAX, idle: Some(Duration::MAX) };
         assert!(t.total_deadline(start) > start);
         assert!(t.response_start_deadline(start).0 > start);
+        assert!(t.header_deadline(start, start).0 > start);
         let mut timer = BodyTimer::new(t.total_deadline(start), t.idle);
         timer.progress();
         assert!(timer.next_deadline() > start);

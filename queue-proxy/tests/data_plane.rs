@@ -453,6 +453,42 @@ async fn idle_timeout_cuts_a_stalled_stream_but_not_a_steady_one() {
 }
 
 #[tokio::test]
+async fn idle_timeout_answers_504_when_the_upstream_never_starts_responding() {
+    // The total and response-start timeouts are a minute; only the idle timeout can answer within `send`'s
+    // deadline.
+    let proxy = proxy(slow_upstream().await, &["--idle-timeout", "200ms", "--timeout", "60s"]).await;
+    let response = send(&client(), get(&proxy.url("/stall"))).await;
+    assert_eq!(response.status(), 504);
+    let body = text(response).await;
+    assert!(body.contains("idle timeout"), "{body}");
+    let metrics = metrics(&proxy).await;
+    assert_eq!(series(&metrics, "ebb_queue_proxy_timeouts_total{kind=\"idle\"}"), Some(1.0));
+    assert_eq!(series(&metrics, "ebb_queue_proxy_timeouts_total{kind=\"response_start\"}"), Some(0.0));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn queued_requests_wait_no_longer_than_their_response_start_timeout() {
+    // The first response streams on and keeps the only slot for as long as the test wants.
+    let (addr, mut senders) = streaming_upstream("text/plain").await;
+    let flags = ["--container-concurrency", "1", "--timeout", "60s", "--response-start-timeout", "300ms"];
+    let proxy = proxy(addr, &flags).await;
+    let client = client();
+    let first = send(&client, get(&proxy.url("/stream"))).await;
+    let first_body = senders.recv().await.unwrap();
+    assert_eq!(proxy.data.breaker.as_ref().unwrap().in_flight(), 1);
+    // The total timeout is a minute, far beyond `send`'s deadline: the queued request is answered because
+    // its response-start deadline bounds the wait for a slot.
+    let queued = send(&client, get(&proxy.url("/"))).await;
+    assert_eq!(queued.status(), 504);
+    let body = text(queued).await;
+    assert!(body.contains("waiting in the queue"), "{body}");
+    drop(first_body);
+    assert_eq!(text(first).await, "");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn queued_requests_time_out_with_their_total_timeout() {
     let (addr, gate, _inside) = gated_upstream().await;
     let proxy = proxy(addr, &["--container-concurrency", "1", "--timeout", "400ms"]).await;
