@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use http::HeaderMap;
+use http::{HeaderMap, Uri};
 use tokio::sync::mpsc;
 
 use crate::endpoints::{Change, PodInfo};
@@ -51,8 +51,8 @@ impl Registry {
     }
 
     /// The service a request is for.
-    pub fn route(&self, headers: &HeaderMap) -> Result<Arc<Service>, RouteError> {
-        let key = self.routes.read().unwrap_or_else(|p| p.into_inner()).route(headers)?;
+    pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<Arc<Service>, RouteError> {
+        let key = self.routes.read().unwrap_or_else(|p| p.into_inner()).route(uri, headers)?;
         self.get(&key).ok_or_else(|| RouteError::Unknown(key.to_string()))
     }
 

@@ -1,7 +1,8 @@
 //! Which service a request is for (design.md, "Headers"; issue "activator", Routing).
 //!
-//! The service comes from `Ebb-Service: NAMESPACE/NAME` (set by a gateway route), else from the Host with its
-//! port stripped: `NAME.NAMESPACE`, `NAME.NAMESPACE.svc`, `NAME.NAMESPACE.svc.cluster.local`, a host listed in
+//! The service comes from `Ebb-Service: NAMESPACE/NAME` (set by a gateway route), else from the Host (or, for
+//! HTTP/2, which carries it as `:authority` in the URI instead, the URI's authority) with its port and a fully
+//! qualified name's trailing dot stripped: `NAME.NAMESPACE`, `NAME.NAMESPACE.svc`, `NAME.NAMESPACE.svc.cluster.local`, a host listed in
 //! the service's `ebb.dev/hosts`, or in local mode a bare `NAME` in namespace `default`.
 //!
 //! Trust: a gateway route that names a service by header *sets* `Ebb-Service`, overwriting whatever the client
@@ -12,8 +13,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use http::HeaderMap;
 use http::header::HOST;
+use http::{HeaderMap, Uri};
 
 use ebb_config::names::HEADER_SERVICE;
 
@@ -110,10 +111,9 @@ impl RouteTable {
         self.services.contains_key(service)
     }
 
-    /// The service that a request's headers name.
-    pub fn route(&self, headers: &HeaderMap) -> Result<ServiceKey, RouteError> {
-        let host =
-            headers.get(HOST).and_then(|h| h.to_str().ok()).map(strip_port).map(str::to_ascii_lowercase);
+    /// The service that a request names by its headers and, lacking a Host, its URI's authority.
+    pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<ServiceKey, RouteError> {
+        let host = request_host(uri, headers);
         let by_host = host.as_deref().and_then(|h| self.hosts.get(h));
         let Some(header) = headers.get(HEADER_SERVICE) else {
             return by_host
@@ -128,6 +128,19 @@ impl RouteTable {
             _ => Err(RouteError::Unknown(format!("{named} (from the Ebb-Service header)"))),
         }
     }
+}
+
+/// The host a request is addressed to, lowercased, without port or trailing dot. HTTP/1.1 clients send Host;
+/// HTTP/2 clients send `:authority`, which hyper puts in the URI, and usually no Host.
+fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    let host = match headers.get(HOST) {
+        Some(host) => host.to_str().ok()?,
+        None => uri.authority()?.host(),
+    };
+    let host = strip_port(host);
+    // `name.ns.svc.cluster.local.` is the same name, fully qualified (DNS root).
+    let host = host.strip_suffix('.').unwrap_or(host);
+    Some(host.to_ascii_lowercase())
 }
 
 /// `host:port` or `[v6]:port` without the port.
@@ -156,7 +169,47 @@ mod tests {
     }
 
     fn route(table: &RouteTable, pairs: &[(&str, &str)]) -> Result<String, RouteError> {
-        table.route(&headers(pairs)).map(|s| s.to_string())
+        table.route(&Uri::from_static("/"), &headers(pairs)).map(|s| s.to_string())
+    }
+
+    /// Routes a request whose URI is `uri` (as hyper gives HTTP/2's `:authority`).
+    fn route_uri(table: &RouteTable, uri: &str, pairs: &[(&str, &str)]) -> Result<String, RouteError> {
+        table.route(&uri.parse().unwrap(), &headers(pairs)).map(|s| s.to_string())
+    }
+
+    #[test]
+    fn without_a_host_header_the_uri_authority_routes() {
+        let t = table(false);
+        for uri in
+            ["http://chat.models:8012/v1/models", "http://Chat.Example.com/", "http://user@chat.models/"]
+        {
+            assert_eq!(route_uri(&t, uri, &[]), Ok("models/chat".into()), "{uri}");
+        }
+        // A Host header, when sent, is what the route used.
+        assert_eq!(
+            route_uri(&t, "http://chat.models/", &[("host", "demo.default")]),
+            Ok("default/demo".into())
+        );
+        assert_eq!(
+            route_uri(&t, "http://nothing.models/", &[]),
+            Err(RouteError::Unknown("for Host \"nothing.models\"".into()))
+        );
+        // The authority counts against a contradicting header as a Host would.
+        let conflict = route_uri(&t, "http://chat.models/", &[("ebb-service", "default/demo")]).unwrap_err();
+        assert!(matches!(conflict, RouteError::Conflict { .. }), "{conflict}");
+    }
+
+    #[test]
+    fn a_fully_qualified_host_with_a_trailing_dot_routes() {
+        let t = table(false);
+        for host in
+            ["chat.models.svc.cluster.local.", "chat.models.svc.cluster.local.:8012", "chat.example.com."]
+        {
+            assert_eq!(route(&t, &[("host", host)]), Ok("models/chat".into()), "{host}");
+        }
+        assert_eq!(route_uri(&t, "http://chat.models.svc.cluster.local./", &[]), Ok("models/chat".into()));
+        // One dot only: the root, not an empty label.
+        assert!(route(&t, &[("host", "chat.models..")]).is_err());
     }
 
     #[test]
