@@ -71,19 +71,27 @@ impl Admin {
         Ok(response)
     }
 
+    /// Re-probes the user container, as the kubelet expects of a readiness check, and records the result
+    /// where the data port's header-gated probe reads it: that probe then follows the container going away
+    /// and coming back without probing upstream itself.
     async fn readiness(&self) -> Response<Full<Bytes>> {
         let data = &self.data;
         if data.drainer.is_draining() {
             return text(StatusCode::SERVICE_UNAVAILABLE, "draining");
         }
-        if !data.readiness.is_ready() {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "user container not ready");
-        }
-        // Ready once: check again that the user container still answers, as the kubelet would.
         match probe_once(&self.probe).await {
-            Ok(()) => text(StatusCode::OK, "ready"),
+            Ok(()) => {
+                if data.readiness.set(true) {
+                    tracing::info!("user container is ready");
+                }
+                text(StatusCode::OK, "ready")
+            }
             Err(err) => {
-                tracing::warn!("user container failed its readiness probe: {err}");
+                if data.readiness.set(false) {
+                    tracing::warn!("user container failed its readiness probe: {err}");
+                } else {
+                    tracing::debug!("user container not ready: {err}");
+                }
                 text(StatusCode::SERVICE_UNAVAILABLE, "user container not ready")
             }
         }

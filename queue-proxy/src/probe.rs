@@ -1,6 +1,7 @@
 //! Probing the user container: aggressively at start-up (every 10 ms by default, then backing off) until it
 //! answers, so the pod turns ready within milliseconds of the container; then once per kubelet readiness
-//! probe. A probe is a TCP connect, or an HTTP GET of a path that must answer 2xx or 3xx.
+//! probe, whose result (ready or not) the data port's header-gated probe reports until the next. A probe is a
+//! TCP connect, or an HTTP GET of a path that must answer 2xx or 3xx.
 
 use std::time::Duration;
 
@@ -82,9 +83,9 @@ impl Readiness {
         *self.user_ready.borrow()
     }
 
-    /// Records a probe result.
-    pub fn set(&self, ready: bool) {
-        self.user_ready.send_if_modified(|was| std::mem::replace(was, ready) != ready);
+    /// Records a probe result; whether it changed the state.
+    pub fn set(&self, ready: bool) -> bool {
+        self.user_ready.send_if_modified(|was| std::mem::replace(was, ready) != ready)
     }
 
     /// Waits until the user container is ready, at most `limit`; whether it is.

@@ -373,6 +373,38 @@ async fn a_held_probe_is_answered_the_moment_the_user_container_is_ready() {
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn the_data_port_probe_follows_readiness_re_probes_when_the_container_goes_and_comes_back() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = |_req| async { response(200, full("ok")) };
+    let serving = serve_upstream(listener, handler);
+    let proxy = proxy(addr, &[]).await;
+    let client = client();
+    let data_probe = || async {
+        let probe =
+            Request::get(proxy.url("/")).header("ebb-probe", "queue").body(Full::new(Bytes::new())).unwrap();
+        send(&client, probe).await.status().as_u16()
+    };
+    assert_eq!(data_probe().await, 200);
+    assert_eq!(fetch(proxy.addrs.admin, "/ready").await.0, 200);
+
+    // The user container goes away: the kubelet's next readiness check finds out, and so does the data port.
+    serving.abort();
+    let _ = serving.await;
+    let (status, body) = fetch(proxy.addrs.admin, "/ready").await;
+    assert_eq!((status, &body[..]), (503, &b"user container not ready"[..]));
+    assert_eq!(data_probe().await, 503);
+    assert!(!proxy.data.is_ready());
+
+    // It comes back on the same port: the next readiness check turns both back to 200.
+    let serving = serve_upstream(tokio::net::TcpListener::bind(addr).await.unwrap(), handler);
+    assert_eq!(fetch(proxy.addrs.admin, "/ready").await.0, 200);
+    assert_eq!(data_probe().await, 200);
+    serving.abort();
+    proxy.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Timeouts
 

@@ -57,6 +57,17 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    serve_upstream(listener, handler);
+    addr
+}
+
+/// Serves `listener` as an HTTP/1.1 + h2c upstream; aborting the returned task closes the listener (the user
+/// container going away), and connections already open are served on.
+pub fn serve_upstream<H, F>(listener: TcpListener, handler: H) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         loop {
@@ -71,8 +82,7 @@ where
                 let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
             });
         }
-    });
-    addr
+    })
 }
 
 /// An address on which nothing listens.
