@@ -87,7 +87,11 @@ impl Metrics {
             let _ = errors.get_or_create(&[("origin", origin.label()), ("reason", reason)]);
         }
         let in_flight = Gauge::default();
-        registry.register("in_flight", "Requests being served or queued", in_flight.clone());
+        registry.register(
+            "in_flight",
+            "Requests being served (forwarded, streaming a response or an open upgrade); queued ones excluded",
+            in_flight.clone(),
+        );
         let queued = Gauge::default();
         registry.register("queued", "Requests waiting for a concurrency slot", queued.clone());
         let ready = Gauge::default();
