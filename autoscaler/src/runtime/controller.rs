@@ -352,4 +352,28 @@ mod tests {
         assert!(zero_at.is_some(), "{:#?}", c.history());
         assert_eq!(c.history().len(), 8);
     }
+
+    #[test]
+    fn a_window_annotation_change_resizes_the_windows_and_keeps_their_data() {
+        let close = |got: Option<f64>, want: f64| got.is_some_and(|g| (g - want).abs() < 1e-9);
+        let mut c = ServiceController::new(config(&[]), Timestamp::ZERO, 1, 1, 8).unwrap();
+        // 1 a second for seconds 1..=54, then 7 for 55..=60.
+        for t in 1..=60 {
+            c.record(Timestamp::from_secs(t), if t <= 54 { 1.0 } else { 7.0 }).unwrap();
+        }
+        let now = Timestamp::from_secs(60);
+        // Default 60 s window: seconds 1..=60, (54 + 6 x 7) / 60 = 1.6; panic 6 s: 55..=60 = 7.
+        let before = c.observe(now).unwrap();
+        assert!(close(Some(before.stable), 1.6) && close(Some(before.panic), 7.0), "{before:?}");
+
+        c.update(config(&[("autoscaling.knative.dev/window", "12s")])).unwrap();
+        assert_eq!(c.stable_window(), Duration::from_secs(12));
+        // 12 s window: seconds 49..=60, (6 x 1 + 6 x 7) / 12 = 4; panic 10 % of 12 s rounds to 1 s: 7.
+        let (record, _) = c.tick(now, now, Some(1), false, true);
+        assert!(close(record.observed_stable, 4.0), "{record:?}");
+        assert!(close(record.observed_panic, 7.0), "{record:?}");
+        // New data goes into the resized ring: 7 at 61, seconds 50..=61 = (5 x 1 + 7 x 7) / 12 = 4.5.
+        c.record(Timestamp::from_secs(61), 7.0).unwrap();
+        assert!(close(c.observe(Timestamp::from_secs(61)).map(|o| o.stable), 4.5));
+    }
 }
