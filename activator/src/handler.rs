@@ -220,9 +220,15 @@ impl Activator {
         if cold {
             self.sink.send(cold_start_stat(service, &self.options.name, self.started.elapsed()));
         }
-        let permit = self.admit(service, arrived + settings.activation_timeout, settings).await?;
+        // Every wait is recorded, however it ends (the timer records on drop, a client gone included), so the
+        // histogram shows the waits that timed out too; a request refused at once for a full queue never waited.
+        let timer = service.metrics.queue_timer(arrived.into_std());
+        let admitted = self.admit(service, arrived + settings.activation_timeout, settings).await;
+        if let Err(ProxyError::QueueFull) = admitted {
+            timer.discard();
+        }
+        let permit = admitted?;
         guard.admitted();
-        service.metrics.waited(arrived.elapsed());
         Ok(Held { _permit: permit, _guard: guard })
     }
 

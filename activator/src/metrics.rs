@@ -2,7 +2,7 @@
 //! series exist from the moment it is known, at zero. Per request the cost is a couple of atomic adds on
 //! handles cached in the service; queue depth, in-flight and ready pods are read when scraped.
 
-use std::time::Duration;
+use std::time::Instant;
 
 use ebb_config::names::METRIC_PREFIX;
 use ebb_queue_proxy::error::{ALL_REASONS, ProxyError};
@@ -93,9 +93,11 @@ impl ServiceMetrics {
         self.forwarded.inc();
     }
 
-    /// Records how long a request waited for capacity.
-    pub fn waited(&self, wait: Duration) {
-        self.queue_wait.observe(wait.as_secs_f64());
+    /// Starts timing a request's wait for capacity; the wait is recorded when the timer is dropped, whatever
+    /// ended it: admission, the activation timeout, pods that cannot start, or a client that went away (its
+    /// request's future is dropped mid-wait).
+    pub fn queue_timer(&self, since: Instant) -> QueueTimer<'_> {
+        QueueTimer { histogram: Some(&self.queue_wait), since }
     }
 
     /// Records a cold start that ended: how long until the first pod existed and until it was ready.
@@ -110,6 +112,28 @@ impl ServiceMetrics {
     pub fn cold_start_answered(&self, phases: &Phases) {
         self.cold_start[2].observe(phases.forward.as_secs_f64());
         self.cold_start[3].observe(phases.total().as_secs_f64());
+    }
+}
+
+/// Records a request's wait for capacity when dropped (see [`ServiceMetrics::queue_timer`]).
+#[derive(Debug)]
+pub struct QueueTimer<'a> {
+    histogram: Option<&'a Histogram>,
+    since: Instant,
+}
+
+impl QueueTimer<'_> {
+    /// Records nothing: the request was refused without waiting (its queue was full).
+    pub fn discard(mut self) {
+        self.histogram = None;
+    }
+}
+
+impl Drop for QueueTimer<'_> {
+    fn drop(&mut self) {
+        if let Some(histogram) = self.histogram {
+            histogram.observe(self.since.elapsed().as_secs_f64());
+        }
     }
 }
 
