@@ -239,6 +239,10 @@ async fn a_client_that_disconnects_leaves_the_queue_at_once() {
     let service = activator.registry.get(&key).unwrap();
     eventually("the queue to empty", || activator.activator.waiting() == 0 && service.breaker.queued() == 0)
         .await;
+    // The wait it had is recorded all the same.
+    let metrics = admin(activator.metrics_addr, "/metrics").await.1;
+    let count = "ebb_activator_queue_wait_seconds_count{namespace=\"default\",service=\"demo\"}";
+    assert_eq!(series(&metrics, count), Some(1.0), "{metrics}");
 }
 
 #[tokio::test]
@@ -383,4 +387,254 @@ async fn serve_mode_goes_straight_to_the_pods_and_proxy_mode_counts() {
         release.send_modify(|n| *n += 1);
         assert_eq!(in_flight.await.unwrap(), 200);
     }
+}
+
+#[tokio::test]
+async fn an_h2c_client_is_routed_by_its_authority() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    let versions = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = versions.clone();
+    let addr = upstream(move |req| {
+        seen.lock().unwrap().push(req.version());
+        async { hyper::Response::new(full("hello")) }
+    })
+    .await;
+    let pod = queue_proxy(addr, "demo-1", 0).await;
+    activator.pods(&key, &[("demo-1", pod.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("the pod to be ready", || service.status().ready == 1).await;
+
+    // No Host header: the service comes from `:authority`, fully qualified with a trailing dot or not.
+    let mut h2 = h2c_connection(activator.addr).await;
+    let request = |authority: &str| {
+        http::Request::get(format!("http://{authority}/v1/models"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    for authority in ["demo.default.svc.cluster.local", "demo.default.svc.cluster.local.:8012"] {
+        h2.ready().await.unwrap();
+        let response = h2.send_request(request(authority)).await.unwrap();
+        assert_eq!(
+            (response.status().as_u16(), response.version()),
+            (200, http::Version::HTTP_2),
+            "{authority}"
+        );
+        assert_eq!(text(response).await, "hello");
+    }
+    assert_eq!(*versions.lock().unwrap(), [http::Version::HTTP_2; 2], "h2c in, h2c out");
+
+    h2.ready().await.unwrap();
+    let response = h2.send_request(request("nothing.default")).await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(text(response).await.contains("no service for Host \\\"nothing.default\\\""));
+}
+
+/// Takes a balancer slot on `pod` (CC = 1, two pods), so that the next request goes to the other pod first.
+fn occupy(service: &ebb_activator::service::Service, pod: &str) -> ebb_activator::balancer::Lease {
+    // With one slot per pod, two picks take one pod each.
+    let (first, second) = (service.pick(&[]).unwrap(), service.pick(&[]).unwrap());
+    if &*first.endpoint().name == pod { first } else { second }
+}
+
+#[tokio::test]
+async fn a_pod_that_refuses_connections_is_retried_on_another() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|spec| spec.container_concurrency = 1));
+    let ((a, served_a), (b, served_b)) =
+        (counting_upstream(Duration::ZERO).await, counting_upstream(Duration::ZERO).await);
+    let (pod_a, pod_b) = (queue_proxy(a, "demo-a", 1).await, queue_proxy(b, "demo-b", 1).await);
+    activator.pods(&key, &[("demo-a", pod_a.data), ("demo-b", pod_b.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("both pods to be ready", || service.status().ready == 2).await;
+
+    // Pod A's queue-proxy exits after passing its probe; nothing has told the activator yet, and its port
+    // now refuses connections. Pod B looks busy, so the request tries pod A first.
+    pod_a.stop().await;
+    let busy_b = occupy(&service, "demo-b");
+    let response = client().request(get(activator.addr, "demo", "/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(text(response).await, "hello");
+    assert_eq!((served_a.load(Ordering::Relaxed), served_b.load(Ordering::Relaxed)), (0, 1));
+    assert_eq!(service.status().ready, 1, "the refusing pod is out until it answers a probe again");
+    drop(busy_b);
+}
+
+#[tokio::test]
+async fn a_pod_that_resets_after_reading_the_request_is_not_retried() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|spec| spec.container_concurrency = 1));
+    let (resetting, attempts) = resetting_pod().await;
+    let (b, served_b) = counting_upstream(Duration::ZERO).await;
+    let pod_b = queue_proxy(b, "demo-b", 1).await;
+    activator.pods(&key, &[("demo-a", resetting), ("demo-b", pod_b.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("both pods to be ready", || service.status().ready == 2).await;
+
+    // The request was sent in full before the reset: it may have had effects, so it is not sent again.
+    let busy_b = occupy(&service, "demo-b");
+    let response = client().request(get(activator.addr, "demo", "/")).await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(served_b.load(Ordering::Relaxed), 0, "no retry on the good pod");
+    drop(busy_b);
+}
+
+/// Polls a queue-proxy's `/stats` until a stat satisfies `done`.
+async fn stat_where(
+    stats: std::net::SocketAddr,
+    mut done: impl FnMut(&ebb_config::wire::PodStat) -> bool,
+) -> ebb_config::wire::PodStat {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let response = client().request(get(stats, "queue-proxy", "/stats")).await.unwrap();
+        if response.status() == 200 {
+            let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+            let stat = ebb_config::wire::PodStat::decode(&bytes).unwrap();
+            if done(&stat) {
+                return stat;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for a stat");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_reach_the_queue_proxy_marked_as_the_activators() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    let (upstream, _) = counting_upstream(Duration::ZERO).await;
+    let pod = queue_proxy(upstream, "demo-1", 0).await;
+    activator.pods(&key, &[("demo-1", pod.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("the pod to be ready", || service.status().ready == 1).await;
+    let client = client();
+
+    // Proxy mode: the queue-proxy counts the request as the activator's (`Ebb-Proxied: activator`).
+    assert_eq!(client.request(get(activator.addr, "demo", "/")).await.unwrap().status(), 200);
+    let stat = stat_where(pod.stats, |s| s.request_count > 0.0).await;
+    assert_eq!((stat.request_count, stat.proxied_request_count), (1.0, 1.0));
+
+    // Serve mode: not the activator's, even when the client claims it is.
+    stat_where(pod.stats, |s| s.request_count == 0.0).await;
+    activator.registry.apply(Change::Mode { key: key.clone(), mode: Mode::Serve });
+    let mut forged = get(activator.addr, "demo", "/");
+    forged.headers_mut().insert("ebb-proxied", "activator".parse().unwrap());
+    assert_eq!(client.request(forged).await.unwrap().status(), 200);
+    let stat = stat_where(pod.stats, |s| s.request_count > 0.0).await;
+    assert_eq!((stat.request_count, stat.proxied_request_count), (1.0, 0.0));
+}
+
+#[tokio::test]
+async fn the_metrics_count_what_happened_to_each_request() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service(
+        "demo",
+        data_plane(|spec| {
+            spec.max_queued = 1;
+            spec.activation_timeout = Duration::from_millis(500);
+        }),
+    );
+    let client = client();
+    let scrape = || async { admin(activator.metrics_addr, "/metrics").await.1 };
+    let labels = "{namespace=\"default\",service=\"demo\"}";
+    let rejected = |reason: &str| {
+        format!("ebb_activator_rejected_total{{namespace=\"default\",service=\"demo\",reason=\"{reason}\"}}")
+    };
+
+    // One request waits at zero, a second finds the queue full, the first times out.
+    let (c, request) = (client.clone(), get(activator.addr, "demo", "/"));
+    let first = tokio::spawn(async move { c.request(request).await.unwrap().status() });
+    eventually("the request to queue", || activator.activator.waiting() == 1).await;
+    let metrics = scrape().await;
+    assert_eq!(series(&metrics, &format!("ebb_activator_queued{labels}")), Some(1.0), "{metrics}");
+    assert_eq!(client.request(get(activator.addr, "demo", "/")).await.unwrap().status(), 503);
+    assert_eq!(first.await.unwrap(), 503);
+
+    // A pod; one request forwarded.
+    let (upstream, _) = counting_upstream(Duration::ZERO).await;
+    let pod = queue_proxy(upstream, "demo-1", 0).await;
+    activator.pods(&key, &[("demo-1", pod.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("the pod to be ready", || service.status().ready == 1).await;
+    let response = client.request(get(activator.addr, "demo", "/")).await.unwrap();
+    assert_eq!((response.status().as_u16(), text(response).await), (200, "hello".into()));
+
+    let metrics = scrape().await;
+    let value = |name: &str| series(&metrics, name);
+    assert_eq!(value(&format!("ebb_activator_queued{labels}")), Some(0.0), "{metrics}");
+    assert_eq!(value(&format!("ebb_activator_in_flight{labels}")), Some(0.0), "{metrics}");
+    assert_eq!(value(&format!("ebb_activator_forwarded_total{labels}")), Some(1.0), "{metrics}");
+    assert_eq!(value(&rejected("queue_full")), Some(1.0), "{metrics}");
+    assert_eq!(value(&rejected("activation_timeout")), Some(1.0), "{metrics}");
+    assert_eq!(value(&rejected("upstream_refused")), Some(0.0), "{metrics}");
+    // The wait that timed out and the admitted one; the request refused at once never waited.
+    assert_eq!(value(&format!("ebb_activator_queue_wait_seconds_count{labels}")), Some(2.0), "{metrics}");
+    let waited = value(&format!("ebb_activator_queue_wait_seconds_sum{labels}")).unwrap();
+    assert!(waited >= 0.5, "the timed-out request waited its 500 ms activation timeout: {waited}");
+}
+
+/// A request for the activator's own probe.
+fn activator_probe(addr: std::net::SocketAddr) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::get(format!("http://{addr}/"))
+        .header("ebb-probe", "activator")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn while_draining_probes_fail_and_queued_requests_are_still_served() {
+    let mut activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    let (c, request) = (client(), get(activator.addr, "demo", "/"));
+    let queued = tokio::spawn(async move {
+        let response = c.request(request).await.unwrap();
+        (response.status().as_u16(), text(response).await)
+    });
+    eventually("the request to queue", || activator.activator.waiting() == 1).await;
+
+    activator.stop();
+    eventually("draining to start", || !activator.activator.is_ready()).await;
+    let response = client().request(activator_probe(activator.addr)).await.unwrap();
+    assert_eq!((response.status().as_u16(), text(response).await), (503, "draining".into()));
+    assert_eq!(admin(activator.metrics_addr, "/readyz").await, (503, "draining".into()));
+    assert_eq!(admin(activator.metrics_addr, "/healthz").await, (200, "ok".into()), "alive while draining");
+
+    // The drain waits for the queued request, which is served once a pod is ready.
+    let (upstream, _) = counting_upstream(Duration::ZERO).await;
+    let pod = queue_proxy(upstream, "demo-1", 0).await;
+    activator.pods(&key, &[("demo-1", pod.data)]);
+    let answer = tokio::time::timeout(DEADLINE, queued).await.expect("the queued request was dropped");
+    assert_eq!(answer.unwrap(), (200, "hello".into()));
+}
+
+#[tokio::test]
+async fn with_no_autoscaler_reachable_services_are_still_served() {
+    use ebb_activator::push::{Pusher, Token};
+    // An autoscaler address where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let pusher = Pusher::new(Token::None);
+    pusher.set_replicas(&[closed]);
+    let (_unused, stats) = tokio::sync::mpsc::channel(1);
+    let activator = TestActivator::with_sink(10_000, pusher, stats).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    let client = client();
+
+    // A cold start's stat goes nowhere; the request still waits for the pod and is served.
+    let (c, request) = (client.clone(), get(activator.addr, "demo", "/"));
+    let cold = tokio::spawn(async move { c.request(request).await.unwrap().status() });
+    eventually("the request to queue", || activator.activator.waiting() == 1).await;
+    let (upstream, served) = counting_upstream(Duration::ZERO).await;
+    let pod = queue_proxy(upstream, "demo-1", 0).await;
+    activator.pods(&key, &[("demo-1", pod.data)]);
+    assert_eq!(tokio::time::timeout(DEADLINE, cold).await.unwrap().unwrap(), 200);
+
+    // Warm: served, and the activator stays ready.
+    for _ in 0..5 {
+        assert_eq!(client.request(get(activator.addr, "demo", "/")).await.unwrap().status(), 200);
+    }
+    assert_eq!(served.load(Ordering::Relaxed), 6);
+    assert_eq!(client.request(activator_probe(activator.addr)).await.unwrap().status(), 200);
+    assert_eq!(admin(activator.metrics_addr, "/readyz").await, (200, "ok".into()));
 }

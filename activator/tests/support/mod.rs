@@ -16,7 +16,7 @@ use ebb_activator::metrics::Metrics;
 use ebb_activator::registry::Registry;
 use ebb_activator::routing::ServiceKey;
 use ebb_activator::server::{DrainOptions, Server};
-use ebb_activator::stats::ChannelSink;
+use ebb_activator::stats::{ChannelSink, StatSink};
 use ebb_config::wire::IngestFrame;
 use ebb_config::{DataPlaneSpec, ServiceConfig};
 use ebb_queue_proxy::QueueProxy;
@@ -95,6 +95,8 @@ struct Cli {
 /// A real queue-proxy, in process, in front of `upstream`; stops (drains) when dropped or stopped.
 pub struct QueueProxyHandle {
     pub data: SocketAddr,
+    /// The stats port (`GET /stats`: the latest 1-second stat).
+    pub stats: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -135,12 +137,12 @@ pub async fn queue_proxy(upstream: SocketAddr, pod: &str, container_concurrency:
     ];
     let config = Cli::try_parse_from(argv).unwrap().args.into_config().unwrap();
     let proxy = QueueProxy::bind(config).await.unwrap();
-    let data = proxy.addresses().data;
+    let (data, stats) = (proxy.addresses().data, proxy.addresses().stats);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         proxy.run(async move { drop(stopped.await) }).await.unwrap();
     });
-    QueueProxyHandle { data, stop: Some(stop), task }
+    QueueProxyHandle { data, stats, stop: Some(stop), task }
 }
 
 /// An activator on a loopback port whose endpoint source is the test.
@@ -154,14 +156,23 @@ pub struct TestActivator {
 }
 
 impl TestActivator {
+    /// An activator whose stats go to [`Self::stats`].
     pub async fn start(max_queued_total: u32) -> Self {
+        let (tx, stats) = mpsc::channel(10_000);
+        Self::with_sink(max_queued_total, Arc::new(ChannelSink::new(tx)), stats).await
+    }
+
+    /// An activator whose stats go to `sink` (`stats` then receives nothing unless the test feeds it).
+    pub async fn with_sink(
+        max_queued_total: u32,
+        sink: Arc<dyn StatSink>,
+        stats: mpsc::Receiver<IngestFrame>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(true, max_queued_total, metrics.clone()));
-        let (tx, stats) = mpsc::channel(10_000);
         let options =
             Options { name: "activator-test".into(), max_queued_total, retry_after: Duration::from_secs(1) };
-        let activator =
-            Arc::new(Activator::new(registry.clone(), Arc::new(ChannelSink::new(tx)), metrics, options));
+        let activator = Arc::new(Activator::new(registry.clone(), sink, metrics, options));
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let drain = DrainOptions { quiet_period: Duration::ZERO, deadline: Duration::from_secs(30) };
         let server = Server::bind(activator.clone(), any, any, drain).await.unwrap();
@@ -212,6 +223,67 @@ pub fn get(addr: SocketAddr, service: &str, path: &str) -> Request<Full<Bytes>> 
         .header("host", service)
         .body(Full::new(Bytes::new()))
         .unwrap()
+}
+
+/// A GET at `addr` on the activator's metrics port (`/metrics`, `/readyz`, `/healthz`).
+pub async fn admin(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = client().request(get(addr, "activator", path)).await.unwrap();
+    (response.status().as_u16(), text(response).await)
+}
+
+/// The value of one Prometheus series (`name{labels}`) in `metrics`, if present.
+pub fn series(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// An HTTP/2 prior-knowledge (h2c) connection to `addr`. Requests on it carry their URI's authority as
+/// `:authority` and no Host header, as HTTP/2 clients send them.
+pub async fn h2c_connection(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// A pod that answers the activator's probe (`Ebb-Probe: queue`) like a queue-proxy, but resets the connection
+/// (RST) after reading any other request in full, as a process that dies mid-request does. Counts those requests.
+pub async fn resetting_pod() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let count = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n @ 1..) = stream.read(&mut buf).await else { return };
+                    head.extend_from_slice(&buf[..n]);
+                    // Requests here have no body: the head ends the request.
+                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                    let request = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                    head.drain(..end + 4);
+                    if request.contains("\r\nebb-probe: queue") {
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nqueue";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream.set_zero_linger();
+                    return; // dropped with zero linger: RST
+                }
+            });
+        }
+    });
+    (addr, attempts)
 }
 
 pub async fn text(response: Response<Incoming>) -> String {
