@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use ebb_config::names::{ACTIVATOR_DATA_PORT, ACTIVATOR_METRICS_PORT, AUTOSCALER_INGEST_PORT};
 use ebb_queue_proxy::cli::{LogFormat, init_logging, parse_duration, shutdown_signal};
-use tokio::sync::mpsc;
 
 use crate::handler::{Activator, Options};
+use crate::kube_source::KubeSource;
 use crate::metrics::Metrics;
 use crate::push::{Pusher, Token};
 use crate::registry::Registry;
@@ -118,13 +118,12 @@ async fn serve(args: Args) -> Result<(), String> {
     let sink: Arc<dyn StatSink> = pusher.clone();
     let activator = Arc::new(Activator::new(registry.clone(), sink, metrics, options));
 
-    let (changes, changes_rx) = mpsc::unbounded_channel();
-    tokio::spawn(registry.follow(changes_rx));
-    let source = crate::kube_source::Options {
+    let watch = crate::kube_source::Options {
         namespaces: args.watch_namespaces.clone(),
         own_namespace: args.pod_namespace,
     };
-    tokio::spawn(crate::kube_source::run(client, source, changes, discover.then_some(pusher)));
+    let source = KubeSource::new(client, watch, discover.then_some(pusher));
+    tokio::spawn(registry.follow_source(Box::new(source)));
 
     let drain = DrainOptions { quiet_period: args.drain_quiet_period, deadline: args.drain_deadline };
     let data = SocketAddr::new(args.bind_address, args.data_port);

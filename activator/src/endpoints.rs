@@ -1,12 +1,14 @@
 //! What an endpoint source tells the activator: services, their data-plane settings, and their pods.
 //!
 //! Sources send whole pod sets per service (idempotent and simple to reason about); the activator works out
-//! what changed. Two sources exist: Kubernetes (watches pods and Deployments) and local (fed by `ebb up`).
+//! what changed. Sources implement [`EndpointSource`]; two exist: Kubernetes
+//! ([`crate::kube_source::KubeSource`], watches pods and Deployments) and local ([`LocalSource`], fed by `ebb up`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ebb_config::DataPlaneSpec;
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::routing::ServiceKey;
@@ -74,3 +76,59 @@ pub enum Mode {
 
 /// Where changes are sent; sources hold one.
 pub type ChangeSender = mpsc::UnboundedSender<Change>;
+
+/// Where the activator learns its services and their pods. [`crate::registry::Registry::follow_source`] runs
+/// one and applies what it sends.
+pub trait EndpointSource: Send {
+    /// Sends every change to `changes` as it happens (no polling interval), until the source ends.
+    fn run(self: Box<Self>, changes: ChangeSender) -> BoxFuture<'static, ()>;
+}
+
+/// The local source: `ebb up` feeds it through the sender [`LocalSource::new`] returns as it starts services
+/// and pods, and it passes each change on. It ends when every feeding sender is dropped.
+#[derive(Debug)]
+pub struct LocalSource {
+    fed: mpsc::UnboundedReceiver<Change>,
+}
+
+impl LocalSource {
+    /// A source and the sender that feeds it.
+    pub fn new() -> (ChangeSender, Self) {
+        let (feed, fed) = mpsc::unbounded_channel();
+        (feed, Self { fed })
+    }
+}
+
+impl EndpointSource for LocalSource {
+    fn run(mut self: Box<Self>, changes: ChangeSender) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            while let Some(change) = self.fed.recv().await {
+                if changes.send(change).is_err() {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::registry::Registry;
+
+    #[tokio::test]
+    async fn the_local_source_passes_what_it_is_fed_to_the_registry() {
+        let registry = Arc::new(Registry::new(true, 100, Arc::new(Metrics::new())));
+        let (feed, source) = LocalSource::new();
+        let following = tokio::spawn(registry.clone().follow_source(Box::new(source)));
+        let key = ServiceKey::new("default", "demo");
+        let config = ebb_config::ServiceConfig::default().data_plane;
+        feed.send(Change::Service { key: key.clone(), config }).unwrap();
+        feed.send(Change::Pods { key: key.clone(), pods: vec![] }).unwrap();
+        drop(feed);
+        // Every change is applied before the source ends, and the registry stops following when it does.
+        following.await.unwrap();
+        assert!(registry.get(&key).is_some());
+    }
+}

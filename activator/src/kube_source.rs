@@ -11,6 +11,7 @@ use ebb_config::names::{
     LABEL_SERVICE, PART_OF_EBB, QUEUE_PROXY_DATA_PORT,
 };
 use ebb_config::{DataPlaneSpec, GlobalConfig, ServiceConfig, resolve_service};
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -18,7 +19,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::endpoints::{Change, ChangeSender, PodInfo};
+use crate::endpoints::{Change, ChangeSender, EndpointSource, PodInfo};
 use crate::push::Pusher;
 use crate::routing::ServiceKey;
 
@@ -288,6 +289,26 @@ async fn watch_components(
         }
     })
     .await;
+}
+
+/// The Kubernetes endpoint source: [`run`] as an [`EndpointSource`].
+pub struct KubeSource {
+    client: Client,
+    options: Options,
+    pusher: Option<Arc<Pusher>>,
+}
+
+impl KubeSource {
+    /// Watches with `client` as `options` say; with a `pusher`, the Ready autoscalers become its replicas.
+    pub fn new(client: Client, options: Options, pusher: Option<Arc<Pusher>>) -> Self {
+        Self { client, options, pusher }
+    }
+}
+
+impl EndpointSource for KubeSource {
+    fn run(self: Box<Self>, changes: ChangeSender) -> BoxFuture<'static, ()> {
+        Box::pin(run(self.client, self.options, changes, self.pusher))
+    }
 }
 
 /// Runs every watch until they all end (they end only with the runtime).

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use http::{HeaderMap, Uri};
 use tokio::sync::mpsc;
 
-use crate::endpoints::{Change, PodInfo};
+use crate::endpoints::{Change, EndpointSource, PodInfo};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::routing::{RouteError, RouteTable, ServiceKey};
@@ -128,6 +128,12 @@ impl Registry {
         while let Some(change) = changes.recv().await {
             self.apply(change);
         }
+    }
+
+    /// Runs `source` and applies its changes until it ends.
+    pub async fn follow_source(self: Arc<Self>, source: Box<dyn EndpointSource>) {
+        let (changes, received) = mpsc::unbounded_channel();
+        tokio::join!(source.run(changes), self.follow(received));
     }
 
     fn rebuild_routes(&self) {
