@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod h2c;
 pub mod handler;
 pub mod listen;
 pub mod metrics;

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::BoxError;
 use crate::error::ProxyError;
+use crate::h2c::H2cConnections;
 
 /// Settings of the upstream connection pools.
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ impl Default for ForwarderOptions {
 #[derive(Debug, Clone)]
 pub struct Forwarder<B = Incoming> {
     http1: Client<HttpConnector, B>,
-    h2c: Client<HttpConnector, B>,
+    h2c: H2cConnections<B>,
 }
 
 /// A response that switched protocols: once the caller has sent it to the client, [`Self::spawn`] joins the
@@ -97,14 +98,8 @@ where
             .pool_max_idle_per_host(options.max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(connector.clone());
-        let h2c = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(options.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
             .build(connector);
-        Self { http1, h2c }
+        Self { http1, h2c: H2cConnections::new(options.connect_timeout) }
     }
 
     /// Sends `req` to `upstream` and returns the response headers (the body streams on). `protocol` overrides
@@ -122,11 +117,12 @@ where
             None
         };
         prepare_request(&mut req, upstream, protocol, client_upgrade.is_some())?;
-        let client = match protocol {
-            Protocol::Http1 => &self.http1,
-            Protocol::H2c => &self.h2c,
+        let mut response = match protocol {
+            Protocol::Http1 => {
+                self.http1.request(req).await.map_err(|err| ProxyError::from_upstream(&err))?
+            }
+            Protocol::H2c => self.h2c.send(upstream, req).await?,
         };
-        let mut response = client.request(req).await.map_err(|err| ProxyError::from_upstream(&err))?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let upgrade = match client_upgrade {
             Some(client) if switching => {
@@ -145,7 +141,9 @@ pub fn upstream_protocol(client: Version, protocol: Option<Protocol>) -> Protoco
 }
 
 /// Points the request at `upstream` with the chosen protocol and strips hop-by-hop headers (keeping the
-/// upgrade handshake when `upgrade`).
+/// upgrade handshake when `upgrade`). The client's host name reaches the upstream either way: in `Host` for
+/// HTTP/1.1 (the URI then names the upstream, which the pool connects to), in the URI's authority, which
+/// becomes `:authority`, for h2c (whose connections are chosen by upstream, see [`crate::h2c`]).
 pub fn prepare_request<B>(
     req: &mut Request<B>,
     upstream: &Authority,
@@ -154,9 +152,18 @@ pub fn prepare_request<B>(
 ) -> Result<(), ProxyError> {
     let original_authority = req.uri().authority().cloned();
     let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // An HTTP/1.1 client names the host in Host; h2c wants it in the authority.
+    let host = || {
+        let host = req.headers().get(HOST)?.to_str().ok()?;
+        host.parse::<Authority>().ok().filter(|a| !a.as_str().contains('@'))
+    };
+    let authority = match protocol {
+        Protocol::Http1 => upstream.clone(),
+        Protocol::H2c => original_authority.clone().or_else(host).unwrap_or_else(|| upstream.clone()),
+    };
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(upstream.clone());
+    parts.authority = Some(authority);
     parts.path_and_query = Some(path);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     strip_hop_by_hop(req.headers_mut(), upgrade);
@@ -171,7 +178,12 @@ pub fn prepare_request<B>(
                 req.headers_mut().insert(HOST, host);
             }
         }
-        Protocol::H2c => *req.version_mut() = Version::HTTP_2,
+        Protocol::H2c => {
+            *req.version_mut() = Version::HTTP_2;
+            // The authority now carries the host; a Host header that differed from it would make the request
+            // malformed (RFC 9113 section 8.3.1).
+            req.headers_mut().remove(HOST);
+        }
     }
     Ok(())
 }
@@ -276,5 +288,23 @@ mod tests {
         assert_eq!(req.uri(), "http://127.0.0.1:8080/v1/x?q=1");
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(req.headers()[HOST], "public.example");
+
+        // h2c keeps the client's host in the authority (`:authority`), from an HTTP/2 client's URI or an
+        // HTTP/1.1 client's Host header; the connection goes to the upstream regardless.
+        let mut req = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://public.example/v1/x?q=1")
+            .body(())
+            .unwrap();
+        prepare_request(&mut req, &upstream, Protocol::H2c, false).unwrap();
+        assert_eq!(req.uri(), "http://public.example/v1/x?q=1");
+        assert_eq!(req.version(), Version::HTTP_2);
+        let mut req = Request::builder().uri("/v1/x").header(HOST, "public.example:81").body(()).unwrap();
+        prepare_request(&mut req, &upstream, Protocol::H2c, false).unwrap();
+        assert_eq!(req.uri(), "http://public.example:81/v1/x");
+        assert!(!req.headers().contains_key(HOST));
+        let mut req = Request::builder().uri("/v1/x").body(()).unwrap();
+        prepare_request(&mut req, &upstream, Protocol::H2c, false).unwrap();
+        assert_eq!(req.uri(), "http://127.0.0.1:8080/v1/x");
     }
 }

@@ -218,6 +218,11 @@ async fn h2c_is_forwarded_as_h2c_with_trailers() {
     let addr = upstream(|req| async move {
         let version = format!("{:?}", req.version());
         let te = req.headers().get("te").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        // The host name as the user container sees it: `:authority` in HTTP/2, Host in HTTP/1.1.
+        let host = match req.uri().authority() {
+            Some(authority) => authority.to_string(),
+            None => req.headers().get("host").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default(),
+        };
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         trailers.insert("x-upstream-version", HeaderValue::from_str(&version).unwrap());
@@ -229,12 +234,14 @@ async fn h2c_is_forwarded_as_h2c_with_trailers() {
         let mut response = response(200, body);
         response.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
         response.headers_mut().insert("x-upstream-version", HeaderValue::from_str(&version).unwrap());
+        response.headers_mut().insert("x-upstream-host", HeaderValue::from_str(&host).unwrap());
         response
     })
     .await;
     let proxy = proxy(addr, &[]).await;
     let mut sender = h2c_client(proxy.addrs.data).await;
-    let request = Request::post(proxy.url("/echo.Echo/Say"))
+    // The client names a host other than the proxy's address, as a gateway would.
+    let request = Request::post("http://grpc.example:8443/echo.Echo/Say")
         .version(Version::HTTP_2)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -243,6 +250,7 @@ async fn h2c_is_forwarded_as_h2c_with_trailers() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.headers()["x-upstream-host"], "grpc.example:8443", "the client's :authority is kept");
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().expect("trailers kept");
     assert_eq!(trailers["grpc-status"], "0");
@@ -253,11 +261,25 @@ async fn h2c_is_forwarded_as_h2c_with_trailers() {
     let proxy1 = common::proxy(addr, &["--protocol", "http1"]).await;
     let mut sender = h2c_client(proxy1.addrs.data).await;
     let request =
-        Request::get(proxy1.url("/x")).version(Version::HTTP_2).body(Full::new(Bytes::new())).unwrap();
+        Request::get("http://grpc.example/x").version(Version::HTTP_2).body(Full::new(Bytes::new())).unwrap();
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.headers()["x-upstream-version"], "HTTP/1.1");
+    assert_eq!(
+        response.headers()["x-upstream-host"],
+        "grpc.example",
+        "an h2 client's :authority becomes Host"
+    );
+
+    // An HTTP/1.1 client's Host becomes :authority when the upstream speaks h2c.
+    let proxy2 = common::proxy(addr, &["--protocol", "h2c"]).await;
+    let request =
+        Request::get(proxy2.url("/x")).header("host", "web.example").body(Full::new(Bytes::new())).unwrap();
+    let response = send(&client(), request).await;
+    assert_eq!(response.headers()["x-upstream-version"], "HTTP/2.0");
+    assert_eq!(response.headers()["x-upstream-host"], "web.example");
     proxy.stop().await;
     proxy1.stop().await;
+    proxy2.stop().await;
 }
 
 #[tokio::test]
