@@ -395,7 +395,8 @@ async fn invalid_annotations_paused_and_foreign_services_are_left_alone() {
             "replicas": 1,
             "selector": {"matchLabels": {"ebb.dev/service": "drift"}},
             "template": {
-                "metadata": {"labels": {"ebb.dev/service": "drift"}},
+                "metadata": {"labels": {"ebb.dev/service": "drift"},
+                    "annotations": {"autoscaling.knative.dev/window": "30s"}},
                 "spec": {"containers": [
                     {"name": "app", "image": "example.invalid/app:1"},
                     {"name": "queue-proxy", "image": "example.invalid/queue-proxy:1", "env": [
@@ -417,6 +418,9 @@ async fn invalid_annotations_paused_and_foreign_services_are_left_alone() {
         )
         .await;
     assert!(note.contains("re-run ebb inject"), "{note}");
+    // ...and an autoscaling key on its pod template, where ebb does not read it, draws one too.
+    let note = env.wait_event("drift", "AnnotationOnPodTemplate", &["autoscaling.knative.dev/window"]).await;
+    assert!(note.contains("move it there"), "{note}");
     env.stop().await;
 }
 
@@ -465,6 +469,12 @@ async fn an_external_scale_draws_a_warning_and_is_undone() {
     env.deployments().patch_scale("fought", &kubectl, &Patch::Merge(&scale)).await.unwrap();
     let note = env.wait_event("fought", "ReplicasOverridden", &["from 1 to 4"]).await;
     assert!(note.contains("ebb.dev/paused"), "{note}");
+    // v1.20 does not record scale-subresource writes in managedFields (1.22 does): the writer is unknown, and
+    // must not be taken to be the Deployment's creator, the newest entry with `f:replicas`.
+    assert!(
+        note.contains("by \"kubectl\"") || note.contains("a writer the API server did not record"),
+        "{note}"
+    );
     env.wait_replicas("fought", 1, TIMEOUT).await;
     env.stop().await;
 }

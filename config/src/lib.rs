@@ -9,6 +9,7 @@ mod fields;
 mod global;
 pub mod keys;
 pub mod names;
+pub mod placement;
 mod service;
 pub mod spec;
 pub mod value;

@@ -17,6 +17,7 @@
 //! [`Scaler`]: crate::runtime::Scaler
 
 pub mod auth;
+mod backoff;
 pub mod blocked;
 pub mod deletion_cost;
 pub mod env_check;

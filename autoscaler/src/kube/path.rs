@@ -245,17 +245,16 @@ pub(crate) async fn reconcile(
         Shared::lock(&shared.in_path).insert(id.clone(), v);
     };
     let services: Api<Service> = Api::namespaced(shared.client.clone(), &id.namespace);
+    // After a failed write, this service's path is left as it is until its backoff has passed.
+    let may_write = state.path_writes.ready();
+    let mut outcome = Writes::default();
     let service = match ctx.stores.service(&id.namespace, &id.name) {
         None => {
-            match services
-                .create(
-                    &PostParams { field_manager: patch_params().field_manager, ..Default::default() },
-                    &public_service(deployment, status),
-                )
-                .await
-            {
-                Ok(_) => shared.health.ok(),
-                Err(err) => tracing::warn!(service = %id, "cannot create the public Service: {err}"),
+            if may_write {
+                let params = PostParams { field_manager: patch_params().field_manager, ..Default::default() };
+                let result = services.create(&params, &public_service(deployment, status)).await;
+                outcome.note(result.map(drop), || format!("cannot create the public Service {id}"));
+                outcome.apply(shared, state);
             }
             set_in_path(false);
             return;
@@ -293,11 +292,10 @@ pub(crate) async fn reconcile(
             changes.insert(since_key, json!(now));
         }
     }
-    if !changes.is_empty() {
+    if !changes.is_empty() && may_write {
         let patch = json!({"metadata": {"annotations": changes}});
-        if let Err(err) = services.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
-            tracing::warn!(service = %id, "cannot write the mode and phase on the Service: {err}");
-        }
+        let result = services.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await;
+        outcome.note(result.map(drop), || format!("cannot write the mode and phase on the Service {id}"));
     }
 
     // The one EndpointSlice.
@@ -305,7 +303,7 @@ pub(crate) async fn reconcile(
     let slices: Api<DynamicObject> = Api::namespaced_with(shared.client.clone(), &id.namespace, ctx.slices);
     let seen = ctx.stores.slice(&id.namespace, &id.name, ctx.slices);
     let seen_content = seen.as_deref().map(slice_content);
-    if seen_content.as_ref() != Some(&(ips.clone(), port)) {
+    if seen_content.as_ref() != Some(&(ips.clone(), port)) && may_write {
         let body = slice_body(&ips, port);
         let result = match &seen {
             Some(_) => slices.patch(&id.name, &patch_params(), &Patch::Merge(&body)).await.map(drop),
@@ -321,10 +319,9 @@ pub(crate) async fn reconcile(
                 slices.create(&PostParams::default(), &object).await.map(drop)
             }
         };
-        if let Err(err) = result {
-            tracing::warn!(service = %id, "cannot write the EndpointSlice: {err}");
-        }
+        outcome.note(result, || format!("cannot write the EndpointSlice {id}"));
     }
+    outcome.apply(shared, state);
 
     // Verified in the path: activator-only slice seen back on the watch, and every activator answers.
     let proxy_slice =
@@ -340,6 +337,34 @@ pub(crate) async fn reconcile(
         }
     }
     set_in_path(verified);
+}
+
+/// What one pass's writes came to: the first failure, or whether any write succeeded.
+#[derive(Default)]
+struct Writes {
+    failure: Option<kube::Error>,
+    succeeded: bool,
+}
+
+impl Writes {
+    fn note(&mut self, result: Result<(), kube::Error>, what: impl FnOnce() -> String) {
+        match result {
+            Ok(()) => self.succeeded = true,
+            Err(err) => {
+                tracing::warn!("{} (retrying with backoff): {err}", what());
+                self.failure.get_or_insert(err);
+            }
+        }
+    }
+
+    /// Moves the service's path backoff on.
+    fn apply(self, shared: &Shared, state: &mut ServiceState) {
+        match self.failure {
+            Some(err) => state.path_writes.failed(&shared.health, &err),
+            None if self.succeeded => state.path_writes.succeeded(&shared.health),
+            None => {}
+        }
+    }
 }
 
 /// The public Service of a Deployment.

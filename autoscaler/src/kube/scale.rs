@@ -15,11 +15,12 @@
 //!   writers"); `ebb.dev/paused: "true"` hands the replicas over.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ebb_config::names::ANNOTATION_POD_DELETION_COST;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -30,8 +31,6 @@ use crate::runtime::{Autoscaler, Scaler, Scraper, ServiceId, ServiceStatus};
 
 /// Replicas are not lowered for this long after an activator reported requests queued for the service.
 pub const QUEUED_HOLD: Duration = Duration::from_secs(3);
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The runtime's [`Scaler`] on Kubernetes: calls wake the controller's pass, which applies the runtime's
 /// state if this replica leads.
@@ -82,14 +81,19 @@ pub fn patch_params() -> PatchParams {
     PatchParams { field_manager: Some(CONTROLLER_NAME.to_owned()), ..Default::default() }
 }
 
-/// The last writer of `spec.replicas` other than ebb, from `managedFields`, if the server records one.
-pub fn replicas_writer(deployment: &Deployment) -> Option<String> {
+/// The writer of `spec.replicas` other than ebb that wrote it after `after`, from `managedFields`, if the
+/// server recorded one. Entries have whole seconds, so only one in a later second than `after` counts: an API
+/// server before 1.22 does not record writes of the scale subresource at all, and the newest entry with
+/// `f:replicas` is then the Deployment's creator, not whoever just scaled it.
+pub fn replicas_writer(deployment: &Deployment, after: Timestamp) -> Option<String> {
+    let after_second = after.as_second();
     deployment
         .metadata
         .managed_fields
         .iter()
         .flatten()
         .filter(|m| m.manager.as_deref() != Some(CONTROLLER_NAME))
+        .filter(|m| m.time.as_ref().is_some_and(|t| t.0.as_second() > after_second))
         .filter(|m| {
             m.fields_v1
                 .as_ref()
@@ -110,7 +114,14 @@ pub(crate) fn observe_replicas(
     replicas: u32,
 ) {
     let previous = state.seen_replicas.replace(replicas);
-    let Some(previous) = previous else { return };
+    let Some(previous) = previous else {
+        state.seen_replicas_at = Timestamp::now();
+        return;
+    };
+    let previous_seen_at = state.seen_replicas_at;
+    if previous != replicas {
+        state.seen_replicas_at = Timestamp::now();
+    }
     if previous == replicas || state.last_written == Some(replicas) || !shared.is_leader() || !state.valid {
         return;
     }
@@ -123,8 +134,8 @@ pub(crate) fn observe_replicas(
     if status.paused || status.desired == replicas {
         return;
     }
-    let writer = replicas_writer(deployment).map_or_else(
-        || "another writer (kubectl scale, an HPA or a GitOps tool)".to_owned(),
+    let writer = replicas_writer(deployment, previous_seen_at).map_or_else(
+        || "a writer the API server did not record (kubectl scale, an HPA or a GitOps tool)".to_owned(),
         |m| format!("{m:?}"),
     );
     shared
@@ -138,7 +149,7 @@ pub(crate) fn observe_replicas(
         format!(
             "spec.replicas changed from {previous} to {replicas} by {writer}, not by ebb; ebb autoscales this \
              Deployment and sets replicas back to {}. To let another writer own replicas, set \
-             ebb.dev/paused: \"true\" (or remove the ebb.dev/service label).",
+             ebb.dev/paused: \"true\" on the Deployment.",
             status.desired
         ),
     );
@@ -166,7 +177,7 @@ pub(crate) async fn reconcile(
             .and_then(|d| d.into_iter().rev().find(|r| r.changed).map(|r| r.reason))
             .unwrap_or_else(|| status.last_reason.clone())
     };
-    if observed != desired && state.retry_at.is_none_or(|t| Instant::now() >= t) {
+    if observed != desired && state.deployment_writes.ready() {
         let mut hold = None;
         if desired < observed {
             let queued =
@@ -191,10 +202,8 @@ pub(crate) async fn reconcile(
             let patch = json!({"spec": {"replicas": desired}});
             match api.patch_scale(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
-                    shared.health.ok();
+                    state.deployment_writes.succeeded(&shared.health);
                     state.last_written = Some(desired);
-                    state.retry_at = None;
-                    state.backoff = Duration::ZERO;
                     observe_patch_latency(shared, autoscaler, id, desired);
                     let reason = reason();
                     shared
@@ -210,7 +219,7 @@ pub(crate) async fn reconcile(
                     state.reason_pending = Some(reason);
                 }
                 Err(err) => {
-                    failed(shared, state, &err);
+                    state.deployment_writes.failed(&shared.health, &err);
                     tracing::warn!(service = %id, "scale to {desired} failed (retrying with backoff): {err}");
                     return;
                 }
@@ -226,37 +235,31 @@ pub(crate) async fn reconcile(
         match api.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
             Ok(_) => state.reason_pending = None,
             Err(err) => {
-                failed(shared, state, &err);
+                state.deployment_writes.failed(&shared.health, &err);
                 tracing::warn!(service = %id, "cannot write the status annotations: {err}");
             }
         }
     }
 }
 
-fn failed(shared: &Shared, state: &mut ServiceState, err: &kube::Error) {
-    if !matches!(err, kube::Error::Api(_)) {
-        shared.health.failed();
-    }
-    state.backoff = (state.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
-    state.retry_at = Some(Instant::now() + state.backoff);
-}
-
 /// Marks the ready pods with their in-flight work as deletion cost (least busy = cheapest), best effort.
 async fn mark_deletion_costs(shared: &Shared, id: &ServiceId, pods: &[Arc<Pod>]) {
+    // All pods at once: a scale-down of many pods must not stall the leader's pass for 300 ms per pod.
     let scraper = Scraper::new(Duration::from_millis(300));
-    let mut loads = Vec::new();
-    for pod in pods.iter().filter(|p| super::watch::is_ready(p)) {
-        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
-        let load = match ip {
-            Some(ip) => scraper
-                .scrape(std::net::SocketAddr::new(ip, shared.options.pod_stats_port))
-                .await
-                .ok()
-                .map(|s| s.average_concurrency),
-            None => None,
-        };
-        loads.push((pod.clone(), load));
-    }
+    let loads: Vec<(Arc<Pod>, Option<f64>)> =
+        futures::future::join_all(pods.iter().filter(|p| super::watch::is_ready(p)).map(async |pod| {
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
+            let load = match ip {
+                Some(ip) => scraper
+                    .scrape(std::net::SocketAddr::new(ip, shared.options.pod_stats_port))
+                    .await
+                    .ok()
+                    .map(|s| s.average_concurrency),
+                None => None,
+            };
+            (pod.clone(), load)
+        }))
+        .await;
     let changes = deletion_cost::changes(
         loads
             .iter()
@@ -266,7 +269,42 @@ async fn mark_deletion_costs(shared: &Shared, id: &ServiceId, pods: &[Arc<Pod>])
     for (name, cost) in changes {
         let patch = json!({"metadata": {"annotations": {ANNOTATION_POD_DELETION_COST: cost.to_string()}}});
         if let Err(err) = api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
-            tracing::debug!(service = %id, pod = %name, "cannot mark the deletion cost: {err}");
+            // Best effort: without it the ReplicaSet picks the pods to delete by its own rules.
+            tracing::warn!(service = %id, pod = %name, "cannot mark the deletion cost: {err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(entries: &[(&str, &str, bool)]) -> Deployment {
+        let managed: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(manager, time, replicas)| {
+                let fields =
+                    if *replicas { json!({"f:spec": {"f:replicas": {}}}) } else { json!({"f:metadata": {}}) };
+                json!({"manager": manager, "operation": "Update", "time": time, "fieldsType": "FieldsV1",
+                       "fieldsV1": fields})
+            })
+            .collect();
+        serde_json::from_value(json!({"metadata": {"name": "d", "managedFields": managed}})).unwrap()
+    }
+
+    #[test]
+    fn only_a_replicas_writer_after_the_previous_value_was_seen_is_named() {
+        let seen: Timestamp = "2026-12-03T12:00:05.700Z".parse().unwrap();
+        let d = deployment(&[
+            ("creator", "2026-12-03T12:00:05Z", true),
+            ("kubectl", "2026-12-03T12:00:09Z", true),
+            ("labeller", "2026-12-03T12:00:10Z", false),
+            (CONTROLLER_NAME, "2026-12-03T12:00:11Z", true),
+        ]);
+        assert_eq!(replicas_writer(&d, seen).as_deref(), Some("kubectl"));
+        // A server that did not record the scale write: the creator's entry is older, so nobody is named,
+        // also when it falls in the same second as the previous value was seen.
+        let d = deployment(&[("creator", "2026-12-03T12:00:05Z", true)]);
+        assert_eq!(replicas_writer(&d, seen), None);
     }
 }

@@ -1,5 +1,6 @@
 //! Port 9090: `/metrics` (the runtime's `ebb_autoscaler_*` families and the controller's), `/healthz`
-//! (the process answers) and `/readyz` (the watches are up and the API server answers).
+//! (the process answers) and `/readyz` (the API server answered a request, a watch event or a Lease renewal
+//! recently and has not failed since).
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
+use ebb_config::placement::template_only_keys;
 use ebb_config::{GlobalConfig, resolve_service};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
+use super::backoff::Backoff;
 use super::{Shared, blocked, env_check, path, scale, status};
 use crate::runtime::{PodTarget, ServiceId};
 
@@ -188,14 +190,16 @@ pub(crate) struct ServiceState {
     pub valid: bool,
     /// `spec.replicas` last seen.
     pub seen_replicas: Option<u32>,
+    /// When [`Self::seen_replicas`] was first seen at its value.
+    pub seen_replicas_at: Timestamp,
     /// The replicas this replica last wrote.
     pub last_written: Option<u32>,
     /// The reason of the last change this replica applied, until written as an annotation.
     pub reason_pending: Option<String>,
-    /// No scale write before this time (backoff after an error).
-    pub retry_at: Option<Instant>,
-    /// The current backoff.
-    pub backoff: Duration,
+    /// Writes of the Deployment (scale, status annotations) after an error.
+    pub deployment_writes: Backoff,
+    /// Writes of the request path (public Service, EndpointSlice) after an error.
+    pub path_writes: Backoff,
     /// Stuck pods already counted.
     pub blocked: HashMap<String, &'static str>,
     /// The data-plane settings of the configuration in force (set while [`Self::valid`]).
@@ -282,6 +286,12 @@ async fn pass(
             continue;
         }
         present.insert(id.clone());
+        let template = deployment.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+        if let Some(template) = template.and_then(|m| m.annotations.as_ref()) {
+            for (_key, message) in template_only_keys(deployment.annotations(), template) {
+                shared.events.warning(reference.clone(), "AnnotationOnPodTemplate", message);
+            }
+        }
         let state = services.entry(id.clone()).or_insert_with(|| {
             shared.metrics.add_service(&id.namespace, &id.name);
             ServiceState::default()
