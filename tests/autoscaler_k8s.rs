@@ -492,6 +492,44 @@ async fn a_new_leader_starts_from_the_last_leaders_decision_not_from_an_external
     env.stop().await;
 }
 
+/// Item 8: a pod that cannot pull its image draws a PodBlocked Warning naming why, and the blocked-pods gauge
+/// counts it.
+#[tokio::test]
+async fn a_pod_stuck_pulling_its_image_is_reported() {
+    let env = Env::start("as-blocked", &[]).await;
+    env.pods.fail_to_start("stuck");
+    env.create("stuck", 1, &[]).await;
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
+    let name = wait_for(TIMEOUT, "the stuck pod to be bound", async || {
+        let list = pods.list(&ListParams::default().labels("ebb.dev/service=stuck")).await;
+        let list = list.map_err(|e| e.to_string())?;
+        let bound =
+            list.items.into_iter().find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some());
+        bound.and_then(|p| p.metadata.name).ok_or_else(|| "no pod yet".to_owned())
+    })
+    .await;
+    let status = json!({"status": {"containerStatuses": [{
+        "name": "app", "ready": false, "restartCount": 0, "image": "example.invalid/app:1", "imageID": "",
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
+    }]}});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let note = env.wait_event("stuck", "PodBlocked", &[&name, "ImagePullBackOff"]).await;
+    assert!(note.contains("Back-off pulling image"), "{note}");
+    let gauge = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("ebb_autoscaler_blocked_pods{")
+                    && l.contains("service=\"stuck\"")
+                    && l.contains("kind=\"image_pull\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+    };
+    let metrics = metrics_text(env.controller().metrics_addr).await;
+    assert_eq!(gauge(&metrics), Some(1), "{metrics}");
+    env.stop().await;
+}
+
 /// Item 7 in-process: two replicas, one Lease, exactly one leader; the other takes over on release.
 #[tokio::test]
 async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {
