@@ -175,6 +175,69 @@ mod tests {
         }
     }
 
+    /// A user container that answers `GET` with 503 `failures` times, then 200; returns the path and time of
+    /// each request.
+    async fn http_container(
+        failures: usize,
+    ) -> (Authority, tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for answered in 0.. {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the probe sent a whole request head");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+                let _ = seen.send((line, Instant::now()));
+                let status = if answered < failures { "503 Service Unavailable" } else { "200 OK" };
+                let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        (addr.to_string().parse().unwrap(), requests)
+    }
+
+    #[tokio::test]
+    async fn http_probe_backs_off_until_the_path_answers_2xx() {
+        let (upstream, mut requests) = http_container(3).await;
+        let target = ProbeTarget::Http { path: "/healthz?full=1".into() };
+        let opts = ProbeOptions {
+            // Back off from the first failure: 100 ms, then 200 ms (the most).
+            initial_period: Duration::from_millis(50),
+            aggressive_for: Duration::ZERO,
+            max_period: Duration::from_millis(200),
+            ..options(upstream, target)
+        };
+        match probe_once(&opts).await {
+            Err(ProbeError::Status(status)) => assert_eq!(status, 503),
+            other => panic!("a 503 fails the probe, got {other:?}"),
+        }
+        let readiness = Readiness::default();
+        tokio::time::timeout(Duration::from_secs(15), wait_until_ready(&opts, &readiness))
+            .await
+            .expect("ready once the path answers 200");
+        assert!(readiness.is_ready());
+        // One failure above, two here, then the success.
+        let mut seen = Vec::new();
+        while let Ok(request) = requests.try_recv() {
+            seen.push(request);
+        }
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(seen.iter().all(|(line, _)| line == "GET /healthz?full=1 HTTP/1.1"), "{seen:?}");
+        // Sleeps never end early, so the gaps are at least the backed-off periods, less the time from a probe's
+        // start to its request arriving (a quarter of the period is a generous allowance for that).
+        let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].1 - w[0].1).collect();
+        assert!(gaps[1] >= Duration::from_millis(75), "doubled from 50 ms to 100 ms: {gaps:?}");
+        assert!(gaps[2] >= Duration::from_millis(150), "doubled again to 200 ms: {gaps:?}");
+    }
+
     #[tokio::test]
     async fn tcp_probe_waits_for_a_listener() {
         // Reserve a port, free it, and start listening there a little later.
