@@ -182,14 +182,15 @@ pub fn parse(file: &str, text: &str) -> Result<UpConfig, ConfigError> {
     };
 
     if yaml.services.is_empty() {
-        errors.push(format!("{file}: services: at least one service is needed"));
+        let line = lines.iter().position(|l| l.starts_with("services:")).map_or(1, |l| l + 1);
+        errors.push(format!("{file}: line {line}: services: at least one service is needed"));
     }
     let mut services = Vec::new();
-    let mut names = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for (i, s) in yaml.services.into_iter().enumerate() {
-        let start = find_line(&lines, 0, &format!("name: {}", s.name))
-            .or_else(|| find_line(&lines, 0, "name:"))
-            .unwrap_or(0);
+        // The n-th service of this name starts at the n-th `name:` line with exactly this value.
+        let nth = names.iter().filter(|n| **n == s.name).count();
+        let start = name_line(&lines, &s.name, nth).unwrap_or(0);
         let at = |key: &str| find_line(&lines, start, key).map_or(start + 1, |l| l + 1);
         let what = format!("services[{i}] ({})", s.name);
         if !ebb_config::value::is_dns_name(&s.name) || s.name.contains('.') || s.name.len() > 63 {
@@ -250,6 +251,22 @@ pub fn parse(file: &str, text: &str) -> Result<UpConfig, ConfigError> {
     if errors.is_empty() { Ok(UpConfig { services }) } else { Err(ConfigError(errors)) }
 }
 
+/// The `nth` line (from 0) that gives `name:` exactly `name` (quoted or not, with or without a comment).
+fn name_line(lines: &[&str], name: &str, nth: usize) -> Option<usize> {
+    let is_it = |line: &str| {
+        let key = line.trim_start().trim_start_matches('-').trim_start();
+        let Some(value) = key.strip_prefix("name:") else { return false };
+        let value = value.split(" #").next().unwrap_or(value).trim();
+        let unquoted = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        unquoted == name
+    };
+    lines.iter().enumerate().filter(|(_, l)| is_it(l)).nth(nth).map(|(i, _)| i)
+}
+
 /// The first line at or after `start` containing `needle`.
 fn find_line(lines: &[&str], start: usize, needle: &str) -> Option<usize> {
     lines.iter().enumerate().skip(start).find(|(_, l)| l.contains(needle)).map(|(i, _)| i)
@@ -271,6 +288,26 @@ mod tests {
         assert_eq!(s.config.data_plane.hosts, vec!["a.example".to_owned()]);
         assert_eq!(s.config.scaling.scale_to_zero_grace_period, std::time::Duration::from_secs(1));
         assert_eq!(s.config.scaling.initial_scale, 0);
+    }
+
+    #[test]
+    fn a_service_is_found_by_its_whole_name() {
+        let text = "services:\n  - name: demo2\n    command: x\n    port: 8000\n  - name: \"demo\"  # the second\n    \
+                    command: x\n    port: 0\n";
+        let err = parse("ebb.yaml", text).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("line 7") && err.0[0].contains("(demo): port"), "{err}");
+
+        // The second of two services with one name is the one named twice.
+        let text = "services:\n  - name: a\n    command: x\n  - name: a\n    command: x\n";
+        let err = parse("ebb.yaml", text).unwrap_err();
+        assert!(err.0[0].contains("line 4") && err.0[0].contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn no_service_is_an_error_with_its_line() {
+        let err = parse("ebb.yaml", "config:\n  initial-scale: 0\nservices: []\n").unwrap_err();
+        assert_eq!(err.0, ["ebb.yaml: line 3: services: at least one service is needed"], "{err}");
     }
 
     #[test]
