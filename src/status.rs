@@ -347,6 +347,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_local_table_shows_every_service_from_status() {
+        let status = serde_json::json!({
+            "gateway": "127.0.0.1:8080",
+            "services": [
+                {"name": "chat", "desired": 3, "ready": 2, "mode": "serve", "phase": "active", "in_flight": 11,
+                 "queued": 0, "last_reason": "stable: 11.0 in flight / target 4"},
+                {"name": "embed", "desired": 0, "ready": 0, "mode": "proxy", "phase": "zero", "in_flight": 0,
+                 "queued": 0, "last_reason": null},
+            ],
+        });
+        assert_eq!(
+            table(&status),
+            "SERVICE  DESIRED  READY  MODE   PHASE   IN FLIGHT  QUEUED  LAST REASON\n\
+             chat     3        2      serve  active  11         0       stable: 11.0 in flight / target 4\n\
+             embed    0        0      proxy  zero    0          0       -\n"
+        );
+        assert_eq!(
+            table(&serde_json::json!({})),
+            "SERVICE  DESIRED  READY  MODE  PHASE  IN FLIGHT  QUEUED  LAST REASON\n"
+        );
+    }
+
+    #[test]
     fn rows_read_what_the_autoscaler_writes() {
         let deployment = |name: &str, annotations: serde_json::Value| {
             serde_json::from_value(json!({
