@@ -154,6 +154,34 @@ async fn sse_tokens_reach_the_client_one_by_one_before_the_stream_ends() {
 }
 
 #[tokio::test]
+async fn a_request_body_reaches_the_upstream_before_the_client_has_sent_all_of_it() {
+    // The upstream answers as soon as it has the first chunk of the request body.
+    let addr = upstream(|req| async move {
+        let mut body = req.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        response(200, full(first))
+    })
+    .await;
+    let proxy = proxy(addr, &[]).await;
+    let tcp = TcpStream::connect(proxy.addrs.data).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let (chunks, body) = channel_body();
+    let request = Request::post(proxy.url("/upload")).header("host", "demo").body(body).unwrap();
+    let response = tokio::spawn(sender.send_request(request));
+    chunks.send(Frame::data(Bytes::from_static(b"chunk 1"))).await.unwrap();
+    // The body has not ended (the test still holds its sender), so the answer can only come from the first
+    // chunk having been forwarded on its own.
+    let response =
+        tokio::time::timeout(DEADLINE, response).await.expect("answered mid-upload").unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let answer = tokio::time::timeout(DEADLINE, response.into_body().collect()).await.unwrap().unwrap();
+    assert_eq!(answer.to_bytes(), "chunk 1");
+    drop(chunks);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn websocket_upgrade_is_passed_through() {
     use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
