@@ -530,6 +530,49 @@ async fn a_pod_stuck_pulling_its_image_is_reported() {
     env.stop().await;
 }
 
+/// Item 8: a controller that starts (a restart, a new leader) and finds a service with more than one ready pod
+/// starts it in panic holding that count, so a restart never shrinks a scaled service on thin data; it scales
+/// down only after a stable window.
+#[tokio::test]
+async fn after_a_restart_a_scaled_service_starts_in_panic_holding_its_pods() {
+    let mut env = Env::start("as-restart", &[("stable-window", "6s")]).await;
+    env.create(
+        "scaled",
+        1,
+        &[
+            ("autoscaling.knative.dev/target", "1"),
+            ("autoscaling.knative.dev/target-utilization-percentage", "100"),
+            ("autoscaling.knative.dev/max-scale", "3"),
+        ],
+    )
+    .await;
+    env.pods.set_load("scaled", 5.0);
+    env.wait_replicas("scaled", 3, TIMEOUT).await;
+    let id = ServiceId::new(env.ns.name(), "scaled");
+    wait_for(TIMEOUT, "3 ready pods", async || {
+        let status = env.controller().autoscaler().status();
+        let ready = status.iter().find(|s| s.name == "scaled").map_or(0, |s| s.ready);
+        if ready == 3 { Ok(()) } else { Err(format!("{ready} ready")) }
+    })
+    .await;
+
+    // Light load now: a controller with no memory would see one pod's worth at once.
+    env.pods.set_load("scaled", 0.2);
+    env.restart_controller("replica-restarted").await;
+    let decisions = wait_for(TIMEOUT, "the fresh controller's first decisions", async || {
+        let decisions = env.controller().autoscaler().decisions(&id).unwrap_or_default();
+        if decisions.iter().any(|d| d.observed_stable.is_some()) { Ok(decisions) } else { Err("no data yet") }
+    })
+    .await;
+    for d in decisions.iter().filter(|d| d.observed_stable.is_some()) {
+        assert!(d.panic && d.desired == 3, "holds 3 pods in panic at first: {d:?}");
+    }
+    assert_eq!(env.replicas("scaled").await.unwrap(), 3);
+    // ...and scales down once the stable window has passed without panic.
+    env.wait_replicas("scaled", 1, TIMEOUT).await;
+    env.stop().await;
+}
+
 /// Item 7 in-process: two replicas, one Lease, exactly one leader; the other takes over on release.
 #[tokio::test]
 async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {
