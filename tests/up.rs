@@ -50,6 +50,11 @@ fn processes_with(marker: &str) -> Vec<i32> {
     pids
 }
 
+/// Whether `pid` is a live process (a zombie's command line is empty: it is dead).
+fn alive(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
 /// From zero: a burst of 200 concurrent streaming requests all succeed; sustained load scales above 1; a
 /// lighter load keeps running, without a failure, while pods drain away; with no load it goes back to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -172,6 +177,75 @@ async fn a_killed_pod_is_dropped_and_replaced() {
         up.chat(&name).await.unwrap_or_else(|e| panic!("after the replacement: {e}\n{}", up.log()));
     }
     assert!(up.log().contains("pod died; replacing it"), "{}", up.log());
+}
+
+/// A pod's supervisor killed with SIGKILL takes its queue-proxy and command with it, and the pod is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_supervisor_leaves_no_process_and_is_replaced() {
+    let name = unique("supervisor");
+    let up = start(&name, &yaml(&name, &[("autoscaling.knative.dev/min-scale", "1")]));
+    up.wait_for(&name, "the min-scale pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1))
+        .await;
+    let targets = up.get("/service-discovery").await;
+    let old_pod = targets[0]["labels"]["pod"].as_str().unwrap().to_owned();
+    let supervisor: Vec<i32> = processes_with("pod-supervisor\0")
+        .into_iter()
+        .filter(|p| processes_with(&name).contains(p))
+        .collect();
+    let proxy = processes_with(&format!("--pod-name\0{old_pod}\0"));
+    let model = processes_with(&format!("--model\0{name}"));
+    assert_eq!((supervisor.len(), proxy.len(), model.len()), (1, 1, 1), "{supervisor:?} {proxy:?} {model:?}");
+
+    kill(Pid::from_raw(supervisor[0]), Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(proxy[0]) || alive(model[0]) {
+        assert!(Instant::now() < deadline, "the pod's processes outlived its supervisor\n{}", up.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = up
+        .wait_for(&name, "a replacement pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1))
+        .await;
+    assert_eq!(s["restarts"].as_u64(), Some(1), "{s}");
+    let targets = up.get("/service-discovery").await;
+    assert_ne!(targets[0]["labels"]["pod"].as_str(), Some(old_pod.as_str()), "{targets}");
+    up.chat(&name).await.unwrap();
+}
+
+/// A command that exits at once restarts with a growing delay, not in a loop, and a waiting request gets a 503
+/// naming the crash long before its activation timeout; `ebb status` shows the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_command_backs_off_and_requests_fail_fast_naming_it() {
+    let name = unique("crash");
+    let text = format!(
+        "config:\n  scale-to-zero-grace-period: 1s\nservices:\n  - name: {name}\n    command: \"false\"\n    \
+         annotations:\n      ebb.dev/activation-timeout: 120s\n"
+    );
+    let up = start(&name, &text);
+    let started = Instant::now();
+    let err = up.chat(&name).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(err.starts_with("status 503"), "{err}");
+    assert!(err.contains("CrashLoopBackOff: `false` exited with status 1"), "{err}");
+    assert!(waited < Duration::from_secs(30), "the request waited {waited:?}");
+    let s = up.service(&name).await;
+    let restarts = s["restarts"].as_u64().unwrap();
+    // 3 crashes block the service; a tight loop would have restarted hundreds of times by now.
+    assert!((3..=8).contains(&restarts), "{restarts} restarts in {waited:?}: {s}");
+    assert!(up.log().contains("pod died; replacing it"), "{}", up.log());
+
+    // Plain `ebb status`: the table of services.
+    let output =
+        Command::new(EBB).args(["status", "--url", &format!("http://{}", up.metrics)]).output().unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}{}", String::from_utf8_lossy(&output.stderr));
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split("  ").filter(|c| !c.is_empty()).collect();
+    assert_eq!(
+        header.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+        ["SERVICE", "DESIRED", "READY", "MODE", "PHASE", "IN FLIGHT", "QUEUED", "LAST REASON"],
+        "{table}"
+    );
+    assert!(lines.any(|l| l.split_whitespace().next() == Some(name.as_str())), "{table}");
 }
 
 /// Killing `ebb up` with SIGKILL leaves no pod process behind.

@@ -25,6 +25,9 @@ use serde::Deserialize;
 /// The port a service's command listens on when `port` is not given.
 pub const DEFAULT_PORT: u16 = 8080;
 
+/// The demo's port: not the gateway's default (8080), so `--bind-address 0.0.0.0` does not take it.
+pub const DEMO_PORT: u16 = 8000;
+
 /// `config-autoscaler` keys that differ in local mode: services start at zero, so the first request shows a
 /// cold start. `config:` in `ebb.yaml` overrides them.
 pub const LOCAL_GLOBAL_DEFAULTS: [(&str, &str); 2] =
@@ -146,7 +149,7 @@ pub fn default_demo(exe: &Path) -> UpConfig {
         services: vec![Service {
             name: "demo".into(),
             command,
-            port: DEFAULT_PORT,
+            port: DEMO_PORT,
             env: BTreeMap::new(),
             config,
         }],

@@ -93,7 +93,7 @@ fn metrics_text(state: &State) -> String {
     out
 }
 
-/// Every service: the autoscaler's view plus the activator's in-flight and queued requests.
+/// Every service: the autoscaler's view, the requests in flight and queued, and its pods' restarts.
 fn status(state: &State) -> Value {
     let counts = state.pods.counts();
     let services: Vec<Value> = state
@@ -104,11 +104,13 @@ fn status(state: &State) -> Value {
             let service = state.activator.registry.get(&ServiceKey::new(&s.namespace, &s.name));
             let (in_flight, queued) =
                 service.map_or((0, 0), |svc| (svc.breaker.in_flight(), svc.breaker.queued()));
-            let (_, terminating) = counts.get(&s.name).copied().unwrap_or_default();
+            let pods = counts.get(&s.name).cloned().unwrap_or_default();
             let mut value = json!(s);
             value["in_flight"] = json!(in_flight);
             value["queued"] = json!(queued);
-            value["terminating"] = json!(terminating);
+            value["terminating"] = json!(pods.terminating);
+            value["restarts"] = json!(pods.restarts);
+            value["blocked"] = json!(pods.blocked);
             value
         })
         .collect();

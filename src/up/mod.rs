@@ -4,10 +4,12 @@
 //!
 //! - [`config`]: `ebb.yaml` and the default demo service;
 //! - [`pods`]: starting, draining and replacing pod processes;
+//! - [`backoff`]: the delay before replacing pods that keep failing;
 //! - [`scaler`]: the autoscaler's decisions applied to the pods and the activator;
 //! - [`http`]: `/metrics`, `/status`, `/service-discovery`, `/debug/decisions`;
 //! - [`supervisor`]: the per-pod watchdog process.
 
+mod backoff;
 pub mod config;
 mod http;
 mod pods;
@@ -115,6 +117,10 @@ pub fn run(args: Args) -> ExitCode {
             }
         }
     };
+    if let Err(err) = check_ports(&args, &config) {
+        eprintln!("ebb up: {err}");
+        return ExitCode::from(crate::EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -131,6 +137,27 @@ pub fn run(args: Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Pods bind their service's port on 127.0.0.N: a gateway or metrics port bound on every address (0.0.0.0 or
+/// `::`) takes that port on all of them, and no pod of such a service could ever start.
+fn check_ports(args: &Args, config: &config::UpConfig) -> Result<(), String> {
+    if !args.bind_address.is_unspecified() {
+        return Ok(());
+    }
+    for service in &config.services {
+        for (option, port) in [("--port", args.port), ("--metrics-port", args.metrics_port)] {
+            if service.port == port {
+                return Err(format!(
+                    "service {} listens on port {port}, which --bind-address {} {option} {port} takes on every \
+                     address, 127.0.0.N included: give the service another `port:` in ebb.yaml, or {option} \
+                     another port",
+                    service.name, args.bind_address
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Result<()> {
@@ -238,7 +265,10 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
     };
     tokio::select! {
         () = graceful => tracing::info!("all pods stopped"),
-        () = shutdown_signal() => tracing::warn!("second signal: killing the pods"),
+        () = shutdown_signal() => {
+            tracing::warn!("second signal: killing the pods");
+            pods.kill_remaining();
+        }
     }
     http_task.abort();
     Ok(())

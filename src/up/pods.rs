@@ -2,6 +2,10 @@
 //! own loopback address 127.0.0.N and the service's command with `HOST=127.0.0.N` and `PORT`. The manager keeps
 //! each service at the replicas the autoscaler asked for (replacing pods that die), tells the activator the
 //! pods (probed before use) and tells the autoscaler which are ready and where their stats are.
+//!
+//! A pod that dies or cannot start is replaced after a delay ([`Backoff`]); while a service keeps failing, the
+//! activator is told its pods are blocked, so waiting requests fail at once naming why. When a supervisor
+//! exits, the process groups it reported are killed, so nothing outlives a supervisor killed with SIGKILL.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -14,14 +18,14 @@ use ebb_activator::endpoints::{Change, ChangeSender, PodInfo};
 use ebb_activator::registry::Registry;
 use ebb_activator::routing::ServiceKey;
 use ebb_autoscaler::runtime::{Autoscaler, PodTarget, ServiceId};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{ChildStdin, Command};
+use tokio::process::{ChildStdin, ChildStdout, Command};
 
+use super::backoff::{Backoff, Failure};
 use super::config::Service;
-use super::supervisor::Spec;
+use super::supervisor::{ProxyAddrs, Report, Spec};
 
 /// The namespace of every local service.
 pub const NAMESPACE: &str = "default";
@@ -37,14 +41,6 @@ pub struct PodOptions {
     pub log_format: &'static str,
 }
 
-/// The addresses a queue-proxy printed.
-#[derive(Debug, Clone, Copy, Deserialize)]
-struct ProxyAddrs {
-    data: SocketAddr,
-    stats: SocketAddr,
-    metrics: SocketAddr,
-}
-
 #[derive(Debug)]
 struct Pod {
     name: String,
@@ -52,7 +48,11 @@ struct Pod {
     pid: Option<u32>,
     addrs: Option<ProxyAddrs>,
     started: Instant,
+    /// Since when the activator has found it serving.
+    ready_since: Option<Instant>,
     terminating: bool,
+    /// The process groups its supervisor reported (the queue-proxy's and the command's).
+    groups: Vec<i32>,
     /// Never written: dropping it (or `ebb up` dying) closes the supervisor's stdin, which stops the pod.
     _lifeline: Option<ChildStdin>,
 }
@@ -63,6 +63,26 @@ struct ServiceState {
     want: u32,
     pods: Vec<Pod>,
     next: u64,
+    backoff: Backoff,
+    /// A timer will reconcile the service when its backoff delay is over.
+    retry_scheduled: bool,
+}
+
+impl ServiceState {
+    fn live(&self) -> u32 {
+        self.pods.iter().filter(|p| !p.terminating).count() as u32
+    }
+}
+
+/// A service's pods, for status.
+#[derive(Debug, Clone, Default)]
+pub struct PodCounts {
+    /// Draining.
+    pub terminating: u32,
+    /// Pods that died or could not start, since `ebb up` started.
+    pub restarts: u64,
+    /// Why its pods cannot start, while it waits to retry after repeated failures.
+    pub blocked: Option<String>,
 }
 
 /// A live pod's queue-proxy metrics endpoint, for Prometheus service discovery.
@@ -100,7 +120,17 @@ impl PodManager {
     ) -> Arc<Self> {
         let services = services
             .into_iter()
-            .map(|spec| (spec.name.clone(), ServiceState { spec, want: 0, pods: Vec::new(), next: 1 }))
+            .map(|spec| {
+                let state = ServiceState {
+                    spec,
+                    want: 0,
+                    pods: Vec::new(),
+                    next: 1,
+                    backoff: Backoff::default(),
+                    retry_scheduled: false,
+                };
+                (state.spec.name.clone(), state)
+            })
             .collect();
         Arc::new_cyclic(|me| Self {
             options,
@@ -156,9 +186,12 @@ impl PodManager {
         {
             let mut services = self.lock();
             let Some(state) = services.get_mut(service) else { return };
-            let live = state.pods.iter().filter(|p| !p.terminating).count() as u32;
+            let live = state.live();
             if live < state.want {
-                to_start = state.want - live;
+                // After a failure, new pods wait for the backoff delay (a timer reconciles then).
+                if state.backoff.waiting(Instant::now()).is_none() {
+                    to_start = state.want - live;
+                }
             } else if live > state.want {
                 // Stop the youngest pods first: not yet ready ones are the cheapest to lose.
                 let mut excess = live - state.want;
@@ -172,9 +205,44 @@ impl PodManager {
             }
         }
         for _ in 0..to_start {
-            self.start_pod(service);
+            if let Err(reason) = self.start_pod(service) {
+                tracing::error!(service, "cannot start a pod: {reason}");
+                if let Some(state) = self.lock().get_mut(service) {
+                    let delay = state.backoff.failed(Instant::now(), Failure::StartFailed, reason, None);
+                    tracing::warn!(service, "next start in {delay:?}");
+                }
+                break;
+            }
         }
+        self.schedule_retry(service);
         self.publish(service);
+    }
+
+    /// Reconciles `service` again when its backoff delay is over, if pods are missing then.
+    fn schedule_retry(&self, service: &str) {
+        let at = {
+            let mut services = self.lock();
+            let Some(state) = services.get_mut(service) else { return };
+            if state.retry_scheduled || state.live() >= state.want {
+                return;
+            }
+            let Some(at) = state.backoff.waiting(Instant::now()) else { return };
+            state.retry_scheduled = true;
+            at
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(service, "no runtime to retry starting pods on");
+            return;
+        };
+        let (me, service) = (self.me.clone(), service.to_owned());
+        runtime.spawn(async move {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            let Some(me) = me.upgrade() else { return };
+            if let Some(state) = me.lock().get_mut(&service) {
+                state.retry_scheduled = false;
+            }
+            me.reconcile(&service);
+        });
     }
 
     /// A free loopback address: one that no pod of any `ebb up` on this machine holds (a lock file per address,
@@ -214,17 +282,17 @@ impl PodManager {
         self.ips.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
     }
 
-    fn start_pod(&self, service: &str) {
+    /// Starts one pod of `service`; `Err` says why it could not.
+    fn start_pod(&self, service: &str) -> Result<(), String> {
         let (spec, name) = {
             let mut services = self.lock();
-            let Some(state) = services.get_mut(service) else { return };
+            let Some(state) = services.get_mut(service) else { return Ok(()) };
             let name = format!("{}-{}", state.spec.name, state.next);
             state.next += 1;
             (state.spec.clone(), name)
         };
         let Some(ip) = self.pick_ip(spec.port) else {
-            tracing::error!(service, "no free loopback address 127.0.0.N for a new pod");
-            return;
+            return Err(format!("no free loopback address 127.0.0.N where port {} can be bound", spec.port));
         };
         let dp = &spec.config.data_plane;
         let upstream = format!("{ip}:{}", spec.port);
@@ -287,7 +355,13 @@ impl PodManager {
             env,
             grace_ms: grace.as_millis() as u64,
         };
-        let spec_json = serde_json::to_string(&supervisor).expect("a spec serialises");
+        let spec_json = match serde_json::to_string(&supervisor) {
+            Ok(json) => json,
+            Err(err) => {
+                self.release_ip(ip);
+                return Err(format!("cannot encode the pod's spec: {err}"));
+            }
+        };
         let mut command = Command::new(&self.options.exe);
         command
             .arg("pod-supervisor")
@@ -299,49 +373,71 @@ impl PodManager {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(err) => {
-                tracing::error!(service, pod = name, "cannot start the pod: {err}");
                 self.release_ip(ip);
-                return;
+                return Err(format!("cannot run {}: {err}", self.options.exe.display()));
             }
         };
         let pid = child.id();
         tracing::info!(service, pod = name, %ip, pid, "pod started");
         {
             let mut services = self.lock();
-            let Some(state) = services.get_mut(service) else { return };
+            let Some(state) = services.get_mut(service) else { return Ok(()) };
             state.pods.push(Pod {
                 name: name.clone(),
                 ip,
                 pid,
                 addrs: None,
                 started: Instant::now(),
+                ready_since: None,
                 terminating: false,
+                groups: Vec::new(),
                 _lifeline: child.stdin.take(),
             });
         }
-        let stdout = child.stdout.take();
+        let reports = child.stdout.take().map(|stdout| {
+            tokio::spawn(read_reports(stdout, self.me.clone(), service.to_owned(), name.clone()))
+        });
         let me = self.me.clone();
         let service = service.to_owned();
         tokio::spawn(async move {
-            if let Some(stdout) = stdout {
-                let mut lines = BufReader::new(stdout).lines();
-                if let Ok(Some(line)) = lines.next_line().await {
-                    match serde_json::from_str::<ProxyAddrs>(&line) {
-                        Ok(addrs) => {
-                            if let Some(me) = me.upgrade() {
-                                me.pod_bound(&service, &name, addrs);
-                            }
-                        }
-                        Err(err) => tracing::warn!(service, pod = name, "unexpected line {line:?}: {err}"),
-                    }
-                }
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            }
             let status = child.wait().await;
+            // First of all, whatever the supervisor left running (it was killed, or it failed to).
             if let Some(me) = me.upgrade() {
-                me.pod_exited(&service, &name, status);
+                me.kill_groups(&service, &name);
+            }
+            // Its last words (why the pod ended) come before its stdout closes, which is at once now that its
+            // processes are gone; a process that escaped the groups may hold it open, hence the timeout.
+            let mut reason = None;
+            if let Some(mut reports) = reports {
+                match tokio::time::timeout(Duration::from_secs(1), &mut reports).await {
+                    Ok(Ok(last)) => reason = last,
+                    _ => reports.abort(),
+                }
+            }
+            if let Some(me) = me.upgrade() {
+                me.pod_exited(&service, &name, status, reason);
             }
         });
+        Ok(())
+    }
+
+    fn pod_group(&self, service: &str, name: &str, group: i32) {
+        let mut services = self.lock();
+        let pod = services.get_mut(service).and_then(|s| s.pods.iter_mut().find(|p| p.name == name));
+        match pod {
+            Some(pod) => pod.groups.push(group),
+            // The pod is already gone: so must its processes be.
+            None => kill_group(group),
+        }
+    }
+
+    /// SIGKILL to the process groups a pod's supervisor reported.
+    fn kill_groups(&self, service: &str, name: &str) {
+        let services = self.lock();
+        let pod = services.get(service).and_then(|s| s.pods.iter().find(|p| p.name == name));
+        for group in pod.map(|p| p.groups.as_slice()).unwrap_or_default() {
+            kill_group(*group);
+        }
     }
 
     fn pod_bound(&self, service: &str, name: &str, addrs: ProxyAddrs) {
@@ -358,39 +454,66 @@ impl PodManager {
         self.publish(service);
     }
 
-    fn pod_exited(&self, service: &str, name: &str, status: std::io::Result<std::process::ExitStatus>) {
-        let expected = {
+    fn pod_exited(
+        &self,
+        service: &str,
+        name: &str,
+        status: std::io::Result<std::process::ExitStatus>,
+        reason: Option<String>,
+    ) {
+        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        let now = Instant::now();
+        let delay = {
             let mut services = self.lock();
             let Some(state) = services.get_mut(service) else { return };
             let Some(i) = state.pods.iter().position(|p| p.name == name) else { return };
             let pod = state.pods.remove(i);
             self.release_ip(pod.ip);
-            pod.terminating
+            let stopping = self.stopping.load(std::sync::atomic::Ordering::Relaxed);
+            (!pod.terminating && !stopping).then(|| {
+                let reason = reason.clone().unwrap_or_else(|| format!("its supervisor ended ({status})"));
+                let ready_for = pod.ready_since.map(|t| now.saturating_duration_since(t));
+                state.backoff.failed(now, Failure::Crashed, reason, ready_for)
+            })
         };
-        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-        if expected {
-            tracing::info!(service, pod = name, %status, "pod stopped");
-        } else {
-            tracing::warn!(service, pod = name, %status, "pod died; replacing it");
+        let reason = reason.unwrap_or_default();
+        match delay {
+            None => tracing::info!(service, pod = name, %status, reason, "pod stopped"),
+            Some(delay) => {
+                tracing::warn!(service, pod = name, %status, reason, ?delay, "pod died; replacing it")
+            }
         }
         self.reconcile(service);
     }
 
     /// Tells the activator and the autoscaler a service's pods.
     pub fn publish(&self, service: &str) {
-        let pods: Vec<(String, Option<ProxyAddrs>, bool, Instant)> = {
+        let infos: Vec<PodInfo> = {
             let services = self.lock();
             let Some(state) = services.get(service) else { return };
-            state.pods.iter().map(|p| (p.name.clone(), p.addrs, p.terminating, p.started)).collect()
+            let mut infos: Vec<PodInfo> = state
+                .pods
+                .iter()
+                .filter_map(|p| {
+                    p.addrs.map(|a| PodInfo { terminating: p.terminating, ..PodInfo::live(&p.name, a.data) })
+                })
+                .collect();
+            // The pods waiting out a crash loop, as a cluster's pods in CrashLoopBackOff: blocked, no address.
+            if let Some(reason) = state.backoff.blocked(Instant::now()) {
+                for i in state.live()..state.want {
+                    let name = format!("{service}-backoff-{i}");
+                    infos.push(PodInfo {
+                        name: name.into(),
+                        addr: None,
+                        terminating: false,
+                        blocked: Some(reason.clone()),
+                    });
+                }
+            }
+            infos
         };
         let key = ServiceKey::new(NAMESPACE, service);
-        let infos = pods
-            .iter()
-            .filter_map(|(name, addrs, terminating, _)| {
-                addrs.map(|a| PodInfo { terminating: *terminating, ..PodInfo::live(name, a.data) })
-            })
-            .collect();
-        let _ = self.changes.send(Change::Pods { key: key.clone(), pods: infos });
+        let _ = self.changes.send(Change::Pods { key, pods: infos });
         self.publish_ready(service);
     }
 
@@ -399,18 +522,23 @@ impl PodManager {
         let Some(autoscaler) = self.autoscaler.get().and_then(Weak::upgrade) else { return };
         let key = ServiceKey::new(NAMESPACE, service);
         let serving: Vec<Arc<str>> = self.registry.get(&key).map(|s| s.endpoint_names()).unwrap_or_default();
+        let now = Instant::now();
         let targets = {
-            let services = self.lock();
-            let Some(state) = services.get(service) else { return };
+            let mut services = self.lock();
+            let Some(state) = services.get_mut(service) else { return };
             state
                 .pods
-                .iter()
-                .map(|p| PodTarget {
-                    name: p.name.clone(),
-                    stats: p.addrs.map(|a| a.stats),
-                    ready: !p.terminating && serving.iter().any(|s| **s == *p.name),
-                    terminating: p.terminating,
-                    started: p.started,
+                .iter_mut()
+                .map(|p| {
+                    let ready = !p.terminating && serving.iter().any(|s| **s == *p.name);
+                    p.ready_since = if ready { p.ready_since.or(Some(now)) } else { None };
+                    PodTarget {
+                        name: p.name.clone(),
+                        stats: p.addrs.map(|a| a.stats),
+                        ready,
+                        terminating: p.terminating,
+                        started: p.started,
+                    }
                 })
                 .collect()
         };
@@ -433,10 +561,22 @@ impl PodManager {
         while Instant::now() < until && self.lock().values().any(|s| !s.pods.is_empty()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Whatever is left loses its lifeline: the supervisors kill their groups.
+        self.kill_remaining();
+    }
+
+    /// Kills every pod's processes at once (the grace period is over, or a second Ctrl-C).
+    pub fn kill_remaining(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         for state in self.lock().values_mut() {
             for pod in state.pods.iter_mut() {
                 pod._lifeline = None;
+                for group in &pod.groups {
+                    kill_group(*group);
+                }
+                // The supervisor leads its own group.
+                if let Some(pid) = pod.pid {
+                    kill_group(pid as i32);
+                }
             }
         }
     }
@@ -446,15 +586,51 @@ impl PodManager {
         self.lock().keys().cloned().collect()
     }
 
-    /// Pod counts by service, for status: `(starting or ready, terminating)`.
-    pub fn counts(&self) -> HashMap<String, (u32, u32)> {
+    /// Pod counts by service, for status.
+    pub fn counts(&self) -> HashMap<String, PodCounts> {
+        let now = Instant::now();
         self.lock()
             .iter()
             .map(|(name, s)| {
-                let terminating = s.pods.iter().filter(|p| p.terminating).count() as u32;
-                (name.clone(), (s.pods.len() as u32 - terminating, terminating))
+                let live = s.live();
+                let counts = PodCounts {
+                    terminating: s.pods.len() as u32 - live,
+                    restarts: s.backoff.restarts(),
+                    blocked: s.backoff.blocked(now).filter(|_| live < s.want),
+                };
+                (name.clone(), counts)
             })
             .collect()
+    }
+}
+
+/// Reads a supervisor's reports until its stdout closes; returns the last reason it gave for the pod's end.
+async fn read_reports(
+    stdout: ChildStdout,
+    me: Weak<PodManager>,
+    service: String,
+    name: String,
+) -> Option<String> {
+    let mut lines = BufReader::new(stdout).lines();
+    let mut reason = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        // Anything else is the command's own output.
+        let Ok(report) = serde_json::from_str::<Report>(&line) else { continue };
+        let Some(me) = me.upgrade() else { break };
+        match report {
+            Report::Group { ebb_group } => me.pod_group(&service, &name, ebb_group),
+            Report::Addrs(addrs) => me.pod_bound(&service, &name, addrs),
+            Report::Exit { ebb_exit } => reason = Some(ebb_exit),
+        }
+    }
+    reason
+}
+
+/// SIGKILL to a process group; ESRCH (already gone) is fine. Groups are killed as soon as their supervisor
+/// exits, far too soon for the kernel to have handed their ids to new processes.
+fn kill_group(group: i32) {
+    if group > 1 {
+        let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
     }
 }
 

@@ -9,7 +9,9 @@
 //! - Either process exits on its own: the other's group is stopped the same way, and the supervisor exits 1,
 //!   so `ebb up` sees the pod die and replaces it.
 //!
-//! The queue-proxy's first stdout line (its bound addresses, JSON) is copied to the supervisor's stdout.
+//! The supervisor tells `ebb up` what it does on its stdout, one JSON line each ([`Report`]): the process group
+//! of each child as soon as it runs, the queue-proxy's first line (its bound addresses), and why the pod ended.
+//! The groups let `ebb up` kill the pod's processes itself when the supervisor dies without doing so (SIGKILL).
 
 use std::collections::BTreeMap;
 use std::process::{ExitCode, Stdio};
@@ -18,7 +20,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::io::Write as _;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout};
 
@@ -37,6 +41,49 @@ pub struct Spec {
     pub env: BTreeMap<String, String>,
     /// How long a terminating pod may take before it is killed.
     pub grace_ms: u64,
+}
+
+/// A line the supervisor writes on its stdout for `ebb up`. The command's own stdout goes there too, so other
+/// lines are ignored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Report {
+    /// A child's process group (its pid): `ebb up` kills it when the supervisor exits.
+    Group {
+        /// The group id.
+        ebb_group: i32,
+    },
+    /// Why the pod ended, e.g. "`false` exited with status 1".
+    Exit {
+        /// The reason.
+        ebb_exit: String,
+    },
+    /// The queue-proxy's addresses, its first line copied as is.
+    Addrs(ProxyAddrs),
+}
+
+/// The addresses a queue-proxy prints when it listens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ProxyAddrs {
+    /// Requests.
+    pub data: std::net::SocketAddr,
+    /// The autoscaler's stats.
+    pub stats: std::net::SocketAddr,
+    /// Prometheus metrics.
+    pub metrics: std::net::SocketAddr,
+}
+
+/// Writes one line on stdout (the command shares it: one `write` per line keeps lines whole).
+fn report_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(format!("{line}\n").as_bytes());
+    let _ = out.flush();
+}
+
+fn report(report: &Report) {
+    if let Ok(line) = serde_json::to_string(report) {
+        report_line(&line);
+    }
 }
 
 /// Arguments of `ebb pod-supervisor`.
@@ -98,23 +145,33 @@ async fn supervise(spec: Spec) -> ExitCode {
     let mut user = match user.spawn() {
         Ok(child) => child,
         Err(err) => {
-            eprintln!("ebb pod-supervisor: cannot start {:?}: {err}", spec.command);
+            let reason = format!("cannot start {}: {err}", describe_command(&spec.command));
+            eprintln!("ebb pod-supervisor: {reason}");
+            report(&Report::Exit { ebb_exit: reason });
             return ExitCode::FAILURE;
         }
     };
     let user_group = group(&user);
+    if let Some(pgid) = user_group {
+        report(&Report::Group { ebb_group: pgid.as_raw() });
+    }
     let mut proxy = Command::new(&spec.exe);
     proxy.arg("queue-proxy").args(&spec.queue_proxy).stdin(Stdio::null()).stdout(Stdio::piped());
     proxy.process_group(0);
     let mut proxy = match proxy.spawn() {
         Ok(child) => child,
         Err(err) => {
-            eprintln!("ebb pod-supervisor: cannot start the queue-proxy: {err}");
+            let reason = format!("cannot start the queue-proxy: {err}");
+            eprintln!("ebb pod-supervisor: {reason}");
+            report(&Report::Exit { ebb_exit: reason });
             signal_group(user_group, Signal::SIGKILL);
             return ExitCode::FAILURE;
         }
     };
     let proxy_group = group(&proxy);
+    if let Some(pgid) = proxy_group {
+        report(&Report::Group { ebb_group: pgid.as_raw() });
+    }
     let kill_all = || {
         signal_group(proxy_group, Signal::SIGKILL);
         signal_group(user_group, Signal::SIGKILL);
@@ -125,9 +182,7 @@ async fn supervise(spec: Spec) -> ExitCode {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             if let Ok(Some(line)) = lines.next_line().await {
-                let mut out = tokio::io::stdout();
-                let _ = out.write_all(format!("{line}\n").as_bytes()).await;
-                let _ = out.flush().await;
+                report_line(&line);
             }
             while let Ok(Some(_)) = lines.next_line().await {}
         });
@@ -172,14 +227,18 @@ async fn supervise(spec: Spec) -> ExitCode {
             ExitCode::SUCCESS
         }
         status = proxy.wait() => {
-            eprintln!("ebb pod-supervisor: the queue-proxy exited ({})", describe(status));
+            let reason = format!("the queue-proxy {}", describe(status));
+            eprintln!("ebb pod-supervisor: {reason}");
+            report(&Report::Exit { ebb_exit: reason });
             signal_group(user_group, Signal::SIGTERM);
             let _ = timeout(Duration::from_secs(1), user.wait()).await;
             kill_all();
             ExitCode::FAILURE
         }
         status = user.wait() => {
-            eprintln!("ebb pod-supervisor: the service's command exited ({})", describe(status));
+            let reason = format!("{} {}", describe_command(&spec.command), describe(status));
+            eprintln!("ebb pod-supervisor: {reason}");
+            report(&Report::Exit { ebb_exit: reason });
             signal_group(proxy_group, Signal::SIGTERM);
             let _ = timeout(Duration::from_secs(1), proxy.wait()).await;
             kill_all();
@@ -188,9 +247,26 @@ async fn supervise(spec: Spec) -> ExitCode {
     }
 }
 
+/// "exited with status 1", "was killed by SIGKILL".
 fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
     match status {
-        Ok(status) => status.to_string(),
-        Err(err) => err.to_string(),
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => match Signal::try_from(signal) {
+                Ok(signal) => format!("was killed by {signal}"),
+                Err(_) => format!("was killed by signal {signal}"),
+            },
+            (None, None) => status.to_string(),
+        },
+        Err(err) => format!("could not be waited for: {err}"),
+    }
+}
+
+/// The command as the user wrote it, in backquotes.
+fn describe_command(command: &config::Command) -> String {
+    match command {
+        config::Command::Shell(line) => format!("`{line}`"),
+        config::Command::Argv(argv) => format!("`{}`", argv.join(" ")),
     }
 }
