@@ -95,6 +95,11 @@ async fn scales_from_zero_up_down_and_back_to_zero_without_failures() {
         s["desired"].as_u64() > Some(1) && s["ready"].as_u64() > Some(1)
     })
     .await;
+    // The activator passes requests through uncounted in serve mode: in flight is what the pods measure.
+    up.wait_for(&name, "requests in flight in serve mode", Duration::from_secs(20), |s| {
+        s["mode"] == "serve" && s["in_flight"].as_u64() > Some(0)
+    })
+    .await;
     let (ok, failures) = heavy.finish().await;
     assert!(failures.is_empty(), "{} failed under load: {:?}", failures.len(), failures.first());
     eprintln!("{ok} requests under sustained load");

@@ -102,8 +102,13 @@ fn status(state: &State) -> Value {
         .into_iter()
         .map(|s| {
             let service = state.activator.registry.get(&ServiceKey::new(&s.namespace, &s.name));
-            let (in_flight, queued) =
+            let (held, queued) =
                 service.map_or((0, 0), |svc| (svc.breaker.in_flight(), svc.breaker.queued()));
+            // Under the rps metric the autoscaler observes rates, not requests in flight.
+            let concurrency = (state.pods.metric(&s.name) == Some(ebb_config::Metric::Concurrency))
+                .then_some(s.observed_panic)
+                .flatten();
+            let in_flight = in_flight(s.mode, held, concurrency);
             let pods = counts.get(&s.name).cloned().unwrap_or_default();
             let mut value = json!(s);
             value["in_flight"] = json!(in_flight);
@@ -115,6 +120,18 @@ fn status(state: &State) -> Value {
         })
         .collect();
     json!({"gateway": state.gateway.to_string(), "services": services})
+}
+
+/// Requests in flight. In proxy mode the activator holds every request and counts them exactly; in serve mode
+/// it passes them through uncounted, so the count is the load the queue-proxies report to the autoscaler (its
+/// panic-window average, the most recent it has), or the activator's when more of its requests are still going.
+fn in_flight(mode: &str, activator: usize, observed_concurrency: Option<f64>) -> usize {
+    if mode != "serve" {
+        return activator;
+    }
+    let measured =
+        observed_concurrency.filter(|c| c.is_finite() && *c > 0.0).map_or(0, |c| c.round() as usize);
+    measured.max(activator)
 }
 
 fn service_discovery(state: &State) -> Value {
@@ -130,4 +147,18 @@ fn service_discovery(state: &State) -> Value {
         })
         .collect();
     Value::Array(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_comes_from_the_activator_in_proxy_mode_and_the_pods_in_serve_mode() {
+        assert_eq!(in_flight("proxy", 3, Some(12.0)), 3);
+        assert_eq!(in_flight("serve", 0, Some(11.6)), 12);
+        assert_eq!(in_flight("serve", 2, None), 2);
+        assert_eq!(in_flight("serve", 5, Some(1.0)), 5);
+        assert_eq!(in_flight("serve", 0, Some(f64::NAN)), 0);
+    }
 }

@@ -581,6 +581,11 @@ impl PodManager {
         }
     }
 
+    /// What a service's autoscaling measures.
+    pub fn metric(&self, service: &str) -> Option<ebb_config::Metric> {
+        self.lock().get(service).map(|s| s.spec.config.scaling.metric)
+    }
+
     /// The services' names.
     pub fn service_names(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
