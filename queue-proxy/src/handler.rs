@@ -108,7 +108,12 @@ impl DataPlane {
         }
         let start = Instant::now();
         self.drainer.touch(start);
-        let guard = self.stats.enter_at(start.into_std(), is_proxied(req.headers()));
+        // Queued (it counts in the stats' queued part) until the breaker admits it.
+        let proxied = is_proxied(req.headers());
+        let mut guard = match &self.breaker {
+            Some(_) => self.stats.enter_queued_at(start.into_std(), proxied),
+            None => self.stats.enter_at(start.into_std(), proxied),
+        };
         let kind = ClientKind::of(req.uri().path(), req.headers());
         let close_after = req.version() <= Version::HTTP_11 && self.drainer.is_draining();
 
@@ -118,7 +123,10 @@ impl DataPlane {
         let permit = match &self.breaker {
             None => None,
             Some(breaker) => match breaker.acquire(Some(queue_deadline)).await {
-                Ok(permit) => Some(permit),
+                Ok(permit) => {
+                    guard.admitted();
+                    Some(permit)
+                }
                 Err(err) => return Ok(self.fail(&err.into(), kind, close_after)),
             },
         };

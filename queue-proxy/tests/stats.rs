@@ -51,19 +51,8 @@ async fn a_steady_load_of_ten_concurrent_requests_reports_about_ten() {
             }
         }
     });
-    // Meanwhile, collect every distinct 1-second stat by polling every 100 ms.
-    let mut stats: Vec<PodStat> = Vec::new();
-    let load_end = start + period * REQUESTS + Duration::from_millis(1_100);
-    while Instant::now() < load_end {
-        let response = send(&client, get(&format!("http://{}/stats", proxy.addrs.stats))).await;
-        assert_eq!(response.headers()["content-type"], STAT_CONTENT_TYPE);
-        let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
-        let stat = PodStat::decode(&body).unwrap();
-        if stats.last().is_none_or(|last| last.timestamp_ms != stat.timestamp_ms) {
-            stats.push(stat);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stats =
+        collect_stats(&client, &proxy, start + period * REQUESTS + Duration::from_millis(1_100)).await;
     load.await.unwrap();
     // The steady stretch (from the first departure to the last arrival) in wall-clock milliseconds, shrunk
     // by 50 ms on both sides.
@@ -77,9 +66,60 @@ async fn a_steady_load_of_ten_concurrent_requests_reports_about_ten() {
         assert!((stat.average_proxied_concurrency - 5.0).abs() <= 1.0, "{stat:?}");
         assert!((stat.request_count - 10.0).abs() <= 2.0, "{stat:?}");
         assert!((stat.proxied_request_count - 5.0).abs() <= 2.0, "{stat:?}");
+        assert_eq!(stat.average_queued, Some(0.0), "no concurrency limit, nothing queued: {stat:?}");
     }
     let text = metrics(&proxy).await;
     assert_eq!(series(&text, "ebb_queue_proxy_requests_total{status_class=\"2xx\"}"), Some(REQUESTS as f64));
     assert_eq!(series(&text, "ebb_queue_proxy_request_duration_seconds_count"), Some(REQUESTS as f64));
     proxy.stop().await;
+}
+
+/// With a concurrency limit of 1, three requests arrive together and are held 1 s each: one is served while
+/// two wait, then one while one waits. Over the stats that cover the run, queued time adds up to 0 + 1 + 2 =
+/// 3 request-seconds and time inside to 1 + 2 + 3 = 6, each within 0.3 (scheduling jitter; the proxy's
+/// one-second periods need not line up with the requests, so only the sums are fixed).
+#[tokio::test]
+async fn requests_waiting_for_a_slot_are_reported_as_queued() {
+    let addr = upstream(|_req| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        response(200, full("ok"))
+    })
+    .await;
+    let proxy = proxy(addr, &["--container-concurrency", "1"]).await;
+    let client = client();
+    // Start on a fresh period, so that the sums below cover the whole run.
+    let first = collect_stats(&client, &proxy, Instant::now() + Duration::from_millis(1_200)).await;
+    let before = first.last().map_or(0, |s| s.timestamp_ms);
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (client.clone(), proxy.url("/work"));
+            tokio::spawn(async move { send(&client, get(&url)).await.status() })
+        })
+        .collect();
+    let stats = collect_stats(&client, &proxy, Instant::now() + Duration::from_millis(4_300)).await;
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let run: Vec<&PodStat> = stats.iter().filter(|s| s.timestamp_ms > before).collect();
+    let queued: f64 = run.iter().map(|s| s.average_queued.unwrap()).sum();
+    let inside: f64 = run.iter().map(|s| s.average_concurrency).sum();
+    assert!((queued - 3.0).abs() <= 0.3, "queued {queued}: {run:#?}");
+    assert!((inside - 6.0).abs() <= 0.3, "inside {inside}: {run:#?}");
+    proxy.stop().await;
+}
+
+/// Every distinct 1-second stat the proxy serves until `until`, polled every 100 ms.
+async fn collect_stats(client: &HttpClient, proxy: &Proxy, until: Instant) -> Vec<PodStat> {
+    let mut stats: Vec<PodStat> = Vec::new();
+    while Instant::now() < until {
+        let response = send(client, get(&format!("http://{}/stats", proxy.addrs.stats))).await;
+        assert_eq!(response.headers()["content-type"], STAT_CONTENT_TYPE);
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+        let stat = PodStat::decode(&body).unwrap();
+        if stats.last().is_none_or(|last| last.timestamp_ms != stat.timestamp_ms) {
+            stats.push(stat);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stats
 }
