@@ -221,14 +221,45 @@ fn invalid_configuration_exits_2_with_every_problem() {
     assert!(stderr(&out).contains("stable-window"), "{}", stderr(&out));
     let out = simulate(&trace, &["--annotation", "no-equals-sign"]);
     assert_eq!(out.status.code(), Some(2));
-    // A requests-per-second trace for a service that scales on concurrency.
-    let out = simulate(&dir.file("rps.csv", "t,rps\n0,5\n"), &[]);
+    // A requests-per-second trace for a service said to scale on concurrency.
+    let rps = dir.file("rps.csv", "t,rps\n0,5\n");
+    let out = simulate(&rps, &["--annotation", "autoscaling.knative.dev/metric=concurrency"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("the trace gives rps but the service scales on concurrency"),
+        stderr(&out).contains(
+            "the trace's header gives rps but --annotation autoscaling.knative.dev/metric=concurrency says the \
+             service scales on concurrency; drop the annotation to take the metric from the trace"
+        ),
         "{}",
         stderr(&out)
     );
+    // An invalid metric is listed like any other invalid annotation.
+    let out = simulate(&rps, &["--annotation", "autoscaling.knative.dev/metric=cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("autoscaling.knative.dev/metric: \"cpu\": must be one of"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_rps_trace_scales_on_rps_without_the_metric_annotation() {
+    let dir = TempDir::new();
+    // SPIKE's shape in requests per second: 300 rps from t=10, nothing from t=40.
+    let trace = dir.file("rps.csv", "t,rps\n0,0\n10,300\n40,0\n100,0\n");
+    let out = simulate(&trace, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inferred = stdout(&out);
+    // rps defaults: 200 per pod at a fixed 70% = 140. At t=12 the stable window holds 300 x 3 / 13 =
+    // 69.230769 and the panic window 900 / 6 = 150: ceil(150/140) = 2 pods (on concurrency's target 70 it
+    // would be 3), 2/1 >= 200%: panic. EBC = floor(1 x 200 - 211 - 150) = -161.
+    let r = row(&inferred, "12");
+    assert!(r.starts_with("12,1,69.230769,150,2,2,-161,true,"), "{r}");
+    // The same as saying it.
+    let out = simulate(&trace, &["--annotation", "autoscaling.knative.dev/metric=rps"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), inferred);
 }
 
 #[test]

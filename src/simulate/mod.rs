@@ -20,7 +20,8 @@ use self::trace::Trace;
 /// Arguments of `ebb simulate`.
 #[derive(clap::Args)]
 #[command(after_help = "Trace forms (CSV with a header; blank lines and # comments are skipped):
-  t,concurrency | t,rps     service-total load from t (whole seconds) until the next row; pods are modelled
+  t,concurrency | t,rps     service-total load from t (whole seconds) until the next row; pods are modelled;
+                            the header sets autoscaling.knative.dev/metric unless --annotation gives it
   t,ready,stable,panic      decider inputs, one tick per row (empty stable and panic: no data)
 
 Output CSV, one row per decider tick: t,ready,stable,panic,desired,replicas,ebc,panic_mode,mode,reason")]
@@ -67,20 +68,16 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 fn simulate(args: &Args) -> Result<(), Failure> {
-    let config = load_config(args)?;
     let text = std::fs::read_to_string(&args.trace)
         .map_err(|e| Failure::Input(format!("cannot read {}: {e}", args.trace.display())))?;
     let trace = trace::parse(&text).map_err(|e| Failure::Input(format!("{}: {e}", args.trace.display())))?;
+    let trace_metric = match &trace {
+        Trace::Load { metric, .. } => Some(*metric),
+        Trace::Decider { .. } => None,
+    };
+    let config = load_config(args, trace_metric)?;
     let (run, unit) = match &trace {
         Trace::Load { metric, rows } => {
-            if *metric != config.scaling.metric {
-                return Err(Failure::Input(format!(
-                    "{}: the trace gives {} but the service scales on {} (set autoscaling.knative.dev/metric)",
-                    args.trace.display(),
-                    metric_name(*metric),
-                    metric_name(config.scaling.metric)
-                )));
-            }
             (model::simulate_load(&config, rows, args.pod_startup), metric_name(*metric))
         }
         Trace::Decider { rows } => {
@@ -128,6 +125,8 @@ fn write(path: &Path, contents: &str) -> Result<(), Failure> {
         .map_err(|e| Failure::Output(format!("cannot write {}: {e}", path.display())))
 }
 
+const METRIC_KEY: &str = ebb_config::keys::annotation::METRIC;
+
 fn metric_name(metric: Metric) -> &'static str {
     match metric {
         Metric::Concurrency => "concurrency",
@@ -136,8 +135,9 @@ fn metric_name(metric: Metric) -> &'static str {
 }
 
 /// The service configuration: the ConfigMap (or the defaults) with the annotations over it. Warnings go to
-/// stderr; any invalid key is an input error listing every problem.
-fn load_config(args: &Args) -> Result<ServiceConfig, Failure> {
+/// stderr; any invalid key is an input error listing every problem. A load trace's header names its metric,
+/// which stands in for an absent `autoscaling.knative.dev/metric` and must agree with a present one.
+fn load_config(args: &Args, trace_metric: Option<Metric>) -> Result<ServiceConfig, Failure> {
     let global = match &args.config_map {
         None => GlobalConfig::default(),
         Some(path) => {
@@ -158,6 +158,27 @@ fn load_config(args: &Args) -> Result<ServiceConfig, Failure> {
         };
         if annotations.insert(key.trim().to_owned(), value.trim().to_owned()).is_some() {
             return Err(Failure::Input(format!("--annotation {key}: given more than once")));
+        }
+    }
+    if let Some(metric) = trace_metric {
+        // Set before resolving: the metric picks the target's default and utilisation.
+        match annotations.get(METRIC_KEY) {
+            None => {
+                annotations.insert(METRIC_KEY.to_owned(), metric_name(metric).to_owned());
+            }
+            // An invalid value is left to resolve_service, which lists it with every other problem.
+            Some(given)
+                if given != metric_name(metric) && matches!(given.as_str(), "concurrency" | "rps") =>
+            {
+                return Err(Failure::Input(format!(
+                    "{}: the trace's header gives {} but --annotation {METRIC_KEY}={given} says the service \
+                     scales on {given}; drop the annotation to take the metric from the trace, or give a \
+                     trace of {given}",
+                    args.trace.display(),
+                    metric_name(metric),
+                )));
+            }
+            Some(_) => {}
         }
     }
     let diagnosed = resolve_service(&annotations, &global)
