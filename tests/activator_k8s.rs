@@ -165,13 +165,12 @@ async fn cluster_services_route_through_the_activator_with_least_rbac() {
     let client = activator_client(cp, &admin, &ns).await;
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::new(false, 10_000, metrics.clone()));
-    let (changes, changes_rx) = mpsc::unbounded_channel();
-    tokio::spawn(registry.clone().follow(changes_rx));
     let source = ebb_activator::kube_source::Options {
         namespaces: vec![ns.to_string()],
         own_namespace: ns.to_string(),
     };
-    tokio::spawn(ebb_activator::kube_source::run(client, source, changes, None));
+    let source = ebb_activator::kube_source::KubeSource::new(client, source, None);
+    tokio::spawn(registry.clone().follow_source(Box::new(source)));
     let (stats, _stats_rx) = mpsc::channel(1000);
     let options =
         Options { name: "activator-0".into(), max_queued_total: 10_000, retry_after: Duration::from_secs(1) };

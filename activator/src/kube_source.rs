@@ -312,7 +312,7 @@ impl EndpointSource for KubeSource {
 }
 
 /// Runs every watch until they all end (they end only with the runtime).
-pub async fn run(client: Client, options: Options, changes: ChangeSender, pusher: Option<Arc<Pusher>>) {
+async fn run(client: Client, options: Options, changes: ChangeSender, pusher: Option<Arc<Pusher>>) {
     let scopes: Vec<Option<String>> = match options.namespaces.is_empty() {
         true => vec![None],
         false => options.namespaces.iter().cloned().map(Some).collect(),

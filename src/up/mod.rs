@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ebb_activator::endpoints::Change;
+use ebb_activator::endpoints::{Change, LocalSource};
 use ebb_activator::handler::{Activator, Options as ActivatorOptions};
 use ebb_activator::metrics::Metrics as ActivatorMetrics;
 use ebb_activator::registry::Registry;
@@ -178,8 +178,8 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
         let key = ServiceKey::new(NAMESPACE, &service.name);
         registry.apply(Change::Service { key, config: service.config.data_plane.clone() });
     }
-    let (changes, changes_rx) = mpsc::unbounded_channel();
-    tokio::spawn(registry.clone().follow(changes_rx));
+    let (changes, source) = LocalSource::new();
+    tokio::spawn(registry.clone().follow_source(Box::new(source)));
 
     let log_format = match args.log_format {
         LogFormat::Text => "text",
