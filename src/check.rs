@@ -7,9 +7,8 @@
 use std::fmt;
 use std::process::ExitCode;
 
-use ebb_config::names::{
-    CONFIG_MAP_NAME, EBB_PREFIX, KNATIVE_PREFIX, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB,
-};
+use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
+use ebb_config::placement::template_only_keys;
 use ebb_config::{Diagnosed, GlobalConfig, Invalid, resolve_service};
 
 use crate::manifest::{Object, Source, parse_objects, read_source};
@@ -194,15 +193,8 @@ fn check_service(report: &mut Report, source: &Source, object: &Object, global: 
         );
         report.push(source, object, Severity::Warning, message);
     }
-    for key in object.template_annotations.keys() {
-        let ours = key.starts_with(KNATIVE_PREFIX) || key.starts_with(EBB_PREFIX);
-        if ours && !object.annotations.contains_key(key) {
-            let message = format!(
-                "{key} is set on the pod template only, where it has no effect: ebb reads the Deployment's \
-                 metadata.annotations; move it there"
-            );
-            report.push(source, object, Severity::Warning, message);
-        }
+    for (_key, message) in template_only_keys(&object.annotations, &object.template_annotations) {
+        report.push(source, object, Severity::Warning, message);
     }
     match resolve_service(&object.annotations, global) {
         Ok(Diagnosed { value, warnings }) => {

@@ -155,7 +155,7 @@ pub const ANNOTATION_KEYS: &[KeyDoc] = &[
     doc(a::RESPONSE_START_TIMEOUT, None, None, Derived("`ebb.dev/timeout`"),
         "a duration from 1s up to the timeout (or whole seconds)", "Longest wait for the first response byte."),
     doc(a::IDLE_TIMEOUT, None, None, Value("0s"), "a duration from 0s (off) up to the timeout (or whole seconds)",
-        "Longest pause between response bytes."),
+        "Longest time the upstream sends nothing, before its first byte or between bytes."),
     doc(a::QUEUE_DEPTH, None, None, Derived("10 x `ebb.dev/container-concurrency`"),
         "a whole number from 0 to 100000", "Requests a pod queues beyond its concurrency before answering 503."),
     doc(a::ACTIVATION_TIMEOUT, None, None, Value("10m"), "a duration from 1s to 24h (or whole seconds)",

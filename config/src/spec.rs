@@ -121,7 +121,7 @@ pub struct DataPlaneSpec {
     pub timeout: Duration,
     /// Time allowed until the response starts (defaults to `timeout`).
     pub response_start_timeout: Duration,
-    /// Longest pause between body bytes; `None` means off.
+    /// Longest time the upstream sends nothing (before its first byte or between bytes); `None` means off.
     pub idle_timeout: Option<Duration>,
     /// Requests the queue-proxy queues beyond the concurrency limit (default 10 x CC).
     pub queue_depth: u32,
