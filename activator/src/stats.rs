@@ -52,7 +52,8 @@ impl StatSink for ChannelSink {
 
 /// The stat that announces the first request for a service at zero: concurrency 1, one request, queued.
 pub fn cold_start_stat(service: &Service, activator: &str, uptime: Duration) -> IngestFrame {
-    let one = Snapshot { average_concurrency: 1.0, average_queued: 1.0, request_count: 1, ..Snapshot::default() };
+    let one =
+        Snapshot { average_concurrency: 1.0, average_queued: 1.0, request_count: 1, ..Snapshot::default() };
     frame(service, pod_stat(activator, &one, uptime, SystemTime::now()))
 }
 
