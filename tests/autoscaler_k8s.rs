@@ -139,6 +139,18 @@ impl Env {
         self.deployments().create(&PostParams::default(), &deployment).await.expect("create the Deployment");
     }
 
+    /// Creates `name` with a target of 1 per pod and at most 3 pods, and loads it until it has 3 replicas.
+    async fn scale_to_three(&self, name: &str) {
+        let annotations = [
+            ("autoscaling.knative.dev/target", "1"),
+            ("autoscaling.knative.dev/target-utilization-percentage", "100"),
+            ("autoscaling.knative.dev/max-scale", "3"),
+        ];
+        self.create(name, 1, &annotations).await;
+        self.pods.set_load(name, 5.0);
+        self.wait_replicas(name, 3, TIMEOUT).await;
+    }
+
     async fn replicas(&self, name: &str) -> Result<i32, String> {
         let d = self.deployments().get(name).await.map_err(|e| e.to_string())?;
         Ok(d.spec.and_then(|s| s.replicas).unwrap_or(1))
@@ -481,12 +493,12 @@ async fn an_external_scale_draws_a_warning_and_is_undone() {
 
 /// Item 7: a replica that first sees a Deployment while another writer has just changed its replicas starts
 /// from the last leader's decision (`status.ebb.dev/desired`), not from that passing value: as the next leader
-/// it sets the replicas back. Its pods never start, so there is no data: without data a service keeps the
+/// it sets the replicas back. Its pods never get their image, so there is no data: without data a service keeps the
 /// replicas it started from, and only where it started from decides.
 #[tokio::test]
 async fn a_new_leader_starts_from_the_last_leaders_decision_not_from_an_external_write() {
     let env = Env::start("as-inherit", &[]).await;
-    env.pods.fail_to_start("inherited");
+    env.pods.stick_pulling("inherited");
     env.create("inherited", 3, &[("status.ebb.dev/desired", "1")]).await;
     env.wait_replicas("inherited", 1, TIMEOUT).await;
     env.stop().await;
@@ -497,22 +509,15 @@ async fn a_new_leader_starts_from_the_last_leaders_decision_not_from_an_external
 #[tokio::test]
 async fn a_pod_stuck_pulling_its_image_is_reported() {
     let env = Env::start("as-blocked", &[]).await;
-    env.pods.fail_to_start("stuck");
+    env.pods.stick_pulling("stuck");
     env.create("stuck", 1, &[]).await;
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
-    let name = wait_for(TIMEOUT, "the stuck pod to be bound", async || {
-        let list = pods.list(&ListParams::default().labels("ebb.dev/service=stuck")).await;
-        let list = list.map_err(|e| e.to_string())?;
-        let bound =
-            list.items.into_iter().find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some());
-        bound.and_then(|p| p.metadata.name).ok_or_else(|| "no pod yet".to_owned())
+    let selector = ListParams::default().labels("ebb.dev/service=stuck");
+    let name = wait_for(TIMEOUT, "the stuck pod", async || {
+        let items = pods.list(&selector).await.map_err(|e| e.to_string())?.items;
+        items.into_iter().find_map(|p| p.metadata.name).ok_or_else(|| "no pod yet".to_owned())
     })
     .await;
-    let status = json!({"status": {"containerStatuses": [{
-        "name": "app", "ready": false, "restartCount": 0, "image": "example.invalid/app:1", "imageID": "",
-        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
-    }]}});
-    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
     let note = env.wait_event("stuck", "PodBlocked", &[&name, "ImagePullBackOff"]).await;
     assert!(note.contains("Back-off pulling image"), "{note}");
     let gauge = |metrics: &str| {
@@ -536,18 +541,7 @@ async fn a_pod_stuck_pulling_its_image_is_reported() {
 #[tokio::test]
 async fn after_a_restart_a_scaled_service_starts_in_panic_holding_its_pods() {
     let mut env = Env::start("as-restart", &[("stable-window", "6s")]).await;
-    env.create(
-        "scaled",
-        1,
-        &[
-            ("autoscaling.knative.dev/target", "1"),
-            ("autoscaling.knative.dev/target-utilization-percentage", "100"),
-            ("autoscaling.knative.dev/max-scale", "3"),
-        ],
-    )
-    .await;
-    env.pods.set_load("scaled", 5.0);
-    env.wait_replicas("scaled", 3, TIMEOUT).await;
+    env.scale_to_three("scaled").await;
     let id = ServiceId::new(env.ns.name(), "scaled");
     wait_for(TIMEOUT, "3 ready pods", async || {
         let status = env.controller().autoscaler().status();
@@ -669,18 +663,7 @@ async fn replicas_are_not_lowered_while_requests_are_queued_in_an_activator_but_
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let env = Env::start("as-queued", &[("stable-window", "6s")]).await;
-    env.create(
-        "busy",
-        1,
-        &[
-            ("autoscaling.knative.dev/target", "1"),
-            ("autoscaling.knative.dev/target-utilization-percentage", "100"),
-            ("autoscaling.knative.dev/max-scale", "3"),
-        ],
-    )
-    .await;
-    env.pods.set_load("busy", 5.0);
-    env.wait_replicas("busy", 3, TIMEOUT).await;
+    env.scale_to_three("busy").await;
 
     // The pods go idle; an activator keeps reporting a trickle of load (0.1 over a target of 1: the decision
     // wants 1 pod, fewer than 3), first queued, then merely proxied.

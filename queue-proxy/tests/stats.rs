@@ -20,11 +20,7 @@ use tokio::time::Instant;
 /// arithmetic is unit-tested with injected instants in `stats.rs`.
 #[tokio::test]
 async fn a_steady_load_of_ten_concurrent_requests_reports_about_ten() {
-    let addr = upstream(|_req| async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        response(200, full("ok"))
-    })
-    .await;
+    let addr = one_second_upstream().await;
     let proxy = proxy(addr, &[]).await;
     let client = client();
     const REQUESTS: u32 = 45;
@@ -80,11 +76,7 @@ async fn a_steady_load_of_ten_concurrent_requests_reports_about_ten() {
 /// one-second periods need not line up with the requests, so only the sums are fixed).
 #[tokio::test]
 async fn requests_waiting_for_a_slot_are_reported_as_queued() {
-    let addr = upstream(|_req| async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        response(200, full("ok"))
-    })
-    .await;
+    let addr = one_second_upstream().await;
     let proxy = proxy(addr, &["--container-concurrency", "1"]).await;
     let client = client();
     // Start on a fresh period, so that the sums below cover the whole run.
@@ -122,4 +114,13 @@ async fn collect_stats(client: &HttpClient, proxy: &Proxy, until: Instant) -> Ve
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stats
+}
+
+/// An upstream that holds every request 1 s, then answers 200.
+async fn one_second_upstream() -> std::net::SocketAddr {
+    upstream(|_req| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        response(200, full("ok"))
+    })
+    .await
 }

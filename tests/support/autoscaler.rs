@@ -46,7 +46,7 @@ pub fn token_of(kubeconfig: &Path) -> String {
 pub struct FakePods {
     load: Arc<Mutex<HashMap<String, f64>>>,
     servers: Arc<Mutex<HashMap<String, AbortHandle>>>,
-    failing: Arc<Mutex<HashSet<String>>>,
+    stuck: Arc<Mutex<HashSet<String>>>,
 }
 
 impl FakePods {
@@ -55,9 +55,11 @@ impl FakePods {
         self.load.lock().unwrap().insert(service.to_owned(), concurrency);
     }
 
-    /// Makes `service`'s pods fail to start from now on: never Ready, so the service has no data.
-    pub fn fail_to_start(&self, service: &str) {
-        self.failing.lock().unwrap().insert(service.to_owned());
+    /// Makes `service`'s pods from now on wait for their image forever (`ImagePullBackOff`, as a kubelet
+    /// reports it): Pending and never Ready, so the service has no data. (Not Failed: a ReplicaSet would
+    /// replace a failed pod at once, over and over.)
+    pub fn stick_pulling(&self, service: &str) {
+        self.stuck.lock().unwrap().insert(service.to_owned());
     }
 }
 
@@ -70,8 +72,13 @@ impl PodRuntime for FakePods {
             let (port, role) = if labels.get(LABEL_COMPONENT).map(String::as_str) == Some("activator") {
                 (ACTIVATOR_DATA_PORT, FakeRole::Activator)
             } else if let Some(service) = labels.get(LABEL_SERVICE) {
-                if this.failing.lock().unwrap().contains(service) {
-                    return Err(format!("{service}'s pods are set to fail to start"));
+                if this.stuck.lock().unwrap().contains(service) {
+                    let container =
+                        pod.pod.spec.as_ref().and_then(|s| s.containers.first()).map(|c| c.name.clone());
+                    let message = "Back-off pulling image \"example.invalid/app:1\"";
+                    return pod
+                        .set_waiting(&container.unwrap_or_default(), "ImagePullBackOff", message)
+                        .await;
                 }
                 (QUEUE_PROXY_STATS_PORT, FakeRole::Pod(service.clone(), pod.name().to_owned()))
             } else {

@@ -612,7 +612,8 @@ impl Inner {
             if tracked.ip.is_none() {
                 return Err(format!("{namespace}/{name} has not started yet"));
             }
-            tracked.ready = ready;
+            // A pod whose container waits (see `RunningPod::set_waiting`) is never Ready.
+            tracked.ready = ready && tracked.waiting.is_empty();
         }
         self.write_status(&key, None).await.map_err(|e| format!("status of {namespace}/{name}: {e}"))
     }
