@@ -1,5 +1,7 @@
 //! The stat stream to autoscaler replicas, against a real HTTP server that authenticates and decodes frames.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -135,4 +137,26 @@ async fn a_replica_that_is_down_costs_nothing_and_is_reached_once_up() {
     until("the stream to open", || pusher.connected() == 1).await;
     pusher.send(frame(9.0));
     assert_eq!(got.recv().await.unwrap(), frame(9.0));
+}
+
+/// Issue 5's cold path end to end over the network: a request for a service at zero makes the activator send
+/// its cold-start stat (concurrency 1, queued) through the real stat stream, and it reaches the ingest server
+/// while the request is still waiting and before any pod exists.
+#[tokio::test]
+async fn a_request_at_zero_reaches_the_ingest_server_as_a_queued_stat_before_any_pod() {
+    let (addr, mut got) = ingest_server(Some("secret")).await;
+    let pusher = Pusher::new(token_file("secret"));
+    pusher.set_replicas(&[addr]);
+    until("the stream to open", || pusher.connected() == 1).await;
+    let (_unused, stats) = mpsc::channel(1);
+    let activator = support::TestActivator::with_sink(100, pusher.clone(), stats).await;
+    let key = activator.service("cold", support::data_plane(|_| {}));
+    let request = tokio::spawn(support::client().request(support::get(activator.addr, "cold", "/")));
+    let frame = tokio::time::timeout(Duration::from_secs(10), got.recv()).await.expect("a stat").unwrap();
+    assert_eq!((frame.namespace.as_str(), frame.name.as_str()), ("default", "cold"));
+    assert_eq!(frame.stat.average_concurrency, 1.0);
+    assert_eq!(frame.stat.average_queued, Some(1.0));
+    assert!(!request.is_finished(), "the request waits for a pod");
+    assert_eq!(activator.registry.get(&key).map(|s| s.status().ready), Some(0));
+    request.abort();
 }
