@@ -29,6 +29,12 @@ const BUFFER: usize = 256;
 /// Backoff between attempts to open a stream.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long opening a stream may take (a replica that vanished without a reset drops the SYN).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long frames may stay unacknowledged before the kernel closes the stream (`TCP_USER_TIMEOUT`), so that a
+/// replica that vanished without a reset (a lost node, a partition) is noticed and its stream re-opened within
+/// seconds rather than after TCP's default of about 15 minutes of retransmissions.
+pub const UNACKED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the bearer token comes from.
 #[derive(Debug, Clone)]
@@ -144,6 +150,20 @@ async fn stream_forever(addr: SocketAddr, token: Token, sender: Arc<Mutex<Option
     }
 }
 
+/// A connection to a replica, with [`UNACKED_TIMEOUT`] and `TCP_NODELAY` set.
+pub async fn connect(addr: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+    let connecting = tokio::net::TcpStream::connect(addr);
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(connected) => connected.map_err(|e| format!("connect: {e}"))?,
+        Err(_) => return Err(format!("connect: no answer within {CONNECT_TIMEOUT:?}")),
+    };
+    let _ = stream.set_nodelay(true);
+    if let Err(err) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(UNACKED_TIMEOUT)) {
+        tracing::debug!(%addr, "cannot set TCP_USER_TIMEOUT: {err}");
+    }
+    Ok(stream)
+}
+
 /// One stream: connect, send the request whose body is the frames from `rx`, and call `on_open` once the
 /// connection is up so frames start flowing. Returns when the stream ends.
 async fn stream_once(
@@ -152,8 +172,7 @@ async fn stream_once(
     rx: mpsc::Receiver<Bytes>,
     on_open: impl FnOnce(),
 ) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
+    let stream = connect(addr).await?;
     let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;

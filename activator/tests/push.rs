@@ -160,3 +160,15 @@ async fn a_request_at_zero_reaches_the_ingest_server_as_a_queued_stat_before_any
     assert_eq!(activator.registry.get(&key).map(|s| s.status().ready), Some(0));
     request.abort();
 }
+
+/// A replica that vanishes without a reset is noticed within seconds: the stream's socket carries
+/// TCP_USER_TIMEOUT, so unacknowledged frames close it after `UNACKED_TIMEOUT` instead of TCP's default of
+/// about 15 minutes of retransmissions (dropping packets for real would need a network namespace).
+#[tokio::test]
+async fn stream_sockets_give_up_on_unacknowledged_frames_within_seconds() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stream = ebb_activator::push::connect(listener.local_addr().unwrap()).await.unwrap();
+    let timeout = socket2::SockRef::from(&stream).tcp_user_timeout().unwrap();
+    assert_eq!(timeout, Some(ebb_activator::push::UNACKED_TIMEOUT));
+    assert!(stream.nodelay().unwrap());
+}
