@@ -430,7 +430,26 @@ async fn invalid_annotations_paused_and_foreign_services_are_left_alone() {
         )
         .await;
     assert!(note.contains("re-run ebb inject"), "{note}");
-    // ...and an autoscaling key on its pod template, where ebb does not read it, draws one too.
+    // A Deployment whose ebb.dev/service label differs from its name is left alone and reported.
+    let mislabelled: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "mislabelled", "labels": {"ebb.dev/service": "other"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "mislabelled"}},
+            "template": {
+                "metadata": {"labels": {"app": "mislabelled"}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+            },
+        },
+    }))
+    .unwrap();
+    env.deployments().create(&PostParams::default(), &mislabelled).await.expect("create the Deployment");
+    let note = env.wait_event("mislabelled", "ServiceLabelMismatch", &["\"other\"", "\"mislabelled\""]).await;
+    assert!(note.contains("leaves it alone"), "{note}");
+    assert_eq!(env.replicas("mislabelled").await.unwrap(), 2);
+    let mislabelled_id = ServiceId::new(env.ns.name(), "mislabelled");
+    assert!(env.controller().autoscaler().decisions(&mislabelled_id).is_none());
+    // drift's pod template carries an autoscaling key, where ebb does not read it: a Warning too.
     let note = env.wait_event("drift", "AnnotationOnPodTemplate", &["autoscaling.knative.dev/window"]).await;
     assert!(note.contains("move it there"), "{note}");
     env.stop().await;
