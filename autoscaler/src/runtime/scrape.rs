@@ -70,3 +70,67 @@ impl Scraper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-connection-at-a-time server that answers every request with `response` (none: never answers).
+    async fn server(response: Option<Vec<u8>>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = stream.read(&mut request).await;
+                    match response {
+                        Some(bytes) => drop(stream.write_all(&bytes).await),
+                        None => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn http(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_stalled_pod_times_out_and_the_others_answer() {
+        let stat = PodStat {
+            pod: "p".into(),
+            average_concurrency: 2.5,
+            average_proxied_concurrency: 0.0,
+            request_count: 3.0,
+            proxied_request_count: 0.0,
+            process_uptime_secs: 1.0,
+            timestamp_ms: 7,
+            average_queued: Some(0.0),
+        };
+        let scraper = Scraper::new(Duration::from_millis(200));
+        let good = server(Some(http("200 OK", &stat.encode().unwrap()))).await;
+        let stalled = server(None).await;
+        let failing = server(Some(http("503 Service Unavailable", b"no"))).await;
+        let huge = server(Some(http("200 OK", &vec![1u8; MAX_STAT_LEN + 1]))).await;
+
+        let (good, stalled, failing, huge) = tokio::join!(
+            scraper.scrape(good),
+            scraper.scrape(stalled),
+            scraper.scrape(failing),
+            scraper.scrape(huge)
+        );
+        assert_eq!(good.unwrap(), stat);
+        assert!(matches!(stalled, Err(ScrapeError::Timeout(_))), "{stalled:?}");
+        assert!(matches!(failing, Err(ScrapeError::Status(503))), "{failing:?}");
+        assert!(matches!(huge, Err(ScrapeError::Decode(_))), "{huge:?}");
+    }
+}
