@@ -51,9 +51,10 @@ pub enum ProxyError {
     /// The breaker's slots and queue are all taken.
     #[error("overloaded: the concurrency limit is reached and the queue is full")]
     Overloaded,
-    /// The request waited for a slot until its deadline (the total or response-start timeout).
-    #[error("timed out waiting in the queue for a concurrency slot")]
-    QueueTimeout,
+    /// The request waited for a slot until its deadline: the total or the response-start timeout, whichever
+    /// comes first (the kind says which).
+    #[error("timed out waiting in the queue for a concurrency slot ({})", timeout_name(*.0))]
+    QueueTimeout(TimeoutKind),
     /// A timeout passed before the response started.
     #[error("{}", timeout_message(*.0))]
     Timeout(TimeoutKind),
@@ -90,6 +91,14 @@ pub enum ProxyError {
     /// The service was removed while the request waited for it.
     #[error("the service was removed while the request waited for it")]
     ServiceRemoved,
+}
+
+fn timeout_name(kind: TimeoutKind) -> &'static str {
+    match kind {
+        TimeoutKind::Total => "the total timeout",
+        TimeoutKind::ResponseStart => "the response-start timeout",
+        TimeoutKind::Idle => "the idle timeout",
+    }
 }
 
 fn timeout_message(kind: TimeoutKind) -> &'static str {
@@ -144,7 +153,7 @@ impl ProxyError {
             | ProxyError::UnknownService(_)
             | ProxyError::Misrouted(_) => Origin::Client,
             ProxyError::Overloaded
-            | ProxyError::QueueTimeout
+            | ProxyError::QueueTimeout(_)
             | ProxyError::Internal(_)
             | ProxyError::QueueFull
             | ProxyError::ServiceRemoved => Origin::Internal,
@@ -170,7 +179,7 @@ impl ProxyError {
             | ProxyError::ActivationTimeout(_)
             | ProxyError::ServiceBlocked(_)
             | ProxyError::ServiceRemoved => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::QueueTimeout | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::QueueTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamRefused
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset
@@ -185,7 +194,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientBody => "client_body",
             ProxyError::Overloaded => "overloaded",
-            ProxyError::QueueTimeout => "queue_timeout",
+            ProxyError::QueueTimeout(_) => "queue_timeout",
             ProxyError::Timeout(TimeoutKind::Total) => "timeout_total",
             ProxyError::Timeout(TimeoutKind::ResponseStart) => "timeout_response_start",
             ProxyError::Timeout(TimeoutKind::Idle) => "timeout_idle",
@@ -207,7 +216,7 @@ impl ProxyError {
     pub fn timeout_kind(&self) -> Option<TimeoutKind> {
         match self {
             ProxyError::Timeout(kind) => Some(*kind),
-            ProxyError::QueueTimeout => Some(TimeoutKind::Total),
+            ProxyError::QueueTimeout(kind) => Some(*kind),
             _ => None,
         }
     }
@@ -218,7 +227,7 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::ClientBody
             | ProxyError::Overloaded
-            | ProxyError::QueueTimeout
+            | ProxyError::QueueTimeout(_)
             | ProxyError::UnknownService(_)
             | ProxyError::Misrouted(_)
             | ProxyError::QueueFull => LogLevel::Debug,
@@ -469,7 +478,7 @@ mod tests {
             ProxyError::BadRequest("x"),
             ProxyError::ClientBody,
             ProxyError::Overloaded,
-            ProxyError::QueueTimeout,
+            ProxyError::QueueTimeout(TimeoutKind::ResponseStart),
             ProxyError::Timeout(TimeoutKind::Total),
             ProxyError::Timeout(TimeoutKind::ResponseStart),
             ProxyError::Timeout(TimeoutKind::Idle),

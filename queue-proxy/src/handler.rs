@@ -119,7 +119,7 @@ impl DataPlane {
 
         // A queued request waits no longer than its response may take to start: a slot granted later would
         // only be held for an immediate 504.
-        let (queue_deadline, _) = self.timeouts.response_start_deadline(start);
+        let (queue_deadline, queue_kind) = self.timeouts.response_start_deadline(start);
         let permit = match &self.breaker {
             None => None,
             Some(breaker) => match breaker.acquire(Some(queue_deadline)).await {
@@ -127,7 +127,9 @@ impl DataPlane {
                     guard.admitted();
                     Some(permit)
                 }
-                Err(err) => return Ok(self.fail(&err.into(), kind, close_after)),
+                Err(err) => {
+                    return Ok(self.fail(&ProxyError::from_breaker(err, queue_kind), kind, close_after));
+                }
             },
         };
 
@@ -198,11 +200,12 @@ impl DataPlane {
     }
 }
 
-impl From<crate::breaker::BreakerError> for ProxyError {
-    fn from(err: crate::breaker::BreakerError) -> Self {
+impl ProxyError {
+    /// The breaker's refusal of a request whose queue deadline was that of `deadline`.
+    fn from_breaker(err: crate::breaker::BreakerError, deadline: TimeoutKind) -> Self {
         match err {
             crate::breaker::BreakerError::Overloaded => ProxyError::Overloaded,
-            crate::breaker::BreakerError::QueueTimeout => ProxyError::QueueTimeout,
+            crate::breaker::BreakerError::QueueTimeout => ProxyError::QueueTimeout(deadline),
         }
     }
 }

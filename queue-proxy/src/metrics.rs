@@ -191,7 +191,7 @@ mod tests {
         }
         metrics.error(&ProxyError::Overloaded);
         metrics.response(StatusCode::SERVICE_UNAVAILABLE);
-        metrics.error(&ProxyError::QueueTimeout);
+        metrics.error(&ProxyError::QueueTimeout(TimeoutKind::Total));
         let text = metrics.encode(3, 1, true);
         assert!(text.contains("ebb_queue_proxy_breaker_rejections_total 1"));
         assert!(text.contains("ebb_queue_proxy_requests_total{status_class=\"5xx\"} 1"));

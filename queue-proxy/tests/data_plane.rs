@@ -564,7 +564,10 @@ async fn queued_requests_wait_no_longer_than_their_response_start_timeout() {
     let queued = send(&client, get(&proxy.url("/"))).await;
     assert_eq!(queued.status(), 504);
     let body = text(queued).await;
-    assert!(body.contains("waiting in the queue"), "{body}");
+    assert!(body.contains("waiting in the queue") && body.contains("response-start"), "{body}");
+    let metrics = metrics(&proxy).await;
+    assert_eq!(series(&metrics, "ebb_queue_proxy_timeouts_total{kind=\"response_start\"}"), Some(1.0));
+    assert_eq!(series(&metrics, "ebb_queue_proxy_timeouts_total{kind=\"total\"}"), Some(0.0));
     drop(first_body);
     assert_eq!(text(first).await, "");
     proxy.stop().await;
