@@ -275,6 +275,31 @@ async fn no_process_survives_ebb_up_being_killed() {
     }
 }
 
+/// Ctrl-C drains: a token stream in flight when SIGINT arrives is served to its end, then `ebb up` exits 0 and
+/// no pod process is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_lets_a_stream_in_flight_finish_then_exits_cleanly() {
+    let name = unique("ctrlc");
+    let up = Arc::new(start(&name, &yaml(&name, &[("autoscaling.knative.dev/min-scale", "1")])));
+    up.wait_for(&name, "the min-scale pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1))
+        .await;
+    // 300 tokens at 200 a second: the stream lasts about 1.5 s; the signal comes well inside it.
+    let stream = tokio::spawn({
+        let (up, name) = (up.clone(), name.clone());
+        async move { up.chat_tokens(&name, 300).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stream.is_finished(), "the stream ended before the signal");
+    up.interrupt();
+    stream.await.unwrap().unwrap_or_else(|e| panic!("the stream in flight was cut: {e}\n{}", up.log()));
+    let mut up = Arc::into_inner(up).expect("the stream's handle is gone");
+    let status = up.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}; log:\n{}", up.log());
+    assert!(up.log().contains("all pods stopped"), "{}", up.log());
+    let left = processes_with(&name);
+    assert!(left.is_empty(), "processes survived Ctrl-C: {left:?}");
+}
+
 /// A malformed `ebb.yaml` exits with code 2, naming the line and the field of every problem.
 #[test]
 fn a_malformed_file_exits_2_naming_line_and_field() {

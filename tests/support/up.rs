@@ -87,6 +87,23 @@ impl Up {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGINT (Ctrl-C) to `ebb up` alone.
+    pub fn interrupt(&self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).unwrap();
+    }
+
+    /// Waits up to `within` for `ebb up` to exit by itself and returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ebb up still running after {within:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -131,9 +148,14 @@ impl Up {
 
     /// One streaming chat completion through the gateway: `Ok` only when it is complete.
     pub async fn chat(&self, host: &str) -> Result<(), String> {
+        self.chat_tokens(host, 6).await
+    }
+
+    /// [`Self::chat`] for a completion of `tokens` tokens.
+    pub async fn chat_tokens(&self, host: &str, tokens: u32) -> Result<(), String> {
         // The service's name is also its model's name.
         let body = format!(
-            r#"{{"model":"{host}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":6,"stream":true}}"#
+            r#"{{"model":"{host}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":{tokens},"stream":true}}"#
         );
         let (status, body) = request(self.gateway, "POST", "/v1/chat/completions", &body, host).await?;
         if status == 200 && body.contains("data: [DONE]") {
