@@ -159,7 +159,7 @@ impl Activator {
     /// Handles one request. Never fails: every error becomes an answer in the client's shape.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<ActivatorBody>, Infallible> {
         if let Some(probe) = req.headers().get(HEADER_PROBE) {
             return Ok(self.probe_answer(probe));
@@ -180,7 +180,7 @@ impl Activator {
         let cold_start = !direct && service.waits_for_cold_start(arrived.into_std());
         let held = match direct {
             true => None,
-            false => match self.hold(&service, arrived, settings).await {
+            false => match self.hold(&service, &mut req, arrived, settings).await {
                 Ok(held) => Some(held),
                 Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
             },
@@ -210,6 +210,7 @@ impl Activator {
     async fn hold(
         &self,
         service: &Service,
+        req: &mut Request<Incoming>,
         arrived: Instant,
         settings: RequestSettings,
     ) -> Result<Held, ProxyError> {
@@ -223,7 +224,7 @@ impl Activator {
         // Every wait is recorded, however it ends (the timer records on drop, a client gone included), so the
         // histogram shows the waits that timed out too; a request refused at once for a full queue never waited.
         let timer = service.metrics.queue_timer(arrived.into_std());
-        let admitted = self.admit(service, arrived + settings.activation_timeout, settings).await;
+        let admitted = self.admit(service, req, arrived + settings.activation_timeout, settings).await;
         if let Err(ProxyError::QueueFull) = admitted {
             timer.discard();
         }
@@ -237,6 +238,7 @@ impl Activator {
     async fn admit(
         &self,
         service: &Service,
+        req: &mut Request<Incoming>,
         deadline: Instant,
         settings: RequestSettings,
     ) -> Result<Permit, ProxyError> {
@@ -245,6 +247,7 @@ impl Activator {
         }
         let _waiting =
             Waiting::enter(&self.waiting, self.options.max_queued_total).ok_or(ProxyError::QueueFull)?;
+        crate::compact::compact_head(req);
         let mut status = service.watch();
         tokio::select! {
             acquired = service.breaker.acquire(Some(deadline)) => acquired.map_err(|err| match err {

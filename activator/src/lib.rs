@@ -7,6 +7,7 @@ pub mod balancer;
 pub mod capacity;
 pub mod cli;
 pub mod cold_start;
+pub mod compact;
 pub mod endpoints;
 pub mod handler;
 pub mod kube_source;
