@@ -12,7 +12,7 @@ use std::process::Command;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::up::{EBB, chat_load, start, write_yaml};
+use support::up::{EBB, Up, chat_load, start, write_yaml};
 
 /// A unique name per test (a DNS label): service name, model name, and the marker found in process lists.
 fn unique(prefix: &str) -> String {
@@ -30,6 +30,13 @@ fn yaml(name: &str, annotations: &[(&str, &str)]) -> String {
         text.push_str(&format!("      {k}: \"{v}\"\n"));
     }
     text
+}
+
+/// `ebb up` with one demo-model service `name` kept at one pod (min-scale 1), once that pod is ready.
+async fn start_warm(name: &str) -> Up {
+    let up = start(name, &yaml(name, &[("autoscaling.knative.dev/min-scale", "1")]));
+    up.wait_for(name, "the min-scale pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1)).await;
+    up
 }
 
 /// Pids of live processes whose command line contains `marker`.
@@ -146,9 +153,7 @@ async fn scales_from_zero_up_down_and_back_to_zero_without_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pod_is_dropped_and_replaced() {
     let name = unique("kill");
-    let up = Arc::new(start(&name, &yaml(&name, &[("autoscaling.knative.dev/min-scale", "1")])));
-    up.wait_for(&name, "the min-scale pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1))
-        .await;
+    let up = Arc::new(start_warm(&name).await);
     up.chat(&name).await.unwrap();
     let before = up.get("/service-discovery").await;
     assert_eq!(before.as_array().unwrap().len(), 1, "{before}");
@@ -188,9 +193,7 @@ async fn a_killed_pod_is_dropped_and_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_supervisor_leaves_no_process_and_is_replaced() {
     let name = unique("supervisor");
-    let up = start(&name, &yaml(&name, &[("autoscaling.knative.dev/min-scale", "1")]));
-    up.wait_for(&name, "the min-scale pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1))
-        .await;
+    let up = start_warm(&name).await;
     let targets = up.get("/service-discovery").await;
     let old_pod = targets[0]["labels"]["pod"].as_str().unwrap().to_owned();
     let supervisor: Vec<i32> = processes_with("pod-supervisor\0")
@@ -280,9 +283,7 @@ async fn no_process_survives_ebb_up_being_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_lets_a_stream_in_flight_finish_then_exits_cleanly() {
     let name = unique("ctrlc");
-    let up = Arc::new(start(&name, &yaml(&name, &[("autoscaling.knative.dev/min-scale", "1")])));
-    up.wait_for(&name, "the min-scale pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1))
-        .await;
+    let up = Arc::new(start_warm(&name).await);
     // 300 tokens at 200 a second: the stream lasts about 1.5 s; the signal comes well inside it.
     let stream = tokio::spawn({
         let (up, name) = (up.clone(), name.clone());

@@ -124,7 +124,7 @@ impl Registry {
     }
 
     /// Applies changes until the source's sender is dropped.
-    pub async fn follow(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<Change>) {
+    async fn follow(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<Change>) {
         while let Some(change) = changes.recv().await {
             self.apply(change);
         }
