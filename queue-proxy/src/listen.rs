@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use nix::sys::socket::{MsgFlags, recv};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -97,51 +100,82 @@ impl Acceptor {
     {
         let _ = stream.set_nodelay(true);
         let sniffed = tokio::select! {
-            sniffed = tokio::time::timeout(HEADER_READ_TIMEOUT, is_h2(&stream)) => sniffed,
+            sniffed = tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&stream)) => sniffed,
             () = stopped(&mut self.shutdown) => return,
         };
         let (h1, h2) = &*self.builders;
         let io = TokioIo::new(stream);
         match sniffed {
-            Ok(Ok(false)) => {
+            Ok(Ok(Sniffed::Http1)) => {
                 let conn = h1.serve_connection(io, service_fn(handler)).with_upgrades();
                 drive(conn, &mut self.shutdown, http1::UpgradeableConnection::graceful_shutdown).await;
             }
-            Ok(Ok(true)) => {
+            Ok(Ok(Sniffed::Http2)) => {
                 let conn = h2.serve_connection(io, service_fn(handler));
                 drive(conn, &mut self.shutdown, http2::Connection::graceful_shutdown).await;
             }
-            Ok(Err(err)) => tracing::debug!("connection ended before its first byte: {err}"),
-            Err(_) => tracing::debug!("no request within {HEADER_READ_TIMEOUT:?}; closing the connection"),
+            Ok(Ok(Sniffed::Closed)) => tracing::debug!("connection closed before a request"),
+            Ok(Err(err)) => tracing::debug!("connection failed before its first request: {err}"),
+            Err(_) => tracing::debug!("nothing sent within {FIRST_BYTES_TIMEOUT:?}; closing the connection"),
         }
         drop(self.conns);
     }
 }
 
-/// How long a connection may take to send a request's head (hyper's `header_read_timeout`, and the wait for
-/// the first bytes that tell HTTP/1 from HTTP/2).
+/// How long a connection may take to send a request's head (hyper's `header_read_timeout`).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a new connection may stay silent before it is closed: a client that connects sends its request at
+/// once, and one that does not only holds a file descriptor.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/2's connection preface (RFC 9113, section 3.4): a prior-knowledge h2c client starts with it.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether the client speaks HTTP/2 with prior knowledge, told by peeking at its first bytes without reading
-/// them, so that hyper reads a whole HTTP/1 request head into its 8 KiB buffer at once. (hyper-util's auto
-/// builder reads those bytes and hands them back through a rewind buffer: hyper's first read then holds only
-/// them, and its next one doubles the buffer to 16 KiB, for every connection.) A client that closes at once
-/// is handed to HTTP/1, which sees the end.
-async fn is_h2(stream: &TcpStream) -> std::io::Result<bool> {
+/// What a connection's first bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    /// Anything but the HTTP/2 preface: HTTP/1 (hyper answers what is not HTTP at all with 400).
+    Http1,
+    /// The whole HTTP/2 preface.
+    Http2,
+    /// The client closed before saying which (nothing, or only a part of the preface, then its FIN).
+    Closed,
+}
+
+/// Tells HTTP/1 from prior-knowledge HTTP/2 by peeking at the first bytes without reading them, so that hyper
+/// reads a whole HTTP/1 request head into its 8 KiB buffer at once. (hyper-util's auto builder reads those
+/// bytes and hands them back through a rewind buffer: hyper's first read then holds only them, and its next
+/// one doubles the buffer to 16 KiB, for every connection.)
+///
+/// No polling: when only a part of the preface has arrived, the socket's readiness is cleared inside the same
+/// `try_io` that peeked, so the next wait ends only when more bytes or the client's FIN arrive. A FIN after a
+/// partial preface means there is nothing to serve.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
     let mut first = [0u8; H2_PREFACE.len()];
     loop {
-        let n = stream.peek(&mut first).await?;
-        if n == 0 || first[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // Only a part of the preface so far; peeking again at once would see the same bytes.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        let ready = stream.ready(Interest::READABLE).await?;
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+            let n = recv(stream.as_raw_fd(), &mut first, flags).map_err(std::io::Error::from)?;
+            let partial = n > 0 && n < H2_PREFACE.len() && first[..n] == H2_PREFACE[..n];
+            if partial && !ready.is_read_closed() {
+                // Clears the readiness this wait saw: the next `ready()` waits for news.
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match peeked {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        };
+        return Ok(match n {
+            0 => Sniffed::Closed,
+            n if first[..n] != H2_PREFACE[..n] => Sniffed::Http1,
+            n if n == H2_PREFACE.len() => Sniffed::Http2,
+            _ => Sniffed::Closed,
+        });
     }
 }
 
@@ -169,8 +203,8 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    /// What `is_h2` says of a client that sends `chunks`, a millisecond apart.
-    async fn sniff(chunks: &[&[u8]]) -> bool {
+    /// What `sniff` says of a client that sends `chunks`, a millisecond apart, then `close`s or not.
+    async fn sniffed(chunks: &[&[u8]], close: bool) -> Sniffed {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
@@ -178,20 +212,80 @@ mod tests {
             client.write_all(chunk).await.unwrap();
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let h2 = is_h2(&server).await.unwrap();
-        // Nothing was consumed: the server still reads the client's first byte.
-        let mut byte = [0u8; 1];
-        assert_eq!(server.peek(&mut byte).await.unwrap(), 1);
-        assert_eq!(byte[0], chunks[0][0]);
-        h2
+        if close {
+            drop(client);
+        } else {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(client);
+            });
+        }
+        let sniffed = tokio::time::timeout(Duration::from_secs(5), sniff(&server)).await.expect("decided");
+        let sniffed = sniffed.unwrap();
+        if let (Some(chunk), false) = (chunks.first(), sniffed == Sniffed::Closed) {
+            // Nothing was consumed: the server still reads the client's first byte.
+            let mut byte = [0u8; 1];
+            assert_eq!(server.peek(&mut byte).await.unwrap(), 1);
+            assert_eq!(byte[0], chunk[0]);
+        }
+        sniffed
     }
 
     #[tokio::test]
     async fn the_preface_means_http2_and_anything_else_http1() {
-        assert!(sniff(&[H2_PREFACE]).await);
-        assert!(sniff(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"]).await, "a preface in pieces");
-        assert!(!sniff(&[b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"]).await);
-        assert!(!sniff(&[b"P", b"OST /v1/chat HTTP/1.1\r\n"]).await, "decided as soon as it differs");
-        assert!(!sniff(&[b"PRI / HTTP/1.1\r\n\r\n"]).await);
+        assert_eq!(sniffed(&[H2_PREFACE], false).await, Sniffed::Http2);
+        assert_eq!(
+            sniffed(&[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"], false).await,
+            Sniffed::Http2,
+            "in pieces"
+        );
+        assert_eq!(sniffed(&[b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"], false).await, Sniffed::Http1);
+        assert_eq!(
+            sniffed(&[b"P", b"OST /v1/chat HTTP/1.1\r\n"], false).await,
+            Sniffed::Http1,
+            "as soon as it differs"
+        );
+        assert_eq!(sniffed(&[b"PRI / HTTP/1.1\r\n\r\n"], false).await, Sniffed::Http1);
+        assert_eq!(sniffed(&[b"GET / HTTP/1.1\r\n\r\n"], true).await, Sniffed::Http1, "a request, then FIN");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_after_a_part_of_the_preface_is_seen_closed_at_once() {
+        // Before, the sniff peeked the same byte every millisecond until its deadline and never saw the FIN.
+        assert_eq!(sniffed(&[b"P"], true).await, Sniffed::Closed);
+        assert_eq!(sniffed(&[b"PRI * HTTP/2.0"], true).await, Sniffed::Closed);
+        assert_eq!(sniffed(&[], true).await, Sniffed::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_partial_preface_parks_the_sniff_until_more_bytes_arrive() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(b"PR").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut sniffing = std::pin::pin!(sniff(&server));
+        assert!(sniffing.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        // A sniff that polled (peek, sleep, peek) would be woken by its own timer; this one waits for news.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "woken with nothing new on the socket");
+        client.write_all(&H2_PREFACE[2..]).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while wakes.0.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "not woken by the rest of the preface");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let outcome = sniffing.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(matches!(outcome, Poll::Ready(Ok(Sniffed::Http2))), "{outcome:?}");
     }
 }

@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,7 +11,6 @@ use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readiness_serves_everything_then_exits_after_the_quiet_period() {
@@ -32,26 +30,9 @@ async fn sigterm_fails_readiness_serves_everything_then_exits_after_the_quiet_pe
     })
     .await;
 
-    let binary = env!("CARGO_BIN_EXE_queue-proxy");
-    let mut child = Command::new(binary)
-        .args(["--upstream", &addr.to_string(), "--bind-address", "127.0.0.1"])
-        .args(["--data-port", "0", "--admin-port", "0", "--stats-port", "0", "--metrics-port", "0"])
-        .args(["--pod-name", "drain-test", "--drain-quiet-period", "1s", "--drain-deadline", "60s"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| {
-            panic!("cannot start {binary}: {err}; build it with `cargo build -p ebb-queue-proxy`")
-        });
-    let stdout = child.stdout.take().unwrap();
-    let mut child = KillOnDrop(child);
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    });
-    let line = tokio::time::timeout(DEADLINE, line).await.expect("address line in time").unwrap().unwrap();
-    let addrs: serde_json::Value = serde_json::from_str(&line).expect("a JSON line of addresses on stdout");
-    let data = addrs["data"].as_str().unwrap().to_owned();
-    let admin = addrs["admin"].as_str().unwrap().parse().unwrap();
+    let flags = ["--drain-quiet-period", "1s", "--drain-deadline", "60s"];
+    let mut child = BinaryProxy::start(addr, &flags).await;
+    let (data, admin) = (child.data, child.admin);
 
     eventually("the proxy reports ready", || async move { fetch(admin, "/ready").await.0 == 200 }).await;
     assert_eq!(fetch(admin, "/live").await.0, 200);
@@ -75,7 +56,7 @@ async fn sigterm_fails_readiness_serves_everything_then_exits_after_the_quiet_pe
     // The preStop hook's call returns only once the drain is complete.
     let wait_for_drain = tokio::spawn(async move { fetch(admin, "/wait-for-drain").await });
 
-    kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();
+    kill(Pid::from_raw(child.pid()), Signal::SIGTERM).unwrap();
     eventually("readiness fails", || async move { fetch(admin, "/ready").await.0 == 503 }).await;
     assert_eq!(probe(admin).await, 503, "the injected readiness probe fails while draining too");
     assert_eq!(fetch(admin, "/live").await.0, 200, "liveness does not depend on draining");
@@ -84,7 +65,7 @@ async fn sigterm_fails_readiness_serves_everything_then_exits_after_the_quiet_pe
     let during = send(&client, get(&format!("http://{data}/fast"))).await;
     assert_eq!(during.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
     assert_eq!(text(during).await, "served");
-    assert!(child.0.try_wait().unwrap().is_none(), "must not exit with requests in flight");
+    assert!(child.child.try_wait().unwrap().is_none(), "must not exit with requests in flight");
     assert!(!wait_for_drain.is_finished());
 
     gate.add_permits(3);
@@ -97,14 +78,7 @@ async fn sigterm_fails_readiness_serves_everything_then_exits_after_the_quiet_pe
     let (status, body) =
         tokio::time::timeout(DEADLINE, wait_for_drain).await.expect("drained in time").unwrap();
     assert_eq!((status, &body[..]), (200, &b"drained"[..]));
-    let deadline = Instant::now() + DEADLINE;
-    let exit = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the proxy did not exit after draining");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = child.wait_exit().await.expect("the proxy exits after draining");
     assert!(exit.success(), "{exit:?}");
 }
 
@@ -133,18 +107,6 @@ fn invalid_configuration_exits_with_code_2_and_says_why() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--timeout") && stderr.contains("at most 8760h"), "{stderr}");
-}
-
-/// Kills the child if the test fails before it exits.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 /// The kubelet's readiness probe as `ebb inject` writes it; the status.

@@ -230,3 +230,74 @@ pub async fn metrics(proxy: &Proxy) -> String {
 pub fn series(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// The real queue-proxy binary on ports picked by the system; killed when dropped.
+pub struct BinaryProxy {
+    pub child: std::process::Child,
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl BinaryProxy {
+    /// Starts `queue-proxy` in front of `upstream` with extra flags and reads its address line.
+    pub async fn start(upstream: SocketAddr, flags: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let binary = env!("CARGO_BIN_EXE_queue-proxy");
+        let mut child = Command::new(binary)
+            .args(["--upstream", &upstream.to_string(), "--bind-address", "127.0.0.1"])
+            .args(["--data-port", "0", "--admin-port", "0", "--stats-port", "0", "--metrics-port", "0"])
+            .args(["--pod-name", "test-pod"])
+            .args(flags)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("cannot start {binary}: {err}; build it with `cargo build -p ebb-queue-proxy`")
+            });
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        });
+        let mut proxy = Self { child, data: closed_port(), admin: closed_port() };
+        let line =
+            tokio::time::timeout(DEADLINE, line).await.expect("address line in time").unwrap().unwrap();
+        let addrs: serde_json::Value =
+            serde_json::from_str(&line).expect("a JSON line of addresses on stdout");
+        proxy.data = addrs["data"].as_str().unwrap().parse().unwrap();
+        proxy.admin = addrs["admin"].as_str().unwrap().parse().unwrap();
+        proxy
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// File descriptors the process holds now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |dir| dir.count())
+    }
+
+    /// Waits for the exit; `None` if it did not exit in time.
+    pub async fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for BinaryProxy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
