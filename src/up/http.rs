@@ -116,6 +116,13 @@ fn status(state: &State) -> Value {
             value["terminating"] = json!(pods.terminating);
             value["restarts"] = json!(pods.restarts);
             value["blocked"] = json!(pods.blocked);
+            value["pod_addresses"] = pods
+                .pods
+                .iter()
+                .map(|(name, data, terminating)| {
+                    json!({"name": name, "address": data.to_string(), "terminating": terminating})
+                })
+                .collect();
             value
         })
         .collect();

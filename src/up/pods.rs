@@ -83,6 +83,8 @@ pub struct PodCounts {
     pub restarts: u64,
     /// Why its pods cannot start, while it waits to retry after repeated failures.
     pub blocked: Option<String>,
+    /// Each pod that has bound its queue-proxy: its name, data address, and whether it is draining.
+    pub pods: Vec<(String, SocketAddr, bool)>,
 }
 
 /// A live pod's queue-proxy metrics endpoint, for Prometheus service discovery.
@@ -602,6 +604,11 @@ impl PodManager {
                     terminating: s.pods.len() as u32 - live,
                     restarts: s.backoff.restarts(),
                     blocked: s.backoff.blocked(now).filter(|_| live < s.want),
+                    pods: s
+                        .pods
+                        .iter()
+                        .filter_map(|p| Some((p.name.clone(), p.addrs?.data, p.terminating)))
+                        .collect(),
                 };
                 (name.clone(), counts)
             })

@@ -154,9 +154,7 @@ impl Up {
     /// [`Self::chat`] for a completion of `tokens` tokens.
     pub async fn chat_tokens(&self, host: &str, tokens: u32) -> Result<(), String> {
         // The service's name is also its model's name.
-        let body = format!(
-            r#"{{"model":"{host}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":{tokens},"stream":true}}"#
-        );
+        let body = chat_body(host, tokens);
         let (status, body) = request(self.gateway, "POST", "/v1/chat/completions", &body, host).await?;
         if status == 200 && body.contains("data: [DONE]") {
             Ok(())
@@ -174,21 +172,37 @@ pub async fn request(
     body: &str,
     host: &str,
 ) -> Result<(u16, String), String> {
+    request_with(addr, method, path, body, &[("host", host)]).await
+}
+
+/// One HTTP/1.1 request with these headers (a JSON content type is added); `Err` when no answer came.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
     let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
+    let mut request = Request::builder().method(method).uri(path).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
     let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The body of a streamed chat completion of `tokens` tokens from model `model`.
+pub fn chat_body(model: &str, tokens: u32) -> String {
+    format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":{tokens},"stream":true}}"#
+    )
 }
 
 /// Clients that loop on streamed chats with `host` through `up`'s gateway until stopped.

@@ -1,7 +1,13 @@
-//! One second of a service's load from its pods' and activators' stats (kpa-reference, "Metric collection"):
-//! a sample of the ready pods is scraped (Knative's sample size, pods older than the stable window first), the
-//! sum of what answered is scaled up to all ready pods, the part the activator proxied is taken out, and the
-//! activators' own load is added. Pure functions: the runtime does the I/O.
+//! One second of a service's load from its pods' and activators' stats: a sample of the ready pods is scraped
+//! (Knative's sample size, pods older than the stable window first), the sum of what answered is scaled up to all
+//! ready pods, and the activators' own load is added, without counting twice what went through both. Pure
+//! functions: the runtime does the I/O.
+//!
+//! Trust: a pod counts every request it serves, and reports apart the part marked `Ebb-Proxied: activator`.
+//! That mark is a request header, which any client on the pod network can send, so it is not taken on trust
+//! (Knative subtracts it whole, and forged marks hide load from its autoscaler). What the activators report for
+//! the service bounds how much marked load is taken out: marked load that no activator accounts for is a
+//! client's, and counts.
 
 use std::time::Duration;
 
@@ -39,14 +45,14 @@ pub fn choose_sample<T>(mut ready: Vec<Candidate<T>>, stable_window: Duration) -
     ready.into_iter().take(n).map(|c| c.pod).collect()
 }
 
-/// The value of one stat for `metric`, without the part that came through the activator (the activator
-/// reports that part itself).
-pub fn pod_value(metric: Metric, stat: &PodStat) -> f64 {
-    let value = match metric {
-        Metric::Concurrency => stat.average_concurrency - stat.average_proxied_concurrency,
-        Metric::Rps => stat.request_count - stat.proxied_request_count,
+/// The value of one pod's stat for `metric`, and the part of it marked as the activator's.
+pub fn pod_values(metric: Metric, stat: &PodStat) -> (f64, f64) {
+    let (all, marked) = match metric {
+        Metric::Concurrency => (stat.average_concurrency, stat.average_proxied_concurrency),
+        Metric::Rps => (stat.request_count, stat.proxied_request_count),
     };
-    value.max(0.0)
+    let all = all.max(0.0);
+    (all, marked.clamp(0.0, all))
 }
 
 /// The value of an activator's stat for `metric` (all of it is the activator's own load).
@@ -62,6 +68,9 @@ pub fn activator_value(metric: Metric, stat: &PodStat) -> f64 {
 /// data). `ready` is the number of ready pods, `answered` the stats of the sampled pods that answered (every one
 /// of them is used, unlike Knative, which drops the second when a sample falls short), `activators` the
 /// activators' stats for the second.
+///
+/// The pods' load and the activators' overlap where requests went through both: that overlap is the pods'
+/// marked load, but at most what the activators reported (see the module's note on trust).
 pub fn service_total(
     metric: Metric,
     ready: usize,
@@ -76,13 +85,17 @@ pub fn service_total(
     if answered.is_empty() && activators.is_empty() {
         return None;
     }
-    let pods = if answered.is_empty() {
-        0.0
+    let (pods, marked) = if answered.is_empty() {
+        (0.0, 0.0)
     } else {
-        let sum: f64 = answered.iter().map(|s| pod_value(metric, s)).sum();
-        sum * ready.max(answered.len()) as f64 / answered.len() as f64
+        let (all, marked) = answered
+            .iter()
+            .map(|s| pod_values(metric, s))
+            .fold((0.0, 0.0), |(all, marked), (a, m)| (all + a, marked + m));
+        let scale = ready.max(answered.len()) as f64 / answered.len() as f64;
+        (all * scale, marked * scale)
     };
-    Some(pods + activator)
+    Some(pods - marked.min(activator) + activator)
 }
 
 #[cfg(test)]
@@ -122,13 +135,37 @@ mod tests {
     }
 
     #[test]
-    fn totals_scale_the_sample_remove_proxied_and_add_activators() {
-        // 10 ready, 5 answered with 2 each of which 1 proxied: 5 x 1 x 10/5 = 10, plus activator 3.
+    fn totals_scale_the_sample_and_add_activators_without_counting_twice() {
+        // 10 ready, 5 answered with 2 each of which 1 came through the activator: 20 at the pods, 10 of them
+        // the activator's; the activator reports those 10 and 2 more queued: 20 - 10 + 12.
         let answered = vec![stat(2.0, 1.0); 5];
-        let total = service_total(Metric::Concurrency, 10, &answered, &[stat(3.0, 0.0)]).unwrap();
-        assert!((total - 13.0).abs() < 1e-9);
-        let rps = service_total(Metric::Rps, 10, &answered, &[]).unwrap();
-        assert!((rps - 100.0).abs() < 1e-9);
+        let total = service_total(Metric::Concurrency, 10, &answered, &[stat(12.0, 0.0)]).unwrap();
+        assert!((total - 22.0).abs() < 1e-9, "{total}");
+        let rps = service_total(Metric::Rps, 10, &answered, &[stat(12.0, 0.0)]).unwrap();
+        assert!((rps - 220.0).abs() < 1e-9, "{rps}");
+    }
+
+    #[test]
+    fn marked_load_no_activator_reported_counts() {
+        // Six clients send `Ebb-Proxied: activator` straight to a pod: the pod reports 6, all of it marked, and
+        // no activator reports anything. Once, the autoscaler saw 0 and scaled the busy service to zero.
+        let forged = vec![stat(6.0, 6.0)];
+        assert_eq!(service_total(Metric::Concurrency, 1, &forged, &[]), Some(6.0));
+        assert_eq!(service_total(Metric::Rps, 1, &forged, &[]), Some(60.0));
+        // The activator really carries 2 of them (and holds 1 more queued): only its 3 are taken out of the
+        // pod's 6 and added back, so the forged 4 still count.
+        let total = service_total(Metric::Concurrency, 1, &[stat(6.0, 6.0)], &[stat(3.0, 0.0)]).unwrap();
+        assert!((total - 6.0).abs() < 1e-9, "{total}");
+        // An honest split: 2 at the pod through the activator, 1 queued there, 1 direct.
+        let total = service_total(Metric::Concurrency, 1, &[stat(3.0, 2.0)], &[stat(3.0, 0.0)]).unwrap();
+        assert!((total - 4.0).abs() < 1e-9, "{total}");
+    }
+
+    #[test]
+    fn a_mark_larger_than_the_load_is_clamped() {
+        let lying = PodStat { average_proxied_concurrency: 50.0, ..stat(2.0, 0.0) };
+        assert_eq!(pod_values(Metric::Concurrency, &lying), (2.0, 2.0));
+        assert_eq!(service_total(Metric::Concurrency, 1, &[lying], &[stat(10.0, 0.0)]), Some(10.0));
     }
 
     #[test]
