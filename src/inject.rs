@@ -10,8 +10,8 @@
 //! - the user container's readinessProbe moved to the queue-proxy, which probes the user container itself
 //!   (`EBB_PROBE_PATH`); the kubelet probes the queue-proxy with `Ebb-Probe: queue`. Startup and liveness
 //!   probes stay on the user container;
-//! - preStop hooks on both containers that wait for the queue-proxy to drain, and a
-//!   `terminationGracePeriodSeconds` long enough for that drain.
+//! - a preStop hook on the user container that waits for the queue-proxy to drain (the queue-proxy has none:
+//!   SIGTERM starts its drain), and a `terminationGracePeriodSeconds` long enough for that drain.
 //!
 //! The user container is the first container not named `queue-proxy`; its port is its first TCP
 //! `containerPort`, or 8080 (the queue-proxy's default upstream) when it declares none.
@@ -443,10 +443,11 @@ fn inject_deployment(
         return Err(errors);
     }
 
-    // The sidecar's drain: from the preStop hook (or SIGTERM) it serves what is in flight and still arriving,
-    // and ends once nothing arrived for the quiet period, or at the drain deadline (default timeout + quiet
-    // period) at the latest. The preStop hooks block the containers' SIGTERM until then, and the kubelet
-    // counts hook time against terminationGracePeriodSeconds, so the grace period must cover the whole drain:
+    // The sidecar's drain: from SIGTERM, which it gets at once (it has no preStop hook), it serves what is in
+    // flight and still arriving, and ends once nothing arrived for the quiet period, or at the drain deadline
+    // (default timeout + quiet period) at the latest. The user container's preStop hook blocks its SIGTERM until
+    // then, and the kubelet counts hook time against terminationGracePeriodSeconds, so the grace period must
+    // cover the whole drain:
     //   grace >= drain deadline + margin = timeout + quiet period + 5 s (hook round trip, process exit),
     // rounded up to whole seconds. A longer grace period already on the Deployment is kept.
     let quiet = existing_sidecar
@@ -524,7 +525,16 @@ fn inject_deployment(
             ("failureThreshold", 3.into()),
         ]),
     );
-    set(&mut sidecar, "lifecycle", map([("preStop", drain_hook())]));
+    // No preStop hook: SIGTERM starts the drain. (A hook that asked the admin port to drain would let anything
+    // on the pod network drain the pod; one injected by an earlier ebb is removed.)
+    if let Some(Value::Mapping(lifecycle)) = sidecar.get_mut("lifecycle") {
+        if lifecycle.get("preStop") == Some(&drain_hook()) {
+            lifecycle.remove("preStop");
+        }
+        if lifecycle.is_empty() {
+            sidecar.remove("lifecycle");
+        }
+    }
     // Defaults the user may tune: left alone when present.
     if !sidecar.contains_key("resources") {
         let requests = map([("cpu", "25m".into()), ("memory", "32Mi".into())]);
@@ -808,6 +818,7 @@ spec:
         assert!(model.get("readinessProbe").is_none());
         assert!(model.get("livenessProbe").is_some());
         assert_eq!(model["lifecycle"]["preStop"], drain_hook());
+        assert!(containers[1].get("lifecycle").is_none(), "the queue-proxy has no preStop hook");
     }
 
     #[test]

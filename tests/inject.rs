@@ -177,10 +177,10 @@ fn readiness_moves_to_the_queue_proxy_and_the_rest_stays() {
     assert_eq!(ready.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8022));
     let header = &ready.http_headers.as_ref().unwrap()[0];
     assert_eq!((header.name.as_str(), header.value.as_str()), ("Ebb-Probe", "queue"));
-    for container in [model, qp] {
-        let hook = container.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().http_get.clone().unwrap();
-        assert_eq!(hook.path.as_deref(), Some("/wait-for-drain"), "{}", container.name);
-    }
+    // The model waits for the drain; the queue-proxy has no hook: SIGTERM alone starts its drain.
+    let hook = model.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap().http_get.clone().unwrap();
+    assert_eq!(hook.path.as_deref(), Some("/wait-for-drain"));
+    assert!(qp.lifecycle.is_none(), "{:?}", qp.lifecycle);
     // 2m timeout + 30s drain quiet period + 5s margin.
     let grace = deployment.spec.unwrap().template.spec.unwrap().termination_grace_period_seconds;
     assert_eq!(grace, Some(155));

@@ -24,12 +24,16 @@ pub struct PodInfo {
     pub terminating: bool,
     /// Why the pod cannot start, when its status says so (unschedulable, image pull failure, crash loop).
     pub blocked: Option<String>,
+    /// The kubelet's readiness verdict, where there is a kubelet (`None` in local mode). The activator uses a
+    /// pod as soon as its own probe passes, before the kubelet says Ready; a pod that was Ready and is reported
+    /// not Ready (draining, its container failing) leaves the rotation until it answers the probe again.
+    pub ready: Option<bool>,
 }
 
 impl PodInfo {
-    /// A pod with an address that is not terminating or blocked.
+    /// A pod with an address that is not terminating or blocked, and no kubelet verdict.
     pub fn live(name: &str, addr: SocketAddr) -> Self {
-        Self { name: name.into(), addr: Some(addr), terminating: false, blocked: None }
+        Self { name: name.into(), addr: Some(addr), terminating: false, blocked: None, ready: None }
     }
 }
 

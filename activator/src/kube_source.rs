@@ -78,6 +78,7 @@ pub fn pod_info(pod: &Pod) -> Option<(ServiceKey, PodInfo)> {
         addr: ip.map(|ip| SocketAddr::new(ip, QUEUE_PROXY_DATA_PORT)),
         terminating: pod.meta().deletion_timestamp.is_some() || phase_over,
         blocked: blocked_reason(pod),
+        ready: Some(is_ready(pod)),
     };
     Some((service, info))
 }
@@ -343,7 +344,14 @@ mod tests {
         }));
         let (service, info) = pod_info(&p).unwrap();
         assert_eq!(service, ServiceKey::new("models", "chat"));
-        assert_eq!(info, PodInfo::live("chat-1", "10.0.0.7:8012".parse().unwrap()));
+        let expected =
+            PodInfo { ready: Some(false), ..PodInfo::live("chat-1", "10.0.0.7:8012".parse().unwrap()) };
+        assert_eq!(info, expected, "not Ready until the kubelet says so");
+        let ready = pod(json!({
+            "metadata": {"name": "chat-1", "namespace": "models", "labels": {"ebb.dev/service": "chat"}},
+            "status": {"podIP": "10.0.0.7", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        }));
+        assert_eq!(pod_info(&ready).unwrap().1.ready, Some(true));
         let pending =
             pod(json!({"metadata": {"name": "x", "namespace": "n", "labels": {"ebb.dev/service": "s"}}}));
         assert_eq!(pod_info(&pending).unwrap().1.addr, None);

@@ -206,6 +206,10 @@ impl Service {
                     if let Some(probe) = state.probe.take() {
                         probe.abort();
                     }
+                } else if state.info.ready == Some(true) && info.ready == Some(false) {
+                    // The kubelet's probe failed (a drain, a sick container): out of the rotation until our
+                    // own probe passes again.
+                    state.endpoint = None;
                 }
                 state.info = info;
                 if let (Some(addr), false, None, None) =

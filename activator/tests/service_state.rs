@@ -147,3 +147,28 @@ async fn removal_is_visible_to_waiters() {
     service.remove();
     assert!(wait_for(&mut status, "removal", |s| s.removed).await.removed);
 }
+
+#[tokio::test]
+async fn a_pod_the_kubelet_reports_not_ready_leaves_the_rotation_until_it_answers_again() {
+    let (ready, ready_rx) = watch::channel(true);
+    let addr = fake_queue_proxy(ready_rx).await;
+    let service = service(0);
+    let mut status = service.watch();
+    let prober = Prober::new();
+    let kubelet = |ready: bool| PodInfo { ready: Some(ready), ..PodInfo::live("demo-1", addr) };
+    // Used on the activator's own probe, before the kubelet says Ready.
+    service.set_pods(vec![kubelet(false)], &prober);
+    wait_for(&mut status, "the pod to be ready", |s| s.ready == 1).await;
+    service.set_pods(vec![kubelet(true)], &prober);
+    assert_eq!(service.status().ready, 1);
+
+    // The queue-proxy drains (or its container fails): the kubelet's probe fails and the pod leaves at once.
+    ready.send(false).unwrap();
+    service.set_pods(vec![kubelet(false)], &prober);
+    assert_eq!(service.status().ready, 0);
+    assert!(service.pick(&[]).is_none());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(service.status().ready, 0, "the probe keeps it out while it answers 503");
+    ready.send(true).unwrap();
+    wait_for(&mut status, "the pod to answer again", |s| s.ready == 1).await;
+}

@@ -1,6 +1,10 @@
 //! The auxiliary endpoints: the admin port (readiness for the kubelet at `/ready` or with `Ebb-Probe: queue`,
-//! liveness, `/wait-for-drain` for the
-//! user container's preStop hook), the stats port (`GET /stats`) and the Prometheus port (`GET /metrics`).
+//! liveness, `/wait-for-drain` for the user container's preStop hook), the stats port (`GET /stats`) and the
+//! Prometheus port (`GET /metrics`).
+//!
+//! The admin port is reachable by anything on the pod network (the kubelet probes it on the pod's IP), so
+//! nothing on it changes the proxy's state: `/wait-for-drain` only waits for a drain that SIGTERM started, and
+//! a bounded number of callers may wait at once.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use ebb_config::wire::STAT_CONTENT_TYPE;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use tokio::sync::Semaphore;
 
 use crate::handler::DataPlane;
 use crate::probe::{ProbeOptions, probe_once};
@@ -23,6 +28,9 @@ pub const LIVE_PATH: &str = "/live";
 /// Prometheus path on the metrics port.
 pub const METRICS_PATH: &str = "/metrics";
 
+/// Most `/wait-for-drain` calls waiting at once: one per container's preStop hook is all a pod makes.
+pub const MAX_DRAIN_WAITERS: usize = 16;
+
 /// Shared state of the auxiliary endpoints.
 #[derive(Debug)]
 pub struct Admin {
@@ -32,6 +40,8 @@ pub struct Admin {
     pub probe: ProbeOptions,
     /// The latest encoded stat.
     pub latest: LatestStat,
+    /// Places for `/wait-for-drain` callers.
+    drain_waiters: Semaphore,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -42,6 +52,11 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 impl Admin {
+    /// The endpoints over `data`.
+    pub fn new(data: Arc<DataPlane>, probe: ProbeOptions, latest: LatestStat) -> Self {
+        Self { data, probe, latest, drain_waiters: Semaphore::new(MAX_DRAIN_WAITERS) }
+    }
+
     /// The admin port.
     pub async fn admin(
         self: Arc<Self>,
@@ -60,9 +75,12 @@ impl Admin {
             READY_PATH | "/healthz/ready" => self.readiness().await,
             LIVE_PATH | "/healthz" | "/healthz/live" => text(StatusCode::OK, "alive"),
             WAIT_FOR_DRAIN_PATH => {
-                // Called from the preStop hook: the pod is terminating, so start draining if SIGTERM has not
-                // arrived yet, and return once nothing more will come through.
-                self.data.drainer.start();
+                // Called from the user container's preStop hook while SIGTERM drains the queue-proxy: returns
+                // once nothing more will come through, so the container stops only after its last request.
+                // It never starts a drain itself: anyone on the pod network can call it.
+                let Ok(_place) = self.drain_waiters.try_acquire() else {
+                    return Ok(text(StatusCode::TOO_MANY_REQUESTS, "too many callers waiting for the drain"));
+                };
                 self.data.drainer.drained().await;
                 text(StatusCode::OK, "drained")
             }

@@ -299,7 +299,7 @@ pub async fn shutdown_signal() {
             }
         }
         _ => {
-            tracing::error!("cannot install signal handlers; draining only via /wait-for-drain");
+            tracing::error!("cannot install signal handlers; the proxy cannot drain and will be killed");
             std::future::pending::<()>().await;
         }
     }

@@ -1,5 +1,6 @@
-//! Graceful drain. On SIGTERM (or a preStop hook's `/wait-for-drain`) readiness fails at once, but requests
-//! in flight and requests still arriving are served: the endpoints that route here take a while to notice.
+//! Graceful drain. On SIGTERM readiness fails at once, but requests in flight and requests still arriving are
+//! served: the endpoints that route here take a while to notice. (Only the process's own signal starts it; the
+//! admin port's `/wait-for-drain` waits for the end and starts nothing.)
 //! The proxy exits once nothing has been in flight for a quiet period since the last arrival, or at the drain
 //! deadline, whichever is first.
 

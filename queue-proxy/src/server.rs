@@ -155,7 +155,7 @@ impl QueueProxy {
             tokio::spawn(report_stats(data.stats.clone(), latest.clone(), config.pod_name.clone(), started));
 
         let (ctx, shutdown) = Acceptor::new();
-        let admin = Arc::new(Admin { data: data.clone(), probe: config.probe.clone(), latest });
+        let admin = Arc::new(Admin::new(data.clone(), config.probe.clone(), latest));
         let [data_listener, admin_listener, stats_listener, metrics_listener] = listeners;
 
         let d = data.clone();

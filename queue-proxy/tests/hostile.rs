@@ -48,3 +48,34 @@ async fn a_client_that_sends_one_byte_and_closes_holds_nothing() {
     let response = send(&client(), get(&format!("http://{data}/"))).await;
     assert_eq!(text(response).await, "served", "real traffic is served after the attack");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_the_pod_network_cannot_drain_the_pod() {
+    let upstream = upstream(|_| async { response(200, full("served")) }).await;
+    let proxy = proxy(upstream, &[]).await;
+    let admin = proxy.addrs.admin;
+    // Once, `/wait-for-drain` started the drain: readiness failed and every response closed its connection,
+    // while the gateway kept routing to the pod until the drain deadline cut its streams.
+    let waiters: Vec<_> = (0..ebb_queue_proxy::admin::MAX_DRAIN_WAITERS)
+        .map(|_| tokio::spawn(async move { fetch(admin, "/wait-for-drain").await }))
+        .collect();
+    // Once the bound is taken, the next caller is refused at once (a caller that still found room waits, and
+    // gives its place back when it gives up).
+    eventually("a caller beyond the bound is refused", || async move {
+        let call = tokio::time::timeout(Duration::from_millis(200), fetch(admin, "/wait-for-drain")).await;
+        matches!(call, Ok((429, _)))
+    })
+    .await;
+    assert!(!proxy.data.drainer.is_draining(), "no drain started");
+    assert_eq!(fetch(admin, "/ready").await.0, 200, "still ready");
+    let response = send(&client(), get(&proxy.url("/"))).await;
+    assert!(response.headers().get("connection").is_none(), "not told to close: {:?}", response.headers());
+    assert!(waiters.iter().all(|w| !w.is_finished()), "the callers still wait: nothing is draining");
+
+    // SIGTERM's drain (here: the stop) is what ends their wait.
+    proxy.stop().await;
+    for waiter in waiters {
+        let (status, body) = tokio::time::timeout(DEADLINE, waiter).await.expect("answered").unwrap();
+        assert_eq!((status, &body[..]), (200, &b"drained"[..]));
+    }
+}

@@ -509,6 +509,7 @@ impl PodManager {
                         addr: None,
                         terminating: false,
                         blocked: Some(reason.clone()),
+                        ready: None,
                     });
                 }
             }
