@@ -57,6 +57,7 @@ const MANAGED_ENV: &[&str] = &[
     "EBB_TIMEOUT",
     "EBB_RESPONSE_START_TIMEOUT",
     "EBB_IDLE_TIMEOUT",
+    "EBB_REQUEST_BODY_TIMEOUT",
     "EBB_PROTOCOL",
     "EBB_PROBE_PATH",
     "EBB_PROBE_TIMEOUT",
@@ -473,6 +474,7 @@ fn inject_deployment(
         env_value("EBB_TIMEOUT", &format_duration(d.timeout)),
         env_value("EBB_RESPONSE_START_TIMEOUT", &format_duration(d.response_start_timeout)),
         env_value("EBB_IDLE_TIMEOUT", &format_duration(d.idle_timeout.unwrap_or_default())),
+        env_value("EBB_REQUEST_BODY_TIMEOUT", &format_duration(d.request_body_timeout.unwrap_or_default())),
     ];
     // Unset means "the client's protocol", the queue-proxy's default.
     if let Some(protocol) = d.protocol {

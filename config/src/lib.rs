@@ -18,7 +18,7 @@ pub mod wire;
 pub use error::{Diagnosed, FieldError, Invalid, Warning};
 pub use global::GlobalConfig;
 pub use service::{
-    DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT, MAX_CONTAINER_CONCURRENCY,
-    QUEUE_DEPTH_PER_SLOT, resolve_service,
+    DEFAULT_ACTIVATION_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_TIMEOUT,
+    MAX_CONTAINER_CONCURRENCY, QUEUE_DEPTH_PER_SLOT, resolve_service,
 };
 pub use spec::{Aggregation, DataPlaneSpec, Metric, Protocol, ScalerClass, ScalingSpec, ServiceConfig};

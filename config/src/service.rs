@@ -15,6 +15,8 @@ use crate::value::{format_duration, format_number, is_dns_name};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// `ebb.dev/activation-timeout` when unset: GPU model loads take minutes.
 pub const DEFAULT_ACTIVATION_TIMEOUT: Duration = Duration::from_secs(600);
+/// `ebb.dev/request-body-timeout` when unset (nginx's `client_body_timeout`), or the timeout when shorter.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `ebb.dev/max-queued` when unset.
 pub const DEFAULT_MAX_QUEUED: u32 = 1000;
 /// `ebb.dev/queue-depth` when unset is this many times the container concurrency.
@@ -159,11 +161,15 @@ fn resolve_data_plane(f: &mut Fields<'_>, container_concurrency: u32) -> DataPla
     let idle_timeout = f
         .get(key::IDLE_TIMEOUT, |t| DurationRule::ebb(Duration::ZERO, timeout).check(t))
         .filter(|d| !d.is_zero());
+    let request_body_timeout = f
+        .get(key::REQUEST_BODY_TIMEOUT, |t| DurationRule::ebb(Duration::ZERO, timeout).check(t))
+        .unwrap_or(DEFAULT_REQUEST_BODY_TIMEOUT.min(timeout));
     DataPlaneSpec {
         container_concurrency,
         timeout,
         response_start_timeout,
         idle_timeout,
+        request_body_timeout: (!request_body_timeout.is_zero()).then_some(request_body_timeout),
         queue_depth: f
             .get(key::QUEUE_DEPTH, |t| whole_number(t, 0..=100_000))
             .unwrap_or(container_concurrency.saturating_mul(QUEUE_DEPTH_PER_SLOT)),
@@ -221,6 +227,7 @@ impl ServiceConfig {
             (key::TIMEOUT, format_duration(d.timeout)),
             (key::RESPONSE_START_TIMEOUT, format_duration(d.response_start_timeout)),
             (key::IDLE_TIMEOUT, format_duration(d.idle_timeout.unwrap_or_default())),
+            (key::REQUEST_BODY_TIMEOUT, format_duration(d.request_body_timeout.unwrap_or_default())),
             (key::QUEUE_DEPTH, d.queue_depth.to_string()),
             (key::ACTIVATION_TIMEOUT, format_duration(d.activation_timeout)),
             (key::MAX_QUEUED, d.max_queued.to_string()),

@@ -123,6 +123,9 @@ pub struct DataPlaneSpec {
     pub response_start_timeout: Duration,
     /// Longest time the upstream sends nothing (before its first byte or between bytes); `None` means off.
     pub idle_timeout: Option<Duration>,
+    /// Longest time the client sends nothing while its request body is still coming (nginx's
+    /// `client_body_timeout`); `None` means off.
+    pub request_body_timeout: Option<Duration>,
     /// Requests the queue-proxy queues beyond the concurrency limit (default 10 x CC).
     pub queue_depth: u32,
     /// How long the activator holds a request while the service is starting.

@@ -60,6 +60,7 @@ fn defaults_match_knative_and_design_md() {
     assert_eq!((d.container_concurrency, d.queue_depth, d.max_queued), (0, 0, 1000));
     assert_eq!((d.timeout, d.response_start_timeout), (Duration::from_secs(300), Duration::from_secs(300)));
     assert_eq!((d.idle_timeout, d.activation_timeout), (None, Duration::from_secs(600)));
+    assert_eq!(d.request_body_timeout, Some(Duration::from_secs(60)));
     assert_eq!((d.hosts.len(), d.protocol, c.paused), (0, None, false));
     assert!(c.is_autoscaled());
 }
@@ -96,6 +97,7 @@ const CASES: &[Case] = &[
     (key::TIMEOUT, &[("30", "30s"), ("90s", "1m30s"), ("24h", "24h")], &[("0", "must be between 1s and 24h"), ("25h", "must be between 1s and 24h"), ("soon", "must be a duration such as 300s, 5m or 300")]),
     (key::RESPONSE_START_TIMEOUT, &[("10", "10s"), ("5m", "5m")], &[("6m", "must be between 1s and 5m"), ("0", "must be between 1s and 5m")]),
     (key::IDLE_TIMEOUT, &[("0", "0s"), ("30s", "30s")], &[("10m", "must be between 0s and 5m")]),
+    (key::REQUEST_BODY_TIMEOUT, &[("0", "0s"), ("10s", "10s"), ("5m", "5m")], &[("6m", "must be between 0s and 5m")]),
     (key::QUEUE_DEPTH, &[("0", "0"), ("100000", "100000")], &[("100001", "must be between 0 and 100000")]),
     (key::ACTIVATION_TIMEOUT, &[("120", "2m"), ("30m", "30m")], &[("0s", "must be between 1s and 24h")]),
     (key::MAX_QUEUED, &[("1", "1"), ("20000", "20000")], &[("0", "must be between 1 and 1000000")]),
@@ -256,6 +258,9 @@ fn cross_key_rules() {
     assert!(resolve(&[(key::MIN_SCALE, "5"), (key::MAX_SCALE, "0")]).is_ok(), "max 0 is unbounded");
     // The response-start and idle timeouts are bounded by the service's own timeout.
     assert!(resolve(&[(key::TIMEOUT, "20m"), (key::RESPONSE_START_TIMEOUT, "10m")]).is_ok());
+    // The request-body timeout's default stays within a short timeout.
+    let short = resolve(&[(key::TIMEOUT, "20s")]).unwrap().data_plane;
+    assert_eq!(short.request_body_timeout, Some(Duration::from_secs(20)));
     // Queue depth defaults to 10 x CC.
     assert_eq!(resolve(&[(key::CONTAINER_CONCURRENCY, "4")]).unwrap().data_plane.queue_depth, 40);
 }

@@ -4,11 +4,14 @@
 //! fails, or is dropped because the client went away; that is what frees the concurrency slot.
 
 use std::error::Error as StdError;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ProxyError;
 use crate::timeouts::{BodyTimer, TimeoutKind};
@@ -126,6 +129,69 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.end.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The error a [`RequestBody`] fails with when the client went silent.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client sent no part of the request body for {0:?}")]
+pub struct RequestBodyTimedOut(pub Duration);
+
+/// A client's request body on its way upstream, failed with [`RequestBodyTimedOut`] when the client sends
+/// nothing for `limit` while the body is still coming (nginx's `client_body_timeout`), so that a client trickling
+/// a byte at a time cannot hold a concurrency slot for the whole request timeout. The timer is armed only when
+/// the body has to wait: a body that came with its headers costs none.
+#[derive(Debug)]
+pub struct RequestBody<B = Incoming> {
+    inner: B,
+    limit: Option<Duration>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> RequestBody<B> {
+    /// Wraps `inner`; `None` never times out.
+    pub fn new(inner: B, limit: Option<Duration>) -> Self {
+        Self { inner, limit, sleep: None }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                // Progress: the next wait starts a new period.
+                if let (Some(sleep), Some(limit)) = (&mut this.sleep, this.limit) {
+                    sleep.as_mut().reset(Instant::now() + limit);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(limit) = this.limit else { return Poll::Pending };
+                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                ready!(sleep.as_mut().poll(cx));
+                this.limit = None;
+                Poll::Ready(Some(Err(Box::new(RequestBodyTimedOut(limit)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -81,6 +81,11 @@ pub struct Args {
     #[arg(long, env = "EBB_IDLE_TIMEOUT", default_value = "0", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Longest time the client may send nothing while its request body is still coming (answered 408); 0 = off
+    /// [default: 60s, or --timeout when shorter].
+    #[arg(long, env = "EBB_REQUEST_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub request_body_timeout: Option<Duration>,
+
     /// Upstream protocol, `http1` or `h2c` [default: the client's].
     #[arg(long, env = "EBB_PROTOCOL", value_parser = parse_protocol)]
     pub protocol: Option<Protocol>,
@@ -198,6 +203,11 @@ impl Args {
                 total: self.timeout,
                 response_start: self.response_start_timeout.unwrap_or(self.timeout),
                 idle: (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+                request_body: Some(
+                    self.request_body_timeout
+                        .unwrap_or(ebb_config::DEFAULT_REQUEST_BODY_TIMEOUT.min(self.timeout)),
+                )
+                .filter(|d| !d.is_zero()),
             },
             protocol: self.protocol,
             drain_quiet_period: self.drain_quiet_period,
@@ -359,6 +369,7 @@ mod tests {
             "--timeout",
             "--response-start-timeout",
             "--idle-timeout",
+            "--request-body-timeout",
             "--probe-period",
             "--probe-aggressive-for",
             "--probe-max-period",

@@ -112,6 +112,7 @@ impl Config {
             ("--timeout", Some(self.timeouts.total)),
             ("--response-start-timeout", Some(self.timeouts.response_start)),
             ("--idle-timeout", self.timeouts.idle),
+            ("--request-body-timeout", self.timeouts.request_body),
             ("--probe-period", Some(self.probe.initial_period)),
             ("--probe-aggressive-for", Some(self.probe.aggressive_for)),
             ("--probe-max-period", Some(self.probe.max_period)),

@@ -55,7 +55,8 @@ pub enum ProxyError {
     /// comes first (the kind says which).
     #[error("timed out waiting in the queue for a concurrency slot ({})", timeout_name(*.0))]
     QueueTimeout(TimeoutKind),
-    /// A timeout passed before the response started.
+    /// A timeout passed before the response started (or, for [`TimeoutKind::RequestBody`], before the client
+    /// finished its request body).
     #[error("{}", timeout_message(*.0))]
     Timeout(TimeoutKind),
     /// Nothing listens on the upstream port.
@@ -98,6 +99,7 @@ fn timeout_name(kind: TimeoutKind) -> &'static str {
         TimeoutKind::Total => "the total timeout",
         TimeoutKind::ResponseStart => "the response-start timeout",
         TimeoutKind::Idle => "the idle timeout",
+        TimeoutKind::RequestBody => "the request-body timeout",
     }
 }
 
@@ -106,11 +108,12 @@ fn timeout_message(kind: TimeoutKind) -> &'static str {
         TimeoutKind::Total => "the request exceeded its total timeout",
         TimeoutKind::ResponseStart => "upstream did not start responding within the response-start timeout",
         TimeoutKind::Idle => "upstream sent nothing for longer than the idle timeout",
+        TimeoutKind::RequestBody => "the client sent nothing for longer than the request-body timeout",
     }
 }
 
 /// Every error kind's metric label, with its origin, for initialising series at zero.
-pub const ALL_REASONS: [(Origin, &str); 18] = [
+pub const ALL_REASONS: [(Origin, &str); 19] = [
     (Origin::Client, "bad_request"),
     (Origin::Client, "client_body"),
     (Origin::Internal, "overloaded"),
@@ -118,6 +121,7 @@ pub const ALL_REASONS: [(Origin, &str); 18] = [
     (Origin::Upstream, "timeout_total"),
     (Origin::Upstream, "timeout_response_start"),
     (Origin::Upstream, "timeout_idle"),
+    (Origin::Client, "timeout_request_body"),
     (Origin::Upstream, "upstream_refused"),
     (Origin::Upstream, "upstream_connect"),
     (Origin::Upstream, "upstream_reset"),
@@ -150,6 +154,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::ClientBody
+            | ProxyError::Timeout(TimeoutKind::RequestBody)
             | ProxyError::UnknownService(_)
             | ProxyError::Misrouted(_) => Origin::Client,
             ProxyError::Overloaded
@@ -174,6 +179,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
+            ProxyError::Timeout(TimeoutKind::RequestBody) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Overloaded
             | ProxyError::QueueFull
             | ProxyError::ActivationTimeout(_)
@@ -198,6 +204,7 @@ impl ProxyError {
             ProxyError::Timeout(TimeoutKind::Total) => "timeout_total",
             ProxyError::Timeout(TimeoutKind::ResponseStart) => "timeout_response_start",
             ProxyError::Timeout(TimeoutKind::Idle) => "timeout_idle",
+            ProxyError::Timeout(TimeoutKind::RequestBody) => "timeout_request_body",
             ProxyError::UpstreamRefused => "upstream_refused",
             ProxyError::UpstreamConnect(_) => "upstream_connect",
             ProxyError::UpstreamReset => "upstream_reset",
@@ -226,6 +233,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::ClientBody
+            | ProxyError::Timeout(TimeoutKind::RequestBody)
             | ProxyError::Overloaded
             | ProxyError::QueueTimeout(_)
             | ProxyError::UnknownService(_)
@@ -267,6 +275,10 @@ impl ProxyError {
 
     /// Classifies any error whose source chain holds hyper or I/O errors (a failed upstream request or body).
     pub fn from_hyper_chain(err: &(dyn StdError + 'static)) -> Self {
+        // hyper wraps a request body's own error as a user error: ours says why the body stopped.
+        if chain(err).any(|e| e.is::<crate::body::RequestBodyTimedOut>()) {
+            return ProxyError::Timeout(TimeoutKind::RequestBody);
+        }
         let mut source: Option<&(dyn StdError + 'static)> = Some(err);
         while let Some(e) = source {
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
@@ -296,15 +308,13 @@ impl ProxyError {
     }
 }
 
+/// `err` and its sources, outermost first.
+fn chain<'a>(err: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |&e| e.source())
+}
+
 fn find_io<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(io);
-        }
-        source = e.source();
-    }
-    None
+    chain(err).find_map(|e| e.downcast_ref::<io::Error>())
 }
 
 /// "outer: inner: innermost", skipping repeats.
@@ -482,6 +492,7 @@ mod tests {
             ProxyError::Timeout(TimeoutKind::Total),
             ProxyError::Timeout(TimeoutKind::ResponseStart),
             ProxyError::Timeout(TimeoutKind::Idle),
+            ProxyError::Timeout(TimeoutKind::RequestBody),
             ProxyError::UpstreamRefused,
             ProxyError::UpstreamConnect("x".into()),
             ProxyError::UpstreamReset,

@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{BodyEnd, ProxyBody, TrackedBody};
+use crate::body::{BodyEnd, ProxyBody, RequestBody, TrackedBody};
 use crate::breaker::{Breaker, Permit};
 use crate::drain::Drainer;
 use crate::error::{Answer, ClientKind, ProxyError, error_response};
@@ -44,7 +44,7 @@ pub fn is_proxied(headers: &HeaderMap) -> bool {
 #[derive(Debug)]
 pub struct DataPlane {
     /// The upstream pools.
-    pub forwarder: Forwarder<Incoming>,
+    pub forwarder: Forwarder<RequestBody>,
     /// The user container.
     pub upstream: Authority,
     /// Upstream protocol override.
@@ -143,9 +143,14 @@ impl DataPlane {
         }
 
         let (deadline, deadline_kind) = self.timeouts.header_deadline(start, Instant::now());
+        let req = req.map(|body| RequestBody::new(body, self.timeouts.request_body));
         let forwarded = self.forwarder.forward(req, &self.upstream, self.protocol);
         let (mut response, upgrade) = match tokio::time::timeout_at(deadline, forwarded).await {
             Ok(Ok(forwarded)) => forwarded,
+            // A client that stopped sending its body has the rest of it unread on the connection.
+            Ok(Err(err @ ProxyError::Timeout(TimeoutKind::RequestBody))) => {
+                return Ok(self.fail(&err, kind, true));
+            }
             Ok(Err(err)) => return Ok(self.fail(&err, kind, close_after)),
             Err(_elapsed) => return Ok(self.fail(&ProxyError::Timeout(deadline_kind), kind, close_after)),
         };

@@ -37,7 +37,7 @@ pub struct Metrics {
     time_to_first_byte: Histogram,
     duration: Histogram,
     breaker_rejections: Counter,
-    timeouts: [Counter; 3],
+    timeouts: [Counter; TimeoutKind::ALL.len()],
     errors: Family<Labels2, Counter>,
     in_flight: Gauge,
     queued: Gauge,

@@ -1,8 +1,9 @@
-//! The three request timeouts the queue-proxy owns: total (from arrival to the end of the response body,
-//! queueing included), response-start (from arrival to the response headers) and idle (the longest time the
-//! upstream sends nothing: from forwarding the request to the headers, then between response body chunks, as
-//! Knative counts it). Before the response starts they end in a 504; after, the stream is cut, since the
-//! status has been sent.
+//! The request timeouts the queue-proxy owns: total (from arrival to the end of the response body, queueing
+//! included), response-start (from arrival to the response headers) and idle (the longest time the upstream
+//! sends nothing: from forwarding the request to the headers, then between response body chunks, as Knative
+//! counts it). Before the response starts they end in a 504; after, the stream is cut, since the status has
+//! been sent. A fourth watches the client: the request body (the longest time the client sends nothing while
+//! its body is still coming, nginx's `client_body_timeout`), answered 408.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -25,11 +26,14 @@ pub enum TimeoutKind {
     ResponseStart,
     /// The upstream sent nothing (no headers, then no body chunk) for longer than the idle timeout.
     Idle,
+    /// The client sent nothing for longer than the request-body timeout while its body was still coming.
+    RequestBody,
 }
 
 impl TimeoutKind {
     /// Every kind, for initialising metric series.
-    pub const ALL: [TimeoutKind; 3] = [TimeoutKind::Total, TimeoutKind::ResponseStart, TimeoutKind::Idle];
+    pub const ALL: [TimeoutKind; 4] =
+        [TimeoutKind::Total, TimeoutKind::ResponseStart, TimeoutKind::Idle, TimeoutKind::RequestBody];
 
     /// The metric label value.
     pub fn label(self) -> &'static str {
@@ -37,6 +41,7 @@ impl TimeoutKind {
             TimeoutKind::Total => "total",
             TimeoutKind::ResponseStart => "response_start",
             TimeoutKind::Idle => "idle",
+            TimeoutKind::RequestBody => "request_body",
         }
     }
 }
@@ -50,6 +55,8 @@ pub struct Timeouts {
     pub response_start: Duration,
     /// Longest time the upstream may send nothing, from forwarding on; `None` is off.
     pub idle: Option<Duration>,
+    /// Longest time the client may send nothing while its request body is still coming; `None` is off.
+    pub request_body: Option<Duration>,
 }
 
 impl Timeouts {
@@ -148,8 +155,12 @@ mod tests {
     #[test]
     fn response_start_is_capped_by_total() {
         let start = Instant::now();
-        let t =
-            Timeouts { total: Duration::from_secs(10), response_start: Duration::from_secs(20), idle: None };
+        let t = Timeouts {
+            total: Duration::from_secs(10),
+            response_start: Duration::from_secs(20),
+            idle: None,
+            request_body: None,
+        };
         assert_eq!(t.response_start_deadline(start), (start + Duration::from_secs(10), TimeoutKind::Total));
         let t = Timeouts { response_start: Duration::from_secs(2), ..t };
         assert_eq!(
@@ -162,7 +173,8 @@ mod tests {
     fn idle_bounds_the_wait_for_headers_from_forwarding_on() {
         let start = Instant::now();
         let secs = Duration::from_secs;
-        let t = Timeouts { total: secs(10), response_start: secs(6), idle: Some(secs(2)) };
+        let t =
+            Timeouts { total: secs(10), response_start: secs(6), idle: Some(secs(2)), request_body: None };
         // Forwarded at once: the idle timeout is the earliest.
         assert_eq!(t.header_deadline(start, start), (start + secs(2), TimeoutKind::Idle));
         // Forwarded after 5 s in the queue: response-start comes first.
@@ -175,7 +187,12 @@ mod tests {
     #[test]
     fn deadlines_saturate_instead_of_panicking() {
         let start = Instant::now();
-        let t = Timeouts { total: Duration::MAX, response_start: Duration::MAX, idle: Some(Duration::MAX) };
+        let t = Timeouts {
+            total: Duration::MAX,
+            response_start: Duration::MAX,
+            idle: Some(Duration::MAX),
+            request_body: None,
+        };
         assert!(t.total_deadline(start) > start);
         assert!(t.response_start_deadline(start).0 > start);
         assert!(t.header_deadline(start, start).0 > start);

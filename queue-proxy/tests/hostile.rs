@@ -55,17 +55,23 @@ async fn a_client_on_the_pod_network_cannot_drain_the_pod() {
     let proxy = proxy(upstream, &[]).await;
     let admin = proxy.addrs.admin;
     // Once, `/wait-for-drain` started the drain: readiness failed and every response closed its connection,
-    // while the gateway kept routing to the pod until the drain deadline cut its streams.
-    let waiters: Vec<_> = (0..ebb_queue_proxy::admin::MAX_DRAIN_WAITERS)
+    // while the gateway kept routing to the pod until the drain deadline cut its streams. One caller more than
+    // the bound: exactly one is refused at once, the others wait.
+    let mut callers: Vec<_> = (0..=ebb_queue_proxy::admin::MAX_DRAIN_WAITERS)
         .map(|_| tokio::spawn(async move { fetch(admin, "/wait-for-drain").await }))
         .collect();
-    // Once the bound is taken, the next caller is refused at once (a caller that still found room waits, and
-    // gives its place back when it gives up).
-    eventually("a caller beyond the bound is refused", || async move {
-        let call = tokio::time::timeout(Duration::from_millis(200), fetch(admin, "/wait-for-drain")).await;
-        matches!(call, Ok((429, _)))
+    let refused = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(i) = callers.iter().position(|c| c.is_finished()) {
+                return callers.remove(i).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     })
-    .await;
+    .await
+    .expect("the caller beyond the bound is answered at once");
+    assert_eq!(refused.0, 429, "{refused:?}");
+    let waiters = callers;
     assert!(!proxy.data.drainer.is_draining(), "no drain started");
     assert_eq!(fetch(admin, "/ready").await.0, 200, "still ready");
     let response = send(&client(), get(&proxy.url("/"))).await;
@@ -78,4 +84,59 @@ async fn a_client_on_the_pod_network_cannot_drain_the_pod() {
         let (status, body) = tokio::time::timeout(DEADLINE, waiter).await.expect("answered").unwrap();
         assert_eq!((status, &body[..]), (200, &b"drained"[..]));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_body_loses_its_slot_with_a_408() {
+    // The upstream reads the whole body before it answers, as a model reading a prompt does.
+    let upstream = upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        match req.into_body().collect().await {
+            Ok(body) => response(200, full(format!("read {} bytes", body.to_bytes().len()))),
+            Err(_) => response(400, full("body failed")),
+        }
+    })
+    .await;
+    let flags = ["--container-concurrency", "1", "--request-body-timeout", "300ms", "--timeout", "60s"];
+    let proxy = proxy(upstream, &flags).await;
+
+    // Headers promise 1000 bytes; one arrives, then nothing. Once, such a client held the only slot for the
+    // whole request timeout (five minutes by default), a byte a minute.
+    let mut slow = TcpStream::connect(proxy.addrs.data).await.unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: demo\r\ncontent-length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    let answer = read_head(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(answer.contains("timeout_request_body"), "{answer}");
+
+    // The slot is free again: a well-behaved request goes straight through.
+    let request = http::Request::post(proxy.url("/v1/chat/completions"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"ok\":true}")))
+        .unwrap();
+    assert_eq!(text(send(&client(), request).await).await, "read 11 bytes");
+    let metrics = metrics(&proxy).await;
+    assert_eq!(
+        series(&metrics, "ebb_queue_proxy_timeouts_total{kind=\"request_body\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// Reads from `stream` until the peer closes or 2 s pass; the text read.
+async fn read_head(stream: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer in time; read so far: {}", String::from_utf8_lossy(&out)),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

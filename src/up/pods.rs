@@ -328,6 +328,8 @@ impl PodManager {
             format!("{}ms", dp.response_start_timeout.as_millis()),
             "--idle-timeout".into(),
             format!("{}ms", dp.idle_timeout.map_or(0, |d| d.as_millis())),
+            "--request-body-timeout".into(),
+            format!("{}ms", dp.request_body_timeout.map_or(0, |d| d.as_millis())),
             // The activator stops sending to a terminating pod at once: a short quiet period suffices.
             "--drain-quiet-period".into(),
             "1s".into(),

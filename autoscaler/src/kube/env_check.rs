@@ -236,6 +236,29 @@ pub fn mismatches(pod: &Pod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
         Err(text) => push("EBB_IDLE_TIMEOUT", Some(text), String::new(), annotation::IDLE_TIMEOUT, want),
     }
 
+    // EBB_REQUEST_BODY_TIMEOUT (default 60 s, or the timeout when shorter; 0 = off).
+    let want_body = spec.request_body_timeout.and_then(off);
+    let want = idle_text(want_body);
+    let default = ebb_config::DEFAULT_REQUEST_BODY_TIMEOUT.min(spec.timeout);
+    match effective(container, "EBB_REQUEST_BODY_TIMEOUT", parse_duration, default) {
+        Ok(Some((v, _))) if off(v) == want_body => {}
+        Ok(Some((v, literal))) => push(
+            "EBB_REQUEST_BODY_TIMEOUT",
+            literal,
+            idle_text(off(v)),
+            annotation::REQUEST_BODY_TIMEOUT,
+            want,
+        ),
+        Ok(None) => {}
+        Err(text) => push(
+            "EBB_REQUEST_BODY_TIMEOUT",
+            Some(text),
+            String::new(),
+            annotation::REQUEST_BODY_TIMEOUT,
+            want,
+        ),
+    }
+
     // EBB_PROTOCOL (default unset: follow the client).
     let parse_protocol = |t: &str| match t {
         "http1" => Some(Some(Protocol::Http1)),
@@ -264,6 +287,7 @@ mod tests {
             timeout: Duration::from_secs(300),
             response_start_timeout: Duration::from_secs(300),
             idle_timeout: None,
+            request_body_timeout: Some(Duration::from_secs(60)),
             queue_depth: 40,
             activation_timeout: Duration::from_secs(60),
             max_queued: 100,
