@@ -12,7 +12,7 @@ use std::process::Command;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::up::{EBB, Up, chat_load, start, write_yaml};
+use support::up::{EBB, Up, chat_load, processes_with, start, write_yaml};
 
 /// A unique name per test (a DNS label): service name, model name, and the marker found in process lists.
 fn unique(prefix: &str) -> String {
@@ -37,24 +37,6 @@ async fn start_warm(name: &str) -> Up {
     let up = start(name, &yaml(name, &[("autoscaling.knative.dev/min-scale", "1")]));
     up.wait_for(name, "the min-scale pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1)).await;
     up
-}
-
-/// Pids of live processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        // Zombies have an empty command line: they are dead.
-        if String::from_utf8_lossy(&cmdline).contains(marker) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// Whether `pid` is a live process (a zombie's command line is empty: it is dead).

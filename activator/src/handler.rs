@@ -12,7 +12,7 @@ use ebb_config::names::{
     HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROXIED, PROBE_ACTIVATOR, PROXIED_BY_ACTIVATOR,
 };
 use ebb_config::value::format_duration;
-use ebb_queue_proxy::body::BodyEnd;
+use ebb_queue_proxy::body::{BodyEnd, RequestBody};
 use ebb_queue_proxy::drain::Drainer;
 use ebb_queue_proxy::error::{Answer, ClientKind, error_response};
 use ebb_queue_proxy::proxy::{Forwarder, PendingUpgrade, is_upgrade};
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::balancer::Lease;
 use crate::registry::Registry;
-use crate::retry::{RetryBody, RetrySlot};
+use crate::retry::{AttemptBody, Replayable};
 use crate::routing::RouteError;
 use crate::service::{RequestSettings, Service, Status};
 use crate::stats::{StatSink, cold_start_stat};
@@ -33,6 +33,10 @@ use crate::stats::{StatSink, cold_start_stat};
 /// How long after the service's own timeout the activator gives up on a forwarded request; the queue-proxy
 /// owns the real timeouts and should always answer first.
 pub const BACKSTOP: Duration = Duration::from_secs(5);
+
+/// Most attempts to send one request whose earlier attempts reached no user container (pods that refuse and
+/// then pass their probe again cannot keep a request going round for ever).
+const MAX_ATTEMPTS: usize = 10;
 
 /// Carries a cold start's phases to the client (W3C Server Timing; browsers' developer tools show it).
 const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
@@ -91,7 +95,7 @@ pub struct Activator {
     pub registry: Arc<Registry>,
     /// Drain state: readiness fails once it starts.
     pub drainer: Arc<Drainer>,
-    forwarder: Forwarder<RetryBody>,
+    forwarder: Forwarder<AttemptBody>,
     sink: Arc<dyn StatSink>,
     metrics: Arc<crate::metrics::Metrics>,
     options: Options,
@@ -159,7 +163,7 @@ impl Activator {
     /// Handles one request. Never fails: every error becomes an answer in the client's shape.
     pub async fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Result<Response<ActivatorBody>, Infallible> {
         if let Some(probe) = req.headers().get(HEADER_PROBE) {
             return Ok(self.probe_answer(probe));
@@ -167,11 +171,17 @@ impl Activator {
         let arrived = Instant::now();
         self.drainer.touch(arrived);
         let kind = ClientKind::of(req.uri().path(), req.headers());
-        let service = match self.registry.route(req.uri(), req.headers()) {
-            Ok(service) => service,
+        let routed = self.registry.route(req.uri(), req.headers()).map(|service| {
+            let settings = service.request_settings();
+            (service, settings)
+        });
+        // The body's silences are bounded by its service's timeout, and an early answer drains what is left.
+        let timeout = routed.as_ref().ok().and_then(|(_, settings)| settings.request_body_timeout);
+        let mut req = req.map(|body| RequestBody::new(body, timeout));
+        let (service, settings) = match routed {
+            Ok(routed) => routed,
             Err(err) => return Ok(self.fail(None, &route_error(err), kind)),
         };
-        let settings = service.request_settings();
 
         // Serve mode (local mode, warm service): straight to a pod, as a gateway routing to the pods would, so
         // the queue-proxies measure the load as they do in a cluster. Otherwise the activator holds a slot of
@@ -210,7 +220,7 @@ impl Activator {
     async fn hold(
         &self,
         service: &Service,
-        req: &mut Request<Incoming>,
+        req: &mut Request<RequestBody>,
         arrived: Instant,
         settings: RequestSettings,
     ) -> Result<Held, ProxyError> {
@@ -238,7 +248,7 @@ impl Activator {
     async fn admit(
         &self,
         service: &Service,
-        req: &mut Request<Incoming>,
+        req: &mut Request<RequestBody>,
         deadline: Instant,
         settings: RequestSettings,
     ) -> Result<Permit, ProxyError> {
@@ -258,13 +268,15 @@ impl Activator {
         }
     }
 
-    /// Forwards to a pod, retrying on another only when the connection failed before any of the request was
-    /// sent. Waits for a pod if the set changed between admission and choice. `proxied` marks the request as
-    /// the activator's for the queue-proxy's accounting.
+    /// Forwards to a pod, and to another when nothing of the request reached a user container (the connection
+    /// failed before anything was sent, or the pod answered that it forwarded nothing): a pod that refused is
+    /// left out until it answers its probe again, a full one is skipped for this request, and with no usable pod
+    /// left the request waits for one as it would at zero. `proxied` marks the request as the activator's for
+    /// the queue-proxy's accounting.
     async fn forward(
         &self,
         service: &Arc<Service>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         settings: RequestSettings,
         activation_deadline: Instant,
         proxied: bool,
@@ -279,21 +291,25 @@ impl Activator {
         }
         // An upgrade's handshake lives in the request's extensions, which only the first attempt can carry.
         let retryable = !is_upgrade(&parts.headers);
+        let body = match retryable {
+            true => Replayable::read(body).await?,
+            false => Replayable::streamed(body),
+        };
         let template = retryable
             .then(|| (parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone()));
-        let slot = RetrySlot::new(body);
         let mut first = Some(parts);
-        let mut tried = Vec::new();
+        let mut full: Vec<Arc<str>> = Vec::new();
         let mut last_error = None;
         let deadline = Instant::now() + settings.timeout + BACKSTOP;
-        loop {
-            let lease = match service.pick(&tried) {
+        for _ in 0..MAX_ATTEMPTS {
+            let lease = match service.pick(&full) {
                 Some(lease) => lease,
-                None if tried.is_empty() => {
+                // Every usable pod is full: their 503 is the answer.
+                None if !full.is_empty() => break,
+                None => {
                     wait_for_a_pod(service, activation_deadline, settings).await?;
                     continue;
                 }
-                None => return Err(last_error.unwrap_or(ProxyError::UpstreamRefused)),
             };
             let parts = match (first.take(), &template) {
                 (Some(parts), _) => parts,
@@ -305,25 +321,47 @@ impl Activator {
                     *rebuilt.headers_mut() = headers.clone();
                     rebuilt.into_parts().0
                 }
-                (None, None) => return Err(last_error.unwrap_or(ProxyError::UpstreamRefused)),
+                (None, None) => break,
             };
             let attempt = self.forwarder.forward(
-                Request::from_parts(parts, slot.body()),
+                Request::from_parts(parts, body.attempt()),
                 &lease.endpoint().authority,
                 settings.protocol,
             );
-            match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok((response, upgrade))) => return Ok((response, lease, upgrade)),
-                Ok(Err(err)) if retryable && slot.unused() && is_connect_failure(&err) => {
-                    let pod = lease.endpoint().name.clone();
-                    tracing::info!(service = %service.key, %pod, "connection failed before sending; retrying elsewhere: {err}");
-                    service.pod_failed(&pod, self.registry.prober());
-                    tried.push(pod);
-                    last_error = Some(err);
+            let pod = lease.endpoint().name.clone();
+            let unforwarded = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok((response, upgrade))) => {
+                    let Some(err) = ProxyError::unforwarded_by_pod(response.headers()) else {
+                        return Ok((response, lease, upgrade));
+                    };
+                    self.leave_out(service, &pod, &err, &mut full);
+                    if !(retryable && body.replayable()) {
+                        return Ok((response, lease, upgrade));
+                    }
+                    err
+                }
+                Ok(Err(err)) if is_connect_failure(&err) => {
+                    self.leave_out(service, &pod, &err, &mut full);
+                    if !(retryable && body.replayable()) {
+                        return Err(err);
+                    }
+                    err
                 }
                 Ok(Err(err)) => return Err(err),
                 Err(_elapsed) => return Err(ProxyError::Timeout(TimeoutKind::ResponseStart)),
-            }
+            };
+            tracing::info!(service = %service.key, %pod, "nothing reached the pod's container ({unforwarded}); trying another");
+            last_error = Some(unforwarded);
+        }
+        Err(last_error.unwrap_or(ProxyError::UpstreamRefused))
+    }
+
+    /// A pod reached nothing of a request: a full one is skipped for this request; one that refused (its
+    /// container or its queue-proxy is gone) is out of the rotation until it answers its probe again.
+    fn leave_out(&self, service: &Arc<Service>, pod: &Arc<str>, err: &ProxyError, full: &mut Vec<Arc<str>>) {
+        match err {
+            ProxyError::Overloaded => full.push(pod.clone()),
+            _ => service.pod_failed(pod, self.registry.prober()),
         }
     }
 
@@ -353,7 +391,9 @@ impl Activator {
 fn route_error(err: RouteError) -> ProxyError {
     match err {
         RouteError::Unknown(_) => ProxyError::UnknownService(err.to_string()),
-        RouteError::BadHeader(_) | RouteError::Conflict { .. } => ProxyError::Misrouted(err.to_string()),
+        RouteError::BadHeader(_) | RouteError::Duplicate(_) | RouteError::Conflict { .. } => {
+            ProxyError::Misrouted(err.to_string())
+        }
     }
 }
 

@@ -1,75 +1,160 @@
-//! A request body that can be taken back when the upstream connection failed before any of it was sent, so the
-//! request can be retried on another pod (design.md: retry only when the connection failed or was reset
-//! before any byte of the request was sent; never after the response started).
+//! The client's request body, kept so that a request can go to another pod when nothing of it reached a user
+//! container: the connection to the pod failed before any byte was sent, or the pod's queue-proxy answered that
+//! it forwarded nothing (`Ebb-Proxy-Error: upstream_refused` or `overloaded`, see
+//! [`ProxyError::unforwarded_by_pod`]). Retrying is then always safe; it is never done once the request may
+//! have reached a container, nor after the response started.
+//!
+//! A body with a known length of at most [`BUFFER_LIMIT`] is read whole before the first attempt (nginx buffers
+//! request bodies the same way), so every attempt can send all of it. Any other body streams, and only an
+//! attempt that finds it untouched can send it. Either way the client's silence is bounded by the service's
+//! request-body timeout.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use ebb_queue_proxy::ProxyError;
+use ebb_queue_proxy::body::{BoxError, RequestBody};
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 
-/// Holds the client's body until the first attempt to send it polls it.
-#[derive(Debug, Clone)]
-pub struct RetrySlot(Arc<Mutex<Option<Incoming>>>);
+/// Largest request body read whole before forwarding: chat requests are a few KiB; a long prompt that is larger
+/// streams, and is retried only when no attempt read any of it.
+pub const BUFFER_LIMIT: u64 = 64 * 1024;
 
-impl RetrySlot {
-    /// Keeps `body` for the attempts to come.
-    pub fn new(body: Incoming) -> Self {
-        Self(Arc::new(Mutex::new(Some(body))))
+/// A request body that attempts can send, each whole.
+#[derive(Debug)]
+pub enum Replayable {
+    /// Read whole: every attempt sends all of it.
+    Whole {
+        /// The bytes.
+        data: Bytes,
+        /// Trailers, if the client sent any.
+        trailers: Option<HeaderMap>,
+    },
+    /// Streams from the client: the first attempt that polls it takes it.
+    Streamed(RetrySlot),
+}
+
+impl Replayable {
+    /// Reads `body` whole if its length is known and at most [`BUFFER_LIMIT`]; otherwise keeps it to stream.
+    pub async fn read(body: RequestBody) -> Result<Self, ProxyError> {
+        if body.size_hint().upper().is_none_or(|n| n > BUFFER_LIMIT) {
+            return Ok(Self::streamed(body));
+        }
+        let collected = body.collect().await.map_err(|err| ProxyError::from_client_body(&*err))?;
+        let trailers = collected.trailers().cloned();
+        Ok(Replayable::Whole { data: collected.to_bytes(), trailers })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Incoming>> {
+    /// A body that streams (an upgrade's, which carries no payload worth keeping).
+    pub fn streamed(body: RequestBody) -> Self {
+        Replayable::Streamed(RetrySlot(Arc::new(Mutex::new(Some(body)))))
+    }
+
+    /// Whether another attempt may still send the whole body.
+    pub fn replayable(&self) -> bool {
+        match self {
+            Replayable::Whole { .. } => true,
+            Replayable::Streamed(slot) => slot.unused(),
+        }
+    }
+
+    /// The body for one attempt.
+    pub fn attempt(&self) -> AttemptBody {
+        match self {
+            Replayable::Whole { data, trailers } => AttemptBody::Whole {
+                data: Some(data.clone()).filter(|d| !d.is_empty()),
+                trailers: trailers.clone(),
+            },
+            Replayable::Streamed(slot) => AttemptBody::Streamed { slot: slot.clone(), taken: None },
+        }
+    }
+}
+
+/// Holds a streamed body until the first attempt to send it polls it.
+#[derive(Debug, Clone)]
+pub struct RetrySlot(Arc<Mutex<Option<RequestBody>>>);
+
+impl RetrySlot {
+    fn lock(&self) -> MutexGuard<'_, Option<RequestBody>> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether no attempt has read the body yet, so another attempt may still send all of it.
+    /// Whether no attempt has read the body yet.
     pub fn unused(&self) -> bool {
         self.lock().is_some()
-    }
-
-    /// A body for one attempt: it takes the client's body from the slot when first polled.
-    pub fn body(&self) -> RetryBody {
-        RetryBody { slot: self.clone(), taken: None }
     }
 }
 
 /// One attempt's view of the client's body.
 #[derive(Debug)]
-pub struct RetryBody {
-    slot: RetrySlot,
-    taken: Option<Incoming>,
+pub enum AttemptBody {
+    /// A copy of a body read whole.
+    Whole {
+        /// The bytes not sent yet.
+        data: Option<Bytes>,
+        /// The trailers not sent yet.
+        trailers: Option<HeaderMap>,
+    },
+    /// The streamed body, taken from its slot when first polled.
+    Streamed {
+        /// Where it waits.
+        slot: RetrySlot,
+        /// Once taken.
+        taken: Option<RequestBody>,
+    },
 }
 
-impl Body for RetryBody {
+impl Body for AttemptBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if this.taken.is_none() {
-            this.taken = this.slot.lock().take();
-        }
-        match &mut this.taken {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            AttemptBody::Whole { data, trailers } => {
+                let frame = match data.take() {
+                    Some(data) => Some(Frame::data(data)),
+                    None => trailers.take().map(Frame::trailers),
+                };
+                Poll::Ready(frame.map(Ok))
+            }
+            AttemptBody::Streamed { slot, taken } => {
+                if taken.is_none() {
+                    *taken = slot.lock().take();
+                }
+                match taken {
+                    Some(body) => Pin::new(body).poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.taken {
-            Some(body) => body.is_end_stream(),
-            None => self.slot.lock().as_ref().is_none_or(Body::is_end_stream),
+        match self {
+            AttemptBody::Whole { data, trailers } => data.is_none() && trailers.is_none(),
+            AttemptBody::Streamed { taken: Some(body), .. } => body.is_end_stream(),
+            AttemptBody::Streamed { slot, taken: None } => {
+                slot.lock().as_ref().is_none_or(Body::is_end_stream)
+            }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.taken {
-            Some(body) => body.size_hint(),
-            None => self.slot.lock().as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
+        match self {
+            AttemptBody::Whole { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            AttemptBody::Streamed { taken: Some(body), .. } => body.size_hint(),
+            AttemptBody::Streamed { slot, taken: None } => {
+                slot.lock().as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+            }
         }
     }
 }

@@ -56,6 +56,10 @@ pub enum RouteError {
     /// The `Ebb-Service` header is not `NAMESPACE/NAME`.
     #[error("the Ebb-Service header {0:?} is not NAMESPACE/NAME")]
     BadHeader(String),
+    /// The request carries a routing header twice (a Host, or an `Ebb-Service`): which one a gateway read cannot
+    /// be known, so neither is used (RFC 9112 section 3.2: a request with two Hosts is answered 400).
+    #[error("the request has more than one {0} header")]
+    Duplicate(&'static str),
     /// The header names one service and the Host another.
     #[error("the Ebb-Service header names {header} but the Host routes to {host}")]
     Conflict {
@@ -113,20 +117,36 @@ impl RouteTable {
 
     /// The service that a request names by its headers and, lacking a Host, its URI's authority.
     pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<ServiceKey, RouteError> {
+        for (name, shown) in [(HOST.as_str(), "Host"), (HEADER_SERVICE, "Ebb-Service")] {
+            if headers.get_all(name).iter().nth(1).is_some() {
+                return Err(RouteError::Duplicate(shown));
+            }
+        }
         let host = request_host(uri, headers);
         let by_host = host.as_deref().and_then(|h| self.hosts.get(h));
         let Some(header) = headers.get(HEADER_SERVICE) else {
-            return by_host
-                .cloned()
-                .ok_or_else(|| RouteError::Unknown(format!("for Host {:?}", host.unwrap_or_default())));
+            return by_host.cloned().ok_or_else(|| {
+                RouteError::Unknown(format!("for Host {:?}", shown(&host.unwrap_or_default())))
+            });
         };
         let text = header.to_str().unwrap_or_default();
-        let named = ServiceKey::parse(text).ok_or_else(|| RouteError::BadHeader(text.to_owned()))?;
+        let named = ServiceKey::parse(text).ok_or_else(|| RouteError::BadHeader(shown(text)))?;
         match by_host {
             Some(host) if *host != named => Err(RouteError::Conflict { header: named, host: host.clone() }),
             _ if self.contains(&named) => Ok(named),
             _ => Err(RouteError::Unknown(format!("{named} (from the Ebb-Service header)"))),
         }
+    }
+}
+
+/// Longest client text an error message repeats: a DNS name is at most 253 characters.
+const SHOWN_MAX: usize = 253;
+
+/// `text` as an error message may repeat it: at most [`SHOWN_MAX`] characters, marked when cut.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_MAX) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
+        None => text.to_owned(),
     }
 }
 
@@ -265,6 +285,28 @@ mod tests {
         let conflicts = t.insert(ServiceKey::new("other", "svc"), &["chat.example.com".into()]);
         assert_eq!(conflicts, [("chat.example.com".to_string(), ServiceKey::new("models", "chat"))]);
         assert_eq!(route(&t, &[("host", "chat.example.com")]), Ok("models/chat".into()));
+    }
+
+    #[test]
+    fn a_routing_header_sent_twice_is_refused() {
+        let t = table(false);
+        let mut twice = headers(&[("host", "chat.models")]);
+        twice.append("host", "demo.default".parse().unwrap());
+        assert_eq!(t.route(&Uri::from_static("/"), &twice), Err(RouteError::Duplicate("Host")));
+        let mut twice = headers(&[("ebb-service", "models/chat")]);
+        twice.append("ebb-service", "default/demo".parse().unwrap());
+        assert_eq!(t.route(&Uri::from_static("/"), &twice), Err(RouteError::Duplicate("Ebb-Service")));
+    }
+
+    #[test]
+    fn client_text_repeated_in_errors_is_bounded() {
+        let t = table(false);
+        let long = "a".repeat(64 * 1024);
+        let err = route(&t, &[("host", &long)]).unwrap_err().to_string();
+        assert!(err.len() < 400, "{} bytes", err.len());
+        assert!(err.contains("... (65536 bytes)"), "{err}");
+        let err = route(&t, &[("ebb-service", &long)]).unwrap_err().to_string();
+        assert!(err.len() < 400, "{} bytes", err.len());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct RequestSettings {
     pub timeout: Duration,
     /// Upstream protocol override.
     pub protocol: Option<Protocol>,
+    /// Longest silence of a client sending its request body.
+    pub request_body_timeout: Option<Duration>,
 }
 
 /// A service and everything the activator keeps for it.
@@ -139,6 +141,7 @@ impl Service {
             activation_timeout: config.activation_timeout,
             timeout: config.timeout,
             protocol: config.protocol,
+            request_body_timeout: config.request_body_timeout,
         }
     }
 

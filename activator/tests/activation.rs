@@ -638,3 +638,113 @@ async fn with_no_autoscaler_reachable_services_are_still_served() {
     assert_eq!(client.request(activator_probe(activator.addr)).await.unwrap().status(), 200);
     assert_eq!(admin(activator.metrics_addr, "/readyz").await, (200, "ok".into()));
 }
+
+/// A POST with a JSON body, as a chat client sends it.
+fn post(addr: std::net::SocketAddr, service: &str) -> hyper::Request<http_body_util::Full<bytes::Bytes>> {
+    hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("host", service)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"messages":[]}"#)))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_pod_whose_model_died_goes_to_another_pod() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|spec| spec.container_concurrency = 1));
+    let (a, kill_a) = killable_upstream(|_req| async { hyper::Response::new(full("from a")) }).await;
+    let (b, served_b) = counting_upstream(Duration::ZERO).await;
+    let (pod_a, pod_b) = (queue_proxy(a, "demo-a", 1).await, queue_proxy(b, "demo-b", 1).await);
+    activator.pods(&key, &[("demo-a", pod_a.data), ("demo-b", pod_b.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("both pods to be ready", || service.status().ready == 2).await;
+
+    // Pod A's model dies; its queue-proxy is up and answers that it forwarded nothing. Once, that answer (a
+    // 502) went to the client, and the balancer kept choosing the pod that failed fastest. Pod B looks busy,
+    // so the request tries pod A first; its body was read whole, so it goes to pod B intact.
+    kill_a.send(true).unwrap();
+    let busy_b = occupy(&service, "demo-b");
+    let response = client().request(post(activator.addr, "demo")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(text(response).await, "hello");
+    assert_eq!(served_b.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        service.endpoint_names(),
+        [Arc::<str>::from("demo-b")],
+        "pod A is out until its model is back"
+    );
+    drop(busy_b);
+    drop(pod_a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_the_only_pod_whose_model_died_waits_for_it_to_come_back() {
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|spec| spec.container_concurrency = 4));
+    let (model, kill) = killable_upstream(|_req| async { hyper::Response::new(full("first life")) }).await;
+    let pod = queue_proxy(model, "demo-a", 4).await;
+    activator.pods(&key, &[("demo-a", pod.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("the pod to be ready", || service.status().ready == 1).await;
+
+    kill.send(true).unwrap();
+    let request = tokio::spawn(client().request(post(activator.addr, "demo")));
+    eventually("the pod to leave the rotation", || service.status().ready == 0).await;
+    assert!(!request.is_finished(), "the request waits for a pod instead of failing");
+    // The model restarts on its port: the queue-proxy and then the activator see it, and the request is sent.
+    let (_, _restarted) =
+        killable_upstream_at(model, |_req| async { hyper::Response::new(full("second life")) }).await;
+    let response = tokio::time::timeout(DEADLINE, request).await.expect("answered").unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(text(response).await, "second life");
+    drop(pod);
+}
+
+/// A model that answers 400 as soon as it has read a request's head, and closes without reading the body.
+async fn impatient_model() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n @ 1..) = stream.read(&mut buf).await else { return };
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let answer = "HTTP/1.1 400 Bad Request\r\ncontent-length: 14\r\nconnection: close\r\n\r\nbody too large";
+                let _ = stream.write_all(answer.as_bytes()).await;
+                // Dropped with the body unread: the kernel resets the connection.
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_early_answer_to_a_large_body_reaches_the_client() {
+    let model = impatient_model().await;
+    let pod = queue_proxy(model, "demo-a", 0).await;
+    let activator = TestActivator::start(10_000).await;
+    let key = activator.service("demo", data_plane(|_| {}));
+    activator.pods(&key, &[("demo-a", pod.data)]);
+    let service = activator.registry.get(&key).unwrap();
+    eventually("the pod to be ready", || service.status().ready == 1).await;
+
+    // A 4 MiB prompt, straight to the pod and through the activator. Once, the model's 400 became a 502
+    // (upstream reset) or a broken pipe most of the time: the upstream's unread body ended the exchange.
+    let prompt = bytes::Bytes::from(vec![b'x'; 4 << 20]);
+    for addr in [pod.data, activator.addr] {
+        for _ in 0..5 {
+            let request = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+                .header("host", "demo")
+                .body(http_body_util::Full::new(prompt.clone()))
+                .unwrap();
+            let response = client().request(request).await.expect("an answer, not a broken connection");
+            assert_eq!(response.status(), 400, "via {addr}");
+            assert_eq!(text(response).await, "body too large");
+        }
+    }
+}

@@ -36,6 +36,11 @@ pub const HEADER_PROXIED: &str = "ebb-proxied";
 pub const HEADER_KNATIVE_PROXIED: &str = "k-proxy-request";
 /// Value of [`HEADER_PROXIED`] (and of Knative's header) on requests from the activator.
 pub const PROXIED_BY_ACTIVATOR: &str = "activator";
+/// Response header on every answer a queue-proxy or activator makes up itself (an error, not the user
+/// container's response): the error's reason. A queue-proxy removes it from the user container's responses, so
+/// an activator may trust it from a pod: `upstream_refused` and `overloaded` mean nothing reached the container,
+/// and the request may go to another pod.
+pub const HEADER_PROXY_ERROR: &str = "ebb-proxy-error";
 /// Request header naming the component a probe is meant for.
 pub const HEADER_PROBE: &str = "ebb-probe";
 /// [`HEADER_PROBE`] value (and answer body) for the queue-proxy.

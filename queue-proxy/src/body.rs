@@ -145,25 +145,50 @@ pub struct RequestBodyTimedOut(pub Duration);
 /// nothing for `limit` while the body is still coming (nginx's `client_body_timeout`), so that a client trickling
 /// a byte at a time cannot hold a concurrency slot for the whole request timeout. The timer is armed only when
 /// the body has to wait: a body that came with its headers costs none.
+///
+/// Dropped before its end (the request was answered early: an error, or an upstream that answered before
+/// reading it all), the rest of the body is read and discarded in the background for a while ([`LINGER`],
+/// [`LINGER_BYTES`]), as nginx's lingering close does: a connection closed with unread bytes is reset, and the
+/// reset can destroy the answer before the client has read it.
 #[derive(Debug)]
-pub struct RequestBody<B = Incoming> {
-    inner: B,
+pub struct RequestBody {
+    inner: Option<Incoming>,
     limit: Option<Duration>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
-impl<B> RequestBody<B> {
+/// Longest time the rest of an unread request body is drained after its answer.
+pub const LINGER: Duration = Duration::from_secs(5);
+/// Most bytes of an unread request body drained after its answer.
+pub const LINGER_BYTES: usize = 16 << 20;
+
+impl RequestBody {
     /// Wraps `inner`; `None` never times out.
-    pub fn new(inner: B, limit: Option<Duration>) -> Self {
-        Self { inner, limit, sleep: None }
+    pub fn new(inner: Incoming, limit: Option<Duration>) -> Self {
+        Self { inner: Some(inner), limit, sleep: None }
     }
 }
 
-impl<B> Body for RequestBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take().filter(|body| !body.is_end_stream()) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let drain = async {
+                let mut drained = 0;
+                while drained <= LINGER_BYTES {
+                    match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                        Some(Ok(frame)) => drained += frame.data_ref().map_or(0, Bytes::len),
+                        Some(Err(_)) | None => return,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        });
+    }
+}
+
+impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -172,7 +197,8 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = &mut this.inner else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 // Progress: the next wait starts a new period.
                 if let (Some(sleep), Some(limit)) = (&mut this.sleep, this.limit) {
@@ -184,18 +210,20 @@ where
                 let Some(limit) = this.limit else { return Poll::Pending };
                 let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                 ready!(sleep.as_mut().poll(cx));
+                // A client this silent gets no lingering either.
                 this.limit = None;
+                this.inner = None;
                 Poll::Ready(Some(Err(Box::new(RequestBodyTimedOut(limit)))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -12,6 +12,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ebb_config::names::HEADER_PROXY_ERROR;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
@@ -59,7 +60,8 @@ pub enum ProxyError {
     /// finished its request body).
     #[error("{}", timeout_message(*.0))]
     Timeout(TimeoutKind),
-    /// Nothing listens on the upstream port.
+    /// Nothing listens on the upstream port (the user container is gone or restarting): nothing reached it, so
+    /// the request may go elsewhere; answered 503 with `Retry-After`.
     #[error("upstream refused the connection")]
     UpstreamRefused,
     /// The upstream connection could not be made for another reason.
@@ -181,15 +183,15 @@ impl ProxyError {
             ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
             ProxyError::Timeout(TimeoutKind::RequestBody) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Overloaded
+            | ProxyError::UpstreamRefused
             | ProxyError::QueueFull
             | ProxyError::ActivationTimeout(_)
             | ProxyError::ServiceBlocked(_)
             | ProxyError::ServiceRemoved => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::QueueTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamRefused
-            | ProxyError::UpstreamConnect(_)
-            | ProxyError::UpstreamReset
-            | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset | ProxyError::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -216,6 +218,22 @@ impl ProxyError {
             ProxyError::ActivationTimeout(_) => "activation_timeout",
             ProxyError::ServiceBlocked(_) => "service_blocked",
             ProxyError::ServiceRemoved => "service_removed",
+        }
+    }
+
+    /// Whether nothing of the request reached the user container, so that it may be sent to another pod
+    /// whatever it is (the container refused the connection, or the pod's queue was full).
+    pub fn nothing_forwarded(&self) -> bool {
+        matches!(self, ProxyError::UpstreamRefused | ProxyError::Overloaded)
+    }
+
+    /// The error a pod's answer names in [`HEADER_PROXY_ERROR`], when nothing of the request reached its user
+    /// container ([`Self::nothing_forwarded`]).
+    pub fn unforwarded_by_pod(headers: &HeaderMap) -> Option<Self> {
+        match headers.get(HEADER_PROXY_ERROR)?.as_bytes() {
+            b"upstream_refused" => Some(ProxyError::UpstreamRefused),
+            b"overloaded" => Some(ProxyError::Overloaded),
+            _ => None,
         }
     }
 
@@ -271,6 +289,15 @@ impl ProxyError {
             };
         }
         Self::from_hyper_chain(err)
+    }
+
+    /// Classifies a failure to read the client's request body: the request-body timeout, or the client went
+    /// away or sent a malformed body.
+    pub fn from_client_body(err: &(dyn StdError + 'static)) -> Self {
+        match chain(err).any(|e| e.is::<crate::body::RequestBodyTimedOut>()) {
+            true => ProxyError::Timeout(TimeoutKind::RequestBody),
+            false => ProxyError::ClientBody,
+        }
     }
 
     /// Classifies any error whose source chain holds hyper or I/O errors (a failed upstream request or body).
@@ -422,6 +449,7 @@ pub fn error_response<B: From<Bytes>>(err: &ProxyError, kind: ClientKind, answer
     if status == StatusCode::SERVICE_UNAVAILABLE {
         builder = builder.header(RETRY_AFTER, HeaderValue::from(answer.retry_after.as_secs().max(1)));
     }
+    builder = builder.header(HEADER_PROXY_ERROR, err.reason());
     builder.body(B::from(body)).unwrap_or_else(|_| {
         // Every header above is statically valid; this cannot happen, but never panic on the data path.
         let mut response = Response::new(B::from(Bytes::from_static(b"{\"error\":\"internal error\"}")));

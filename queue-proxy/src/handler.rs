@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use ebb_config::Protocol;
 use ebb_config::names::{
-    HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROBE_WAIT, HEADER_PROXIED, PROBE_QUEUE,
+    HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROBE_WAIT, HEADER_PROXIED, HEADER_PROXY_ERROR, PROBE_QUEUE,
     PROBE_WAIT_MAX_SECS, PROXIED_BY_ACTIVATOR,
 };
-use http::header::{CONNECTION, CONTENT_TYPE};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -23,7 +23,7 @@ use crate::breaker::{Breaker, Permit};
 use crate::drain::Drainer;
 use crate::error::{Answer, ClientKind, ProxyError, error_response};
 use crate::metrics::Metrics;
-use crate::probe::Readiness;
+use crate::probe::{ProbeOptions, Readiness};
 use crate::proxy::Forwarder;
 use crate::stats::{RequestStats, StatsGuard};
 use crate::timeouts::{BodyTimer, TimeoutKind, Timeouts};
@@ -59,6 +59,8 @@ pub struct DataPlane {
     pub timeouts: Timeouts,
     /// Whether the user container is ready.
     pub readiness: Arc<Readiness>,
+    /// How to probe the user container again when it refuses a connection.
+    pub probe: ProbeOptions,
     /// Drain state.
     pub drainer: Arc<Drainer>,
     /// `NAMESPACE/NAME`.
@@ -106,6 +108,13 @@ impl DataPlane {
         if let Some(probe) = req.headers().get(HEADER_PROBE) {
             return Ok(self.probe_answer(probe, probe_wait(req.headers())).await);
         }
+        // The body's silences are bounded, and an early answer drains what is left of it.
+        let req = req.map(|body| RequestBody::new(body, self.timeouts.request_body));
+        if req.headers().get_all(HOST).iter().nth(1).is_some() {
+            // Which Host a container would read is anyone's guess (RFC 9112 section 3.2: answer 400).
+            let kind = ClientKind::of(req.uri().path(), req.headers());
+            return Ok(self.fail(&ProxyError::BadRequest("more than one Host header"), kind, true));
+        }
         let start = Instant::now();
         self.drainer.touch(start);
         // Queued (it counts in the stats' queued part) until the breaker admits it.
@@ -143,7 +152,6 @@ impl DataPlane {
         }
 
         let (deadline, deadline_kind) = self.timeouts.header_deadline(start, Instant::now());
-        let req = req.map(|body| RequestBody::new(body, self.timeouts.request_body));
         let forwarded = self.forwarder.forward(req, &self.upstream, self.protocol);
         let (mut response, upgrade) = match tokio::time::timeout_at(deadline, forwarded).await {
             Ok(Ok(forwarded)) => forwarded,
@@ -151,11 +159,20 @@ impl DataPlane {
             Ok(Err(err @ ProxyError::Timeout(TimeoutKind::RequestBody))) => {
                 return Ok(self.fail(&err, kind, true));
             }
+            Ok(Err(err @ ProxyError::UpstreamRefused)) => {
+                // The container died or is restarting: fail readiness now, not at the kubelet's next probe.
+                self.readiness.lost(&self.probe);
+                return Ok(self.fail(&err, kind, close_after));
+            }
             Ok(Err(err)) => return Ok(self.fail(&err, kind, close_after)),
             Err(_elapsed) => return Ok(self.fail(&ProxyError::Timeout(deadline_kind), kind, close_after)),
         };
         self.metrics.first_byte(start.elapsed());
         self.metrics.response(response.status());
+        // Only this proxy may say that nothing reached the container (the activator retries on it).
+        if response.headers().contains_key(HEADER_PROXY_ERROR) {
+            response.headers_mut().remove(HEADER_PROXY_ERROR);
+        }
         if close_after && upgrade.is_none() {
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }

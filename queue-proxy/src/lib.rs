@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod server;
 pub mod stats;
 pub mod timeouts;
+pub mod upstream_io;
 
 pub use body::{BodyEnd, ProxyBody, TrackedBody};
 pub use breaker::{Breaker, BreakerError, Permit};

@@ -3,6 +3,8 @@
 //! probe, whose result (ready or not) the data port's header-gated probe reports until the next. A probe is a
 //! TCP connect, or an HTTP GET of a path that must answer 2xx or 3xx.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -69,11 +71,13 @@ pub enum ProbeError {
 #[derive(Debug)]
 pub struct Readiness {
     user_ready: watch::Sender<bool>,
+    /// A probe loop started by [`Readiness::lost`] is running.
+    reprobing: AtomicBool,
 }
 
 impl Default for Readiness {
     fn default() -> Self {
-        Self { user_ready: watch::Sender::new(false) }
+        Self { user_ready: watch::Sender::new(false), reprobing: AtomicBool::new(false) }
     }
 }
 
@@ -86,6 +90,23 @@ impl Readiness {
     /// Records a probe result; whether it changed the state.
     pub fn set(&self, ready: bool) -> bool {
         self.user_ready.send_if_modified(|was| std::mem::replace(was, ready) != ready)
+    }
+
+    /// The user container refused a connection: it is not ready from now on (the kubelet's next probe, the
+    /// activator's probe and the data port's answers all see it at once), and it is probed as at start-up until it
+    /// answers again. One probe loop at a time, however many requests were refused.
+    pub fn lost(self: &Arc<Self>, options: &ProbeOptions) {
+        if self.set(false) {
+            tracing::warn!("the user container refused a connection; not ready until it answers its probe");
+        }
+        if self.reprobing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (readiness, options) = (self.clone(), options.clone());
+        tokio::spawn(async move {
+            wait_until_ready(&options, &readiness).await;
+            readiness.reprobing.store(false, Ordering::Release);
+        });
     }
 
     /// Waits until the user container is ready, at most `limit`; whether it is.

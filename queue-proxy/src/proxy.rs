@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::body::BoxError;
 use crate::error::ProxyError;
 use crate::h2c::H2cConnections;
+use crate::upstream_io::Connector;
 
 /// Settings of the upstream connection pools.
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ impl Default for ForwarderOptions {
 /// prior knowledge. `TCP_NODELAY` is set on every upstream socket. Cloning is cheap and shares the pools.
 #[derive(Debug, Clone)]
 pub struct Forwarder<B = Incoming> {
-    http1: Client<HttpConnector, B>,
+    http1: Client<Connector, B>,
     h2c: H2cConnections<B>,
 }
 
@@ -98,7 +99,7 @@ where
             .pool_max_idle_per_host(options.max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(connector);
+            .build(Connector(connector));
         Self { http1, h2c: H2cConnections::new(options.connect_timeout) }
     }
 

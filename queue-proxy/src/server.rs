@@ -110,6 +110,7 @@ impl QueueProxy {
             metrics: Arc::new(Metrics::new()),
             timeouts: config.timeouts,
             readiness: Arc::new(Readiness::default()),
+            probe: config.probe.clone(),
             drainer: Arc::new(Drainer::new()),
             service: config.service.clone(),
             retry_after: config.retry_after,

@@ -316,13 +316,16 @@ async fn errors_are_answered_in_the_shape_each_client_understands() {
     let proxy = proxy_unready(closed_port(), &[]).await;
     let client = client();
     let plain = send(&client, get(&proxy.url("/api"))).await;
-    assert_eq!(plain.status(), 502);
+    // Nothing reached a container: 503 with Retry-After, marked as this proxy's own answer.
+    assert_eq!(plain.status(), 503);
+    assert_eq!(plain.headers()["retry-after"], "1");
+    assert_eq!(plain.headers()["ebb-proxy-error"], "upstream_refused");
     let body: serde_json::Value = serde_json::from_str(&text(plain).await).unwrap();
     assert_eq!(body["error"], "upstream refused the connection");
     assert_eq!(body["service"], "default/demo");
 
     let openai = send(&client, get(&proxy.url("/v1/chat/completions"))).await;
-    assert_eq!(openai.status(), 502);
+    assert_eq!(openai.status(), 503);
     let body: serde_json::Value = serde_json::from_str(&text(openai).await).unwrap();
     assert_eq!(body["error"]["code"], "upstream_refused");
     assert_eq!(body["error"]["type"], "upstream_error");
@@ -366,6 +369,7 @@ async fn errors_are_answered_in_the_shape_each_client_understands() {
     let proxy = common::proxy(addr, &[]).await;
     let reset = send(&client, get(&proxy.url("/api"))).await;
     assert_eq!(reset.status(), 502);
+    assert_eq!(reset.headers()["ebb-proxy-error"], "upstream_reset");
     let body: serde_json::Value = serde_json::from_str(&text(reset).await).unwrap();
     assert_eq!(body["error"], "upstream reset the connection before responding");
     resets.abort();

@@ -140,3 +140,62 @@ async fn read_head(stream: &mut TcpStream) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_dies_fails_readiness_at_its_first_refused_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = |_req| async {
+        let mut answer = response(200, full("ok"));
+        // A container cannot pass itself off as the proxy saying nothing reached it.
+        answer.headers_mut().insert("ebb-proxy-error", http::HeaderValue::from_static("overloaded"));
+        answer
+    };
+    let model = Killable::serve(listener, handler);
+    let proxy = proxy(addr, &[]).await;
+    let client = client();
+    let answer = send(&client, get(&proxy.url("/"))).await;
+    assert!(answer.headers().get("ebb-proxy-error").is_none(), "the container's own header is removed");
+
+    // The model process dies. Once, the proxy answered 502 (no Retry-After) and stayed ready until the
+    // kubelet's next probe, so a gateway kept choosing the pod that failed fastest.
+    model.kill();
+    // A request racing the pool's notice of the closed connections may still find one; the next cannot.
+    let mut refused = send(&client, get(&proxy.url("/"))).await;
+    for _ in 0..10 {
+        if refused.status() != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        refused = send(&client, get(&proxy.url("/"))).await;
+    }
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(refused.headers()["ebb-proxy-error"], "upstream_refused");
+    assert!(!proxy.data.is_ready(), "not ready from the first refused request on");
+    let probe =
+        http::Request::get(proxy.url("/")).header("ebb-probe", "queue").body(Default::default()).unwrap();
+    assert_eq!(send(&client, probe).await.status(), 503, "the activator's probe sees it");
+
+    // The container comes back on its port: the proxy's own probing finds it without a kubelet probe.
+    let model = Killable::serve(tokio::net::TcpListener::bind(addr).await.unwrap(), handler);
+    eventually("the proxy sees the container back", || {
+        let data = proxy.data.clone();
+        async move { data.is_ready() }
+    })
+    .await;
+    assert_eq!(text(send(&client, get(&proxy.url("/"))).await).await, "ok");
+    model.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_two_hosts_is_refused() {
+    let upstream = upstream(|_| async { response(200, full("served")) }).await;
+    let proxy = proxy(upstream, &[]).await;
+    let mut stream = TcpStream::connect(proxy.addrs.data).await.unwrap();
+    let request = "GET / HTTP/1.1\r\nhost: demo\r\nhost: other\r\nconnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_head(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("more than one Host header"), "{answer}");
+}

@@ -33,6 +33,35 @@ pub const DEMO_PORT: u16 = 8000;
 pub const LOCAL_GLOBAL_DEFAULTS: [(&str, &str); 2] =
     [("allow-zero-initial-scale", "true"), ("initial-scale", "0")];
 
+/// Pods per CPU core a local service may have when neither its `max-scale` annotation nor `config:` bounds
+/// it: a burst at zero asks for a pod per few requests, and on a laptop each pod is a queue-proxy and a model
+/// process (500 requests at zero once started 179 pods on 2 cores).
+pub const LOCAL_PODS_PER_CORE: u32 = 4;
+
+/// The most pods a local service may have unless it says otherwise: [`LOCAL_PODS_PER_CORE`] per core.
+pub fn local_max_scale() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    LOCAL_PODS_PER_CORE.saturating_mul(cores)
+}
+
+/// Bounds an unbounded service by the machine ([`local_max_scale`]), unless its file asked for no bound: a
+/// `max-scale` annotation (or its alias) or a `max-scale` in `config:`. The bound never goes below what the
+/// service itself asks for at least (min-scale, activation-scale).
+fn bound_locally(
+    config: &mut ServiceConfig,
+    annotations: &BTreeMap<String, String>,
+    global: &BTreeMap<String, String>,
+) {
+    let asked = annotations
+        .keys()
+        .any(|k| k == "autoscaling.knative.dev/max-scale" || k == "autoscaling.knative.dev/maxScale")
+        || global.contains_key("max-scale");
+    let scaling = &mut config.scaling;
+    if !asked && scaling.max_scale == 0 {
+        scaling.max_scale = local_max_scale().max(scaling.min_scale).max(scaling.activation_scale);
+    }
+}
+
 /// How a service's process is started.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(untagged)]
@@ -138,7 +167,8 @@ pub fn default_demo(exe: &Path) -> UpConfig {
         ("autoscaling.knative.dev/window".to_owned(), "6s".to_owned()),
         ("ebb.dev/activation-timeout".to_owned(), "60s".to_owned()),
     ]);
-    let config = resolve_service(&annotations, &global).expect("the demo's annotations are valid").value;
+    let mut config = resolve_service(&annotations, &global).expect("the demo's annotations are valid").value;
+    bound_locally(&mut config, &annotations, &overrides);
     let command = Command::Argv(vec![
         exe.display().to_string(),
         "demo-model".into(),
@@ -234,12 +264,14 @@ pub fn parse(file: &str, text: &str) -> Result<UpConfig, ConfigError> {
                 for w in &config.warnings {
                     tracing::warn!(service = %s.name, "{w}");
                 }
+                let mut config = config.value;
+                bound_locally(&mut config, &annotations, &overrides);
                 services.push(Service {
                     name: s.name,
                     command: s.command,
                     port: s.port.unwrap_or(DEFAULT_PORT),
                     env: s.env.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-                    config: config.value,
+                    config,
                 });
             }
             Err(invalid) => {
@@ -291,6 +323,27 @@ mod tests {
         assert_eq!(s.config.data_plane.hosts, vec!["a.example".to_owned()]);
         assert_eq!(s.config.scaling.scale_to_zero_grace_period, std::time::Duration::from_secs(1));
         assert_eq!(s.config.scaling.initial_scale, 0);
+    }
+
+    #[test]
+    fn an_unbounded_service_is_bounded_by_the_machine_unless_it_asks_otherwise() {
+        let one = |annotations: &str, config: &str| {
+            let text = format!(
+                "{config}services:\n  - name: demo\n    command: x\n    annotations:\n{annotations}      x.example/y: z\n"
+            );
+            parse("ebb.yaml", &text).unwrap().services.remove(0).config.scaling
+        };
+        assert_eq!(one("", "").max_scale, local_max_scale());
+        assert_eq!(
+            one("      autoscaling.knative.dev/max-scale: 0\n", "").max_scale,
+            0,
+            "unbounded on request"
+        );
+        assert_eq!(one("      autoscaling.knative.dev/maxScale: 3\n", "").max_scale, 3);
+        assert_eq!(one("", "config:\n  max-scale: 0\n").max_scale, 0);
+        let many = local_max_scale() + 5;
+        assert_eq!(one(&format!("      autoscaling.knative.dev/min-scale: {many}\n"), "").max_scale, many);
+        assert_eq!(default_demo(Path::new("ebb")).services[0].config.scaling.max_scale, local_max_scale());
     }
 
     #[test]

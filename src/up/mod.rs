@@ -58,9 +58,13 @@ pub struct Args {
     /// Port of /metrics, /status and /service-discovery; 0 picks a free one.
     #[arg(long, default_value_t = 9090)]
     metrics_port: u16,
-    /// Address the gateway and metrics ports bind to.
+    /// Address the gateway binds to (0.0.0.0 serves other machines).
     #[arg(long, default_value = "127.0.0.1")]
     bind_address: IpAddr,
+    /// Address the metrics port binds to: it shows every service and pod (/status, /debug, /metrics), so it
+    /// stays on loopback unless asked.
+    #[arg(long, default_value = "127.0.0.1")]
+    metrics_address: IpAddr,
     /// Log format (the pods' queue-proxies use it too).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -142,17 +146,21 @@ pub fn run(args: Args) -> ExitCode {
 /// Pods bind their service's port on 127.0.0.N: a gateway or metrics port bound on every address (0.0.0.0 or
 /// `::`) takes that port on all of them, and no pod of such a service could ever start.
 fn check_ports(args: &Args, config: &config::UpConfig) -> Result<(), String> {
-    if !args.bind_address.is_unspecified() {
-        return Ok(());
-    }
-    for service in &config.services {
-        for (option, port) in [("--port", args.port), ("--metrics-port", args.metrics_port)] {
+    let listeners = [
+        ("--bind-address", args.bind_address, "--port", args.port),
+        ("--metrics-address", args.metrics_address, "--metrics-port", args.metrics_port),
+    ];
+    for (address_option, address, option, port) in listeners {
+        if !address.is_unspecified() {
+            continue;
+        }
+        for service in &config.services {
             if service.port == port {
                 return Err(format!(
-                    "service {} listens on port {port}, which --bind-address {} {option} {port} takes on every \
-                     address, 127.0.0.N included: give the service another `port:` in ebb.yaml, or {option} \
+                    "service {} listens on port {port}, which {address_option} {address} {option} {port} takes on \
+                     every address, 127.0.0.N included: give the service another `port:` in ebb.yaml, or {option} \
                      another port",
-                    service.name, args.bind_address
+                    service.name
                 ));
             }
         }
@@ -209,7 +217,7 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot bind the gateway on {gateway}"))?;
     let gateway = server.addresses().0;
-    let metrics_addr = SocketAddr::new(args.bind_address, args.metrics_port);
+    let metrics_addr = SocketAddr::new(args.metrics_address, args.metrics_port);
     let metrics_listener = TcpListener::bind(metrics_addr)
         .await
         .with_context(|| format!("cannot bind the metrics port on {metrics_addr}"))?;

@@ -60,10 +60,17 @@ pub fn write_yaml(name: &str, text: &str) -> PathBuf {
 
 /// Starts `ebb up -f` on `text`, waiting for it to say where it listens.
 pub fn start(name: &str, text: &str) -> Up {
+    start_with(name, text, &[])
+}
+
+/// [`start`] with more command-line arguments.
+pub fn start_with(name: &str, text: &str, args: &[&str]) -> Up {
     let path = write_yaml(name, text);
     let log = path.with_file_name("ebb-up.log");
     let mut child = Command::new(EBB)
-        .args(["up", "--port", "0", "--metrics-port", "0", "--grace-period", "10s", "-f"])
+        .args(["up", "--port", "0", "--metrics-port", "0", "--grace-period", "10s"])
+        .args(args)
+        .arg("-f")
         .arg(&path)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -203,6 +210,24 @@ pub fn chat_body(model: &str, tokens: u32) -> String {
     format!(
         r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":{tokens},"stream":true}}"#
     )
+}
+
+/// Pids of live processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        // Zombies have an empty command line: they are dead.
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// Clients that loop on streamed chats with `host` through `up`'s gateway until stopped.

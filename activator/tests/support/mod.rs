@@ -57,7 +57,16 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    killable_upstream_at("127.0.0.1:0".parse().unwrap(), handler).await
+}
+
+/// [`killable_upstream`] on `addr` (a model process restarting on its port).
+pub async fn killable_upstream_at<H, F>(addr: SocketAddr, handler: H) -> (SocketAddr, watch::Sender<bool>)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (kill, killed) = watch::channel(false);
     tokio::spawn(async move {

@@ -85,6 +85,44 @@ where
     })
 }
 
+/// An upstream that can die as a process does: [`Killable::kill`] closes its listener and every open
+/// connection.
+pub struct Killable {
+    tasks: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl Killable {
+    /// Serves `listener` as [`serve_upstream`] does.
+    pub fn serve<H, F>(listener: TcpListener, handler: H) -> Self
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let tasks = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let conns = tasks.clone();
+        tasks.lock().unwrap().spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let handler = handler.clone();
+                conns.lock().unwrap().spawn(async move {
+                    let service = service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(req).await) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Self { tasks }
+    }
+
+    /// Closes the listener and every connection at once.
+    pub fn kill(&self) {
+        self.tasks.lock().unwrap().abort_all();
+    }
+}
+
 /// An address on which nothing listens.
 pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
