@@ -402,8 +402,8 @@ async fn malformed_requests_get_400_and_probes_answer_queue() {
 async fn a_held_probe_is_answered_the_moment_the_user_container_is_ready() {
     // The user container starts listening 300 ms after the queue-proxy: a probe that may wait is held until
     // then and answered 200; one that may not is answered 503 at once.
-    let addr = closed_port();
-    let proxy = common::proxy_unready(addr, &[]).await;
+    let port = ReservedPort::new();
+    let proxy = common::proxy_unready(port.1, &[]).await;
     let client = client();
     let probe = |wait: &str| {
         Request::get(proxy.url("/"))
@@ -419,7 +419,7 @@ async fn a_held_probe_is_answered_the_moment_the_user_container_is_ready() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!held.is_finished(), "the probe is held while the container starts");
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let listener = port.listen();
     let answer = tokio::time::timeout(DEADLINE, held).await.expect("answered once ready").unwrap();
     assert_eq!(answer.status(), 200);
     assert_eq!(text(answer).await, "queue");

@@ -123,10 +123,31 @@ impl Killable {
     }
 }
 
-/// An address on which nothing listens.
+/// An address on which nothing listens (a port only just released: a test that must be sure nobody else
+/// takes it meanwhile holds it with [`ReservedPort`]).
 pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
+}
+
+/// A port that refuses connections until [`ReservedPort::listen`]: bound but not listening, so no other test
+/// running beside this one can take it (a released port can be handed out again at once).
+pub struct ReservedPort(socket2::Socket, pub SocketAddr);
+
+impl ReservedPort {
+    pub fn new() -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        Self(socket, addr)
+    }
+
+    /// Starts listening on the port.
+    pub fn listen(self) -> TcpListener {
+        self.0.listen(128).unwrap();
+        self.0.set_nonblocking(true).unwrap();
+        TcpListener::from_std(std::net::TcpListener::from(self.0)).unwrap()
+    }
 }
 
 #[derive(Parser)]
