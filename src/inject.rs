@@ -24,8 +24,9 @@ use ebb_config::names::{
     CONFIG_MAP_NAME, HEADER_PROBE, LABEL_SERVICE, PROBE_QUEUE, QUEUE_PROXY_ADMIN_PORT, QUEUE_PROXY_DATA_PORT,
     QUEUE_PROXY_METRICS_PORT, QUEUE_PROXY_STATS_PORT, RESERVED_POD_PORTS, WAIT_FOR_DRAIN_PATH,
 };
-use ebb_config::value::{format_duration, parse_duration};
-use ebb_config::{GlobalConfig, Protocol, resolve_service};
+use ebb_config::sidecar::{self, data_plane_settings};
+use ebb_config::value::parse_duration;
+use ebb_config::{GlobalConfig, resolve_service};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
@@ -46,21 +47,21 @@ const KUBERNETES_DEFAULT_GRACE_SECS: u64 = 30;
 
 /// The env names `ebb inject` owns on the sidecar; any other variable there is the user's and is kept.
 const MANAGED_ENV: &[&str] = &[
-    "EBB_UPSTREAM",
-    "EBB_SERVICE_NAMESPACE",
-    "EBB_SERVICE_NAME",
-    "POD_NAME",
-    "POD_NAMESPACE",
-    "POD_IP",
-    "EBB_CONTAINER_CONCURRENCY",
-    "EBB_QUEUE_DEPTH",
-    "EBB_TIMEOUT",
-    "EBB_RESPONSE_START_TIMEOUT",
-    "EBB_IDLE_TIMEOUT",
-    "EBB_REQUEST_BODY_TIMEOUT",
-    "EBB_PROTOCOL",
-    "EBB_PROBE_PATH",
-    "EBB_PROBE_TIMEOUT",
+    sidecar::env::UPSTREAM,
+    sidecar::env::SERVICE_NAMESPACE,
+    sidecar::env::SERVICE_NAME,
+    sidecar::env::POD_NAME,
+    sidecar::env::POD_NAMESPACE,
+    sidecar::env::POD_IP,
+    sidecar::env::CONTAINER_CONCURRENCY,
+    sidecar::env::QUEUE_DEPTH,
+    sidecar::env::TIMEOUT,
+    sidecar::env::RESPONSE_START_TIMEOUT,
+    sidecar::env::IDLE_TIMEOUT,
+    sidecar::env::REQUEST_BODY_TIMEOUT,
+    sidecar::env::PROTOCOL,
+    sidecar::env::PROBE_PATH,
+    sidecar::env::PROBE_TIMEOUT,
 ];
 
 /// Arguments of `ebb inject`.
@@ -452,39 +453,29 @@ fn inject_deployment(
     //   grace >= drain deadline + margin = timeout + quiet period + 5 s (hook round trip, process exit),
     // rounded up to whole seconds. A longer grace period already on the Deployment is kept.
     let quiet = existing_sidecar
-        .and_then(|s| literal_env(s, "EBB_DRAIN_QUIET_PERIOD"))
+        .and_then(|s| literal_env(s, sidecar::env::DRAIN_QUIET_PERIOD))
         .and_then(|t| parse_duration(&t))
         .unwrap_or(DEFAULT_DRAIN_QUIET_PERIOD);
     let deadline = existing_sidecar
-        .and_then(|s| literal_env(s, "EBB_DRAIN_DEADLINE"))
+        .and_then(|s| literal_env(s, sidecar::env::DRAIN_DEADLINE))
         .and_then(|t| parse_duration(&t))
         .unwrap_or(config.data_plane.timeout + quiet);
     let grace = (deadline + GRACE_MARGIN).as_secs_f64().ceil() as u64;
 
-    let d = &config.data_plane;
     let mut env = vec![
-        env_value("EBB_UPSTREAM", &format!("127.0.0.1:{user_port}")),
-        env_field("EBB_SERVICE_NAMESPACE", "metadata.namespace"),
-        env_value("EBB_SERVICE_NAME", &name),
-        env_field("POD_NAME", "metadata.name"),
-        env_field("POD_NAMESPACE", "metadata.namespace"),
-        env_field("POD_IP", "status.podIP"),
-        env_value("EBB_CONTAINER_CONCURRENCY", &d.container_concurrency.to_string()),
-        env_value("EBB_QUEUE_DEPTH", &d.queue_depth.to_string()),
-        env_value("EBB_TIMEOUT", &format_duration(d.timeout)),
-        env_value("EBB_RESPONSE_START_TIMEOUT", &format_duration(d.response_start_timeout)),
-        env_value("EBB_IDLE_TIMEOUT", &format_duration(d.idle_timeout.unwrap_or_default())),
-        env_value("EBB_REQUEST_BODY_TIMEOUT", &format_duration(d.request_body_timeout.unwrap_or_default())),
+        env_value(sidecar::env::UPSTREAM, &format!("127.0.0.1:{user_port}")),
+        env_field(sidecar::env::SERVICE_NAMESPACE, "metadata.namespace"),
+        env_value(sidecar::env::SERVICE_NAME, &name),
+        env_field(sidecar::env::POD_NAME, "metadata.name"),
+        env_field(sidecar::env::POD_NAMESPACE, "metadata.namespace"),
+        env_field(sidecar::env::POD_IP, "status.podIP"),
     ];
-    // Unset means "the client's protocol", the queue-proxy's default.
-    if let Some(protocol) = d.protocol {
-        env.push(env_value("EBB_PROTOCOL", protocol_name(protocol)));
-    }
+    env.extend(data_plane_settings(&config.data_plane).iter().map(|s| env_value(s.env, &s.value)));
     if let Some(path) = &probe_path {
-        env.push(env_value("EBB_PROBE_PATH", path));
+        env.push(env_value(sidecar::env::PROBE_PATH, path));
     }
     if let Some(timeout) = &probe_timeout {
-        env.push(env_value("EBB_PROBE_TIMEOUT", timeout));
+        env.push(env_value(sidecar::env::PROBE_TIMEOUT, timeout));
     }
     // The user's own variables on the sidecar (RUST_LOG, EBB_DRAIN_QUIET_PERIOD, ...) are kept, after ours.
     let own = |e: &&Value| str_at(e, &["name"]).is_some_and(|n| MANAGED_ENV.contains(&n));
@@ -668,13 +659,6 @@ fn container_ports(container: &Value) -> Vec<Port> {
 fn drain_hook() -> Value {
     let http_get = map([("path", WAIT_FOR_DRAIN_PATH.into()), ("port", QUEUE_PROXY_ADMIN_PORT.into())]);
     map([("httpGet", http_get)])
-}
-
-fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Http1 => "http1",
-        Protocol::H2c => "h2c",
-    }
 }
 
 /// `ebb-probe` -> `Ebb-Probe`, as the header is written in manifests.

@@ -16,9 +16,9 @@ use clap::Parser;
 use ebb_activator::handler::{Activator, Options};
 use ebb_activator::metrics::Metrics;
 use ebb_activator::registry::Registry;
-use ebb_activator::routing::ServiceKey;
 use ebb_activator::server::{DrainOptions, Server};
 use ebb_activator::stats::ChannelSink;
+use ebb_config::ServiceId;
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -190,7 +190,7 @@ async fn cluster_services_route_through_the_activator_with_least_rbac() {
         false,
     );
     deployments.create(&PostParams::default(), &chat).await.unwrap();
-    let key = ServiceKey::new(&ns, "chat");
+    let key = ServiceId::new(&*ns, "chat");
     let service =
         wait_for(WAIT, "the service to be known", async || registry.get(&key).ok_or("not yet")).await;
     assert_eq!(service.config().container_concurrency, 2);
@@ -213,7 +213,7 @@ async fn cluster_services_route_through_the_activator_with_least_rbac() {
 
     // A pod that cannot pull its image fails queued requests fast, naming why.
     deployments.create(&PostParams::default(), &deployment("broken", json!({}), true)).await.unwrap();
-    let broken = ServiceKey::new(&ns, "broken");
+    let broken = ServiceId::new(&*ns, "broken");
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
     let pod = wait_for(WAIT, "the broken pod to be bound", async || {
         let list = pods.list(&kube::api::ListParams::default().labels("ebb.dev/service=broken")).await;

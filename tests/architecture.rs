@@ -20,8 +20,8 @@ struct Module {
     children: BTreeSet<String>,
     /// `pub use` re-exports: the name they give, and the path they name (as written, in this module).
     reexports: BTreeMap<String, Vec<String>>,
-    /// Every path this module names, as written, with the line it is on.
-    paths: Vec<(Vec<String>, usize)>,
+    /// Every path this module names, as written.
+    paths: Vec<Vec<String>>,
 }
 
 /// Every crate root of the workspace: `*/src/lib.rs`, `*/src/main.rs` where there is no lib, and `src/main.rs`.
@@ -52,10 +52,10 @@ struct Collector<'a> {
 }
 
 impl Collector<'_> {
-    fn push_path(&mut self, segments: Vec<String>, line: usize) {
+    fn push_path(&mut self, segments: Vec<String>) {
         let mut full = self.inline.iter().map(|s| format!("@{s}")).collect::<Vec<_>>();
         full.extend(segments);
-        self.module.paths.push((full, line));
+        self.module.paths.push(full);
     }
 }
 
@@ -127,7 +127,6 @@ impl<'ast> Visit<'ast> for Collector<'_> {
         if is_cfg_test(&item.attrs) {
             return;
         }
-        let line = item.use_token.span.start().line;
         let mut found = Vec::new();
         use_tree_paths(&item.tree, &mut Vec::new(), &mut found);
         let public = !matches!(item.vis, syn::Visibility::Inherited);
@@ -135,7 +134,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
             if public && self.inline.is_empty() {
                 self.module.reexports.insert(given, path);
             } else {
-                self.push_path(path, line);
+                self.push_path(path);
             }
         }
     }
@@ -143,8 +142,7 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     fn visit_path(&mut self, path: &'ast syn::Path) {
         let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
         if segments.len() > 1 {
-            let line = path.segments[0].ident.span().start().line;
-            self.push_path(segments, line);
+            self.push_path(segments);
         }
         syn::visit::visit_path(self, path);
     }
@@ -180,7 +178,12 @@ fn read_crate(root: &Path) -> BTreeMap<ModPath, Module> {
 }
 
 /// The module a path written in module `from` names, following re-exports; `None` when it leaves the crate.
-fn resolve(modules: &BTreeMap<ModPath, Module>, from: &ModPath, written: &[String], depth: usize) -> Option<ModPath> {
+fn resolve(
+    modules: &BTreeMap<ModPath, Module>,
+    from: &ModPath,
+    written: &[String],
+    depth: usize,
+) -> Option<ModPath> {
     if depth > 16 {
         return None;
     }
@@ -198,8 +201,12 @@ fn resolve(modules: &BTreeMap<ModPath, Module>, from: &ModPath, written: &[Strin
             }
             (at, rest)
         }
-        Some(first) if modules.get(from).is_some_and(|m| m.children.contains(first)) => (from.clone(), &written[..]),
-        Some(first) if modules.get(from).is_some_and(|m| m.reexports.contains_key(first)) && from.is_empty() => {
+        Some(first) if modules.get(from).is_some_and(|m| m.children.contains(first)) => {
+            (from.clone(), &written[..])
+        }
+        Some(first)
+            if modules.get(from).is_some_and(|m| m.reexports.contains_key(first)) && from.is_empty() =>
+        {
             (from.clone(), &written[..])
         }
         _ => return None,
@@ -297,14 +304,16 @@ fn no_module_uses_a_module_that_uses_it_back() {
         let mut witness: BTreeMap<(ModPath, ModPath), String> = BTreeMap::new();
         for (from, module) in &modules {
             edges.entry(from.clone()).or_default();
-            for (written, line) in &module.paths {
+            for written in &module.paths {
                 let Some(to) = resolve(&modules, from, written, 0) else { continue };
                 if &to == from {
                     continue;
                 }
                 edges.entry(from.clone()).or_default().insert(to.clone());
                 let file = module.file.strip_prefix(ROOT).unwrap_or(&module.file).display().to_string();
-                witness.entry((from.clone(), to)).or_insert_with(|| format!("{file}:{line} `{}`", written.join("::")));
+                witness
+                    .entry((from.clone(), to))
+                    .or_insert_with(|| format!("{file}: `{}`", written.join("::")));
             }
         }
         for component in cycles(&edges) {
@@ -312,14 +321,27 @@ fn no_module_uses_a_module_that_uses_it_back() {
             let mut lines = Vec::new();
             for from in &component {
                 for to in edges[from].iter().filter(|to| members.contains(to)) {
-                    lines.push(format!("    {} -> {}: {}", name(from), name(to), witness[&(from.clone(), to.clone())]));
+                    lines.push(format!(
+                        "    {} -> {}: {}",
+                        name(from),
+                        name(to),
+                        witness[&(from.clone(), to.clone())]
+                    ));
                 }
             }
             let krate = root.strip_prefix(ROOT).unwrap_or(&root).display().to_string();
-            problems.push(format!("{krate}: {}\n{}", component.iter().map(name).collect::<Vec<_>>().join(", "), lines.join("\n")));
+            problems.push(format!(
+                "{krate}: {}\n{}",
+                component.iter().map(name).collect::<Vec<_>>().join(", "),
+                lines.join("\n")
+            ));
         }
     }
-    assert!(problems.is_empty(), "modules that use each other, directly or round about:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "modules that use each other, directly or round about:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -334,7 +356,7 @@ fn the_checker_sees_a_circle_through_a_reexport() {
     let modules = read_crate(&dir.join("src/lib.rs"));
     let mut edges: BTreeMap<ModPath, BTreeSet<ModPath>> = BTreeMap::new();
     for (from, module) in &modules {
-        for (written, _) in &module.paths {
+        for written in &module.paths {
             if let Some(to) = resolve(&modules, from, written, 0).filter(|to| to != from) {
                 edges.entry(from.clone()).or_default().insert(to);
             }

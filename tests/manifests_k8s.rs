@@ -415,7 +415,10 @@ fn the_examples_follow_the_conventions_and_ship_no_service_named_like_theirs() {
         );
         // The sidecar has no preStop hook (SIGTERM starts its drain); the model's waits for the drain.
         assert!(sidecar.get("lifecycle").is_none(), "{}", sidecar["lifecycle"]);
-        assert_eq!(model["lifecycle"]["preStop"]["httpGet"], json!({"path": "/wait-for-drain", "port": 8022}));
+        assert_eq!(
+            model["lifecycle"]["preStop"]["httpGet"],
+            json!({"path": "/wait-for-drain", "port": 8022})
+        );
         let timeout = seconds(env_value(sidecar, "EBB_TIMEOUT").unwrap());
         let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
         assert!(

@@ -5,10 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ebb_activator::metrics::Metrics as ActivatorMetrics;
-use ebb_activator::routing::ServiceKey;
 use ebb_autoscaler::kube::metrics::KubeMetrics;
-use ebb_autoscaler::runtime::ServiceId;
 use ebb_autoscaler::runtime::metrics::Metrics as AutoscalerMetrics;
+use ebb_config::ServiceId;
 use ebb_queue_proxy::metrics::Metrics as QueueProxyMetrics;
 
 /// A family as a user queries it: type and label names.
@@ -70,7 +69,7 @@ fn export_everything() -> Catalogue {
     let queue_proxy = QueueProxyMetrics::new().encode(0, 0, true);
 
     let activator = ActivatorMetrics::new();
-    let _ = activator.service(&ServiceKey::new("demo", "chat"));
+    let _ = activator.service(&ServiceId::new("demo", "chat"));
     let activator = activator.encode(&[], 0);
 
     let autoscaler = AutoscalerMetrics::new();

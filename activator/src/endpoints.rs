@@ -7,11 +7,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ebb_config::DataPlaneSpec;
+use ebb_config::{DataPlaneSpec, Mode};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use crate::routing::ServiceKey;
+use ebb_config::ServiceId;
 
 /// One pod of a service as its source sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,16 +43,16 @@ pub enum Change {
     /// A service appeared or its settings changed.
     Service {
         /// The service.
-        key: ServiceKey,
+        key: ServiceId,
         /// Its data-plane settings (concurrency, timeouts, queue bounds, hosts, protocol).
         config: DataPlaneSpec,
     },
     /// A service is gone; its queued requests are refused.
-    ServiceRemoved(ServiceKey),
+    ServiceRemoved(ServiceId),
     /// The complete set of pods a service has now.
     Pods {
         /// The service.
-        key: ServiceKey,
+        key: ServiceId,
         /// Every pod, in any state.
         pods: Vec<PodInfo>,
     },
@@ -62,20 +62,10 @@ pub enum Change {
     /// the gateway; the autoscaler decides, as it decides the EndpointSlice in a cluster).
     Mode {
         /// The service.
-        key: ServiceKey,
+        key: ServiceId,
         /// The request path.
         mode: Mode,
     },
-}
-
-/// Where a service's requests go, as the autoscaler decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// Through the activator: counted, throttled to its capacity share, queued at zero.
-    #[default]
-    Proxy,
-    /// Straight to the pods; used only while a pod is ready.
-    Serve,
 }
 
 /// Where changes are sent; sources hold one.
@@ -126,7 +116,7 @@ mod tests {
         let registry = Arc::new(Registry::new(true, 100, Arc::new(Metrics::new())));
         let (feed, source) = LocalSource::new();
         let following = tokio::spawn(registry.clone().follow_source(Box::new(source)));
-        let key = ServiceKey::new("default", "demo");
+        let key = ServiceId::new("default", "demo");
         let config = ebb_config::ServiceConfig::default().data_plane;
         feed.send(Change::Service { key: key.clone(), config }).unwrap();
         feed.send(Change::Pods { key: key.clone(), pods: vec![] }).unwrap();

@@ -21,7 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::endpoints::{Change, ChangeSender, EndpointSource, PodInfo};
 use crate::push::Pusher;
-use crate::routing::ServiceKey;
+use ebb_config::ServiceId;
 
 /// Container waiting reasons that mean a pod will not become ready without a change.
 const BLOCKING_WAITING_REASONS: [&str; 7] = [
@@ -67,8 +67,8 @@ pub fn blocked_reason(pod: &Pod) -> Option<String> {
 }
 
 /// The service a pod belongs to and what the activator needs of it.
-pub fn pod_info(pod: &Pod) -> Option<(ServiceKey, PodInfo)> {
-    let service = ServiceKey::new(&pod.namespace()?, pod.labels().get(LABEL_SERVICE)?);
+pub fn pod_info(pod: &Pod) -> Option<(ServiceId, PodInfo)> {
+    let service = ServiceId::new(&pod.namespace()?, pod.labels().get(LABEL_SERVICE)?);
     let status = pod.status.as_ref();
     let phase_over =
         status.and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
@@ -95,12 +95,12 @@ pub fn is_ready(pod: &Pod) -> bool {
 
 /// The service a Deployment declares, with its data-plane settings, or why they are invalid. `None` when it is not
 /// an ebb service or its label does not name it (the autoscaler reports that with an Event).
-pub fn deployment_service(deployment: &Deployment) -> Option<(ServiceKey, Result<DataPlaneSpec, String>)> {
+pub fn deployment_service(deployment: &Deployment) -> Option<(ServiceId, Result<DataPlaneSpec, String>)> {
     let name = deployment.name_any();
     if deployment.labels().get(LABEL_SERVICE) != Some(&name) {
         return None;
     }
-    let key = ServiceKey::new(&deployment.namespace()?, &name);
+    let key = ServiceId::new(&deployment.namespace()?, &name);
     // The data-plane keys do not depend on config-autoscaler, which the activator has no right to read. Its
     // defaults would refuse `initial-scale: 0` (allowed only by the ConfigMap): that check is the
     // autoscaler's, which reads the ConfigMap, so the activator assumes the most permissive global setting.
@@ -195,7 +195,7 @@ async fn watch_pods(client: Client, namespace: Option<String>, changes: ChangeSe
     let pods: Api<Pod> = api(&client, namespace.as_deref());
     let mut mirror = Mirror::new();
     // Which service each pod belonged to when last seen, so a pod that leaves is removed from it.
-    let mut owner: BTreeMap<String, ServiceKey> = BTreeMap::new();
+    let mut owner: BTreeMap<String, ServiceId> = BTreeMap::new();
     let config = watcher::Config::default().labels(LABEL_SERVICE);
     follow("pods", watcher::watcher(pods, config), |event| {
         let mut affected = BTreeSet::new();
@@ -225,7 +225,7 @@ async fn watch_pods(client: Client, namespace: Option<String>, changes: ChangeSe
 async fn watch_deployments(client: Client, namespace: Option<String>, changes: ChangeSender) {
     let deployments: Api<Deployment> = api(&client, namespace.as_deref());
     let mut mirror = Mirror::new();
-    let mut known: BTreeMap<String, ServiceKey> = BTreeMap::new();
+    let mut known: BTreeMap<String, ServiceId> = BTreeMap::new();
     let config = watcher::Config::default().labels(LABEL_SERVICE);
     follow("deployments", watcher::watcher(deployments, config), |event| {
         for key in mirror.apply(event) {
@@ -343,7 +343,7 @@ mod tests {
             "status": {"podIP": "10.0.0.7", "phase": "Running"}
         }));
         let (service, info) = pod_info(&p).unwrap();
-        assert_eq!(service, ServiceKey::new("models", "chat"));
+        assert_eq!(service, ServiceId::new("models", "chat"));
         let expected =
             PodInfo { ready: Some(false), ..PodInfo::live("chat-1", "10.0.0.7:8012".parse().unwrap()) };
         assert_eq!(info, expected, "not Ready until the kubelet says so");
@@ -402,7 +402,7 @@ mod tests {
             json!({"ebb.dev/container-concurrency": "4"}),
         ))
         .unwrap();
-        assert_eq!((key, config.unwrap().container_concurrency), (ServiceKey::new("models", "chat"), 4));
+        assert_eq!((key, config.unwrap().container_concurrency), (ServiceId::new("models", "chat"), 4));
         assert!(deployment_service(&d(json!({"ebb.dev/service": "other"}), json!({}))).is_none());
         let (_, invalid) =
             deployment_service(&d(json!({"ebb.dev/service": "chat"}), json!({"ebb.dev/timeout": "never"})))

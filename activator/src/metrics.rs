@@ -15,8 +15,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::cold_start::{Phases, Timeline};
-use crate::routing::ServiceKey;
 use crate::service::Service;
+use ebb_config::ServiceId;
 
 /// Seconds a request may wait queued: from 1 ms to the 10-minute activation timeout.
 const WAIT_BUCKETS: [f64; 16] =
@@ -32,7 +32,7 @@ pub struct ServiceLabels {
 }
 
 impl ServiceLabels {
-    fn of(key: &ServiceKey) -> Self {
+    fn of(key: &ServiceId) -> Self {
         Self { namespace: key.namespace.to_string(), service: key.name.to_string() }
     }
 }
@@ -193,7 +193,7 @@ impl Metrics {
     }
 
     /// Creates a service's series at zero and returns its cached handles.
-    pub fn service(&self, key: &ServiceKey) -> ServiceMetrics {
+    pub fn service(&self, key: &ServiceId) -> ServiceMetrics {
         let labels = ServiceLabels::of(key);
         for (_, reason) in ALL_REASONS {
             let _ = self.rejected.get_or_create(&RejectLabels {
@@ -213,7 +213,7 @@ impl Metrics {
     }
 
     /// Forgets a removed service's series.
-    pub fn remove_service(&self, key: &ServiceKey) {
+    pub fn remove_service(&self, key: &ServiceId) {
         let labels = ServiceLabels::of(key);
         self.forwarded.remove(&labels);
         self.queue_wait.remove(&labels);
@@ -231,7 +231,7 @@ impl Metrics {
     }
 
     /// Counts a request answered with an error (`service` is `None` when no service was found).
-    pub fn rejected(&self, service: Option<&ServiceKey>, error: &ProxyError) {
+    pub fn rejected(&self, service: Option<&ServiceId>, error: &ProxyError) {
         let (namespace, service) = service
             .map_or((String::new(), String::new()), |key| (key.namespace.to_string(), key.name.to_string()));
         self.rejected.get_or_create(&RejectLabels { namespace, service, reason: error.reason() }).inc();

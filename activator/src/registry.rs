@@ -11,17 +11,18 @@ use tokio::sync::mpsc;
 use crate::endpoints::{Change, EndpointSource, PodInfo};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
-use crate::routing::{RouteError, RouteTable, ServiceKey};
+use crate::routing::{RouteError, RouteTable};
 use crate::service::Service;
+use ebb_config::ServiceId;
 
 /// The services, their routes and the shared probe client.
 #[derive(Debug)]
 pub struct Registry {
-    services: RwLock<HashMap<ServiceKey, Arc<Service>>>,
+    services: RwLock<HashMap<ServiceId, Arc<Service>>>,
     /// The latest pods of services not configured yet: the pod and Deployment watches are independent, so
     /// pods may come first (an activator starting up lists both at once), and are applied when the service
     /// appears rather than lost until the pods next change.
-    pending_pods: Mutex<HashMap<ServiceKey, Vec<PodInfo>>>,
+    pending_pods: Mutex<HashMap<ServiceId, Vec<PodInfo>>>,
     routes: RwLock<Arc<RouteTable>>,
     activators: Arc<AtomicUsize>,
     prober: Prober,
@@ -57,7 +58,7 @@ impl Registry {
     }
 
     /// A service by key.
-    pub fn get(&self, key: &ServiceKey) -> Option<Arc<Service>> {
+    pub fn get(&self, key: &ServiceId) -> Option<Arc<Service>> {
         self.services.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
     }
 

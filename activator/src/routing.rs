@@ -10,42 +10,12 @@
 //! header names another, the request is refused: a client reaches only the service its route named.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::sync::Arc;
 
 use http::header::HOST;
 use http::{HeaderMap, Uri};
 
+use ebb_config::ServiceId;
 use ebb_config::names::HEADER_SERVICE;
-
-/// A service: `NAMESPACE/NAME`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    /// The namespace.
-    pub namespace: Arc<str>,
-    /// The Deployment's name.
-    pub name: Arc<str>,
-}
-
-impl ServiceKey {
-    /// A key from its parts.
-    pub fn new(namespace: &str, name: &str) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
-    }
-
-    /// Parses `NAMESPACE/NAME`.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (namespace, name) = text.split_once('/')?;
-        let valid = |part: &str| ebb_config::value::is_dns_name(part) && !part.contains('/');
-        (valid(namespace) && valid(name)).then(|| Self::new(namespace, name))
-    }
-}
-
-impl fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// Why no service could be chosen; each names what was looked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,17 +34,17 @@ pub enum RouteError {
     #[error("the Ebb-Service header names {header} but the Host routes to {host}")]
     Conflict {
         /// The service the header named.
-        header: ServiceKey,
+        header: ServiceId,
         /// The service the Host named.
-        host: ServiceKey,
+        host: ServiceId,
     },
 }
 
 /// The known services and every host name that routes to one. Rebuilt when services change; cheap to read.
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    hosts: HashMap<String, ServiceKey>,
-    services: HashMap<ServiceKey, ()>,
+    hosts: HashMap<String, ServiceId>,
+    services: HashMap<ServiceId, ()>,
     local_mode: bool,
 }
 
@@ -86,7 +56,7 @@ impl RouteTable {
 
     /// Adds a service and its extra host names (`ebb.dev/hosts`). A host already taken by another service stays
     /// with the first; the conflicting service is returned so the caller can report it.
-    pub fn insert(&mut self, service: ServiceKey, extra_hosts: &[String]) -> Vec<(String, ServiceKey)> {
+    pub fn insert(&mut self, service: ServiceId, extra_hosts: &[String]) -> Vec<(String, ServiceId)> {
         let (ns, name) = (&service.namespace, &service.name);
         let mut names = vec![
             format!("{name}.{ns}"),
@@ -111,12 +81,12 @@ impl RouteTable {
     }
 
     /// Whether the service is known.
-    pub fn contains(&self, service: &ServiceKey) -> bool {
+    pub fn contains(&self, service: &ServiceId) -> bool {
         self.services.contains_key(service)
     }
 
     /// The service that a request names by its headers and, lacking a Host, its URI's authority.
-    pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<ServiceKey, RouteError> {
+    pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<ServiceId, RouteError> {
         for (name, shown) in [(HOST.as_str(), "Host"), (HEADER_SERVICE, "Ebb-Service")] {
             if headers.get_all(name).iter().nth(1).is_some() {
                 return Err(RouteError::Duplicate(shown));
@@ -130,7 +100,7 @@ impl RouteTable {
             });
         };
         let text = header.to_str().unwrap_or_default();
-        let named = ServiceKey::parse(text).ok_or_else(|| RouteError::BadHeader(shown(text)))?;
+        let named = ServiceId::parse(text).ok_or_else(|| RouteError::BadHeader(shown(text)))?;
         match by_host {
             Some(host) if *host != named => Err(RouteError::Conflict { header: named, host: host.clone() }),
             _ if self.contains(&named) => Ok(named),
@@ -179,8 +149,8 @@ mod tests {
 
     fn table(local: bool) -> RouteTable {
         let mut table = RouteTable::new(local);
-        table.insert(ServiceKey::new("default", "demo"), &[]);
-        table.insert(ServiceKey::new("models", "chat"), &["chat.example.com".into()]);
+        table.insert(ServiceId::new("default", "demo"), &[]);
+        table.insert(ServiceId::new("models", "chat"), &["chat.example.com".into()]);
         table
     }
 
@@ -282,8 +252,8 @@ mod tests {
     #[test]
     fn a_host_claimed_twice_stays_with_the_first_service() {
         let mut t = table(false);
-        let conflicts = t.insert(ServiceKey::new("other", "svc"), &["chat.example.com".into()]);
-        assert_eq!(conflicts, [("chat.example.com".to_string(), ServiceKey::new("models", "chat"))]);
+        let conflicts = t.insert(ServiceId::new("other", "svc"), &["chat.example.com".into()]);
+        assert_eq!(conflicts, [("chat.example.com".to_string(), ServiceId::new("models", "chat"))]);
         assert_eq!(route(&t, &[("host", "chat.example.com")]), Ok("models/chat".into()));
     }
 

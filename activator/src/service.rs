@@ -18,10 +18,11 @@ use tokio::task::AbortHandle;
 use crate::balancer::{self, Endpoint, Lease};
 use crate::capacity::{pod_capacity, service_capacity};
 use crate::cold_start::Timeline;
-use crate::endpoints::{Mode, PodInfo};
+use crate::endpoints::PodInfo;
 use crate::metrics::ServiceMetrics;
 use crate::probe::Prober;
-use crate::routing::ServiceKey;
+use ebb_config::Mode;
+use ebb_config::ServiceId;
 
 /// What requests waiting for a service need to know.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub struct RequestSettings {
 #[derive(Debug)]
 pub struct Service {
     /// `NAMESPACE/NAME`.
-    pub key: ServiceKey,
+    pub key: ServiceId,
     /// The key as text, for error bodies and logs.
     pub name: String,
     /// Queues requests while there is no capacity; its capacity is this activator's share of the ready pods.
@@ -100,7 +101,7 @@ impl Drop for PodState {
 impl Service {
     /// A service with no pods yet: every request queues until one is ready.
     pub fn new(
-        key: ServiceKey,
+        key: ServiceId,
         config: DataPlaneSpec,
         metrics: ServiceMetrics,
         activators: Arc<AtomicUsize>,

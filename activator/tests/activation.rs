@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ebb_activator::endpoints::{Change, Mode, PodInfo};
+use ebb_activator::endpoints::{Change, PodInfo};
+use ebb_config::Mode;
 use support::*;
 
 /// An upstream that answers `hello` after `delay`, counting the requests it served.
@@ -137,7 +138,7 @@ async fn pods_seen_before_their_service_are_used_once_it_appears() {
     let activator = TestActivator::start(10_000).await;
     let (upstream, _) = counting_upstream(Duration::ZERO).await;
     let pod = queue_proxy(upstream, "demo-1", 0).await;
-    let key = ebb_activator::routing::ServiceKey::new("default", "demo");
+    let key = ebb_config::ServiceId::new("default", "demo");
     activator.pods(&key, &[("demo-1", pod.data)]);
     assert!(activator.registry.get(&key).is_none());
     activator.service("demo", data_plane(|_| {}));

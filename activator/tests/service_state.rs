@@ -10,9 +10,9 @@ use bytes::Bytes;
 use ebb_activator::endpoints::PodInfo;
 use ebb_activator::metrics::ServiceMetrics;
 use ebb_activator::probe::Prober;
-use ebb_activator::routing::ServiceKey;
 use ebb_activator::service::{Service, Status};
 use ebb_config::ServiceConfig;
+use ebb_config::ServiceId;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -53,7 +53,7 @@ async fn fake_queue_proxy(ready: watch::Receiver<bool>) -> SocketAddr {
 fn service(cc: u32) -> Arc<Service> {
     let mut config = ServiceConfig::default().data_plane;
     config.container_concurrency = cc;
-    let (key, metrics) = (ServiceKey::new("default", "demo"), ServiceMetrics::unregistered());
+    let (key, metrics) = (ServiceId::new("default", "demo"), ServiceMetrics::unregistered());
     Arc::new(Service::new(key, config, metrics, Arc::new(AtomicUsize::new(1)), 10_000))
 }
 

@@ -27,7 +27,7 @@ pub mod window;
 
 pub use decider::{Decider, DeciderSpec, Decision, Observed, Outcome};
 pub use error::Error;
-pub use policy::{Mode, Phase, PolicyInput, PolicyOutput, PolicyReason, PolicySpec, ScalePolicy};
+pub use policy::{Phase, PolicyInput, PolicyOutput, PolicyReason, PolicySpec, ScalePolicy};
 pub use reason::{Reason, ReasonKind, Undecided};
 pub use time::Timestamp;
 pub use window::MetricWindows;

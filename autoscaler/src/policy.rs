@@ -21,7 +21,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use ebb_config::ServiceConfig;
+use ebb_config::{Mode, ServiceConfig};
 
 use crate::reason::Pods;
 use crate::{Decision, Timestamp};
@@ -143,31 +143,6 @@ impl Phase {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// Where requests go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// Straight to the ready pods.
-    Serve,
-    /// Through the activator, which buffers and throttles.
-    Proxy,
-}
-
-impl Mode {
-    /// `serve` or `proxy`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Serve => "serve",
-            Self::Proxy => "proxy",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use ebb_autoscaler::{
-    Decision, Mode, Phase, PolicyInput, PolicyOutput, PolicyReason, PolicySpec, Reason, ScalePolicy,
-    Timestamp,
+    Decision, Phase, PolicyInput, PolicyOutput, PolicyReason, PolicySpec, Reason, ScalePolicy, Timestamp,
 };
-use ebb_config::Metric;
+use ebb_config::{Metric, Mode};
 
 /// Stable window 60 s, grace 30 s, no retention, activation timeout 600 s, TBC 0 (serve whenever a pod is
 /// ready and wanted).

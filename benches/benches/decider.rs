@@ -11,9 +11,9 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ebb_autoscaler::runtime::ServiceController;
 use ebb_autoscaler::{
-    Decider, DeciderSpec, MetricWindows, Mode, Observed, PolicyInput, PolicySpec, ScalePolicy, Timestamp,
+    Decider, DeciderSpec, MetricWindows, Observed, PolicyInput, PolicySpec, ScalePolicy, Timestamp,
 };
-use ebb_config::ServiceConfig;
+use ebb_config::{Mode, ServiceConfig};
 
 const SERVICES: usize = 10_000;
 

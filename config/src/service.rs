@@ -32,7 +32,8 @@ const AGGREGATIONS: &[(&str, Aggregation)] = &[
     ("weighted-exponential", Aggregation::WeightedExponential),
     ("weightedExponential", Aggregation::WeightedExponential),
 ];
-const PROTOCOLS: &[(&str, Protocol)] = &[("http1", Protocol::Http1), ("h2c", Protocol::H2c)];
+const PROTOCOLS: &[(&str, Protocol)] =
+    &[(Protocol::Http1.as_str(), Protocol::Http1), (Protocol::H2c.as_str(), Protocol::H2c)];
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 

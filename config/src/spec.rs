@@ -51,6 +51,28 @@ pub enum Protocol {
     H2c,
 }
 
+impl Protocol {
+    /// `http1` or `h2c`, as the annotation and the queue-proxy's flag spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2c => "h2c",
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "http1" => Ok(Self::Http1),
+            "h2c" => Ok(Self::H2c),
+            _ => Err(format!("'{text}' is not a protocol; use http1 or h2c")),
+        }
+    }
+}
+
 /// The decider's and the scale policy's inputs for one service, with Knative's semantics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScalingSpec {

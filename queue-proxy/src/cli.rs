@@ -12,6 +12,7 @@ use ebb_config::Protocol;
 use ebb_config::names::{
     QUEUE_PROXY_ADMIN_PORT, QUEUE_PROXY_DATA_PORT, QUEUE_PROXY_METRICS_PORT, QUEUE_PROXY_STATS_PORT,
 };
+use ebb_config::sidecar::env;
 use ebb_config::wire::MAX_SERVICE_NAME_LEN;
 use http::uri::Authority;
 
@@ -37,115 +38,115 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Address of the user container, HOST:PORT.
-    #[arg(long, env = "EBB_UPSTREAM", default_value = "127.0.0.1:8080", value_parser = parse_upstream)]
+    #[arg(long, env = env::UPSTREAM, default_value = "127.0.0.1:8080", value_parser = parse_upstream)]
     pub upstream: Authority,
 
     /// Address every port binds to (local mode gives each pod its own 127.0.0.N).
-    #[arg(long, env = "EBB_BIND_ADDRESS", default_value = "0.0.0.0")]
+    #[arg(long, env = env::BIND_ADDRESS, default_value = "0.0.0.0")]
     pub bind_address: IpAddr,
 
     /// Data port: requests for the user container (0 = any free port).
-    #[arg(long, env = "EBB_DATA_PORT", default_value_t = QUEUE_PROXY_DATA_PORT)]
+    #[arg(long, env = env::DATA_PORT, default_value_t = QUEUE_PROXY_DATA_PORT)]
     pub data_port: u16,
 
     /// Admin port: readiness, liveness and /wait-for-drain (0 = any free port).
-    #[arg(long, env = "EBB_ADMIN_PORT", default_value_t = QUEUE_PROXY_ADMIN_PORT)]
+    #[arg(long, env = env::ADMIN_PORT, default_value_t = QUEUE_PROXY_ADMIN_PORT)]
     pub admin_port: u16,
 
     /// Stats port: GET /stats for the autoscaler (0 = any free port).
-    #[arg(long, env = "EBB_STATS_PORT", default_value_t = QUEUE_PROXY_STATS_PORT)]
+    #[arg(long, env = env::STATS_PORT, default_value_t = QUEUE_PROXY_STATS_PORT)]
     pub stats_port: u16,
 
     /// Prometheus port (0 = any free port).
-    #[arg(long, env = "EBB_METRICS_PORT", default_value_t = QUEUE_PROXY_METRICS_PORT)]
+    #[arg(long, env = env::METRICS_PORT, default_value_t = QUEUE_PROXY_METRICS_PORT)]
     pub metrics_port: u16,
 
     /// Most requests in flight to the user container; 0 = unlimited.
-    #[arg(long, env = "EBB_CONTAINER_CONCURRENCY", default_value_t = 0)]
+    #[arg(long, env = env::CONTAINER_CONCURRENCY, default_value_t = 0)]
     pub container_concurrency: u32,
 
     /// Requests that may wait for a slot beyond the limit [default: 10 x container concurrency].
-    #[arg(long, env = "EBB_QUEUE_DEPTH")]
+    #[arg(long, env = env::QUEUE_DEPTH)]
     pub queue_depth: Option<u32>,
 
     /// Total request timeout, queueing included (300s, 1m30s, or whole seconds).
-    #[arg(long, env = "EBB_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, env = env::TIMEOUT, default_value = "300s", value_parser = parse_duration)]
     pub timeout: Duration,
 
     /// Time allowed until the response starts [default: --timeout].
-    #[arg(long, env = "EBB_RESPONSE_START_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = env::RESPONSE_START_TIMEOUT, value_parser = parse_duration)]
     pub response_start_timeout: Option<Duration>,
 
     /// Longest time the upstream may send nothing (before the response headers, then between body chunks);
     /// 0 = off.
-    #[arg(long, env = "EBB_IDLE_TIMEOUT", default_value = "0", value_parser = parse_duration)]
+    #[arg(long, env = env::IDLE_TIMEOUT, default_value = "0", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// Longest time the client may send nothing while its request body is still coming (answered 408); 0 = off
     /// [default: 60s, or --timeout when shorter].
-    #[arg(long, env = "EBB_REQUEST_BODY_TIMEOUT", value_parser = parse_duration)]
+    #[arg(long, env = env::REQUEST_BODY_TIMEOUT, value_parser = parse_duration)]
     pub request_body_timeout: Option<Duration>,
 
     /// Upstream protocol, `http1` or `h2c` [default: the client's].
-    #[arg(long, env = "EBB_PROTOCOL", value_parser = parse_protocol)]
+    #[arg(long, env = env::PROTOCOL, value_parser = str::parse::<Protocol>)]
     pub protocol: Option<Protocol>,
 
     /// HTTP path to probe on the user container (2xx/3xx = ready); without it a TCP connect is the probe.
-    #[arg(long, env = "EBB_PROBE_PATH")]
+    #[arg(long, env = env::PROBE_PATH)]
     pub probe_path: Option<String>,
 
     /// Probe period while starting up.
-    #[arg(long, env = "EBB_PROBE_PERIOD", default_value = "10ms", value_parser = parse_duration)]
+    #[arg(long, env = env::PROBE_PERIOD, default_value = "10ms", value_parser = parse_duration)]
     pub probe_period: Duration,
 
     /// How long to probe at --probe-period before backing off. As long as the default activation timeout:
     /// a model that loads for minutes is seen ready within --probe-period, and a loopback probe costs
     /// microseconds.
-    #[arg(long, env = "EBB_PROBE_AGGRESSIVE_FOR", default_value = "600s", value_parser = parse_duration)]
+    #[arg(long, env = env::PROBE_AGGRESSIVE_FOR, default_value = "600s", value_parser = parse_duration)]
     pub probe_aggressive_for: Duration,
 
     /// Longest probe period after backing off.
-    #[arg(long, env = "EBB_PROBE_MAX_PERIOD", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = env::PROBE_MAX_PERIOD, default_value = "1s", value_parser = parse_duration)]
     pub probe_max_period: Duration,
 
     /// Time allowed for one probe.
-    #[arg(long, env = "EBB_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = env::PROBE_TIMEOUT, default_value = "1s", value_parser = parse_duration)]
     pub probe_timeout: Duration,
 
     /// While draining, exit once nothing is in flight and nothing arrived for this long.
-    #[arg(long, env = "EBB_DRAIN_QUIET_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = env::DRAIN_QUIET_PERIOD, default_value = "30s", value_parser = parse_duration)]
     pub drain_quiet_period: Duration,
 
     /// Longest drain [default: --timeout + --drain-quiet-period].
-    #[arg(long, env = "EBB_DRAIN_DEADLINE", value_parser = parse_duration)]
+    #[arg(long, env = env::DRAIN_DEADLINE, value_parser = parse_duration)]
     pub drain_deadline: Option<Duration>,
 
     /// This pod's name, reported in stats [default: $HOSTNAME].
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = env::POD_NAME)]
     pub pod_name: Option<String>,
 
     /// Namespace of the service this pod serves.
-    #[arg(long, env = "EBB_SERVICE_NAMESPACE", default_value = "default")]
+    #[arg(long, env = env::SERVICE_NAMESPACE, default_value = "default")]
     pub service_namespace: String,
 
     /// Name of the service (Deployment) this pod serves.
-    #[arg(long, env = "EBB_SERVICE_NAME", default_value = "unknown")]
+    #[arg(long, env = env::SERVICE_NAME, default_value = "unknown")]
     pub service_name: String,
 
     /// `Retry-After` sent with 503s.
-    #[arg(long, env = "EBB_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = env::RETRY_AFTER, default_value = "1s", value_parser = parse_duration)]
     pub retry_after: Duration,
 
     /// Tokio worker threads (a sidecar needs few).
-    #[arg(long, env = "EBB_WORKER_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = env::WORKER_THREADS, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,
 
     /// Log format.
-    #[arg(long, env = "EBB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Also write the bound addresses (the JSON line printed on stdout) to this file, atomically.
-    #[arg(long, env = "EBB_READY_FILE")]
+    #[arg(long, env = env::READY_FILE)]
     pub ready_file: Option<PathBuf>,
 }
 
@@ -154,14 +155,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     ebb_config::value::parse_duration(text).ok_or_else(|| {
         format!("'{text}' is not a duration; use Go-style units (300s, 1m30s, 250ms) or whole seconds")
     })
-}
-
-fn parse_protocol(text: &str) -> Result<Protocol, String> {
-    match text {
-        "http1" => Ok(Protocol::Http1),
-        "h2c" => Ok(Protocol::H2c),
-        _ => Err(format!("'{text}' is not a protocol; use http1 or h2c")),
-    }
 }
 
 impl Args {

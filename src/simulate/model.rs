@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use ebb_autoscaler::{
-    Decider, DeciderSpec, MetricWindows, Mode, Observed, PolicyInput, PolicySpec, ScalePolicy, Timestamp,
+    Decider, DeciderSpec, MetricWindows, Observed, PolicyInput, PolicySpec, ScalePolicy, Timestamp,
 };
-use ebb_config::{Metric, ServiceConfig};
+use ebb_config::{Metric, Mode, ServiceConfig};
 
 use super::trace::{DeciderRow, LoadRow};
 

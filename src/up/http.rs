@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ebb_activator::handler::Activator;
-use ebb_activator::routing::ServiceKey;
 use ebb_autoscaler::runtime::{Autoscaler, debug};
+use ebb_config::ServiceId;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -101,7 +101,7 @@ fn status(state: &State) -> Value {
         .status()
         .into_iter()
         .map(|s| {
-            let service = state.activator.registry.get(&ServiceKey::new(&s.namespace, &s.name));
+            let service = state.activator.registry.get(&ServiceId::new(&s.namespace, &s.name));
             let (held, queued) =
                 service.map_or((0, 0), |svc| (svc.breaker.in_flight(), svc.breaker.queued()));
             // Under the rps metric the autoscaler observes rates, not requests in flight.

@@ -28,10 +28,10 @@ use ebb_activator::endpoints::{Change, LocalSource};
 use ebb_activator::handler::{Activator, Options as ActivatorOptions};
 use ebb_activator::metrics::Metrics as ActivatorMetrics;
 use ebb_activator::registry::Registry;
-use ebb_activator::routing::ServiceKey;
 use ebb_activator::server::{DrainOptions, Server};
 use ebb_activator::stats::ChannelSink;
-use ebb_autoscaler::runtime::{Autoscaler, Options as AutoscalerOptions, ServiceId};
+use ebb_autoscaler::runtime::{Autoscaler, Options as AutoscalerOptions};
+use ebb_config::ServiceId;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -183,7 +183,7 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
         },
     ));
     for service in &config.services {
-        let key = ServiceKey::new(NAMESPACE, &service.name);
+        let key = ServiceId::new(NAMESPACE, &service.name);
         registry.apply(Change::Service { key, config: service.config.data_plane.clone() });
     }
     let (changes, source) = LocalSource::new();
@@ -228,7 +228,7 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
 
     // Readiness as the activator's probes find it, for the autoscaler's ready counts.
     for name in pods.service_names() {
-        let key = ServiceKey::new(NAMESPACE, &name);
+        let key = ServiceId::new(NAMESPACE, &name);
         let Some(service) = registry.get(&key) else { continue };
         let mut watch = service.watch();
         let pods = pods.clone();

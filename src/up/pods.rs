@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use ebb_activator::endpoints::{Change, ChangeSender, PodInfo};
 use ebb_activator::registry::Registry;
-use ebb_activator::routing::ServiceKey;
-use ebb_autoscaler::runtime::{Autoscaler, PodTarget, ServiceId};
+use ebb_autoscaler::runtime::{Autoscaler, PodTarget};
+use ebb_config::ServiceId;
+use ebb_config::sidecar::{self, env};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -296,59 +297,31 @@ impl PodManager {
         let Some(ip) = self.pick_ip(spec.port) else {
             return Err(format!("no free loopback address 127.0.0.N where port {} can be bound", spec.port));
         };
-        let dp = &spec.config.data_plane;
         let upstream = format!("{ip}:{}", spec.port);
         let grace = self.options.grace_period;
-        let mut qp: Vec<String> = vec![
-            "--upstream".into(),
-            upstream,
-            "--bind-address".into(),
-            ip.to_string(),
-            "--data-port".into(),
-            "0".into(),
-            "--admin-port".into(),
-            "0".into(),
-            "--stats-port".into(),
-            "0".into(),
-            "--metrics-port".into(),
-            "0".into(),
-            "--pod-name".into(),
-            name.clone(),
-            "--service-namespace".into(),
-            NAMESPACE.into(),
-            "--service-name".into(),
-            spec.name.clone(),
-            "--container-concurrency".into(),
-            dp.container_concurrency.to_string(),
-            "--queue-depth".into(),
-            dp.queue_depth.to_string(),
-            "--timeout".into(),
-            format!("{}ms", dp.timeout.as_millis()),
-            "--response-start-timeout".into(),
-            format!("{}ms", dp.response_start_timeout.as_millis()),
-            "--idle-timeout".into(),
-            format!("{}ms", dp.idle_timeout.map_or(0, |d| d.as_millis())),
-            "--request-body-timeout".into(),
-            format!("{}ms", dp.request_body_timeout.map_or(0, |d| d.as_millis())),
+        let flag = |env: &str, value: String| [sidecar::flag(env), value];
+        let mut qp: Vec<String> = [
+            flag(env::UPSTREAM, upstream),
+            flag(env::BIND_ADDRESS, ip.to_string()),
+            flag(env::DATA_PORT, "0".into()),
+            flag(env::ADMIN_PORT, "0".into()),
+            flag(env::STATS_PORT, "0".into()),
+            flag(env::METRICS_PORT, "0".into()),
+            flag(env::POD_NAME, name.clone()),
+            flag(env::SERVICE_NAMESPACE, NAMESPACE.into()),
+            flag(env::SERVICE_NAME, spec.name.clone()),
             // The activator stops sending to a terminating pod at once: a short quiet period suffices.
-            "--drain-quiet-period".into(),
-            "1s".into(),
-            "--drain-deadline".into(),
-            format!("{}ms", grace.as_millis()),
+            flag(env::DRAIN_QUIET_PERIOD, "1s".into()),
+            flag(env::DRAIN_DEADLINE, format!("{}ms", grace.as_millis())),
             // On loopback a probe costs microseconds: probing the workload every 2 ms (not the cluster
             // default of 10 ms) sees a fast start sooner, which is most of a local cold start's overhead.
-            "--probe-period".into(),
-            "2ms".into(),
-            "--log-format".into(),
-            self.options.log_format.into(),
-        ];
-        if let Some(protocol) = dp.protocol {
-            qp.push("--protocol".into());
-            qp.push(match protocol {
-                ebb_config::Protocol::Http1 => "http1".into(),
-                ebb_config::Protocol::H2c => "h2c".into(),
-            });
-        }
+            flag(env::PROBE_PERIOD, "2ms".into()),
+            flag(env::LOG_FORMAT, self.options.log_format.into()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        qp.extend(sidecar::data_plane_args(&spec.config.data_plane));
         let mut env = spec.env.clone();
         env.insert("HOST".into(), ip.to_string());
         env.insert("PORT".into(), spec.port.to_string());
@@ -517,7 +490,7 @@ impl PodManager {
             }
             infos
         };
-        let key = ServiceKey::new(NAMESPACE, service);
+        let key = ServiceId::new(NAMESPACE, service);
         let _ = self.changes.send(Change::Pods { key, pods: infos });
         self.publish_ready(service);
     }
@@ -525,7 +498,7 @@ impl PodManager {
     /// Tells the autoscaler which pods are ready: those the activator's probe found serving.
     pub fn publish_ready(&self, service: &str) {
         let Some(autoscaler) = self.autoscaler.get().and_then(Weak::upgrade) else { return };
-        let key = ServiceKey::new(NAMESPACE, service);
+        let key = ServiceId::new(NAMESPACE, service);
         let serving: Vec<Arc<str>> = self.registry.get(&key).map(|s| s.endpoint_names()).unwrap_or_default();
         let now = Instant::now();
         let targets = {

@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ebb_activator::endpoints::{self, Change, ChangeSender};
-use ebb_activator::routing::ServiceKey;
-use ebb_autoscaler::Mode;
-use ebb_autoscaler::runtime::{Scaler, ServiceId};
+use ebb_activator::endpoints::{Change, ChangeSender};
+use ebb_autoscaler::runtime::Scaler;
+use ebb_config::{Mode, ServiceId};
 
 use super::pods::PodManager;
 
@@ -32,12 +31,7 @@ impl Scaler for LocalScaler {
     fn set_mode(&self, service: &ServiceId, mode: Mode) {
         self.modes.lock().unwrap_or_else(|p| p.into_inner()).insert(service.clone(), mode);
         // The one place the autoscaler's mode reaches the activator (serve: straight to the pods, uncounted).
-        let mode = match mode {
-            Mode::Serve => endpoints::Mode::Serve,
-            Mode::Proxy => endpoints::Mode::Proxy,
-        };
-        let key = ServiceKey::new(&service.namespace, &service.name);
-        let _ = self.changes.send(Change::Mode { key, mode });
+        let _ = self.changes.send(Change::Mode { key: service.clone(), mode });
     }
 
     fn activator_in_path(&self, service: &ServiceId) -> bool {

@@ -14,9 +14,9 @@ use ebb_activator::endpoints::{Change, PodInfo};
 use ebb_activator::handler::{Activator, Options};
 use ebb_activator::metrics::Metrics;
 use ebb_activator::registry::Registry;
-use ebb_activator::routing::ServiceKey;
 use ebb_activator::server::{DrainOptions, Server};
 use ebb_activator::stats::{ChannelSink, StatSink};
+use ebb_config::ServiceId;
 use ebb_config::wire::IngestFrame;
 use ebb_config::{DataPlaneSpec, ServiceConfig};
 use ebb_queue_proxy::QueueProxy;
@@ -192,14 +192,14 @@ impl TestActivator {
     }
 
     /// Declares `default/NAME` with `config`.
-    pub fn service(&self, name: &str, config: DataPlaneSpec) -> ServiceKey {
-        let key = ServiceKey::new("default", name);
+    pub fn service(&self, name: &str, config: DataPlaneSpec) -> ServiceId {
+        let key = ServiceId::new("default", name);
         self.registry.apply(Change::Service { key: key.clone(), config });
         key
     }
 
     /// Replaces the service's pods with these (name, queue-proxy address) pairs.
-    pub fn pods(&self, key: &ServiceKey, pods: &[(&str, SocketAddr)]) {
+    pub fn pods(&self, key: &ServiceId, pods: &[(&str, SocketAddr)]) {
         let pods = pods.iter().map(|(name, addr)| PodInfo::live(name, *addr)).collect();
         self.registry.apply(Change::Pods { key: key.clone(), pods });
     }

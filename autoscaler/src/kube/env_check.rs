@@ -7,12 +7,11 @@ use std::fmt;
 use std::time::Duration;
 
 use ebb_config::keys::annotation;
+use ebb_config::sidecar::env;
 use ebb_config::value::{format_duration, parse_duration};
 use ebb_config::{DataPlaneSpec, Protocol};
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-/// The variable that marks the queue-proxy container.
-const UPSTREAM: &str = "EBB_UPSTREAM";
 /// The queue-proxy container's usual name.
 const QUEUE_PROXY: &str = "queue-proxy";
 /// The queue-proxy's `--timeout` default.
@@ -75,7 +74,7 @@ fn queue_proxy(pod: &Pod) -> Option<&Container> {
     let spec = pod.spec.as_ref()?;
     let all = || spec.containers.iter().chain(spec.init_containers.iter().flatten());
     all()
-        .find(|c| c.env.iter().flatten().any(|e| e.name == UPSTREAM))
+        .find(|c| c.env.iter().flatten().any(|e| e.name == env::UPSTREAM))
         .or_else(|| all().find(|c| c.name == QUEUE_PROXY))
 }
 
@@ -148,12 +147,12 @@ pub fn mismatches(pod: &Pod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
     let int = |t: &str| t.parse::<u32>().ok();
 
     // EBB_CONTAINER_CONCURRENCY (default 0) and EBB_QUEUE_DEPTH (default 10 x the pod's concurrency).
-    let cc = effective(container, "EBB_CONTAINER_CONCURRENCY", int, 0);
+    let cc = effective(container, env::CONTAINER_CONCURRENCY, int, 0);
     let want_cc = spec.container_concurrency.to_string();
     match cc {
         Ok(Some((v, _))) if v == spec.container_concurrency => {}
         Ok(Some((v, literal))) => push(
-            "EBB_CONTAINER_CONCURRENCY",
+            env::CONTAINER_CONCURRENCY,
             literal,
             v.to_string(),
             annotation::CONTAINER_CONCURRENCY,
@@ -161,7 +160,7 @@ pub fn mismatches(pod: &Pod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
         ),
         Ok(None) => {}
         Err(text) => push(
-            "EBB_CONTAINER_CONCURRENCY",
+            env::CONTAINER_CONCURRENCY,
             Some(text),
             String::new(),
             annotation::CONTAINER_CONCURRENCY,
@@ -169,17 +168,17 @@ pub fn mismatches(pod: &Pod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
         ),
     }
     let want_depth = spec.queue_depth.to_string();
-    match (env(container, "EBB_QUEUE_DEPTH"), &cc) {
+    match (env(container, env::QUEUE_DEPTH), &cc) {
         (Env::From, _) => {}
         (Env::Literal(text), _) => {
             if int(text) != Some(spec.queue_depth) {
-                push("EBB_QUEUE_DEPTH", Some(text), String::new(), annotation::QUEUE_DEPTH, want_depth);
+                push(env::QUEUE_DEPTH, Some(text), String::new(), annotation::QUEUE_DEPTH, want_depth);
             }
         }
         (Env::Unset, Ok(Some((cc, _)))) => {
             let depth = cc.saturating_mul(10);
             if depth != spec.queue_depth {
-                push("EBB_QUEUE_DEPTH", None, depth.to_string(), annotation::QUEUE_DEPTH, want_depth);
+                push(env::QUEUE_DEPTH, None, depth.to_string(), annotation::QUEUE_DEPTH, want_depth);
             }
         }
         // The concurrency is unknown or already reported: its derived default is not compared.
@@ -187,21 +186,21 @@ pub fn mismatches(pod: &Pod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
     }
 
     // EBB_TIMEOUT (default 300s) and EBB_RESPONSE_START_TIMEOUT (default the pod's timeout).
-    let timeout = effective(container, "EBB_TIMEOUT", parse_duration, DEFAULT_TIMEOUT);
+    let timeout = effective(container, env::TIMEOUT, parse_duration, DEFAULT_TIMEOUT);
     let want = format_duration(spec.timeout);
     match timeout {
         Ok(Some((v, _))) if v == spec.timeout => {}
-        Ok(Some((v, literal))) => push("EBB_TIMEOUT", literal, format_duration(v), annotation::TIMEOUT, want),
+        Ok(Some((v, literal))) => push(env::TIMEOUT, literal, format_duration(v), annotation::TIMEOUT, want),
         Ok(None) => {}
-        Err(text) => push("EBB_TIMEOUT", Some(text), String::new(), annotation::TIMEOUT, want),
+        Err(text) => push(env::TIMEOUT, Some(text), String::new(), annotation::TIMEOUT, want),
     }
     let want = format_duration(spec.response_start_timeout);
-    match (env(container, "EBB_RESPONSE_START_TIMEOUT"), &timeout) {
+    match (env(container, env::RESPONSE_START_TIMEOUT), &timeout) {
         (Env::From, _) => {}
         (Env::Literal(text), _) => {
             if parse_duration(text) != Some(spec.response_start_timeout) {
                 push(
-                    "EBB_RESPONSE_START_TIMEOUT",
+                    env::RESPONSE_START_TIMEOUT,
                     Some(text),
                     String::new(),
                     annotation::RESPONSE_START_TIMEOUT,
@@ -212,7 +211,7 @@ pub fn mismatches(pod: &Pod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
         (Env::Unset, Ok(Some((t, _)))) => {
             if *t != spec.response_start_timeout {
                 push(
-                    "EBB_RESPONSE_START_TIMEOUT",
+                    env::RESPONSE_START_TIMEOUT,
                     None,
                     format_duration(*t),
                     annotation::RESPONSE_START_TIMEOUT,
@@ -227,50 +226,42 @@ pub fn mismatches(pod: &Pod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
     let off = |d: Duration| (!d.is_zero()).then_some(d);
     let want_idle = spec.idle_timeout.and_then(off);
     let want = idle_text(want_idle);
-    match effective(container, "EBB_IDLE_TIMEOUT", parse_duration, Duration::ZERO) {
+    match effective(container, env::IDLE_TIMEOUT, parse_duration, Duration::ZERO) {
         Ok(Some((v, _))) if off(v) == want_idle => {}
         Ok(Some((v, literal))) => {
-            push("EBB_IDLE_TIMEOUT", literal, idle_text(off(v)), annotation::IDLE_TIMEOUT, want)
+            push(env::IDLE_TIMEOUT, literal, idle_text(off(v)), annotation::IDLE_TIMEOUT, want)
         }
         Ok(None) => {}
-        Err(text) => push("EBB_IDLE_TIMEOUT", Some(text), String::new(), annotation::IDLE_TIMEOUT, want),
+        Err(text) => push(env::IDLE_TIMEOUT, Some(text), String::new(), annotation::IDLE_TIMEOUT, want),
     }
 
     // EBB_REQUEST_BODY_TIMEOUT (default 60 s, or the timeout when shorter; 0 = off).
     let want_body = spec.request_body_timeout.and_then(off);
     let want = idle_text(want_body);
     let default = ebb_config::DEFAULT_REQUEST_BODY_TIMEOUT.min(spec.timeout);
-    match effective(container, "EBB_REQUEST_BODY_TIMEOUT", parse_duration, default) {
+    match effective(container, env::REQUEST_BODY_TIMEOUT, parse_duration, default) {
         Ok(Some((v, _))) if off(v) == want_body => {}
         Ok(Some((v, literal))) => push(
-            "EBB_REQUEST_BODY_TIMEOUT",
+            env::REQUEST_BODY_TIMEOUT,
             literal,
             idle_text(off(v)),
             annotation::REQUEST_BODY_TIMEOUT,
             want,
         ),
         Ok(None) => {}
-        Err(text) => push(
-            "EBB_REQUEST_BODY_TIMEOUT",
-            Some(text),
-            String::new(),
-            annotation::REQUEST_BODY_TIMEOUT,
-            want,
-        ),
+        Err(text) => {
+            push(env::REQUEST_BODY_TIMEOUT, Some(text), String::new(), annotation::REQUEST_BODY_TIMEOUT, want)
+        }
     }
 
     // EBB_PROTOCOL (default unset: follow the client).
-    let parse_protocol = |t: &str| match t {
-        "http1" => Some(Some(Protocol::Http1)),
-        "h2c" => Some(Some(Protocol::H2c)),
-        _ => None,
-    };
+    let parse_protocol = |t: &str| t.parse::<Protocol>().ok().map(Some);
     let want = protocol_text(spec.protocol);
-    match effective(container, "EBB_PROTOCOL", parse_protocol, None) {
+    match effective(container, env::PROTOCOL, parse_protocol, None) {
         Ok(Some((v, _))) if v == spec.protocol => {}
-        Ok(Some((v, literal))) => push("EBB_PROTOCOL", literal, protocol_text(v), annotation::PROTOCOL, want),
+        Ok(Some((v, literal))) => push(env::PROTOCOL, literal, protocol_text(v), annotation::PROTOCOL, want),
         Ok(None) => {}
-        Err(text) => push("EBB_PROTOCOL", Some(text), String::new(), annotation::PROTOCOL, want),
+        Err(text) => push(env::PROTOCOL, Some(text), String::new(), annotation::PROTOCOL, want),
     }
     out
 }
@@ -300,7 +291,7 @@ mod tests {
         serde_json::from_value(json!({
             "metadata": {"name": "chat-7f9c"},
             "spec": {"containers": [
-                {"name": "app", "env": [{"name": "EBB_CONTAINER_CONCURRENCY", "value": "99"}]},
+                {"name": "app", "env": [{"name": env::CONTAINER_CONCURRENCY, "value": "99"}]},
                 {"name": "sidecar", "env": env},
             ]},
         }))
@@ -308,7 +299,7 @@ mod tests {
     }
 
     fn qp(extra: serde_json::Value) -> Pod {
-        let mut env = vec![json!({"name": "EBB_UPSTREAM", "value": "127.0.0.1:8080"})];
+        let mut env = vec![json!({"name": env::UPSTREAM, "value": "127.0.0.1:8080"})];
         env.extend(extra.as_array().unwrap().iter().cloned());
         pod(serde_json::Value::Array(env))
     }
@@ -319,7 +310,7 @@ mod tests {
 
     #[test]
     fn matching_env_has_no_mismatch() {
-        let p = qp(json!([{"name": "EBB_CONTAINER_CONCURRENCY", "value": "4"}]));
+        let p = qp(json!([{"name": env::CONTAINER_CONCURRENCY, "value": "4"}]));
         assert_eq!(mismatches(&p, &spec()), []);
         let mut s = spec();
         s.timeout = Duration::from_secs(60);
@@ -328,12 +319,12 @@ mod tests {
         s.queue_depth = 7;
         s.protocol = Some(Protocol::H2c);
         let p = qp(json!([
-            {"name": "EBB_CONTAINER_CONCURRENCY", "value": "4"},
-            {"name": "EBB_QUEUE_DEPTH", "value": "7"},
-            {"name": "EBB_TIMEOUT", "value": "1m"},
-            {"name": "EBB_RESPONSE_START_TIMEOUT", "value": "10"},
-            {"name": "EBB_IDLE_TIMEOUT", "value": "30s"},
-            {"name": "EBB_PROTOCOL", "value": "h2c"},
+            {"name": env::CONTAINER_CONCURRENCY, "value": "4"},
+            {"name": env::QUEUE_DEPTH, "value": "7"},
+            {"name": env::TIMEOUT, "value": "1m"},
+            {"name": env::RESPONSE_START_TIMEOUT, "value": "10"},
+            {"name": env::IDLE_TIMEOUT, "value": "30s"},
+            {"name": env::PROTOCOL, "value": "h2c"},
         ]));
         assert_eq!(mismatches(&p, &s), []);
     }
@@ -341,23 +332,23 @@ mod tests {
     #[test]
     fn each_setting_is_compared() {
         let p = qp(json!([
-            {"name": "EBB_CONTAINER_CONCURRENCY", "value": "2"},
-            {"name": "EBB_QUEUE_DEPTH", "value": "5"},
-            {"name": "EBB_TIMEOUT", "value": "10s"},
-            {"name": "EBB_RESPONSE_START_TIMEOUT", "value": "5s"},
-            {"name": "EBB_IDLE_TIMEOUT", "value": "1m"},
-            {"name": "EBB_PROTOCOL", "value": "http1"},
+            {"name": env::CONTAINER_CONCURRENCY, "value": "2"},
+            {"name": env::QUEUE_DEPTH, "value": "5"},
+            {"name": env::TIMEOUT, "value": "10s"},
+            {"name": env::RESPONSE_START_TIMEOUT, "value": "5s"},
+            {"name": env::IDLE_TIMEOUT, "value": "1m"},
+            {"name": env::PROTOCOL, "value": "http1"},
         ]));
         let found = mismatches(&p, &spec());
         assert_eq!(
             envs(&found),
             [
-                "EBB_CONTAINER_CONCURRENCY",
-                "EBB_QUEUE_DEPTH",
-                "EBB_TIMEOUT",
-                "EBB_RESPONSE_START_TIMEOUT",
-                "EBB_IDLE_TIMEOUT",
-                "EBB_PROTOCOL"
+                env::CONTAINER_CONCURRENCY,
+                env::QUEUE_DEPTH,
+                env::TIMEOUT,
+                env::RESPONSE_START_TIMEOUT,
+                env::IDLE_TIMEOUT,
+                env::PROTOCOL
             ]
         );
         assert_eq!(found[0].annotation, annotation::CONTAINER_CONCURRENCY);
@@ -374,16 +365,16 @@ mod tests {
         assert!(note.contains("EBB_PROTOCOL is \"http1\""), "{note}");
         // Unparseable literals are mismatches too (the queue-proxy would not start).
         let p = qp(
-            json!([{"name": "EBB_CONTAINER_CONCURRENCY", "value": "4"}, {"name": "EBB_PROTOCOL", "value": "h3"}]),
+            json!([{"name": env::CONTAINER_CONCURRENCY, "value": "4"}, {"name": env::PROTOCOL, "value": "h3"}]),
         );
-        assert_eq!(envs(&mismatches(&p, &spec())), ["EBB_PROTOCOL"]);
+        assert_eq!(envs(&mismatches(&p, &spec())), [env::PROTOCOL]);
     }
 
     #[test]
     fn unset_env_is_the_queue_proxy_default() {
         // CC 4 annotated, nothing set: the queue-proxy runs unlimited with no queue.
         let found = mismatches(&qp(json!([])), &spec());
-        assert_eq!(envs(&found), ["EBB_CONTAINER_CONCURRENCY", "EBB_QUEUE_DEPTH"]);
+        assert_eq!(envs(&found), [env::CONTAINER_CONCURRENCY, env::QUEUE_DEPTH]);
         assert!(!found[0].pod_set);
         assert_eq!(found[0].pod_value, "0");
         assert!(found[0].to_string().contains("is unset (default \"0\")"), "{}", found[0]);
@@ -394,18 +385,18 @@ mod tests {
         assert_eq!(mismatches(&qp(json!([])), &s), []);
         s.timeout = Duration::from_secs(60);
         s.response_start_timeout = Duration::from_secs(60);
-        let p = qp(json!([{"name": "EBB_TIMEOUT", "value": "60s"}]));
+        let p = qp(json!([{"name": env::TIMEOUT, "value": "60s"}]));
         assert_eq!(mismatches(&p, &s), []);
         s.idle_timeout = Some(Duration::from_secs(5));
         s.protocol = Some(Protocol::Http1);
-        assert_eq!(envs(&mismatches(&p, &s)), ["EBB_IDLE_TIMEOUT", "EBB_PROTOCOL"]);
+        assert_eq!(envs(&mismatches(&p, &s)), [env::IDLE_TIMEOUT, env::PROTOCOL]);
     }
 
     #[test]
     fn value_from_is_not_compared() {
         let p = qp(json!([
-            {"name": "EBB_CONTAINER_CONCURRENCY", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['ebb.dev/container-concurrency']"}}},
-            {"name": "EBB_QUEUE_DEPTH", "valueFrom": {"configMapKeyRef": {"name": "x", "key": "y"}}},
+            {"name": env::CONTAINER_CONCURRENCY, "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['ebb.dev/container-concurrency']"}}},
+            {"name": env::QUEUE_DEPTH, "valueFrom": {"configMapKeyRef": {"name": "x", "key": "y"}}},
         ]));
         assert_eq!(mismatches(&p, &spec()), []);
     }
@@ -420,6 +411,6 @@ mod tests {
         let named: Pod = serde_json::from_value(json!({"metadata": {"name": "p"},
             "spec": {"containers": [{"name": "queue-proxy"}]}}))
         .unwrap();
-        assert_eq!(envs(&mismatches(&named, &spec())), ["EBB_CONTAINER_CONCURRENCY", "EBB_QUEUE_DEPTH"]);
+        assert_eq!(envs(&mismatches(&named, &spec())), [env::CONTAINER_CONCURRENCY, env::QUEUE_DEPTH]);
     }
 }

@@ -43,7 +43,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch as tokio_watch};
 use tokio::task::JoinHandle;
 
-use crate::runtime::{Autoscaler, Options as RuntimeOptions, ServiceId};
+use crate::runtime::{Autoscaler, Options as RuntimeOptions};
+use ebb_config::ServiceId;
 
 /// The name the controller reports as (Events, field manager).
 pub const CONTROLLER_NAME: &str = "ebb-autoscaler";

@@ -31,8 +31,10 @@ use serde_json::{Value, json};
 
 use super::watch::{ServiceState, Stores, is_ready};
 use super::{Shared, scale::patch_params};
-use crate::runtime::{ServiceId, ServiceStatus};
-use crate::{Mode, Phase};
+use crate::Phase;
+use crate::runtime::ServiceStatus;
+use ebb_config::Mode;
+use ebb_config::ServiceId;
 
 /// The EndpointSlice label naming its Service.
 pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
@@ -118,11 +120,7 @@ pub fn resumed(annotations: &BTreeMap<String, String>, now: Timestamp) -> Option
         let secs = now.duration_since(at).as_secs_f64().max(0.0);
         Some(Duration::from_secs_f64(secs))
     };
-    let mode = match annotations.get(&mode_key())?.as_str() {
-        "serve" => Mode::Serve,
-        "proxy" => Mode::Proxy,
-        _ => return None,
-    };
+    let mode: Mode = annotations.get(&mode_key())?.parse().ok()?;
     let mode_for = ago(mode_since_key())?;
     let phase = annotations
         .get(&phase_key())
@@ -310,7 +308,7 @@ pub(crate) async fn reconcile(
             None => {
                 let mut object = DynamicObject::new(&id.name, ctx.slices).within(&id.namespace);
                 object.metadata.labels = Some(BTreeMap::from([
-                    (LABEL_SLICE_SERVICE.to_owned(), id.name.clone()),
+                    (LABEL_SLICE_SERVICE.to_owned(), id.name.to_string()),
                     (LABEL_SLICE_MANAGED_BY.to_owned(), SLICE_MANAGER.to_owned()),
                     (LABEL_MANAGED_BY.to_owned(), MANAGED_BY_EBB.to_owned()),
                 ]));

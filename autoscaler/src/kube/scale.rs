@@ -26,8 +26,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{CONTROLLER_NAME, Shared, deletion_cost, status, watch::ServiceState};
-use crate::Mode;
-use crate::runtime::{Autoscaler, Scaler, Scraper, ServiceId, ServiceStatus};
+use crate::runtime::{Autoscaler, Scaler, Scraper, ServiceStatus};
+use ebb_config::Mode;
+use ebb_config::ServiceId;
 
 /// Replicas are not lowered for this long after an activator reported requests queued for the service.
 pub const QUEUED_HOLD: Duration = Duration::from_secs(3);
@@ -127,7 +128,7 @@ pub(crate) fn observe_replicas(
     }
     let Some(autoscaler) = shared.autoscaler() else { return };
     let Some(status) =
-        autoscaler.status().into_iter().find(|s| s.namespace == id.namespace && s.name == id.name)
+        autoscaler.status().into_iter().find(|s| *s.namespace == *id.namespace && *s.name == *id.name)
     else {
         return;
     };

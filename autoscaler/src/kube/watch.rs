@@ -32,7 +32,8 @@ use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
 use super::{Shared, blocked, env_check, path, scale, status};
-use crate::runtime::{PodTarget, ServiceId};
+use crate::runtime::PodTarget;
+use ebb_config::ServiceId;
 
 /// The reflectors' stores.
 pub(crate) struct Stores {
@@ -274,7 +275,7 @@ async fn pass(
         let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
         let reference = deployment.object_ref(&());
         let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
-        if label != id.name {
+        if *label != *id.name {
             shared.events.warning(
                 reference,
                 "ServiceLabelMismatch",

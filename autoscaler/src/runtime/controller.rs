@@ -8,9 +8,10 @@ use ebb_config::{ScalerClass, ServiceConfig};
 use serde::Serialize;
 
 use crate::{
-    Decider, DeciderSpec, Error, MetricWindows, Mode, Observed, Phase, PolicyInput, PolicySpec, ScalePolicy,
+    Decider, DeciderSpec, Error, MetricWindows, Observed, Phase, PolicyInput, PolicySpec, ScalePolicy,
     Timestamp,
 };
+use ebb_config::Mode;
 
 /// One tick's decision, as logged, kept for `/debug/decisions` and shown by `/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

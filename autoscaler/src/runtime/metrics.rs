@@ -173,7 +173,7 @@ impl Metrics {
     }
 
     fn labels(id: &ServiceId) -> ServiceLabels {
-        ServiceLabels { namespace: id.namespace.clone(), service: id.name.clone() }
+        ServiceLabels { namespace: id.namespace.to_string(), service: id.name.to_string() }
     }
 
     /// Creates a new service's series at zero.
@@ -199,7 +199,7 @@ impl Metrics {
     }
 
     fn kind(&self, id: &ServiceId, kind: &'static str) -> KindLabels {
-        KindLabels { namespace: id.namespace.clone(), service: id.name.clone(), kind }
+        KindLabels { namespace: id.namespace.to_string(), service: id.name.to_string(), kind }
     }
 
     /// Drops a removed service's series.

@@ -30,34 +30,15 @@ pub use controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
 pub use metrics::Metrics;
 pub use scrape::{ScrapeError, Scraper};
 
-use crate::{Error, Mode, Phase, TICK_INTERVAL, Timestamp};
+use crate::{Error, Phase, TICK_INTERVAL, Timestamp};
+use ebb_config::Mode;
 
 /// Where the decision clock starts: a day after its own epoch, so that a clock resumed from persisted state
 /// ([`Autoscaler::resume_service`]) can lie before this autoscaler started ([`Timestamp`] cannot be negative).
 /// Older times are clamped to it, a day being longer than any window or period the clocks are compared with.
 const CLOCK_ORIGIN: Duration = Duration::from_secs(86_400);
 
-/// A service: `NAMESPACE/NAME`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceId {
-    /// Namespace.
-    pub namespace: String,
-    /// Name (the Deployment's).
-    pub name: String,
-}
-
-impl ServiceId {
-    /// `namespace/name`.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
-    }
-}
-
-impl fmt::Display for ServiceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+use ebb_config::ServiceId;
 
 /// One pod of a service, as its source sees it.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,10 +19,10 @@ use ebb_activator::endpoints::{Change, PodInfo};
 use ebb_activator::handler::{Activator, Options};
 use ebb_activator::metrics::Metrics;
 use ebb_activator::registry::Registry;
-use ebb_activator::routing::ServiceKey;
 use ebb_activator::server::{DrainOptions, Server};
 use ebb_activator::stats::ChannelSink;
 use ebb_config::ServiceConfig;
+use ebb_config::ServiceId;
 use ebb_config::wire::IngestFrame;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
@@ -87,12 +87,12 @@ async fn activator(max_queued: u32) -> Result<Bench> {
     Ok(Bench { addr, metrics, registry, stats })
 }
 
-fn service(bench: &Bench, name: &str, max_queued: u32, hosts: Vec<String>) -> ServiceKey {
+fn service(bench: &Bench, name: &str, max_queued: u32, hosts: Vec<String>) -> ServiceId {
     let mut config = ServiceConfig::default().data_plane;
     config.max_queued = max_queued;
     config.activation_timeout = Duration::from_secs(3600);
     config.hosts = hosts;
-    let key = ServiceKey::new("default", name);
+    let key = ServiceId::new("default", name);
     bench.registry.apply(Change::Service { key: key.clone(), config });
     key
 }
