@@ -245,7 +245,7 @@ pub fn run(args: Args) -> ExitCode {
     let services = report.effective.len();
     eprintln!("ebb check: {errors} error(s), {warnings} warning(s); {services} valid object(s)");
     if unreadable {
-        ExitCode::from(crate::EXIT_USAGE)
+        ExitCode::from(ebb_process::exit::USAGE)
     } else if errors > 0 {
         ExitCode::FAILURE
     } else {

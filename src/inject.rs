@@ -114,7 +114,7 @@ pub fn run(args: Args) -> ExitCode {
         Ok(text) => text,
         Err(err) => {
             eprintln!("ebb inject: {source}: {err}");
-            return ExitCode::from(crate::EXIT_USAGE);
+            return ExitCode::from(ebb_process::exit::USAGE);
         }
     };
     match inject(&text, &args.image) {
@@ -131,7 +131,7 @@ pub fn run(args: Args) -> ExitCode {
                 eprintln!("ebb inject: {source}: {error}");
             }
             eprintln!("ebb inject: {} error(s); nothing printed", errors.len());
-            ExitCode::from(crate::EXIT_USAGE)
+            ExitCode::from(ebb_process::exit::USAGE)
         }
     }
 }

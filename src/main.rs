@@ -47,15 +47,16 @@ enum Command {
     PodSupervisor(up::supervisor::Args),
 }
 
-/// Exit code for unreadable input or a bad command line (design.md: "a CLI error with exit code 2").
-pub const EXIT_USAGE: u8 = 2;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            return if err.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if err.use_stderr() {
+                ExitCode::from(ebb_process::exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {

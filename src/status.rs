@@ -58,7 +58,7 @@ pub fn run(args: Args) -> ExitCode {
     }
     if args.namespace.is_some() {
         eprintln!("ebb status: --namespace needs a cluster: add --kubeconfig PATH or --cluster");
-        return ExitCode::from(crate::EXIT_USAGE);
+        return ExitCode::from(ebb_process::exit::USAGE);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -271,7 +271,7 @@ fn cluster_run(kubeconfig: Option<&std::path::Path>, namespace: Option<&str>, js
         Ok(config) => config,
         Err(err) => {
             eprintln!("ebb status: {err}");
-            return ExitCode::from(crate::EXIT_USAGE);
+            return ExitCode::from(ebb_process::exit::USAGE);
         }
     };
     let server = config.cluster_url.to_string();

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebb_config::names::{ACTIVATOR_DATA_PORT, ACTIVATOR_METRICS_PORT, AUTOSCALER_INGEST_PORT};
-use ebb_queue_proxy::cli::{LogFormat, init_logging, parse_duration, shutdown_signal};
+use ebb_process::logging::{self, LogFormat};
+use ebb_process::{exit, flags};
 
 use crate::handler::{Activator, Options};
 use crate::kube_source::KubeSource;
@@ -18,9 +19,6 @@ use crate::push::{Pusher, Token};
 use crate::registry::Registry;
 use crate::server::{DrainOptions, Server};
 use crate::stats::StatSink;
-
-/// Exit code for a bad command line or configuration.
-pub const EXIT_USAGE: u8 = 2;
 
 /// Options of the activator.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,13 +55,13 @@ pub struct Args {
     #[arg(long, env = "EBB_MAX_QUEUED_TOTAL", default_value_t = 10_000)]
     pub max_queued_total: u32,
     /// `Retry-After` on 503 answers.
-    #[arg(long, env = "EBB_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "EBB_RETRY_AFTER", default_value = "1s", value_parser = flags::duration)]
     pub retry_after: Duration,
     /// Quiet time with nothing in flight before a draining activator exits.
-    #[arg(long, env = "EBB_DRAIN_QUIET_PERIOD", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "EBB_DRAIN_QUIET_PERIOD", default_value = "15s", value_parser = flags::duration)]
     pub drain_quiet_period: Duration,
     /// Longest drain; above the longest activation timeout so queued cold starts are not cut.
-    #[arg(long, env = "EBB_DRAIN_DEADLINE", default_value = "11m", value_parser = parse_duration)]
+    #[arg(long, env = "EBB_DRAIN_DEADLINE", default_value = "11m", value_parser = flags::duration)]
     pub drain_deadline: Duration,
     /// Log format.
     #[arg(long, env = "EBB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -74,9 +72,9 @@ pub struct Args {
 pub fn run(args: Args) -> ExitCode {
     if args.max_queued_total == 0 {
         eprintln!("activator: --max-queued-total: must be at least 1");
-        return ExitCode::from(EXIT_USAGE);
+        return ExitCode::from(exit::USAGE);
     }
-    init_logging(args.log_format);
+    logging::init(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -134,6 +132,11 @@ async fn serve(args: Args) -> Result<(), String> {
     let (data, metrics_addr) = server.addresses();
     println!("{{\"data\":\"{data}\",\"metrics\":\"{metrics_addr}\"}}");
     tracing::info!(autoscaler_port = AUTOSCALER_INGEST_PORT, "streaming stats to the autoscalers");
-    server.run(shutdown_signal()).await;
+    server
+        .run(async {
+            let stop = ebb_process::signal::shutdown().await;
+            tracing::info!("{stop}: draining");
+        })
+        .await;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! is down gets nothing: frames for it are dropped, never queued without bound, and the stream is re-opened with
 //! backoff. Every replica collects, so their windows stay warm for a failover.
 
+use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -89,13 +90,13 @@ impl Pusher {
 
     /// Replicas whose stream is open now.
     pub fn connected(&self) -> usize {
-        let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
-        replicas.values().filter(|r| r.sender.lock().unwrap_or_else(|p| p.into_inner()).is_some()).count()
+        let replicas = self.replicas.locked();
+        replicas.values().filter(|r| r.sender.locked().is_some()).count()
     }
 
     /// Streams to exactly these replicas from now on (new ones are opened, departed ones closed).
     pub fn set_replicas(self: &Arc<Self>, addrs: &[SocketAddr]) {
-        let mut replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let mut replicas = self.replicas.locked();
         replicas.retain(|addr, _| addrs.contains(addr));
         for &addr in addrs {
             replicas.entry(addr).or_insert_with(|| {
@@ -114,9 +115,9 @@ impl StatSink for Pusher {
             Ok(bytes) => Bytes::from(bytes),
             Err(err) => return tracing::warn!("stat not encodable: {err}"),
         };
-        let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let replicas = self.replicas.locked();
         for replica in replicas.values() {
-            let sender = replica.sender.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = replica.sender.locked();
             let sent = sender.as_ref().is_some_and(|s| s.try_send(bytes.clone()).is_ok());
             if !sent {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -135,13 +136,11 @@ async fn stream_forever(addr: SocketAddr, token: Token, sender: Arc<Mutex<Option
     loop {
         let opened = tokio::time::Instant::now();
         let (tx, rx) = mpsc::channel(BUFFER);
-        match stream_once(addr, &token, rx, || *sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx))
-            .await
-        {
+        match stream_once(addr, &token, rx, || *sender.locked() = Some(tx)).await {
             Ok(()) => tracing::info!(%addr, "stat stream closed by the autoscaler"),
             Err(err) => tracing::debug!(%addr, "stat stream: {err}"),
         }
-        *sender.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *sender.locked() = None;
         if opened.elapsed() > MAX_BACKOFF * 2 {
             backoff = FIRST_BACKOFF;
         }

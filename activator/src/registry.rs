@@ -1,6 +1,7 @@
 //! Every service the activator knows, the route table built from them, and the application of changes from an
 //! endpoint source.
 
+use ebb_process::sync::{Locked, ReadWrite};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -53,18 +54,18 @@ impl Registry {
 
     /// The service a request is for.
     pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<Arc<Service>, RouteError> {
-        let key = self.routes.read().unwrap_or_else(|p| p.into_inner()).route(uri, headers)?;
+        let key = self.routes.read_locked().route(uri, headers)?;
         self.get(&key).ok_or_else(|| RouteError::Unknown(key.to_string()))
     }
 
     /// A service by key.
     pub fn get(&self, key: &ServiceId) -> Option<Arc<Service>> {
-        self.services.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.services.read_locked().get(key).cloned()
     }
 
     /// Every service.
     pub fn services(&self) -> Vec<Arc<Service>> {
-        self.services.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.services.read_locked().values().cloned().collect()
     }
 
     /// Applies one change from an endpoint source.
@@ -78,12 +79,8 @@ impl Registry {
                         let metrics = self.metrics.service(&key);
                         let (activators, cap) = (self.activators.clone(), self.global_queue_cap);
                         let service = Arc::new(Service::new(key.clone(), config, metrics, activators, cap));
-                        self.services
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(key.clone(), service.clone());
-                        let pending =
-                            self.pending_pods.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                        self.services.write_locked().insert(key.clone(), service.clone());
+                        let pending = self.pending_pods.locked().remove(&key);
                         if let Some(pods) = pending {
                             service.set_pods(pods, &self.prober);
                         }
@@ -92,8 +89,8 @@ impl Registry {
                 self.rebuild_routes();
             }
             Change::ServiceRemoved(key) => {
-                self.pending_pods.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-                let removed = self.services.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                self.pending_pods.locked().remove(&key);
+                let removed = self.services.write_locked().remove(&key);
                 if let Some(service) = removed {
                     service.remove();
                     self.metrics.remove_service(&key);
@@ -104,7 +101,7 @@ impl Registry {
                 Some(service) => service.set_pods(pods, &self.prober),
                 None => {
                     tracing::debug!(service = %key, "pods for a service with no configuration yet; kept for it");
-                    let mut pending = self.pending_pods.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut pending = self.pending_pods.locked();
                     match pods.is_empty() {
                         true => pending.remove(&key),
                         false => pending.insert(key, pods),
@@ -147,6 +144,6 @@ impl Registry {
                 tracing::warn!(service = %service.key, %host, %owner, "host name already routes to another service");
             }
         }
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        *self.routes.write_locked() = Arc::new(table);
     }
 }

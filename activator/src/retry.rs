@@ -9,8 +9,9 @@
 //! attempt that finds it untouched can send it. Either way the client's silence is bounded by the service's
 //! request-body timeout.
 
+use ebb_process::sync::Locked;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -79,13 +80,9 @@ impl Replayable {
 pub struct RetrySlot(Arc<Mutex<Option<RequestBody>>>);
 
 impl RetrySlot {
-    fn lock(&self) -> MutexGuard<'_, Option<RequestBody>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Whether no attempt has read the body yet.
     pub fn unused(&self) -> bool {
-        self.lock().is_some()
+        self.0.locked().is_some()
     }
 }
 
@@ -126,7 +123,7 @@ impl Body for AttemptBody {
             }
             AttemptBody::Streamed { slot, taken } => {
                 if taken.is_none() {
-                    *taken = slot.lock().take();
+                    *taken = slot.0.locked().take();
                 }
                 match taken {
                     Some(body) => Pin::new(body).poll_frame(cx),
@@ -141,7 +138,7 @@ impl Body for AttemptBody {
             AttemptBody::Whole { data, trailers } => data.is_none() && trailers.is_none(),
             AttemptBody::Streamed { taken: Some(body), .. } => body.is_end_stream(),
             AttemptBody::Streamed { slot, taken: None } => {
-                slot.lock().as_ref().is_none_or(Body::is_end_stream)
+                slot.0.locked().as_ref().is_none_or(Body::is_end_stream)
             }
         }
     }
@@ -153,7 +150,7 @@ impl Body for AttemptBody {
             }
             AttemptBody::Streamed { taken: Some(body), .. } => body.size_hint(),
             AttemptBody::Streamed { slot, taken: None } => {
-                slot.lock().as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+                slot.0.locked().as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
             }
         }
     }

@@ -2,10 +2,11 @@
 //! the breaker that queues requests while there is no capacity, its request stats, and a status that waiting
 //! requests watch (ready pods, why pods cannot start, removal).
 
+use ebb_process::sync::{Locked, ReadWrite};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use std::time::Duration;
 
@@ -125,18 +126,14 @@ impl Service {
         }
     }
 
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// The service's current settings.
     pub fn config(&self) -> DataPlaneSpec {
-        self.inner().config.clone()
+        self.inner.locked().config.clone()
     }
 
     /// The settings one request needs, copied out without cloning the rest.
     pub fn request_settings(&self) -> RequestSettings {
-        let inner = self.inner();
+        let inner = self.inner.locked();
         let config = &inner.config;
         RequestSettings {
             activation_timeout: config.activation_timeout,
@@ -150,7 +147,7 @@ impl Service {
     pub fn set_config(&self, config: DataPlaneSpec) {
         self.breaker.set_queue_depth(config.max_queued.min(self.global_queue_cap));
         self.container_concurrency.store(config.container_concurrency, Ordering::Relaxed);
-        self.inner().config = config;
+        self.inner.locked().config = config;
         self.rebuild();
     }
 
@@ -177,7 +174,7 @@ impl Service {
     /// A request arrived at `at` and will wait for a pod: returns whether it waits for a cold start (the
     /// service has no ready pod), which begins now unless one is under way.
     pub fn waits_for_cold_start(&self, at: std::time::Instant) -> bool {
-        let mut inner = self.inner();
+        let mut inner = self.inner.locked();
         if self.status.borrow().ready > 0 {
             return false;
         }
@@ -189,14 +186,14 @@ impl Service {
 
     /// The latest cold start's timeline.
     pub fn cold_start(&self) -> Option<Timeline> {
-        self.inner().cold_start
+        self.inner.locked().cold_start
     }
 
     /// Replaces the set of pods. New pods with an address are probed; pods that left or are terminating stop
     /// receiving requests at once (requests already sent to them finish).
     pub fn set_pods(self: &Arc<Self>, pods: Vec<PodInfo>, prober: &Prober) {
         {
-            let mut inner = self.inner();
+            let mut inner = self.inner.locked();
             let mut next = HashMap::with_capacity(pods.len());
             for info in pods {
                 let mut state = inner.pods.remove(&info.name).unwrap_or(PodState {
@@ -243,7 +240,7 @@ impl Service {
     /// A pod answered its probe: it takes requests from now on.
     fn pod_serving(&self, name: &Arc<str>, addr: SocketAddr) {
         {
-            let mut inner = self.inner();
+            let mut inner = self.inner.locked();
             let Some(state) = inner.pods.get_mut(name) else { return };
             if state.info.addr != Some(addr) || state.info.terminating {
                 return;
@@ -261,7 +258,7 @@ impl Service {
     /// A pod refused a connection: stop using it and probe it again until it answers.
     pub fn pod_failed(self: &Arc<Self>, name: &Arc<str>, prober: &Prober) {
         {
-            let mut inner = self.inner();
+            let mut inner = self.inner.locked();
             let Some(state) = inner.pods.get_mut(name) else { return };
             if state.endpoint.take().is_none() {
                 return;
@@ -275,7 +272,7 @@ impl Service {
 
     /// Recomputes the usable endpoints, the breaker's capacity and the status after any change.
     pub fn rebuild(&self) {
-        let mut inner = self.inner();
+        let mut inner = self.inner.locked();
         let mut endpoints: Vec<Arc<Endpoint>> = inner
             .pods
             .values()
@@ -306,7 +303,7 @@ impl Service {
         }
         let activators = self.activators.load(Ordering::Relaxed);
         self.breaker.set_capacity(service_capacity(inner.config.container_concurrency, ready, activators));
-        *self.endpoints.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = endpoints.into();
+        *self.endpoints.write_locked() = endpoints.into();
         drop(inner);
         self.status.send_if_modified(|status| {
             let next = Status { ready, blocked, removed: status.removed };
@@ -318,14 +315,14 @@ impl Service {
 
     /// The service is gone: waiting requests are refused.
     pub fn remove(&self) {
-        self.inner().pods.clear();
+        self.inner.locked().pods.clear();
         self.rebuild();
         self.status.send_modify(|status| status.removed = true);
     }
 
     /// Chooses a pod for a request, skipping pods that already failed it.
     pub fn pick(&self, exclude: &[Arc<str>]) -> Option<Lease> {
-        let endpoints = self.endpoints.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let endpoints = self.endpoints.read_locked().clone();
         let cc = self.container_concurrency.load(Ordering::Relaxed);
         let per_pod = pod_capacity(cc, self.activators.load(Ordering::Relaxed));
         let seed = self.picks.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -334,11 +331,6 @@ impl Service {
 
     /// The pods that answered their probe, by name.
     pub fn endpoint_names(&self) -> Vec<Arc<str>> {
-        self.endpoints
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .map(|e| e.name.clone())
-            .collect()
+        self.endpoints.read_locked().iter().map(|e| e.name.clone()).collect()
     }
 }

@@ -7,11 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ebb_config::names::{AUTOSCALER_INGEST_PORT, AUTOSCALER_METRICS_PORT, QUEUE_PROXY_STATS_PORT};
+use ebb_process::exit;
+use ebb_process::logging::{self, LogFormat};
 
 use crate::kube::{Controller, Options};
-
-/// Exit code for a bad command line or configuration.
-pub const EXIT_USAGE: u8 = 2;
 
 /// Options of the autoscaler.
 #[derive(Debug, Clone, clap::Args)]
@@ -108,18 +107,12 @@ async fn client(path: Option<&PathBuf>) -> Result<kube::Client, String> {
 
 /// Runs the autoscaler until SIGTERM or SIGINT, then releases the Lease. Builds its own runtime.
 pub fn run(args: Args) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init(LogFormat::Text);
     let options = match args.options() {
         Ok(options) => options,
         Err(err) => {
             eprintln!("autoscaler: invalid configuration: {err}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -134,7 +127,8 @@ pub fn run(args: Args) -> ExitCode {
         let client = client(args.kubeconfig.as_ref()).await?;
         let controller = Controller::start(client, options).await.map_err(|e| e.to_string())?;
         println!("{{\"ingest\":\"{}\",\"metrics\":\"{}\"}}", controller.ingest_addr, controller.metrics_addr);
-        shutdown_signal().await;
+        let stop = ebb_process::signal::shutdown().await;
+        tracing::info!("{stop}: releasing the lease and stopping");
         controller.shutdown().await;
         Ok(())
     });
@@ -145,19 +139,5 @@ pub fn run(args: Args) -> ExitCode {
             eprintln!("autoscaler: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: releasing the lease and stopping"),
-                _ = int.recv() => tracing::info!("SIGINT: releasing the lease and stopping"),
-            }
-        }
-        _ => std::future::pending::<()>().await,
     }
 }

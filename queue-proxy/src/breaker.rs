@@ -9,6 +9,7 @@
 //! Admission is one atomic add; a free slot costs one more uncontended compare-and-swap (tokio's semaphore);
 //! only a request that has to queue allocates a waiter. Waiters are served first come, first served.
 
+use ebb_process::sync::Locked;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -93,7 +94,7 @@ impl Breaker {
     /// away at once and the rest as the requests holding them finish.
     pub fn set_capacity(&self, capacity: u32) {
         let inner = &*self.inner;
-        let _serial = inner.resize.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _serial = inner.resize.locked();
         let old = inner.capacity.swap(capacity, Ordering::AcqRel);
         if capacity > old {
             let wanted = (capacity - old) as usize;

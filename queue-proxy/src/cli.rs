@@ -14,6 +14,8 @@ use ebb_config::names::{
 };
 use ebb_config::sidecar::env;
 use ebb_config::wire::MAX_SERVICE_NAME_LEN;
+use ebb_process::logging::{self, LogFormat};
+use ebb_process::{exit, flags};
 use http::uri::Authority;
 
 use crate::config::{Config, ConfigError, MAX_DURATION, Ports, check_name, parse_upstream};
@@ -21,18 +23,6 @@ use crate::probe::{ProbeOptions, ProbeTarget};
 use crate::proxy::ForwarderOptions;
 use crate::server::QueueProxy;
 use crate::timeouts::Timeouts;
-
-/// Exit code for a bad command line or configuration.
-pub const EXIT_USAGE: u8 = 2;
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Options of the queue-proxy.
 #[derive(Debug, Clone, clap::Args)]
@@ -70,21 +60,21 @@ pub struct Args {
     pub queue_depth: Option<u32>,
 
     /// Total request timeout, queueing included (300s, 1m30s, or whole seconds).
-    #[arg(long, env = env::TIMEOUT, default_value = "300s", value_parser = parse_duration)]
+    #[arg(long, env = env::TIMEOUT, default_value = "300s", value_parser = flags::duration)]
     pub timeout: Duration,
 
     /// Time allowed until the response starts [default: --timeout].
-    #[arg(long, env = env::RESPONSE_START_TIMEOUT, value_parser = parse_duration)]
+    #[arg(long, env = env::RESPONSE_START_TIMEOUT, value_parser = flags::duration)]
     pub response_start_timeout: Option<Duration>,
 
     /// Longest time the upstream may send nothing (before the response headers, then between body chunks);
     /// 0 = off.
-    #[arg(long, env = env::IDLE_TIMEOUT, default_value = "0", value_parser = parse_duration)]
+    #[arg(long, env = env::IDLE_TIMEOUT, default_value = "0", value_parser = flags::duration)]
     pub idle_timeout: Duration,
 
     /// Longest time the client may send nothing while its request body is still coming (answered 408); 0 = off
     /// [default: 60s, or --timeout when shorter].
-    #[arg(long, env = env::REQUEST_BODY_TIMEOUT, value_parser = parse_duration)]
+    #[arg(long, env = env::REQUEST_BODY_TIMEOUT, value_parser = flags::duration)]
     pub request_body_timeout: Option<Duration>,
 
     /// Upstream protocol, `http1` or `h2c` [default: the client's].
@@ -96,29 +86,29 @@ pub struct Args {
     pub probe_path: Option<String>,
 
     /// Probe period while starting up.
-    #[arg(long, env = env::PROBE_PERIOD, default_value = "10ms", value_parser = parse_duration)]
+    #[arg(long, env = env::PROBE_PERIOD, default_value = "10ms", value_parser = flags::duration)]
     pub probe_period: Duration,
 
     /// How long to probe at --probe-period before backing off. As long as the default activation timeout:
     /// a model that loads for minutes is seen ready within --probe-period, and a loopback probe costs
     /// microseconds.
-    #[arg(long, env = env::PROBE_AGGRESSIVE_FOR, default_value = "600s", value_parser = parse_duration)]
+    #[arg(long, env = env::PROBE_AGGRESSIVE_FOR, default_value = "600s", value_parser = flags::duration)]
     pub probe_aggressive_for: Duration,
 
     /// Longest probe period after backing off.
-    #[arg(long, env = env::PROBE_MAX_PERIOD, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = env::PROBE_MAX_PERIOD, default_value = "1s", value_parser = flags::duration)]
     pub probe_max_period: Duration,
 
     /// Time allowed for one probe.
-    #[arg(long, env = env::PROBE_TIMEOUT, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = env::PROBE_TIMEOUT, default_value = "1s", value_parser = flags::duration)]
     pub probe_timeout: Duration,
 
     /// While draining, exit once nothing is in flight and nothing arrived for this long.
-    #[arg(long, env = env::DRAIN_QUIET_PERIOD, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = env::DRAIN_QUIET_PERIOD, default_value = "30s", value_parser = flags::duration)]
     pub drain_quiet_period: Duration,
 
     /// Longest drain [default: --timeout + --drain-quiet-period].
-    #[arg(long, env = env::DRAIN_DEADLINE, value_parser = parse_duration)]
+    #[arg(long, env = env::DRAIN_DEADLINE, value_parser = flags::duration)]
     pub drain_deadline: Option<Duration>,
 
     /// This pod's name, reported in stats [default: $HOSTNAME].
@@ -134,7 +124,7 @@ pub struct Args {
     pub service_name: String,
 
     /// `Retry-After` sent with 503s.
-    #[arg(long, env = env::RETRY_AFTER, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = env::RETRY_AFTER, default_value = "1s", value_parser = flags::duration)]
     pub retry_after: Duration,
 
     /// Tokio worker threads (a sidecar needs few).
@@ -148,13 +138,6 @@ pub struct Args {
     /// Also write the bound addresses (the JSON line printed on stdout) to this file, atomically.
     #[arg(long, env = env::READY_FILE)]
     pub ready_file: Option<PathBuf>,
-}
-
-/// Parses a duration flag (Go-style units or whole seconds), with a message clap shows as is.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    ebb_config::value::parse_duration(text).ok_or_else(|| {
-        format!("'{text}' is not a duration; use Go-style units (300s, 1m30s, 250ms) or whole seconds")
-    })
 }
 
 impl Args {
@@ -218,21 +201,6 @@ impl Args {
     }
 }
 
-/// Installs the log subscriber (`RUST_LOG` filters, default `info`) writing to stderr in `format`.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: a pod's log collector or `ebb up` would show the escape codes verbatim.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    // Another subscriber (the `ebb` binary's) may already be installed; keep it.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
-
 /// Runs the queue-proxy until it has drained after SIGTERM or SIGINT. Builds its own runtime.
 pub fn run(args: Args) -> ExitCode {
     let workers = args.worker_threads as usize;
@@ -242,10 +210,10 @@ pub fn run(args: Args) -> ExitCode {
         Ok(config) => config,
         Err(err) => {
             eprintln!("queue-proxy: invalid configuration: {err}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(exit::USAGE);
         }
     };
-    init_logging(log_format);
+    logging::init(log_format);
     let runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
@@ -270,7 +238,12 @@ pub fn run(args: Args) -> ExitCode {
             write_atomically(path, &line)
                 .map_err(|err| crate::server::ServeError::ReadyFile(path.clone(), err))?;
         }
-        proxy.run(shutdown_signal()).await
+        proxy
+            .run(async {
+                let stop = ebb_process::signal::shutdown().await;
+                tracing::info!("{stop}: draining");
+            })
+            .await
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
@@ -287,25 +260,6 @@ fn write_atomically(path: &std::path::Path, line: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{line}\n"))?;
     std::fs::rename(&tmp, path)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                _ = int.recv() => tracing::info!("SIGINT: draining"),
-            }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers; the proxy cannot drain and will be killed");
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! upstream address while the request keeps the client's `:authority`, so the user container sees the host
 //! name the client asked for (HTTP/2 has no separate Host header to carry it; RFC 9113 section 8.3.1).
 
+use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -70,12 +71,8 @@ where
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, SendRequest<B>>> {
-        self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn cached(&self, upstream: &Authority) -> Option<SendRequest<B>> {
-        let mut senders = self.lock();
+        let mut senders = self.senders.locked();
         match senders.get(upstream) {
             Some(sender) if !sender.is_closed() => Some(sender.clone()),
             Some(_) => {
@@ -114,7 +111,7 @@ where
                 tracing::debug!("h2c upstream connection ended: {err}");
             }
         });
-        let mut senders = self.lock();
+        let mut senders = self.senders.locked();
         if senders.len() >= PRUNE_ABOVE {
             senders.retain(|_, sender| !sender.is_closed());
         }

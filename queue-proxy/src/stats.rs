@@ -6,6 +6,7 @@
 //! integral is brought up to date and the count changed, under one short uncontended lock. Time is passed in
 //! explicitly where it matters, so the arithmetic is testable without a clock.
 
+use ebb_process::sync::Locked;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -85,7 +86,7 @@ impl RequestStats {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // The lock guards plain arithmetic that cannot panic halfway; a poisoned lock still holds good data.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.locked()
     }
 
     /// A request arrived now; it counts until the returned guard is dropped.
@@ -236,12 +237,12 @@ pub struct LatestStat {
 impl LatestStat {
     /// Replaces the latest stat.
     pub fn set(&self, encoded: Bytes) {
-        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = Some(encoded);
+        *self.inner.locked() = Some(encoded);
     }
 
     /// The latest stat, if a period has ended yet.
     pub fn get(&self) -> Option<Bytes> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner.locked().clone()
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use api::{ApiError, Generation, Kind};
-use ebb_queue_proxy::cli::parse_duration;
+use ebb_process::flags;
 
 /// Arguments of `ebb demo-model`. Durations take `250ms`, `1.5s` or whole seconds.
 #[derive(clap::Args, Debug, Clone)]
@@ -38,10 +38,10 @@ pub struct Args {
     #[arg(long, default_value = "demo", env = "EBB_DEMO_MODEL")]
     model: String,
     /// Time spent "loading the model" before the server listens (connections are refused meanwhile).
-    #[arg(long, default_value = "0s", value_parser = parse_duration, env = "EBB_DEMO_STARTUP_DELAY")]
+    #[arg(long, default_value = "0s", value_parser = flags::duration, env = "EBB_DEMO_STARTUP_DELAY")]
     startup_delay: Duration,
     /// Time from request to the first token.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration, env = "EBB_DEMO_TIME_TO_FIRST_TOKEN")]
+    #[arg(long, default_value = "20ms", value_parser = flags::duration, env = "EBB_DEMO_TIME_TO_FIRST_TOKEN")]
     time_to_first_token: Duration,
     /// Tokens generated per second after the first (0 = as fast as possible).
     #[arg(long, default_value_t = 100.0, env = "EBB_DEMO_TOKENS_PER_SECOND")]
@@ -72,12 +72,12 @@ pub fn run(args: Args) -> ExitCode {
         Ok(listen) => listen,
         Err(message) => {
             eprintln!("ebb demo-model: {message}");
-            return ExitCode::from(crate::EXIT_USAGE);
+            return ExitCode::from(ebb_process::exit::USAGE);
         }
     };
     if !(args.tokens_per_second >= 0.0 && args.tokens_per_second.is_finite()) {
         eprintln!("ebb demo-model: --tokens-per-second must be a number >= 0");
-        return ExitCode::from(crate::EXIT_USAGE);
+        return ExitCode::from(ebb_process::exit::USAGE);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     let result = runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(serve(args, listen)));

@@ -58,7 +58,7 @@ pub fn run(args: Args) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Input(message)) => {
             eprintln!("ebb simulate: {message}");
-            ExitCode::from(crate::EXIT_USAGE)
+            ExitCode::from(ebb_process::exit::USAGE)
         }
         Err(Failure::Output(message)) => {
             eprintln!("ebb simulate: {message}");

@@ -32,19 +32,12 @@ use ebb_activator::server::{DrainOptions, Server};
 use ebb_activator::stats::ChannelSink;
 use ebb_autoscaler::runtime::{Autoscaler, Options as AutoscalerOptions};
 use ebb_config::ServiceId;
+use ebb_process::logging::{self, LogFormat};
+use ebb_process::{exit, flags};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use pods::{NAMESPACE, PodManager, PodOptions};
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Arguments of `ebb up`.
 #[derive(Debug, clap::Args)]
@@ -69,30 +62,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// How long a stopping pod may drain before it is killed.
-    #[arg(long, default_value = "30s", value_parser = duration)]
+    #[arg(long, default_value = "30s", value_parser = flags::duration)]
     grace_period: Duration,
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    ebb_config::value::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration such as 30s"))
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// Runs `ebb up` until Ctrl-C or SIGTERM.
 pub fn run(args: Args) -> ExitCode {
-    init_logging(args.log_format);
+    logging::init(args.log_format);
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(err) => {
@@ -107,7 +83,7 @@ pub fn run(args: Args) -> ExitCode {
                 Ok(text) => text,
                 Err(err) => {
                     eprintln!("ebb up: cannot read {}: {err}", path.display());
-                    return ExitCode::from(crate::EXIT_USAGE);
+                    return ExitCode::from(exit::USAGE);
                 }
             };
             match config::parse(&path.display().to_string(), &text) {
@@ -116,14 +92,14 @@ pub fn run(args: Args) -> ExitCode {
                     for line in &err.0 {
                         eprintln!("ebb up: {line}");
                     }
-                    return ExitCode::from(crate::EXIT_USAGE);
+                    return ExitCode::from(exit::USAGE);
                 }
             }
         }
     };
     if let Err(err) = check_ports(&args, &config) {
         eprintln!("ebb up: {err}");
-        return ExitCode::from(crate::EXIT_USAGE);
+        return ExitCode::from(exit::USAGE);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -189,10 +165,7 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
     let (changes, source) = LocalSource::new();
     tokio::spawn(registry.clone().follow_source(Box::new(source)));
 
-    let log_format = match args.log_format {
-        LogFormat::Text => "text",
-        LogFormat::Json => "json",
-    };
+    let log_format = args.log_format.as_str();
     let pods = PodManager::new(
         PodOptions { exe, grace_period: args.grace_period, log_format },
         config.services.clone(),
@@ -262,7 +235,7 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
         pods.service_names().first().map_or("demo", String::as_str)
     );
 
-    shutdown_signal().await;
+    ebb_process::signal::shutdown().await;
     tracing::info!("shutting down: draining the gateway, then the pods (Ctrl-C again to kill at once)");
     let graceful = async {
         let _ = gateway_stop.send(());
@@ -273,25 +246,11 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
     };
     tokio::select! {
         () = graceful => tracing::info!("all pods stopped"),
-        () = shutdown_signal() => {
+        _ = ebb_process::signal::shutdown() => {
             tracing::warn!("second signal: killing the pods");
             pods.kill_remaining();
         }
     }
     http_task.abort();
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }

@@ -7,11 +7,12 @@
 //! activator is told its pods are blocked, so waiting requests fail at once naming why. When a supervisor
 //! exits, the process groups it reported are killed, so nothing outlives a supervisor killed with SIGKILL.
 
+use ebb_process::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use ebb_activator::endpoints::{Change, ChangeSender, PodInfo};
@@ -152,13 +153,9 @@ impl PodManager {
         let _ = self.autoscaler.set(Arc::downgrade(autoscaler));
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, ServiceState>> {
-        self.services.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Sets a service's replicas and starts or stops pods to match.
     pub fn scale(&self, service: &str, replicas: u32) {
-        if let Some(state) = self.lock().get_mut(service) {
+        if let Some(state) = self.services.locked().get_mut(service) {
             state.want = replicas;
         }
         self.reconcile(service);
@@ -166,7 +163,7 @@ impl PodManager {
 
     /// The live pods' queue-proxy metrics endpoints.
     pub fn metrics_targets(&self) -> Vec<MetricsTarget> {
-        let services = self.lock();
+        let services = self.services.locked();
         services
             .values()
             .flat_map(|s| {
@@ -187,7 +184,7 @@ impl PodManager {
         }
         let mut to_start = 0;
         {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             let Some(state) = services.get_mut(service) else { return };
             let live = state.live();
             if live < state.want {
@@ -210,7 +207,7 @@ impl PodManager {
         for _ in 0..to_start {
             if let Err(reason) = self.start_pod(service) {
                 tracing::error!(service, "cannot start a pod: {reason}");
-                if let Some(state) = self.lock().get_mut(service) {
+                if let Some(state) = self.services.locked().get_mut(service) {
                     let delay = state.backoff.failed(Instant::now(), Failure::StartFailed, reason, None);
                     tracing::warn!(service, "next start in {delay:?}");
                 }
@@ -224,7 +221,7 @@ impl PodManager {
     /// Reconciles `service` again when its backoff delay is over, if pods are missing then.
     fn schedule_retry(&self, service: &str) {
         let at = {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             let Some(state) = services.get_mut(service) else { return };
             if state.retry_scheduled || state.live() >= state.want {
                 return;
@@ -241,7 +238,7 @@ impl PodManager {
         runtime.spawn(async move {
             tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
             let Some(me) = me.upgrade() else { return };
-            if let Some(state) = me.lock().get_mut(&service) {
+            if let Some(state) = me.services.locked().get_mut(&service) {
                 state.retry_scheduled = false;
             }
             me.reconcile(&service);
@@ -254,7 +251,7 @@ impl PodManager {
     /// free and then start their workloads on the same address, and a queue-proxy would forward to the other
     /// instance's workload.
     fn pick_ip(&self, port: u16) -> Option<Ipv4Addr> {
-        let mut held = self.ips.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.ips.locked();
         let locks = std::env::temp_dir().join("ebb-up-addresses");
         if let Err(err) = std::fs::create_dir_all(&locks) {
             tracing::error!(dir = %locks.display(), "cannot create the address reservation folder: {err}");
@@ -282,13 +279,13 @@ impl PodManager {
 
     fn release_ip(&self, ip: Ipv4Addr) {
         // Dropping the file releases its lock.
-        self.ips.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        self.ips.locked().remove(&ip);
     }
 
     /// Starts one pod of `service`; `Err` says why it could not.
     fn start_pod(&self, service: &str) -> Result<(), String> {
         let (spec, name) = {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             let Some(state) = services.get_mut(service) else { return Ok(()) };
             let name = format!("{}-{}", state.spec.name, state.next);
             state.next += 1;
@@ -357,7 +354,7 @@ impl PodManager {
         let pid = child.id();
         tracing::info!(service, pod = name, %ip, pid, "pod started");
         {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             let Some(state) = services.get_mut(service) else { return Ok(()) };
             state.pods.push(Pod {
                 name: name.clone(),
@@ -399,7 +396,7 @@ impl PodManager {
     }
 
     fn pod_group(&self, service: &str, name: &str, group: i32) {
-        let mut services = self.lock();
+        let mut services = self.services.locked();
         let pod = services.get_mut(service).and_then(|s| s.pods.iter_mut().find(|p| p.name == name));
         match pod {
             Some(pod) => pod.groups.push(group),
@@ -410,7 +407,7 @@ impl PodManager {
 
     /// SIGKILL to the process groups a pod's supervisor reported.
     fn kill_groups(&self, service: &str, name: &str) {
-        let services = self.lock();
+        let services = self.services.locked();
         let pod = services.get(service).and_then(|s| s.pods.iter().find(|p| p.name == name));
         for group in pod.map(|p| p.groups.as_slice()).unwrap_or_default() {
             kill_group(*group);
@@ -419,7 +416,7 @@ impl PodManager {
 
     fn pod_bound(&self, service: &str, name: &str, addrs: ProxyAddrs) {
         {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             let Some(pod) =
                 services.get_mut(service).and_then(|s| s.pods.iter_mut().find(|p| p.name == name))
             else {
@@ -441,7 +438,7 @@ impl PodManager {
         let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
         let now = Instant::now();
         let delay = {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             let Some(state) = services.get_mut(service) else { return };
             let Some(i) = state.pods.iter().position(|p| p.name == name) else { return };
             let pod = state.pods.remove(i);
@@ -466,7 +463,7 @@ impl PodManager {
     /// Tells the activator and the autoscaler a service's pods.
     pub fn publish(&self, service: &str) {
         let infos: Vec<PodInfo> = {
-            let services = self.lock();
+            let services = self.services.locked();
             let Some(state) = services.get(service) else { return };
             let mut infos: Vec<PodInfo> = state
                 .pods
@@ -502,7 +499,7 @@ impl PodManager {
         let serving: Vec<Arc<str>> = self.registry.get(&key).map(|s| s.endpoint_names()).unwrap_or_default();
         let now = Instant::now();
         let targets = {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             let Some(state) = services.get_mut(service) else { return };
             state
                 .pods
@@ -527,7 +524,7 @@ impl PodManager {
     pub async fn shutdown(&self, deadline: Duration) {
         self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             for state in services.values_mut() {
                 state.want = 0;
                 for pod in state.pods.iter_mut() {
@@ -536,7 +533,7 @@ impl PodManager {
             }
         }
         let until = Instant::now() + deadline;
-        while Instant::now() < until && self.lock().values().any(|s| !s.pods.is_empty()) {
+        while Instant::now() < until && self.services.locked().values().any(|s| !s.pods.is_empty()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.kill_remaining();
@@ -545,7 +542,7 @@ impl PodManager {
     /// Kills every pod's processes at once (the grace period is over, or a second Ctrl-C).
     pub fn kill_remaining(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
-        for state in self.lock().values_mut() {
+        for state in self.services.locked().values_mut() {
             for pod in state.pods.iter_mut() {
                 pod._lifeline = None;
                 for group in &pod.groups {
@@ -561,18 +558,19 @@ impl PodManager {
 
     /// What a service's autoscaling measures.
     pub fn metric(&self, service: &str) -> Option<ebb_config::Metric> {
-        self.lock().get(service).map(|s| s.spec.config.scaling.metric)
+        self.services.locked().get(service).map(|s| s.spec.config.scaling.metric)
     }
 
     /// The services' names.
     pub fn service_names(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        self.services.locked().keys().cloned().collect()
     }
 
     /// Pod counts by service, for status.
     pub fn counts(&self) -> HashMap<String, PodCounts> {
         let now = Instant::now();
-        self.lock()
+        self.services
+            .locked()
             .iter()
             .map(|(name, s)| {
                 let live = s.live();

@@ -1,5 +1,6 @@
 //! The local [`Scaler`]: replicas become pod processes, the mode goes to the in-process activator.
 
+use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +30,7 @@ impl Scaler for LocalScaler {
     }
 
     fn set_mode(&self, service: &ServiceId, mode: Mode) {
-        self.modes.lock().unwrap_or_else(|p| p.into_inner()).insert(service.clone(), mode);
+        self.modes.locked().insert(service.clone(), mode);
         // The one place the autoscaler's mode reaches the activator (serve: straight to the pods, uncounted).
         let _ = self.changes.send(Change::Mode { key: service.clone(), mode });
     }
@@ -37,7 +38,7 @@ impl Scaler for LocalScaler {
     fn activator_in_path(&self, service: &ServiceId) -> bool {
         // The activator is the gateway: in proxy mode it holds every request, so it is in the path as soon as
         // the mode is set (the change is applied in order, before any later one).
-        let modes = self.modes.lock().unwrap_or_else(|p| p.into_inner());
+        let modes = self.modes.locked();
         modes.get(service).is_none_or(|m| *m == Mode::Proxy)
     }
 }

@@ -100,7 +100,7 @@ pub fn run(args: Args) -> ExitCode {
         Ok(spec) => spec,
         Err(err) => {
             eprintln!("ebb pod-supervisor: bad --spec: {err}");
-            return ExitCode::from(crate::EXIT_USAGE);
+            return ExitCode::from(ebb_process::exit::USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

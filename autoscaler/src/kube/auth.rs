@@ -3,6 +3,7 @@
 //! could run a Deployment up to max-scale on GPUs, so nothing else is trusted. Answers are cached briefly, so
 //! a reconnecting activator costs one review, not one per stream.
 
+use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -51,7 +52,7 @@ impl Authenticator {
         if token.is_empty() {
             return Ok(Verdict::Unauthenticated);
         }
-        if let Some((verdict, at)) = self.lock().get(token)
+        if let Some((verdict, at)) = self.cache.locked().get(token)
             && at.elapsed() < CACHE_TTL
         {
             return Ok(verdict.clone());
@@ -72,7 +73,7 @@ impl Authenticator {
             }
             _ => Verdict::Unauthenticated,
         };
-        let mut cache = self.lock();
+        let mut cache = self.cache.locked();
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
             if cache.len() >= CACHE_MAX {
@@ -81,9 +82,5 @@ impl Authenticator {
         }
         cache.insert(token.to_owned(), (verdict.clone(), Instant::now()));
         Ok(verdict)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Verdict, Instant)>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -2,6 +2,7 @@
 //! is found again on every pass (an invalid annotation, a pod stuck pulling) is reported once per
 //! [`REPEAT_AFTER`], not every second. Publishing never blocks the caller: it runs on its own task.
 
+use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -48,11 +49,7 @@ impl Events {
     /// Forgets what was reported about an object, so the next problem with it is reported at once.
     pub fn forget(&self, regarding: &ObjectReference) {
         let key = object_key(regarding);
-        self.lock().retain(|(object, _, _), _| *object != key);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Instant>> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        self.seen.locked().retain(|(object, _, _), _| *object != key);
     }
 
     fn publish(
@@ -74,7 +71,7 @@ impl Events {
         }
         if dedupe {
             let key = (object_key(&regarding), reason.to_owned(), note.clone());
-            let mut seen = self.lock();
+            let mut seen = self.seen.locked();
             seen.retain(|_, at| at.elapsed() < REPEAT_AFTER);
             if seen.contains_key(&key) {
                 return;

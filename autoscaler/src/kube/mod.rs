@@ -32,6 +32,7 @@ pub mod serve;
 pub mod status;
 pub mod watch;
 
+use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -145,18 +146,18 @@ impl ApiHealth {
 
     /// A request or watch event succeeded.
     pub fn ok(&self) {
-        *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *self.last_ok.locked() = Some(Instant::now());
     }
 
     /// A request or watch failed.
     pub fn failed(&self) {
-        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *self.last_failure.locked() = Some(Instant::now());
     }
 
     /// Whether the API server answered recently and has not failed since.
     pub fn reachable(&self) -> bool {
-        let ok = *self.last_ok.lock().unwrap_or_else(|p| p.into_inner());
-        let failure = *self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        let ok = *self.last_ok.locked();
+        let failure = *self.last_failure.locked();
         match ok {
             Some(ok) => ok.elapsed() < self.stale_after && failure.is_none_or(|f| f <= ok),
             None => false,
@@ -189,10 +190,6 @@ impl Shared {
 
     fn is_leader(&self) -> bool {
         *self.leading.borrow()
-    }
-
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -269,7 +266,7 @@ impl Controller {
                 let load = stat.average_concurrency > 0.0 || stat.request_count > 0.0;
                 if stat.average_queued.map_or(load, |queued| queued > 0.0) {
                     let id = ServiceId::new(frame.namespace.clone(), frame.name.clone());
-                    Shared::lock(&shared.activator_queued).insert(id, Instant::now());
+                    shared.activator_queued.locked().insert(id, Instant::now());
                 }
             })
         };

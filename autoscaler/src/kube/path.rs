@@ -9,6 +9,7 @@
 //! the policy told so (and may replicas go to 0). A Service of that name that ebb did not create is left
 //! alone and reported, and the activator is never considered in its path.
 
+use ebb_process::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -151,7 +152,7 @@ impl Prober {
 
     /// Whether the activator at `addr` answered the probe recently or does now.
     pub async fn check(&self, addr: SocketAddr) -> bool {
-        if Shared::lock(&self.ok).get(&addr).is_some_and(|t| t.elapsed() < PROBE_FRESH) {
+        if self.ok.locked().get(&addr).is_some_and(|t| t.elapsed() < PROBE_FRESH) {
             return true;
         }
         let ok = tokio::time::timeout(PROBE_TIMEOUT, async {
@@ -168,7 +169,7 @@ impl Prober {
         .ok()
         .flatten()
         .unwrap_or(false);
-        let mut cache = Shared::lock(&self.ok);
+        let mut cache = self.ok.locked();
         if ok {
             cache.insert(addr, Instant::now());
         } else {
@@ -240,7 +241,7 @@ pub(crate) async fn reconcile(
 ) {
     let shared = ctx.shared;
     let set_in_path = |v: bool| {
-        Shared::lock(&shared.in_path).insert(id.clone(), v);
+        shared.in_path.locked().insert(id.clone(), v);
     };
     let services: Api<Service> = Api::namespaced(shared.client.clone(), &id.namespace);
     // After a failed write, this service's path is left as it is until its backoff has passed.

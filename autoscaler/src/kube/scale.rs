@@ -14,6 +14,7 @@
 //!   naming it; ebb wins for an autoscaled Deployment and sets its count back (`docs/rbac.md`, "Other
 //!   writers"); `ebb.dev/paused: "true"` hands the replicas over.
 
+use ebb_process::sync::Locked;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,12 +56,12 @@ impl Scaler for KubeScaler {
     }
 
     fn activator_in_path(&self, service: &ServiceId) -> bool {
-        Shared::lock(&self.shared.in_path).get(service).copied().unwrap_or(false)
+        self.shared.in_path.locked().get(service).copied().unwrap_or(false)
     }
 
     fn activators_ready(&self) -> bool {
         // Without a managed request path there is no activator to route through: serve mode.
-        self.shared.options.manage_request_path && !Shared::lock(&self.shared.activators).is_empty()
+        self.shared.options.manage_request_path && !self.shared.activators.locked().is_empty()
     }
 }
 
@@ -181,8 +182,7 @@ pub(crate) async fn reconcile(
     if observed != desired && state.deployment_writes.ready() {
         let mut hold = None;
         if desired < observed {
-            let queued =
-                Shared::lock(&shared.activator_queued).get(id).is_some_and(|t| t.elapsed() < QUEUED_HOLD);
+            let queued = shared.activator_queued.locked().get(id).is_some_and(|t| t.elapsed() < QUEUED_HOLD);
             if !shared.health.reachable() {
                 hold = Some(("api_unreachable", "the API server is unreachable"));
             } else if queued {

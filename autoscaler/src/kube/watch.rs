@@ -7,6 +7,7 @@
 //! nothing. Every replica runs the pass up to the runtime; only the leader goes on to [`super::scale`] and
 //! [`super::path`].
 
+use ebb_process::sync::Locked;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -349,7 +350,7 @@ async fn pass(
         if !keep {
             autoscaler.remove_service(id);
             shared.metrics.remove_service(&id.namespace, &id.name);
-            Shared::lock(&shared.in_path).remove(id);
+            shared.in_path.locked().remove(id);
         }
         keep
     });
@@ -362,7 +363,7 @@ async fn pass(
         .filter(|p| is_ready(p))
         .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
         .collect();
-    *Shared::lock(&shared.activators) = activators.clone();
+    *shared.activators.locked() = activators.clone();
 
     if !shared.is_leader() {
         return;

@@ -15,11 +15,12 @@ pub mod debug;
 pub mod metrics;
 pub mod scrape;
 
+use ebb_process::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ebb_config::ServiceConfig;
@@ -147,10 +148,6 @@ impl Autoscaler {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<ServiceId, Entry>> {
-        self.services.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The decision clock: time since this autoscaler started, plus [`CLOCK_ORIGIN`].
     pub fn now(&self) -> Timestamp {
         Timestamp::from_duration(CLOCK_ORIGIN + self.epoch.elapsed())
@@ -165,7 +162,7 @@ impl Autoscaler {
     /// when it was entered; `None` keeps the fresh one) and its `mode`, entered at `mode_since`. Unknown
     /// services are ignored.
     pub fn resume_service(&self, id: &ServiceId, phase: Option<Phase>, mode: Mode, mode_since: Timestamp) {
-        let mut services = self.lock();
+        let mut services = self.services.locked();
         if let Some(entry) = services.get_mut(id) {
             entry.controller.resume(phase, mode, mode_since);
             tracing::info!(service = %id, phase = %entry.controller.phase(), %mode, "resumed the scale-to-zero clocks");
@@ -190,7 +187,7 @@ impl Autoscaler {
         ready: u32,
     ) -> Result<(), Error> {
         let now = self.now();
-        let mut services = self.lock();
+        let mut services = self.services.locked();
         match services.get_mut(&id) {
             Some(entry) => entry.controller.update(config),
             None => {
@@ -214,14 +211,14 @@ impl Autoscaler {
 
     /// Forgets a service.
     pub fn remove_service(&self, id: &ServiceId) {
-        if self.lock().remove(id).is_some() {
+        if self.services.locked().remove(id).is_some() {
             self.metrics.remove_service(id);
         }
     }
 
     /// Replaces a service's pods.
     pub fn set_pods(&self, id: &ServiceId, pods: Vec<PodTarget>) {
-        let mut services = self.lock();
+        let mut services = self.services.locked();
         if let Some(entry) = services.get_mut(id) {
             entry.pods = pods;
             self.metrics.observe_status(id, &entry.status(id));
@@ -235,7 +232,7 @@ impl Autoscaler {
         let id = ServiceId::new(frame.namespace, frame.name);
         let now = self.now();
         let actions = {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             let Some(entry) = services.get_mut(&id) else {
                 tracing::debug!(service = %id, "stat for an unknown service; ignored");
                 return;
@@ -337,7 +334,7 @@ impl Autoscaler {
         let now = self.now();
         let mut all = Vec::new();
         {
-            let mut services = self.lock();
+            let mut services = self.services.locked();
             for (id, entry) in services.iter_mut() {
                 let actions = self.decide(id, entry, now);
                 all.push((id.clone(), actions));
@@ -353,7 +350,7 @@ impl Autoscaler {
     pub async fn collect(&self) {
         let now = self.now();
         let plan: Vec<(ServiceId, usize, Vec<SocketAddr>)> = {
-            let services = self.lock();
+            let services = self.services.locked();
             services
                 .iter()
                 .map(|(id, entry)| {
@@ -375,7 +372,7 @@ impl Autoscaler {
             (id, ready, results)
         });
         let results = futures_join(scrapes).await;
-        let mut services = self.lock();
+        let mut services = self.services.locked();
         for (id, ready, results) in results {
             let Some(entry) = services.get_mut(&id) else { continue };
             entry.collected_at = Some(now);
@@ -402,12 +399,12 @@ impl Autoscaler {
 
     /// Every service's status, by name.
     pub fn status(&self) -> Vec<ServiceStatus> {
-        self.lock().iter().map(|(id, entry)| entry.status(id)).collect()
+        self.services.locked().iter().map(|(id, entry)| entry.status(id)).collect()
     }
 
     /// A service's last decisions, oldest first.
     pub fn decisions(&self, id: &ServiceId) -> Option<Vec<DecisionRecord>> {
-        self.lock().get(id).map(|entry| entry.controller.history())
+        self.services.locked().get(id).map(|entry| entry.controller.history())
     }
 
     /// The Prometheus text of the autoscaler's metrics.
