@@ -12,12 +12,15 @@ use ebb_config::names::{
     HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROXIED, PROBE_ACTIVATOR, PROXIED_BY_ACTIVATOR,
 };
 use ebb_config::value::format_duration;
-use ebb_queue_proxy::body::{BodyEnd, RequestBody};
-use ebb_queue_proxy::drain::Drainer;
-use ebb_queue_proxy::error::{Answer, ClientKind, error_response};
-use ebb_queue_proxy::proxy::{Forwarder, PendingUpgrade, is_upgrade};
-use ebb_queue_proxy::timeouts::{BodyTimer, TimeoutKind};
-use ebb_queue_proxy::{BreakerError, Permit, ProxyBody, ProxyError, StatsGuard, TrackedBody};
+use ebb_http::body::{BodyEnd, RequestBody};
+use ebb_http::body::{ProxyBody, TrackedBody};
+use ebb_http::breaker::{BreakerError, Permit};
+use ebb_http::drain::Drainer;
+use ebb_http::error::ProxyError;
+use ebb_http::error::{Answer, ClientKind, error_response};
+use ebb_http::proxy::{Forwarder, PendingUpgrade, is_upgrade};
+use ebb_http::stats::StatsGuard;
+use ebb_http::timeouts::{BodyTimer, TimeoutKind};
 use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use ebb_config::names::METRIC_PREFIX;
-use ebb_queue_proxy::error::{ALL_REASONS, ProxyError};
+use ebb_http::error::{ALL_REASONS, ProxyError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;

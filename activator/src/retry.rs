@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use ebb_queue_proxy::ProxyError;
-use ebb_queue_proxy::body::{BoxError, RequestBody};
+use ebb_http::body::RequestBody;
+use ebb_http::error::BoxError;
+use ebb_http::error::ProxyError;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};

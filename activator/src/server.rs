@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ebb_queue_proxy::ProxyBody;
-use ebb_queue_proxy::drain::DrainOutcome;
-use ebb_queue_proxy::listen::Acceptor;
+use ebb_http::body::ProxyBody;
+use ebb_http::drain::DrainOutcome;
+use ebb_http::listen::Acceptor;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;

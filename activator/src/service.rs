@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use ebb_config::{DataPlaneSpec, Protocol};
-use ebb_queue_proxy::{Breaker, RequestStats};
+use ebb_http::breaker::Breaker;
+use ebb_http::stats::RequestStats;
 use http::uri::Authority;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;

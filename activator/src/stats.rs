@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ebb_config::wire::IngestFrame;
-use ebb_queue_proxy::stats::{Snapshot, pod_stat};
+use ebb_http::stats::{Snapshot, pod_stat};
 use tokio::sync::mpsc;
 
 use crate::registry::Registry;

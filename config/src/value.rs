@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+/// The longest duration any option accepts: a year, far beyond any real timeout or period, and small enough
+/// that deadlines computed from it (arrival + timeout, drain start + deadline) never overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses a Go duration as Knative accepts it: `60s`, `1m30s`, `1.5h`, `250ms`, `0`. Units `ns`, `us`, `µs`,
 /// `ms`, `s`, `m`, `h`; a leading `+` is allowed; negative durations and overflow are rejected.
 pub fn parse_go_duration(text: &str) -> Option<Duration> {

@@ -18,11 +18,12 @@ use ebb_process::logging::{self, LogFormat};
 use ebb_process::{exit, flags};
 use http::uri::Authority;
 
-use crate::config::{Config, ConfigError, MAX_DURATION, Ports, check_name, parse_upstream};
+use crate::config::{Config, ConfigError, Ports, check_name, parse_upstream};
 use crate::probe::{ProbeOptions, ProbeTarget};
-use crate::proxy::ForwarderOptions;
 use crate::server::QueueProxy;
-use crate::timeouts::Timeouts;
+use ebb_config::value::MAX_DURATION;
+use ebb_http::proxy::ForwarderOptions;
+use ebb_http::timeouts::Timeouts;
 
 /// Options of the queue-proxy.
 #[derive(Debug, Clone, clap::Args)]

@@ -4,17 +4,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ebb_config::Protocol;
-use ebb_config::value::format_duration;
+use ebb_config::value::{MAX_DURATION, format_duration};
 use ebb_config::wire::MAX_POD_NAME_LEN;
 use http::uri::Authority;
 
 use crate::probe::{ProbeOptions, ProbeTarget};
-use crate::proxy::ForwarderOptions;
-use crate::timeouts::Timeouts;
-
-/// The longest duration any option accepts: a year, far beyond any real timeout or period, and small enough
-/// that deadlines computed from it (arrival + timeout, drain start + deadline) never overflow the clock.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+use ebb_http::proxy::ForwarderOptions;
+use ebb_http::timeouts::Timeouts;
 
 /// Everything the queue-proxy needs, checked.
 #[derive(Debug, Clone)]

@@ -18,15 +18,15 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{BodyEnd, ProxyBody, RequestBody, TrackedBody};
-use crate::breaker::{Breaker, Permit};
-use crate::drain::Drainer;
-use crate::error::{Answer, ClientKind, ProxyError, error_response};
 use crate::metrics::Metrics;
 use crate::probe::{ProbeOptions, Readiness};
-use crate::proxy::Forwarder;
-use crate::stats::{RequestStats, StatsGuard};
-use crate::timeouts::{BodyTimer, TimeoutKind, Timeouts};
+use ebb_http::body::{BodyEnd, ProxyBody, RequestBody, TrackedBody};
+use ebb_http::breaker::{Breaker, Permit};
+use ebb_http::drain::Drainer;
+use ebb_http::error::{Answer, ClientKind, ProxyError, error_response};
+use ebb_http::proxy::Forwarder;
+use ebb_http::stats::{RequestStats, StatsGuard};
+use ebb_http::timeouts::{BodyTimer, TimeoutKind, Timeouts};
 
 /// The data plane's response body.
 pub type DataBody = ProxyBody<Completion>;
@@ -219,16 +219,6 @@ impl DataPlane {
         *response.status_mut() = status;
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         response
-    }
-}
-
-impl ProxyError {
-    /// The breaker's refusal of a request whose queue deadline was that of `deadline`.
-    fn from_breaker(err: crate::breaker::BreakerError, deadline: TimeoutKind) -> Self {
-        match err {
-            crate::breaker::BreakerError::Overloaded => ProxyError::Overloaded,
-            crate::breaker::BreakerError::QueueTimeout => ProxyError::QueueTimeout(deadline),
-        }
     }
 }
 

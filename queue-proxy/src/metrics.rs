@@ -14,8 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::error::{ALL_REASONS, Origin, ProxyError};
-use crate::timeouts::TimeoutKind;
+use ebb_http::error::{ALL_REASONS, Origin, ProxyError};
+use ebb_http::timeouts::TimeoutKind;
 
 type Labels = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];

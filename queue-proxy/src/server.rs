@@ -13,15 +13,16 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::admin::Admin;
-use crate::breaker::Breaker;
 use crate::config::Config;
-use crate::drain::{DrainOutcome, Drainer};
 use crate::handler::DataPlane;
-use crate::listen::Acceptor;
 use crate::metrics::Metrics;
 use crate::probe::{Readiness, wait_until_ready};
-use crate::proxy::Forwarder;
-use crate::stats::{LatestStat, RequestStats, Snapshot, pod_stat};
+use crate::stats::LatestStat;
+use ebb_http::breaker::Breaker;
+use ebb_http::drain::{DrainOutcome, Drainer};
+use ebb_http::listen::Acceptor;
+use ebb_http::proxy::Forwarder;
+use ebb_http::stats::{RequestStats, Snapshot, pod_stat};
 
 /// Why the queue-proxy could not run.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +185,7 @@ impl QueueProxy {
             .wait_quiet(
                 || stats.concurrency(),
                 config.drain_quiet_period,
-                crate::timeouts::deadline_after(drain_start, config.drain_deadline),
+                ebb_http::timeouts::deadline_after(drain_start, config.drain_deadline),
             )
             .await;
         match outcome {

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::body::BoxError;
+use crate::error::BoxError;
 use crate::error::ProxyError;
 use crate::h2c::H2cConnections;
 use crate::upstream_io::Connector;

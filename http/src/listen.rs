@@ -19,7 +19,7 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::body::BoxError;
+use crate::error::BoxError;
 
 /// Serves listeners until [`Shutdown::close`]; clone it for each listener.
 #[derive(Clone)]

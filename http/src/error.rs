@@ -18,6 +18,14 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::timeouts::TimeoutKind;
 
+/// Boxed error type of proxied bodies (what hyper's server accepts).
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The error a [`crate::body::RequestBody`] fails with when the client went silent.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the client sent no part of the request body for {0:?}")]
+pub struct RequestBodyTimedOut(pub Duration);
+
 /// Where an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
@@ -294,7 +302,7 @@ impl ProxyError {
     /// Classifies a failure to read the client's request body: the request-body timeout, or the client went
     /// away or sent a malformed body.
     pub fn from_client_body(err: &(dyn StdError + 'static)) -> Self {
-        match chain(err).any(|e| e.is::<crate::body::RequestBodyTimedOut>()) {
+        match chain(err).any(|e| e.is::<RequestBodyTimedOut>()) {
             true => ProxyError::Timeout(TimeoutKind::RequestBody),
             false => ProxyError::ClientBody,
         }
@@ -303,7 +311,7 @@ impl ProxyError {
     /// Classifies any error whose source chain holds hyper or I/O errors (a failed upstream request or body).
     pub fn from_hyper_chain(err: &(dyn StdError + 'static)) -> Self {
         // hyper wraps a request body's own error as a user error: ours says why the body stopped.
-        if chain(err).any(|e| e.is::<crate::body::RequestBodyTimedOut>()) {
+        if chain(err).any(|e| e.is::<RequestBodyTimedOut>()) {
             return ProxyError::Timeout(TimeoutKind::RequestBody);
         }
         let mut source: Option<&(dyn StdError + 'static)> = Some(err);
@@ -332,6 +340,16 @@ impl ProxyError {
             source = e.source();
         }
         ProxyError::UpstreamProtocol(chain_message(err))
+    }
+}
+
+impl ProxyError {
+    /// The breaker's refusal of a request whose queue deadline was that of `deadline`.
+    pub fn from_breaker(err: crate::breaker::BreakerError, deadline: TimeoutKind) -> Self {
+        match err {
+            crate::breaker::BreakerError::Overloaded => ProxyError::Overloaded,
+            crate::breaker::BreakerError::QueueTimeout => ProxyError::QueueTimeout(deadline),
+        }
     }
 }
 

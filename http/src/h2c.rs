@@ -16,7 +16,7 @@ use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::BoxError;
+use crate::error::BoxError;
 use crate::error::ProxyError;
 
 /// Beyond this many upstreams, connections that have closed are forgotten (pods come and go behind an

@@ -13,11 +13,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::error::ProxyError;
+use crate::error::{BoxError, ProxyError, RequestBodyTimedOut};
 use crate::timeouts::{BodyTimer, TimeoutKind};
-
-/// Boxed error type of proxied bodies (what hyper's server accepts).
-pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// What rides along with a response body and is told how it ended. Dropping it is the end of the request.
 pub trait BodyEnd: Send + 'static {
@@ -135,11 +132,6 @@ where
         self.inner.size_hint()
     }
 }
-
-/// The error a [`RequestBody`] fails with when the client went silent.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the client sent no part of the request body for {0:?}")]
-pub struct RequestBodyTimedOut(pub Duration);
 
 /// A client's request body on its way upstream, failed with [`RequestBodyTimedOut`] when the client sends
 /// nothing for `limit` while the body is still coming (nginx's `client_body_timeout`), so that a client trickling

@@ -10,11 +10,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use ebb_config::value::MAX_DURATION;
 use tokio::time::{Instant, Sleep};
 
 /// `start + after`, saturating: configuration caps durations at a year, but a deadline must never panic.
 pub fn deadline_after(start: Instant, after: Duration) -> Instant {
-    start.checked_add(after).or_else(|| start.checked_add(crate::config::MAX_DURATION)).unwrap_or(start)
+    start.checked_add(after).or_else(|| start.checked_add(MAX_DURATION)).unwrap_or(start)
 }
 
 /// Which timeout fired.
