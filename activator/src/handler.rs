@@ -12,12 +12,12 @@ use ebb_config::names::{
     HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROXIED, PROBE_ACTIVATOR, PROXIED_BY_ACTIVATOR,
 };
 use ebb_config::value::format_duration;
+use ebb_http::answer::{Answer, ClientKind, error_response};
 use ebb_http::body::{BodyEnd, RequestBody};
 use ebb_http::body::{ProxyBody, TrackedBody};
 use ebb_http::breaker::{BreakerError, Permit};
 use ebb_http::drain::Drainer;
-use ebb_http::error::ProxyError;
-use ebb_http::error::{Answer, ClientKind, error_response};
+use ebb_http::error::{Classified, ProxyError};
 use ebb_http::proxy::{Forwarder, PendingUpgrade, is_upgrade};
 use ebb_http::stats::StatsGuard;
 use ebb_http::timeouts::{BodyTimer, TimeoutKind};
@@ -27,6 +27,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::balancer::Lease;
+use crate::error::ActivatorError;
+use crate::metrics::ServiceGauges;
 use crate::registry::Registry;
 use crate::retry::{AttemptBody, Replayable};
 use crate::routing::RouteError;
@@ -145,7 +147,18 @@ impl Activator {
 
     /// The Prometheus text of every metric.
     pub fn encode_metrics(&self) -> String {
-        self.metrics.encode(&self.registry.services(), self.sink.dropped())
+        let gauges: Vec<ServiceGauges> = self
+            .registry
+            .services()
+            .iter()
+            .map(|service| ServiceGauges {
+                key: service.key.clone(),
+                queued: service.breaker.queued(),
+                in_flight: service.breaker.in_flight(),
+                ready: service.status().ready,
+            })
+            .collect();
+        self.metrics.encode(&gauges, self.sink.dropped())
     }
 
     /// Requests at this activator, queued or in flight, across all services.
@@ -226,7 +239,7 @@ impl Activator {
         req: &mut Request<RequestBody>,
         arrived: Instant,
         settings: RequestSettings,
-    ) -> Result<Held, ProxyError> {
+    ) -> Result<Held, ActivatorError> {
         // The first request for a service at zero tells the autoscaler at once.
         let cold = service.status().ready == 0 && service.stats.concurrency() == 0;
         // Queued until a slot is free: the autoscaler holds scale-downs while an activator has requests queued.
@@ -238,7 +251,7 @@ impl Activator {
         // histogram shows the waits that timed out too; a request refused at once for a full queue never waited.
         let timer = service.metrics.queue_timer(arrived.into_std());
         let admitted = self.admit(service, req, arrived + settings.activation_timeout, settings).await;
-        if let Err(ProxyError::QueueFull) = admitted {
+        if let Err(ActivatorError::QueueFull) = admitted {
             timer.discard();
         }
         let permit = admitted?;
@@ -254,17 +267,17 @@ impl Activator {
         req: &mut Request<RequestBody>,
         deadline: Instant,
         settings: RequestSettings,
-    ) -> Result<Permit, ProxyError> {
+    ) -> Result<Permit, ActivatorError> {
         if let Ok(permit) = service.breaker.try_acquire() {
             return Ok(permit);
         }
         let _waiting =
-            Waiting::enter(&self.waiting, self.options.max_queued_total).ok_or(ProxyError::QueueFull)?;
+            Waiting::enter(&self.waiting, self.options.max_queued_total).ok_or(ActivatorError::QueueFull)?;
         crate::compact::compact_head(req);
         let mut status = service.watch();
         tokio::select! {
             acquired = service.breaker.acquire(Some(deadline)) => acquired.map_err(|err| match err {
-                BreakerError::Overloaded => ProxyError::QueueFull,
+                BreakerError::Overloaded => ActivatorError::QueueFull,
                 BreakerError::QueueTimeout => activation_timeout(settings),
             }),
             failed = unable_to_start(&mut status) => Err(failed),
@@ -283,7 +296,7 @@ impl Activator {
         settings: RequestSettings,
         activation_deadline: Instant,
         proxied: bool,
-    ) -> Result<(Response<Incoming>, Lease, Option<PendingUpgrade>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Lease, Option<PendingUpgrade>), ActivatorError> {
         let (mut parts, body) = req.into_parts();
         // The client's own claims are never passed on: only the activator says a request went through it.
         let headers = &mut parts.headers;
@@ -346,17 +359,17 @@ impl Activator {
                 Ok(Err(err)) if is_connect_failure(&err) => {
                     self.leave_out(service, &pod, &err, &mut full);
                     if !(retryable && body.replayable()) {
-                        return Err(err);
+                        return Err(err.into());
                     }
                     err
                 }
-                Ok(Err(err)) => return Err(err),
-                Err(_elapsed) => return Err(ProxyError::Timeout(TimeoutKind::ResponseStart)),
+                Ok(Err(err)) => return Err(err.into()),
+                Err(_elapsed) => return Err(ProxyError::Timeout(TimeoutKind::ResponseStart).into()),
             };
             tracing::info!(service = %service.key, %pod, "nothing reached the pod's container ({unforwarded}); trying another");
             last_error = Some(unforwarded);
         }
-        Err(last_error.unwrap_or(ProxyError::UpstreamRefused))
+        Err(last_error.unwrap_or(ProxyError::UpstreamRefused).into())
     }
 
     /// A pod reached nothing of a request: a full one is skipped for this request; one that refused (its
@@ -368,7 +381,12 @@ impl Activator {
         }
     }
 
-    fn fail(&self, service: Option<&Service>, err: &ProxyError, kind: ClientKind) -> Response<ActivatorBody> {
+    fn fail(
+        &self,
+        service: Option<&Service>,
+        err: &ActivatorError,
+        kind: ClientKind,
+    ) -> Response<ActivatorBody> {
         self.metrics.rejected(service.map(|s| &s.key), err);
         let name = service.map_or("", |s| s.name.as_str());
         err.log(name);
@@ -391,17 +409,17 @@ impl Activator {
     }
 }
 
-fn route_error(err: RouteError) -> ProxyError {
+fn route_error(err: RouteError) -> ActivatorError {
     match err {
-        RouteError::Unknown(_) => ProxyError::UnknownService(err.to_string()),
+        RouteError::Unknown(_) => ActivatorError::UnknownService(err.to_string()),
         RouteError::BadHeader(_) | RouteError::Duplicate(_) | RouteError::Conflict { .. } => {
-            ProxyError::Misrouted(err.to_string())
+            ActivatorError::Misrouted(err.to_string())
         }
     }
 }
 
-fn activation_timeout(settings: RequestSettings) -> ProxyError {
-    ProxyError::ActivationTimeout(format_duration(settings.activation_timeout))
+fn activation_timeout(settings: RequestSettings) -> ActivatorError {
+    ActivatorError::ActivationTimeout(format_duration(settings.activation_timeout))
 }
 
 fn is_connect_failure(err: &ProxyError) -> bool {
@@ -409,12 +427,12 @@ fn is_connect_failure(err: &ProxyError) -> bool {
 }
 
 /// Resolves when the service is removed or its pods are found unable to start; never otherwise.
-async fn unable_to_start(status: &mut tokio::sync::watch::Receiver<Status>) -> ProxyError {
+async fn unable_to_start(status: &mut tokio::sync::watch::Receiver<Status>) -> ActivatorError {
     let seen =
         status.wait_for(|s| s.removed || s.blocked.is_some()).await.map(|s| (s.removed, s.blocked.clone()));
     match seen {
-        Ok((true, _)) => ProxyError::ServiceRemoved,
-        Ok((false, reason)) => ProxyError::ServiceBlocked(reason.unwrap_or_default()),
+        Ok((true, _)) => ActivatorError::ServiceRemoved,
+        Ok((false, reason)) => ActivatorError::ServiceBlocked(reason.unwrap_or_default()),
         // The service's sender lives as long as the service, which the caller holds.
         Err(_) => std::future::pending().await,
     }
@@ -425,15 +443,15 @@ async fn wait_for_a_pod(
     service: &Service,
     deadline: Instant,
     settings: RequestSettings,
-) -> Result<(), ProxyError> {
+) -> Result<(), ActivatorError> {
     let mut status = service.watch();
     let ready = async {
         let _ = status.wait_for(|s| s.ready > 0 || s.removed || s.blocked.is_some()).await;
     };
     tokio::time::timeout_at(deadline, ready).await.map_err(|_| activation_timeout(settings))?;
     match service.status() {
-        Status { removed: true, .. } => Err(ProxyError::ServiceRemoved),
-        Status { ready: 0, blocked: Some(reason), .. } => Err(ProxyError::ServiceBlocked(reason)),
+        Status { removed: true, .. } => Err(ActivatorError::ServiceRemoved),
+        Status { ready: 0, blocked: Some(reason), .. } => Err(ActivatorError::ServiceBlocked(reason)),
         _ => Ok(()),
     }
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cold_start;
 pub mod compact;
 pub mod endpoints;
+pub mod error;
 pub mod handler;
 pub mod kube_source;
 pub mod metrics;

@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use ebb_config::names::METRIC_PREFIX;
-use ebb_http::error::{ALL_REASONS, ProxyError};
+use ebb_http::error::Classified;
+
+use crate::error::ActivatorError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +17,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::cold_start::{Phases, Timeline};
-use crate::service::Service;
 use ebb_config::ServiceId;
 
 /// Seconds a request may wait queued: from 1 ms to the 10-minute activation timeout.
@@ -67,6 +68,19 @@ pub struct ServiceMetrics {
     queue_wait: Histogram,
     /// Pod created, pod ready, first byte, whole wait: as [`COLD_START_FAMILIES`].
     cold_start: [Histogram; 4],
+}
+
+/// One service's gauges at the moment the metrics are read.
+#[derive(Debug, Clone)]
+pub struct ServiceGauges {
+    /// The service.
+    pub key: ServiceId,
+    /// Requests waiting for capacity.
+    pub queued: usize,
+    /// Requests this activator is forwarding.
+    pub in_flight: usize,
+    /// Pods that answered their probe.
+    pub ready: usize,
 }
 
 /// The cold-start histograms: name and help, in [`ServiceMetrics`]' order.
@@ -195,7 +209,7 @@ impl Metrics {
     /// Creates a service's series at zero and returns its cached handles.
     pub fn service(&self, key: &ServiceId) -> ServiceMetrics {
         let labels = ServiceLabels::of(key);
-        for (_, reason) in ALL_REASONS {
+        for reason in ActivatorError::every_kind().iter().map(Classified::reason) {
             let _ = self.rejected.get_or_create(&RejectLabels {
                 namespace: labels.namespace.clone(),
                 service: labels.service.clone(),
@@ -223,7 +237,7 @@ impl Metrics {
         for family in [&self.queued, &self.in_flight, &self.ready_pods] {
             family.remove(&labels);
         }
-        for (_, reason) in ALL_REASONS {
+        for reason in ActivatorError::every_kind().iter().map(Classified::reason) {
             let labels =
                 RejectLabels { namespace: labels.namespace.clone(), service: labels.service.clone(), reason };
             self.rejected.remove(&labels);
@@ -231,19 +245,19 @@ impl Metrics {
     }
 
     /// Counts a request answered with an error (`service` is `None` when no service was found).
-    pub fn rejected(&self, service: Option<&ServiceId>, error: &ProxyError) {
+    pub fn rejected(&self, service: Option<&ServiceId>, error: &ActivatorError) {
         let (namespace, service) = service
             .map_or((String::new(), String::new()), |key| (key.namespace.to_string(), key.name.to_string()));
         self.rejected.get_or_create(&RejectLabels { namespace, service, reason: error.reason() }).inc();
     }
 
-    /// Encodes every metric, after reading the gauges from the services.
-    pub fn encode(&self, services: &[std::sync::Arc<Service>], stats_dropped: u64) -> String {
+    /// Encodes every metric, after setting the gauges to the services' readings.
+    pub fn encode(&self, services: &[ServiceGauges], stats_dropped: u64) -> String {
         for service in services {
             let labels = ServiceLabels::of(&service.key);
-            self.queued.get_or_create(&labels).set(service.breaker.queued() as i64);
-            self.in_flight.get_or_create(&labels).set(service.breaker.in_flight() as i64);
-            self.ready_pods.get_or_create(&labels).set(service.status().ready as i64);
+            self.queued.get_or_create(&labels).set(service.queued as i64);
+            self.in_flight.get_or_create(&labels).set(service.in_flight as i64);
+            self.ready_pods.get_or_create(&labels).set(service.ready as i64);
         }
         self.stats_dropped.set(stats_dropped as i64);
         let mut out = String::with_capacity(16 * 1024);

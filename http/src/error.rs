@@ -1,21 +1,18 @@
-//! The one place where a data-plane error becomes an answer. Every error is classified by where it came from
-//! (the client, the upstream, or this proxy itself); the class and the kind decide the HTTP status, the body
-//! shape the client understands, the log level and the metric label.
-//!
-//! Body shapes: requests under `/v1/` get OpenAI's `{"error": {"message", "type", "code"}}`; gRPC requests
-//! (`content-type: application/grpc*`) get a trailers-only gRPC status (HTTP 200 with `grpc-status` and
-//! `grpc-message`); everything else gets `{"error": "...", "service": "..."}`.
+//! Data-plane errors, each classified once: where it came from (the client, the upstream, or the proxy itself),
+//! the HTTP status, the bounded reason (the metric label, the OpenAI-style `code` and `Ebb-Proxy-Error`) and how
+//! loudly it is logged, in one table per error type ([`ProxyError::kind`]). A component adds its own errors on
+//! top by implementing [`Classified`] (the activator's wrap these); [`crate::answer`] turns any of them into the
+//! response the client understands.
 
 use std::error::Error as StdError;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use ebb_config::names::HEADER_PROXY_ERROR;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, StatusCode};
 
+use crate::breaker::BreakerError;
 use crate::timeouts::TimeoutKind;
 
 /// Boxed error type of proxied bodies (what hyper's server accepts).
@@ -48,6 +45,122 @@ impl Origin {
     }
 }
 
+/// How loudly an error is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Expected under load or from misbehaving clients: counted in metrics, logged at debug.
+    Debug,
+    /// Worth noticing: timeouts.
+    Info,
+    /// The user container misbehaves.
+    Warn,
+    /// A bug or resource exhaustion in the proxy.
+    Error,
+}
+
+/// What an error decides about its answer and its accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    /// Where it came from.
+    pub origin: Origin,
+    /// The HTTP status of the answer (for gRPC clients it is carried as a gRPC status instead).
+    pub status: StatusCode,
+    /// The bounded reason: the metric label, the OpenAI-style `code` and `Ebb-Proxy-Error`.
+    pub reason: &'static str,
+    /// How loudly to log it.
+    pub level: LogLevel,
+}
+
+const fn kind(origin: Origin, status: StatusCode, reason: &'static str, level: LogLevel) -> Kind {
+    Kind { origin, status, reason, level }
+}
+
+/// An error a proxy answers with.
+pub trait Classified: StdError {
+    /// Its row of the kind table.
+    fn kind(&self) -> Kind;
+
+    /// The timeout it stands for, if it is one (counted under that kind).
+    fn timeout(&self) -> Option<TimeoutKind> {
+        None
+    }
+
+    /// Where it came from.
+    fn origin(&self) -> Origin {
+        self.kind().origin
+    }
+
+    /// The HTTP status of its answer.
+    fn status(&self) -> StatusCode {
+        self.kind().status
+    }
+
+    /// Its bounded reason.
+    fn reason(&self) -> &'static str {
+        self.kind().reason
+    }
+
+    /// Logs it at its level with the service it concerns.
+    fn log(&self, service: &str) {
+        let Kind { origin, reason, level, .. } = self.kind();
+        let origin = origin.label();
+        match level {
+            LogLevel::Debug => tracing::debug!(service, origin, reason, "{self}"),
+            LogLevel::Info => tracing::info!(service, origin, reason, "{self}"),
+            LogLevel::Warn => tracing::warn!(service, origin, reason, "{self}"),
+            LogLevel::Error => tracing::error!(service, origin, reason, "{self}"),
+        }
+    }
+}
+
+/// What made an error, kept for its message (and for whoever inspects the chain), cheap to clone.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn StdError + Send + Sync>);
+
+impl Cause {
+    /// Keeps `err`.
+    pub fn new(err: impl StdError + Send + Sync + 'static) -> Self {
+        Self(Arc::new(err))
+    }
+
+    /// A cause known only by its message.
+    pub fn message(text: impl Into<String>) -> Self {
+        Self(Arc::new(io::Error::other(text.into())))
+    }
+
+    /// The error kept.
+    pub fn error(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl fmt::Display for Cause {
+    /// "outer: inner: innermost", skipping repeats.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&chain_message(self.error()))
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cause({self})")
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
+impl From<&str> for Cause {
+    fn from(text: &str) -> Self {
+        Self::message(text)
+    }
+}
+
 /// Everything that can go wrong with a proxied request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -74,34 +187,16 @@ pub enum ProxyError {
     UpstreamRefused,
     /// The upstream connection could not be made for another reason.
     #[error("could not connect to upstream: {0}")]
-    UpstreamConnect(String),
+    UpstreamConnect(Cause),
     /// The upstream closed or reset the connection before answering.
     #[error("upstream reset the connection before responding")]
     UpstreamReset,
     /// The upstream's answer could not be understood.
     #[error("upstream sent an invalid response: {0}")]
-    UpstreamProtocol(String),
+    UpstreamProtocol(Cause),
     /// A bug or resource failure in this proxy.
     #[error("internal error: {0}")]
-    Internal(String),
-    /// The activator knows no service by the name the request gave (the text says what was looked for).
-    #[error("{0}")]
-    UnknownService(String),
-    /// The request's routing headers contradict each other (a client naming a service its route did not).
-    #[error("{0}")]
-    Misrouted(String),
-    /// Too many requests are already waiting for the service to start.
-    #[error("too many requests are waiting for this service to start; try again shortly")]
-    QueueFull,
-    /// The service had no ready pod within the activation timeout.
-    #[error("the service did not become ready within its activation timeout ({0})")]
-    ActivationTimeout(String),
-    /// The service's pods cannot start; the text names why (from the pods' status).
-    #[error("the service's pods cannot start: {0}")]
-    ServiceBlocked(String),
-    /// The service was removed while the request waited for it.
-    #[error("the service was removed while the request waited for it")]
-    ServiceRemoved,
+    Internal(Cause),
 }
 
 fn timeout_name(kind: TimeoutKind) -> &'static str {
@@ -122,111 +217,70 @@ fn timeout_message(kind: TimeoutKind) -> &'static str {
     }
 }
 
-/// Every error kind's metric label, with its origin, for initialising series at zero.
-pub const ALL_REASONS: [(Origin, &str); 19] = [
-    (Origin::Client, "bad_request"),
-    (Origin::Client, "client_body"),
-    (Origin::Internal, "overloaded"),
-    (Origin::Internal, "queue_timeout"),
-    (Origin::Upstream, "timeout_total"),
-    (Origin::Upstream, "timeout_response_start"),
-    (Origin::Upstream, "timeout_idle"),
-    (Origin::Client, "timeout_request_body"),
-    (Origin::Upstream, "upstream_refused"),
-    (Origin::Upstream, "upstream_connect"),
-    (Origin::Upstream, "upstream_reset"),
-    (Origin::Upstream, "upstream_protocol"),
-    (Origin::Internal, "internal"),
-    (Origin::Client, "unknown_service"),
-    (Origin::Client, "misrouted"),
-    (Origin::Internal, "queue_full"),
-    (Origin::Upstream, "activation_timeout"),
-    (Origin::Upstream, "service_blocked"),
-    (Origin::Internal, "service_removed"),
-];
+impl Classified for ProxyError {
+    /// The one table: origin, status, reason and log level of every error.
+    fn kind(&self) -> Kind {
+        use LogLevel::{Debug, Error, Info, Warn};
+        use Origin::{Client, Internal, Upstream};
+        match self {
+            ProxyError::BadRequest(_) => kind(Client, StatusCode::BAD_REQUEST, "bad_request", Debug),
+            ProxyError::ClientBody => kind(Client, StatusCode::BAD_REQUEST, "client_body", Debug),
+            ProxyError::Overloaded => kind(Internal, StatusCode::SERVICE_UNAVAILABLE, "overloaded", Debug),
+            ProxyError::QueueTimeout(_) => {
+                kind(Internal, StatusCode::GATEWAY_TIMEOUT, "queue_timeout", Debug)
+            }
+            ProxyError::Timeout(TimeoutKind::Total) => {
+                kind(Upstream, StatusCode::GATEWAY_TIMEOUT, "timeout_total", Info)
+            }
+            ProxyError::Timeout(TimeoutKind::ResponseStart) => {
+                kind(Upstream, StatusCode::GATEWAY_TIMEOUT, "timeout_response_start", Info)
+            }
+            ProxyError::Timeout(TimeoutKind::Idle) => {
+                kind(Upstream, StatusCode::GATEWAY_TIMEOUT, "timeout_idle", Info)
+            }
+            ProxyError::Timeout(TimeoutKind::RequestBody) => {
+                kind(Client, StatusCode::REQUEST_TIMEOUT, "timeout_request_body", Debug)
+            }
+            ProxyError::UpstreamRefused => {
+                kind(Upstream, StatusCode::SERVICE_UNAVAILABLE, "upstream_refused", Warn)
+            }
+            ProxyError::UpstreamConnect(_) => {
+                kind(Upstream, StatusCode::BAD_GATEWAY, "upstream_connect", Warn)
+            }
+            ProxyError::UpstreamReset => kind(Upstream, StatusCode::BAD_GATEWAY, "upstream_reset", Warn),
+            ProxyError::UpstreamProtocol(_) => {
+                kind(Upstream, StatusCode::BAD_GATEWAY, "upstream_protocol", Warn)
+            }
+            ProxyError::Internal(_) => kind(Internal, StatusCode::INTERNAL_SERVER_ERROR, "internal", Error),
+        }
+    }
 
-/// How loudly an error is logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogLevel {
-    /// Expected under load or from misbehaving clients: counted in metrics, logged at debug.
-    Debug,
-    /// Worth noticing: timeouts.
-    Info,
-    /// The user container misbehaves.
-    Warn,
-    /// A bug or resource exhaustion in the proxy.
-    Error,
+    fn timeout(&self) -> Option<TimeoutKind> {
+        match self {
+            ProxyError::Timeout(kind) | ProxyError::QueueTimeout(kind) => Some(*kind),
+            _ => None,
+        }
+    }
 }
 
 impl ProxyError {
-    /// Where the error came from.
-    pub fn origin(&self) -> Origin {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::ClientBody
-            | ProxyError::Timeout(TimeoutKind::RequestBody)
-            | ProxyError::UnknownService(_)
-            | ProxyError::Misrouted(_) => Origin::Client,
-            ProxyError::Overloaded
-            | ProxyError::QueueTimeout(_)
-            | ProxyError::Internal(_)
-            | ProxyError::QueueFull
-            | ProxyError::ServiceRemoved => Origin::Internal,
-            ProxyError::Timeout(_)
-            | ProxyError::UpstreamRefused
-            | ProxyError::UpstreamConnect(_)
-            | ProxyError::UpstreamReset
-            | ProxyError::UpstreamProtocol(_)
-            | ProxyError::ActivationTimeout(_)
-            | ProxyError::ServiceBlocked(_) => Origin::Upstream,
-        }
-    }
-
-    /// The HTTP status of the answer (for gRPC clients it is carried as a gRPC status instead).
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::BadRequest(_) | ProxyError::ClientBody | ProxyError::Misrouted(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            ProxyError::UnknownService(_) => StatusCode::NOT_FOUND,
-            ProxyError::Timeout(TimeoutKind::RequestBody) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::Overloaded
-            | ProxyError::UpstreamRefused
-            | ProxyError::QueueFull
-            | ProxyError::ActivationTimeout(_)
-            | ProxyError::ServiceBlocked(_)
-            | ProxyError::ServiceRemoved => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::QueueTimeout(_) | ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamReset | ProxyError::UpstreamProtocol(_) => {
-                StatusCode::BAD_GATEWAY
-            }
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// The bounded metric label (also the OpenAI-style `code`).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::ClientBody => "client_body",
-            ProxyError::Overloaded => "overloaded",
-            ProxyError::QueueTimeout(_) => "queue_timeout",
-            ProxyError::Timeout(TimeoutKind::Total) => "timeout_total",
-            ProxyError::Timeout(TimeoutKind::ResponseStart) => "timeout_response_start",
-            ProxyError::Timeout(TimeoutKind::Idle) => "timeout_idle",
-            ProxyError::Timeout(TimeoutKind::RequestBody) => "timeout_request_body",
-            ProxyError::UpstreamRefused => "upstream_refused",
-            ProxyError::UpstreamConnect(_) => "upstream_connect",
-            ProxyError::UpstreamReset => "upstream_reset",
-            ProxyError::UpstreamProtocol(_) => "upstream_protocol",
-            ProxyError::Internal(_) => "internal",
-            ProxyError::UnknownService(_) => "unknown_service",
-            ProxyError::Misrouted(_) => "misrouted",
-            ProxyError::QueueFull => "queue_full",
-            ProxyError::ActivationTimeout(_) => "activation_timeout",
-            ProxyError::ServiceBlocked(_) => "service_blocked",
-            ProxyError::ServiceRemoved => "service_removed",
-        }
+    /// One error of every kind, in the order metric series list them.
+    pub fn every_kind() -> Vec<ProxyError> {
+        vec![
+            ProxyError::BadRequest(""),
+            ProxyError::ClientBody,
+            ProxyError::Overloaded,
+            ProxyError::QueueTimeout(TimeoutKind::ResponseStart),
+            ProxyError::Timeout(TimeoutKind::Total),
+            ProxyError::Timeout(TimeoutKind::ResponseStart),
+            ProxyError::Timeout(TimeoutKind::Idle),
+            ProxyError::Timeout(TimeoutKind::RequestBody),
+            ProxyError::UpstreamRefused,
+            ProxyError::UpstreamConnect(Cause::message("")),
+            ProxyError::UpstreamReset,
+            ProxyError::UpstreamProtocol(Cause::message("")),
+            ProxyError::Internal(Cause::message("")),
+        ]
     }
 
     /// Whether nothing of the request reached the user container, so that it may be sent to another pod
@@ -235,68 +289,33 @@ impl ProxyError {
         matches!(self, ProxyError::UpstreamRefused | ProxyError::Overloaded)
     }
 
-    /// The error a pod's answer names in [`HEADER_PROXY_ERROR`], when nothing of the request reached its user
+    /// The error a pod's answer names in `Ebb-Proxy-Error`, when nothing of the request reached its user
     /// container ([`Self::nothing_forwarded`]).
     pub fn unforwarded_by_pod(headers: &HeaderMap) -> Option<Self> {
-        match headers.get(HEADER_PROXY_ERROR)?.as_bytes() {
+        match headers.get(ebb_config::names::HEADER_PROXY_ERROR)?.as_bytes() {
             b"upstream_refused" => Some(ProxyError::UpstreamRefused),
             b"overloaded" => Some(ProxyError::Overloaded),
             _ => None,
         }
     }
 
-    /// Which timeout this is, if any (a queue timeout is the total timeout running out while queued).
-    pub fn timeout_kind(&self) -> Option<TimeoutKind> {
-        match self {
-            ProxyError::Timeout(kind) => Some(*kind),
-            ProxyError::QueueTimeout(kind) => Some(*kind),
-            _ => None,
-        }
-    }
-
-    /// How loudly to log it.
-    pub fn log_level(&self) -> LogLevel {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::ClientBody
-            | ProxyError::Timeout(TimeoutKind::RequestBody)
-            | ProxyError::Overloaded
-            | ProxyError::QueueTimeout(_)
-            | ProxyError::UnknownService(_)
-            | ProxyError::Misrouted(_)
-            | ProxyError::QueueFull => LogLevel::Debug,
-            ProxyError::Timeout(_) | ProxyError::ActivationTimeout(_) | ProxyError::ServiceRemoved => {
-                LogLevel::Info
-            }
-            ProxyError::UpstreamRefused
-            | ProxyError::UpstreamConnect(_)
-            | ProxyError::UpstreamReset
-            | ProxyError::UpstreamProtocol(_)
-            | ProxyError::ServiceBlocked(_) => LogLevel::Warn,
-            ProxyError::Internal(_) => LogLevel::Error,
-        }
-    }
-
-    /// Logs the error at its level with the service it concerns.
-    pub fn log(&self, service: &str) {
-        let (origin, reason) = (self.origin().label(), self.reason());
-        match self.log_level() {
-            LogLevel::Debug => tracing::debug!(service, origin, reason, "{self}"),
-            LogLevel::Info => tracing::info!(service, origin, reason, "{self}"),
-            LogLevel::Warn => tracing::warn!(service, origin, reason, "{self}"),
-            LogLevel::Error => tracing::error!(service, origin, reason, "{self}"),
+    /// The breaker's refusal of a request whose queue deadline was that of `deadline`.
+    pub fn from_breaker(err: BreakerError, deadline: TimeoutKind) -> Self {
+        match err {
+            BreakerError::Overloaded => ProxyError::Overloaded,
+            BreakerError::QueueTimeout => ProxyError::QueueTimeout(deadline),
         }
     }
 
     /// Classifies a failure of the pooled upstream client.
-    pub fn from_upstream(err: &hyper_util::client::legacy::Error) -> Self {
+    pub fn from_upstream(err: hyper_util::client::legacy::Error) -> Self {
         if err.is_connect() {
-            return match find_io(err) {
+            return match find_io(&err) {
                 Some(io) if io.kind() == io::ErrorKind::ConnectionRefused => ProxyError::UpstreamRefused,
-                _ => ProxyError::UpstreamConnect(chain_message(err)),
+                _ => ProxyError::UpstreamConnect(Cause::new(err)),
             };
         }
-        Self::from_hyper_chain(err)
+        Self::from_hyper_chain(&err)
     }
 
     /// Classifies a failure to read the client's request body: the request-body timeout, or the client went
@@ -314,8 +333,8 @@ impl ProxyError {
         if chain(err).any(|e| e.is::<RequestBodyTimedOut>()) {
             return ProxyError::Timeout(TimeoutKind::RequestBody);
         }
-        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-        while let Some(e) = source {
+        let protocol = || ProxyError::UpstreamProtocol(Cause::message(chain_message(err)));
+        for e in chain(err) {
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
                 if h.is_user() {
                     return ProxyError::ClientBody;
@@ -324,7 +343,7 @@ impl ProxyError {
                     return ProxyError::UpstreamReset;
                 }
                 if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-                    return ProxyError::UpstreamProtocol(chain_message(err));
+                    return protocol();
                 }
             }
             if let Some(io) = e.downcast_ref::<io::Error>() {
@@ -334,22 +353,11 @@ impl ProxyError {
                     | io::ErrorKind::ConnectionAborted
                     | io::ErrorKind::BrokenPipe
                     | io::ErrorKind::UnexpectedEof => ProxyError::UpstreamReset,
-                    _ => ProxyError::UpstreamProtocol(chain_message(err)),
+                    _ => protocol(),
                 };
             }
-            source = e.source();
         }
-        ProxyError::UpstreamProtocol(chain_message(err))
-    }
-}
-
-impl ProxyError {
-    /// The breaker's refusal of a request whose queue deadline was that of `deadline`.
-    pub fn from_breaker(err: crate::breaker::BreakerError, deadline: TimeoutKind) -> Self {
-        match err {
-            crate::breaker::BreakerError::Overloaded => ProxyError::Overloaded,
-            crate::breaker::BreakerError::QueueTimeout => ProxyError::QueueTimeout(deadline),
-        }
+        protocol()
     }
 }
 
@@ -365,125 +373,10 @@ fn find_io<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
 /// "outer: inner: innermost", skipping repeats.
 fn chain_message(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
+    for e in chain(err).skip(1) {
         let text = e.to_string();
         if !out.ends_with(&text) {
             let _ = write!(out, ": {text}");
-        }
-        source = e.source();
-    }
-    out
-}
-
-/// Which error body a client understands, decided from its request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientKind {
-    /// `content-type: application/grpc*`: a gRPC status.
-    Grpc,
-    /// A path under `/v1/`: OpenAI's error object.
-    OpenAi,
-    /// Anything else: `{"error", "service"}`.
-    Json,
-}
-
-impl ClientKind {
-    /// Decides from the request path and headers.
-    pub fn of(path: &str, headers: &HeaderMap) -> Self {
-        let grpc = headers.get(CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-        if grpc {
-            ClientKind::Grpc
-        } else if path.starts_with("/v1/") {
-            ClientKind::OpenAi
-        } else {
-            ClientKind::Json
-        }
-    }
-}
-
-/// gRPC status codes used here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum GrpcCode {
-    /// 4
-    DeadlineExceeded = 4,
-    /// 13
-    Internal = 13,
-    /// 14
-    Unavailable = 14,
-}
-
-impl GrpcCode {
-    /// The gRPC status for an HTTP status, following gRPC's HTTP-to-gRPC mapping.
-    pub fn for_status(status: StatusCode) -> Self {
-        match status.as_u16() {
-            502..=503 => GrpcCode::Unavailable,
-            504 => GrpcCode::DeadlineExceeded,
-            _ => GrpcCode::Internal,
-        }
-    }
-}
-
-/// Options of the answer that are not properties of the error.
-#[derive(Debug, Clone, Copy)]
-pub struct Answer<'a> {
-    /// The service, `NAMESPACE/NAME`, named in plain JSON bodies.
-    pub service: &'a str,
-    /// `Retry-After` on 503s.
-    pub retry_after: Duration,
-}
-
-/// Builds the response for `err` in the shape `kind` understands.
-pub fn error_response<B: From<Bytes>>(err: &ProxyError, kind: ClientKind, answer: Answer<'_>) -> Response<B> {
-    let status = err.status();
-    let message = err.to_string();
-    let mut builder = Response::builder();
-    let body = match kind {
-        ClientKind::Grpc => {
-            let code = GrpcCode::for_status(status) as u8 as u16;
-            builder = builder
-                .status(StatusCode::OK)
-                .header(CONTENT_TYPE, "application/grpc")
-                .header("grpc-status", code)
-                .header("grpc-message", grpc_percent_encode(&message));
-            Bytes::new()
-        }
-        ClientKind::OpenAi => {
-            let kind = match err.origin() {
-                Origin::Client => "invalid_request_error",
-                Origin::Upstream => "upstream_error",
-                Origin::Internal => "server_error",
-            };
-            let body = serde_json::json!({"error": {"message": message, "type": kind, "code": err.reason()}});
-            builder = builder.status(status).header(CONTENT_TYPE, "application/json");
-            Bytes::from(body.to_string())
-        }
-        ClientKind::Json => {
-            let body = serde_json::json!({"error": message, "service": answer.service});
-            builder = builder.status(status).header(CONTENT_TYPE, "application/json");
-            Bytes::from(body.to_string())
-        }
-    };
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        builder = builder.header(RETRY_AFTER, HeaderValue::from(answer.retry_after.as_secs().max(1)));
-    }
-    builder = builder.header(HEADER_PROXY_ERROR, err.reason());
-    builder.body(B::from(body)).unwrap_or_else(|_| {
-        // Every header above is statically valid; this cannot happen, but never panic on the data path.
-        let mut response = Response::new(B::from(Bytes::from_static(b"{\"error\":\"internal error\"}")));
-        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        response
-    })
-}
-
-/// gRPC's percent-encoding of `grpc-message`: printable ASCII except `%` passes, the rest is `%XX`.
-pub fn grpc_percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(byte as char);
-        } else {
-            let _ = write!(out, "%{byte:02X}");
         }
     }
     out
@@ -492,73 +385,20 @@ pub fn grpc_percent_encode(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Full};
-
-    fn answer() -> Answer<'static> {
-        Answer { service: "default/demo", retry_after: Duration::from_secs(1) }
-    }
-
-    async fn body(resp: Response<Full<Bytes>>) -> serde_json::Value {
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    #[tokio::test]
-    async fn shapes_per_client_kind() {
-        let plain: Response<Full<Bytes>> =
-            error_response(&ProxyError::Overloaded, ClientKind::Json, answer());
-        assert_eq!(plain.status(), 503);
-        assert_eq!(plain.headers()[RETRY_AFTER], "1");
-        let v = body(plain).await;
-        assert_eq!(v["service"], "default/demo");
-        assert!(v["error"].as_str().unwrap().contains("overloaded"));
-
-        let openai: Response<Full<Bytes>> =
-            error_response(&ProxyError::UpstreamReset, ClientKind::OpenAi, answer());
-        assert_eq!(openai.status(), 502);
-        let v = body(openai).await;
-        assert_eq!(v["error"]["type"], "upstream_error");
-        assert_eq!(v["error"]["code"], "upstream_reset");
-        assert!(v["error"]["message"].as_str().unwrap().contains("reset"));
-
-        let grpc: Response<Full<Bytes>> =
-            error_response(&ProxyError::Timeout(TimeoutKind::ResponseStart), ClientKind::Grpc, answer());
-        assert_eq!(grpc.status(), 200);
-        assert_eq!(grpc.headers()["grpc-status"], "4");
-        assert_eq!(grpc.headers()[CONTENT_TYPE], "application/grpc");
-    }
 
     #[test]
-    fn every_error_has_a_consistent_class() {
-        let all = [
-            ProxyError::BadRequest("x"),
-            ProxyError::ClientBody,
-            ProxyError::Overloaded,
-            ProxyError::QueueTimeout(TimeoutKind::ResponseStart),
-            ProxyError::Timeout(TimeoutKind::Total),
-            ProxyError::Timeout(TimeoutKind::ResponseStart),
-            ProxyError::Timeout(TimeoutKind::Idle),
-            ProxyError::Timeout(TimeoutKind::RequestBody),
-            ProxyError::UpstreamRefused,
-            ProxyError::UpstreamConnect("x".into()),
-            ProxyError::UpstreamReset,
-            ProxyError::UpstreamProtocol("x".into()),
-            ProxyError::Internal("x".into()),
-            ProxyError::UnknownService("x".into()),
-            ProxyError::Misrouted("x".into()),
-            ProxyError::QueueFull,
-            ProxyError::ActivationTimeout("x".into()),
-            ProxyError::ServiceBlocked("x".into()),
-            ProxyError::ServiceRemoved,
-        ];
-        for (err, (origin, reason)) in all.iter().zip(ALL_REASONS) {
-            assert_eq!((err.origin(), err.reason()), (origin, reason));
-            let expected_class = match origin {
+    fn every_kind_has_a_consistent_class_and_its_own_reason() {
+        let all = ProxyError::every_kind();
+        let mut reasons: Vec<&str> = all.iter().map(Classified::reason).collect();
+        for err in &all {
+            let expected_class = match err.origin() {
                 Origin::Client => 4,
                 _ => 5,
             };
             assert_eq!(err.status().as_u16() / 100, expected_class, "{err}");
         }
+        reasons.dedup();
+        assert_eq!(reasons.len(), all.len(), "a reason is used twice");
     }
 
     #[test]
@@ -570,7 +410,12 @@ mod tests {
     }
 
     #[test]
-    fn grpc_message_is_percent_encoded() {
-        assert_eq!(grpc_percent_encode("a 100% é"), "a 100%25 %C3%A9");
+    fn a_cause_keeps_its_error_and_says_its_whole_chain() {
+        let cause = Cause::new(io::Error::new(io::ErrorKind::InvalidData, "bad header"));
+        assert_eq!(
+            ProxyError::UpstreamProtocol(cause.clone()).to_string(),
+            "upstream sent an invalid response: bad header"
+        );
+        assert!(cause.error().downcast_ref::<io::Error>().is_some());
     }
 }

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::error::BoxError;
-use crate::error::ProxyError;
+use crate::error::{Cause, ProxyError};
 
 /// Beyond this many upstreams, connections that have closed are forgotten (pods come and go behind an
 /// activator; a closed connection is worth nothing).
@@ -90,12 +90,10 @@ where
             Ok(Err(err)) if err.kind() == io::ErrorKind::ConnectionRefused => {
                 return Err(ProxyError::UpstreamRefused);
             }
-            Ok(Err(err)) => return Err(ProxyError::UpstreamConnect(err.to_string())),
+            Ok(Err(err)) => return Err(ProxyError::UpstreamConnect(Cause::new(err))),
             Err(_elapsed) => {
-                return Err(ProxyError::UpstreamConnect(format!(
-                    "connect timed out after {:?}",
-                    self.connect_timeout
-                )));
+                let message = format!("connect timed out after {:?}", self.connect_timeout);
+                return Err(ProxyError::UpstreamConnect(Cause::message(message)));
             }
         };
         if let Err(err) = stream.set_nodelay(true) {

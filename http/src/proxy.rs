@@ -119,9 +119,7 @@ where
         };
         prepare_request(&mut req, upstream, protocol, client_upgrade.is_some())?;
         let mut response = match protocol {
-            Protocol::Http1 => {
-                self.http1.request(req).await.map_err(|err| ProxyError::from_upstream(&err))?
-            }
+            Protocol::Http1 => self.http1.request(req).await.map_err(ProxyError::from_upstream)?,
             Protocol::H2c => self.h2c.send(upstream, req).await?,
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;

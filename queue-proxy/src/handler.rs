@@ -20,10 +20,11 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::probe::{ProbeOptions, Readiness};
+use ebb_http::answer::{Answer, ClientKind, error_response};
 use ebb_http::body::{BodyEnd, ProxyBody, RequestBody, TrackedBody};
 use ebb_http::breaker::{Breaker, Permit};
 use ebb_http::drain::Drainer;
-use ebb_http::error::{Answer, ClientKind, ProxyError, error_response};
+use ebb_http::error::{Classified, ProxyError};
 use ebb_http::proxy::Forwarder;
 use ebb_http::stats::{RequestStats, StatsGuard};
 use ebb_http::timeouts::{BodyTimer, TimeoutKind, Timeouts};

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use ebb_http::error::{ALL_REASONS, Origin, ProxyError};
+use ebb_http::error::{Classified, Origin, ProxyError};
 use ebb_http::timeouts::TimeoutKind;
 
 type Labels = [(&'static str, &'static str); 1];
@@ -83,8 +83,8 @@ impl Metrics {
             TimeoutKind::ALL.map(|kind| timeouts_family.get_or_create(&[("kind", kind.label())]).clone());
         let errors = Family::<Labels2, Counter>::default();
         registry.register("errors", "Failed requests by origin and reason", errors.clone());
-        for (origin, reason) in ALL_REASONS {
-            let _ = errors.get_or_create(&[("origin", origin.label()), ("reason", reason)]);
+        for error in ProxyError::every_kind() {
+            let _ = errors.get_or_create(&[("origin", error.origin().label()), ("reason", error.reason())]);
         }
         let in_flight = Gauge::default();
         registry.register(
@@ -133,7 +133,7 @@ impl Metrics {
     /// Counts an error, its timeout kind and its breaker rejection where it is one.
     pub fn error(&self, error: &ProxyError) {
         self.counter_for(error.origin(), error.reason()).inc();
-        if let Some(kind) = error.timeout_kind() {
+        if let Some(kind) = error.timeout() {
             self.timeout(kind);
         }
         if *error == ProxyError::Overloaded {

@@ -160,10 +160,11 @@ async fn a_container_that_dies_fails_readiness_at_its_first_refused_request() {
     // The model process dies. Once, the proxy answered 502 (no Retry-After) and stayed ready until the
     // kubelet's next probe, so a gateway kept choosing the pod that failed fastest.
     model.kill();
-    // A request racing the pool's notice of the closed connections may still find one; the next cannot.
+    // A request racing the pool's notice of the closed connections may still find one (and be served, or
+    // reset: 502); once they are gone, a new connection is refused.
     let mut refused = send(&client, get(&proxy.url("/"))).await;
     for _ in 0..10 {
-        if refused.status() != 200 {
+        if refused.status() == 503 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
