@@ -2,18 +2,15 @@
 //! `/readyz`), the once-a-second stat reporter, and the drain: on stop, readiness fails at once, requests keep
 //! being served (queued ones included) until nothing has been in flight for the quiet period, or the deadline.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use ebb_http::body::ProxyBody;
+use ebb_http::admin::{self, Reply};
 use ebb_http::drain::DrainOutcome;
 use ebb_http::listen::Acceptor;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -70,9 +67,8 @@ impl Server {
         let a = activator.clone();
         tokio::spawn(acceptor.clone().accept(data, move |req| a.clone().handle(req)));
         let a = activator.clone();
-        tokio::spawn(
-            acceptor.accept(metrics, move |req| std::future::ready(Ok::<_, Infallible>(admin(&a, &req)))),
-        );
+        let admin_server =
+            tokio::spawn(admin::serve(metrics, move |req| std::future::ready(admin_answer(&a, &req))));
 
         tokio::select! {
             () = stop => activator.drainer.start(),
@@ -94,28 +90,19 @@ impl Server {
         }
         activator.drainer.mark_drained();
         reporter.abort();
+        admin_server.abort();
         shutdown.close(Duration::from_secs(2)).await;
     }
 }
 
 /// The metrics port: `/metrics`, `/healthz` (liveness: the process answers, whatever the autoscaler does),
 /// `/readyz` (fails while draining).
-fn admin(activator: &Activator, req: &Request<Incoming>) -> Response<ProxyBody> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            (StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(activator.encode_metrics()))
-        }
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok")),
-        (&Method::GET, "/readyz") if activator.is_ready() => {
-            (StatusCode::OK, "text/plain", Bytes::from_static(b"ok"))
-        }
-        (&Method::GET, "/readyz") => {
-            (StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"draining"))
-        }
-        _ => (StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found")),
-    };
-    let mut response = Response::new(ProxyBody::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
+fn admin_answer(activator: &Activator, req: &Request<Incoming>) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => admin::metrics(activator.encode_metrics()),
+        (&Method::GET, "/healthz") => admin::text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") if activator.is_ready() => admin::text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => admin::text(StatusCode::SERVICE_UNAVAILABLE, "draining"),
+        _ => admin::text(StatusCode::NOT_FOUND, "not found; try /metrics, /healthz or /readyz"),
+    }
 }

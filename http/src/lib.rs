@@ -1,11 +1,13 @@
 //! The data plane the queue-proxy and the activator share, independent of either process: accepting
 //! connections ([`listen`]), forwarding to an upstream ([`proxy`], [`h2c`], [`upstream_io`]), bodies that carry
 //! what a request holds until it ends ([`body`]), the concurrency [`breaker`], time-weighted request [`stats`],
-//! the request [`timeouts`], the graceful [`drain`], and errors, classified once ([`error`]), and the one mapping from error to answer ([`answer`]), to
-//! which each component adds its own errors.
+//! the request [`timeouts`], the graceful [`drain`], errors classified once ([`error`]) and turned into answers
+//! in one place ([`answer`]), to which each component adds its own errors; and the small endpoints every
+//! component serves beside its work ([`admin`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod answer;
 pub mod body;
 pub mod breaker;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ebb_config::names::{HEADER_PROBE, PROBE_QUEUE, STATS_PATH, WAIT_FOR_DRAIN_PATH};
 use ebb_config::wire::STAT_CONTENT_TYPE;
+use ebb_http::admin::{self, text};
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -42,13 +43,6 @@ pub struct Admin {
     pub latest: LatestStat,
     /// Places for `/wait-for-drain` callers.
     drain_waiters: Semaphore,
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
 }
 
 impl Admin {
@@ -142,12 +136,6 @@ impl Admin {
         let data = &self.data;
         let queued = data.breaker.as_ref().map_or(0, |b| b.queued() as u64);
         let inside = data.stats.concurrency();
-        let body = data.metrics.encode(inside.saturating_sub(queued), queued, data.is_ready());
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
-        Ok(response)
+        Ok(admin::metrics(data.metrics.encode(inside.saturating_sub(queued), queued, data.is_ready())))
     }
 }
