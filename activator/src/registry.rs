@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use dashmap::DashMap;
+
 use http::{HeaderMap, Uri};
 use tokio::sync::mpsc;
 
@@ -19,7 +21,9 @@ use ebb_config::ServiceId;
 /// The services, their routes and the shared probe client.
 #[derive(Debug)]
 pub struct Registry {
-    services: RwLock<HashMap<ServiceId, Arc<Service>>>,
+    /// Read on every request, written when a service appears or goes: a sharded map, so that readers on
+    /// different services never meet on one lock.
+    services: DashMap<ServiceId, Arc<Service>>,
     /// The latest pods of services not configured yet: the pod and Deployment watches are independent, so
     /// pods may come first (an activator starting up lists both at once), and are applied when the service
     /// appears rather than lost until the pods next change.
@@ -36,7 +40,7 @@ impl Registry {
     /// An empty registry. `global_queue_cap` bounds each service's queue (design.md: 10,000 by default).
     pub fn new(local_mode: bool, global_queue_cap: u32, metrics: Arc<Metrics>) -> Self {
         Self {
-            services: RwLock::default(),
+            services: DashMap::new(),
             pending_pods: Mutex::default(),
             routes: RwLock::new(Arc::new(RouteTable::new(local_mode))),
             activators: Arc::new(AtomicUsize::new(1)),
@@ -60,12 +64,12 @@ impl Registry {
 
     /// A service by key.
     pub fn get(&self, key: &ServiceId) -> Option<Arc<Service>> {
-        self.services.read_locked().get(key).cloned()
+        self.services.get(key).map(|entry| entry.value().clone())
     }
 
     /// Every service.
     pub fn services(&self) -> Vec<Arc<Service>> {
-        self.services.read_locked().values().cloned().collect()
+        self.services.iter().map(|entry| entry.value().clone()).collect()
     }
 
     /// Applies one change from an endpoint source.
@@ -79,7 +83,7 @@ impl Registry {
                         let metrics = self.metrics.service(&key);
                         let (activators, cap) = (self.activators.clone(), self.global_queue_cap);
                         let service = Arc::new(Service::new(key.clone(), config, metrics, activators, cap));
-                        self.services.write_locked().insert(key.clone(), service.clone());
+                        self.services.insert(key.clone(), service.clone());
                         let pending = self.pending_pods.locked().remove(&key);
                         if let Some(pods) = pending {
                             service.set_pods(pods, &self.prober);
@@ -90,7 +94,7 @@ impl Registry {
             }
             Change::ServiceRemoved(key) => {
                 self.pending_pods.locked().remove(&key);
-                let removed = self.services.write_locked().remove(&key);
+                let removed = self.services.remove(&key).map(|(_, service)| service);
                 if let Some(service) = removed {
                     service.remove();
                     self.metrics.remove_service(&key);
