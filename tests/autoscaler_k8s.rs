@@ -1,4 +1,4 @@
-//! The autoscaler as a Kubernetes controller (issue 6), against the real v1.20.2 control plane.
+//! The autoscaler as a Kubernetes controller against the real v1.20.2 control plane.
 //!
 //! The controller runs in-process through its library API (`ebb_autoscaler::kube::Controller`), as
 //! ServiceAccount `ebb-autoscaler` holding exactly the RBAC of `ebb_autoscaler::kube::rbac::RULES`: in-process

@@ -1,4 +1,4 @@
-//! `manifests/` against a real control plane (issue 8): every object of every kustomization is validated by
+//! `manifests/` against a real control plane: every object of every kustomization is validated by
 //! the API server (a dry-run create) where the v1.20 test control plane serves its kind, and the objects it
 //! cannot validate are named with the reason; `ebb check` accepts the configuration and the example
 //! services; the pods are hardened and drain within their grace period; and the ServiceAccounts get exactly
@@ -54,7 +54,7 @@ const EXPECTED_SKIPS: &[(&str, &str, &str, &str)] = &[
     ("gateway.networking.k8s.io/v1", "HTTPRoute", "chat", HTTPROUTE_WHY),
 ];
 
-/// The activator's rules (issue 8; activator/src/kube_source.rs uses only watches: list then watch).
+/// The activator's rules (activator/src/kube_source.rs uses only watches: list then watch).
 const ACTIVATOR_RULES: &[(&str, &str, &str)] = &[
     ("", "pods", "list"),
     ("", "pods", "watch"),

@@ -1,4 +1,4 @@
-//! How much of a service this activator may send at once (design.md, "The request path in a cluster").
+//! How much of a service this activator may send at once (docs/architecture.md, "The request path").
 
 /// Slots per pod when the service has no concurrency limit: large enough never to throttle, small enough that
 /// the sum over many pods cannot overflow the breaker.

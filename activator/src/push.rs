@@ -1,4 +1,4 @@
-//! Streaming stats to every autoscaler replica (design.md, "Stats"): one long-lived `POST /v1/stats` per
+//! Streaming stats to every autoscaler replica (docs/architecture.md, "Stats"): one long-lived `POST /v1/stats` per
 //! replica carrying length-prefixed frames, authenticated with this pod's ServiceAccount token. A replica that
 //! is down gets nothing: frames for it are dropped, never queued without bound, and the stream is re-opened with
 //! backoff. Every replica collects, so their windows stay warm for a failover.

@@ -37,7 +37,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// An empty registry. `global_queue_cap` bounds each service's queue (design.md: 10,000 by default).
+    /// An empty registry. `global_queue_cap` bounds each service's queue (the activator's `--max-queued-total`, 10,000 by default).
     pub fn new(local_mode: bool, global_queue_cap: u32, metrics: Arc<Metrics>) -> Self {
         Self {
             services: DashMap::new(),

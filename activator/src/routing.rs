@@ -1,4 +1,4 @@
-//! Which service a request is for (design.md, "Headers"; issue "activator", Routing).
+//! Which service a request is for (docs/architecture.md, "The request path" and "Trust").
 //!
 //! The service comes from `Ebb-Service: NAMESPACE/NAME` (set by a gateway route), else from the Host (or, for
 //! HTTP/2, which carries it as `:authority` in the URI instead, the URI's authority) with its port and a fully

@@ -1,4 +1,4 @@
-//! The names every component shares (design.md, "Names, ports, defaults"): labels, annotations that are not
+//! The names every component shares (docs/architecture.md, "Ports and headers"): labels, annotations that are not
 //! configuration, headers, ports, paths and the metric prefix.
 
 /// Label on a Deployment and its pod template naming the service; its value must equal the Deployment's name.

@@ -1,4 +1,4 @@
-//! Versioned binary wire formats for stats (design.md, "Stats"); `docs/wire-formats.md` describes them.
+//! Versioned binary wire formats for stats (docs/architecture.md, "Stats"); `docs/wire-formats.md` describes them.
 //!
 //! * A **pod stat** is what `GET :9090/stats` on a queue-proxy returns: one second of load, at most
 //!   [`MAX_STAT_LEN`] bytes, content type [`STAT_CONTENT_TYPE`].

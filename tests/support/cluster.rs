@@ -1,4 +1,4 @@
-//! An ebb cluster for end-to-end tests (issue 8, part 6): ebb-system installed from `manifests/` and run as
+//! An ebb cluster for end-to-end tests: ebb-system installed from `manifests/` and run as
 //! real processes of the `ebb` binary under test by the node emulator (each pod on its own 127.0.0.N, each
 //! component with its ServiceAccount's token, so the manifests' RBAC is what they get), the example service
 //! `manifests/examples/chat` (`ebb demo-model` with its queue-proxy sidecar), and closed-loop load through a

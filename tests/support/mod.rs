@@ -1,4 +1,4 @@
-//! Shared support for the end-to-end tests against a real Kubernetes control plane (issues 6 and 8).
+//! Shared support for the end-to-end tests against a real Kubernetes control plane.
 //! A test binary includes it with `mod support;`.
 //!
 //! - [`k8s`]: [`ControlPlane::shared`] (etcd, kube-apiserver, kube-controller-manager once per test binary),

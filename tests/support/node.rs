@@ -140,7 +140,7 @@ impl RunningPod {
     }
 }
 
-/// The emulator's extension point for running a pod's containers (issue 8). Both methods have no-op
+/// The emulator's extension point for running a pod's containers. Both methods have no-op
 /// defaults.
 pub trait PodRuntime: Send + Sync + 'static {
     /// Starts the pod, once it is bound and its status says Running with its address (not Ready yet).

@@ -1,5 +1,5 @@
 //! A [`PodRuntime`] that runs pods for real: each container of an emulated pod is a process of the `ebb`
-//! binary under test, as the cluster conventions say (/tmp/brief/conventions.md, design.md):
+//! binary under test, as an image of it would run them:
 //!
 //! - images `ghcr.io/ebb-dev/ebb*` run; `command: [queue-proxy|activator|autoscaler, ...]` becomes
 //!   `ebb <that> ...`, `command: [ebb, ...]` becomes `ebb ...`, no command is the image's entrypoint (`ebb`).

@@ -1,4 +1,4 @@
-//! The activator's cold-path benchmarks (issue 5), with real sockets:
+//! The activator's cold-path benchmarks, with real sockets:
 //!
 //! * `cold`: for fresh services at zero, the time from a request's arrival to the activator's stat leaving
 //!   it (goal <= 1 ms), and from a pod's endpoint becoming ready (the moment its queue-proxy answered the probe
