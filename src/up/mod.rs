@@ -6,12 +6,12 @@
 //! - [`pods`]: starting, draining and replacing pod processes;
 //! - [`backoff`]: the delay before replacing pods that keep failing;
 //! - [`scaler`]: the autoscaler's decisions applied to the pods and the activator;
-//! - [`http`]: `/metrics`, `/status`, `/service-discovery`, `/debug/decisions`;
+//! - [`metrics_port`]: `/metrics`, `/status`, `/service-discovery`, `/debug/decisions`;
 //! - [`supervisor`]: the per-pod watchdog process.
 
 mod backoff;
 pub mod config;
-mod http;
+mod metrics_port;
 mod pods;
 mod scaler;
 pub mod supervisor;
@@ -195,9 +195,13 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot bind the metrics port on {metrics_addr}"))?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let state =
-        Arc::new(http::State { autoscaler: autoscaler.clone(), activator, pods: pods.clone(), gateway });
-    let http_task = tokio::spawn(http::serve(metrics_listener, state));
+    let state = Arc::new(metrics_port::State {
+        autoscaler: autoscaler.clone(),
+        activator,
+        pods: pods.clone(),
+        gateway,
+    });
+    let http_task = tokio::spawn(metrics_port::serve(metrics_listener, state));
 
     // Readiness as the activator's probes find it, for the autoscaler's ready counts.
     for name in pods.service_names() {
