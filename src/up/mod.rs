@@ -1,4 +1,4 @@
-//! `ebb up`: local mode (design.md, "Local mode"). The activator is the gateway, the autoscaler runs in
+//! `ebb up`: local mode (docs/architecture.md, "Modes"). The activator is the gateway, the autoscaler runs in
 //! process, and every pod is a queue-proxy plus the service's command on its own 127.0.0.N, run by an
 //! `ebb pod-supervisor` so that nothing outlives `ebb up`.
 //!
