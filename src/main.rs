@@ -6,6 +6,7 @@ mod check;
 mod demo_model;
 mod inject;
 mod manifest;
+mod numbers;
 mod plot;
 mod simulate;
 mod status;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::simulate::fmt_num;
+use crate::numbers::fmt_num;
 
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 420.0;

@@ -1,6 +1,6 @@
-//! `ebb status --kubeconfig` against the real control plane: the autoscaler runs
-//! in-process (as in `tests/autoscaler_k8s.rs`, as ServiceAccount `ebb-autoscaler` with exactly its RBAC),
-//! pods are played by the node emulator, and the real `ebb` binary reads what the autoscaler wrote.
+//! `ebb status --kubeconfig` against the real control plane: the autoscaler runs in-process (as in
+//! `tests/autoscaler_k8s.rs`, as ServiceAccount `ebb-autoscaler` with exactly its RBAC), pods are played by
+//! the node emulator, and the real `ebb` binary reads what the autoscaler wrote.
 
 mod support;
 

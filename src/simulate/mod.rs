@@ -6,8 +6,6 @@ mod model;
 mod output;
 mod trace;
 
-pub use trace::fmt_num;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

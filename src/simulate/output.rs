@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::model::{Row, Summary, ToZero};
-use super::trace::fmt_num;
+use crate::numbers::fmt_num;
 
 /// The output header.
 pub const HEADER: &str = "t,ready,stable,panic,desired,replicas,ebc,panic_mode,mode,reason";

@@ -11,6 +11,8 @@ use std::fmt;
 
 use ebb_config::Metric;
 
+use crate::numbers::fmt_num;
+
 /// A parsed trace.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Trace {
@@ -165,17 +167,6 @@ fn number(line: usize, column: &str, text: &str) -> Result<f64, TraceError> {
         _ => {
             Err(TraceError { line, message: format!("{column} must be a non-negative number, got {text:?}") })
         }
-    }
-}
-
-/// `12` or `12.5`, for messages and CSV cells.
-pub fn fmt_num(value: f64) -> String {
-    let rounded = (value * 1e6).round() / 1e6;
-    if rounded.fract() == 0.0 && rounded.abs() < 1e15 {
-        format!("{}", rounded as i64)
-    } else {
-        let text = format!("{rounded:.6}");
-        text.trim_end_matches('0').to_owned()
     }
 }
 

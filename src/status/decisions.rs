@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::{get, render};
+use super::client::get;
+use super::columns::render;
 use crate::plot::{Chart, Point, svg};
 
 /// What to show besides the table.

@@ -1,4 +1,4 @@
-//! `ebb up`: local mode (design.md, "Local mode"). The activator is the gateway, the autoscaler runs in
+//! `ebb up`: local mode (docs/architecture.md, "Modes"). The activator is the gateway, the autoscaler runs in
 //! process, and every pod is a queue-proxy plus the service's command on its own 127.0.0.N, run by an
 //! `ebb pod-supervisor` so that nothing outlives `ebb up`.
 //!
@@ -6,12 +6,12 @@
 //! - [`pods`]: starting, draining and replacing pod processes;
 //! - [`backoff`]: the delay before replacing pods that keep failing;
 //! - [`scaler`]: the autoscaler's decisions applied to the pods and the activator;
-//! - [`http`]: `/metrics`, `/status`, `/service-discovery`, `/debug/decisions`;
+//! - [`metrics_port`]: `/metrics`, `/status`, `/service-discovery`, `/debug/decisions`;
 //! - [`supervisor`]: the per-pod watchdog process.
 
 mod backoff;
 pub mod config;
-mod http;
+mod metrics_port;
 mod pods;
 mod scaler;
 pub mod supervisor;
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ebb_activator::endpoints::{Change, LocalSource};
+use ebb_activator::endpoints::{Change, ChangeSender, LocalSource};
 use ebb_activator::handler::{Activator, Options as ActivatorOptions};
 use ebb_activator::metrics::Metrics as ActivatorMetrics;
 use ebb_activator::registry::Registry;
@@ -32,6 +32,7 @@ use ebb_activator::server::{DrainOptions, Server};
 use ebb_activator::stats::ChannelSink;
 use ebb_autoscaler::runtime::{Autoscaler, Options as AutoscalerOptions};
 use ebb_config::ServiceId;
+use ebb_config::wire::IngestFrame;
 use ebb_process::logging::{self, LogFormat};
 use ebb_process::{exit, flags};
 use tokio::net::TcpListener;
@@ -145,23 +146,7 @@ fn check_ports(args: &Args, config: &config::UpConfig) -> Result<(), String> {
 }
 
 async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Result<()> {
-    let activator_metrics = Arc::new(ActivatorMetrics::new());
-    let registry = Arc::new(Registry::new(true, 10_000, activator_metrics.clone()));
-    let (frames, frames_rx) = mpsc::channel(4096);
-    let activator = Arc::new(Activator::new(
-        registry.clone(),
-        Arc::new(ChannelSink::new(frames)),
-        activator_metrics,
-        ActivatorOptions {
-            name: "ebb-up".into(),
-            max_queued_total: 10_000,
-            retry_after: Duration::from_secs(1),
-        },
-    ));
-    for service in &config.services {
-        let key = ServiceId::new(NAMESPACE, &service.name);
-        registry.apply(Change::Service { key, config: service.config.data_plane.clone() });
-    }
+    let (activator, registry, frames_rx) = gateway_activator(&config);
     let (changes, source) = LocalSource::new();
     tokio::spawn(registry.clone().follow_source(Box::new(source)));
 
@@ -172,15 +157,7 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
         changes.clone(),
         registry.clone(),
     );
-    let scaler = Arc::new(scaler::LocalScaler::new(pods.clone(), changes.clone()));
-    let autoscaler = Autoscaler::new(scaler, AutoscalerOptions::default());
-    pods.set_autoscaler(&autoscaler);
-    for service in &config.services {
-        let id = ServiceId::new(NAMESPACE, &service.name);
-        autoscaler
-            .set_service(id, service.config.clone(), 0)
-            .with_context(|| format!("service {}", service.name))?;
-    }
+    let autoscaler = local_autoscaler(&config, &pods, changes)?;
 
     // The activator's own metrics port is not used: ours serves its metrics beside the autoscaler's.
     let gateway = SocketAddr::new(args.bind_address, args.port);
@@ -195,22 +172,15 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
         .await
         .with_context(|| format!("cannot bind the metrics port on {metrics_addr}"))?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let state =
-        Arc::new(http::State { autoscaler: autoscaler.clone(), activator, pods: pods.clone(), gateway });
-    let http_task = tokio::spawn(http::serve(metrics_listener, state));
+    let state = Arc::new(metrics_port::State {
+        autoscaler: autoscaler.clone(),
+        activator,
+        pods: pods.clone(),
+        gateway,
+    });
+    let http_task = tokio::spawn(metrics_port::serve(metrics_listener, state));
 
-    // Readiness as the activator's probes find it, for the autoscaler's ready counts.
-    for name in pods.service_names() {
-        let key = ServiceId::new(NAMESPACE, &name);
-        let Some(service) = registry.get(&key) else { continue };
-        let mut watch = service.watch();
-        let pods = pods.clone();
-        tokio::spawn(async move {
-            while watch.changed().await.is_ok() {
-                pods.publish_ready(&name);
-            }
-        });
-    }
+    follow_readiness(&pods, &registry);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let autoscaler_task = tokio::spawn(autoscaler.clone().run(frames_rx, async {
@@ -221,19 +191,7 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
         let _ = gateway_stopped.await;
     }));
 
-    {
-        let line = serde_json::json!({"gateway": gateway.to_string(), "metrics": metrics_addr.to_string()});
-        let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{line}");
-        let _ = stdout.flush();
-    }
-    tracing::info!(
-        %gateway,
-        metrics = %metrics_addr,
-        services = ?pods.service_names(),
-        "ebb up: try curl -H 'Host: {}' http://{gateway}/...",
-        pods.service_names().first().map_or("demo", String::as_str)
-    );
+    announce(gateway, metrics_addr, &pods);
 
     ebb_process::signal::shutdown().await;
     tracing::info!("shutting down: draining the gateway, then the pods (Ctrl-C again to kill at once)");
@@ -253,4 +211,78 @@ async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Resul
     }
     http_task.abort();
     Ok(())
+}
+
+/// The gateway: an activator whose registry holds every service, and the stats it sends the autoscaler.
+fn gateway_activator(
+    config: &config::UpConfig,
+) -> (Arc<Activator>, Arc<Registry>, mpsc::Receiver<IngestFrame>) {
+    let activator_metrics = Arc::new(ActivatorMetrics::new());
+    let registry = Arc::new(Registry::new(true, 10_000, activator_metrics.clone()));
+    let (frames, frames_rx) = mpsc::channel(4096);
+    let activator = Arc::new(Activator::new(
+        registry.clone(),
+        Arc::new(ChannelSink::new(frames)),
+        activator_metrics,
+        ActivatorOptions {
+            name: "ebb-up".into(),
+            max_queued_total: 10_000,
+            retry_after: Duration::from_secs(1),
+        },
+    ));
+    for service in &config.services {
+        let key = ServiceId::new(NAMESPACE, &service.name);
+        registry.apply(Change::Service { key, config: service.config.data_plane.clone() });
+    }
+    (activator, registry, frames_rx)
+}
+
+/// The autoscaler, in process: its decisions scale the local pods.
+fn local_autoscaler(
+    config: &config::UpConfig,
+    pods: &Arc<PodManager>,
+    changes: ChangeSender,
+) -> anyhow::Result<Arc<Autoscaler>> {
+    let scaler = Arc::new(scaler::LocalScaler::new(pods.clone(), changes));
+    let autoscaler = Autoscaler::new(scaler, AutoscalerOptions::default());
+    pods.set_autoscaler(&autoscaler);
+    for service in &config.services {
+        let id = ServiceId::new(NAMESPACE, &service.name);
+        autoscaler
+            .set_service(id, service.config.clone(), 0)
+            .with_context(|| format!("service {}", service.name))?;
+    }
+    Ok(autoscaler)
+}
+
+/// Readiness as the activator's probes find it, for the autoscaler's ready counts.
+fn follow_readiness(pods: &Arc<PodManager>, registry: &Registry) {
+    for name in pods.service_names() {
+        let key = ServiceId::new(NAMESPACE, &name);
+        let Some(service) = registry.get(&key) else { continue };
+        let mut watch = service.watch();
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            while watch.changed().await.is_ok() {
+                pods.publish_ready(&name);
+            }
+        });
+    }
+}
+
+/// The bound addresses, as one JSON line on stdout (for scripts and tests), and a hint in the log.
+fn announce(gateway: SocketAddr, metrics_addr: SocketAddr, pods: &PodManager) {
+    {
+        let line = serde_json::json!({"gateway": gateway.to_string(), "metrics": metrics_addr.to_string()});
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    }
+    tracing::info!(
+        %gateway,
+        metrics = %metrics_addr,
+        services = ?pods.service_names(),
+        "ebb up: try curl -H 'Host: {}' http://{gateway}/...",
+        pods.service_names().first().map_or("demo", String::as_str)
+    );
 }

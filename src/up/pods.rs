@@ -10,7 +10,7 @@
 use ebb_process::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use ebb_config::sidecar::{self, env};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::backoff::{Backoff, Failure};
 use super::config::Service;
@@ -294,68 +294,26 @@ impl PodManager {
         let Some(ip) = self.pick_ip(spec.port) else {
             return Err(format!("no free loopback address 127.0.0.N where port {} can be bound", spec.port));
         };
-        let upstream = format!("{ip}:{}", spec.port);
-        let grace = self.options.grace_period;
-        let flag = |env: &str, value: String| [sidecar::flag(env), value];
-        let mut qp: Vec<String> = [
-            flag(env::UPSTREAM, upstream),
-            flag(env::BIND_ADDRESS, ip.to_string()),
-            flag(env::DATA_PORT, "0".into()),
-            flag(env::ADMIN_PORT, "0".into()),
-            flag(env::STATS_PORT, "0".into()),
-            flag(env::METRICS_PORT, "0".into()),
-            flag(env::POD_NAME, name.clone()),
-            flag(env::SERVICE_NAMESPACE, NAMESPACE.into()),
-            flag(env::SERVICE_NAME, spec.name.clone()),
-            // The activator stops sending to a terminating pod at once: a short quiet period suffices.
-            flag(env::DRAIN_QUIET_PERIOD, "1s".into()),
-            flag(env::DRAIN_DEADLINE, format!("{}ms", grace.as_millis())),
-            // On loopback a probe costs microseconds: probing the workload every 2 ms (not the cluster
-            // default of 10 ms) sees a fast start sooner, which is most of a local cold start's overhead.
-            flag(env::PROBE_PERIOD, "2ms".into()),
-            flag(env::LOG_FORMAT, self.options.log_format.into()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        qp.extend(sidecar::data_plane_args(&spec.config.data_plane));
-        let mut env = spec.env.clone();
-        env.insert("HOST".into(), ip.to_string());
-        env.insert("PORT".into(), spec.port.to_string());
-        let supervisor = Spec {
-            exe: self.options.exe.display().to_string(),
-            queue_proxy: qp,
-            command: spec.command.clone(),
-            env,
-            grace_ms: grace.as_millis() as u64,
-        };
-        let spec_json = match serde_json::to_string(&supervisor) {
-            Ok(json) => json,
+        let supervisor = supervisor_spec(&self.options, &spec, &name, ip);
+        match spawn_supervisor(&self.options.exe, &supervisor) {
+            Ok(child) => {
+                self.follow(service, name, ip, child);
+                Ok(())
+            }
             Err(err) => {
                 self.release_ip(ip);
-                return Err(format!("cannot encode the pod's spec: {err}"));
+                Err(err)
             }
-        };
-        let mut command = Command::new(&self.options.exe);
-        command
-            .arg("pod-supervisor")
-            .arg("--spec")
-            .arg(spec_json)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .process_group(0);
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(err) => {
-                self.release_ip(ip);
-                return Err(format!("cannot run {}: {err}", self.options.exe.display()));
-            }
-        };
+        }
+    }
+
+    /// Records a started pod and follows its supervisor: its reports, then its exit.
+    fn follow(&self, service: &str, name: String, ip: Ipv4Addr, mut child: Child) {
         let pid = child.id();
         tracing::info!(service, pod = name, %ip, pid, "pod started");
         {
             let mut services = self.services.locked();
-            let Some(state) = services.get_mut(service) else { return Ok(()) };
+            let Some(state) = services.get_mut(service) else { return };
             state.pods.push(Pod {
                 name: name.clone(),
                 ip,
@@ -392,7 +350,6 @@ impl PodManager {
                 me.pod_exited(&service, &name, status, reason);
             }
         });
-        Ok(())
     }
 
     fn pod_group(&self, service: &str, name: &str, group: i32) {
@@ -590,6 +547,68 @@ impl PodManager {
     }
 }
 
+/// The queue-proxy's flags for pod `name` of `service` on `ip`: the pod's addresses and names, the local drain
+/// and probe settings, and the service's data-plane settings.
+fn queue_proxy_args(options: &PodOptions, service: &Service, name: &str, ip: Ipv4Addr) -> Vec<String> {
+    let upstream = format!("{ip}:{}", service.port);
+    let grace = options.grace_period;
+    let flag = |env: &str, value: String| [sidecar::flag(env), value];
+    let mut qp: Vec<String> = [
+        flag(env::UPSTREAM, upstream),
+        flag(env::BIND_ADDRESS, ip.to_string()),
+        flag(env::DATA_PORT, "0".into()),
+        flag(env::ADMIN_PORT, "0".into()),
+        flag(env::STATS_PORT, "0".into()),
+        flag(env::METRICS_PORT, "0".into()),
+        flag(env::POD_NAME, name.to_owned()),
+        flag(env::SERVICE_NAMESPACE, NAMESPACE.into()),
+        flag(env::SERVICE_NAME, service.name.clone()),
+        // The activator stops sending to a terminating pod at once: a short quiet period suffices.
+        flag(env::DRAIN_QUIET_PERIOD, "1s".into()),
+        flag(env::DRAIN_DEADLINE, format!("{}ms", grace.as_millis())),
+        // On loopback a probe costs microseconds: probing the workload every 2 ms (not the cluster
+        // default of 10 ms) sees a fast start sooner, which is most of a local cold start's overhead.
+        flag(env::PROBE_PERIOD, "2ms".into()),
+        flag(env::LOG_FORMAT, options.log_format.into()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    qp.extend(sidecar::data_plane_args(&service.config.data_plane));
+    qp
+}
+
+/// What the supervisor of pod `name` of `service` on `ip` runs: the queue-proxy, and the service's command
+/// with `HOST` and `PORT`.
+fn supervisor_spec(options: &PodOptions, service: &Service, name: &str, ip: Ipv4Addr) -> Spec {
+    let mut env = service.env.clone();
+    env.insert("HOST".into(), ip.to_string());
+    env.insert("PORT".into(), service.port.to_string());
+    Spec {
+        exe: options.exe.display().to_string(),
+        queue_proxy: queue_proxy_args(options, service, name, ip),
+        command: service.command.clone(),
+        env,
+        grace_ms: options.grace_period.as_millis() as u64,
+    }
+}
+
+/// Runs `ebb pod-supervisor` for `spec` in its own process group, with pipes on its stdin (the lifeline) and
+/// its stdout (its reports).
+fn spawn_supervisor(exe: &Path, spec: &Spec) -> Result<Child, String> {
+    let spec_json =
+        serde_json::to_string(spec).map_err(|err| format!("cannot encode the pod's spec: {err}"))?;
+    let mut command = Command::new(exe);
+    command
+        .arg("pod-supervisor")
+        .arg("--spec")
+        .arg(spec_json)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .process_group(0);
+    command.spawn().map_err(|err| format!("cannot run {}: {err}", exe.display()))
+}
+
 /// Reads a supervisor's reports until its stdout closes; returns the last reason it gave for the pod's end.
 async fn read_reports(
     stdout: ChildStdout,
@@ -630,4 +649,27 @@ fn terminate(pod: &mut Pod) {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
     }
     tracing::info!(pod = pod.name, "pod terminating (draining)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pods_supervisor_runs_the_queue_proxy_and_the_command_on_the_pods_address() {
+        let service = super::super::config::default_demo(Path::new("/bin/ebb")).services.remove(0);
+        let options =
+            PodOptions { exe: "/bin/ebb".into(), grace_period: Duration::from_secs(3), log_format: "json" };
+        let spec = supervisor_spec(&options, &service, "demo-1", Ipv4Addr::new(127, 0, 0, 7));
+        assert_eq!((spec.exe.as_str(), spec.grace_ms), ("/bin/ebb", 3000));
+        assert_eq!(spec.env["HOST"], "127.0.0.7");
+        assert_eq!(spec.env["PORT"], service.port.to_string());
+        let after =
+            |flag: &str| spec.queue_proxy.iter().position(|a| a == flag).map(|i| &spec.queue_proxy[i + 1]);
+        assert_eq!(after("--upstream").unwrap(), &format!("127.0.0.7:{}", service.port));
+        assert_eq!(after("--bind-address").unwrap(), "127.0.0.7");
+        assert_eq!(after("--pod-name").unwrap(), "demo-1");
+        assert_eq!(after("--drain-deadline").unwrap(), "3000ms");
+        assert!(after("--container-concurrency").is_some(), "the data-plane settings follow");
+    }
 }

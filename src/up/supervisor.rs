@@ -129,6 +129,48 @@ fn signal_group(pgid: Option<Pid>, signal: Signal) {
 
 async fn supervise(spec: Spec) -> ExitCode {
     let grace = Duration::from_millis(spec.grace_ms);
+    let mut user = user_command(&spec);
+    user.process_group(0);
+    let user = match user.spawn() {
+        Ok(child) => child,
+        Err(err) => return fail(format!("cannot start {}: {err}", describe_command(&spec.command))),
+    };
+    let user_group = group(&user);
+    if let Some(pgid) = user_group {
+        report(&Report::Group { ebb_group: pgid.as_raw() });
+    }
+    let mut proxy = Command::new(&spec.exe);
+    proxy.arg("queue-proxy").args(&spec.queue_proxy).stdin(Stdio::null()).stdout(Stdio::piped());
+    proxy.process_group(0);
+    let mut proxy = match proxy.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            let code = fail(format!("cannot start the queue-proxy: {err}"));
+            signal_group(user_group, Signal::SIGKILL);
+            return code;
+        }
+    };
+    let proxy_group = group(&proxy);
+    if let Some(pgid) = proxy_group {
+        report(&Report::Group { ebb_group: pgid.as_raw() });
+    }
+    if let Some(stdout) = proxy.stdout.take() {
+        tokio::spawn(copy_addresses(stdout));
+    }
+    let pod = Processes { proxy, proxy_group, user, user_group };
+    let term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            eprintln!("ebb pod-supervisor: cannot handle SIGTERM: {err}");
+            pod.kill_all();
+            return ExitCode::FAILURE;
+        }
+    };
+    pod.watch(term, grace, &spec.command).await
+}
+
+/// The service's command: a shell line or an argv, with the pod's env and `EBB` (the `ebb` binary).
+fn user_command(spec: &Spec) -> Command {
     let mut user = match &spec.command {
         config::Command::Shell(line) => {
             let mut c = Command::new("sh");
@@ -141,110 +183,105 @@ async fn supervise(spec: Spec) -> ExitCode {
             c
         }
     };
-    user.envs(&spec.env).env("EBB", &spec.exe).stdin(Stdio::null()).process_group(0);
-    let mut user = match user.spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            let reason = format!("cannot start {}: {err}", describe_command(&spec.command));
-            eprintln!("ebb pod-supervisor: {reason}");
-            report(&Report::Exit { ebb_exit: reason });
-            return ExitCode::FAILURE;
-        }
-    };
-    let user_group = group(&user);
-    if let Some(pgid) = user_group {
-        report(&Report::Group { ebb_group: pgid.as_raw() });
-    }
-    let mut proxy = Command::new(&spec.exe);
-    proxy.arg("queue-proxy").args(&spec.queue_proxy).stdin(Stdio::null()).stdout(Stdio::piped());
-    proxy.process_group(0);
-    let mut proxy = match proxy.spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            let reason = format!("cannot start the queue-proxy: {err}");
-            eprintln!("ebb pod-supervisor: {reason}");
-            report(&Report::Exit { ebb_exit: reason });
-            signal_group(user_group, Signal::SIGKILL);
-            return ExitCode::FAILURE;
-        }
-    };
-    let proxy_group = group(&proxy);
-    if let Some(pgid) = proxy_group {
-        report(&Report::Group { ebb_group: pgid.as_raw() });
-    }
-    let kill_all = || {
-        signal_group(proxy_group, Signal::SIGKILL);
-        signal_group(user_group, Signal::SIGKILL);
-    };
+    user.envs(&spec.env).env("EBB", &spec.exe).stdin(Stdio::null());
+    user
+}
 
-    // Copy the queue-proxy's address line, then keep its stdout drained.
-    if let Some(stdout) = proxy.stdout.take() {
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Ok(Some(line)) = lines.next_line().await {
-                report_line(&line);
+/// Reports why the pod could not start; the supervisor's exit code.
+fn fail(reason: String) -> ExitCode {
+    eprintln!("ebb pod-supervisor: {reason}");
+    report(&Report::Exit { ebb_exit: reason });
+    ExitCode::FAILURE
+}
+
+/// Copies the queue-proxy's address line, then keeps its stdout drained.
+async fn copy_addresses(stdout: tokio::process::ChildStdout) {
+    let mut lines = BufReader::new(stdout).lines();
+    if let Ok(Some(line)) = lines.next_line().await {
+        report_line(&line);
+    }
+    while let Ok(Some(_)) = lines.next_line().await {}
+}
+
+/// Returns once `ebb up` is gone: its end of our stdin closed.
+async fn parent_gone() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The pod's two processes, each leading its own process group.
+struct Processes {
+    proxy: Child,
+    proxy_group: Option<Pid>,
+    user: Child,
+    user_group: Option<Pid>,
+}
+
+impl Processes {
+    fn kill_all(&self) {
+        kill_both(self.proxy_group, self.user_group);
+    }
+
+    /// Waits for `ebb up` to go, SIGTERM, or either process to exit, and stops the pod accordingly.
+    async fn watch(
+        self,
+        mut term: tokio::signal::unix::Signal,
+        grace: Duration,
+        command: &config::Command,
+    ) -> ExitCode {
+        let Self { mut proxy, proxy_group, mut user, user_group } = self;
+        let kill_all = || kill_both(proxy_group, user_group);
+        tokio::select! {
+            () = parent_gone() => {
+                signal_group(proxy_group, Signal::SIGTERM);
+                signal_group(user_group, Signal::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(1);
+                let _ = tokio::time::timeout_at(deadline, async { let _ = tokio::join!(proxy.wait(), user.wait()); }).await;
+                kill_all();
+                ExitCode::SUCCESS
             }
-            while let Ok(Some(_)) = lines.next_line().await {}
-        });
-    }
-
-    let parent_gone = async {
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 64];
-        loop {
-            match stdin.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            _ = term.recv() => {
+                let deadline = Instant::now() + grace;
+                signal_group(proxy_group, Signal::SIGTERM);
+                let _ = tokio::time::timeout_at(deadline, proxy.wait()).await;
+                signal_group(user_group, Signal::SIGTERM);
+                let _ = tokio::time::timeout_at(deadline, user.wait()).await;
+                kill_all();
+                let _ = timeout(Duration::from_secs(1), async { let _ = tokio::join!(proxy.wait(), user.wait()); }).await;
+                ExitCode::SUCCESS
+            }
+            status = proxy.wait() => {
+                let reason = format!("the queue-proxy {}", describe(status));
+                eprintln!("ebb pod-supervisor: {reason}");
+                report(&Report::Exit { ebb_exit: reason });
+                signal_group(user_group, Signal::SIGTERM);
+                let _ = timeout(Duration::from_secs(1), user.wait()).await;
+                kill_all();
+                ExitCode::FAILURE
+            }
+            status = user.wait() => {
+                let reason = format!("{} {}", describe_command(command), describe(status));
+                eprintln!("ebb pod-supervisor: {reason}");
+                report(&Report::Exit { ebb_exit: reason });
+                signal_group(proxy_group, Signal::SIGTERM);
+                let _ = timeout(Duration::from_secs(1), proxy.wait()).await;
+                kill_all();
+                ExitCode::FAILURE
             }
         }
-    };
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            eprintln!("ebb pod-supervisor: cannot handle SIGTERM: {err}");
-            kill_all();
-            return ExitCode::FAILURE;
-        }
-    };
-
-    tokio::select! {
-        () = parent_gone => {
-            signal_group(proxy_group, Signal::SIGTERM);
-            signal_group(user_group, Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(1);
-            let _ = tokio::time::timeout_at(deadline, async { let _ = tokio::join!(proxy.wait(), user.wait()); }).await;
-            kill_all();
-            ExitCode::SUCCESS
-        }
-        _ = term.recv() => {
-            let deadline = Instant::now() + grace;
-            signal_group(proxy_group, Signal::SIGTERM);
-            let _ = tokio::time::timeout_at(deadline, proxy.wait()).await;
-            signal_group(user_group, Signal::SIGTERM);
-            let _ = tokio::time::timeout_at(deadline, user.wait()).await;
-            kill_all();
-            let _ = timeout(Duration::from_secs(1), async { let _ = tokio::join!(proxy.wait(), user.wait()); }).await;
-            ExitCode::SUCCESS
-        }
-        status = proxy.wait() => {
-            let reason = format!("the queue-proxy {}", describe(status));
-            eprintln!("ebb pod-supervisor: {reason}");
-            report(&Report::Exit { ebb_exit: reason });
-            signal_group(user_group, Signal::SIGTERM);
-            let _ = timeout(Duration::from_secs(1), user.wait()).await;
-            kill_all();
-            ExitCode::FAILURE
-        }
-        status = user.wait() => {
-            let reason = format!("{} {}", describe_command(&spec.command), describe(status));
-            eprintln!("ebb pod-supervisor: {reason}");
-            report(&Report::Exit { ebb_exit: reason });
-            signal_group(proxy_group, Signal::SIGTERM);
-            let _ = timeout(Duration::from_secs(1), proxy.wait()).await;
-            kill_all();
-            ExitCode::FAILURE
-        }
     }
+}
+
+/// SIGKILL to both groups of a pod.
+fn kill_both(proxy_group: Option<Pid>, user_group: Option<Pid>) {
+    signal_group(proxy_group, Signal::SIGKILL);
+    signal_group(user_group, Signal::SIGKILL);
 }
 
 /// "exited with status 1", "was killed by SIGKILL".

@@ -1,166 +1,12 @@
-//! `ebb status`: a table of autoscaled services, from one of two places:
-//!
-//! - a running `ebb up` (the default): its `/status` endpoint at `--url`;
-//! - a cluster, when `--kubeconfig PATH` or `--cluster` is given (and only then, so a `KUBECONFIG` set for
-//!   other work never changes what plain `ebb status` shows): the Deployments labelled `ebb.dev/service` in
-//!   every namespace (or `-n NS`), with what the autoscaler writes on them and on their public Service
-//!   ([`cluster_run`]).
-//!
-//! With `--service NS/NAME` it shows that service's last decisions instead ([`decisions`]), from `ebb up` or
-//! from any autoscaler's metrics port given as `--url`.
-
-mod decisions;
+//! `ebb status --kubeconfig PATH | --cluster`: the Deployments labelled `ebb.dev/service`, with what the
+//! autoscaler writes on them and on their public Service.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use super::columns::render;
 
-/// Arguments of `ebb status`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The metrics address of `ebb up` (its `--metrics-port`).
-    #[arg(long, default_value = "http://127.0.0.1:9090", conflicts_with_all = ["kubeconfig", "cluster"])]
-    url: String,
-    /// Print the raw JSON instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// Show the services of the cluster this kubeconfig points at, instead of a local `ebb up`.
-    #[arg(long, value_name = "PATH")]
-    kubeconfig: Option<std::path::PathBuf>,
-    /// Show the services of the current cluster: $KUBECONFIG, ~/.kube/config, or the pod's ServiceAccount.
-    #[arg(long)]
-    cluster: bool,
-    /// With a cluster: only this namespace [default: all namespaces].
-    #[arg(long, short = 'n', value_name = "NS")]
-    namespace: Option<String>,
-    /// Show this service's last decisions with their inputs and reasons (`NAME` in `ebb up`). In a cluster,
-    /// point --url at an autoscaler: `kubectl -n ebb-system port-forward deploy/ebb-autoscaler 9090`.
-    #[arg(long, short = 's', value_name = "NS/NAME", conflicts_with_all = ["kubeconfig", "cluster"])]
-    service: Option<String>,
-    /// With --service: only the last N decisions.
-    #[arg(long, value_name = "N", requires = "service")]
-    limit: Option<usize>,
-    /// With --service: also write an SVG of them (load, desired and ready pods, panic periods) with the
-    /// service's cold-start phases where the server measures them (`ebb up`).
-    #[arg(long, value_name = "FILE", requires = "service")]
-    plot: Option<std::path::PathBuf>,
-}
-
-/// Prints the table; exit 1 when `ebb up` or the cluster cannot be reached, 2 for a bad command line or an
-/// unreadable kubeconfig.
-pub fn run(args: Args) -> ExitCode {
-    if args.kubeconfig.is_some() || args.cluster {
-        return cluster_run(args.kubeconfig.as_deref(), args.namespace.as_deref(), args.json);
-    }
-    if args.namespace.is_some() {
-        eprintln!("ebb status: --namespace needs a cluster: add --kubeconfig PATH or --cluster");
-        return ExitCode::from(ebb_process::exit::USAGE);
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("ebb status: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Some(service) = &args.service {
-        let options = decisions::Options { limit: args.limit, plot: args.plot.as_deref(), json: args.json };
-        return runtime.block_on(decisions::run(&args.url, service, options));
-    }
-    match runtime.block_on(fetch(&args.url)) {
-        Ok(status) if args.json => {
-            println!("{status:#}");
-            ExitCode::SUCCESS
-        }
-        Ok(status) => {
-            print!("{}", table(&status));
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("ebb status: cannot read {}/status: {err} (is `ebb up` running?)", args.url);
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn fetch(url: &str) -> Result<Value, String> {
-    let (status, body) = get(url, "/status").await?;
-    if !(200..300).contains(&status) {
-        return Err(format!("status {status}"));
-    }
-    serde_json::from_slice(&body).map_err(|e| e.to_string())
-}
-
-/// `GET path` at `url` (`http://HOST:PORT`): the status and the body.
-async fn get(url: &str, path: &str) -> Result<(u16, Bytes), String> {
-    let authority = url.trim_end_matches('/').trim_start_matches("http://");
-    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(authority))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header("host", authority)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, body))
-}
-
-/// The table: one row per service.
-pub fn table(status: &Value) -> String {
-    let headers = ["SERVICE", "DESIRED", "READY", "MODE", "PHASE", "IN FLIGHT", "QUEUED", "LAST REASON"];
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let empty = Vec::new();
-    for s in status["services"].as_array().unwrap_or(&empty) {
-        let text = |key: &str| match &s[key] {
-            Value::String(t) => t.clone(),
-            Value::Null => "-".to_owned(),
-            other => other.to_string(),
-        };
-        rows.push(vec![
-            text("name"),
-            text("desired"),
-            text("ready"),
-            text("mode"),
-            text("phase"),
-            text("in_flight"),
-            text("queued"),
-            text("last_reason"),
-        ]);
-    }
-    render(&headers, rows)
-}
-
-/// Columns padded to their widest cell, two spaces apart; the last column is not padded.
-pub fn render(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let rows: Vec<Vec<String>> =
-        std::iter::once(headers.iter().map(|h| (*h).to_owned()).collect()).chain(rows).collect();
-    let widths: Vec<usize> =
-        (0..headers.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i + 1 == row.len() { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// The annotations the autoscaler writes (autoscaler/src/kube/status.rs on the Deployment,
-/// autoscaler/src/kube/path.rs on the public Service).
+/// The annotations the autoscaler writes: `desired`, `mode`, `panic` and `reason` on the Deployment; `mode` and
+/// `phase` on the public Service it manages.
 const DESIRED: &str = "status.ebb.dev/desired";
 const MODE: &str = "status.ebb.dev/mode";
 const PHASE: &str = "status.ebb.dev/phase";
@@ -259,7 +105,7 @@ pub fn cluster_table(rows: &[ClusterRow]) -> String {
 }
 
 /// `ebb status --kubeconfig PATH | --cluster [-n NS]`.
-fn cluster_run(kubeconfig: Option<&std::path::Path>, namespace: Option<&str>, json: bool) -> ExitCode {
+pub fn run(kubeconfig: Option<&std::path::Path>, namespace: Option<&str>, json: bool) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -345,29 +191,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn the_local_table_shows_every_service_from_status() {
-        let status = serde_json::json!({
-            "gateway": "127.0.0.1:8080",
-            "services": [
-                {"name": "chat", "desired": 3, "ready": 2, "mode": "serve", "phase": "active", "in_flight": 11,
-                 "queued": 0, "last_reason": "stable: 11.0 in flight / target 4"},
-                {"name": "embed", "desired": 0, "ready": 0, "mode": "proxy", "phase": "zero", "in_flight": 0,
-                 "queued": 0, "last_reason": null},
-            ],
-        });
-        assert_eq!(
-            table(&status),
-            "SERVICE  DESIRED  READY  MODE   PHASE   IN FLIGHT  QUEUED  LAST REASON\n\
-             chat     3        2      serve  active  11         0       stable: 11.0 in flight / target 4\n\
-             embed    0        0      proxy  zero    0          0       -\n"
-        );
-        assert_eq!(
-            table(&serde_json::json!({})),
-            "SERVICE  DESIRED  READY  MODE  PHASE  IN FLIGHT  QUEUED  LAST REASON\n"
-        );
-    }
 
     #[test]
     fn rows_read_what_the_autoscaler_writes() {

@@ -1,0 +1,71 @@
+//! `ebb inject FILE|-`: adds the queue-proxy sidecar to every Deployment labelled `ebb.dev/service` in
+//! multi-document Kubernetes YAML and prints the result. Other documents pass through as they were written
+//! (comments included), in order; a Deployment that already has the sidecar is updated in place, so
+//! injecting twice gives the same output as once.
+//!
+//! - [`stream`]: the YAML stream: documents, `kind: List`, the input's `config-autoscaler`, messages;
+//! - [`documents`]: cutting the stream into documents that keep their text;
+//! - [`deployment`]: which objects are ebb's, and the service a Deployment describes;
+//! - [`pod`]: the core, one pod template in and the injected one out (pure, for a webhook too);
+//! - [`model`]: the typed parts of a pod template that ebb reads and edits, written back into the YAML;
+//! - [`readiness`]: whether the queue-proxy can take over the readinessProbe;
+//! - [`sidecar_container`]: the queue-proxy container and its env;
+//! - [`drain`]: the drain hook and the grace period;
+//! - [`yaml`]: helpers over `serde_yaml` values.
+
+mod deployment;
+mod documents;
+mod drain;
+mod model;
+mod pod;
+mod readiness;
+mod sidecar_container;
+mod stream;
+mod yaml;
+
+use std::process::ExitCode;
+
+use crate::manifest::{Source, read_source};
+
+/// The one image of every ebb component (cluster conventions).
+pub const IMAGE: &str = "ghcr.io/ebb-dev/ebb:0.1.0";
+
+/// Arguments of `ebb inject`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Kubernetes YAML (several documents, `kind: List` too); `-` reads standard input.
+    #[arg(value_name = "FILE")]
+    file: String,
+    /// The image of the queue-proxy sidecar.
+    #[arg(long, default_value = IMAGE)]
+    image: String,
+}
+
+/// Runs `ebb inject`.
+pub fn run(args: Args) -> ExitCode {
+    let source = Source(args.file);
+    let text = match read_source(&source) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("ebb inject: {source}: {err}");
+            return ExitCode::from(ebb_process::exit::USAGE);
+        }
+    };
+    match stream::inject(&text, &args.image) {
+        Ok(injected) => {
+            for warning in &injected.warnings {
+                eprintln!("ebb inject: {source}: warning: {warning}");
+            }
+            print!("{}", injected.yaml);
+            eprintln!("ebb inject: {source}: {} Deployment(s) with the queue-proxy", injected.deployments);
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("ebb inject: {source}: {error}");
+            }
+            eprintln!("ebb inject: {} error(s); nothing printed", errors.len());
+            ExitCode::from(ebb_process::exit::USAGE)
+        }
+    }
+}
