@@ -3,6 +3,8 @@
 //! `ebb up` passes them as flags, the autoscaler reads them back from running pods to report a ConfigMismatch,
 //! and the queue-proxy declares its flags with these names.
 
+use std::time::Duration;
+
 use crate::spec::DataPlaneSpec;
 use crate::value::format_duration;
 
@@ -67,6 +69,9 @@ pub mod env {
     /// Where to write the bound addresses.
     pub const READY_FILE: &str = "EBB_READY_FILE";
 }
+
+/// How long a draining queue-proxy waits with nothing in flight before it exits, unless told otherwise.
+pub const DEFAULT_DRAIN_QUIET_PERIOD: Duration = Duration::from_secs(30);
 
 /// One input of the queue-proxy, as text.
 #[derive(Debug, Clone, PartialEq, Eq)]

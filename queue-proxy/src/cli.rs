@@ -12,7 +12,7 @@ use ebb_config::Protocol;
 use ebb_config::names::{
     QUEUE_PROXY_ADMIN_PORT, QUEUE_PROXY_DATA_PORT, QUEUE_PROXY_METRICS_PORT, QUEUE_PROXY_STATS_PORT,
 };
-use ebb_config::sidecar::env;
+use ebb_config::sidecar::{self, env};
 use ebb_config::wire::MAX_SERVICE_NAME_LEN;
 use ebb_process::logging::{self, LogFormat};
 use ebb_process::{exit, flags};
@@ -104,9 +104,9 @@ pub struct Args {
     #[arg(long, env = env::PROBE_TIMEOUT, default_value = "1s", value_parser = flags::duration)]
     pub probe_timeout: Duration,
 
-    /// While draining, exit once nothing is in flight and nothing arrived for this long.
-    #[arg(long, env = env::DRAIN_QUIET_PERIOD, default_value = "30s", value_parser = flags::duration)]
-    pub drain_quiet_period: Duration,
+    /// While draining, exit once nothing is in flight and nothing arrived for this long [default: 30s].
+    #[arg(long, env = env::DRAIN_QUIET_PERIOD, value_parser = flags::duration)]
+    pub drain_quiet_period: Option<Duration>,
 
     /// Longest drain [default: --timeout + --drain-quiet-period].
     #[arg(long, env = env::DRAIN_DEADLINE, value_parser = flags::duration)]
@@ -144,6 +144,7 @@ pub struct Args {
 impl Args {
     /// Resolves defaults and checks the values.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        let drain_quiet_period = self.drain_quiet_period.unwrap_or(sidecar::DEFAULT_DRAIN_QUIET_PERIOD);
         let pod_name = match self.pod_name.filter(|p| !p.is_empty()) {
             Some(name) => name,
             None => std::env::var("HOSTNAME")
@@ -187,11 +188,11 @@ impl Args {
                 .filter(|d| !d.is_zero()),
             },
             protocol: self.protocol,
-            drain_quiet_period: self.drain_quiet_period,
+            drain_quiet_period,
             // Capped, so that an accepted timeout and quiet period never make an unacceptable default.
             drain_deadline: self
                 .drain_deadline
-                .unwrap_or_else(|| self.timeout.saturating_add(self.drain_quiet_period).min(MAX_DURATION)),
+                .unwrap_or_else(|| self.timeout.saturating_add(drain_quiet_period).min(MAX_DURATION)),
             pod_name,
             service: format!("{}/{}", self.service_namespace, self.service_name),
             retry_after: self.retry_after,

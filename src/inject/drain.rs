@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use ebb_config::names::{QUEUE_PROXY_ADMIN_PORT, WAIT_FOR_DRAIN_PATH};
+use ebb_config::sidecar;
 use ebb_config::value::parse_duration;
 use serde_yaml::Value;
 
 use super::yaml::map;
 
-/// The queue-proxy's `EBB_DRAIN_QUIET_PERIOD` default (its `--drain-quiet-period` flag's).
-const DEFAULT_DRAIN_QUIET_PERIOD: Duration = Duration::from_secs(30);
 /// Time beyond the drain deadline for the preStop hook's round trip and the process's exit.
 const GRACE_MARGIN: Duration = Duration::from_secs(5);
 /// Kubernetes' default `terminationGracePeriodSeconds`.
@@ -39,7 +38,7 @@ pub fn termination_grace_period(
     deadline: Option<&str>,
     current: Option<u64>,
 ) -> u64 {
-    let quiet = quiet_period.and_then(parse_duration).unwrap_or(DEFAULT_DRAIN_QUIET_PERIOD);
+    let quiet = quiet_period.and_then(parse_duration).unwrap_or(sidecar::DEFAULT_DRAIN_QUIET_PERIOD);
     let deadline = deadline.and_then(parse_duration).unwrap_or(timeout + quiet);
     let grace = (deadline + GRACE_MARGIN).as_secs_f64().ceil() as u64;
     grace.max(current.unwrap_or(KUBERNETES_DEFAULT_GRACE_SECS))
