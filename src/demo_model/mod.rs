@@ -18,14 +18,12 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use api::{ApiError, Generation, Kind};
+use ebb_http::listen::Acceptor;
 use ebb_process::flags;
 
 /// Arguments of `ebb demo-model`. Durations take `250ms`, `1.5s` or whole seconds.
@@ -113,30 +111,20 @@ async fn serve(args: Args, listen: SocketAddr) -> anyhow::Result<()> {
     eprintln!("ebb demo-model: serving {:?} on http://{}", args.model, listener.local_addr()?);
     let slots = (args.concurrency > 0).then(|| Arc::new(Semaphore::new(args.concurrency as usize)));
     let server = Arc::new(Server { args, slots, next_id: AtomicU64::new(1) });
-    let graceful = GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => { eprintln!("ebb demo-model: accept: {err}"); continue }
-            },
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let server = server.clone();
-        let service = hyper::service::service_fn(move |request| handle(server.clone(), request));
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+    // The shared acceptor: TCP_NODELAY, HTTP/1.1 or h2c, silent clients dropped, accept errors backed off, and
+    // a graceful stop that lets streams in flight finish.
+    let (acceptor, shutdown) = Acceptor::new();
+    tokio::spawn(acceptor.accept(listener, move |request| handle(server.clone(), request)));
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
-    drop(listener);
-    graceful.shutdown().await;
+    shutdown.close(STOP_GRACE).await;
     Ok(())
 }
+
+/// How long streams in flight may take to finish once the demo is told to stop.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn handle(server: Arc<Server>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let kind = match (request.method(), request.uri().path()) {

@@ -2,18 +2,15 @@
 //! `ebb status`), `/debug/decisions?service=NAME` (the last decisions, `debug::decisions`), `/service-discovery` (Prometheus
 //! `http_sd_configs`: the live pods' queue-proxy metrics endpoints) and `/healthz`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ebb_activator::handler::Activator;
 use ebb_autoscaler::runtime::{Autoscaler, debug};
 use ebb_config::ServiceId;
-use http_body_util::Full;
+use ebb_http::admin::{self, Reply};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -33,50 +30,23 @@ pub struct State {
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &req)) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
+    admin::serve(listener, move |req| std::future::ready(handle(&state, &req))).await
 }
 
-fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(body.into()))
-        .expect("a valid response")
-}
-
-fn json_reply(value: &Value) -> Response<Full<Bytes>> {
-    reply(StatusCode::OK, "application/json", value.to_string())
-}
-
-fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(state: &State, req: &Request<Incoming>) -> Reply {
     if req.method() != Method::GET {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+        return admin::text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics_text(state),
-        ),
-        "/status" => json_reply(&status(state)),
-        "/service-discovery" => json_reply(&service_discovery(state)),
+        "/metrics" => admin::metrics(metrics_text(state)),
+        "/status" => admin::json(StatusCode::OK, &status(state)),
+        "/service-discovery" => admin::json(StatusCode::OK, &service_discovery(state)),
         "/debug/decisions" => {
             let (status, body) = debug::decisions(&state.autoscaler, req.uri().query(), NAMESPACE);
-            reply(status, "application/json", body.to_string())
+            admin::json(status, &body)
         }
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        "/healthz" => admin::text(StatusCode::OK, "ok\n"),
+        _ => admin::text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
