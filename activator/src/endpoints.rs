@@ -7,11 +7,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ebb_config::ServiceId;
 use ebb_config::{DataPlaneSpec, Mode};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
-
-use ebb_config::ServiceId;
 
 /// One pod of a service as its source sees it.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ebb_config::ServiceId;
 use ebb_config::names::{
     AUTOSCALER_INGEST_PORT, COMPONENT_ACTIVATOR, COMPONENT_AUTOSCALER, LABEL_COMPONENT, LABEL_PART_OF,
     LABEL_SERVICE, PART_OF_EBB, QUEUE_PROXY_DATA_PORT,
@@ -21,7 +22,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::endpoints::{Change, ChangeSender, EndpointSource, PodInfo};
 use crate::push::Pusher;
-use ebb_config::ServiceId;
 
 /// Container waiting reasons that mean a pod will not become ready without a change.
 const BLOCKING_WAITING_REASONS: [&str; 7] = [

@@ -4,10 +4,9 @@
 
 use std::time::Instant;
 
+use ebb_config::ServiceId;
 use ebb_config::names::METRIC_PREFIX;
 use ebb_http::error::Classified;
-
-use crate::error::ActivatorError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::cold_start::{Phases, Timeline};
-use ebb_config::ServiceId;
+use crate::error::ActivatorError;
 
 /// Seconds a request may wait queued: from 1 ms to the 10-minute activation timeout.
 const WAIT_BUCKETS: [f64; 16] =

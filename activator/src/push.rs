@@ -3,7 +3,6 @@
 //! is down gets nothing: frames for it are dropped, never queued without bound, and the stream is re-opened with
 //! backoff. Every replica collects, so their windows stay warm for a failover.
 
-use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ebb_config::names::INGEST_PATH;
 use ebb_config::wire::{INGEST_CONTENT_TYPE, IngestFrame};
+use ebb_process::sync::Locked;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{Request, StatusCode};
 use http_body_util::StreamBody;

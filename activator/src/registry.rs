@@ -1,13 +1,13 @@
 //! Every service the activator knows, the route table built from them, and the application of changes from an
 //! endpoint source.
 
-use ebb_process::sync::{Locked, ReadWrite};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use dashmap::DashMap;
-
+use ebb_config::ServiceId;
+use ebb_process::sync::{Locked, ReadWrite};
 use http::{HeaderMap, Uri};
 use tokio::sync::mpsc;
 
@@ -16,7 +16,6 @@ use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::routing::{RouteError, RouteTable};
 use crate::service::Service;
-use ebb_config::ServiceId;
 
 /// The services, their routes and the shared probe client.
 #[derive(Debug)]

@@ -9,7 +9,6 @@
 //! attempt that finds it untouched can send it. Either way the client's silence is bounded by the service's
 //! request-body timeout.
 
-use ebb_process::sync::Locked;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -18,6 +17,7 @@ use bytes::Bytes;
 use ebb_http::body::RequestBody;
 use ebb_http::error::BoxError;
 use ebb_http::error::ProxyError;
+use ebb_process::sync::Locked;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};

@@ -11,11 +11,10 @@
 
 use std::collections::HashMap;
 
-use http::header::HOST;
-use http::{HeaderMap, Uri};
-
 use ebb_config::ServiceId;
 use ebb_config::names::HEADER_SERVICE;
+use http::header::HOST;
+use http::{HeaderMap, Uri};
 
 /// Why no service could be chosen; each names what was looked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,17 +2,18 @@
 //! the breaker that queues requests while there is no capacity, its request stats, and a status that waiting
 //! requests watch (ready pods, why pods cannot start, removal).
 
-use ebb_process::sync::{Locked, ReadWrite};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-
 use std::time::Duration;
 
+use ebb_config::Mode;
+use ebb_config::ServiceId;
 use ebb_config::{DataPlaneSpec, Protocol};
 use ebb_http::breaker::Breaker;
 use ebb_http::stats::RequestStats;
+use ebb_process::sync::{Locked, ReadWrite};
 use http::uri::Authority;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -23,8 +24,6 @@ use crate::cold_start::Timeline;
 use crate::endpoints::PodInfo;
 use crate::metrics::ServiceMetrics;
 use crate::probe::Prober;
-use ebb_config::Mode;
-use ebb_config::ServiceId;
 
 /// What requests waiting for a service need to know.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,11 +9,11 @@
 //! Admission is one atomic add; a free slot costs one more uncontended compare-and-swap (tokio's semaphore);
 //! only a request that has to queue allocates a waiter. Waiters are served first come, first served.
 
-use ebb_process::sync::Locked;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
+use ebb_process::sync::Locked;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 

@@ -3,12 +3,12 @@
 //! upstream address while the request keeps the client's `:authority`, so the user container sees the host
 //! name the client asked for (HTTP/2 has no separate Host header to carry it; RFC 9113 section 8.3.1).
 
-use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ebb_process::sync::Locked;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};

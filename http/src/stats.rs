@@ -6,11 +6,11 @@
 //! integral is brought up to date and the count changed, under one short uncontended lock. Time is passed in
 //! explicitly where it matters, so the arithmetic is testable without a clock.
 
-use ebb_process::sync::Locked;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ebb_config::wire::PodStat;
+use ebb_process::sync::Locked;
 
 /// One period's measurements.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -13,7 +13,10 @@ use ebb_config::names::{
     QUEUE_PROXY_ADMIN_PORT, QUEUE_PROXY_DATA_PORT, QUEUE_PROXY_METRICS_PORT, QUEUE_PROXY_STATS_PORT,
 };
 use ebb_config::sidecar::{self, env};
+use ebb_config::value::MAX_DURATION;
 use ebb_config::wire::MAX_SERVICE_NAME_LEN;
+use ebb_http::proxy::ForwarderOptions;
+use ebb_http::timeouts::Timeouts;
 use ebb_process::logging::{self, LogFormat};
 use ebb_process::{exit, flags};
 use http::uri::Authority;
@@ -21,9 +24,6 @@ use http::uri::Authority;
 use crate::config::{Config, ConfigError, Ports, check_name, parse_upstream};
 use crate::probe::{ProbeOptions, ProbeTarget};
 use crate::server::QueueProxy;
-use ebb_config::value::MAX_DURATION;
-use ebb_http::proxy::ForwarderOptions;
-use ebb_http::timeouts::Timeouts;
 
 /// Options of the queue-proxy.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,11 +6,11 @@ use std::time::Duration;
 use ebb_config::Protocol;
 use ebb_config::value::{MAX_DURATION, format_duration};
 use ebb_config::wire::MAX_POD_NAME_LEN;
+use ebb_http::proxy::ForwarderOptions;
+use ebb_http::timeouts::Timeouts;
 use http::uri::Authority;
 
 use crate::probe::{ProbeOptions, ProbeTarget};
-use ebb_http::proxy::ForwarderOptions;
-use ebb_http::timeouts::Timeouts;
 
 /// Everything the queue-proxy needs, checked.
 #[derive(Debug, Clone)]

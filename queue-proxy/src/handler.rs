@@ -12,14 +12,6 @@ use ebb_config::names::{
     HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROBE_WAIT, HEADER_PROXIED, HEADER_PROXY_ERROR, PROBE_QUEUE,
     PROBE_WAIT_MAX_SECS, PROXIED_BY_ACTIVATOR,
 };
-use http::header::{CONNECTION, CONTENT_TYPE, HOST};
-use http::uri::Authority;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
-use tokio::time::Instant;
-
-use crate::metrics::Metrics;
-use crate::probe::{ProbeOptions, Readiness};
 use ebb_http::answer::{Answer, ClientKind, error_response};
 use ebb_http::body::{BodyEnd, ProxyBody, RequestBody, TrackedBody};
 use ebb_http::breaker::{Breaker, Permit};
@@ -28,6 +20,14 @@ use ebb_http::error::{Classified, ProxyError};
 use ebb_http::proxy::Forwarder;
 use ebb_http::stats::{RequestStats, StatsGuard};
 use ebb_http::timeouts::{BodyTimer, TimeoutKind, Timeouts};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::probe::{ProbeOptions, Readiness};
 
 /// The data plane's response body.
 pub type DataBody = ProxyBody<Completion>;

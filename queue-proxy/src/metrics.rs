@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use ebb_config::names::METRIC_PREFIX;
+use ebb_http::error::{Classified, Origin, ProxyError};
+use ebb_http::timeouts::TimeoutKind;
 use http::StatusCode;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -13,9 +15,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-
-use ebb_http::error::{Classified, Origin, ProxyError};
-use ebb_http::timeouts::TimeoutKind;
 
 type Labels = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];

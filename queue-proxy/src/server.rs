@@ -9,6 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use ebb_http::breaker::Breaker;
+use ebb_http::drain::{DrainOutcome, Drainer};
+use ebb_http::listen::Acceptor;
+use ebb_http::proxy::Forwarder;
+use ebb_http::stats::{RequestStats, Snapshot, pod_stat};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -18,11 +23,6 @@ use crate::handler::DataPlane;
 use crate::metrics::Metrics;
 use crate::probe::{Readiness, wait_until_ready};
 use crate::stats::LatestStat;
-use ebb_http::breaker::Breaker;
-use ebb_http::drain::{DrainOutcome, Drainer};
-use ebb_http::listen::Acceptor;
-use ebb_http::proxy::Forwarder;
-use ebb_http::stats::{RequestStats, Snapshot, pod_stat};
 
 /// Why the queue-proxy could not run.
 #[derive(Debug, thiserror::Error)]

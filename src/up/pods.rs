@@ -7,7 +7,6 @@
 //! activator is told its pods are blocked, so waiting requests fail at once naming why. When a supervisor
 //! exits, the process groups it reported are killed, so nothing outlives a supervisor killed with SIGKILL.
 
-use ebb_process::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -20,6 +19,7 @@ use ebb_activator::registry::Registry;
 use ebb_autoscaler::runtime::{Autoscaler, PodTarget};
 use ebb_config::ServiceId;
 use ebb_config::sidecar::{self, env};
+use ebb_process::sync::Locked;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};

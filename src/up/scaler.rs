@@ -1,12 +1,12 @@
 //! The local [`Scaler`]: replicas become pod processes, the mode goes to the in-process activator.
 
-use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ebb_activator::endpoints::{Change, ChangeSender};
 use ebb_autoscaler::runtime::Scaler;
 use ebb_config::{Mode, ServiceId};
+use ebb_process::sync::Locked;
 
 use super::pods::PodManager;
 

@@ -14,14 +14,13 @@
 //! The groups let `ebb up` kill the pod's processes itself when the supervisor dies without doing so (SIGKILL).
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use std::io::Write as _;
-
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout};

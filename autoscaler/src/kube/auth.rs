@@ -3,11 +3,11 @@
 //! could run a Deployment up to max-scale on GPUs, so nothing else is trusted. Answers are cached briefly, so
 //! a reconnecting activator costs one review, not one per stream.
 
-use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ebb_process::sync::Locked;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};

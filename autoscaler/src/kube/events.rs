@@ -2,11 +2,11 @@
 //! is found again on every pass (an invalid annotation, a pod stuck pulling) is reported once per
 //! [`REPEAT_AFTER`], not every second. Publishing never blocks the caller: it runs on its own task.
 
-use ebb_process::sync::Locked;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ebb_process::sync::Locked;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};

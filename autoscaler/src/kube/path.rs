@@ -9,16 +9,18 @@
 //! the policy told so (and may replicas go to 0). A Service of that name that ebb did not create is left
 //! alone and reported, and the activator is never considered in its path.
 
-use ebb_process::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ebb_config::Mode;
+use ebb_config::ServiceId;
 use ebb_config::names::{
     HEADER_PROBE, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB, PROBE_ACTIVATOR, STATUS_PREFIX,
 };
+use ebb_process::sync::Locked;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -34,8 +36,6 @@ use super::watch::{ServiceState, Stores, is_ready};
 use super::{Shared, scale::patch_params};
 use crate::Phase;
 use crate::runtime::ServiceStatus;
-use ebb_config::Mode;
-use ebb_config::ServiceId;
 
 /// The EndpointSlice label naming its Service.
 pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";

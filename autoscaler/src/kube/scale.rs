@@ -14,11 +14,13 @@
 //!   naming it; ebb wins for an autoscaled Deployment and sets its count back (`docs/rbac.md`, "Other
 //!   writers"); `ebb.dev/paused: "true"` hands the replicas over.
 
-use ebb_process::sync::Locked;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ebb_config::Mode;
+use ebb_config::ServiceId;
 use ebb_config::names::ANNOTATION_POD_DELETION_COST;
+use ebb_process::sync::Locked;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -28,8 +30,6 @@ use serde_json::json;
 
 use super::{CONTROLLER_NAME, Shared, deletion_cost, status, watch::ServiceState};
 use crate::runtime::{Autoscaler, Scaler, Scraper, ServiceStatus};
-use ebb_config::Mode;
-use ebb_config::ServiceId;
 
 /// Replicas are not lowered for this long after an activator reported requests queued for the service.
 pub const QUEUED_HOLD: Duration = Duration::from_secs(3);

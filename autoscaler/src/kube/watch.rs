@@ -7,7 +7,6 @@
 //! nothing. Every replica runs the pass up to the runtime; only the leader goes on to [`super::scale`] and
 //! [`super::path`].
 
-use ebb_process::sync::Locked;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -15,9 +14,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ebb_config::ServiceId;
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
 use ebb_config::placement::template_only_keys;
 use ebb_config::{GlobalConfig, resolve_service};
+use ebb_process::sync::Locked;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
@@ -34,7 +35,6 @@ use tokio::task::JoinHandle;
 use super::backoff::Backoff;
 use super::{Shared, blocked, env_check, path, scale, status};
 use crate::runtime::PodTarget;
-use ebb_config::ServiceId;
 
 /// The reflectors' stores.
 pub(crate) struct Stores {

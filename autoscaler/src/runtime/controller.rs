@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
+use ebb_config::Mode;
 use ebb_config::{ScalerClass, ServiceConfig};
 use serde::Serialize;
 
@@ -11,7 +12,6 @@ use crate::{
     Decider, DeciderSpec, Error, MetricWindows, Observed, Phase, PolicyInput, PolicySpec, ScalePolicy,
     Timestamp,
 };
-use ebb_config::Mode;
 
 /// One tick's decision, as logged, kept for `/debug/decisions` and shown by `/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
