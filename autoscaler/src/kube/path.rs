@@ -32,10 +32,10 @@ use serde_json::{Value, json};
 
 use super::watch::{ServiceState, Stores, is_ready};
 use super::{Shared, scale::patch_params};
-use crate::Phase;
 use crate::runtime::ServiceStatus;
 use ebb_config::Mode;
 use ebb_config::ServiceId;
+use ebb_kpa::Phase;
 
 /// The EndpointSlice label naming its Service.
 pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
@@ -100,7 +100,7 @@ pub struct Resumed {
 
 impl Resumed {
     /// The phase on the clock that `at_ago` reads (the runtime's [`crate::runtime::Autoscaler::ago`]).
-    pub fn phase_at(&self, at_ago: impl Fn(Duration) -> crate::Timestamp) -> Option<Phase> {
+    pub fn phase_at(&self, at_ago: impl Fn(Duration) -> ebb_kpa::Timestamp) -> Option<Phase> {
         let (name, ago) = self.phase.as_ref()?;
         let since = at_ago(*ago);
         Some(match name.as_str() {
@@ -405,8 +405,11 @@ mod tests {
         assert_eq!(r.mode, Mode::Proxy);
         assert_eq!(r.mode_for, Duration::from_secs(25));
         assert_eq!(r.phase, Some(("inactive".to_owned(), Duration::from_millis(29_500))));
-        let clock = |ago: Duration| crate::Timestamp::from_duration(Duration::from_secs(100) - ago);
-        assert_eq!(r.phase_at(clock), Some(Phase::Inactive { since: crate::Timestamp::from_millis(70_500) }));
+        let clock = |ago: Duration| ebb_kpa::Timestamp::from_duration(Duration::from_secs(100) - ago);
+        assert_eq!(
+            r.phase_at(clock),
+            Some(Phase::Inactive { since: ebb_kpa::Timestamp::from_millis(70_500) })
+        );
     }
 
     #[test]

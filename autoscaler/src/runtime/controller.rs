@@ -7,11 +7,11 @@ use std::time::{Duration, SystemTime};
 use ebb_config::{ScalerClass, ServiceConfig};
 use serde::Serialize;
 
-use crate::{
+use ebb_config::Mode;
+use ebb_kpa::{
     Decider, DeciderSpec, Error, MetricWindows, Observed, Phase, PolicyInput, PolicySpec, ScalePolicy,
     Timestamp,
 };
-use ebb_config::Mode;
 
 /// One tick's decision, as logged, kept for `/debug/decisions` and shown by `/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -31,8 +31,8 @@ pub use controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
 pub use metrics::Metrics;
 pub use scrape::{ScrapeError, Scraper};
 
-use crate::{Error, Phase, TICK_INTERVAL, Timestamp};
 use ebb_config::Mode;
+use ebb_kpa::{Error, Phase, TICK_INTERVAL, Timestamp};
 
 /// Where the decision clock starts: a day after its own epoch, so that a clock resumed from persisted state
 /// ([`Autoscaler::resume_service`]) can lie before this autoscaler started ([`Timestamp`] cannot be negative).
