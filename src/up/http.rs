@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ebb_activator::handler::Activator;
-use ebb_autoscaler::runtime::{Autoscaler, debug};
+use ebb_autoscaler::engine::{Autoscaler, debug};
 use ebb_config::ServiceId;
 use http_body_util::Full;
 use hyper::body::Incoming;

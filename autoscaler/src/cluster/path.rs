@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 
 use super::watch::{ServiceState, Stores, is_ready};
 use super::{Shared, scale::patch_params};
-use crate::runtime::ServiceStatus;
+use crate::engine::ServiceStatus;
 use ebb_config::Mode;
 use ebb_config::ServiceId;
 use ebb_kpa::Phase;
@@ -99,7 +99,7 @@ pub struct Resumed {
 }
 
 impl Resumed {
-    /// The phase on the clock that `at_ago` reads (the runtime's [`crate::runtime::Autoscaler::ago`]).
+    /// The phase on the clock that `at_ago` reads (the engine's [`crate::engine::Autoscaler::ago`]).
     pub fn phase_at(&self, at_ago: impl Fn(Duration) -> ebb_kpa::Timestamp) -> Option<Phase> {
         let (name, ago) = self.phase.as_ref()?;
         let since = at_ago(*ago);

@@ -1,4 +1,4 @@
-//! Port 9090: `/metrics` (the runtime's `ebb_autoscaler_*` families and the controller's), `/healthz`
+//! Port 9090: `/metrics` (the engine's `ebb_autoscaler_*` families and the controller's), `/healthz`
 //! (the process answers) and `/readyz` (the API server answered a request, a watch event or a Lease renewal
 //! recently and has not failed since).
 
@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Shared;
-use crate::runtime::{Autoscaler, debug};
+use crate::engine::{Autoscaler, debug};
 
 /// The Prometheus text content type.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

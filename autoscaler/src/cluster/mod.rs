@@ -1,8 +1,10 @@
-//! The autoscaler as a Kubernetes controller (`autoscaler` binary, `ebb autoscaler`): the [`runtime`]
-//! (collection, ticks, decisions) fed from watches, acting through a Kubernetes [`Scaler`].
+//! The autoscaler as a Kubernetes controller (`autoscaler` binary, `ebb autoscaler`): the [`engine`]
+//! (collection, ticks, decisions) fed from watches, acting through a Kubernetes [`Scaler`]. Called `cluster`
+//! (and its entry point [`ClusterController`]) so that neither the module nor the type is taken for the `kube`
+//! crate or its `Controller`.
 //!
 //! - [`watch`]: reflectors on labelled Deployments, their pods, the `config-autoscaler` ConfigMap, Services,
-//!   EndpointSlices and the activator pods, and the pass that turns them into the runtime's services and pods;
+//!   EndpointSlices and the activator pods, and the pass that turns them into the engine's services and pods;
 //! - [`leader`]: the Lease; only its holder writes anything, every replica collects and decides;
 //! - [`scale`]: the [`Scaler`], replicas through `deployments/scale` (only on change), held scale-downs and
 //!   other writers;
@@ -13,8 +15,8 @@
 //! - [`serve`], [`metrics`]: `/metrics`, `/healthz`, `/readyz` on port 9090;
 //! - [`rbac`]: the permissions it needs, as data (docs/rbac.md explains them).
 //!
-//! [`runtime`]: crate::runtime
-//! [`Scaler`]: crate::runtime::Scaler
+//! [`engine`]: crate::engine
+//! [`Scaler`]: crate::engine::Scaler
 
 pub mod auth;
 mod backoff;
@@ -44,7 +46,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch as tokio_watch};
 use tokio::task::JoinHandle;
 
-use crate::runtime::{Autoscaler, Options as RuntimeOptions};
+use crate::engine::{Autoscaler, Options as EngineOptions};
 use ebb_config::ServiceId;
 
 /// The name the controller reports as (Events, field manager).
@@ -87,8 +89,8 @@ pub struct Options {
     pub sync_interval: Duration,
     /// Scale-downs stop when the API server has not answered for this long.
     pub api_stale_after: Duration,
-    /// The runtime's tuning (scrape timeout, tick interval).
-    pub runtime: RuntimeOptions,
+    /// The engine's tuning (scrape timeout, tick interval).
+    pub engine: EngineOptions,
 }
 
 impl Options {
@@ -116,7 +118,7 @@ impl Options {
             manage_request_path: true,
             sync_interval: Duration::from_millis(500),
             api_stale_after: Duration::from_secs(10),
-            runtime: RuntimeOptions::default(),
+            engine: EngineOptions::default(),
         }
     }
 }
@@ -194,7 +196,7 @@ impl Shared {
 }
 
 /// A running controller.
-pub struct Controller {
+pub struct ClusterController {
     /// Where the stat ingest listens.
     pub ingest_addr: SocketAddr,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -206,13 +208,13 @@ pub struct Controller {
     election: JoinHandle<()>,
 }
 
-impl std::fmt::Debug for Controller {
+impl std::fmt::Debug for ClusterController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller").field("ingest_addr", &self.ingest_addr).finish_non_exhaustive()
+        f.debug_struct("ClusterController").field("ingest_addr", &self.ingest_addr).finish_non_exhaustive()
     }
 }
 
-impl Controller {
+impl ClusterController {
     /// Binds the ports, discovers the EndpointSlice version and starts every task.
     pub async fn start(client: Client, options: Options) -> Result<Self, Error> {
         let ingest =
@@ -253,7 +255,7 @@ impl Controller {
             in_path: Mutex::default(),
         });
         let scaler = Arc::new(scale::KubeScaler::new(shared.clone()));
-        let autoscaler = Autoscaler::new(scaler, options.runtime.clone());
+        let autoscaler = Autoscaler::new(scaler, options.engine.clone());
         let _ = shared.autoscaler.set(Arc::downgrade(&autoscaler));
 
         let mut tasks = Vec::new();
@@ -325,7 +327,7 @@ impl Controller {
         self.shared.is_leader()
     }
 
-    /// The runtime (status, decisions).
+    /// The engine (status, decisions).
     pub fn autoscaler(&self) -> &Arc<Autoscaler> {
         &self.autoscaler
     }

@@ -1,10 +1,10 @@
-//! What the controller watches, and the pass that turns it into the runtime's services and pods.
+//! What the controller watches, and the pass that turns it into the engine's services and pods.
 //!
 //! Reflectors keep the labelled Deployments and their pods (all namespaces, or the configured ones), the
 //! `config-autoscaler` ConfigMap and the activator pods (own namespace), and the Services and ebb's
 //! EndpointSlices. A pass runs after every watch event and every [`super::Options::sync_interval`]; it is
 //! level-triggered (it compares what is wanted with what is seen), so a missed event or a restart loses
-//! nothing. Every replica runs the pass up to the runtime; only the leader goes on to [`super::scale`] and
+//! nothing. Every replica runs the pass up to the engine; only the leader goes on to [`super::scale`] and
 //! [`super::path`].
 
 use ebb_process::sync::Locked;
@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
 use super::{Shared, blocked, env_check, path, scale, status};
-use crate::runtime::PodTarget;
+use crate::engine::PodTarget;
 use ebb_config::ServiceId;
 
 /// The reflectors' stores.
@@ -188,7 +188,7 @@ where
 pub(crate) struct ServiceState {
     /// The annotations and global config generation last resolved.
     pub config_key: Option<(String, u64)>,
-    /// Whether a valid configuration was ever applied (the service is in the runtime).
+    /// Whether a valid configuration was ever applied (the service is in the engine).
     pub valid: bool,
     /// `spec.replicas` last seen.
     pub seen_replicas: Option<u32>,
@@ -368,7 +368,7 @@ async fn pass(
     if !shared.is_leader() {
         return;
     }
-    let statuses: HashMap<ServiceId, crate::runtime::ServiceStatus> = autoscaler
+    let statuses: HashMap<ServiceId, crate::engine::ServiceStatus> = autoscaler
         .status()
         .into_iter()
         .map(|s| (ServiceId::new(s.namespace.clone(), s.name.clone()), s))
@@ -389,7 +389,7 @@ async fn pass(
 }
 
 /// Resumes a just-added service's clocks from its public Service's annotations, when ebb manages it.
-fn resume(shared: &Arc<Shared>, stores: &Stores, autoscaler: &crate::runtime::Autoscaler, id: &ServiceId) {
+fn resume(shared: &Arc<Shared>, stores: &Stores, autoscaler: &crate::engine::Autoscaler, id: &ServiceId) {
     if !shared.options.manage_request_path {
         return;
     }
@@ -546,7 +546,7 @@ pub(crate) fn is_ready(pod: &Pod) -> bool {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The runtime's view of a pod.
+/// The engine's view of a pod.
 fn target(pod: &Pod, stats_port: u16) -> PodTarget {
     let status = pod.status.as_ref();
     let ip: Option<IpAddr> = status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());

@@ -1,7 +1,7 @@
-//! Replicas: the Kubernetes [`Scaler`] the runtime acts through, and the leader's reconciliation of each
-//! Deployment's `spec.replicas` with the runtime's desired count.
+//! Replicas: the Kubernetes [`Scaler`] the engine acts through, and the leader's reconciliation of each
+//! Deployment's `spec.replicas` with the engine's desired count.
 //!
-//! The runtime calls the scaler only when its decision changes; the reconciliation here is level-triggered
+//! The engine calls the scaler only when its decision changes; the reconciliation here is level-triggered
 //! (desired vs. what the watch shows) so that a write that failed, was held back or was undone by another
 //! writer is retried. Rules:
 //! - merge patch of `deployments/scale`, only when the value differs;
@@ -27,14 +27,14 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{CONTROLLER_NAME, Shared, deletion_cost, status, watch::ServiceState};
-use crate::runtime::{Autoscaler, Scaler, Scraper, ServiceStatus};
+use crate::engine::{Autoscaler, Scaler, Scraper, ServiceStatus};
 use ebb_config::Mode;
 use ebb_config::ServiceId;
 
 /// Replicas are not lowered for this long after an activator reported requests queued for the service.
 pub const QUEUED_HOLD: Duration = Duration::from_secs(3);
 
-/// The runtime's [`Scaler`] on Kubernetes: calls wake the controller's pass, which applies the runtime's
+/// The engine's [`Scaler`] on Kubernetes: calls wake the controller's pass, which applies the engine's
 /// state if this replica leads.
 pub struct KubeScaler {
     shared: Arc<Shared>,

@@ -1,5 +1,7 @@
-//! The autoscaler's runtime: stat collection, ticking and actuation around the pure decision core, shared by
-//! local mode (`ebb up`) and the Kubernetes controller.
+//! The autoscaler's engine: stat collection, ticking and actuation around the pure decision core of
+//! [`ebb_kpa`], shared by local mode (`ebb up`) and the Kubernetes controller ([`crate::cluster`]). It is the
+//! part that does I/O and reads the clock; called `engine` (not `runtime`) so that it is not taken for tokio's
+//! runtime, which it runs on.
 //!
 //! - A source (the local pod manager, or a Kubernetes watch) tells the [`Autoscaler`] the services
 //!   ([`Autoscaler::set_service`]) and their pods ([`Autoscaler::set_pods`]: stats address, readiness, age).
@@ -72,7 +74,7 @@ pub trait Scaler: Send + Sync + 'static {
     }
 }
 
-/// Tuning of the runtime.
+/// Tuning of the engine.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Longest wait for one pod's stat.
