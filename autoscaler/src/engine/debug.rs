@@ -4,7 +4,9 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Autoscaler, ServiceId};
+use ebb_config::ServiceId;
+
+use super::autoscaler::Autoscaler;
 
 /// The answer to a decision-trace request with this query string: the decisions, oldest first, or an
 /// error status with a JSON body saying what was wrong. A `service` without a namespace is looked up in

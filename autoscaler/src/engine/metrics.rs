@@ -12,8 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use super::ServiceId;
 use super::controller::{DecisionRecord, ServiceStatus};
+use ebb_config::ServiceId;
 
 /// Every decider reason kind (label values of `decisions_total`).
 const DECIDER_KINDS: [&str; 9] = [

@@ -1,0 +1,596 @@
+//! The autoscaler of a set of services: what its source tells it (services, pods, activator stats), the
+//! collection every second, the decisions every tick, and the actions it hands to its [`Scaler`].
+
+use ebb_process::sync::Locked;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ebb_config::ServiceConfig;
+use ebb_config::wire::{IngestFrame, PodStat};
+use tokio::sync::mpsc;
+
+use super::collect;
+use super::controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
+use super::metrics::Metrics;
+use super::scaler::Scaler;
+use super::scrape::Scraper;
+use ebb_config::Mode;
+use ebb_config::ServiceId;
+use ebb_kpa::{Error, Phase, TICK_INTERVAL, Timestamp};
+
+/// Where the decision clock starts: a day after its own epoch, so that a clock resumed from persisted state
+/// ([`Autoscaler::resume_service`]) can lie before this autoscaler started ([`Timestamp`] cannot be negative).
+/// Older times are clamped to it, a day being longer than any window or period the clocks are compared with.
+const CLOCK_ORIGIN: Duration = Duration::from_secs(86_400);
+
+/// One pod of a service, as its source sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodTarget {
+    /// The pod's name.
+    pub name: String,
+    /// Its queue-proxy's stats address; `None` until it has one.
+    pub stats: Option<SocketAddr>,
+    /// Ready and not terminating: counted as ready and sampled.
+    pub ready: bool,
+    /// Terminating: counted in no total.
+    pub terminating: bool,
+    /// When it started (older pods are sampled first).
+    pub started: Instant,
+}
+
+/// Tuning of the engine.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Longest wait for one pod's stat.
+    pub scrape_timeout: Duration,
+    /// How often pods are scraped (Knative: every second).
+    pub scrape_interval: Duration,
+    /// How often every service is decided for.
+    pub tick_interval: Duration,
+    /// Decisions kept per service.
+    pub history_len: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            scrape_timeout: Duration::from_millis(500),
+            scrape_interval: Duration::from_secs(1),
+            tick_interval: TICK_INTERVAL,
+            history_len: 100,
+        }
+    }
+}
+
+struct Entry {
+    controller: ServiceController,
+    pods: Vec<PodTarget>,
+    /// The latest stat of each activator since the last collection.
+    activator_stats: HashMap<String, PodStat>,
+    /// The last decision logged at info level's content, to log repeats at debug level.
+    last_logged: Option<DecisionRecord>,
+    /// When the first stat showing load arrived while the service was at zero, until it is scaled up.
+    cold_since: Option<Instant>,
+    /// The time of the last collection, which stamped its second of load.
+    collected_at: Option<Timestamp>,
+}
+
+impl Entry {
+    fn ready(&self) -> u32 {
+        self.pods.iter().filter(|p| p.ready && !p.terminating).count() as u32
+    }
+
+    fn status(&self, id: &ServiceId) -> ServiceStatus {
+        self.controller.status(&id.namespace, &id.name, self.ready(), self.pods.len() as u32)
+    }
+}
+
+/// The autoscaler of a set of services.
+pub struct Autoscaler {
+    services: Mutex<BTreeMap<ServiceId, Entry>>,
+    scaler: Arc<dyn Scaler>,
+    metrics: Metrics,
+    scraper: Scraper,
+    options: Options,
+    epoch: Instant,
+}
+
+impl fmt::Debug for Autoscaler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Autoscaler").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl Autoscaler {
+    /// An autoscaler with no services, acting through `scaler`.
+    pub fn new(scaler: Arc<dyn Scaler>, options: Options) -> Arc<Self> {
+        Arc::new(Self {
+            services: Mutex::default(),
+            scaler,
+            metrics: Metrics::new(),
+            scraper: Scraper::new(options.scrape_timeout),
+            options,
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The decision clock: time since this autoscaler started, plus [`CLOCK_ORIGIN`].
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_duration(CLOCK_ORIGIN + self.epoch.elapsed())
+    }
+
+    /// The decision clock's time `ago` before now (clamped at the clock's epoch, a day before start).
+    pub fn ago(&self, ago: Duration) -> Timestamp {
+        Timestamp::from_duration(self.now().since_epoch().saturating_sub(ago))
+    }
+
+    /// Resumes a just-added service's policy clocks from persisted state (a new leader): its `phase` (with
+    /// when it was entered; `None` keeps the fresh one) and its `mode`, entered at `mode_since`. Unknown
+    /// services are ignored.
+    pub fn resume_service(&self, id: &ServiceId, phase: Option<Phase>, mode: Mode, mode_since: Timestamp) {
+        let mut services = self.services.locked();
+        if let Some(entry) = services.get_mut(id) {
+            entry.controller.resume(phase, mode, mode_since);
+            tracing::info!(service = %id, phase = %entry.controller.phase(), %mode, "resumed the scale-to-zero clocks");
+            self.metrics.observe_status(id, &entry.status(id));
+        }
+    }
+
+    /// Adds a service (with `replicas` in force now) or applies its changed configuration. On error the last
+    /// good configuration stays in force.
+    pub fn set_service(&self, id: ServiceId, config: ServiceConfig, replicas: u32) -> Result<(), Error> {
+        self.set_service_with_ready(id, config, replicas, 0)
+    }
+
+    /// [`Self::set_service`] for a source that knows how many pods are ready when it first sees the service
+    /// (the Kubernetes controller after a restart): with more than one ready pod the decider starts in panic
+    /// holding that count, so a restart never shrinks a scaled service.
+    pub fn set_service_with_ready(
+        &self,
+        id: ServiceId,
+        config: ServiceConfig,
+        replicas: u32,
+        ready: u32,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        let mut services = self.services.locked();
+        match services.get_mut(&id) {
+            Some(entry) => entry.controller.update(config),
+            None => {
+                let controller =
+                    ServiceController::new(config, now, ready, replicas, self.options.history_len)?;
+                self.metrics.add_service(&id);
+                let entry = Entry {
+                    controller,
+                    pods: Vec::new(),
+                    activator_stats: HashMap::new(),
+                    last_logged: None,
+                    cold_since: None,
+                    collected_at: None,
+                };
+                self.metrics.observe_status(&id, &entry.status(&id));
+                services.insert(id, entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets a service.
+    pub fn remove_service(&self, id: &ServiceId) {
+        if self.services.locked().remove(id).is_some() {
+            self.metrics.remove_service(id);
+        }
+    }
+
+    /// Replaces a service's pods.
+    pub fn set_pods(&self, id: &ServiceId, pods: Vec<PodTarget>) {
+        let mut services = self.services.locked();
+        if let Some(entry) = services.get_mut(id) {
+            entry.pods = pods;
+            self.metrics.observe_status(id, &entry.status(id));
+        }
+    }
+
+    /// Takes an activator's stat. For a service at zero it is recorded and decided on at once (the cold
+    /// start); otherwise it joins the current second's collection.
+    pub fn ingest(&self, frame: IngestFrame) {
+        self.metrics.stats_received("activator", 1);
+        let id = ServiceId::new(frame.namespace, frame.name);
+        let now = self.now();
+        let actions = {
+            let mut services = self.services.locked();
+            let Some(entry) = services.get_mut(&id) else {
+                tracing::debug!(service = %id, "stat for an unknown service; ignored");
+                return;
+            };
+            if entry.controller.replicas() == 0 && !entry.controller.is_paused() {
+                let metric = entry.controller.config().scaling.metric;
+                let value = collect::activator_value(metric, &frame.stat);
+                if value > 0.0 {
+                    entry.cold_since.get_or_insert_with(Instant::now);
+                }
+                if let Err(err) = entry.controller.record(now, value) {
+                    tracing::warn!(service = %id, "stat refused: {err}");
+                    return;
+                }
+                self.decide(&id, entry, now)
+            } else {
+                entry.activator_stats.insert(frame.stat.pod.clone(), frame.stat);
+                return;
+            }
+        };
+        self.apply(&id, actions);
+    }
+
+    /// Decides for one service now (the lock is held; the actions are applied after it is released).
+    fn decide(&self, id: &ServiceId, entry: &mut Entry, now: Timestamp) -> Actions {
+        let ready = entry.ready();
+        let in_path = self.scaler.activator_in_path(id);
+        let load_at = self.load_at(entry, now);
+        let (record, actions) =
+            entry.controller.tick(now, load_at, Some(ready), in_path, self.scaler.activators_ready());
+        self.metrics.decided(id, &record);
+        self.metrics.observe_status(id, &entry.status(id));
+        if record.changed
+            && record.desired > 0
+            && let Some(since) = entry.cold_since.take()
+        {
+            self.metrics.cold_start_decided(id, since.elapsed());
+        }
+        let fmt_obs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+        // Every decision is logged; those that change nothing (same replicas, mode, phase and reason kind as
+        // the last one) at debug level, so an idle service does not fill the terminal.
+        let same = entry.last_logged.as_ref().is_some_and(|last: &DecisionRecord| {
+            last.desired == record.desired
+                && last.mode == record.mode
+                && last.phase == record.phase
+                && last.ready == record.ready
+                && last.decider_kind == record.decider_kind
+                && last.policy_kind == record.policy_kind
+        });
+        let level_info = !same;
+        entry.last_logged = Some(record.clone());
+        macro_rules! log_decision {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "ebb::decision",
+            service = %id,
+            observed = %fmt_obs(record.observed_stable),
+            panic_observed = %fmt_obs(record.observed_panic),
+            desired = record.desired,
+            ready = record.ready,
+            mode = record.mode,
+            phase = record.phase,
+            reason = %record.reason,
+            "decision"
+                )
+            };
+        }
+        if level_info {
+            log_decision!(info);
+        } else {
+            log_decision!(debug);
+        }
+        actions
+    }
+
+    /// When a decision at `now` reads the service's load: as of its last collection while collections keep
+    /// coming. A tick that lands before the current second's collection has finished must not read that
+    /// second as idle: with a 1 s panic window (a 6 s stable window) it read every burst as zero load, and
+    /// panic mode never started. When collections stop, the load is read at `now` and ages out as it should.
+    fn load_at(&self, entry: &Entry, now: Timestamp) -> Timestamp {
+        match entry.collected_at {
+            Some(at) if now.saturating_since(at) <= 2 * self.options.scrape_interval => at,
+            _ => now,
+        }
+    }
+
+    fn apply(&self, id: &ServiceId, actions: Actions) {
+        if let Some(mode) = actions.mode {
+            self.scaler.set_mode(id, mode);
+        }
+        if let Some(replicas) = actions.replicas {
+            self.scaler.set_replicas(id, replicas);
+        }
+    }
+
+    /// Decides for every service now.
+    pub fn tick(&self) {
+        let started = Instant::now();
+        let now = self.now();
+        let mut all = Vec::new();
+        {
+            let mut services = self.services.locked();
+            for (id, entry) in services.iter_mut() {
+                let actions = self.decide(id, entry, now);
+                all.push((id.clone(), actions));
+            }
+        }
+        for (id, actions) in all {
+            self.apply(&id, actions);
+        }
+        self.metrics.tick_took(started.elapsed());
+    }
+
+    /// Scrapes every service's pod sample and records one second of load per service.
+    pub async fn collect(&self) {
+        let now = self.now();
+        let plan: Vec<(ServiceId, usize, Vec<SocketAddr>)> = {
+            let services = self.services.locked();
+            services
+                .iter()
+                .map(|(id, entry)| {
+                    let window = entry.controller.stable_window();
+                    let candidates = entry
+                        .pods
+                        .iter()
+                        .filter(|p| p.ready && !p.terminating)
+                        .filter_map(|p| {
+                            p.stats.map(|addr| collect::Candidate { pod: addr, age: p.started.elapsed() })
+                        })
+                        .collect();
+                    (id.clone(), entry.ready() as usize, collect::choose_sample(candidates, window))
+                })
+                .collect()
+        };
+        let scrapes = plan.into_iter().map(|(id, ready, sample)| async move {
+            let results = futures_join(sample.iter().map(|addr| self.scraper.scrape(*addr))).await;
+            (id, ready, results)
+        });
+        let results = futures_join(scrapes).await;
+        let mut services = self.services.locked();
+        for (id, ready, results) in results {
+            let Some(entry) = services.get_mut(&id) else { continue };
+            entry.collected_at = Some(now);
+            let mut answered = Vec::with_capacity(results.len());
+            for result in results {
+                match result {
+                    Ok(stat) => answered.push(stat),
+                    Err(err) => {
+                        self.metrics.scrape_failed(&id);
+                        tracing::debug!(service = %id, "scrape failed: {err}");
+                    }
+                }
+            }
+            self.metrics.stats_received("pod", answered.len() as u64);
+            let activators: Vec<PodStat> = entry.activator_stats.drain().map(|(_, s)| s).collect();
+            let metric = entry.controller.config().scaling.metric;
+            if let Some(total) = collect::service_total(metric, ready, &answered, &activators)
+                && let Err(err) = entry.controller.record(now, total)
+            {
+                tracing::warn!(service = %id, "load refused: {err}");
+            }
+        }
+    }
+
+    /// Every service's status, by name.
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        self.services.locked().iter().map(|(id, entry)| entry.status(id)).collect()
+    }
+
+    /// A service's last decisions, oldest first.
+    pub fn decisions(&self, id: &ServiceId) -> Option<Vec<DecisionRecord>> {
+        self.services.locked().get(id).map(|entry| entry.controller.history())
+    }
+
+    /// The Prometheus text of the autoscaler's metrics.
+    pub fn encode_metrics(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// Collects every second, decides every tick and ingests the activators' stats until `stop` resolves.
+    pub async fn run(
+        self: Arc<Self>,
+        mut frames: mpsc::Receiver<IngestFrame>,
+        stop: impl Future<Output = ()>,
+    ) {
+        let mut collect = tokio::time::interval(self.options.scrape_interval);
+        collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(self.options.tick_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Collection runs on its own task so a slow scrape never delays a tick or a cold-start stat.
+        let collector = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    collect.tick().await;
+                    this.collect().await;
+                }
+            })
+        };
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                frame = frames.recv() => match frame {
+                    Some(frame) => self.ingest(frame),
+                    None => { std::future::pending::<()>().await }
+                },
+                _ = tick.tick() => self.tick(),
+            }
+        }
+        collector.abort();
+    }
+}
+
+/// Runs futures concurrently and returns their outputs in order (a small `join_all` without a dependency).
+async fn futures_join<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("every future finished")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ebb_config::wire::{IngestFrame, PodStat};
+    use ebb_config::{GlobalConfig, resolve_service};
+
+    use super::*;
+    use crate::engine::debug;
+
+    /// Records the replicas asked for.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<u32>>);
+
+    impl Scaler for Recorder {
+        fn set_replicas(&self, _service: &ServiceId, replicas: u32) {
+            self.0.lock().unwrap().push(replicas);
+        }
+        fn set_mode(&self, _service: &ServiceId, _mode: Mode) {}
+        fn activator_in_path(&self, _service: &ServiceId) -> bool {
+            true
+        }
+    }
+
+    /// A queue-proxy stats endpoint answering every scrape with `concurrency`, on a real socket.
+    async fn stats_server(concurrency: f64) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stat = PodStat {
+            pod: "chat-0".into(),
+            average_concurrency: concurrency,
+            average_proxied_concurrency: 0.0,
+            request_count: concurrency,
+            proxied_request_count: 0.0,
+            process_uptime_secs: 100.0,
+            timestamp_ms: 0,
+            average_queued: Some(0.0),
+        };
+        let body = stat.encode().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(&[head.as_bytes(), &body].concat()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_tick_in_the_second_after_a_collection_still_sees_it_in_a_one_second_panic_window() {
+        let autoscaler = Autoscaler::new(Arc::new(Recorder::default()), Options::default());
+        // A 6 s stable window makes a 1 s panic window: the last collected second is all of it.
+        let annotations: BTreeMap<String, String> =
+            [("autoscaling.knative.dev/window", "6s"), ("autoscaling.knative.dev/target", "10")]
+                .map(|(k, v)| (k.into(), v.into()))
+                .into();
+        let config = resolve_service(&annotations, &GlobalConfig::default()).unwrap().value;
+        let id = ServiceId::new("demo", "chat");
+        autoscaler.set_service(id.clone(), config, 1).unwrap();
+        let stats = stats_server(50.0).await;
+        let pod = PodTarget {
+            name: "chat-0".into(),
+            stats: Some(stats),
+            ready: true,
+            terminating: false,
+            started: Instant::now(),
+        };
+        autoscaler.set_pods(&id, vec![pod]);
+
+        autoscaler.collect().await;
+        // The tick lands in the next second, before that second's collection (as it does when the tick and
+        // collection intervals drift against each other).
+        let collected = autoscaler.now().whole_secs();
+        while autoscaler.now().whole_secs() == collected {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        autoscaler.tick();
+
+        let last = autoscaler.decisions(&id).unwrap().pop().unwrap();
+        assert_eq!(last.observed_panic, Some(50.0), "{last:?}");
+        // Target 10 at the default 70 % utilization is 7 per pod: ceil(50 / 7) = 8, over 2 x 1 ready.
+        assert!(last.panic, "50 concurrent over a target of 7 on 1 pod is a panic: {last:?}");
+        assert_eq!(last.desired, 8, "{last:?}");
+    }
+
+    #[test]
+    fn a_cold_start_stat_is_decided_at_once_and_the_wait_is_recorded() {
+        let scaler = Arc::new(Recorder::default());
+        let autoscaler = Autoscaler::new(scaler.clone(), Options::default());
+        let data: BTreeMap<String, String> = [("allow-zero-initial-scale", "true"), ("initial-scale", "0")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        let global = GlobalConfig::from_data(&data).unwrap().value;
+        let config = resolve_service(&BTreeMap::new(), &global).unwrap().value;
+        let id = ServiceId::new("demo", "chat");
+        autoscaler.set_service(id.clone(), config, 0).unwrap();
+        autoscaler.tick();
+        assert_eq!(*scaler.0.lock().unwrap(), [] as [u32; 0], "at zero without load");
+
+        let stat = PodStat {
+            pod: "activator-0".into(),
+            average_concurrency: 1.0,
+            average_proxied_concurrency: 1.0,
+            request_count: 1.0,
+            proxied_request_count: 1.0,
+            process_uptime_secs: 1.0,
+            timestamp_ms: 0,
+            average_queued: Some(0.0),
+        };
+        autoscaler.ingest(IngestFrame { namespace: "demo".into(), name: "chat".into(), stat });
+        assert_eq!(*scaler.0.lock().unwrap(), [1], "scaled up as the stat arrived");
+        let metrics = autoscaler.encode_metrics();
+        let series =
+            "ebb_autoscaler_cold_start_decision_seconds_count{namespace=\"demo\",service=\"chat\"} 1";
+        assert!(metrics.contains(series), "{metrics}");
+
+        // The decision trace names the service and keeps the last ones asked for.
+        let (status, body) = debug::decisions(&autoscaler, Some("service=demo%2Fchat&limit=1"), "default");
+        assert_eq!(status, http::StatusCode::OK);
+        assert_eq!(body["service"], "demo/chat");
+        let decisions = body["decisions"].as_array().unwrap();
+        assert_eq!(decisions.len(), 1);
+        assert_eq!(
+            (decisions[0]["desired"].as_u64(), decisions[0]["changed"].as_bool()),
+            (Some(1), Some(true))
+        );
+        let (status, body) = debug::decisions(&autoscaler, Some("service=chat"), "demo");
+        assert_eq!((status, body["decisions"].as_array().unwrap().len()), (http::StatusCode::OK, 2));
+        for (query, expected) in [
+            (None, http::StatusCode::BAD_REQUEST),
+            (Some("service=demo/chat&limit=few"), http::StatusCode::BAD_REQUEST),
+            (Some("service=demo/other"), http::StatusCode::NOT_FOUND),
+        ] {
+            let (status, body) = debug::decisions(&autoscaler, query, "default");
+            assert_eq!(status, expected, "{query:?}: {body}");
+            assert!(body["error"].is_string(), "{body}");
+        }
+    }
+}
