@@ -12,6 +12,7 @@ use std::time::Duration;
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
 use ebb_config::placement::template_only_keys;
 use ebb_config::{GlobalConfig, ServiceId, resolve_service};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -29,6 +30,10 @@ use super::state::{Activators, Context, Signals};
 use super::stores::Stores;
 use super::{blocked, env_check, status};
 use crate::engine::{Autoscaler, PodTarget, ServiceStatus};
+
+/// How many services the leader reconciles at once: enough that a slow API call for one does not hold up the
+/// others, few enough not to flood the API server after a restart with many services.
+const CONCURRENT_RECONCILES: usize = 16;
 
 /// The global configuration in force.
 struct Global {
@@ -96,21 +101,19 @@ impl Reconciler {
         }
     }
 
+    /// One pass: observe, decide, act.
     async fn pass(&mut self) {
-        let Self {
-            context,
-            signals,
-            activators: activator_state,
-            autoscaler,
-            stores,
-            slices,
-            prober,
-            global,
-            services,
-        } = self;
-        let (context, autoscaler, stores) = (&**context, &**autoscaler, &*stores);
+        let snapshot = self.observe();
+        let work = self.decide(&snapshot);
+        self.act(&snapshot, work).await;
+    }
+
+    /// Observe: what the watches show now. Also notes whether the API server answers, applies a changed
+    /// `config-autoscaler` and publishes the ready activators.
+    fn observe(&mut self) -> Snapshot {
+        let (context, stores) = (&*self.context, &self.stores);
         context.metrics.api_reachable.set(i64::from(context.health.reachable()));
-        update_global(context, stores, global);
+        update_global(context, stores, &mut self.global);
 
         // Pods by service.
         let mut pods: HashMap<ServiceId, Vec<Arc<Pod>>> = HashMap::new();
@@ -119,96 +122,7 @@ impl Reconciler {
             let id = ServiceId::new(pod.namespace().unwrap_or_default(), service);
             pods.entry(id).or_default().push(pod);
         }
-
         let deployments: Vec<Arc<Deployment>> = stores.deployments.iter().flat_map(Store::state).collect();
-        let mut present = HashSet::new();
-        for deployment in &deployments {
-            let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
-            let reference = deployment.object_ref(&());
-            let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
-            if *label != *id.name {
-                context.events.warning(
-                reference,
-                "ServiceLabelMismatch",
-                format!(
-                    "label {LABEL_SERVICE}={label:?} must equal the Deployment's name {:?}; ebb leaves it alone",
-                    id.name
-                ),
-            );
-                continue;
-            }
-            present.insert(id.clone());
-            let template = deployment.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
-            if let Some(template) = template.and_then(|m| m.annotations.as_ref()) {
-                for (_key, message) in template_only_keys(deployment.annotations(), template) {
-                    context.events.warning(reference.clone(), "AnnotationOnPodTemplate", message);
-                }
-            }
-            let state = services.entry(id.clone()).or_insert_with(|| {
-                context.metrics.add_service(&id.namespace, &id.name);
-                ServiceState::default()
-            });
-            let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
-            let targets: Vec<PodTarget> =
-                service_pods.iter().map(|p| target(p, context.options.pod_stats_port)).collect();
-            let ready = targets.iter().filter(|t| t.ready && !t.terminating).count() as u32;
-            let replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
-
-            // Configuration, re-resolved only when the annotations or the global config changed.
-            let annotations: BTreeMap<String, String> = deployment.annotations().clone();
-            let key = (serde_json::to_string(&annotations).unwrap_or_default(), global.generation);
-            if state.config_key.as_ref() != Some(&key) {
-                state.config_key = Some(key);
-                match resolve_service(&annotations, &global.config) {
-                    Ok(resolved) => {
-                        let data_plane = resolved.value.data_plane.clone();
-                        // A paused service's replicas belong to someone else; otherwise start from the last
-                        // leader's decision (if any), which ebb enforces over other writers anyway.
-                        let in_force = if resolved.value.paused {
-                            replicas
-                        } else {
-                            status::leader_desired(&annotations).unwrap_or(replicas)
-                        };
-                        match autoscaler.set_service_with_ready(id.clone(), resolved.value, in_force, ready) {
-                            Ok(()) => {
-                                state.data_plane = Some(data_plane);
-                                if !state.valid {
-                                    // Just added: resume the scale-to-zero clocks a previous leader left on
-                                    // ebb's public Service (design.md), rather than starting them from zero.
-                                    resume(context, stores, autoscaler, &id);
-                                }
-                                state.valid = true;
-                            }
-                            Err(err) => invalid(context, &reference, &id, state.valid, &err.to_string()),
-                        }
-                        for warning in resolved.warnings {
-                            context.events.warning(
-                                reference.clone(),
-                                "ConfigurationWarning",
-                                warning.to_string(),
-                            );
-                        }
-                    }
-                    Err(err) => invalid(context, &reference, &id, state.valid, &err.to_string()),
-                }
-            }
-            if state.valid {
-                autoscaler.set_pods(&id, targets);
-            }
-            report_blocked(context, &reference, &id, state, service_pods);
-            report_mismatches(context, &reference, state, service_pods);
-            let scale_ctx = ScaleContext { context, signals, activators: activator_state, autoscaler };
-            scale::observe_replicas(&scale_ctx, &reference, &id, state, deployment, replicas);
-        }
-        services.retain(|id, _state| {
-            let keep = present.contains(id);
-            if !keep {
-                autoscaler.remove_service(id);
-                context.metrics.remove_service(&id.namespace, &id.name);
-                activator_state.forget_path(id);
-            }
-            keep
-        });
 
         // Ready activators.
         let activators: Vec<IpAddr> = stores
@@ -218,38 +132,184 @@ impl Reconciler {
             .filter(|p| is_ready(p))
             .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
             .collect();
-        activator_state.set_ready(activators.clone());
+        self.activators.set_ready(activators.clone());
+        Snapshot { deployments, pods, activators }
+    }
 
-        if !signals.is_leader() {
-            return;
+    /// Decide: brings the engine's services and pods up to date with the snapshot (the engine decides on its
+    /// own ticks), reports what is wrong, forgets services that are gone and, on the leader, picks the
+    /// services to act on, each with the engine's decision in force.
+    fn decide<'s>(&mut self, snapshot: &'s Snapshot) -> HashMap<ServiceId, Work<'s>> {
+        let mut present = HashSet::new();
+        for deployment in &snapshot.deployments {
+            if let Some(id) = self.update_service(deployment, &snapshot.pods) {
+                present.insert(id);
+            }
         }
-        let statuses: HashMap<ServiceId, ServiceStatus> = autoscaler
+        let (context, autoscaler, activators) = (&self.context, &self.autoscaler, &self.activators);
+        self.services.retain(|id, _state| {
+            let keep = present.contains(id);
+            if !keep {
+                autoscaler.remove_service(id);
+                context.metrics.remove_service(&id.namespace, &id.name);
+                activators.forget_path(id);
+            }
+            keep
+        });
+
+        if !self.signals.is_leader() {
+            return HashMap::new();
+        }
+        let mut statuses: HashMap<ServiceId, ServiceStatus> = autoscaler
             .status()
             .into_iter()
             .map(|s| (ServiceId::new(s.namespace.clone(), s.name.clone()), s))
             .collect();
-        for deployment in &deployments {
+        let mut work = HashMap::new();
+        for deployment in &snapshot.deployments {
             let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
-            let (Some(state), Some(status)) = (services.get_mut(&id), statuses.get(&id)) else { continue };
-            if !state.valid {
+            if !self.services.get(&id).is_some_and(|state| state.valid) {
                 continue;
             }
-            let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
-            let scale_ctx = ScaleContext { context, signals, activators: activator_state, autoscaler };
-            scale::reconcile(&scale_ctx, &id, state, deployment, status, service_pods).await;
-            if context.options.manage_request_path {
-                let ctx = PathContext {
-                    context,
-                    verified: activator_state,
-                    stores,
-                    slices,
-                    prober,
-                    activators: &activators,
-                };
-                path::reconcile(&ctx, &id, state, deployment, status, service_pods).await;
+            let Some(status) = statuses.remove(&id) else { continue };
+            let pods = snapshot.pods.get(&id).map(Vec::as_slice).unwrap_or_default();
+            work.insert(id, Work { deployment, status, pods });
+        }
+        work
+    }
+
+    /// One Deployment's part of [`Self::decide`]: its configuration and pods to the engine, its problems
+    /// reported, its replicas noted. `None` when its label disqualifies it (ebb leaves it alone).
+    fn update_service(
+        &mut self,
+        deployment: &Deployment,
+        pods: &HashMap<ServiceId, Vec<Arc<Pod>>>,
+    ) -> Option<ServiceId> {
+        let Self { context, signals, activators, autoscaler, stores, global, services, .. } = self;
+        let (context, autoscaler, stores) = (&**context, &**autoscaler, &*stores);
+        let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
+        let reference = deployment.object_ref(&());
+        let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
+        if *label != *id.name {
+            context.events.warning(
+                reference,
+                "ServiceLabelMismatch",
+                format!(
+                    "label {LABEL_SERVICE}={label:?} must equal the Deployment's name {:?}; ebb leaves it alone",
+                    id.name
+                ),
+            );
+            return None;
+        }
+        let template = deployment.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+        if let Some(template) = template.and_then(|m| m.annotations.as_ref()) {
+            for (_key, message) in template_only_keys(deployment.annotations(), template) {
+                context.events.warning(reference.clone(), "AnnotationOnPodTemplate", message);
             }
         }
+        let state = services.entry(id.clone()).or_insert_with(|| {
+            context.metrics.add_service(&id.namespace, &id.name);
+            ServiceState::default()
+        });
+        let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
+        let targets: Vec<PodTarget> =
+            service_pods.iter().map(|p| target(p, context.options.pod_stats_port)).collect();
+        let ready = targets.iter().filter(|t| t.ready && !t.terminating).count() as u32;
+        let replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+
+        // Configuration, re-resolved only when the annotations or the global config changed.
+        let annotations: BTreeMap<String, String> = deployment.annotations().clone();
+        let key = (serde_json::to_string(&annotations).unwrap_or_default(), global.generation);
+        if state.config_key.as_ref() != Some(&key) {
+            state.config_key = Some(key);
+            match resolve_service(&annotations, &global.config) {
+                Ok(resolved) => {
+                    let data_plane = resolved.value.data_plane.clone();
+                    // A paused service's replicas belong to someone else; otherwise start from the last
+                    // leader's decision (if any), which ebb enforces over other writers anyway.
+                    let in_force = if resolved.value.paused {
+                        replicas
+                    } else {
+                        status::leader_desired(&annotations).unwrap_or(replicas)
+                    };
+                    match autoscaler.set_service_with_ready(id.clone(), resolved.value, in_force, ready) {
+                        Ok(()) => {
+                            state.data_plane = Some(data_plane);
+                            if !state.valid {
+                                // Just added: resume the scale-to-zero clocks a previous leader left on
+                                // ebb's public Service (design.md), rather than starting them from zero.
+                                resume(context, stores, autoscaler, &id);
+                            }
+                            state.valid = true;
+                        }
+                        Err(err) => invalid(context, &reference, &id, state.valid, &err.to_string()),
+                    }
+                    for warning in resolved.warnings {
+                        context.events.warning(
+                            reference.clone(),
+                            "ConfigurationWarning",
+                            warning.to_string(),
+                        );
+                    }
+                }
+                Err(err) => invalid(context, &reference, &id, state.valid, &err.to_string()),
+            }
+        }
+        if state.valid {
+            autoscaler.set_pods(&id, targets);
+        }
+        report_blocked(context, &reference, &id, state, service_pods);
+        report_mismatches(context, &reference, state, service_pods);
+        let scale_ctx = ScaleContext { context, signals, activators, autoscaler };
+        scale::observe_replicas(&scale_ctx, &reference, &id, state, deployment, replicas);
+        Some(id)
     }
+
+    /// Act (leader only): each picked service's replicas, then its request path. Services are reconciled
+    /// concurrently, at most [`CONCURRENT_RECONCILES`] at once, so that one slow API call does not hold up
+    /// every other service's writes.
+    async fn act(&mut self, snapshot: &Snapshot, work: HashMap<ServiceId, Work<'_>>) {
+        let Self { context, signals, activators, autoscaler, stores, slices, prober, services, .. } = self;
+        let scale_ctx = &ScaleContext { context, signals, activators, autoscaler };
+        let path_ctx = &PathContext {
+            context,
+            verified: activators,
+            stores,
+            slices,
+            prober,
+            activators: &snapshot.activators,
+        };
+        let manage_request_path = context.options.manage_request_path;
+        // Collected first: a lazy iterator of futures held across the await trips the compiler's `Send` check.
+        let reconciles: Vec<_> = services
+            .iter_mut()
+            .filter_map(|(id, state)| {
+                let Work { deployment, status, pods } = work.get(id)?;
+                Some(async move {
+                    scale::reconcile(scale_ctx, id, state, deployment, status, pods).await;
+                    if manage_request_path {
+                        path::reconcile(path_ctx, id, state, deployment, status, pods).await;
+                    }
+                })
+            })
+            .collect();
+        futures::stream::iter(reconciles).buffer_unordered(CONCURRENT_RECONCILES).collect::<()>().await;
+    }
+}
+
+/// What one pass observed.
+struct Snapshot {
+    deployments: Vec<Arc<Deployment>>,
+    pods: HashMap<ServiceId, Vec<Arc<Pod>>>,
+    /// The ready activators' addresses.
+    activators: Vec<IpAddr>,
+}
+
+/// One service the leader acts on: its Deployment and pods as observed, and the engine's decision in force.
+struct Work<'s> {
+    deployment: &'s Deployment,
+    status: ServiceStatus,
+    pods: &'s [Arc<Pod>],
 }
 
 /// Resumes a just-added service's clocks from its public Service's annotations, when ebb manages it.
