@@ -1,12 +1,12 @@
-//! The autoscaler as a Kubernetes controller (issue 6), against the real v1.20.2 control plane.
+//! The autoscaler as a Kubernetes controller, against the real v1.20.2 control plane.
 //!
 //! The controller runs in-process through its library API (`ebb_autoscaler::cluster::ClusterController`), as
-//! ServiceAccount `ebb-autoscaler` holding exactly the RBAC of `ebb_autoscaler::cluster::rbac::RULES`: in-process
-//! lets each test bind its ports on :0 and read the runtime's decisions to wait on them, while the RBAC and
-//! every API call are the real ones. (The failover test, which kills processes, runs the real binary:
-//! `tests/autoscaler_failover.rs`.) Pods are played by the node emulator with [`FakePods`]: queue-proxy stats
-//! on :9090 and activator probes on :8012 of each pod's own loopback address. Stats reach the ingest port
-//! in the real wire format with the activator ServiceAccount's token.
+//! ServiceAccount `ebb-autoscaler` holding exactly the RBAC of `ebb_autoscaler::cluster::rbac::RULES`:
+//! in-process lets each test bind its ports on :0 and read the engine's decisions to wait on them, while the
+//! RBAC and every API call are the real ones. (The failover test, which kills processes, runs the real
+//! binary: `tests/autoscaler_failover.rs`.) Pods are played by the node emulator with [`FakePods`]:
+//! queue-proxy stats on :9090 and activator probes on :8012 of each pod's own loopback address. Stats reach
+//! the ingest port in the real wire format with the activator ServiceAccount's token.
 
 mod support;
 
@@ -619,7 +619,7 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {
     second.shutdown().await;
 }
 
-/// Issue 6, leftover 1: a fresh leader resumes the scale-to-zero clocks from the public Service's annotations.
+/// A fresh leader resumes the scale-to-zero clocks from the public Service's annotations.
 /// The Service says the service went inactive (and proxy) 25 s ago; with a 30 s grace period and a 6 s stable
 /// window, a controller that started its clocks afresh would keep the pod for at least 30 s, a resumed one
 /// only for the grace period's remaining few seconds.

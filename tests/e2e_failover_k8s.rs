@@ -1,4 +1,4 @@
-//! Restart and failover end to end on a real control plane (issue 8, part 6), with ebb-system from
+//! Restart and failover end to end on a real control plane, with ebb-system from
 //! `manifests/` run as real processes and the example chat service under load through the test gateway
 //! (support::cluster, as tests/e2e_k8s.rs):
 //!

@@ -7,9 +7,9 @@
 //! - [`reason`]: why each decision came out as it did, for logs and metric labels.
 //!
 //! Everything here is a pure function of its inputs: nothing reads a clock (every call takes an explicit
-//! [`Timestamp`]), does I/O or spawns tasks, so the same code runs in the autoscaler, in `ebb simulate` and in
-//! tests with simulated time. The autoscaler's engine drives it: it collects stats, reads the clock and passes
-//! `now` in.
+//! [`Timestamp`]), does I/O or spawns tasks, so the same code runs in the autoscaler, in `ebb simulate` and
+//! in tests with simulated time. The autoscaler's engine drives it: it collects stats, reads the clock and
+//! passes `now` in.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,4 +1,4 @@
-//! Helpers for the autoscaler's end-to-end tests (issue 6): its RBAC from `manifests/`,
+//! Helpers for the autoscaler's end-to-end tests: its RBAC from `manifests/`,
 //! a pod runtime that plays queue-proxies (`GET :9090/stats` with a load the test sets) and activators
 //! (`Ebb-Probe: activator` on :8012), a stat-ingest client speaking the real wire format, and Event lookups.
 

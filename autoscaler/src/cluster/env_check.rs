@@ -102,15 +102,15 @@ fn env<'a>(container: &'a Container, name: &str) -> Env<'a> {
 
 /// One variable the queue-proxy reads, as compared here.
 struct Variable {
-    /// The variable (one of [`env`]).
+    /// The variable (one of [`env`](mod@env)).
     env: &'static str,
     /// The annotation it carries.
     annotation: &'static str,
     /// A value as the queue-proxy reads it, written as [`data_plane_settings`] writes it, so that the two
     /// compare as text; `None` when the queue-proxy cannot parse it.
     canonical: fn(&str) -> Option<String>,
-    /// What the queue-proxy runs with when the variable is unset, in the same form; `None` when that cannot be
-    /// known here.
+    /// What the queue-proxy runs with when the variable is unset, in the same form; `None` when that cannot
+    /// be known here.
     default: fn(&Known<'_>) -> Option<String>,
 }
 

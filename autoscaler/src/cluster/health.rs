@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Whether the API server answers: the last success is recent and no failure came after it. Scale-downs
-/// wait while it does not (design: nothing is scaled down while the API server is unreachable).
+/// wait while it does not (scale-ups do not): a view of the cluster that may be stale is good enough to add
+/// capacity, not to take it away.
 #[derive(Debug)]
 pub struct ApiHealth {
     last_ok: Mutex<Option<Instant>>,

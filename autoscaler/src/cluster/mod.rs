@@ -1,11 +1,11 @@
 //! The autoscaler as a Kubernetes controller (`autoscaler` binary, `ebb autoscaler`): the [`engine`]
 //! (collection, ticks, decisions) fed from watches, acting through a Kubernetes [`Scaler`]. Called `cluster`
-//! (and its entry point [`ClusterController`]) so that neither the module nor the type is taken for the `kube`
-//! crate or its `Controller`.
+//! (and its entry point [`ClusterController`]) so that neither the module nor the type is taken for the
+//! `kube` crate or its `Controller`.
 //!
-//! - [`stores`]: reflectors on labelled Deployments, their pods, the `config-autoscaler` ConfigMap, Services,
+//! - `stores`: reflectors on labelled Deployments, their pods, the `config-autoscaler` ConfigMap, Services,
 //!   EndpointSlices and the activator pods;
-//! - [`reconcile`]: the pass that turns them into the engine's services and pods, and on the leader into
+//! - `reconcile`: the pass that turns them into the engine's services and pods, and on the leader into
 //!   writes;
 //! - [`leader`]: the Lease; only its holder writes anything, every replica collects and decides;
 //! - [`scale`]: the [`Scaler`], replicas through `deployments/scale` (only on change), held scale-downs and
@@ -16,8 +16,9 @@
 //! - [`auth`], [`ingest`]: the activators' authenticated stat streams;
 //! - [`serve`], [`metrics`]: `/metrics`, `/healthz`, `/readyz` on port 9090;
 //! - [`rbac`]: the permissions it needs, as data (docs/rbac.md explains them);
-//! - [`options`], [`health`], [`state`], [`service_state`], [`pods`], [`backoff`]: what the others share. This
-//!   module only wires them together ([`ClusterController`]); none of them uses it.
+//! - `options`, `health`, `state`, `service_state`, `pods`, `backoff`: what the others share.
+//!
+//! This module only wires them together ([`ClusterController`]); none of them uses it.
 //!
 //! [`engine`]: crate::engine
 //! [`Scaler`]: crate::engine::Scaler

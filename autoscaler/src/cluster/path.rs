@@ -1,8 +1,8 @@
-//! The request path (design.md, "The request path in a cluster"), leader only: the public Service `NAME`
-//! (selector-less, port 80 `http` -> 8012, `app.kubernetes.io/managed-by: ebb`, owned by the Deployment)
-//! and its one EndpointSlice, rewritten in place: the activators in proxy mode, the ready, non-terminating
-//! pods in serve mode. The mode and the phase, with when each was entered, are annotations on the Service, so
-//! a new leader resumes the scale-to-zero clocks from them ([`resumed`]).
+//! The request path in a cluster (`docs/architecture.md`, "Request path"), leader only: the public Service
+//! `NAME` (selector-less, port 80 `http` -> 8012, `app.kubernetes.io/managed-by: ebb`, owned by the
+//! Deployment) and its one EndpointSlice, rewritten in place: the activators in proxy mode, the ready,
+//! non-terminating pods in serve mode. The mode and the phase, with when each was entered, are annotations on
+//! the Service, so a new leader resumes the scale-to-zero clocks from them ([`resumed`]).
 //!
 //! The activator counts as in the path only when the activator-only slice was written *and* seen back on
 //! the watch, *and* every listed activator answers `Ebb-Probe: activator` on its pod address; only then is

@@ -1,8 +1,8 @@
 //! The pass that turns what the controller watches ([`super::stores`]) into the engine's services and pods,
 //! and, on the leader, into writes. A pass runs after every watch event and every
 //! [`super::options::Options::sync_interval`]; it is level-triggered (it compares what is wanted with what is
-//! seen), so a missed event or a restart loses nothing. Every replica runs the pass up to the engine; only the
-//! leader goes on to [`super::scale`] and [`super::path`].
+//! seen), so a missed event or a restart loses nothing. Every replica runs the pass up to the engine; only
+//! the leader goes on to [`super::scale`] and [`super::path`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -237,7 +237,8 @@ impl Reconciler {
                             state.data_plane = Some(data_plane);
                             if !state.valid {
                                 // Just added: resume the scale-to-zero clocks a previous leader left on
-                                // ebb's public Service (design.md), rather than starting them from zero.
+                                // ebb's public Service rather than starting them from zero, so a failover
+                                // does not keep an idle service's pods a whole grace period longer.
                                 resume(context, stores, autoscaler, &id);
                             }
                             state.valid = true;
@@ -280,7 +281,8 @@ impl Reconciler {
             activators: &snapshot.activators,
         };
         let manage_request_path = context.options.manage_request_path;
-        // Collected first: a lazy iterator of futures held across the await trips the compiler's `Send` check.
+        // Collected first: a lazy iterator of futures held across the await fails the compiler's `Send`
+        // check (a known limitation with closures).
         let reconciles: Vec<_> = services
             .iter_mut()
             .filter_map(|(id, state)| {

@@ -1,7 +1,7 @@
 //! What the controller's tasks share, in the parts that belong together: the handles to the API server and to
-//! what the controller reports ([`Context`]), when the pass runs and whether it may act ([`Signals`]), and what
-//! the activators have told the controller ([`Activators`]). The modules of `cluster` take these from here, not
-//! from their parent, so that no module uses one that uses it back.
+//! what the controller reports ([`Context`]), when the pass runs and whether it may act ([`Signals`]), and
+//! what the activators have told the controller ([`Activators`]). The modules of `cluster` take these from
+//! here, not from their parent, so that no module uses one that uses it back.
 
 use ebb_process::sync::Locked;
 use std::collections::HashMap;
