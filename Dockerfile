@@ -16,6 +16,7 @@ WORKDIR /src
 # Dependencies first, so that a source change does not download them again.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY config config
+COPY kpa kpa
 COPY queue-proxy queue-proxy
 COPY activator activator
 COPY autoscaler autoscaler

@@ -1,19 +1,19 @@
-//! The autoscaler as a Kubernetes controller against the real v1.20.2 control plane.
+//! The autoscaler as a Kubernetes controller, against the real v1.20.2 control plane.
 //!
-//! The controller runs in-process through its library API (`ebb_autoscaler::kube::Controller`), as
-//! ServiceAccount `ebb-autoscaler` holding exactly the RBAC of `ebb_autoscaler::kube::rbac::RULES`: in-process
-//! lets each test bind its ports on :0 and read the runtime's decisions to wait on them, while the RBAC and
-//! every API call are the real ones. (The failover test, which kills processes, runs the real binary:
-//! `tests/autoscaler_failover.rs`.) Pods are played by the node emulator with [`FakePods`]: queue-proxy stats
-//! on :9090 and activator probes on :8012 of each pod's own loopback address. Stats reach the ingest port
-//! in the real wire format with the activator ServiceAccount's token.
+//! The controller runs in-process through its library API (`ebb_autoscaler::cluster::ClusterController`), as
+//! ServiceAccount `ebb-autoscaler` holding exactly the RBAC of `ebb_autoscaler::cluster::rbac::RULES`:
+//! in-process lets each test bind its ports on :0 and read the engine's decisions to wait on them, while the
+//! RBAC and every API call are the real ones. (The failover test, which kills processes, runs the real
+//! binary: `tests/autoscaler_failover.rs`.) Pods are played by the node emulator with [`FakePods`]:
+//! queue-proxy stats on :9090 and activator probes on :8012 of each pod's own loopback address. Stats reach
+//! the ingest port in the real wire format with the activator ServiceAccount's token.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ebb_autoscaler::kube::{Controller, Options};
+use ebb_autoscaler::cluster::{ClusterController, Options};
 use ebb_config::ServiceId;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -29,8 +29,8 @@ use support::{ControlPlane, NodeEmulator, TestNamespace, wait_for};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Starts a controller and waits until it leads.
-async fn start_leading(client: Client, options: Options) -> Controller {
-    let controller = Controller::start(client, options).await.expect("start the controller");
+async fn start_leading(client: Client, options: Options) -> ClusterController {
+    let controller = ClusterController::start(client, options).await.expect("start the controller");
     wait_for(TIMEOUT, "the controller to lead", async || {
         if controller.is_leader() { Ok(()) } else { Err("not leading yet") }
     })
@@ -41,7 +41,7 @@ async fn start_leading(client: Client, options: Options) -> Controller {
 struct Env {
     admin: Client,
     ns: TestNamespace,
-    controller: Option<Controller>,
+    controller: Option<ClusterController>,
     activator_token: String,
     autoscaler_token: String,
     pods: FakePods,
@@ -114,7 +114,7 @@ impl Env {
         self.controller = Some(start_leading(self.client.clone(), options).await);
     }
 
-    fn controller(&self) -> &Controller {
+    fn controller(&self) -> &ClusterController {
         self.controller.as_ref().unwrap()
     }
 
@@ -596,7 +596,7 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {
     options.watch_namespaces = vec![env.ns.name().to_owned()];
     options.ingest_addr = "127.0.0.1:0".parse().unwrap();
     options.metrics_addr = "127.0.0.1:0".parse().unwrap();
-    let second = Controller::start(client, options).await.unwrap();
+    let second = ClusterController::start(client, options).await.unwrap();
     // Give the second replica time to look at the Lease a few times: it must not lead.
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.admin.clone(), &env.ns);
     for _ in 0..3 {
@@ -619,7 +619,7 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {
     second.shutdown().await;
 }
 
-/// Issue 6, leftover 1: a fresh leader resumes the scale-to-zero clocks from the public Service's annotations.
+/// A fresh leader resumes the scale-to-zero clocks from the public Service's annotations.
 /// The Service says the service went inactive (and proxy) 25 s ago; with a 30 s grace period and a 6 s stable
 /// window, a controller that started its clocks afresh would keep the pod for at least 30 s, a resumed one
 /// only for the grace period's remaining few seconds.

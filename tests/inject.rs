@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use ebb_autoscaler::kube::env_check;
+use ebb_autoscaler::cluster::env_check;
 use ebb_config::{GlobalConfig, resolve_service};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};

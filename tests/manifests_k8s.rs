@@ -474,7 +474,7 @@ fn documented(heading: &str) -> BTreeSet<Permission> {
 }
 
 fn from_code(cluster: bool) -> BTreeSet<Permission> {
-    let rules = ebb_autoscaler::kube::rbac::RULES.iter().filter(|r| r.cluster == cluster);
+    let rules = ebb_autoscaler::cluster::rbac::RULES.iter().filter(|r| r.cluster == cluster);
     rules
         .flat_map(|r| r.verbs.iter().map(|v| (r.group.to_owned(), r.resource.to_owned(), (*v).to_owned())))
         .collect()
@@ -520,8 +520,8 @@ async fn the_service_accounts_get_exactly_the_documented_rbac_and_no_secrets() {
         flatten(&find(&objects, kind, name).unwrap_or_else(|| panic!("{kind} {name}"))["rules"])
     };
     let (cluster, own) = (documented("ClusterRole"), documented("Role"));
-    assert_eq!(cluster, from_code(true), "docs/rbac.md's ClusterRole and autoscaler/src/kube/rbac.rs");
-    assert_eq!(own, from_code(false), "docs/rbac.md's Role and autoscaler/src/kube/rbac.rs");
+    assert_eq!(cluster, from_code(true), "docs/rbac.md's ClusterRole and autoscaler/src/cluster/rbac.rs");
+    assert_eq!(own, from_code(false), "docs/rbac.md's Role and autoscaler/src/cluster/rbac.rs");
     assert_eq!(rules("ClusterRole", "ebb-autoscaler"), cluster, "manifests/ ClusterRole ebb-autoscaler");
     assert_eq!(rules("Role", "ebb-autoscaler"), own, "manifests/ Role ebb-autoscaler");
     let activator: BTreeSet<Permission> =

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ebb_activator::metrics::Metrics as ActivatorMetrics;
-use ebb_autoscaler::kube::metrics::KubeMetrics;
-use ebb_autoscaler::runtime::metrics::Metrics as AutoscalerMetrics;
+use ebb_autoscaler::cluster::metrics::KubeMetrics;
+use ebb_autoscaler::engine::metrics::Metrics as AutoscalerMetrics;
 use ebb_config::ServiceId;
 use ebb_queue_proxy::metrics::Metrics as QueueProxyMetrics;
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use ebb_autoscaler::kube::{Controller, Options};
+use ebb_autoscaler::cluster::{ClusterController, Options};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
@@ -79,7 +79,7 @@ async fn status_lists_what_the_autoscaler_wrote() {
     options.ingest_addr = "127.0.0.1:0".parse().unwrap();
     options.metrics_addr = "127.0.0.1:0".parse().unwrap();
     options.sync_interval = Duration::from_millis(250);
-    let controller = Controller::start(client, options).await.expect("start the controller");
+    let controller = ClusterController::start(client, options).await.expect("start the controller");
 
     // What the autoscaler wrote, read through the API, and the table once both agree with the cluster.
     let (cells, reason) = wait_for(TIMEOUT, "ebb status to show web at 2 ready pods, serving", async || {

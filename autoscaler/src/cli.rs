@@ -10,7 +10,7 @@ use ebb_config::names::{AUTOSCALER_INGEST_PORT, AUTOSCALER_METRICS_PORT, QUEUE_P
 use ebb_process::exit;
 use ebb_process::logging::{self, LogFormat};
 
-use crate::kube::{Controller, Options};
+use crate::cluster::{ClusterController, Options};
 
 /// Options of the autoscaler.
 #[derive(Debug, Clone, clap::Args)]
@@ -125,7 +125,7 @@ pub fn run(args: Args) -> ExitCode {
     };
     let result: Result<(), String> = runtime.block_on(async move {
         let client = client(args.kubeconfig.as_ref()).await?;
-        let controller = Controller::start(client, options).await.map_err(|e| e.to_string())?;
+        let controller = ClusterController::start(client, options).await.map_err(|e| e.to_string())?;
         println!("{{\"ingest\":\"{}\",\"metrics\":\"{}\"}}", controller.ingest_addr, controller.metrics_addr);
         let stop = ebb_process::signal::shutdown().await;
         tracing::info!("{stop}: releasing the lease and stopping");

@@ -1,37 +1,13 @@
-//! The KPA autoscaler's decision core, with Knative Serving's semantics (see `docs/kpa-reference.md`):
+//! The KPA autoscaler around the pure decision core of [`ebb_kpa`]:
 //!
-//! - [`window`]: per-second buckets of observed load and their stable and panic window averages;
-//! - [`decider`]: one decision per tick, from observed load and ready pods to a desired pod count;
-//! - [`policy`]: bounds and scale-to-zero on top of the decider, as a state machine with named phases;
-//! - [`reason`]: why each decision came out as it did, for logs and metric labels.
-//!
-//! [`runtime`] drives them: stat collection and scraping, a tick per service, actuation through a
-//! [`runtime::Scaler`], status and metrics. It alone does I/O and reads clocks, then passes `now` in.
-//!
-//! Everything else here is a pure function of its inputs: nothing reads a clock (every call takes an explicit
-//! [`Timestamp`]), does I/O or spawns tasks, so the same code runs in the autoscaler, in `ebb simulate` and in
-//! tests with simulated time.
+//! - [`engine`] drives the core: stat collection and scraping, a tick per service, actuation through a
+//!   [`engine::Scaler`], status and metrics. It alone does I/O and reads clocks, then passes `now` in;
+//! - [`cluster`] runs it as a Kubernetes controller, fed from watches and acting on Deployments and the
+//!   request path;
+//! - [`cli`] is the command line of the `autoscaler` binary and `ebb autoscaler`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cli;
-pub mod decider;
-mod delay;
-mod error;
-pub mod kube;
-pub mod policy;
-pub mod reason;
-pub mod runtime;
-mod time;
-pub mod window;
-
-pub use decider::{Decider, DeciderSpec, Decision, Observed, Outcome};
-pub use error::Error;
-pub use policy::{Phase, PolicyInput, PolicyOutput, PolicyReason, PolicySpec, ScalePolicy};
-pub use reason::{Reason, ReasonKind, Undecided};
-pub use time::Timestamp;
-pub use window::MetricWindows;
-
-/// How often the autoscaler decides for each service (Knative's tick interval); also the bucket width of the
-/// scale-down-delay window.
-pub const TICK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+pub mod cluster;
+pub mod engine;

@@ -9,11 +9,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ebb_autoscaler::runtime::ServiceController;
-use ebb_autoscaler::{
+use ebb_autoscaler::engine::ServiceController;
+use ebb_config::{Mode, ServiceConfig};
+use ebb_kpa::{
     Decider, DeciderSpec, MetricWindows, Observed, PolicyInput, PolicySpec, ScalePolicy, Timestamp,
 };
-use ebb_config::{Mode, ServiceConfig};
 
 const SERVICES: usize = 10_000;
 

@@ -11,10 +11,10 @@
 
 use std::time::Duration;
 
-use ebb_autoscaler::{
+use ebb_config::{Metric, Mode, ServiceConfig};
+use ebb_kpa::{
     Decider, DeciderSpec, MetricWindows, Observed, PolicyInput, PolicySpec, ScalePolicy, Timestamp,
 };
-use ebb_config::{Metric, Mode, ServiceConfig};
 
 use super::trace::{DeciderRow, LoadRow};
 

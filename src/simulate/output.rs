@@ -77,8 +77,8 @@ pub fn summary(s: &Summary, ticks: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use ebb_autoscaler::Observed;
     use ebb_config::Mode;
+    use ebb_kpa::Observed;
 
     use super::*;
 

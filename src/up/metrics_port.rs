@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ebb_activator::handler::Activator;
-use ebb_autoscaler::runtime::{Autoscaler, debug};
+use ebb_autoscaler::engine::{Autoscaler, debug};
 use ebb_config::ServiceId;
 use ebb_http::admin::{self, Reply};
 use hyper::body::Incoming;

@@ -30,7 +30,7 @@ use ebb_activator::metrics::Metrics as ActivatorMetrics;
 use ebb_activator::registry::Registry;
 use ebb_activator::server::{DrainOptions, Server};
 use ebb_activator::stats::ChannelSink;
-use ebb_autoscaler::runtime::{Autoscaler, Options as AutoscalerOptions};
+use ebb_autoscaler::engine::{Autoscaler, Options as AutoscalerOptions};
 use ebb_config::ServiceId;
 use ebb_config::wire::IngestFrame;
 use ebb_process::logging::{self, LogFormat};

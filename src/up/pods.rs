@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ebb_activator::endpoints::{Change, ChangeSender, PodInfo};
 use ebb_activator::registry::Registry;
-use ebb_autoscaler::runtime::{Autoscaler, PodTarget};
+use ebb_autoscaler::engine::{Autoscaler, PodTarget};
 use ebb_config::ServiceId;
 use ebb_config::sidecar::{self, env};
 use ebb_process::sync::Locked;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ebb_activator::endpoints::{Change, ChangeSender};
-use ebb_autoscaler::runtime::Scaler;
+use ebb_autoscaler::engine::Scaler;
 use ebb_config::{Mode, ServiceId};
 use ebb_process::sync::Locked;
 

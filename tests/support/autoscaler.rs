@@ -24,7 +24,7 @@ use super::node::{BoxFuture, PodRuntime, RunningPod};
 /// Grants ServiceAccount `namespace/account` exactly the autoscaler's RBAC as `manifests/` gives it (rendered
 /// by [`super::manifests::grant`]): the ClusterRole and its binding (renamed after the namespace) and the
 /// Role and its binding in `namespace`. `tests/manifests_k8s.rs` checks that these equal docs/rbac.md and
-/// `ebb_autoscaler::kube::rbac::RULES`.
+/// `ebb_autoscaler::cluster::rbac::RULES`.
 pub async fn grant_autoscaler_rbac(admin: &Client, namespace: &str, account: &str) {
     assert_eq!(account, "ebb-autoscaler", "manifests/ binds its RBAC to ServiceAccount ebb-autoscaler");
     super::manifests::grant(admin, namespace, account).await;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ebb_autoscaler::kube::path::discover_endpoint_slices;
+use ebb_autoscaler::cluster::slices::discover_endpoint_slices;
 use futures::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};

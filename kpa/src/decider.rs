@@ -22,7 +22,7 @@ use ebb_config::{Metric, ScalingSpec};
 
 use crate::delay::MaxWindow;
 use crate::reason::{Reason, ReasonKind, Undecided};
-use crate::{Error, MetricWindows, Timestamp};
+use crate::{Error, MetricWindows, Observed, Timestamp};
 
 /// Longest accepted scale-down delay (Knative's limit).
 const MAX_SCALE_DOWN_DELAY: Duration = Duration::from_secs(3600);
@@ -93,15 +93,6 @@ impl DeciderSpec {
         }
         Ok(())
     }
-}
-
-/// The stable and panic window averages a decision is made from (service totals).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Observed {
-    /// Average over the stable window.
-    pub stable: f64,
-    /// Average over the panic window.
-    pub panic: f64,
 }
 
 /// One tick's decision.

@@ -4,14 +4,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use ebb_config::Mode;
-use ebb_config::{ScalerClass, ServiceConfig};
-use serde::Serialize;
-
-use crate::{
+use ebb_config::{Mode, ScalerClass, ServiceConfig};
+use ebb_kpa::{
     Decider, DeciderSpec, Error, MetricWindows, Observed, Phase, PolicyInput, PolicySpec, ScalePolicy,
     Timestamp,
 };
+use serde::Serialize;
 
 /// One tick's decision, as logged, kept for `/debug/decisions` and shown by `/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]

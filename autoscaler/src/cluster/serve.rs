@@ -1,4 +1,4 @@
-//! Port 9090: `/metrics` (the runtime's `ebb_autoscaler_*` families and the controller's), `/healthz`
+//! Port 9090: `/metrics` (the engine's `ebb_autoscaler_*` families and the controller's), `/healthz`
 //! (the process answers) and `/readyz` (the API server answered a request, a watch event or a Lease renewal
 //! recently and has not failed since).
 
@@ -13,8 +13,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::Shared;
-use crate::runtime::{Autoscaler, debug};
+use super::state::Context;
+use crate::engine::{Autoscaler, debug};
 
 /// The Prometheus text content type.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -22,7 +22,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Serves until `stop` turns true.
 pub(crate) async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    context: Arc<Context>,
     autoscaler: Arc<Autoscaler>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -34,19 +34,19 @@ pub(crate) async fn serve(
             },
             _ = stop.changed() => return,
         };
-        let shared = shared.clone();
+        let context = context.clone();
         let autoscaler = autoscaler.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let response = match req.uri().path() {
                     "/metrics" => {
-                        let text = shared.metrics.page(&autoscaler.encode_metrics());
+                        let text = context.metrics.page(&autoscaler.encode_metrics());
                         let mut r = Response::new(Full::new(Bytes::from(text)));
                         r.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(OPENMETRICS));
                         r
                     }
                     "/healthz" => text(StatusCode::OK, "ok"),
-                    "/readyz" if shared.health.reachable() => text(StatusCode::OK, "ok"),
+                    "/readyz" if context.health.reachable() => text(StatusCode::OK, "ok"),
                     "/readyz" => {
                         text(StatusCode::SERVICE_UNAVAILABLE, "the API server has not answered recently")
                     }

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use ebb_autoscaler::{
+use ebb_config::{Metric, Mode};
+use ebb_kpa::{
     Decision, Phase, PolicyInput, PolicyOutput, PolicyReason, PolicySpec, Reason, ScalePolicy, Timestamp,
 };
-use ebb_config::{Metric, Mode};
 
 /// Stable window 60 s, grace 30 s, no retention, activation timeout 600 s, TBC 0 (serve whenever a pod is
 /// ready and wanted).

@@ -1,7 +1,7 @@
-//! Replicas: the Kubernetes [`Scaler`] the runtime acts through, and the leader's reconciliation of each
-//! Deployment's `spec.replicas` with the runtime's desired count.
+//! Replicas: the Kubernetes [`Scaler`] the engine acts through, and the leader's reconciliation of each
+//! Deployment's `spec.replicas` with the engine's desired count.
 //!
-//! The runtime calls the scaler only when its decision changes; the reconciliation here is level-triggered
+//! The engine calls the scaler only when its decision changes; the reconciliation here is level-triggered
 //! (desired vs. what the watch shows) so that a write that failed, was held back or was undone by another
 //! writer is retried. Rules:
 //! - merge patch of `deployments/scale`, only when the value differs;
@@ -20,67 +20,81 @@ use std::time::Duration;
 use ebb_config::Mode;
 use ebb_config::ServiceId;
 use ebb_config::names::ANNOTATION_POD_DELETION_COST;
-use ebb_process::sync::Locked;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::Patch;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::{CONTROLLER_NAME, Shared, deletion_cost, status, watch::ServiceState};
-use crate::runtime::{Autoscaler, Scaler, Scraper, ServiceStatus};
+use super::deletion_cost;
+use super::metrics::KubeMetrics;
+use super::options::{CONTROLLER_NAME, patch_params};
+use super::pods::is_ready;
+use super::service_state::ServiceState;
+use super::state::{Activators, Context, Signals};
+use super::status;
+use crate::engine::{Autoscaler, Scaler, Scraper, ServiceStatus};
 
 /// Replicas are not lowered for this long after an activator reported requests queued for the service.
 pub const QUEUED_HOLD: Duration = Duration::from_secs(3);
 
-/// The runtime's [`Scaler`] on Kubernetes: calls wake the controller's pass, which applies the runtime's
+/// The engine's [`Scaler`] on Kubernetes: calls wake the controller's pass, which applies the engine's
 /// state if this replica leads.
 pub struct KubeScaler {
-    shared: Arc<Shared>,
+    signals: Arc<Signals>,
+    activators: Arc<Activators>,
+    manage_request_path: bool,
 }
 
 impl KubeScaler {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(signals: Arc<Signals>, activators: Arc<Activators>, manage_request_path: bool) -> Self {
+        Self { signals, activators, manage_request_path }
     }
 }
 
 impl Scaler for KubeScaler {
     fn set_replicas(&self, _service: &ServiceId, _replicas: u32) {
-        self.shared.wake.notify_one();
+        self.signals.wake();
     }
 
     fn set_mode(&self, _service: &ServiceId, _mode: Mode) {
-        self.shared.wake.notify_one();
+        self.signals.wake();
     }
 
     fn activator_in_path(&self, service: &ServiceId) -> bool {
-        self.shared.in_path.locked().get(service).copied().unwrap_or(false)
+        self.activators.in_path(service)
     }
 
     fn activators_ready(&self) -> bool {
         // Without a managed request path there is no activator to route through: serve mode.
-        self.shared.options.manage_request_path && !self.shared.activators.locked().is_empty()
+        self.manage_request_path && self.activators.any_ready()
     }
 }
 
+/// What the replicas reconciliation reads.
+pub(crate) struct ScaleContext<'a> {
+    /// The API server and what is reported.
+    pub context: &'a Context,
+    /// Whether this replica may act.
+    pub signals: &'a Signals,
+    /// Recent queued requests hold scale-downs.
+    pub activators: &'a Activators,
+    /// The decisions and the reasons to write.
+    pub autoscaler: &'a Autoscaler,
+}
+
 /// Records how long after the decision to go to `desired` replicas the scale patch was accepted.
-fn observe_patch_latency(shared: &Shared, autoscaler: &Autoscaler, id: &ServiceId, desired: u32) {
+fn observe_patch_latency(context: &Context, autoscaler: &Autoscaler, id: &ServiceId, desired: u32) {
     let decided = autoscaler
         .decisions(id)
         .and_then(|d| d.into_iter().rev().find(|r| r.changed && r.desired == desired).map(|r| r.unix_ms));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     if let Some(decided) = decided {
         let took = Duration::from_millis(now.as_millis().saturating_sub(u128::from(decided)) as u64);
-        let labels = super::metrics::KubeMetrics::labels(&id.namespace, &id.name);
-        shared.metrics.scale_patch.get_or_create(&labels).observe(took.as_secs_f64());
+        let labels = KubeMetrics::labels(&id.namespace, &id.name);
+        context.metrics.scale_patch.get_or_create(&labels).observe(took.as_secs_f64());
     }
-}
-
-/// The field manager of every write.
-pub fn patch_params() -> PatchParams {
-    PatchParams { field_manager: Some(CONTROLLER_NAME.to_owned()), ..Default::default() }
 }
 
 /// The writer of `spec.replicas` other than ebb that wrote it after `after`, from `managedFields`, if the
@@ -108,7 +122,7 @@ pub fn replicas_writer(deployment: &Deployment, after: Timestamp) -> Option<Stri
 /// Notes `spec.replicas` as the watch shows it; when it changed to a value this replica did not write while
 /// it leads, another writer did: a Warning Event says who fights whom.
 pub(crate) fn observe_replicas(
-    shared: &Shared,
+    ctx: &ScaleContext<'_>,
     reference: &ObjectReference,
     id: &ServiceId,
     state: &mut ServiceState,
@@ -124,10 +138,14 @@ pub(crate) fn observe_replicas(
     if previous != replicas {
         state.seen_replicas_at = Timestamp::now();
     }
-    if previous == replicas || state.last_written == Some(replicas) || !shared.is_leader() || !state.valid {
+    if previous == replicas
+        || state.last_written == Some(replicas)
+        || !ctx.signals.is_leader()
+        || !state.valid
+    {
         return;
     }
-    let Some(autoscaler) = shared.autoscaler() else { return };
+    let (context, autoscaler) = (ctx.context, ctx.autoscaler);
     let Some(status) =
         autoscaler.status().into_iter().find(|s| *s.namespace == *id.namespace && *s.name == *id.name)
     else {
@@ -140,12 +158,8 @@ pub(crate) fn observe_replicas(
         || "a writer the API server did not record (kubectl scale, an HPA or a GitOps tool)".to_owned(),
         |m| format!("{m:?}"),
     );
-    shared
-        .metrics
-        .external_changes
-        .get_or_create(&super::metrics::KubeMetrics::labels(&id.namespace, &id.name))
-        .inc();
-    shared.events.warning(
+    context.metrics.external_changes.get_or_create(&KubeMetrics::labels(&id.namespace, &id.name)).inc();
+    context.events.warning(
         reference.clone(),
         "ReplicasOverridden",
         format!(
@@ -159,8 +173,7 @@ pub(crate) fn observe_replicas(
 
 /// The leader's pass for one service: replicas, then the status annotations.
 pub(crate) async fn reconcile(
-    shared: &Arc<Shared>,
-    autoscaler: &Autoscaler,
+    ctx: &ScaleContext<'_>,
     id: &ServiceId,
     state: &mut ServiceState,
     deployment: &Deployment,
@@ -170,7 +183,8 @@ pub(crate) async fn reconcile(
     if status.paused {
         return;
     }
-    let api: Api<Deployment> = Api::namespaced(shared.client.clone(), &id.namespace);
+    let (context, autoscaler) = (ctx.context, ctx.autoscaler);
+    let api: Api<Deployment> = Api::namespaced(context.client.clone(), &id.namespace);
     let observed = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
     let desired = status.desired;
     let reason = || {
@@ -182,37 +196,37 @@ pub(crate) async fn reconcile(
     if observed != desired && state.deployment_writes.ready() {
         let mut hold = None;
         if desired < observed {
-            let queued = shared.activator_queued.locked().get(id).is_some_and(|t| t.elapsed() < QUEUED_HOLD);
-            if !shared.health.reachable() {
+            let queued = ctx.activators.queued_within(id, QUEUED_HOLD);
+            if !context.health.reachable() {
                 hold = Some(("api_unreachable", "the API server is unreachable"));
             } else if queued {
                 hold = Some(("activator_queued", "requests are queued in an activator"));
             }
         }
         if let Some((reason, why)) = hold {
-            shared
+            context
                 .metrics
                 .scale_downs_held
-                .get_or_create(&super::metrics::KubeMetrics::held_labels(&id.namespace, &id.name, reason))
+                .get_or_create(&KubeMetrics::held_labels(&id.namespace, &id.name, reason))
                 .inc();
             tracing::info!(service = %id, observed, desired, "scale-down held: {why}");
         } else {
             if desired < observed {
-                mark_deletion_costs(shared, id, pods).await;
+                mark_deletion_costs(context, id, pods).await;
             }
             let patch = json!({"spec": {"replicas": desired}});
             match api.patch_scale(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
-                    state.deployment_writes.succeeded(&shared.health);
+                    state.deployment_writes.succeeded(&context.health);
                     state.last_written = Some(desired);
-                    observe_patch_latency(shared, autoscaler, id, desired);
+                    observe_patch_latency(context, autoscaler, id, desired);
                     let reason = reason();
-                    shared
+                    context
                         .metrics
                         .scale_changes
-                        .get_or_create(&super::metrics::KubeMetrics::labels(&id.namespace, &id.name))
+                        .get_or_create(&KubeMetrics::labels(&id.namespace, &id.name))
                         .inc();
-                    shared.events.normal(
+                    context.events.normal(
                         deployment.object_ref(&()),
                         "Scaled",
                         format!("replicas {observed} -> {desired}: {reason}"),
@@ -220,7 +234,7 @@ pub(crate) async fn reconcile(
                     state.reason_pending = Some(reason);
                 }
                 Err(err) => {
-                    state.deployment_writes.failed(&shared.health, &err);
+                    state.deployment_writes.failed(&context.health, &err);
                     tracing::warn!(service = %id, "scale to {desired} failed (retrying with backoff): {err}");
                     return;
                 }
@@ -236,7 +250,7 @@ pub(crate) async fn reconcile(
         match api.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
             Ok(_) => state.reason_pending = None,
             Err(err) => {
-                state.deployment_writes.failed(&shared.health, &err);
+                state.deployment_writes.failed(&context.health, &err);
                 tracing::warn!(service = %id, "cannot write the status annotations: {err}");
             }
         }
@@ -244,15 +258,15 @@ pub(crate) async fn reconcile(
 }
 
 /// Marks the ready pods with their in-flight work as deletion cost (least busy = cheapest), best effort.
-async fn mark_deletion_costs(shared: &Shared, id: &ServiceId, pods: &[Arc<Pod>]) {
+async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<Pod>]) {
     // All pods at once: a scale-down of many pods must not stall the leader's pass for 300 ms per pod.
     let scraper = Scraper::new(Duration::from_millis(300));
     let loads: Vec<(Arc<Pod>, Option<f64>)> =
-        futures::future::join_all(pods.iter().filter(|p| super::watch::is_ready(p)).map(async |pod| {
+        futures::future::join_all(pods.iter().filter(|p| is_ready(p)).map(async |pod| {
             let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
             let load = match ip {
                 Some(ip) => scraper
-                    .scrape(std::net::SocketAddr::new(ip, shared.options.pod_stats_port))
+                    .scrape(std::net::SocketAddr::new(ip, context.options.pod_stats_port))
                     .await
                     .ok()
                     .map(|s| s.average_concurrency),
@@ -266,7 +280,7 @@ async fn mark_deletion_costs(shared: &Shared, id: &ServiceId, pods: &[Arc<Pod>])
             .iter()
             .map(|(p, load)| (p.metadata.name.as_deref().unwrap_or_default(), p.annotations(), *load)),
     );
-    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &id.namespace);
+    let api: Api<Pod> = Api::namespaced(context.client.clone(), &id.namespace);
     for (name, cost) in changes {
         let patch = json!({"metadata": {"annotations": {ANNOTATION_POD_DELETION_COST: cost.to_string()}}});
         if let Err(err) = api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {

@@ -1,8 +1,8 @@
-//! The request path (design.md, "The request path in a cluster"), leader only: the public Service `NAME`
-//! (selector-less, port 80 `http` -> 8012, `app.kubernetes.io/managed-by: ebb`, owned by the Deployment)
-//! and its one EndpointSlice, rewritten in place: the activators in proxy mode, the ready, non-terminating
-//! pods in serve mode. The mode and the phase, with when each was entered, are annotations on the Service, so
-//! a new leader resumes the scale-to-zero clocks from them ([`resumed`]).
+//! The request path in a cluster (`docs/architecture.md`, "Request path"), leader only: the public Service
+//! `NAME` (selector-less, port 80 `http` -> 8012, `app.kubernetes.io/managed-by: ebb`, owned by the
+//! Deployment) and its one EndpointSlice, rewritten in place: the activators in proxy mode, the ready,
+//! non-terminating pods in serve mode. The mode and the phase, with when each was entered, are annotations on
+//! the Service, so a new leader resumes the scale-to-zero clocks from them ([`resumed`]).
 //!
 //! The activator counts as in the path only when the activator-only slice was written *and* seen back on
 //! the watch, *and* every listed activator answers `Ebb-Probe: activator` on its pod address; only then is
@@ -20,6 +20,7 @@ use ebb_config::ServiceId;
 use ebb_config::names::{
     HEADER_PROBE, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB, PROBE_ACTIVATOR, STATUS_PREFIX,
 };
+use ebb_kpa::Phase;
 use ebb_process::sync::Locked;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -28,43 +29,21 @@ use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PostParams};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::api::{ApiResource, DynamicObject, Patch, PostParams};
+use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::watch::{ServiceState, Stores, is_ready};
-use super::{Shared, scale::patch_params};
-use crate::Phase;
-use crate::runtime::ServiceStatus;
+use super::options::patch_params;
+use super::pods::is_ready;
+use super::service_state::ServiceState;
+use super::slices::{LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER};
+use super::state::{Activators, Context};
+use super::stores::Stores;
+use crate::engine::ServiceStatus;
 
-/// The EndpointSlice label naming its Service.
-pub const LABEL_SLICE_SERVICE: &str = "kubernetes.io/service-name";
-/// The EndpointSlice label naming who manages it (the built-in controller leaves other values alone).
-pub const LABEL_SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
-/// ebb's value of [`LABEL_SLICE_MANAGED_BY`].
-pub const SLICE_MANAGER: &str = "ebb.dev";
 /// How long a successful activator probe counts.
 const PROBE_FRESH: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// The label selector of ebb's EndpointSlices.
-pub fn slice_selector() -> String {
-    format!("{LABEL_SLICE_MANAGED_BY}={SLICE_MANAGER}")
-}
-
-/// `discovery.k8s.io/v1` EndpointSlices where served, else `v1beta1` (Kubernetes 1.20).
-pub async fn discover_endpoint_slices(client: &Client) -> Result<ApiResource, kube::Error> {
-    let groups = client.list_api_groups().await?;
-    let versions: Vec<String> = groups
-        .groups
-        .iter()
-        .find(|g| g.name == "discovery.k8s.io")
-        .map(|g| g.versions.iter().map(|v| v.version.clone()).collect())
-        .unwrap_or_default();
-    let version = if versions.iter().any(|v| v == "v1") || versions.is_empty() { "v1" } else { "v1beta1" };
-    let gvk = GroupVersionKind::gvk("discovery.k8s.io", version, "EndpointSlice");
-    Ok(ApiResource::from_gvk_with_plural(&gvk, "endpointslices"))
-}
 
 /// The annotation on the Service with the routing mode.
 pub fn mode_key() -> String {
@@ -99,8 +78,8 @@ pub struct Resumed {
 }
 
 impl Resumed {
-    /// The phase on the clock that `at_ago` reads (the runtime's [`crate::runtime::Autoscaler::ago`]).
-    pub fn phase_at(&self, at_ago: impl Fn(Duration) -> crate::Timestamp) -> Option<Phase> {
+    /// The phase on the clock that `at_ago` reads (the engine's [`crate::engine::Autoscaler::ago`]).
+    pub fn phase_at(&self, at_ago: impl Fn(Duration) -> ebb_kpa::Timestamp) -> Option<Phase> {
         let (name, ago) = self.phase.as_ref()?;
         let since = at_ago(*ago);
         Some(match name.as_str() {
@@ -128,13 +107,6 @@ pub fn resumed(annotations: &BTreeMap<String, String>, now: Timestamp) -> Option
         .filter(|p| matches!(p.as_str(), "activating" | "active" | "inactive" | "zero"))
         .and_then(|p| Some((p.clone(), ago(phase_since_key())?)));
     Some(Resumed { mode, mode_for, phase })
-}
-
-/// Per-service request-path state.
-#[derive(Debug, Default)]
-pub(crate) struct PathState {
-    /// A foreign Service was reported.
-    pub foreign: bool,
 }
 
 /// Probes activators with `Ebb-Probe: activator`, remembering recent successes.
@@ -180,17 +152,24 @@ impl Prober {
 }
 
 /// What the path reconciliation reads.
-pub(crate) struct Context<'a> {
-    pub shared: &'a Arc<Shared>,
+pub(crate) struct PathContext<'a> {
+    /// The API server and what is reported.
+    pub context: &'a Context,
+    /// Where the verdict (activator in the path or not) goes.
+    pub verified: &'a Activators,
+    /// The public Services and EndpointSlices as watched.
     pub stores: &'a Stores,
+    /// The EndpointSlice API version in use.
     pub slices: &'a ApiResource,
+    /// Checks that an activator answers.
     pub prober: &'a Prober,
+    /// The ready activators' addresses.
     pub activators: &'a [IpAddr],
 }
 
 /// The wanted slice: addresses and port.
-fn wanted(ctx: &Context<'_>, status: &ServiceStatus, pods: &[Arc<Pod>]) -> (Vec<String>, u16) {
-    let options = &ctx.shared.options;
+fn wanted(ctx: &PathContext<'_>, status: &ServiceStatus, pods: &[Arc<Pod>]) -> (Vec<String>, u16) {
+    let options = &ctx.context.options;
     if status.mode == "proxy" && !ctx.activators.is_empty() {
         let mut ips: Vec<String> = ctx.activators.iter().map(IpAddr::to_string).collect();
         ips.sort();
@@ -232,18 +211,16 @@ fn slice_body(ips: &[String], port: u16) -> Value {
 
 /// The leader's pass for one service's request path.
 pub(crate) async fn reconcile(
-    ctx: &Context<'_>,
+    ctx: &PathContext<'_>,
     id: &ServiceId,
     state: &mut ServiceState,
     deployment: &Deployment,
     status: &ServiceStatus,
     pods: &[Arc<Pod>],
 ) {
-    let shared = ctx.shared;
-    let set_in_path = |v: bool| {
-        shared.in_path.locked().insert(id.clone(), v);
-    };
-    let services: Api<Service> = Api::namespaced(shared.client.clone(), &id.namespace);
+    let context = ctx.context;
+    let set_in_path = |v: bool| ctx.verified.set_in_path(id, v);
+    let services: Api<Service> = Api::namespaced(context.client.clone(), &id.namespace);
     // After a failed write, this service's path is left as it is until its backoff has passed.
     let may_write = state.path_writes.ready();
     let mut outcome = Writes::default();
@@ -253,7 +230,7 @@ pub(crate) async fn reconcile(
                 let params = PostParams { field_manager: patch_params().field_manager, ..Default::default() };
                 let result = services.create(&params, &public_service(deployment, status)).await;
                 outcome.note(result.map(drop), || format!("cannot create the public Service {id}"));
-                outcome.apply(shared, state);
+                outcome.apply(context, state);
             }
             set_in_path(false);
             return;
@@ -263,7 +240,7 @@ pub(crate) async fn reconcile(
     if service.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_EBB) {
         if !state.path.foreign {
             state.path.foreign = true;
-            shared.events.warning(
+            context.events.warning(
                 deployment.object_ref(&()),
                 "ServiceNotManaged",
                 format!(
@@ -299,7 +276,7 @@ pub(crate) async fn reconcile(
 
     // The one EndpointSlice.
     let (ips, port) = wanted(ctx, status, pods);
-    let slices: Api<DynamicObject> = Api::namespaced_with(shared.client.clone(), &id.namespace, ctx.slices);
+    let slices: Api<DynamicObject> = Api::namespaced_with(context.client.clone(), &id.namespace, ctx.slices);
     let seen = ctx.stores.slice(&id.namespace, &id.name, ctx.slices);
     let seen_content = seen.as_deref().map(slice_content);
     if seen_content.as_ref() != Some(&(ips.clone(), port)) && may_write {
@@ -320,16 +297,16 @@ pub(crate) async fn reconcile(
         };
         outcome.note(result, || format!("cannot write the EndpointSlice {id}"));
     }
-    outcome.apply(shared, state);
+    outcome.apply(context, state);
 
     // Verified in the path: activator-only slice seen back on the watch, and every activator answers.
     let proxy_slice =
-        status.mode == "proxy" && !ctx.activators.is_empty() && port == shared.options.activator_port;
+        status.mode == "proxy" && !ctx.activators.is_empty() && port == context.options.activator_port;
     let seen_matches = seen_content.as_ref() == Some(&(ips.clone(), port));
     let mut verified = proxy_slice && seen_matches && !ips.is_empty();
     if verified {
         for ip in ctx.activators {
-            if !ctx.prober.check(SocketAddr::new(*ip, shared.options.activator_port)).await {
+            if !ctx.prober.check(SocketAddr::new(*ip, context.options.activator_port)).await {
                 verified = false;
                 break;
             }
@@ -357,10 +334,10 @@ impl Writes {
     }
 
     /// Moves the service's path backoff on.
-    fn apply(self, shared: &Shared, state: &mut ServiceState) {
+    fn apply(self, context: &Context, state: &mut ServiceState) {
         match self.failure {
-            Some(err) => state.path_writes.failed(&shared.health, &err),
-            None if self.succeeded => state.path_writes.succeeded(&shared.health),
+            Some(err) => state.path_writes.failed(&context.health, &err),
+            None if self.succeeded => state.path_writes.succeeded(&context.health),
             None => {}
         }
     }
@@ -405,8 +382,11 @@ mod tests {
         assert_eq!(r.mode, Mode::Proxy);
         assert_eq!(r.mode_for, Duration::from_secs(25));
         assert_eq!(r.phase, Some(("inactive".to_owned(), Duration::from_millis(29_500))));
-        let clock = |ago: Duration| crate::Timestamp::from_duration(Duration::from_secs(100) - ago);
-        assert_eq!(r.phase_at(clock), Some(Phase::Inactive { since: crate::Timestamp::from_millis(70_500) }));
+        let clock = |ago: Duration| ebb_kpa::Timestamp::from_duration(Duration::from_secs(100) - ago);
+        assert_eq!(
+            r.phase_at(clock),
+            Some(Phase::Inactive { since: ebb_kpa::Timestamp::from_millis(70_500) })
+        );
     }
 
     #[test]

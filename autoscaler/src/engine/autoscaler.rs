@@ -1,21 +1,6 @@
-//! The autoscaler's runtime: stat collection, ticking and actuation around the pure decision core, shared by
-//! local mode (`ebb up`) and the Kubernetes controller.
-//!
-//! - A source (the local pod manager, or a Kubernetes watch) tells the [`Autoscaler`] the services
-//!   ([`Autoscaler::set_service`]) and their pods ([`Autoscaler::set_pods`]: stats address, readiness, age).
-//! - Every second it scrapes a sample of each service's ready pods (bounded by a timeout), takes out the load
-//!   the activator proxied, adds the activators' stats ([`Autoscaler::ingest`]) and records the total.
-//! - Every [`TICK_INTERVAL`] it decides for every service, and at once when an activator's stat arrives for a
-//!   service at zero. Each decision is one log line, a [`DecisionRecord`] kept in a short history, and a
-//!   [`ServiceStatus`]; changes of replicas or mode go to the [`Scaler`].
+//! The autoscaler of a set of services: what its source tells it (services, pods, activator stats), the
+//! collection every second, the decisions every tick, and the actions it hands to its [`Scaler`].
 
-pub mod collect;
-pub mod controller;
-pub mod debug;
-pub mod metrics;
-pub mod scrape;
-
-use ebb_process::sync::Locked;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
@@ -23,23 +8,24 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ebb_config::Mode;
 use ebb_config::ServiceConfig;
+use ebb_config::ServiceId;
 use ebb_config::wire::{IngestFrame, PodStat};
+use ebb_kpa::{Error, Phase, TICK_INTERVAL, Timestamp};
+use ebb_process::sync::Locked;
 use tokio::sync::mpsc;
 
-pub use controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
-pub use metrics::Metrics;
-pub use scrape::{ScrapeError, Scraper};
-
-use crate::{Error, Phase, TICK_INTERVAL, Timestamp};
-use ebb_config::Mode;
+use super::collect;
+use super::controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
+use super::metrics::Metrics;
+use super::scaler::Scaler;
+use super::scrape::Scraper;
 
 /// Where the decision clock starts: a day after its own epoch, so that a clock resumed from persisted state
 /// ([`Autoscaler::resume_service`]) can lie before this autoscaler started ([`Timestamp`] cannot be negative).
 /// Older times are clamped to it, a day being longer than any window or period the clocks are compared with.
 const CLOCK_ORIGIN: Duration = Duration::from_secs(86_400);
-
-use ebb_config::ServiceId;
 
 /// One pod of a service, as its source sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,23 +42,7 @@ pub struct PodTarget {
     pub started: Instant,
 }
 
-/// Where decisions take effect: Kubernetes (the Deployment's scale subresource and the EndpointSlice) or local
-/// mode (processes and the in-process activator). Calls never block: an implementation hands the work to its
-/// own task.
-pub trait Scaler: Send + Sync + 'static {
-    /// Applies a replica count.
-    fn set_replicas(&self, service: &ServiceId, replicas: u32);
-    /// Puts the activator in the request path (`Proxy`) or takes it out (`Serve`).
-    fn set_mode(&self, service: &ServiceId, mode: Mode);
-    /// Whether the activator is verified in `service`'s request path (replicas go to 0 only then).
-    fn activator_in_path(&self, service: &ServiceId) -> bool;
-    /// Whether at least one activator is ready (without one, serve mode is forced).
-    fn activators_ready(&self) -> bool {
-        true
-    }
-}
-
-/// Tuning of the runtime.
+/// Tuning of the engine.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Longest wait for one pod's stat.
@@ -478,6 +448,7 @@ mod tests {
     use ebb_config::{GlobalConfig, resolve_service};
 
     use super::*;
+    use crate::engine::debug;
 
     /// Records the replicas asked for.
     #[derive(Default)]

@@ -1,7 +1,7 @@
 //! One second of a service's load from its pods' and activators' stats: a sample of the ready pods is scraped
 //! (Knative's sample size, pods older than the stable window first), the sum of what answered is scaled up to all
 //! ready pods, and the activators' own load is added, without counting twice what went through both. Pure
-//! functions: the runtime does the I/O.
+//! functions: the engine does the I/O.
 //!
 //! Trust: a pod counts every request it serves, and reports apart the part marked `Ebb-Proxied: activator`.
 //! That mark is a request header, which any client on the pod network can send, so it is not taken on trust

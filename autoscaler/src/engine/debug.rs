@@ -1,10 +1,11 @@
 //! `GET /debug/decisions?service=NAMESPACE/NAME`: the last decisions for one service, with their inputs and
 //! reasons, as JSON. Served by the autoscaler in a cluster and by `ebb up`; `ebb status --service` reads it.
 
+use ebb_config::ServiceId;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Autoscaler, ServiceId};
+use super::autoscaler::Autoscaler;
 
 /// The answer to a decision-trace request with this query string: the decisions, oldest first, or an
 /// error status with a JSON body saying what was wrong. A `service` without a namespace is looked up in

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 // tokio's clock, so that tests with paused time see the deadlines pass.
 use tokio::time::Instant;
 
-use super::ApiHealth;
+use super::health::ApiHealth;
 
 /// How the Lease is held.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::auth::{Authenticator, Verdict};
 
-/// Called with every accepted frame before it goes to the runtime (the controller notes activator load).
+/// Called with every accepted frame before it goes to the engine (the controller notes activator load).
 pub type Observer = Arc<dyn Fn(&IngestFrame) + Send + Sync>;
 
 /// The ingest server's shared parts.

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use ebb_autoscaler::{Decider, DeciderSpec, Observed, ReasonKind, Timestamp};
 use ebb_config::Metric;
+use ebb_kpa::{Decider, DeciderSpec, Observed, ReasonKind, Timestamp};
 use proptest::prelude::*;
 
 /// One tick: seconds since the previous tick, ready pods, stable and panic averages.

@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use ebb_config::keys::annotation;
-use ebb_config::sidecar::env;
+use ebb_config::sidecar::{data_plane_settings, env};
 use ebb_config::value::{format_duration, parse_duration};
 use ebb_config::{DataPlaneSpec, Protocol};
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -100,168 +100,140 @@ fn env<'a>(container: &'a Container, name: &str) -> Env<'a> {
     }
 }
 
-/// What the queue-proxy runs with for one variable: `Ok(None)` from `valueFrom` (unknown), `Err(text)` for
-/// a literal it cannot parse.
-fn effective<'a, T>(
-    container: &'a Container,
-    name: &str,
-    parse: impl Fn(&str) -> Option<T>,
-    default: T,
-) -> Result<Option<(T, Option<&'a str>)>, &'a str> {
-    match env(container, name) {
-        Env::Unset => Ok(Some((default, None))),
-        Env::From => Ok(None),
-        Env::Literal(text) => parse(text).map(|v| Some((v, Some(text)))).ok_or(text),
+/// One variable the queue-proxy reads, as compared here.
+struct Variable {
+    /// The variable (one of [`env`](mod@env)).
+    env: &'static str,
+    /// The annotation it carries.
+    annotation: &'static str,
+    /// A value as the queue-proxy reads it, written as [`data_plane_settings`] writes it, so that the two
+    /// compare as text; `None` when the queue-proxy cannot parse it.
+    canonical: fn(&str) -> Option<String>,
+    /// What the queue-proxy runs with when the variable is unset, in the same form; `None` when that cannot
+    /// be known here.
+    default: fn(&Known<'_>) -> Option<String>,
+}
+
+/// What an unset variable's default may depend on: the service's settings, and what the queue-proxy runs
+/// with for the variables compared before it.
+struct Known<'a> {
+    spec: &'a DataPlaneSpec,
+    /// Each variable compared so far with its value in effect; `None` when unknown (`valueFrom`) or
+    /// unparseable (already reported).
+    effective: Vec<(&'static str, Option<String>)>,
+}
+
+impl Known<'_> {
+    fn effective(&self, env: &str) -> Option<&str> {
+        self.effective.iter().find(|(name, _)| *name == env).and_then(|(_, value)| value.as_deref())
     }
 }
 
-fn protocol_text(protocol: Option<Protocol>) -> String {
-    match protocol {
-        None => String::new(),
-        Some(Protocol::Http1) => "http1".into(),
-        Some(Protocol::H2c) => "h2c".into(),
-    }
+fn whole(text: &str) -> Option<String> {
+    text.parse::<u32>().ok().map(|n| n.to_string())
 }
 
-fn idle_text(idle: Option<Duration>) -> String {
-    idle.map_or_else(|| "0s".to_owned(), format_duration)
+fn duration(text: &str) -> Option<String> {
+    parse_duration(text).map(format_duration)
 }
+
+fn protocol(text: &str) -> Option<String> {
+    text.parse::<Protocol>().ok().map(|p| p.as_str().to_owned())
+}
+
+/// The compared variables, in the order their mismatches are reported, with the queue-proxy's defaults.
+const VARIABLES: [Variable; 7] = [
+    Variable {
+        env: env::CONTAINER_CONCURRENCY,
+        annotation: annotation::CONTAINER_CONCURRENCY,
+        canonical: whole,
+        default: |_| Some("0".to_owned()),
+    },
+    // 10 x the pod's concurrency; not compared when that is unknown.
+    Variable {
+        env: env::QUEUE_DEPTH,
+        annotation: annotation::QUEUE_DEPTH,
+        canonical: whole,
+        default: |known| {
+            let concurrency: u32 = known.effective(env::CONTAINER_CONCURRENCY)?.parse().ok()?;
+            Some(concurrency.saturating_mul(10).to_string())
+        },
+    },
+    Variable {
+        env: env::TIMEOUT,
+        annotation: annotation::TIMEOUT,
+        canonical: duration,
+        default: |_| Some(format_duration(DEFAULT_TIMEOUT)),
+    },
+    // The pod's timeout; not compared when that is unknown.
+    Variable {
+        env: env::RESPONSE_START_TIMEOUT,
+        annotation: annotation::RESPONSE_START_TIMEOUT,
+        canonical: duration,
+        default: |known| known.effective(env::TIMEOUT).map(str::to_owned),
+    },
+    // 0 = off.
+    Variable {
+        env: env::IDLE_TIMEOUT,
+        annotation: annotation::IDLE_TIMEOUT,
+        canonical: duration,
+        default: |_| Some(format_duration(Duration::ZERO)),
+    },
+    // 60 s, or the timeout when shorter; 0 = off.
+    Variable {
+        env: env::REQUEST_BODY_TIMEOUT,
+        annotation: annotation::REQUEST_BODY_TIMEOUT,
+        canonical: duration,
+        default: |known| {
+            Some(format_duration(ebb_config::DEFAULT_REQUEST_BODY_TIMEOUT.min(known.spec.timeout)))
+        },
+    },
+    // Unset: follow the client.
+    Variable {
+        env: env::PROTOCOL,
+        annotation: annotation::PROTOCOL,
+        canonical: protocol,
+        default: |_| Some(String::new()),
+    },
+];
 
 /// Where the queue-proxy container of `pod` (if it has one) would enforce something other than `spec`.
 /// Variables set through `valueFrom` are not compared; an unset variable counts as the queue-proxy's default.
 pub fn mismatches(pod: &Pod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
     let Some(container) = queue_proxy(pod) else { return Vec::new() };
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    // What the annotations ask for, as text; a setting left out (the protocol) is unset.
+    let wanted = data_plane_settings(spec);
+    let mut known = Known { spec, effective: Vec::with_capacity(VARIABLES.len()) };
     let mut out = Vec::new();
-    let mut push =
-        |env: &'static str, literal: Option<&str>, default: String, ann: &'static str, want: String| {
+    for variable in &VARIABLES {
+        let want = wanted.iter().find(|s| s.env == variable.env).map(|s| s.value.clone()).unwrap_or_default();
+        // What the pod shows, whether it is set, the value in effect, and whether that differs from `want`.
+        let (pod_value, pod_set, effective, differs) = match env(container, variable.env) {
+            Env::From => (String::new(), true, None, false),
+            Env::Literal(text) => {
+                let effective = (variable.canonical)(text);
+                // A literal the queue-proxy cannot parse differs from anything (it would not start).
+                let differs = effective.as_ref() != Some(&want);
+                (text.to_owned(), true, effective, differs)
+            }
+            Env::Unset => match (variable.default)(&known) {
+                Some(default) => (default.clone(), false, Some(default.clone()), default != want),
+                // Derived from a value that is unknown: not compared.
+                None => (String::new(), false, None, false),
+            },
+        };
+        if differs {
             out.push(Mismatch {
                 pod: pod_name.clone(),
-                env,
-                pod_value: literal.map_or(default, str::to_owned),
-                pod_set: literal.is_some(),
-                annotation: ann,
+                env: variable.env,
+                pod_value,
+                pod_set,
+                annotation: variable.annotation,
                 annotation_value: want,
             });
-        };
-    let int = |t: &str| t.parse::<u32>().ok();
-
-    // EBB_CONTAINER_CONCURRENCY (default 0) and EBB_QUEUE_DEPTH (default 10 x the pod's concurrency).
-    let cc = effective(container, env::CONTAINER_CONCURRENCY, int, 0);
-    let want_cc = spec.container_concurrency.to_string();
-    match cc {
-        Ok(Some((v, _))) if v == spec.container_concurrency => {}
-        Ok(Some((v, literal))) => push(
-            env::CONTAINER_CONCURRENCY,
-            literal,
-            v.to_string(),
-            annotation::CONTAINER_CONCURRENCY,
-            want_cc,
-        ),
-        Ok(None) => {}
-        Err(text) => push(
-            env::CONTAINER_CONCURRENCY,
-            Some(text),
-            String::new(),
-            annotation::CONTAINER_CONCURRENCY,
-            want_cc,
-        ),
-    }
-    let want_depth = spec.queue_depth.to_string();
-    match (env(container, env::QUEUE_DEPTH), &cc) {
-        (Env::From, _) => {}
-        (Env::Literal(text), _) => {
-            if int(text) != Some(spec.queue_depth) {
-                push(env::QUEUE_DEPTH, Some(text), String::new(), annotation::QUEUE_DEPTH, want_depth);
-            }
         }
-        (Env::Unset, Ok(Some((cc, _)))) => {
-            let depth = cc.saturating_mul(10);
-            if depth != spec.queue_depth {
-                push(env::QUEUE_DEPTH, None, depth.to_string(), annotation::QUEUE_DEPTH, want_depth);
-            }
-        }
-        // The concurrency is unknown or already reported: its derived default is not compared.
-        (Env::Unset, _) => {}
-    }
-
-    // EBB_TIMEOUT (default 300s) and EBB_RESPONSE_START_TIMEOUT (default the pod's timeout).
-    let timeout = effective(container, env::TIMEOUT, parse_duration, DEFAULT_TIMEOUT);
-    let want = format_duration(spec.timeout);
-    match timeout {
-        Ok(Some((v, _))) if v == spec.timeout => {}
-        Ok(Some((v, literal))) => push(env::TIMEOUT, literal, format_duration(v), annotation::TIMEOUT, want),
-        Ok(None) => {}
-        Err(text) => push(env::TIMEOUT, Some(text), String::new(), annotation::TIMEOUT, want),
-    }
-    let want = format_duration(spec.response_start_timeout);
-    match (env(container, env::RESPONSE_START_TIMEOUT), &timeout) {
-        (Env::From, _) => {}
-        (Env::Literal(text), _) => {
-            if parse_duration(text) != Some(spec.response_start_timeout) {
-                push(
-                    env::RESPONSE_START_TIMEOUT,
-                    Some(text),
-                    String::new(),
-                    annotation::RESPONSE_START_TIMEOUT,
-                    want,
-                );
-            }
-        }
-        (Env::Unset, Ok(Some((t, _)))) => {
-            if *t != spec.response_start_timeout {
-                push(
-                    env::RESPONSE_START_TIMEOUT,
-                    None,
-                    format_duration(*t),
-                    annotation::RESPONSE_START_TIMEOUT,
-                    want,
-                );
-            }
-        }
-        (Env::Unset, _) => {}
-    }
-
-    // EBB_IDLE_TIMEOUT (default 0 = off).
-    let off = |d: Duration| (!d.is_zero()).then_some(d);
-    let want_idle = spec.idle_timeout.and_then(off);
-    let want = idle_text(want_idle);
-    match effective(container, env::IDLE_TIMEOUT, parse_duration, Duration::ZERO) {
-        Ok(Some((v, _))) if off(v) == want_idle => {}
-        Ok(Some((v, literal))) => {
-            push(env::IDLE_TIMEOUT, literal, idle_text(off(v)), annotation::IDLE_TIMEOUT, want)
-        }
-        Ok(None) => {}
-        Err(text) => push(env::IDLE_TIMEOUT, Some(text), String::new(), annotation::IDLE_TIMEOUT, want),
-    }
-
-    // EBB_REQUEST_BODY_TIMEOUT (default 60 s, or the timeout when shorter; 0 = off).
-    let want_body = spec.request_body_timeout.and_then(off);
-    let want = idle_text(want_body);
-    let default = ebb_config::DEFAULT_REQUEST_BODY_TIMEOUT.min(spec.timeout);
-    match effective(container, env::REQUEST_BODY_TIMEOUT, parse_duration, default) {
-        Ok(Some((v, _))) if off(v) == want_body => {}
-        Ok(Some((v, literal))) => push(
-            env::REQUEST_BODY_TIMEOUT,
-            literal,
-            idle_text(off(v)),
-            annotation::REQUEST_BODY_TIMEOUT,
-            want,
-        ),
-        Ok(None) => {}
-        Err(text) => {
-            push(env::REQUEST_BODY_TIMEOUT, Some(text), String::new(), annotation::REQUEST_BODY_TIMEOUT, want)
-        }
-    }
-
-    // EBB_PROTOCOL (default unset: follow the client).
-    let parse_protocol = |t: &str| t.parse::<Protocol>().ok().map(Some);
-    let want = protocol_text(spec.protocol);
-    match effective(container, env::PROTOCOL, parse_protocol, None) {
-        Ok(Some((v, _))) if v == spec.protocol => {}
-        Ok(Some((v, literal))) => push(env::PROTOCOL, literal, protocol_text(v), annotation::PROTOCOL, want),
-        Ok(None) => {}
-        Err(text) => push(env::PROTOCOL, Some(text), String::new(), annotation::PROTOCOL, want),
+        known.effective.push((variable.env, effective));
     }
     out
 }

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ebb_autoscaler::{
+use ebb_config::{Aggregation, GlobalConfig, Metric, ServiceConfig, resolve_service};
+use ebb_kpa::{
     Decider, DeciderSpec, Decision, Error, MetricWindows, Observed, Outcome, Reason, ReasonKind, Timestamp,
     Undecided,
 };
-use ebb_config::{Aggregation, GlobalConfig, Metric, ServiceConfig, resolve_service};
 
 /// Target 10 per pod (total 10 at 100%), so pod counts are easy to compute by hand.
 fn spec() -> DeciderSpec {

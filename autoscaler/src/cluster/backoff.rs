@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::ApiHealth;
+use super::health::ApiHealth;
 
 /// The wait after the first failure.
 pub const FIRST: Duration = Duration::from_millis(500);

@@ -1,4 +1,4 @@
-//! The Kubernetes controller's own metrics, beside the runtime's (`ebb_autoscaler_*`): leadership, whether
+//! The Kubernetes controller's own metrics, beside the engine's (`ebb_autoscaler_*`): leadership, whether
 //! the API server is reachable, stuck pods, writers that fight over replicas, and configuration errors.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -168,20 +168,20 @@ impl KubeMetrics {
         ServiceLabels { namespace: namespace.to_owned(), service: service.to_owned() }
     }
 
-    /// The metrics page: these families, then the runtime's page (`runtime`, which ends with `# EOF`). One
+    /// The metrics page: these families, then the engine's page (`engine`, which ends with `# EOF`). One
     /// OpenMetrics document, which allows no blank line and one `# EOF`.
-    pub fn page(&self, runtime: &str) -> String {
+    pub fn page(&self, engine: &str) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         let families = out.trim_end().trim_end_matches("# EOF").trim_end();
-        format!("{families}\n{}", runtime.trim_start())
+        format!("{families}\n{}", engine.trim_start())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::metrics::Metrics;
+    use crate::engine::metrics::Metrics;
 
     #[test]
     fn the_page_is_one_openmetrics_document() {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use ebb_config::{Aggregation, ScalingSpec};
 
-use crate::{Error, Observed, Timestamp};
+use crate::{Error, Timestamp};
 
 /// Longest stable window accepted (Knative's limit).
 const MAX_WINDOW_SECS: u64 = 3600;
@@ -28,6 +28,15 @@ const MAX_WINDOW_SECS: u64 = 3600;
 const WEIGHT_PRECISION: f64 = 0.9999;
 /// ...unless that would make the decay slower than this (very long windows).
 const MIN_ALPHA: f64 = 0.2;
+
+/// The stable and panic window averages a decision is made from (service totals).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observed {
+    /// Average over the stable window.
+    pub stable: f64,
+    /// Average over the panic window.
+    pub panic: f64,
+}
 
 /// The write history the averages need, in whole seconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,37 @@
+//! What the controller reads off a pod: whether it is ready, and the engine's view of it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::engine::PodTarget;
+
+/// Ready condition true, not being deleted.
+pub(crate) fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The engine's view of a pod.
+pub(crate) fn target(pod: &Pod, stats_port: u16) -> PodTarget {
+    let status = pod.status.as_ref();
+    let ip: Option<IpAddr> = status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
+    let age = status
+        .and_then(|s| s.start_time.as_ref())
+        .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default();
+    PodTarget {
+        name: pod.name_any(),
+        stats: ip.map(|ip| SocketAddr::new(ip, stats_port)),
+        ready: is_ready(pod),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+    }
+}

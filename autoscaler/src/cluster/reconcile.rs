@@ -1,0 +1,450 @@
+//! The pass that turns what the controller watches ([`super::stores`]) into the engine's services and pods,
+//! and, on the leader, into writes. A pass runs after every watch event and every
+//! [`super::options::Options::sync_interval`]; it is level-triggered (it compares what is wanted with what is
+//! seen), so a missed event or a restart loses nothing. Every replica runs the pass up to the engine; only
+//! the leader goes on to [`super::scale`] and [`super::path`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
+use ebb_config::placement::template_only_keys;
+use ebb_config::{GlobalConfig, ServiceId, resolve_service};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ApiResource;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use tokio::sync::watch;
+
+use super::metrics::{BlockedLabels, KubeMetrics};
+use super::path::{self, PathContext, Prober};
+use super::pods::{is_ready, target};
+use super::scale::{self, ScaleContext};
+use super::service_state::ServiceState;
+use super::state::{Activators, Context, Signals};
+use super::stores::Stores;
+use super::{blocked, env_check, status};
+use crate::engine::{Autoscaler, PodTarget, ServiceStatus};
+
+/// How many services the leader reconciles at once: enough that a slow API call for one does not hold up the
+/// others, few enough not to flood the API server after a restart with many services.
+const CONCURRENT_RECONCILES: usize = 16;
+
+/// The global configuration in force.
+struct Global {
+    config: GlobalConfig,
+    generation: u64,
+    resource_version: Option<Option<String>>,
+}
+
+/// The pass, what it reads and what it remembers between passes.
+pub(crate) struct Reconciler {
+    context: Arc<Context>,
+    signals: Arc<Signals>,
+    activators: Arc<Activators>,
+    autoscaler: Arc<Autoscaler>,
+    stores: Stores,
+    slices: ApiResource,
+    prober: Prober,
+    global: Global,
+    services: HashMap<ServiceId, ServiceState>,
+}
+
+impl Reconciler {
+    /// A reconciler of what `stores` show, acting through `autoscaler` and on EndpointSlices as `slices`.
+    pub fn new(
+        context: Arc<Context>,
+        signals: Arc<Signals>,
+        activators: Arc<Activators>,
+        autoscaler: Arc<Autoscaler>,
+        stores: Stores,
+        slices: ApiResource,
+    ) -> Self {
+        Self {
+            context,
+            signals,
+            activators,
+            autoscaler,
+            stores,
+            slices,
+            prober: Prober::new(),
+            global: Global { config: GlobalConfig::default(), generation: 0, resource_version: None },
+            services: HashMap::new(),
+        }
+    }
+
+    /// Runs passes until `stop` turns true.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        tokio::select! {
+            ready = self.stores.ready() => if !ready { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tracing::info!("watches synced");
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            self.pass().await;
+            tokio::select! {
+                () = tokio::time::sleep(self.context.options.sync_interval) => {}
+                () = self.signals.woken() => {
+                    // Let a burst of events land before the next pass.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// One pass: observe, decide, act.
+    async fn pass(&mut self) {
+        let snapshot = self.observe();
+        let work = self.decide(&snapshot);
+        self.act(&snapshot, work).await;
+    }
+
+    /// Observe: what the watches show now. Also notes whether the API server answers, applies a changed
+    /// `config-autoscaler` and publishes the ready activators.
+    fn observe(&mut self) -> Snapshot {
+        let (context, stores) = (&*self.context, &self.stores);
+        context.metrics.api_reachable.set(i64::from(context.health.reachable()));
+        update_global(context, stores, &mut self.global);
+
+        // Pods by service.
+        let mut pods: HashMap<ServiceId, Vec<Arc<Pod>>> = HashMap::new();
+        for pod in stores.pods.iter().flat_map(Store::state) {
+            let Some(service) = pod.labels().get(LABEL_SERVICE).cloned() else { continue };
+            let id = ServiceId::new(pod.namespace().unwrap_or_default(), service);
+            pods.entry(id).or_default().push(pod);
+        }
+        let deployments: Vec<Arc<Deployment>> = stores.deployments.iter().flat_map(Store::state).collect();
+
+        // Ready activators.
+        let activators: Vec<IpAddr> = stores
+            .activators
+            .state()
+            .iter()
+            .filter(|p| is_ready(p))
+            .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+            .collect();
+        self.activators.set_ready(activators.clone());
+        Snapshot { deployments, pods, activators }
+    }
+
+    /// Decide: brings the engine's services and pods up to date with the snapshot (the engine decides on its
+    /// own ticks), reports what is wrong, forgets services that are gone and, on the leader, picks the
+    /// services to act on, each with the engine's decision in force.
+    fn decide<'s>(&mut self, snapshot: &'s Snapshot) -> HashMap<ServiceId, Work<'s>> {
+        let mut present = HashSet::new();
+        for deployment in &snapshot.deployments {
+            if let Some(id) = self.update_service(deployment, &snapshot.pods) {
+                present.insert(id);
+            }
+        }
+        let (context, autoscaler, activators) = (&self.context, &self.autoscaler, &self.activators);
+        self.services.retain(|id, _state| {
+            let keep = present.contains(id);
+            if !keep {
+                autoscaler.remove_service(id);
+                context.metrics.remove_service(&id.namespace, &id.name);
+                activators.forget_path(id);
+            }
+            keep
+        });
+
+        if !self.signals.is_leader() {
+            return HashMap::new();
+        }
+        let mut statuses: HashMap<ServiceId, ServiceStatus> = autoscaler
+            .status()
+            .into_iter()
+            .map(|s| (ServiceId::new(s.namespace.clone(), s.name.clone()), s))
+            .collect();
+        let mut work = HashMap::new();
+        for deployment in &snapshot.deployments {
+            let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
+            if !self.services.get(&id).is_some_and(|state| state.valid) {
+                continue;
+            }
+            let Some(status) = statuses.remove(&id) else { continue };
+            let pods = snapshot.pods.get(&id).map(Vec::as_slice).unwrap_or_default();
+            work.insert(id, Work { deployment, status, pods });
+        }
+        work
+    }
+
+    /// One Deployment's part of [`Self::decide`]: its configuration and pods to the engine, its problems
+    /// reported, its replicas noted. `None` when its label disqualifies it (ebb leaves it alone).
+    fn update_service(
+        &mut self,
+        deployment: &Deployment,
+        pods: &HashMap<ServiceId, Vec<Arc<Pod>>>,
+    ) -> Option<ServiceId> {
+        let Self { context, signals, activators, autoscaler, stores, global, services, .. } = self;
+        let (context, autoscaler, stores) = (&**context, &**autoscaler, &*stores);
+        let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
+        let reference = deployment.object_ref(&());
+        let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
+        if *label != *id.name {
+            context.events.warning(
+                reference,
+                "ServiceLabelMismatch",
+                format!(
+                    "label {LABEL_SERVICE}={label:?} must equal the Deployment's name {:?}; ebb leaves it alone",
+                    id.name
+                ),
+            );
+            return None;
+        }
+        let template = deployment.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+        if let Some(template) = template.and_then(|m| m.annotations.as_ref()) {
+            for (_key, message) in template_only_keys(deployment.annotations(), template) {
+                context.events.warning(reference.clone(), "AnnotationOnPodTemplate", message);
+            }
+        }
+        let state = services.entry(id.clone()).or_insert_with(|| {
+            context.metrics.add_service(&id.namespace, &id.name);
+            ServiceState::default()
+        });
+        let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
+        let targets: Vec<PodTarget> =
+            service_pods.iter().map(|p| target(p, context.options.pod_stats_port)).collect();
+        let ready = targets.iter().filter(|t| t.ready && !t.terminating).count() as u32;
+        let replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+
+        // Configuration, re-resolved only when the annotations or the global config changed.
+        let annotations: BTreeMap<String, String> = deployment.annotations().clone();
+        let key = (serde_json::to_string(&annotations).unwrap_or_default(), global.generation);
+        if state.config_key.as_ref() != Some(&key) {
+            state.config_key = Some(key);
+            match resolve_service(&annotations, &global.config) {
+                Ok(resolved) => {
+                    let data_plane = resolved.value.data_plane.clone();
+                    // A paused service's replicas belong to someone else; otherwise start from the last
+                    // leader's decision (if any), which ebb enforces over other writers anyway.
+                    let in_force = if resolved.value.paused {
+                        replicas
+                    } else {
+                        status::leader_desired(&annotations).unwrap_or(replicas)
+                    };
+                    match autoscaler.set_service_with_ready(id.clone(), resolved.value, in_force, ready) {
+                        Ok(()) => {
+                            state.data_plane = Some(data_plane);
+                            if !state.valid {
+                                // Just added: resume the scale-to-zero clocks a previous leader left on
+                                // ebb's public Service rather than starting them from zero, so a failover
+                                // does not keep an idle service's pods a whole grace period longer.
+                                resume(context, stores, autoscaler, &id);
+                            }
+                            state.valid = true;
+                        }
+                        Err(err) => invalid(context, &reference, &id, state.valid, &err.to_string()),
+                    }
+                    for warning in resolved.warnings {
+                        context.events.warning(
+                            reference.clone(),
+                            "ConfigurationWarning",
+                            warning.to_string(),
+                        );
+                    }
+                }
+                Err(err) => invalid(context, &reference, &id, state.valid, &err.to_string()),
+            }
+        }
+        if state.valid {
+            autoscaler.set_pods(&id, targets);
+        }
+        report_blocked(context, &reference, &id, state, service_pods);
+        report_mismatches(context, &reference, state, service_pods);
+        let scale_ctx = ScaleContext { context, signals, activators, autoscaler };
+        scale::observe_replicas(&scale_ctx, &reference, &id, state, deployment, replicas);
+        Some(id)
+    }
+
+    /// Act (leader only): each picked service's replicas, then its request path. Services are reconciled
+    /// concurrently, at most [`CONCURRENT_RECONCILES`] at once, so that one slow API call does not hold up
+    /// every other service's writes.
+    async fn act(&mut self, snapshot: &Snapshot, work: HashMap<ServiceId, Work<'_>>) {
+        let Self { context, signals, activators, autoscaler, stores, slices, prober, services, .. } = self;
+        let scale_ctx = &ScaleContext { context, signals, activators, autoscaler };
+        let path_ctx = &PathContext {
+            context,
+            verified: activators,
+            stores,
+            slices,
+            prober,
+            activators: &snapshot.activators,
+        };
+        let manage_request_path = context.options.manage_request_path;
+        // Collected first: a lazy iterator of futures held across the await fails the compiler's `Send`
+        // check (a known limitation with closures).
+        let reconciles: Vec<_> = services
+            .iter_mut()
+            .filter_map(|(id, state)| {
+                let Work { deployment, status, pods } = work.get(id)?;
+                Some(async move {
+                    scale::reconcile(scale_ctx, id, state, deployment, status, pods).await;
+                    if manage_request_path {
+                        path::reconcile(path_ctx, id, state, deployment, status, pods).await;
+                    }
+                })
+            })
+            .collect();
+        futures::stream::iter(reconciles).buffer_unordered(CONCURRENT_RECONCILES).collect::<()>().await;
+    }
+}
+
+/// What one pass observed.
+struct Snapshot {
+    deployments: Vec<Arc<Deployment>>,
+    pods: HashMap<ServiceId, Vec<Arc<Pod>>>,
+    /// The ready activators' addresses.
+    activators: Vec<IpAddr>,
+}
+
+/// One service the leader acts on: its Deployment and pods as observed, and the engine's decision in force.
+struct Work<'s> {
+    deployment: &'s Deployment,
+    status: ServiceStatus,
+    pods: &'s [Arc<Pod>],
+}
+
+/// Resumes a just-added service's clocks from its public Service's annotations, when ebb manages it.
+fn resume(context: &Context, stores: &Stores, autoscaler: &Autoscaler, id: &ServiceId) {
+    if !context.options.manage_request_path {
+        return;
+    }
+    let Some(service) = stores.service(&id.namespace, &id.name) else { return };
+    if service.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_EBB) {
+        return;
+    }
+    let Some(resumed) = path::resumed(service.annotations(), Timestamp::now()) else { return };
+    let phase = resumed.phase_at(|ago| autoscaler.ago(ago));
+    autoscaler.resume_service(id, phase, resumed.mode, autoscaler.ago(resumed.mode_for));
+}
+
+fn update_global(context: &Context, stores: &Stores, global: &mut Global) {
+    let key = ObjectRef::new(CONFIG_MAP_NAME).within(&context.options.namespace);
+    let config_map = stores.config.get(&key);
+    let version = config_map.as_ref().map(|c| c.resource_version().unwrap_or_default());
+    if global.resource_version.as_ref() == Some(&version) {
+        return;
+    }
+    global.resource_version = Some(version);
+    let data = config_map.as_ref().and_then(|c| c.data.clone()).unwrap_or_default();
+    match GlobalConfig::from_data(&data) {
+        Ok(resolved) => {
+            tracing::info!("global configuration applied ({} keys)", data.len());
+            global.config = resolved.value;
+            global.generation += 1;
+            if let Some(cm) = &config_map {
+                for warning in resolved.warnings {
+                    context.events.warning(cm.object_ref(&()), "ConfigurationWarning", warning.to_string());
+                }
+            }
+        }
+        Err(err) => {
+            context
+                .metrics
+                .config_errors
+                .get_or_create(&KubeMetrics::labels(&context.options.namespace, CONFIG_MAP_NAME))
+                .inc();
+            if let Some(cm) = &config_map {
+                context.events.warning(
+                    cm.object_ref(&()),
+                    "InvalidConfiguration",
+                    format!(
+                        "{CONFIG_MAP_NAME} is invalid; the previous configuration stays in force: {}",
+                        oneline(&err.to_string())
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn invalid(context: &Context, reference: &ObjectReference, id: &ServiceId, valid: bool, err: &str) {
+    context.metrics.config_errors.get_or_create(&KubeMetrics::labels(&id.namespace, &id.name)).inc();
+    let consequence = if valid {
+        "the last valid configuration stays in force"
+    } else {
+        "ebb leaves this Deployment untouched until they are fixed"
+    };
+    context.events.warning(
+        reference.clone(),
+        "InvalidConfiguration",
+        format!("invalid annotations ({consequence}): {}", oneline(err)),
+    );
+}
+
+fn oneline(text: &str) -> String {
+    text.lines().collect::<Vec<_>>().join("; ")
+}
+
+fn blocked_labels(id: &ServiceId, kind: &str) -> BlockedLabels {
+    KubeMetrics::blocked_labels(&id.namespace, &id.name, kind)
+}
+
+/// Stuck pods: a Warning Event (deduplicated) and the `blocked_pods` gauge.
+fn report_blocked(
+    context: &Context,
+    reference: &ObjectReference,
+    id: &ServiceId,
+    state: &mut ServiceState,
+    pods: &[Arc<Pod>],
+) {
+    let mut now: HashMap<String, &'static str> = HashMap::new();
+    for pod in pods {
+        if let Some(b) = blocked::blocked(pod) {
+            let name = pod.name_any();
+            context.events.warning(reference.clone(), "PodBlocked", format!("pod {name}: {}", b.message));
+            now.insert(name, b.kind);
+        }
+    }
+    for (name, kind) in &now {
+        if state.blocked.get(name) != Some(kind) {
+            if let Some(old) = state.blocked.get(name) {
+                context.metrics.blocked_pods.get_or_create(&blocked_labels(id, old)).dec();
+            }
+            context.metrics.blocked_pods.get_or_create(&blocked_labels(id, kind)).inc();
+        }
+    }
+    for (name, kind) in &state.blocked {
+        if !now.contains_key(name) {
+            context.metrics.blocked_pods.get_or_create(&blocked_labels(id, kind)).dec();
+        }
+    }
+    state.blocked = now;
+}
+
+/// Pods whose queue-proxy env disagrees with the configuration in force: one Warning Event per pod, again
+/// only when its mismatches change.
+fn report_mismatches(
+    context: &Context,
+    reference: &ObjectReference,
+    state: &mut ServiceState,
+    pods: &[Arc<Pod>],
+) {
+    let Some(spec) = state.data_plane.as_ref().filter(|_| state.valid) else {
+        state.mismatched.clear();
+        return;
+    };
+    let mut now = HashMap::new();
+    for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        let found = env_check::mismatches(pod, spec);
+        if found.is_empty() {
+            continue;
+        }
+        let name = pod.name_any();
+        if state.mismatched.get(&name) != Some(&found) {
+            context.events.warning(reference.clone(), "ConfigMismatch", env_check::describe(&found));
+        }
+        now.insert(name, found);
+    }
+    state.mismatched = now;
+}

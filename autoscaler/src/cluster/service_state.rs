@@ -1,0 +1,45 @@
+//! What the pass remembers about each service from one pass to the next, so that it writes only on change,
+//! backs off after errors and reports each problem once.
+
+use std::collections::HashMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::backoff::Backoff;
+use super::env_check::Mismatch;
+
+/// What the pass remembers about one service between passes.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceState {
+    /// The annotations and global config generation last resolved.
+    pub config_key: Option<(String, u64)>,
+    /// Whether a valid configuration was ever applied (the service is in the engine).
+    pub valid: bool,
+    /// `spec.replicas` last seen.
+    pub seen_replicas: Option<u32>,
+    /// When [`Self::seen_replicas`] was first seen at its value.
+    pub seen_replicas_at: Timestamp,
+    /// The replicas this replica last wrote.
+    pub last_written: Option<u32>,
+    /// The reason of the last change this replica applied, until written as an annotation.
+    pub reason_pending: Option<String>,
+    /// Writes of the Deployment (scale, status annotations) after an error.
+    pub deployment_writes: Backoff,
+    /// Writes of the request path (public Service, EndpointSlice) after an error.
+    pub path_writes: Backoff,
+    /// Stuck pods already counted.
+    pub blocked: HashMap<String, &'static str>,
+    /// The data-plane settings of the configuration in force (set while [`Self::valid`]).
+    pub data_plane: Option<ebb_config::DataPlaneSpec>,
+    /// Pods whose queue-proxy env disagrees with the annotations, with what was reported.
+    pub mismatched: HashMap<String, Vec<Mismatch>>,
+    /// The request path's state.
+    pub path: PathState,
+}
+
+/// Per-service request-path state.
+#[derive(Debug, Default)]
+pub(crate) struct PathState {
+    /// A foreign Service was reported.
+    pub foreign: bool,
+}

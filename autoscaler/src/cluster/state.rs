@@ -1,0 +1,118 @@
+//! What the controller's tasks share, in the parts that belong together: the handles to the API server and to
+//! what the controller reports ([`Context`]), when the pass runs and whether it may act ([`Signals`]), and
+//! what the activators have told the controller ([`Activators`]). The modules of `cluster` take these from
+//! here, not from their parent, so that no module uses one that uses it back.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ebb_config::ServiceId;
+use ebb_process::sync::Locked;
+use kube::Client;
+use tokio::sync::{Notify, watch};
+
+use super::events::Events;
+use super::health::ApiHealth;
+use super::metrics::KubeMetrics;
+use super::options::Options;
+
+/// The handles the pass and its reconcilers work with: the API server, this replica's options, and what it
+/// reports. Nothing here changes after start.
+pub(crate) struct Context {
+    /// The API server.
+    pub client: Client,
+    /// How the controller runs.
+    pub options: Options,
+    /// Whether the API server answers.
+    pub health: Arc<ApiHealth>,
+    /// Kubernetes Events, deduplicated.
+    pub events: Events,
+    /// The controller's own metrics.
+    pub metrics: KubeMetrics,
+}
+
+/// When the next pass runs and whether it may act: the nudge that runs it early (a watch event, a decision, a
+/// change of leadership) and the Lease's verdict.
+pub(crate) struct Signals {
+    wake: Notify,
+    leading: watch::Receiver<bool>,
+}
+
+impl Signals {
+    /// Signals that follow the leader election's `leading`.
+    pub fn new(leading: watch::Receiver<bool>) -> Self {
+        Self { wake: Notify::new(), leading }
+    }
+
+    /// Runs the next pass soon.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves at the next [`Self::wake`] (or at once if one came since the last).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Whether this replica holds the Lease now.
+    pub fn is_leader(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// The leadership as it changes, for a task that follows it.
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.leading.clone()
+    }
+}
+
+/// What the activators have told the controller: which are ready, in which services' request path they are
+/// verified, and when each service last had requests queued in one. Written by the stat ingest and the pass,
+/// read by the [`super::scale::KubeScaler`] and the leader's reconcilers.
+#[derive(Default)]
+pub(crate) struct Activators {
+    /// Ready activator pod addresses.
+    ready: Mutex<Vec<IpAddr>>,
+    /// Services whose activator-only slice is verified in the path.
+    in_path: Mutex<HashMap<ServiceId, bool>>,
+    /// The last time an activator reported requests queued for a service (waiting for a pod).
+    queued: Mutex<HashMap<ServiceId, Instant>>,
+}
+
+impl Activators {
+    /// The ready activators, as the pass last saw them.
+    pub fn set_ready(&self, ready: Vec<IpAddr>) {
+        *self.ready.locked() = ready;
+    }
+
+    /// Whether at least one activator is ready.
+    pub fn any_ready(&self) -> bool {
+        !self.ready.locked().is_empty()
+    }
+
+    /// Whether the activator is verified in `id`'s request path.
+    pub fn in_path(&self, id: &ServiceId) -> bool {
+        self.in_path.locked().get(id).copied().unwrap_or(false)
+    }
+
+    /// Records whether the activator is verified in `id`'s request path.
+    pub fn set_in_path(&self, id: &ServiceId, in_path: bool) {
+        self.in_path.locked().insert(id.clone(), in_path);
+    }
+
+    /// Forgets `id`'s request path (the service is gone).
+    pub fn forget_path(&self, id: &ServiceId) {
+        self.in_path.locked().remove(id);
+    }
+
+    /// An activator reported requests queued for `id` now.
+    pub fn note_queued(&self, id: ServiceId) {
+        self.queued.locked().insert(id, Instant::now());
+    }
+
+    /// Whether an activator reported requests queued for `id` within the last `hold`.
+    pub fn queued_within(&self, id: &ServiceId, hold: Duration) -> bool {
+        self.queued.locked().get(id).is_some_and(|t| t.elapsed() < hold)
+    }
+}
