@@ -16,6 +16,8 @@ WORKDIR /src
 # Dependencies first, so that a source change does not download them again.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY config config
+COPY process process
+COPY http http
 COPY kpa kpa
 COPY queue-proxy queue-proxy
 COPY activator activator
