@@ -3,7 +3,7 @@
 //! blocked pods fail requests fast, annotation changes apply live, and a deleted Deployment stops routing. The
 //! activator runs with exactly the RBAC its manifests grant (pods and Deployments: list and watch).
 
-mod support;
+use ebb_test_support as support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -3,7 +3,7 @@
 //! within 15 s, which keeps scaling; SIGTERM releases it at once. Its own test binary, since it kills
 //! processes.
 
-mod support;
+use ebb_test_support as support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -8,7 +8,7 @@
 //! on :9090 and activator probes on :8012 of each pod's own loopback address. Stats reach the ingest port
 //! in the real wire format with the activator ServiceAccount's token.
 
-mod support;
+use ebb_test_support as support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //! Its own test binary, since restarting the API server disturbs every test sharing the control plane; the
 //! tests here run one after the other ([`SERIAL`]).
 
-mod support;
+use ebb_test_support as support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

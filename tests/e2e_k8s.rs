@@ -10,7 +10,7 @@
 //!
 //! Not here: the autoscaler's token cannot read Secrets or delete pods (tests/manifests_k8s.rs checks it).
 
-mod support;
+use ebb_test_support as support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! them, a ServiceAccount without RBAC is refused, each test has its own namespace, and supervised
 //! processes die with the test process.
 
-mod support;
+use ebb_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

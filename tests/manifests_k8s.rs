@@ -4,7 +4,7 @@
 //! services; the pods are hardened and drain within their grace period; and the ServiceAccounts get exactly
 //! the RBAC that docs/rbac.md documents, and cannot read Secrets nor delete pods.
 
-mod support;
+use ebb_test_support as support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -22,7 +22,8 @@ use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use kube::{Api, Client, Discovery};
 use serde_json::{Value, json};
-use support::manifests::{find, grant, kind, manifests_dir, name, render, to_yaml};
+use support::manifests::{find, grant, kind, name, render, to_yaml};
+use support::paths::in_repo;
 use support::{ControlPlane, TestNamespace};
 
 /// The base, the dashboards, the monitoring objects and every example, each a kustomization.
@@ -63,7 +64,7 @@ const ACTIVATOR_RULES: &[(&str, &str, &str)] = &[
 ];
 
 fn rendered(dir: &str) -> Vec<Value> {
-    render(&manifests_dir(dir)).unwrap_or_else(|e| panic!("rendering {dir}: {e}"))
+    render(&in_repo(dir)).unwrap_or_else(|e| panic!("rendering {dir}: {e}"))
 }
 
 fn all_rendered() -> Vec<Value> {
@@ -72,7 +73,7 @@ fn all_rendered() -> Vec<Value> {
 
 #[test]
 fn every_example_kustomization_is_checked() {
-    let examples = manifests_dir("manifests/examples");
+    let examples = in_repo("manifests/examples");
     let mut found: Vec<String> = std::fs::read_dir(&examples)
         .expect("manifests/examples")
         .filter_map(|entry| entry.ok())
@@ -230,7 +231,7 @@ fn ebb_check_accepts_the_configuration_and_the_example_services() {
         "manifests/examples/chat/deployment.yaml",
         "manifests/examples/vllm/deployment.yaml",
     ]
-    .map(|f| manifests_dir(f).to_string_lossy().into_owned());
+    .map(|f| in_repo(f).to_string_lossy().into_owned());
     let (code, stdout, stderr) = ebb_check(&files.each_ref().map(String::as_str));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stderr.contains("0 error(s), 0 warning(s); 3 valid object(s)"), "{stderr}");
@@ -458,7 +459,7 @@ fn flatten(rules: &Value) -> BTreeSet<Permission> {
 
 /// The rows of a docs/rbac.md table under the heading that starts with `heading`.
 fn documented(heading: &str) -> BTreeSet<Permission> {
-    let text = std::fs::read_to_string(manifests_dir("docs/rbac.md")).expect("docs/rbac.md");
+    let text = std::fs::read_to_string(in_repo("docs/rbac.md")).expect("docs/rbac.md");
     let section =
         text.split("\n## ").find(|s| s.starts_with(heading)).unwrap_or_else(|| panic!("## {heading}"));
     let mut out = BTreeSet::new();

@@ -4,7 +4,7 @@
 //! panel and alert rule, with Grafana's variables substituted, must return data. Panels that only a cluster
 //! can fill (the Kubernetes controller's own families) are evaluated by tests/e2e_k8s.rs instead.
 
-mod support;
+use ebb_test_support as support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,7 +45,7 @@ fn the_alert_rules_pass_promtool_and_the_prometheus_rule_carries_the_same_groups
 async fn every_dashboard_panel_and_alert_rule_returns_data_from_ebb_up() {
     // `demo` takes load through a cold start; `stuck` never gets a ready pod and has room for two waiting
     // requests, so that the queue alerts have something to say.
-    let ebb = support::up::EBB;
+    let ebb = support::ebb().display();
     let yaml = format!(
         "config:\n  scale-to-zero-grace-period: 30s\nservices:\n  - name: demo\n    command: [{ebb}, demo-model, \
          --startup-delay, 200ms, --time-to-first-token, 10ms, --tokens-per-second, '200']\n    annotations:\n      \

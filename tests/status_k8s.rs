@@ -2,7 +2,7 @@
 //! `tests/autoscaler_k8s.rs`, as ServiceAccount `ebb-autoscaler` with exactly its RBAC), pods are played by
 //! the node emulator, and the real `ebb` binary reads what the autoscaler wrote.
 
-mod support;
+use ebb_test_support as support;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};

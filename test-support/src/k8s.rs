@@ -1,6 +1,12 @@
-//! A real Kubernetes v1.20.2 control plane for end-to-end tests (shared/k8s/README.md): etcd,
-//! kube-apiserver and kube-controller-manager on free loopback ports, in a temporary directory, started once
-//! per test binary ([`ControlPlane::shared`]), with a namespace per test ([`TestNamespace`]).
+//! A real Kubernetes v1.20.2 control plane for end-to-end tests: etcd, kube-apiserver and
+//! kube-controller-manager on free loopback ports, in a temporary directory, started once per test binary
+//! ([`ControlPlane::shared`]), with a namespace per test ([`TestNamespace`]). There is no scheduler and no
+//! kubelet: the [`crate::node`] emulator binds pods and writes their status.
+//!
+//! The binaries are not in the repository. They come from `$EBB_KUBE_BIN_DIR` (the three, uncompressed, as
+//! in the official Kubernetes v1.20.2 server release and etcd 3.4), else from `shared/k8s/bin` beside the
+//! repository (`etcd.xz`, `kube-apiserver.xz`, `kube-controller-manager.xz` and their `SHA256SUMS`), which
+//! is unpacked under the target directory.
 //!
 //! The processes run under a [`Supervisor`], so they die with the test binary however it ends, and the
 //! directory is removed. Each test builds its own [`kube::Client`] ([`ControlPlane::client`]) because every
@@ -20,11 +26,12 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+use super::paths::{repo_root, scratch_dir};
 use super::supervisor::Supervisor;
 use super::wait::{try_wait_for, wait_for};
 
 /// Environment variable naming a directory with ready-to-run `etcd`, `kube-apiserver` and
-/// `kube-controller-manager` binaries; when unset, the xz files in `../shared/k8s/bin` are unpacked.
+/// `kube-controller-manager` binaries; when unset, the xz files of `shared/k8s/bin` are unpacked.
 pub const BIN_DIR_ENV: &str = "EBB_KUBE_BIN_DIR";
 /// The three binaries a control plane needs.
 pub const BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
@@ -47,8 +54,9 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Finds the control-plane binaries: `$EBB_KUBE_BIN_DIR`, else `../shared/k8s/bin/*.xz` checked against its
-/// `SHA256SUMS` and unpacked under `target/`. The error says how to provide them.
+/// Finds the control-plane binaries: `$EBB_KUBE_BIN_DIR`, else `shared/k8s/bin/*.xz` beside the repository,
+/// checked against its `SHA256SUMS` and unpacked under the target directory. The error says how to provide
+/// them.
 pub fn kube_binaries() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
         let dir = PathBuf::from(dir);
@@ -58,16 +66,16 @@ pub fn kube_binaries() -> Result<PathBuf, String> {
         }
         return Err(format!("{BIN_DIR_ENV}={} lacks {missing:?}", dir.display()));
     }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/k8s/bin");
+    let source = repo_root().join("../shared/k8s/bin");
     if !source.join("SHA256SUMS").is_file() {
         return Err(format!(
             "the Kubernetes control-plane binaries were not found: set {BIN_DIR_ENV} to a directory holding \
              {BINARIES:?} (Kubernetes v1.20.2, etcd 3.4), or provide {}/{{SHA256SUMS,etcd.xz,kube-apiserver.xz,\
-             kube-controller-manager.xz}} as described in shared/k8s/README.md",
+             kube-controller-manager.xz}}",
             source.display()
         ));
     }
-    unpack(&source, &Path::new(env!("CARGO_TARGET_TMPDIR")).join("kube-bin"))
+    unpack(&source, &scratch_dir().join("kube-bin"))
 }
 
 /// Checks `source/SHA256SUMS` and unpacks `source/NAME.xz` into `dest/NAME`, unless `dest` already holds

@@ -2,16 +2,15 @@
 //! port, never the packaged service), and the PromQL expressions of `manifests/`: every dashboard panel's and
 //! every alert rule's, with Grafana's variables substituted.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::paths::in_repo;
 use super::supervisor::Supervisor;
 use super::up::request;
 use super::wait::wait_for;
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Families only the Kubernetes controller exports (docs/metrics.md, "a cluster only"): expressions on them
 /// have no data in `ebb up`.
@@ -45,8 +44,9 @@ pub fn tool(name: &str) -> PathBuf {
     })
 }
 
+/// A file of the repository, by its path from the root (panics if it cannot be read).
 pub fn read(path: &str) -> String {
-    let path = Path::new(ROOT).join(path);
+    let path = in_repo(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
@@ -138,7 +138,7 @@ impl Prometheus {
         let dir = std::env::temp_dir().join(format!("ebb-prometheus-{}-{run}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let rules = Path::new(ROOT).join("manifests/monitoring/alerts.rules.yml");
+        let rules = in_repo("manifests/monitoring/alerts.rules.yml");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{rules:?}]\nscrape_configs:\n{}\n",
             scrape_configs.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"),
