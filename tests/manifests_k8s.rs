@@ -24,7 +24,7 @@ use kube::{Api, Client, Discovery};
 use serde_json::{Value, json};
 use support::manifests::{find, grant, kind, name, render, to_yaml};
 use support::paths::in_repo;
-use support::{ControlPlane, TestNamespace};
+use support::{TestNamespace, require};
 
 /// The base, the dashboards, the monitoring objects and every example, each a kustomization.
 const KUSTOMIZATIONS: &[&str] = &[
@@ -92,7 +92,7 @@ fn every_example_kustomization_is_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_object_is_valid_for_the_api_server_or_named_as_skipped() {
-    let cp = ControlPlane::shared();
+    let Some(cp) = require::control_plane() else { return };
     let admin = cp.client().await;
     let discovery = Discovery::new(admin.clone()).run().await.expect("API discovery");
     let ns = TestNamespace::create(&admin, "manifests").await;
@@ -532,7 +532,7 @@ async fn the_service_accounts_get_exactly_the_documented_rbac_and_no_secrets() {
     assert!(find(&objects, "Role", "ebb-activator").is_none(), "the activator needs no Role");
 
     // Applied for real, the API server's authorizer grants exactly that.
-    let cp = ControlPlane::shared();
+    let Some(cp) = require::control_plane() else { return };
     let admin = cp.client().await;
     let ns = TestNamespace::create(&admin, "manifests-rbac").await;
     grant(&admin, &ns, "ebb-autoscaler").await;

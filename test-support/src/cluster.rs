@@ -31,7 +31,8 @@ use super::load::Load;
 use super::manifests::{find, is_namespaced, kind, name, render_in};
 use super::paths::{ebb, in_repo};
 use super::process_runtime::{ProcessRuntime, RuntimeLogs};
-use super::{ControlPlane, NodeEmulator, Readiness, TestNamespace, wait_for};
+use super::require;
+use super::{NodeEmulator, Readiness, TestNamespace, wait_for};
 /// Waiting for processes to start, pods to become Ready, decisions to be made.
 pub const WAIT: Duration = Duration::from_secs(90);
 /// The completion every request asks for (a few tokens: the test is about routing, not generation).
@@ -54,9 +55,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Installs `manifests/` into a fresh namespace with `config` added to `config-autoscaler`, runs its
-    /// pods, and waits for the two autoscalers and the two activators to be Ready.
-    pub async fn install(prefix: &str, config: &[(&str, &str)]) -> Cluster {
-        let cp = ControlPlane::shared();
+    /// pods, and waits for the two autoscalers and the two activators to be Ready. `None` when there is no
+    /// control plane to run on ([`require::control_plane`] says so): the test returns.
+    pub async fn install(prefix: &str, config: &[(&str, &str)]) -> Option<Cluster> {
+        let cp = require::control_plane()?;
         let admin = cp.client().await;
         let system = TestNamespace::create(&admin, &format!("{prefix}-sys")).await;
         let apps = TestNamespace::create(&admin, &format!("{prefix}-app")).await;
@@ -89,7 +91,7 @@ impl Cluster {
                 .wait_ready_pods(&cluster.system, &format!("app.kubernetes.io/component={component}"), 2)
                 .await;
         }
-        cluster
+        Some(cluster)
     }
 
     /// Waits for `count` Ready pods matching `selector` in `namespace`; returns their IPs.

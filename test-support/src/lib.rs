@@ -1,6 +1,8 @@
 //! The harness of the root package's integration tests (`tests/*.rs`), one crate compiled once for all of
 //! them. A test file uses it as `use ebb_test_support as support;`.
 //!
+//! - [`require`]: the one rule for tests that need a real part the repository does not hold (the Kubernetes
+//!   control plane, Prometheus): run, or skip saying so, or fail under `EBB_REQUIRE_REAL_PARTS=1`.
 //! - [`paths`]: the repository, the `ebb` binary under test ([`ebb`]), a scratch directory.
 //! - [`k8s`]: [`ControlPlane::shared`] (etcd, kube-apiserver, kube-controller-manager once per test binary),
 //!   admin and ServiceAccount clients, [`TestNamespace`] (a namespace per test, deleted on drop).
@@ -26,9 +28,11 @@ pub mod k8s;
 pub mod load;
 pub mod manifests;
 pub mod node;
+pub mod part;
 pub mod paths;
 pub mod process_runtime;
 pub mod prometheus;
+pub mod require;
 pub mod supervisor;
 pub mod up;
 pub mod wait;

@@ -1,12 +1,14 @@
 //! A real Prometheus for the tests (Debian's `prometheus` package, run as the test's own instance on a free
 //! port, never the packaged service), and the PromQL expressions of `manifests/`: every dashboard panel's and
-//! every alert rule's, with Grafana's variables substituted.
+//! every alert rule's, with Grafana's variables substituted. Tests reach Prometheus through
+//! [`crate::require::prometheus`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::part::Missing;
 use super::paths::in_repo;
 use super::supervisor::Supervisor;
 use super::up::request;
@@ -25,22 +27,44 @@ pub const CLUSTER_ONLY: [&str; 8] = [
     "ebb_autoscaler_scale_changes_total",
 ];
 
-/// A program from Debian's `prometheus` package: `$EBB_<NAME>` or on `PATH`.
-pub fn tool(name: &str) -> PathBuf {
+/// Debian's `prometheus` package's two programs.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    /// The server.
+    pub prometheus: PathBuf,
+    /// Its rule and configuration checker.
+    pub promtool: PathBuf,
+}
+
+/// Finds [`Tools`]: each at `$EBB_PROMETHEUS` / `$EBB_PROMTOOL` (set to a path that is not a file is
+/// [`Missing::Broken`]), else on `PATH` ([`Missing::Absent`] when not there).
+pub fn find_tools() -> Result<Tools, Missing> {
+    Ok(Tools { prometheus: find_tool("prometheus")?, promtool: find_tool("promtool")? })
+}
+
+fn find_tool(name: &str) -> Result<PathBuf, Missing> {
     let variable = format!("EBB_{}", name.to_uppercase());
     if let Some(path) = std::env::var_os(&variable) {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        return Err(Missing::Broken(format!(
+            "{variable}={} is not a file: it must name the {name} binary, or be unset to find {name} on PATH",
+            path.display()
+        )));
     }
     let found = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join(name))
         .find(|path| path.is_file());
-    found.unwrap_or_else(|| {
-        panic!(
-            "{name} not found: install Debian's prometheus package (apt-get install --no-install-recommends \
-             prometheus; .ci/run does) or set {variable} to the binary"
-        )
+    found.ok_or_else(|| {
+        Missing::Absent(format!(
+            "{name} is not on PATH. To run these tests, install Debian's prometheus package (apt-get install \
+             --no-install-recommends prometheus; .ci/run does), or set EBB_PROMETHEUS and EBB_PROMTOOL to its \
+             prometheus and promtool binaries"
+        ))
     })
 }
 
@@ -132,7 +156,7 @@ impl Drop for Prometheus {
 impl Prometheus {
     /// Starts one with these `scrape_configs` entries (YAML, each starting `- job_name:`), scraping every
     /// second and evaluating the alert rules of `manifests/monitoring/`.
-    pub async fn start(scrape_configs: &str) -> Prometheus {
+    pub async fn start(tools: &Tools, scrape_configs: &str) -> Prometheus {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ebb-prometheus-{}-{run}", std::process::id()));
@@ -148,7 +172,7 @@ impl Prometheus {
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let supervisor = Supervisor::start(Some(&dir)).unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let mut command = std::process::Command::new(tool("prometheus"));
+        let mut command = std::process::Command::new(&tools.prometheus);
         command
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
