@@ -3,7 +3,7 @@
 //! within 15 s, which keeps scaling; SIGTERM releases it at once. Its own test binary, since it kills
 //! processes.
 
-mod support;
+use ebb_test_support as support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +17,7 @@ use serde_json::json;
 
 use support::autoscaler::grant_autoscaler_rbac;
 use support::supervisor::Supervisor;
-use support::{ControlPlane, TestNamespace, wait_for};
+use support::{TestNamespace, require, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -43,7 +43,7 @@ async fn holder(leases: &Api<Lease>) -> Result<Option<String>, String> {
 
 #[tokio::test]
 async fn the_lease_moves_to_the_other_replica_within_15_s_of_the_leader_dying() {
-    let cp = ControlPlane::shared();
+    let Some(cp) = require::control_plane() else { return };
     let admin = cp.client().await;
     let ns = TestNamespace::create(&admin, "as-failover").await;
     grant_autoscaler_rbac(&admin, &ns, "ebb-autoscaler").await;

@@ -8,7 +8,7 @@
 //! queue-proxy stats on :9090 and activator probes on :8012 of each pod's own loopback address. Stats reach
 //! the ingest port in the real wire format with the activator ServiceAccount's token.
 
-mod support;
+use ebb_test_support as support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use serde_json::json;
 use support::autoscaler::{
     FakePods, activator_frame, event_notes, grant_autoscaler_rbac, metrics_text, send_stats, token_of,
 };
-use support::{ControlPlane, NodeEmulator, TestNamespace, wait_for};
+use support::{ControlPlane, NodeEmulator, TestNamespace, require, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -51,8 +51,9 @@ struct Env {
 }
 
 impl Env {
-    async fn start(prefix: &str, config: &[(&str, &str)]) -> Env {
-        let cp = ControlPlane::shared();
+    /// `None` when there is no control plane to run on (see [`require::control_plane`]): the test returns.
+    async fn start(prefix: &str, config: &[(&str, &str)]) -> Option<Env> {
+        let cp = require::control_plane()?;
         let admin = cp.client().await;
         let ns = TestNamespace::create(&admin, prefix).await;
         grant_autoscaler_rbac(&admin, &ns, "ebb-autoscaler").await;
@@ -89,7 +90,7 @@ impl Env {
         options.metrics_addr = "127.0.0.1:0".parse().unwrap();
         options.sync_interval = Duration::from_millis(250);
         let controller = start_leading(client.clone(), options).await;
-        Env {
+        Some(Env {
             admin,
             ns,
             controller: Some(controller),
@@ -98,7 +99,7 @@ impl Env {
             pods,
             client,
             _emulator: emulator,
-        }
+        })
     }
 
     /// Stops the controller (releasing the Lease) and starts a fresh one named `identity`, with no memory.
@@ -238,7 +239,7 @@ impl Env {
 /// the pods and back; idle after shortened windows scales to zero only with the activator in the path.
 #[tokio::test]
 async fn scales_from_zero_on_ingested_stats_up_on_pod_stats_and_back_to_zero() {
-    let env = Env::start(
+    let Some(env) = Env::start(
         "as-scale",
         &[
             ("allow-zero-initial-scale", "true"),
@@ -246,7 +247,10 @@ async fn scales_from_zero_on_ingested_stats_up_on_pod_stats_and_back_to_zero() {
             ("stable-window", "6s"),
         ],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     // The token cannot read Secrets: the RBAC is no wider than the list.
     let sa = support::k8s::client_from_kubeconfig(
         &ControlPlane::shared().service_account_kubeconfig(&env.admin, &env.ns, "ebb-autoscaler").await,
@@ -347,7 +351,7 @@ async fn scales_from_zero_on_ingested_stats_up_on_pod_stats_and_back_to_zero() {
 /// `ebb.dev/paused` -> decisions, but replicas left alone; a foreign Service is left alone and reported.
 #[tokio::test]
 async fn invalid_annotations_paused_and_foreign_services_are_left_alone() {
-    let env = Env::start("as-invalid", &[]).await;
+    let Some(env) = Env::start("as-invalid", &[]).await else { return };
     env.create("bad", 2, &[("autoscaling.knative.dev/window", "2s")]).await;
     let note = env.wait_event("bad", "InvalidConfiguration", &["autoscaling.knative.dev/window", "2s"]).await;
     assert!(note.contains("6s"), "the accepted range is named: {note}");
@@ -458,7 +462,9 @@ async fn invalid_annotations_paused_and_foreign_services_are_left_alone() {
 /// Item 1: the ConfigMap is hot reloaded; an invalid one draws a Warning Event and the previous one stays.
 #[tokio::test]
 async fn config_map_is_hot_reloaded_and_an_invalid_one_is_reported() {
-    let env = Env::start("as-config", &[("container-concurrency-target-default", "50")]).await;
+    let Some(env) = Env::start("as-config", &[("container-concurrency-target-default", "50")]).await else {
+        return;
+    };
     env.create("app", 1, &[]).await;
     let target = async || {
         let status = env.controller().autoscaler().status();
@@ -488,7 +494,7 @@ async fn config_map_is_hot_reloaded_and_an_invalid_one_is_reported() {
 /// Item 5: another writer changes replicas -> a Warning Event naming it, and ebb sets its count back.
 #[tokio::test]
 async fn an_external_scale_draws_a_warning_and_is_undone() {
-    let env = Env::start("as-external", &[]).await;
+    let Some(env) = Env::start("as-external", &[]).await else { return };
     env.create("fought", 1, &[]).await;
     let id = ServiceId::new(env.ns.name(), "fought");
     wait_for(TIMEOUT, "fought to be autoscaled", async || {
@@ -516,7 +522,7 @@ async fn an_external_scale_draws_a_warning_and_is_undone() {
 /// replicas it started from, and only where it started from decides.
 #[tokio::test]
 async fn a_new_leader_starts_from_the_last_leaders_decision_not_from_an_external_write() {
-    let env = Env::start("as-inherit", &[]).await;
+    let Some(env) = Env::start("as-inherit", &[]).await else { return };
     env.pods.stick_pulling("inherited");
     env.create("inherited", 3, &[("status.ebb.dev/desired", "1")]).await;
     env.wait_replicas("inherited", 1, TIMEOUT).await;
@@ -527,7 +533,7 @@ async fn a_new_leader_starts_from_the_last_leaders_decision_not_from_an_external
 /// counts it.
 #[tokio::test]
 async fn a_pod_stuck_pulling_its_image_is_reported() {
-    let env = Env::start("as-blocked", &[]).await;
+    let Some(env) = Env::start("as-blocked", &[]).await else { return };
     env.pods.stick_pulling("stuck");
     env.create("stuck", 1, &[]).await;
     let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
@@ -559,7 +565,7 @@ async fn a_pod_stuck_pulling_its_image_is_reported() {
 /// down only after a stable window.
 #[tokio::test]
 async fn after_a_restart_a_scaled_service_starts_in_panic_holding_its_pods() {
-    let mut env = Env::start("as-restart", &[("stable-window", "6s")]).await;
+    let Some(mut env) = Env::start("as-restart", &[("stable-window", "6s")]).await else { return };
     env.scale_to_three("scaled").await;
     let id = ServiceId::new(env.ns.name(), "scaled");
     wait_for(TIMEOUT, "3 ready pods", async || {
@@ -589,7 +595,7 @@ async fn after_a_restart_a_scaled_service_starts_in_panic_holding_its_pods() {
 /// Item 7 in-process: two replicas, one Lease, exactly one leader; the other takes over on release.
 #[tokio::test]
 async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {
-    let env = Env::start("as-lease", &[]).await;
+    let Some(env) = Env::start("as-lease", &[]).await else { return };
     let cp = ControlPlane::shared();
     let client = cp.service_account_client(&env.admin, &env.ns, "ebb-autoscaler").await;
     let mut options = Options::new(env.ns.name(), "replica-1");
@@ -625,8 +631,11 @@ async fn one_of_two_replicas_leads_and_the_other_takes_over_on_release() {
 /// only for the grace period's remaining few seconds.
 #[tokio::test]
 async fn a_fresh_leader_resumes_the_scale_to_zero_clock_from_the_service() {
-    let mut env =
-        Env::start("as-resume", &[("scale-to-zero-grace-period", "30s"), ("stable-window", "6s")]).await;
+    let Some(mut env) =
+        Env::start("as-resume", &[("scale-to-zero-grace-period", "30s"), ("stable-window", "6s")]).await
+    else {
+        return;
+    };
     // No controller while the state a previous leader would have left is set up.
     env.controller.take().unwrap().shutdown().await;
     env.activator_pod().await;
@@ -681,7 +690,7 @@ async fn a_fresh_leader_resumes_the_scale_to_zero_clock_from_the_service() {
 async fn replicas_are_not_lowered_while_requests_are_queued_in_an_activator_but_are_under_proxied_load() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let env = Env::start("as-queued", &[("stable-window", "6s")]).await;
+    let Some(env) = Env::start("as-queued", &[("stable-window", "6s")]).await else { return };
     env.scale_to_three("busy").await;
 
     // The pods go idle; an activator keeps reporting a trickle of load (0.1 over a target of 1: the decision

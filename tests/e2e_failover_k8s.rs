@@ -12,7 +12,7 @@
 //! Its own test binary, since restarting the API server disturbs every test sharing the control plane; the
 //! tests here run one after the other ([`SERIAL`]).
 
-mod support;
+use ebb_test_support as support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,13 +35,13 @@ const AUTOSCALERS: &str = "app.kubernetes.io/component=autoscaler";
 
 /// Installs ebb-system with short windows and deploys the chat service (8 concurrent requests per pod at a
 /// 70% target, at most 4 pods, no burst capacity kept so warm pods are in the path by themselves), with a
-/// gateway following its slice.
-async fn install(prefix: &str) -> (Cluster, Gateway) {
+/// gateway following its slice. `None` without a control plane (the test returns).
+async fn install(prefix: &str) -> Option<(Cluster, Gateway)> {
     let cluster =
-        Cluster::install(prefix, &[("stable-window", "6s"), ("scale-to-zero-grace-period", "2s")]).await;
+        Cluster::install(prefix, &[("stable-window", "6s"), ("scale-to-zero-grace-period", "2s")]).await?;
     cluster.deploy_scaling_chat("chat").await;
     let gateway = cluster.gateway("chat").await;
-    (cluster, gateway)
+    Some((cluster, gateway))
 }
 
 /// The data addresses of the Ready pods of the chat service (sorted).
@@ -67,7 +67,7 @@ async fn lease(cluster: &Cluster) -> Result<(String, i32), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_autoscaler_leader_under_load_hands_over_and_scaling_continues() {
     let _serial = SERIAL.lock().await;
-    let (cluster, gateway) = install("e2e-leader").await;
+    let Some((cluster, gateway)) = install("e2e-leader").await else { return };
     // 8 clients over 8 per pod at a 70% target (5.6) want 2 pods.
     let load = gateway_load(gateway.addr(), 8);
     cluster.wait_replicas("chat", "= 2", |r| r == 2).await;
@@ -122,7 +122,7 @@ async fn killing_the_autoscaler_leader_under_load_hands_over_and_scaling_continu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_kube_apiserver_mid_load_loses_nothing_and_decisions_resume() {
     let _serial = SERIAL.lock().await;
-    let (cluster, gateway) = install("e2e-apiserver").await;
+    let Some((cluster, gateway)) = install("e2e-apiserver").await else { return };
     let load = gateway_load(gateway.addr(), 8);
     cluster.wait_replicas("chat", "= 2", |r| r == 2).await;
     // Warm: the slice lists the two pods, and so does the gateway.

@@ -10,7 +10,7 @@
 //!
 //! Not here: the autoscaler's token cannot read Secrets or delete pods (tests/manifests_k8s.rs checks it).
 
-mod support;
+use ebb_test_support as support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,14 +21,16 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, WAIT, complete, gateway_load, http_client, is_completion, ready_ips};
 use support::prometheus::{Prometheus, alert_rules, cluster_only, dashboard_expressions, signal, substitute};
-use support::wait_for;
+use support::{require, wait_for};
 
 /// Items (a) and (b): from zero, 100 concurrent requests through the gateway and the activators all succeed;
 /// sustained load scales the service up with the slice in serve mode (the pods); idle, it goes back to zero
 /// with the slice in proxy mode (the activators). No component crashes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero() {
-    let cluster = Cluster::install(
+    // Prometheus too, for the panels only a cluster fills: both looked for (and named if missing) first.
+    let (Some(_), Some(tools)) = (require::control_plane(), require::prometheus()) else { return };
+    let Some(cluster) = Cluster::install(
         "e2e-cold",
         &[
             ("allow-zero-initial-scale", "true"),
@@ -36,7 +38,10 @@ async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero()
             ("scale-to-zero-grace-period", "2s"),
         ],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     eprintln!("kinds not served by this API server, not installed: {:?}", cluster.skipped);
     // Prometheus scrapes the autoscalers and the activators, for the panels only a cluster fills.
     let mut jobs = String::new();
@@ -50,7 +55,7 @@ async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero()
             targets.join(", ")
         );
     }
-    let prometheus = Prometheus::start(&jobs).await;
+    let prometheus = Prometheus::start(&tools, &jobs).await;
     cluster.deploy_scaling_chat("chat").await;
     // It starts at one pod and, idle, goes to zero: the public Service in proxy mode, its slice listing
     // the activators.
@@ -152,7 +157,7 @@ async fn every_cluster_only_panel_and_alert_has_data(prometheus: &Prometheus) {
 /// Item (c): an invalid annotation draws a Warning Event naming it, and the replicas are left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_annotation_is_reported_and_replicas_are_untouched() {
-    let cluster = Cluster::install("e2e-invalid", &[("stable-window", "6s")]).await;
+    let Some(cluster) = Cluster::install("e2e-invalid", &[("stable-window", "6s")]).await else { return };
     let model_args = ["--model", "demo", "--startup-delay", "0s"];
     // A window below the 6 s minimum, on a service started at 2 replicas.
     cluster.deploy_chat("bad", &[("autoscaling.knative.dev/window", "2s")], &model_args).await;
@@ -233,8 +238,11 @@ async fn set_image(cluster: &Cluster, name: &str, image: &str) {
 /// and the next request is served by the new image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_rollouts_under_load_and_at_zero_lose_nothing_and_do_not_over_scale() {
-    let cluster =
-        Cluster::install("e2e-roll", &[("stable-window", "6s"), ("scale-to-zero-grace-period", "2s")]).await;
+    let Some(cluster) =
+        Cluster::install("e2e-roll", &[("stable-window", "6s"), ("scale-to-zero-grace-period", "2s")]).await
+    else {
+        return;
+    };
     cluster.deploy_scaling_chat("chat").await;
     let apps: Api<Pod> = Api::namespaced(cluster.admin.clone(), &cluster.apps);
     let gateway = cluster.gateway("chat").await;

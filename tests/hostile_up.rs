@@ -1,15 +1,16 @@
 //! `ebb up` under attack, as an outsider on the same network would try it. Every test here is a hole that was
 //! found open once: a closed, silent, slow or lying client must cost nothing and gain nothing.
 
-mod support;
+use ebb_test_support as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::ebb;
 use support::load::Load;
-use support::up::{EBB, Up, chat_body, processes_with, request_with, start, start_with};
+use support::up::{Up, chat_body, processes_with, request_with, start, start_with};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", std::process::id())
@@ -18,8 +19,9 @@ fn unique(prefix: &str) -> String {
 /// `ebb.yaml` for one demo-model service `name` whose completions take about a second, with a 6 s window and a
 /// 1 s scale-to-zero grace period.
 fn yaml(name: &str, annotations: &[(&str, &str)]) -> String {
+    let ebb = ebb().display();
     let mut text = format!(
-        "config:\n  scale-to-zero-grace-period: 1s\nservices:\n  - name: {name}\n    command: [{EBB}, demo-model, \
+        "config:\n  scale-to-zero-grace-period: 1s\nservices:\n  - name: {name}\n    command: [{ebb}, demo-model, \
          --model, {name}, --startup-delay, 100ms, --time-to-first-token, 10ms, --tokens-per-second, '100']\n    \
          port: 8080\n    annotations:\n      autoscaling.knative.dev/window: 6s\n"
     );

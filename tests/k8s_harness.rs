@@ -3,7 +3,7 @@
 //! them, a ServiceAccount without RBAC is refused, each test has its own namespace, and supervised
 //! processes die with the test process.
 
-mod support;
+use ebb_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,14 +17,14 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use support::supervisor::Supervisor;
-use support::{ControlPlane, NodeEmulator, Readiness, TestNamespace, wait_for};
+use support::{NodeEmulator, Readiness, TestNamespace, require, wait_for};
 
 /// Generous: the machine has 2 cores, and other test binaries may be running beside this one.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn control_plane_serves_v1_20_and_each_test_gets_its_own_namespace() {
-    let cp = ControlPlane::shared();
+    let Some(cp) = require::control_plane() else { return };
     let client = cp.client().await;
     let version = client.apiserver_version().await.expect("GET /version");
     assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "20"), "{version:?}");
@@ -50,7 +50,7 @@ async fn control_plane_serves_v1_20_and_each_test_gets_its_own_namespace() {
 
 #[tokio::test]
 async fn deployment_pods_are_bound_addressed_made_ready_and_finalized() {
-    let cp = ControlPlane::shared();
+    let Some(cp) = require::control_plane() else { return };
     let client = cp.client().await;
     let ns = TestNamespace::create(&client, "harness-pods").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -122,7 +122,7 @@ async fn deployment_pods_are_bound_addressed_made_ready_and_finalized() {
 
 #[tokio::test]
 async fn a_service_account_without_rbac_cannot_read_secrets() {
-    let cp = ControlPlane::shared();
+    let Some(cp) = require::control_plane() else { return };
     let admin = cp.client().await;
     let ns = TestNamespace::create(&admin, "harness-rbac").await;
     let reader = cp.service_account_client(&admin, &ns, "reader").await;

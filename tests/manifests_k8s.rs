@@ -4,7 +4,7 @@
 //! services; the pods are hardened and drain within their grace period; and the ServiceAccounts get exactly
 //! the RBAC that docs/rbac.md documents, and cannot read Secrets nor delete pods.
 
-mod support;
+use ebb_test_support as support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -22,8 +22,9 @@ use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use kube::{Api, Client, Discovery};
 use serde_json::{Value, json};
-use support::manifests::{find, grant, kind, manifests_dir, name, render, to_yaml};
-use support::{ControlPlane, TestNamespace};
+use support::manifests::{find, grant, kind, name, render, to_yaml};
+use support::paths::in_repo;
+use support::{TestNamespace, require};
 
 /// The base, the dashboards, the monitoring objects and every example, each a kustomization.
 const KUSTOMIZATIONS: &[&str] = &[
@@ -63,7 +64,7 @@ const ACTIVATOR_RULES: &[(&str, &str, &str)] = &[
 ];
 
 fn rendered(dir: &str) -> Vec<Value> {
-    render(&manifests_dir(dir)).unwrap_or_else(|e| panic!("rendering {dir}: {e}"))
+    render(&in_repo(dir)).unwrap_or_else(|e| panic!("rendering {dir}: {e}"))
 }
 
 fn all_rendered() -> Vec<Value> {
@@ -72,7 +73,7 @@ fn all_rendered() -> Vec<Value> {
 
 #[test]
 fn every_example_kustomization_is_checked() {
-    let examples = manifests_dir("manifests/examples");
+    let examples = in_repo("manifests/examples");
     let mut found: Vec<String> = std::fs::read_dir(&examples)
         .expect("manifests/examples")
         .filter_map(|entry| entry.ok())
@@ -91,7 +92,7 @@ fn every_example_kustomization_is_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_object_is_valid_for_the_api_server_or_named_as_skipped() {
-    let cp = ControlPlane::shared();
+    let Some(cp) = require::control_plane() else { return };
     let admin = cp.client().await;
     let discovery = Discovery::new(admin.clone()).run().await.expect("API discovery");
     let ns = TestNamespace::create(&admin, "manifests").await;
@@ -230,7 +231,7 @@ fn ebb_check_accepts_the_configuration_and_the_example_services() {
         "manifests/examples/chat/deployment.yaml",
         "manifests/examples/vllm/deployment.yaml",
     ]
-    .map(|f| manifests_dir(f).to_string_lossy().into_owned());
+    .map(|f| in_repo(f).to_string_lossy().into_owned());
     let (code, stdout, stderr) = ebb_check(&files.each_ref().map(String::as_str));
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stderr.contains("0 error(s), 0 warning(s); 3 valid object(s)"), "{stderr}");
@@ -458,7 +459,7 @@ fn flatten(rules: &Value) -> BTreeSet<Permission> {
 
 /// The rows of a docs/rbac.md table under the heading that starts with `heading`.
 fn documented(heading: &str) -> BTreeSet<Permission> {
-    let text = std::fs::read_to_string(manifests_dir("docs/rbac.md")).expect("docs/rbac.md");
+    let text = std::fs::read_to_string(in_repo("docs/rbac.md")).expect("docs/rbac.md");
     let section =
         text.split("\n## ").find(|s| s.starts_with(heading)).unwrap_or_else(|| panic!("## {heading}"));
     let mut out = BTreeSet::new();
@@ -531,7 +532,7 @@ async fn the_service_accounts_get_exactly_the_documented_rbac_and_no_secrets() {
     assert!(find(&objects, "Role", "ebb-activator").is_none(), "the activator needs no Role");
 
     // Applied for real, the API server's authorizer grants exactly that.
-    let cp = ControlPlane::shared();
+    let Some(cp) = require::control_plane() else { return };
     let admin = cp.client().await;
     let ns = TestNamespace::create(&admin, "manifests-rbac").await;
     grant(&admin, &ns, "ebb-autoscaler").await;

@@ -3,30 +3,24 @@
 //! its `/service-discovery` endpoint, every pod's queue-proxy; then every PromQL expression of every dashboard
 //! panel and alert rule, with Grafana's variables substituted, must return data. Panels that only a cluster
 //! can fill (the Kubernetes controller's own families) are evaluated by tests/e2e_k8s.rs instead.
+//!
+//! Without Prometheus and promtool (`support::require::prometheus`), what needs them is skipped with a notice.
 
-mod support;
+use ebb_test_support as support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::paths::in_repo;
 use support::prometheus::{
-    Prometheus, alert_rules, cluster_only, dashboard_expressions, read, signal, substitute, tool,
+    Prometheus, alert_rules, cluster_only, dashboard_expressions, read, signal, substitute,
 };
+use support::require;
 use support::up::{chat_load, request, start};
 use support::wait::wait_for;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
 #[test]
 fn the_alert_rules_pass_promtool_and_the_prometheus_rule_carries_the_same_groups() {
-    let rules = Path::new(ROOT).join("manifests/monitoring/alerts.rules.yml");
-    let output = std::process::Command::new(tool("promtool")).arg("check").arg("rules").arg(&rules).output();
-    let output = output.expect("promtool runs");
-    let text =
-        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "promtool check rules failed:\n{text}");
-
     let plain: serde_yaml::Value =
         serde_yaml::from_str(&read("manifests/monitoring/alerts.rules.yml")).unwrap();
     let operator: serde_yaml::Value =
@@ -39,13 +33,22 @@ fn the_alert_rules_pass_promtool_and_the_prometheus_rule_carries_the_same_groups
     for (name, expr) in alert_rules() {
         assert!(!signal(&expr).is_empty(), "{name}");
     }
+
+    let Some(tools) = require::prometheus() else { return };
+    let rules = in_repo("manifests/monitoring/alerts.rules.yml");
+    let output = std::process::Command::new(&tools.promtool).arg("check").arg("rules").arg(&rules).output();
+    let output = output.expect("promtool runs");
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "promtool check rules failed:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_dashboard_panel_and_alert_rule_returns_data_from_ebb_up() {
+    let Some(tools) = require::prometheus() else { return };
     // `demo` takes load through a cold start; `stuck` never gets a ready pod and has room for two waiting
     // requests, so that the queue alerts have something to say.
-    let ebb = support::up::EBB;
+    let ebb = support::ebb().display();
     let yaml = format!(
         "config:\n  scale-to-zero-grace-period: 30s\nservices:\n  - name: demo\n    command: [{ebb}, demo-model, \
          --startup-delay, 200ms, --time-to-first-token, 10ms, --tokens-per-second, '200']\n    annotations:\n      \
@@ -53,12 +56,12 @@ async fn every_dashboard_panel_and_alert_rule_returns_data_from_ebb_up() {
          command: [sleep, '600']\n    annotations:\n      ebb.dev/max-queued: '2'\n"
     );
     let up = Arc::new(start(&format!("prometheus-{}", std::process::id()), &yaml));
-    let prometheus = Prometheus::start(&format!(
+    let scrape_configs = format!(
         "- job_name: ebb-up\n  static_configs: [{{targets: ['{0}']}}]\n- job_name: ebb-pods\n  \
          http_sd_configs: [{{url: 'http://{0}/service-discovery', refresh_interval: 1s}}]",
         up.metrics
-    ))
-    .await;
+    );
+    let prometheus = Prometheus::start(&tools, &scrape_configs).await;
     // Prometheus must see the series at zero before the load: an increase before its first sample is not
     // one it can see.
     wait_for(Duration::from_secs(60), "two scrapes of ebb up at zero", async || {

@@ -2,7 +2,7 @@
 //! `tests/autoscaler_k8s.rs`, as ServiceAccount `ebb-autoscaler` with exactly its RBAC), pods are played by
 //! the node emulator, and the real `ebb` binary reads what the autoscaler wrote.
 
-mod support;
+use ebb_test_support as support;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
@@ -16,7 +16,7 @@ use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
 
 use support::autoscaler::{FakePods, grant_autoscaler_rbac};
-use support::{ControlPlane, NodeEmulator, TestNamespace, wait_for};
+use support::{NodeEmulator, TestNamespace, require, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -35,7 +35,7 @@ fn row(table: &str, service: &str) -> Option<(Vec<String>, String)> {
 
 #[tokio::test]
 async fn status_lists_what_the_autoscaler_wrote() {
-    let cp = ControlPlane::shared();
+    let Some(cp) = require::control_plane() else { return };
     let admin = cp.client().await;
     let ns = TestNamespace::create(&admin, "status").await;
     grant_autoscaler_rbac(&admin, &ns, "ebb-autoscaler").await;

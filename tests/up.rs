@@ -3,7 +3,7 @@
 //! wait is a poll with a deadline. Each test's `ebb up` is stopped (and its pods with it) when the test ends,
 //! pass or fail.
 
-mod support;
+use ebb_test_support as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,8 @@ use std::process::Command;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::up::{EBB, Up, chat_load, processes_with, start, write_yaml};
+use support::ebb;
+use support::up::{Up, chat_load, processes_with, start, write_yaml};
 
 /// A unique name per test (a DNS label): service name, model name, and the marker found in process lists.
 fn unique(prefix: &str) -> String {
@@ -21,8 +22,9 @@ fn unique(prefix: &str) -> String {
 
 /// `ebb.yaml` for one demo-model service named `name` (also its model name, the marker in process lists).
 fn yaml(name: &str, annotations: &[(&str, &str)]) -> String {
+    let ebb = ebb().display();
     let mut text = format!(
-        "config:\n  scale-to-zero-grace-period: 1s\nservices:\n  - name: {name}\n    command: [{EBB}, demo-model, \
+        "config:\n  scale-to-zero-grace-period: 1s\nservices:\n  - name: {name}\n    command: [{ebb}, demo-model, \
          --model, {name}, --startup-delay, 100ms, --time-to-first-token, 10ms, --tokens-per-second, '200']\n    \
          port: 8080\n    annotations:\n      autoscaling.knative.dev/window: 6s\n"
     );
@@ -113,7 +115,7 @@ async fn scales_from_zero_up_down_and_back_to_zero_without_failures() {
     // with the cold start's phases.
     let svg = std::env::temp_dir().join(format!("{name}.svg"));
     let url = format!("http://{}", up.metrics);
-    let output = Command::new(EBB)
+    let output = Command::new(ebb())
         .args(["status", "--url", &url, "--service", &name, "--plot"])
         .arg(&svg)
         .output()
@@ -225,7 +227,7 @@ async fn a_crashing_command_backs_off_and_requests_fail_fast_naming_it() {
 
     // Plain `ebb status`: the table of services.
     let output =
-        Command::new(EBB).args(["status", "--url", &format!("http://{}", up.metrics)]).output().unwrap();
+        Command::new(ebb()).args(["status", "--url", &format!("http://{}", up.metrics)]).output().unwrap();
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{table}{}", String::from_utf8_lossy(&output.stderr));
     let mut lines = table.lines();
@@ -288,7 +290,7 @@ async fn ctrl_c_lets_a_stream_in_flight_finish_then_exits_cleanly() {
 fn a_malformed_file_exits_2_naming_line_and_field() {
     let name = unique("bad");
     let typo = write_yaml(&format!("{name}-typo"), "services:\n  - name: demo\n    comand: sleep 1\n");
-    let output = Command::new(EBB)
+    let output = Command::new(ebb())
         .args(["up", "--port", "0", "--metrics-port", "0", "-f"])
         .arg(&typo)
         .output()
@@ -302,7 +304,7 @@ fn a_malformed_file_exits_2_naming_line_and_field() {
         "services:\n  - name: demo\n    command: sleep 1\n    annotations:\n      \
          autoscaling.knative.dev/window: 2s\n      ebb.dev/container-concurrency: lots\n",
     );
-    let output = Command::new(EBB)
+    let output = Command::new(ebb())
         .args(["up", "--port", "0", "--metrics-port", "0", "-f"])
         .arg(&bad)
         .output()

@@ -1,6 +1,12 @@
-//! A real Kubernetes v1.20.2 control plane for end-to-end tests (shared/k8s/README.md): etcd,
-//! kube-apiserver and kube-controller-manager on free loopback ports, in a temporary directory, started once
-//! per test binary ([`ControlPlane::shared`]), with a namespace per test ([`TestNamespace`]).
+//! A real Kubernetes v1.20.2 control plane for end-to-end tests: etcd, kube-apiserver and
+//! kube-controller-manager on free loopback ports, in a temporary directory, started once per test binary
+//! ([`ControlPlane::shared`]), with a namespace per test ([`TestNamespace`]). There is no scheduler and no
+//! kubelet: the [`crate::node`] emulator binds pods and writes their status.
+//!
+//! The binaries are not in the repository. They come from `$EBB_KUBE_BIN_DIR` (the three, uncompressed, as
+//! in the official Kubernetes v1.20.2 server release and etcd 3.4), else from `shared/k8s/bin` beside the
+//! repository (`etcd.xz`, `kube-apiserver.xz`, `kube-controller-manager.xz` and their `SHA256SUMS`), which
+//! is unpacked under the target directory. Tests reach them through [`crate::require::control_plane`].
 //!
 //! The processes run under a [`Supervisor`], so they die with the test binary however it ends, and the
 //! directory is removed. Each test builds its own [`kube::Client`] ([`ControlPlane::client`]) because every
@@ -20,12 +26,17 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+use super::part::Missing;
+use super::paths::{repo_root, scratch_dir};
 use super::supervisor::Supervisor;
 use super::wait::{try_wait_for, wait_for};
 
 /// Environment variable naming a directory with ready-to-run `etcd`, `kube-apiserver` and
-/// `kube-controller-manager` binaries; when unset, the xz files in `../shared/k8s/bin` are unpacked.
+/// `kube-controller-manager` binaries; when unset, the xz files of `shared/k8s/bin` are unpacked.
 pub const BIN_DIR_ENV: &str = "EBB_KUBE_BIN_DIR";
+/// Environment variable naming the `shared` directory (default: `shared/` beside the repository), for
+/// instance an empty one to see what the tests do on a fresh clone.
+pub const SHARED_DIR_ENV: &str = "EBB_SHARED_DIR";
 /// The three binaries a control plane needs.
 pub const BINARIES: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 /// How long the API server and then the controller manager may take to become ready (about 2 s each when
@@ -47,27 +58,55 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Finds the control-plane binaries: `$EBB_KUBE_BIN_DIR`, else `../shared/k8s/bin/*.xz` checked against its
-/// `SHA256SUMS` and unpacked under `target/`. The error says how to provide them.
-pub fn kube_binaries() -> Result<PathBuf, String> {
+/// Where the control-plane binaries are, before anything is unpacked.
+pub enum KubeBinaries {
+    /// `$EBB_KUBE_BIN_DIR`, holding the three, ready to run.
+    Ready(PathBuf),
+    /// `shared/k8s/bin`, holding them compressed, with their `SHA256SUMS`.
+    Packed(PathBuf),
+}
+
+/// Finds the control-plane binaries without unpacking them: `$EBB_KUBE_BIN_DIR` (set without the three
+/// binaries is [`Missing::Broken`]), else `shared/k8s/bin` with its `SHA256SUMS` ([`Missing::Absent`] when
+/// there is none, as on a fresh clone).
+pub fn find_kube_binaries() -> Result<KubeBinaries, Missing> {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
         let dir = PathBuf::from(dir);
         let missing: Vec<_> = BINARIES.iter().filter(|b| !dir.join(b).is_file()).collect();
         if missing.is_empty() {
-            return Ok(dir);
+            return Ok(KubeBinaries::Ready(dir));
         }
-        return Err(format!("{BIN_DIR_ENV}={} lacks {missing:?}", dir.display()));
+        return Err(Missing::Broken(format!(
+            "{BIN_DIR_ENV}={} lacks {missing:?}: it must name a directory holding {BINARIES:?} (Kubernetes \
+             v1.20.2's server release, etcd 3.4), or be unset to use shared/k8s/bin beside the repository",
+            dir.display()
+        )));
     }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/k8s/bin");
+    let shared = match std::env::var_os(SHARED_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => repo_root().join("../shared"),
+    };
+    let source = shared.join("k8s/bin");
     if !source.join("SHA256SUMS").is_file() {
-        return Err(format!(
-            "the Kubernetes control-plane binaries were not found: set {BIN_DIR_ENV} to a directory holding \
-             {BINARIES:?} (Kubernetes v1.20.2, etcd 3.4), or provide {}/{{SHA256SUMS,etcd.xz,kube-apiserver.xz,\
-             kube-controller-manager.xz}} as described in shared/k8s/README.md",
-            source.display()
-        ));
+        return Err(Missing::Absent(format!(
+            "{} not found. To run these tests, set {BIN_DIR_ENV} to a directory holding etcd, kube-apiserver \
+             and kube-controller-manager (from the official Kubernetes v1.20.2 server release, \
+             kubernetes-server-linux-amd64.tar.gz, and etcd 3.4), or put shared/k8s/bin/{{SHA256SUMS,etcd.xz,\
+             kube-apiserver.xz,kube-controller-manager.xz}} beside the repository (or {SHARED_DIR_ENV}=DIR for \
+             DIR/k8s/bin)",
+            source.join("SHA256SUMS").display()
+        )));
     }
-    unpack(&source, &Path::new(env!("CARGO_TARGET_TMPDIR")).join("kube-bin"))
+    Ok(KubeBinaries::Packed(source))
+}
+
+/// The control-plane binaries, ready to run: [`find_kube_binaries`]'s, unpacked under the target directory
+/// after their `SHA256SUMS` are checked. The error says what is missing or wrong.
+pub fn kube_binaries() -> Result<PathBuf, String> {
+    match find_kube_binaries().map_err(|missing| missing.to_string())? {
+        KubeBinaries::Ready(dir) => Ok(dir),
+        KubeBinaries::Packed(source) => unpack(&source, &scratch_dir().join("kube-bin")),
+    }
 }
 
 /// Checks `source/SHA256SUMS` and unpacks `source/NAME.xz` into `dest/NAME`, unless `dest` already holds
@@ -144,7 +183,8 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// The control plane of this test binary, started on first use and shared by its tests (their runtimes
     /// come and go; the processes stay). Panics with the components' log tails if it cannot start; later
-    /// callers get the same message without a second attempt.
+    /// callers get the same message without a second attempt. A test asks for it first through
+    /// [`crate::require::control_plane`], which skips the test instead when the binaries are absent.
     pub fn shared() -> &'static ControlPlane {
         // Started on a thread of its own: the caller may be inside a runtime, where another cannot block.
         let started = SHARED.get_or_init(|| {

@@ -10,7 +10,6 @@
 //! autoscaling windows are shortened through `config-autoscaler` and the service's annotations.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,9 +28,11 @@ use serde_json::{Value, json};
 
 use super::gateway::{Gateway, slice_now};
 use super::load::Load;
-use super::manifests::{find, is_namespaced, kind, manifests_dir, name, render_in};
+use super::manifests::{find, is_namespaced, kind, name, render_in};
+use super::paths::{ebb, in_repo};
 use super::process_runtime::{ProcessRuntime, RuntimeLogs};
-use super::{ControlPlane, NodeEmulator, Readiness, TestNamespace, wait_for};
+use super::require;
+use super::{NodeEmulator, Readiness, TestNamespace, wait_for};
 /// Waiting for processes to start, pods to become Ready, decisions to be made.
 pub const WAIT: Duration = Duration::from_secs(90);
 /// The completion every request asks for (a few tokens: the test is about routing, not generation).
@@ -54,14 +55,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Installs `manifests/` into a fresh namespace with `config` added to `config-autoscaler`, runs its
-    /// pods, and waits for the two autoscalers and the two activators to be Ready.
-    pub async fn install(prefix: &str, config: &[(&str, &str)]) -> Cluster {
-        let cp = ControlPlane::shared();
+    /// pods, and waits for the two autoscalers and the two activators to be Ready. `None` when there is no
+    /// control plane to run on ([`require::control_plane`] says so): the test returns.
+    pub async fn install(prefix: &str, config: &[(&str, &str)]) -> Option<Cluster> {
+        let cp = require::control_plane()?;
         let admin = cp.client().await;
         let system = TestNamespace::create(&admin, &format!("{prefix}-sys")).await;
         let apps = TestNamespace::create(&admin, &format!("{prefix}-app")).await;
-        let runtime =
-            ProcessRuntime::new(env!("CARGO_BIN_EXE_ebb"), cp).probe_period_cap(Duration::from_millis(200));
+        let runtime = ProcessRuntime::new(ebb(), cp).probe_period_cap(Duration::from_millis(200));
         let logs = runtime.logs();
         let node = NodeEmulator::builder()
             .namespace(&system)
@@ -70,7 +71,7 @@ impl Cluster {
             .runtime(runtime)
             .start(&admin)
             .await;
-        let mut objects = render_in(&manifests_dir("manifests"), &system).expect("render manifests/");
+        let mut objects = render_in(&in_repo("manifests"), &system).expect("render manifests/");
         for object in &mut objects {
             overlay(object, &system, &apps, config);
         }
@@ -90,7 +91,7 @@ impl Cluster {
                 .wait_ready_pods(&cluster.system, &format!("app.kubernetes.io/component={component}"), 2)
                 .await;
         }
-        cluster
+        Some(cluster)
     }
 
     /// Waits for `count` Ready pods matching `selector` in `namespace`; returns their IPs.
@@ -131,7 +132,7 @@ impl Cluster {
     /// Creates the example service `manifests/examples/chat` in the application namespace as `name`, with
     /// `annotations` added and the model's `args` replaced.
     pub async fn deploy_chat(&self, name: &str, annotations: &[(&str, &str)], args: &[&str]) {
-        let objects = render_in(&manifests_dir("manifests/examples/chat"), &self.apps).expect("render chat");
+        let objects = render_in(&in_repo("manifests/examples/chat"), &self.apps).expect("render chat");
         let mut deployment = find(&objects, "Deployment", "chat").expect("the chat Deployment").clone();
         rename_service(&mut deployment, name);
         for (key, value) in annotations {

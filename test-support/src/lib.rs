@@ -1,6 +1,9 @@
-//! Shared support for the end-to-end tests against a real Kubernetes control plane.
-//! A test binary includes it with `mod support;`.
+//! The harness of the root package's integration tests (`tests/*.rs`), one crate compiled once for all of
+//! them. A test file uses it as `use ebb_test_support as support;`.
 //!
+//! - [`require`]: the one rule for tests that need a real part the repository does not hold (the Kubernetes
+//!   control plane, Prometheus): run, or skip saying so, or fail under `EBB_REQUIRE_REAL_PARTS=1`.
+//! - [`paths`]: the repository, the `ebb` binary under test ([`ebb`]), a scratch directory.
 //! - [`k8s`]: [`ControlPlane::shared`] (etcd, kube-apiserver, kube-controller-manager once per test binary),
 //!   admin and ServiceAccount clients, [`TestNamespace`] (a namespace per test, deleted on drop).
 //! - [`node`]: [`NodeEmulator`], the scheduler and kubelet of a fake Node, with a [`PodRuntime`] extension
@@ -10,15 +13,13 @@
 //! - [`cluster`]: [`cluster::Cluster`], ebb-system installed from `manifests/` and run as real processes,
 //!   the example chat service, and closed-loop load through the gateway.
 //! - [`gateway`]: [`gateway::Gateway`], an ingress stand-in following a public Service's EndpointSlice.
+//! - [`autoscaler`]: the autoscaler's RBAC for a test namespace, fake pods and stats for its tests.
+//! - [`manifests`]: a tiny kustomize for `manifests/`, and the RBAC grants it holds.
 //! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
 //! - [`supervisor`]: process groups that die with the test binary, however it ends.
 //! - [`up`]: `ebb up` run as the user runs it, with HTTP helpers and a streaming load.
 //! - [`load`]: [`load::Load`], closed-loop clients counting successes and failures.
 //! - [`prometheus`]: a real Prometheus of the test's own, and the PromQL of the dashboards and alert rules.
-
-// Every test binary compiles this module separately and uses only part of it, so unused items are
-// expected here and are not dead code.
-#![allow(dead_code, unused_imports)]
 
 pub mod autoscaler;
 pub mod cluster;
@@ -27,12 +28,16 @@ pub mod k8s;
 pub mod load;
 pub mod manifests;
 pub mod node;
+pub mod part;
+pub mod paths;
 pub mod process_runtime;
 pub mod prometheus;
+pub mod require;
 pub mod supervisor;
 pub mod up;
 pub mod wait;
 
 pub use k8s::{ControlPlane, TestNamespace};
 pub use node::{NodeEmulator, PodRuntime, Readiness, RunningPod};
-pub use wait::{wait_for, wait_until};
+pub use paths::ebb;
+pub use wait::wait_for;

@@ -59,8 +59,3 @@ pub async fn try_wait_for<T, E: Display>(
         interval = (interval * 2).min(MAX_INTERVAL);
     }
 }
-
-/// [`wait_for`] for a yes/no condition: polls `check` until it returns `true`, panicking after `timeout`.
-pub async fn wait_until(timeout: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    wait_for(timeout, what, async || if check().await { Ok(()) } else { Err("condition false") }).await
-}

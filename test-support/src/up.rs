@@ -18,9 +18,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use super::load::Load;
-
-/// The `ebb` binary under test.
-pub const EBB: &str = env!("CARGO_BIN_EXE_ebb");
+use super::paths::ebb;
 
 /// A running `ebb up`.
 pub struct Up {
@@ -67,7 +65,7 @@ pub fn start(name: &str, text: &str) -> Up {
 pub fn start_with(name: &str, text: &str, args: &[&str]) -> Up {
     let path = write_yaml(name, text);
     let log = path.with_file_name("ebb-up.log");
-    let mut child = Command::new(EBB)
+    let mut child = Command::new(ebb())
         .args(["up", "--port", "0", "--metrics-port", "0", "--grace-period", "10s"])
         .args(args)
         .arg("-f")

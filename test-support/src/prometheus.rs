@@ -1,17 +1,18 @@
 //! A real Prometheus for the tests (Debian's `prometheus` package, run as the test's own instance on a free
 //! port, never the packaged service), and the PromQL expressions of `manifests/`: every dashboard panel's and
-//! every alert rule's, with Grafana's variables substituted.
+//! every alert rule's, with Grafana's variables substituted. Tests reach Prometheus through
+//! [`crate::require::prometheus`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::part::Missing;
+use super::paths::in_repo;
 use super::supervisor::Supervisor;
 use super::up::request;
 use super::wait::wait_for;
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Families only the Kubernetes controller exports (docs/metrics.md, "a cluster only"): expressions on them
 /// have no data in `ebb up`.
@@ -26,27 +27,50 @@ pub const CLUSTER_ONLY: [&str; 8] = [
     "ebb_autoscaler_scale_changes_total",
 ];
 
-/// A program from Debian's `prometheus` package: `$EBB_<NAME>` or on `PATH`.
-pub fn tool(name: &str) -> PathBuf {
+/// Debian's `prometheus` package's two programs.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    /// The server.
+    pub prometheus: PathBuf,
+    /// Its rule and configuration checker.
+    pub promtool: PathBuf,
+}
+
+/// Finds [`Tools`]: each at `$EBB_PROMETHEUS` / `$EBB_PROMTOOL` (set to a path that is not a file is
+/// [`Missing::Broken`]), else on `PATH` ([`Missing::Absent`] when not there).
+pub fn find_tools() -> Result<Tools, Missing> {
+    Ok(Tools { prometheus: find_tool("prometheus")?, promtool: find_tool("promtool")? })
+}
+
+fn find_tool(name: &str) -> Result<PathBuf, Missing> {
     let variable = format!("EBB_{}", name.to_uppercase());
     if let Some(path) = std::env::var_os(&variable) {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        return Err(Missing::Broken(format!(
+            "{variable}={} is not a file: it must name the {name} binary, or be unset to find {name} on PATH",
+            path.display()
+        )));
     }
     let found = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join(name))
         .find(|path| path.is_file());
-    found.unwrap_or_else(|| {
-        panic!(
-            "{name} not found: install Debian's prometheus package (apt-get install --no-install-recommends \
-             prometheus; .ci/run does) or set {variable} to the binary"
-        )
+    found.ok_or_else(|| {
+        Missing::Absent(format!(
+            "{name} is not on PATH. To run these tests, install Debian's prometheus package (apt-get install \
+             --no-install-recommends prometheus; .ci/run does), or set EBB_PROMETHEUS and EBB_PROMTOOL to its \
+             prometheus and promtool binaries"
+        ))
     })
 }
 
+/// A file of the repository, by its path from the root (panics if it cannot be read).
 pub fn read(path: &str) -> String {
-    let path = Path::new(ROOT).join(path);
+    let path = in_repo(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
@@ -132,13 +156,13 @@ impl Drop for Prometheus {
 impl Prometheus {
     /// Starts one with these `scrape_configs` entries (YAML, each starting `- job_name:`), scraping every
     /// second and evaluating the alert rules of `manifests/monitoring/`.
-    pub async fn start(scrape_configs: &str) -> Prometheus {
+    pub async fn start(tools: &Tools, scrape_configs: &str) -> Prometheus {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ebb-prometheus-{}-{run}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let rules = Path::new(ROOT).join("manifests/monitoring/alerts.rules.yml");
+        let rules = in_repo("manifests/monitoring/alerts.rules.yml");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [{rules:?}]\nscrape_configs:\n{}\n",
             scrape_configs.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"),
@@ -148,7 +172,7 @@ impl Prometheus {
         let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let supervisor = Supervisor::start(Some(&dir)).unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let mut command = std::process::Command::new(tool("prometheus"));
+        let mut command = std::process::Command::new(&tools.prometheus);
         command
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))

@@ -165,8 +165,7 @@ impl RuntimeLogs {
 }
 
 impl ProcessRuntime {
-    /// A runtime running `ebb` (the binary under test: `env!("CARGO_BIN_EXE_ebb")` in the root package's
-    /// tests) against `control_plane`, whose admin kubeconfig and ServiceAccount tokens it uses. Logs go to
+    /// A runtime running `ebb` (the binary under test: [`crate::paths::ebb`]) against `control_plane`, whose admin kubeconfig and ServiceAccount tokens it uses. Logs go to
     /// a fresh directory, printed on stderr.
     pub fn new(ebb: impl Into<PathBuf>, control_plane: &'static ControlPlane) -> ProcessRuntime {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);

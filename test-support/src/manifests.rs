@@ -11,13 +11,15 @@
 //! `Namespace` objects, and moves the ServiceAccount subjects of (Cluster)RoleBindings that name a
 //! ServiceAccount of the rendered set.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
+
+use super::paths::in_repo;
 
 /// Kinds without a namespace (those a kustomization of ebb might hold).
 const CLUSTER_SCOPED: &[&str] = &[
@@ -38,11 +40,6 @@ const CLUSTER_SCOPED: &[&str] = &[
 const SUPPORTED_FIELDS: &[&str] =
     &["apiVersion", "kind", "resources", "namespace", "configMapGenerator", "generatorOptions"];
 
-/// `manifests/` or a path under it (`manifests/examples/chat`), from the repository root.
-pub fn manifests_dir(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
 /// Whether objects of `kind` live in a namespace.
 pub fn is_namespaced(kind: &str) -> bool {
     !CLUSTER_SCOPED.contains(&kind)
@@ -57,7 +54,7 @@ pub fn render(dir: &Path) -> Result<Vec<Value>, String> {
     let fields = kustomization.as_object().ok_or_else(|| format!("{}: not a mapping", path.display()))?;
     if let Some(field) = fields.keys().find(|k| !SUPPORTED_FIELDS.contains(&k.as_str())) {
         return Err(format!(
-            "{}: `{field}` is not supported by the tests' renderer (tests/support/manifests.rs); implement it \
+            "{}: `{field}` is not supported by the tests' renderer (test-support/src/manifests.rs); implement it \
              there or do without it",
             path.display()
         ));
@@ -191,7 +188,7 @@ pub fn to_yaml(objects: &[Value]) -> String {
 /// RoleBinding there, and its ClusterRole and ClusterRoleBinding renamed `NAME-NAMESPACE` (they are
 /// cluster-wide; the suffix keeps tests apart). Returns the objects created.
 pub async fn grant(admin: &Client, namespace: &str, account: &str) -> Vec<Value> {
-    let objects = render_in(&manifests_dir("manifests"), namespace).expect("render manifests/");
+    let objects = render_in(&in_repo("manifests"), namespace).expect("render manifests/");
     let suffixed = |name: &str| format!("{name}-{namespace}");
     let binds_account = |o: &Value| {
         o["subjects"]
