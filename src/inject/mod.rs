@@ -11,7 +11,7 @@
 //! - [`readiness`]: whether the queue-proxy can take over the readinessProbe;
 //! - [`sidecar_container`]: the queue-proxy container and its env;
 //! - [`drain`]: the drain hook and the grace period;
-//! - [`yaml`]: helpers over `serde_yaml` values.
+//! - [`value`]: helpers over the JSON values a YAML document is read into.
 
 mod deployment;
 mod documents;
@@ -21,7 +21,7 @@ mod pod;
 mod readiness;
 mod sidecar_container;
 mod stream;
-mod yaml;
+mod value;
 
 use std::process::ExitCode;
 

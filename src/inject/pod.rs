@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use ebb_config::names::{LABEL_SERVICE, QUEUE_PROXY_ADMIN_PORT, RESERVED_POD_PORTS, WAIT_FOR_DRAIN_PATH};
 use ebb_config::sidecar::env;
 use ebb_config::{GlobalConfig, resolve_service};
-use serde_yaml::Value;
+use serde_json::Value;
 
 use super::drain::termination_grace_period;
 use super::model::{ContainerPorts, PodTemplate, PreStop, SidecarContainer, UserContainer};
@@ -191,10 +191,10 @@ mod tests {
     #[test]
     fn a_pod_template_alone_is_enough() {
         // What an admission webhook would hand over: no Deployment, no document, just the template.
-        let template: Value = serde_yaml::from_str(
-            "metadata: {annotations: {x: y}}\nspec: {containers: [{name: app, ports: [{containerPort: 7000}]}]}",
-        )
-        .unwrap();
+        let template = serde_json::json!({
+            "metadata": {"annotations": {"x": "y"}},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 7000}]}]},
+        });
         let annotations = BTreeMap::from([("ebb.dev/timeout".to_owned(), "10s".to_owned())]);
         let service = Service { name: "svc", annotations: &annotations, global: &GlobalConfig::default() };
         let injected = inject_template(&template, &service, "img").unwrap();

@@ -85,7 +85,7 @@ pub fn run(args: Args) -> ExitCode {
             {
                 Ok(text) => text,
                 Err(err) => {
-                    eprintln!("ebb up: cannot read {}: {err}", path.display());
+                    eprintln!("ebb up: {}: {err}", path.display());
                     return ExitCode::from(exit::USAGE);
                 }
             };

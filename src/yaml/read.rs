@@ -5,6 +5,7 @@ use std::fmt;
 use std::io::Read;
 
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::granit_parser::ErrorKind;
 use serde_saphyr::{ExternalMessageSource, Location};
@@ -23,8 +24,14 @@ pub enum ReadError {
 impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Io(err) => err.fmt(f),
-            Self::TooLarge => write!(f, "larger than {} MiB, the most YAML ebb reads", MAX_INPUT_BYTES >> 20),
+            Self::Io(err) => write!(f, "cannot read: {err}"),
+            Self::TooLarge => {
+                write!(
+                    f,
+                    "beyond ebb's limits: larger than {} MiB, the most YAML ebb reads",
+                    MAX_INPUT_BYTES >> 20
+                )
+            }
         }
     }
 }
@@ -71,19 +78,24 @@ impl Error {
     fn new(err: &serde_saphyr::Error) -> Self {
         let err = innermost(err);
         let at = err.location().filter(|l| *l != Location::UNKNOWN).map(|l| (l.line(), l.column()));
-        let (message, limit) = match limit_breached(err) {
-            Some(message) => (message, true),
-            None => {
-                let text = err.to_string();
-                let message = match at {
-                    Some((line, column)) => {
-                        let suffix = format!(" at line {line}, column {column}");
-                        text.strip_suffix(&suffix).map_or_else(|| text.clone(), str::to_owned)
-                    }
-                    None => text,
-                };
-                (message, false)
-            }
+        let (message, limit) = if let Some(message) = limit_breached(err) {
+            (message, true)
+        } else if let serde_saphyr::Error::DuplicateMappingKey { key, .. } = err {
+            // serde-saphyr's own words suggest one of its options.
+            (
+                key.as_ref().map_or_else(|| "duplicate key".to_owned(), |k| format!("duplicate key {k:?}")),
+                false,
+            )
+        } else {
+            let text = err.to_string();
+            let message = match at {
+                Some((line, column)) => {
+                    let suffix = format!(" at line {line}, column {column}");
+                    text.strip_suffix(&suffix).map_or_else(|| text.clone(), str::to_owned)
+                }
+                None => text,
+            };
+            (message, false)
         };
         Self { message, at: at.map(|(l, c)| (l as usize, c as usize)), document: None, limit }
     }
@@ -141,6 +153,32 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, Error> {
     serde_saphyr::from_str_with_options(text, limits::options()).map_err(|e| Error::new(&e))
 }
 
+/// Parses every document of a YAML stream, in order; empty ones (nothing, only comments, or `null`) are left
+/// out. An error names the document it is in.
+pub fn documents(text: &str) -> Result<Vec<Value>, Error> {
+    serde_saphyr::from_multiple_with_options(text, limits::options()).map_err(|e| {
+        let mut err = Error::new(&e);
+        err.document = Some(err.at.map_or(1, |(line, _)| document_at(text, line)));
+        err
+    })
+}
+
+/// The 1-based document of `text` that `line` is in: one more than the document markers (`---`) up to it,
+/// less one that only opens the first document.
+fn document_at(text: &str, line: usize) -> usize {
+    let (mut document, mut started) = (1, false);
+    for l in text.lines().take(line) {
+        let l = l.trim_end();
+        let marker = l == "---" || l.starts_with("--- ") || l.starts_with("---\t");
+        if marker && started {
+            document += 1;
+        }
+        let trimmed = l.trim();
+        started |= marker || !(trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('%'));
+    }
+    document
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -156,7 +194,7 @@ mod tests {
         assert_eq!(err.to_string(), format!("{} at line 2, column 18", err.message));
         assert!(!err.message.contains('\n') && !err.message.contains("at line"), "{err}");
         let err = from_str::<Map>("a: 1\na: 2\n").unwrap_err();
-        assert!(err.message.contains("duplicate") && err.at == Some((2, 1)), "{err}");
+        assert_eq!((err.message.as_str(), err.at), ("duplicate key \"a\"", Some((2, 1))), "{err}");
     }
 
     #[test]
@@ -186,11 +224,21 @@ mod tests {
     }
 
     #[test]
+    fn documents_of_a_stream_and_where_an_error_is() {
+        let values = documents("# c\n---\na: 1\n---\n---\n# only a comment\n---\nb: [x]\n").unwrap();
+        assert_eq!(values, [serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]);
+        let err = documents("---\na: 1\n---\nb: 2\n--- # third\nc: [\n").unwrap_err();
+        assert_eq!(err.document, Some(3), "{err}");
+        let err = documents("a: 1\nb: {\n").unwrap_err();
+        assert_eq!(err.document, Some(1), "{err}");
+    }
+
+    #[test]
     fn inputs_past_the_cap_are_not_read() {
         let big = std::io::repeat(b'#').take(MAX_INPUT_BYTES as u64 + 10);
         let err = read_text(big).unwrap_err();
         assert!(matches!(err, ReadError::TooLarge), "{err}");
-        assert_eq!(err.to_string(), "larger than 32 MiB, the most YAML ebb reads");
+        assert_eq!(err.to_string(), "beyond ebb's limits: larger than 32 MiB, the most YAML ebb reads");
         assert_eq!(read_text("a: b\n".as_bytes()).unwrap(), "a: b\n");
     }
 }
