@@ -3,9 +3,9 @@
 
 use ebb_config::GlobalConfig;
 use ebb_config::names::LABEL_SERVICE;
+use ebb_inject::{Service, inject_template};
 use serde_json::Value;
 
-use super::pod::{Service, inject_template};
 use crate::manifest::{at, at_mut, str_at, string_map};
 
 /// What injecting one object did.

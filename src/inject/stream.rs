@@ -149,9 +149,9 @@ fn describe(object: &Value) -> String {
 mod tests {
     use ebb_config::names::LABEL_SERVICE;
 
+    use ebb_inject::{SIDECAR, drain_hook};
+
     use super::super::IMAGE;
-    use super::super::drain::drain_hook;
-    use super::super::model::SIDECAR;
     use super::*;
 
     const DEPLOYMENT: &str = r#"# the model

@@ -1,7 +1,17 @@
-//! Small helpers over JSON values (the form a YAML document is read into): building mappings, and creating the
-//! mappings on a path. The model of what `ebb inject` edits reads and writes the document through them.
+//! Small helpers over JSON values (the form of a YAML document and of an AdmissionReview's object): walking and
+//! creating paths of mapping keys, building mappings. The model reads and writes a pod through them.
 
 use serde_json::{Map, Value};
+
+/// The value at `path` (mapping keys) under `value`.
+pub fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
+}
+
+/// The string at `path` (mapping keys) under `value`.
+pub fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    at(value, path).and_then(Value::as_str)
+}
 
 /// A mapping of `pairs`, in their order.
 pub fn map<const N: usize>(pairs: [(&str, Value); N]) -> Value {

@@ -8,7 +8,7 @@ use ebb_config::sidecar;
 use ebb_config::value::parse_duration;
 use serde_json::Value;
 
-use super::value::map;
+use crate::value::map;
 
 /// Time beyond the drain deadline for the preStop hook's round trip and the process's exit.
 const GRACE_MARGIN: Duration = Duration::from_secs(5);

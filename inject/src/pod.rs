@@ -1,6 +1,6 @@
-//! The core of `ebb inject`: one pod template in, the same template with the queue-proxy sidecar out (or every
-//! reason it cannot have one). It is pure: no files, no documents, no output; the same function that edits a
-//! Deployment's template in a YAML file can serve an admission webhook on Pod creation.
+//! The core: one pod template in, the same template with the queue-proxy sidecar out (or every reason it cannot
+//! have one). It is pure: no files, no documents, no output; the same function that edits a Deployment's
+//! template in a YAML file can serve an admission webhook on Pod creation.
 //!
 //! What the template gets (the cluster's conventions, and Knative's layout):
 //! - a `queue-proxy` container (ports 8012/8022/9090/9091) whose `EBB_*` env carries the data-plane settings
@@ -23,10 +23,10 @@ use ebb_config::sidecar::env;
 use ebb_config::{GlobalConfig, resolve_service};
 use serde_json::Value;
 
-use super::drain::termination_grace_period;
-use super::model::{ContainerPorts, PodTemplate, PreStop, SidecarContainer, UserContainer};
-use super::readiness::{Readiness, movable_readiness};
-use super::sidecar_container::Sidecar;
+use crate::drain::termination_grace_period;
+use crate::model::{ContainerPorts, PodTemplate, PreStop, SidecarContainer, UserContainer};
+use crate::readiness::{Readiness, movable_readiness};
+use crate::sidecar_container::Sidecar;
 
 /// The service a pod template belongs to.
 pub struct Service<'a> {

@@ -12,10 +12,9 @@ use ebb_config::names::{
 use ebb_config::sidecar::{self, data_plane_settings};
 use serde_json::Value;
 
-use super::drain::drain_hook;
-use super::model::{SIDECAR, SidecarContainer};
-use super::value::{map, set};
-use crate::manifest::str_at;
+use crate::drain::drain_hook;
+use crate::model::{SIDECAR, SidecarContainer};
+use crate::value::{map, set, str_at};
 
 /// The env names `ebb inject` owns on the sidecar; any other variable there is the user's and is kept.
 const MANAGED_ENV: &[&str] = &[

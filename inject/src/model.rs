@@ -1,15 +1,14 @@
-//! The typed model of what `ebb inject` reads and edits in a pod template (a Deployment's `spec.template`):
-//! the user container's ports, readiness probe and preStop hook, the queue-proxy container, the pod's grace
-//! period and the service label. [`PodTemplate::read`] takes these parts from the YAML; [`PodTemplate::write`]
-//! puts them back into that same YAML, so every field the model does not name, unknown ones included, stays as
-//! the user wrote it.
+//! The typed model of what ebb reads and edits in a pod template (a Deployment's `spec.template`): the user
+//! container's ports, readiness probe and preStop hook, the queue-proxy container, the pod's grace period and
+//! the service label. [`PodTemplate::read`] takes these parts from the value; [`PodTemplate::write`] puts them
+//! back into that same value, so every field the model does not name, unknown ones included, stays as it was
+//! written, where it was.
 
 use ebb_config::names::LABEL_SERVICE;
 use serde_json::{Map, Value};
 
-use super::drain::drain_hook;
-use super::value::ensure_mapping;
-use crate::manifest::{at, str_at};
+use crate::drain::drain_hook;
+use crate::value::{at, ensure_mapping, str_at};
 
 /// The sidecar's container name.
 pub const SIDECAR: &str = "queue-proxy";
