@@ -1,9 +1,10 @@
-//! The queue-proxy sidecar ebb adds to a service's pods: one model for `ebb inject`, which edits a Deployment's
-//! pod template in a YAML file ([`inject_template`]), and for the admission webhook the autoscaler will serve.
-//! It works on a `serde_json::Value` (what a YAML document is read into, and what an AdmissionReview carries).
-//! Pure: no files, no network, no clock.
+//! The queue-proxy sidecar ebb adds to a service's pods: one model, two entry points. `ebb inject` edits a
+//! Deployment's pod template in a YAML file ([`inject_template`]); the admission webhook the autoscaler serves
+//! edits a Pod as it is created ([`inject_pod`]). Both run the same code over the same form, a
+//! `serde_json::Value` (what a YAML document is read into, and what an AdmissionReview carries), so a pod gets
+//! the same sidecar whichever way it came. Pure: no files, no network, no clock.
 //!
-//! - [`pod`]: the core, one pod template in and the injected one out, and what it gets;
+//! - [`pod`]: the two entry points, and what the template or pod gets;
 //! - [`model`]: the typed parts of a pod that ebb reads and edits, written back into the value;
 //! - [`readiness`]: whether the queue-proxy can take over the readinessProbe;
 //! - [`sidecar_container`]: the queue-proxy container and its env;
@@ -19,4 +20,4 @@ mod value;
 
 pub use drain::drain_hook;
 pub use model::SIDECAR;
-pub use pod::{Injection, Service, inject_template};
+pub use pod::{Injection, PodInjection, Service, inject_pod, inject_template};

@@ -1,8 +1,8 @@
-//! The typed model of what ebb reads and edits in a pod template (a Deployment's `spec.template`): the user
-//! container's ports, readiness probe and preStop hook, the queue-proxy container, the pod's grace period and
-//! the service label. [`PodTemplate::read`] takes these parts from the value; [`PodTemplate::write`] puts them
-//! back into that same value, so every field the model does not name, unknown ones included, stays as it was
-//! written, where it was.
+//! The typed model of what ebb reads and edits in a pod template (a Deployment's `spec.template`) or a Pod (both
+//! are `metadata` and a pod `spec`): the user container's ports, readiness probe and preStop hook, the
+//! queue-proxy container, the pod's grace period and the service label. [`PodTemplate::read`] takes these parts
+//! from the value; [`PodTemplate::write`] puts them back into that same value, so every field the model does not
+//! name, unknown ones included, stays as it was written, where it was.
 
 use ebb_config::names::LABEL_SERVICE;
 use serde_json::{Map, Value};
@@ -214,10 +214,11 @@ pub struct PodTemplate {
 }
 
 impl PodTemplate {
-    /// Reads a pod template; `Err` says why there is nothing to inject into.
-    pub fn read(template: &Value) -> Result<Self, String> {
+    /// Reads a pod template or a pod; `Err` says why there is nothing to inject into. `spec` names its `spec`
+    /// in that message (`spec.template.spec` in a Deployment).
+    pub fn read(template: &Value, spec: &str) -> Result<Self, String> {
         let Some(pod) = template.get("spec").filter(|p| p.is_object()) else {
-            return Err("has no spec.template.spec; nothing to inject into".to_owned());
+            return Err(format!("has no {spec}; nothing to inject into"));
         };
         let containers = pod.get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
         let is_sidecar = |c: &Value| str_at(c, &["name"]) == Some(SIDECAR);
