@@ -11,6 +11,7 @@ mod plot;
 mod simulate;
 mod status;
 mod up;
+mod yaml;
 
 use std::process::ExitCode;
 

@@ -10,7 +10,6 @@ use ebb_autoscaler::cluster::env_check;
 use ebb_config::{GlobalConfig, resolve_service};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use serde::Deserialize;
 
 fn ebb() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ebb"))
@@ -83,11 +82,11 @@ data:
 "#;
 
 fn deployments(yaml: &str) -> Vec<Deployment> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(serde_yaml::Value::deserialize)
-        .map(Result::unwrap)
+    serde_saphyr::from_multiple::<serde_json::Value>(yaml)
+        .unwrap()
+        .into_iter()
         .filter(|v| v["kind"] == "Deployment")
-        .map(|v| serde_yaml::from_value(v).unwrap())
+        .map(|v| serde_json::from_value(v).unwrap())
         .collect()
 }
 

@@ -247,7 +247,7 @@ fn config_autoscaler_documents_every_key_with_its_default() {
     assert!(real.is_empty(), "the shipped ConfigMap keeps the defaults; it sets {real:?}");
     let example = data["_example"].as_str().expect("an _example block");
     let parsed: std::collections::BTreeMap<String, String> =
-        serde_yaml::from_str(example).expect("_example is YAML of string values");
+        serde_saphyr::from_str(example).expect("_example is YAML of string values");
     let documented: BTreeSet<&str> = parsed.keys().map(String::as_str).collect();
     let keys: BTreeSet<&str> = GLOBAL_KEYS.iter().map(|k| k.key).collect();
     assert_eq!(documented, keys, "_example lists every config-autoscaler key, and no other");

@@ -21,10 +21,10 @@ use support::wait::wait_for;
 
 #[test]
 fn the_alert_rules_pass_promtool_and_the_prometheus_rule_carries_the_same_groups() {
-    let plain: serde_yaml::Value =
-        serde_yaml::from_str(&read("manifests/monitoring/alerts.rules.yml")).unwrap();
-    let operator: serde_yaml::Value =
-        serde_yaml::from_str(&read("manifests/monitoring/prometheusrule.yaml")).unwrap();
+    let plain: serde_json::Value =
+        serde_saphyr::from_str(&read("manifests/monitoring/alerts.rules.yml")).unwrap();
+    let operator: serde_json::Value =
+        serde_saphyr::from_str(&read("manifests/monitoring/prometheusrule.yaml")).unwrap();
     assert_eq!(operator["kind"], "PrometheusRule");
     assert_eq!(
         plain["groups"], operator["spec"]["groups"],

@@ -198,18 +198,18 @@ fn read_config_map(path: &Path) -> Result<BTreeMap<String, String>, Failure> {
     #[derive(serde::Deserialize)]
     struct ConfigMap {
         #[serde(default)]
-        data: BTreeMap<String, serde_yaml::Value>,
+        data: BTreeMap<String, serde_json::Value>,
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::Input(format!("cannot read {}: {e}", path.display())))?;
-    let map: ConfigMap = serde_yaml::from_str(&text)
+    let map: ConfigMap = crate::yaml::from_str(&text)
         .map_err(|e| Failure::Input(format!("{}: not a ConfigMap: {e}", path.display())))?;
     map.data
         .into_iter()
         .map(|(key, value)| match value {
-            serde_yaml::Value::String(s) => Ok((key, s)),
-            serde_yaml::Value::Number(n) => Ok((key, n.to_string())),
-            serde_yaml::Value::Bool(b) => Ok((key, b.to_string())),
+            serde_json::Value::String(s) => Ok((key, s)),
+            serde_json::Value::Number(n) => Ok((key, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((key, b.to_string())),
             _ => Err(Failure::Input(format!("{}: data.{key}: expected a string", path.display()))),
         })
         .collect()

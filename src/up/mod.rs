@@ -38,6 +38,7 @@ use ebb_process::{exit, flags};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::yaml;
 use pods::{NAMESPACE, PodManager, PodOptions};
 
 /// Arguments of `ebb up`.
@@ -80,10 +81,11 @@ pub fn run(args: Args) -> ExitCode {
     let config = match &args.file {
         None => config::default_demo(&exe),
         Some(path) => {
-            let text = match std::fs::read_to_string(path) {
+            let text = match std::fs::File::open(path).map_err(yaml::ReadError::Io).and_then(yaml::read_text)
+            {
                 Ok(text) => text,
                 Err(err) => {
-                    eprintln!("ebb up: cannot read {}: {err}", path.display());
+                    eprintln!("ebb up: {}: {err}", path.display());
                     return ExitCode::from(exit::USAGE);
                 }
             };
