@@ -1,12 +1,18 @@
-//! Every component's log lines as a log collector reads them: each one is started as the real `ebb` binary with
-//! stderr piped (not a terminal), so without `--log-format` it writes JSON, one object per line, the message
-//! at the top level with the event's fields beside it, and no ANSI escape codes. The queue-proxy and `ebb up`
-//! need nothing else; the activator and the autoscaler need the Kubernetes control plane.
+//! Every component as log collectors and Prometheus' tools read it, each started as the real `ebb` binary with
+//! stderr piped (not a terminal):
+//!
+//! - without `--log-format` it writes JSON, one object per line, the message at the top level with the event's
+//!   fields beside it, and no ANSI escape codes;
+//! - its metrics page, fetched as `curl` fetches it, passes `promtool check metrics` (when Prometheus' tools
+//!   are installed: `support::require::prometheus`).
+//!
+//! The queue-proxy and `ebb up` need nothing else; the activator and the autoscaler need the Kubernetes
+//! control plane.
 
 use ebb_test_support as support;
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -19,19 +25,21 @@ use support::{TestNamespace, require};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A component started with its stderr read line by line.
+/// A component started with its stderr read line by line, and the addresses it printed on stdout.
 struct Logging {
     child: Child,
     lines: Receiver<String>,
     seen: Vec<String>,
+    addresses: Value,
 }
 
 impl Logging {
     fn start(supervisor: &Supervisor, command: &mut Command) -> Logging {
         let mut child = supervisor
-            .spawn(command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()))
+            .spawn(command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))
             .expect("start the ebb binary");
         let stderr = child.stderr.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -40,7 +48,46 @@ impl Logging {
                 }
             }
         });
-        Logging { child, lines, seen: Vec::new() }
+        // Every component prints the addresses it bound as one JSON line, once it listens.
+        let first = stdout.next().and_then(Result::ok).unwrap_or_default();
+        std::thread::spawn(move || stdout.for_each(drop));
+        let addresses = serde_json::from_str(&first).unwrap_or(Value::Null);
+        Logging { child, lines, seen: Vec::new(), addresses }
+    }
+
+    /// Its metrics page, fetched without an `Accept` header as `curl` fetches it, passes `promtool check
+    /// metrics`.
+    fn lint_metrics(&self, component: &str) {
+        let Some(tools) = require::prometheus() else { return };
+        let addr: SocketAddr = self.addresses["metrics"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{component} printed no metrics address: {}", self.addresses));
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: ebb\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, page) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{component}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"),
+            "{component}: {head}"
+        );
+        let mut promtool = Command::new(&tools.promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool runs");
+        promtool.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+        let output = promtool.wait_with_output().unwrap();
+        let said =
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && said.trim().is_empty(),
+            "{component}: promtool check metrics:\n{said}"
+        );
     }
 
     /// The first line whose JSON `want` accepts; every line before it must be a JSON log object too.
@@ -91,7 +138,7 @@ fn ebb(args: &[&str]) -> Command {
 }
 
 #[test]
-fn the_queue_proxy_logs_json_lines_with_the_message_and_fields_at_the_top() {
+fn the_queue_proxy_logs_json_lines_and_its_metrics_lint_clean() {
     let supervisor = Supervisor::start(None).unwrap();
     // A user container that accepts connections (the queue-proxy's TCP readiness probe).
     let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -104,6 +151,7 @@ fn the_queue_proxy_logs_json_lines_with_the_message_and_fields_at_the_top() {
         proxy.wait_for("that the user container is ready", |l| l["message"] == "user container is ready");
     assert_eq!(ready["level"], "INFO");
     assert!(ready["after_ms"].is_u64(), "the event's field sits beside the message: {ready}");
+    proxy.lint_metrics("queue-proxy");
 
     // `--log-format text` asks for text: still no colours on a pipe.
     let mut command = ebb(&["queue-proxy", "--log-format", "text", "--upstream", &upstream_addr]);
@@ -126,7 +174,7 @@ fn the_queue_proxy_logs_json_lines_with_the_message_and_fields_at_the_top() {
 }
 
 #[test]
-fn ebb_up_logs_json_lines() {
+fn ebb_up_logs_json_lines_and_its_metrics_lint_clean() {
     let supervisor = Supervisor::start(None).unwrap();
     let dir = std::env::temp_dir().join(format!("ebb-logs-up-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -136,11 +184,12 @@ fn ebb_up_logs_json_lines() {
     let mut up = Logging::start(&supervisor, command.arg(&file));
     let line = up.wait_for("from ebb up", |_| true);
     assert!(line["target"].as_str().unwrap().starts_with("ebb"), "{line}");
+    up.lint_metrics("ebb up");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
-async fn the_activator_and_the_autoscaler_log_json_lines() {
+async fn the_activator_and_the_autoscaler_log_json_lines_and_their_metrics_lint_clean() {
     let Some(cp) = require::control_plane() else { return };
     let admin = cp.client().await;
     let ns = TestNamespace::create(&admin, "logs").await;
@@ -156,6 +205,7 @@ async fn the_activator_and_the_autoscaler_log_json_lines() {
     let line =
         activator.wait_for("that it streams stats", |l| l["message"] == "streaming stats to the autoscalers");
     assert!(line["autoscaler_port"].is_u64(), "{line}");
+    activator.lint_metrics("activator");
 
     let mut command = ebb(&["autoscaler", "--namespace", ns.name(), "--watch-namespaces", ns.name()]);
     command.args([
@@ -169,6 +219,7 @@ async fn the_activator_and_the_autoscaler_log_json_lines() {
     let mut autoscaler = Logging::start(&supervisor, command.arg("--kubeconfig").arg(kubeconfig));
     let line = autoscaler.wait_for("that it leads", |l| l["message"] == "became the leader");
     assert_eq!(line["identity"], "logs-0", "{line}");
+    autoscaler.lint_metrics("autoscaler");
 
     drop((activator, autoscaler));
     ns.delete(&admin).await;
