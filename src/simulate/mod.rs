@@ -17,12 +17,15 @@ use self::trace::Trace;
 
 /// Arguments of `ebb simulate`.
 #[derive(clap::Args)]
-#[command(after_help = "Trace forms (CSV with a header; blank lines and # comments are skipped):
+#[command(
+    after_help = "Trace forms (CSV with a header, as spreadsheets save it: a byte-order mark, quoted cells, CRLF
+and unused trailing columns are fine; blank lines and # comments are skipped):
   t,concurrency | t,rps     service-total load from t (whole seconds) until the next row; pods are modelled;
                             the header sets autoscaling.knative.dev/metric unless --annotation gives it
   t,ready,stable,panic      decider inputs, one tick per row (empty stable and panic: no data)
 
-Output CSV, one row per decider tick: t,ready,stable,panic,desired,replicas,ebc,panic_mode,mode,reason")]
+Output CSV, one row per decider tick: t,ready,stable,panic,desired,replicas,ebc,panic_mode,mode,reason"
+)]
 pub struct Args {
     /// The trace CSV.
     #[arg(long, value_name = "FILE")]
