@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ebb_config::names::{AUTOSCALER_INGEST_PORT, AUTOSCALER_METRICS_PORT, QUEUE_PROXY_STATS_PORT};
 use ebb_process::exit;
-use ebb_process::logging::{self, LogFormat};
+use ebb_process::logging::{self, LogArgs};
 
 use crate::cluster::{ClusterController, Options};
 
@@ -54,6 +54,10 @@ pub struct Args {
     /// A kubeconfig file [default: in-cluster, then $KUBECONFIG or ~/.kube/config].
     #[arg(long, env = "EBB_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// `--log-format`.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Args {
@@ -107,7 +111,7 @@ async fn client(path: Option<&PathBuf>) -> Result<kube::Client, String> {
 
 /// Runs the autoscaler until SIGTERM or SIGINT, then releases the Lease. Builds its own runtime.
 pub fn run(args: Args) -> ExitCode {
-    logging::init(LogFormat::Text);
+    logging::init(args.log.format);
     let options = match args.options() {
         Ok(options) => options,
         Err(err) => {
