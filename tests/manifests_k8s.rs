@@ -300,7 +300,7 @@ fn the_ebb_pods_are_hardened_find_each_other_and_drain_within_their_grace_period
         assert_eq!(containers.len(), 1, "{name}");
         let c = &containers[0];
         assert_eq!(c["image"], "ghcr.io/ebb-dev/ebb:0.1.0", "{name}");
-        assert_eq!(c["command"], json!([component]), "{name}");
+        assert_eq!(c["command"], json!(["ebb", component]), "{name}: the image holds one multi-call `ebb`");
         let security = &c["securityContext"];
         for (field, want) in [
             ("runAsNonRoot", json!(true)),
