@@ -66,7 +66,11 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::DemoModel(args) => demo_model::run(args),
         Command::QueueProxy(args) => ebb_queue_proxy::cli::run(*args),
-        Command::Autoscaler(args) => ebb_autoscaler::cli::run(*args),
+        Command::Autoscaler(args) => {
+            // The webhook injects with the same core as `ebb inject`.
+            ebb_autoscaler::cluster::webhook::inject::set_injector(inject::webhook::pod);
+            ebb_autoscaler::cli::run(*args)
+        }
         Command::Activator(args) => ebb_activator::cli::run(*args),
         Command::Up(args) => up::run(args),
         Command::Status(args) => status::run(args),

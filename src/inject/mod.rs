@@ -11,7 +11,8 @@
 //! - [`readiness`]: whether the queue-proxy can take over the readinessProbe;
 //! - [`sidecar_container`]: the queue-proxy container and its env;
 //! - [`drain`]: the drain hook and the grace period;
-//! - [`yaml`]: helpers over `serde_yaml` values.
+//! - [`yaml`]: helpers over `serde_yaml` values;
+//! - [`webhook`]: the same core on a Pod, for the autoscaler's admission webhook (`ebb autoscaler`).
 
 mod deployment;
 mod documents;
@@ -21,6 +22,7 @@ mod pod;
 mod readiness;
 mod sidecar_container;
 mod stream;
+pub mod webhook;
 mod yaml;
 
 use std::process::ExitCode;

@@ -12,6 +12,7 @@ const MODE: &str = "status.ebb.dev/mode";
 const PHASE: &str = "status.ebb.dev/phase";
 const PANIC: &str = "status.ebb.dev/panic";
 const REASON: &str = "status.ebb.dev/reason";
+const SIDECAR: &str = "status.ebb.dev/sidecar";
 
 /// One autoscaled Deployment as the cluster shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -33,6 +34,8 @@ pub struct ClusterRow {
     pub panic: Option<bool>,
     /// Why the replicas last changed (`status.ebb.dev/reason`).
     pub last_reason: Option<String>,
+    /// Pods without the queue-proxy or with outdated settings, and what to do (`status.ebb.dev/sidecar`).
+    pub sidecar: Option<String>,
 }
 
 /// The rows for `deployments`, with the mode and phase from the ebb-managed `services` of the same names.
@@ -74,6 +77,7 @@ pub fn cluster_rows(
                     last_reason.as_deref().map(|r| r.starts_with("panic: ") || r.starts_with("panic hold: "))
                 }),
                 last_reason,
+                sidecar: own.get(SIDECAR).cloned(),
                 service,
             }
         })
@@ -102,6 +106,12 @@ pub fn cluster_table(rows: &[ClusterRow]) -> String {
         })
         .collect();
     render(&headers, cells)
+}
+
+/// The lines under the table: one per service whose pods do not all run the queue-proxy its annotations
+/// ask for (empty when there is none).
+pub fn cluster_notes(rows: &[ClusterRow]) -> String {
+    rows.iter().filter_map(|r| Some(format!("sidecar: {}: {}\n", r.service, r.sidecar.as_deref()?))).collect()
 }
 
 /// `ebb status --kubeconfig PATH | --cluster [-n NS]`.
@@ -134,6 +144,10 @@ pub fn run(kubeconfig: Option<&std::path::Path>, namespace: Option<&str>, json: 
         },
         Ok(rows) => {
             print!("{}", cluster_table(&rows));
+            let notes = cluster_notes(&rows);
+            if !notes.is_empty() {
+                print!("\n{notes}");
+            }
             if rows.is_empty() {
                 let scope =
                     namespace.map_or_else(|| "any namespace".to_owned(), |ns| format!("namespace {ns}"));
@@ -237,8 +251,24 @@ mod tests {
         );
         // The live flag wins over the last change's reason.
         assert_eq!((rows[2].service.as_str(), rows[2].panic), ("models/embed", Some(true)));
+        assert_eq!(cluster_notes(&rows), "");
         // A Service ebb does not own says nothing about the mode: the Deployment's annotation is used.
         let rows = cluster_rows(&deployments, &[service(json!({}))]);
         assert_eq!((rows[1].mode.as_deref(), rows[1].phase.as_deref()), (Some("proxy"), None));
+    }
+
+    #[test]
+    fn pods_without_the_sidecar_or_with_outdated_settings_are_shown_under_the_table() {
+        let deployment = serde_json::from_value(json!({
+            "metadata": {"name": "chat", "namespace": "models",
+                         "annotations": {SIDECAR: "1 of 2 pods with outdated queue-proxy settings: restart"}},
+            "spec": {"selector": {}, "template": {}},
+        }))
+        .unwrap();
+        let rows = cluster_rows(&[deployment], &[]);
+        assert_eq!(
+            cluster_notes(&rows),
+            "sidecar: models/chat: 1 of 2 pods with outdated queue-proxy settings: restart\n"
+        );
     }
 }

@@ -244,9 +244,13 @@ pub(crate) async fn reconcile(
     let current = deployment.annotations();
     let reason =
         state.reason_pending.clone().or_else(|| (!current.contains_key(&status::reason_key())).then(reason));
-    if let Some(patch) =
-        status::annotations_patch(current, desired, status.mode, status.panic, reason.as_deref())
-    {
+    let mut patch = status::annotations_patch(current, desired, status.mode, status.panic, reason.as_deref());
+    if let Some(sidecar) = status::sidecar_patch(current, state.sidecar_note.as_deref()) {
+        let key = status::sidecar_key();
+        let merged = patch.get_or_insert_with(|| json!({"metadata": {"annotations": {}}}));
+        merged["metadata"]["annotations"][&key] = sidecar["metadata"]["annotations"][&key].clone();
+    }
+    if let Some(patch) = patch {
         match api.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
             Ok(_) => state.reason_pending = None,
             Err(err) => {

@@ -29,6 +29,22 @@ pub fn reason_key() -> String {
     format!("{STATUS_PREFIX}reason")
 }
 
+/// Annotation: pods that run without the queue-proxy or with outdated settings, and what to do; absent when
+/// every pod runs the sidecar its annotations ask for.
+pub fn sidecar_key() -> String {
+    format!("{STATUS_PREFIX}sidecar")
+}
+
+/// The merge patch that brings `current`'s `status.ebb.dev/sidecar` to `note` (removed when `None`), or
+/// `None` when it says so already.
+pub fn sidecar_patch(current: &BTreeMap<String, String>, note: Option<&str>) -> Option<Value> {
+    let key = sidecar_key();
+    if current.get(&key).map(String::as_str) == note {
+        return None;
+    }
+    Some(json!({"metadata": {"annotations": {key: note}}}))
+}
+
 /// The replicas a leader last decided for this Deployment, from its `status.ebb.dev/desired` annotation.
 ///
 /// A replica that first sees a service starts from this rather than from `spec.replicas`: a follower may first
@@ -78,6 +94,21 @@ mod tests {
             annotations.insert(desired_key(), bad.to_owned());
             assert_eq!(leader_desired(&annotations), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_sidecar_note_is_written_and_removed_on_change() {
+        let mut current = BTreeMap::new();
+        assert_eq!(sidecar_patch(&current, None), None);
+        let patch = sidecar_patch(&current, Some("1 of 2 pods without the queue-proxy")).unwrap();
+        assert_eq!(
+            patch["metadata"]["annotations"]["status.ebb.dev/sidecar"],
+            "1 of 2 pods without the queue-proxy"
+        );
+        current.insert(sidecar_key(), "x".to_owned());
+        assert_eq!(sidecar_patch(&current, Some("x")), None);
+        let removed = sidecar_patch(&current, None).unwrap();
+        assert!(removed["metadata"]["annotations"]["status.ebb.dev/sidecar"].is_null());
     }
 
     #[test]
