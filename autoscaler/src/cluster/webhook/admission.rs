@@ -79,6 +79,15 @@ impl Admission {
     /// The labelled Deployment that owns `pod` through a ReplicaSet, waiting briefly for the caches. `Err`
     /// is the verdict when there is none.
     async fn deployment_of(&self, namespace: &str, pod: &Value) -> Result<Arc<Deployment>, Verdict> {
+        // Before the caches have listed once, "not found" means nothing: refuse, and the pod comes again.
+        if !self.synced().await {
+            return Err(Verdict::Deny {
+                message:
+                    "ebb's watch caches are not synced yet (the autoscaler is starting); the pod is created \
+                          again shortly"
+                        .into(),
+            });
+        }
         let Some((kind, name)) = controller(pod) else {
             return Err(warn(
                 "this pod has no controller: ebb injects the queue-proxy only into pods of Deployments"
@@ -116,6 +125,22 @@ impl Admission {
                 owner.name
             ))
         })
+    }
+}
+
+impl Admission {
+    /// Whether every cache the decision reads has listed once, waiting up to [`CACHE_WAIT`].
+    async fn synced(&self) -> bool {
+        let all = async {
+            for store in &self.deployments {
+                store.wait_until_ready().await.map_err(drop)?;
+            }
+            for store in &self.replicasets {
+                store.wait_until_ready().await.map_err(drop)?;
+            }
+            Ok::<_, ()>(())
+        };
+        matches!(tokio::time::timeout(CACHE_WAIT, all).await, Ok(Ok(())))
     }
 }
 

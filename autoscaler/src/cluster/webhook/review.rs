@@ -83,7 +83,7 @@ pub fn response(uid: &str, verdict: &Verdict) -> Value {
         }
     };
     if !warnings.is_empty() {
-        // The API server refuses warnings longer than 256 characters... it truncates them; keep them short.
+        // Warnings are meant to be short (the API server truncates long ones); keep each under its limit.
         response["warnings"] = json!(warnings.iter().map(|w| cut(w, 250)).collect::<Vec<_>>());
     }
     review(response)

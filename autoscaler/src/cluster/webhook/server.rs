@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::admission::Admission;
-use super::review::{parse, response};
+use super::review::{Verdict, parse, response};
 
 /// The path the webhook configuration names.
 pub const INJECT_PATH: &str = "/inject";
@@ -77,7 +77,14 @@ async fn handle(admission: &Admission, request: http::Request<Incoming>) -> Resp
                 Err(err) => return text(StatusCode::BAD_REQUEST, err),
             };
             let verdict = admission.decide(&review).await;
-            tracing::debug!(uid = %review.uid, namespace = %review.namespace, "admission: {verdict:?}");
+            match &verdict {
+                Verdict::Deny { message } => {
+                    tracing::info!(namespace = %review.namespace, "pod refused: {message}")
+                }
+                other => {
+                    tracing::debug!(uid = %review.uid, namespace = %review.namespace, "admission: {other:?}")
+                }
+            }
             let mut answer =
                 Response::new(Full::new(Bytes::from(response(&review.uid, &verdict).to_string())));
             answer.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
