@@ -107,7 +107,7 @@ fn the_sidecar_carries_the_annotations_and_passes_the_autoscalers_check() {
     assert_eq!(containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["model", "queue-proxy"]);
     let qp = &containers[1];
     assert_eq!(qp.image.as_deref(), Some("ghcr.io/ebb-dev/ebb:0.1.0"));
-    assert_eq!(qp.command.as_deref(), Some(&["queue-proxy".to_owned()][..]));
+    assert_eq!(qp.command.as_deref(), Some(&["ebb".to_owned(), "queue-proxy".to_owned()][..]));
     let ports: Vec<(i32, String)> =
         qp.ports.iter().flatten().map(|p| (p.container_port, p.name.clone().unwrap())).collect();
     assert_eq!(

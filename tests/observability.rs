@@ -9,8 +9,6 @@
 //! The queue-proxy and `ebb up` need nothing else; the activator and the autoscaler need the Kubernetes
 //! control plane.
 
-use ebb_test_support as support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -18,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use ebb_test_support as support;
 use serde_json::Value;
-
 use support::supervisor::Supervisor;
 use support::{TestNamespace, require};
 

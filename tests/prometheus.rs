@@ -6,11 +6,10 @@
 //!
 //! Without Prometheus and promtool (`support::require::prometheus`), what needs them is skipped with a notice.
 
-use ebb_test_support as support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use ebb_test_support as support;
 use support::paths::in_repo;
 use support::prometheus::{
     Prometheus, alert_rules, cluster_only, dashboard_expressions, read, signal, substitute,

@@ -4,20 +4,18 @@
 //! (`--context`, `-n`/`-A`, `-o`, `-w`) and `--service` through the API server's service proxy run as a user
 //! with exactly `manifests/status-rbac.yaml`'s rights.
 
-use ebb_test_support as support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ebb_autoscaler::cluster::{ClusterController, Options};
+use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
 use support::autoscaler::{FakePods, grant_autoscaler_rbac, token_of};
 use support::cluster::apply;
 use support::manifests::{find, render_in};
@@ -274,9 +272,9 @@ async fn kubectl_habits_contexts_namespaces_outputs_and_watch() {
     let (code, stdout, stderr) =
         ebb_status(&["--kubeconfig", kubeconfig, "--context", "test", "-n", &ns, "-o", "yaml"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains(&format!("  service: {service}\n")), "{stdout}");
+    assert!(stdout.contains(&format!("- service: {service}\n")), "{stdout}");
     assert!(
-        stdout.contains("  max_scale: \"5\"\n") && stdout.contains("- container_concurrency: \"8\"\n"),
+        stdout.contains("  max_scale: \"5\"\n") && stdout.contains("  container_concurrency: \"8\"\n"),
         "{stdout}"
     );
     let (code, stdout, stderr) =

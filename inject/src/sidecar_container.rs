@@ -105,7 +105,8 @@ impl Sidecar<'_> {
         let mut sidecar = existing.map(|s| s.fields.clone()).unwrap_or_default();
         set(&mut sidecar, "name", SIDECAR.into());
         set(&mut sidecar, "image", self.image.into());
-        set(&mut sidecar, "command", Value::Array(vec![SIDECAR.into()]));
+        // The image holds one multi-call `ebb`: every component is a subcommand.
+        set(&mut sidecar, "command", Value::Array(vec!["ebb".into(), SIDECAR.into()]));
         let ports = [
             (QUEUE_PROXY_DATA_PORT, "queue-data"),
             (QUEUE_PROXY_ADMIN_PORT, "queue-admin"),

@@ -18,14 +18,6 @@ use super::columns::render;
 use super::decisions::{self, Options as DecisionOptions};
 use super::output::{Format, Screen, document};
 
-/// The annotations the autoscaler writes: `desired`, `mode`, `panic` and `reason` on the Deployment; `mode` and
-/// `phase` on the public Service it manages.
-const DESIRED: &str = "status.ebb.dev/desired";
-const MODE: &str = "status.ebb.dev/mode";
-const PHASE: &str = "status.ebb.dev/phase";
-const PANIC: &str = "status.ebb.dev/panic";
-const REASON: &str = "status.ebb.dev/reason";
-
 /// One autoscaled Deployment as the cluster shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClusterRow {
@@ -54,6 +46,8 @@ pub struct ClusterRow {
     pub target: Option<String>,
     /// `ebb.dev/container-concurrency` as written (`-o wide`).
     pub container_concurrency: Option<String>,
+    /// Pods without the queue-proxy or with outdated settings, and what to do (`status.ebb.dev/sidecar`).
+    pub sidecar: Option<String>,
 }
 
 /// The rows for `deployments`, with the mode and phase from the ebb-managed `services` of the same names.
@@ -63,7 +57,10 @@ where
     S: Borrow<Service>,
 {
     use ebb_config::keys::annotation;
-    use ebb_config::names::{LABEL_MANAGED_BY, MANAGED_BY_EBB};
+    use ebb_config::names::{
+        LABEL_MANAGED_BY, MANAGED_BY_EBB, STATUS_DESIRED, STATUS_MODE, STATUS_PANIC, STATUS_PHASE,
+        STATUS_REASON, STATUS_SIDECAR,
+    };
     let key = |meta: &kube::api::ObjectMeta| {
         format!(
             "{}/{}",
@@ -88,7 +85,7 @@ where
             let service = key(&d.metadata);
             let own = d.metadata.annotations.as_ref().unwrap_or(&empty);
             let public = owned.get(&service).copied().unwrap_or(&empty);
-            let last_reason = own.get(REASON).cloned();
+            let last_reason = own.get(STATUS_REASON).cloned();
             let written = |key: &str, alias: Option<&str>| {
                 own.get(key).or_else(|| alias.and_then(|a| own.get(a))).cloned()
             };
@@ -97,15 +94,16 @@ where
                 max_scale: written(annotation::MAX_SCALE, Some("autoscaling.knative.dev/maxScale")),
                 target: written(annotation::TARGET, None),
                 container_concurrency: written(annotation::CONTAINER_CONCURRENCY, None),
-                desired: own.get(DESIRED).cloned(),
+                desired: own.get(STATUS_DESIRED).cloned(),
                 replicas: d.spec.as_ref().and_then(|s| s.replicas),
                 ready: d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
-                mode: public.get(MODE).or_else(|| own.get(MODE)).cloned(),
-                phase: public.get(PHASE).cloned(),
-                panic: own.get(PANIC).map(|v| v == "true").or_else(|| {
+                mode: public.get(STATUS_MODE).or_else(|| own.get(STATUS_MODE)).cloned(),
+                phase: public.get(STATUS_PHASE).cloned(),
+                panic: own.get(STATUS_PANIC).map(|v| v == "true").or_else(|| {
                     last_reason.as_deref().map(|r| r.starts_with("panic: ") || r.starts_with("panic hold: "))
                 }),
                 last_reason,
+                sidecar: own.get(STATUS_SIDECAR).cloned(),
                 service,
             }
         })
@@ -143,6 +141,12 @@ pub fn cluster_table(rows: &[ClusterRow], wide: bool) -> String {
         })
         .collect();
     render(&headers, cells)
+}
+
+/// The lines under the table: one per service whose pods do not all run the queue-proxy its annotations
+/// ask for (empty when there is none).
+pub fn cluster_notes(rows: &[ClusterRow]) -> String {
+    rows.iter().filter_map(|r| Some(format!("sidecar: {}: {}\n", r.service, r.sidecar.as_deref()?))).collect()
 }
 
 /// What `ebb status` on a cluster shows.
@@ -227,7 +231,13 @@ fn scope(namespace: Option<&str>) -> String {
 /// The rows in `format`.
 fn show(rows: &[ClusterRow], format: Format) -> String {
     match format {
-        Format::Table | Format::Wide => cluster_table(rows, format == Format::Wide),
+        Format::Table | Format::Wide => {
+            let table = cluster_table(rows, format == Format::Wide);
+            match cluster_notes(rows) {
+                notes if notes.is_empty() => table,
+                notes => format!("{table}\n{notes}"),
+            }
+        }
         Format::Json | Format::Yaml => {
             let value = serde_json::to_value(rows).unwrap_or_default();
             match format {
@@ -341,6 +351,9 @@ async fn watch(client: kube::Client, namespace: Option<&str>, format: Format, se
 
 #[cfg(test)]
 mod tests {
+    use ebb_config::names::{
+        STATUS_DESIRED, STATUS_MODE, STATUS_PANIC, STATUS_PHASE, STATUS_REASON, STATUS_SIDECAR,
+    };
     use serde_json::json;
 
     use super::*;
@@ -358,15 +371,18 @@ mod tests {
         let deployments = [
             deployment(
                 "chat",
-                json!({DESIRED: "3", MODE: "proxy", REASON: "panic: 30 concurrent over target 7 x 1 pod -> 3 pods"}),
+                json!({STATUS_DESIRED: "3", STATUS_MODE: "proxy", STATUS_REASON: "panic: 30 concurrent over target 7 x 1 pod -> 3 pods"}),
             ),
             deployment("batch", json!({})),
-            deployment("embed", json!({DESIRED: "2", PANIC: "true", REASON: "stable: 2 pods"})),
+            deployment(
+                "embed",
+                json!({STATUS_DESIRED: "2", STATUS_PANIC: "true", STATUS_REASON: "stable: 2 pods"}),
+            ),
         ];
         let service = |labels: serde_json::Value| -> Service {
             serde_json::from_value(json!({
                 "metadata": {"name": "chat", "namespace": "models", "labels": labels,
-                             "annotations": {MODE: "serve", PHASE: "active"}},
+                             "annotations": {STATUS_MODE: "serve", STATUS_PHASE: "active"}},
             }))
             .unwrap()
         };
@@ -390,8 +406,24 @@ mod tests {
         );
         // The live flag wins over the last change's reason.
         assert_eq!((rows[2].service.as_str(), rows[2].panic), ("models/embed", Some(true)));
+        assert_eq!(cluster_notes(&rows), "");
         // A Service ebb does not own says nothing about the mode: the Deployment's annotation is used.
         let rows = cluster_rows(&deployments, &[service(json!({}))]);
         assert_eq!((rows[1].mode.as_deref(), rows[1].phase.as_deref()), (Some("proxy"), None));
+    }
+
+    #[test]
+    fn pods_without_the_sidecar_or_with_outdated_settings_are_shown_under_the_table() {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "chat", "namespace": "models",
+                         "annotations": {STATUS_SIDECAR: "1 of 2 pods with outdated queue-proxy settings: restart"}},
+            "spec": {"selector": {}, "template": {}},
+        }))
+        .unwrap();
+        let rows = cluster_rows(&[deployment], &[] as &[Service]);
+        assert_eq!(
+            cluster_notes(&rows),
+            "sidecar: models/chat: 1 of 2 pods with outdated queue-proxy settings: restart\n"
+        );
     }
 }

@@ -163,37 +163,37 @@ mod tests {
             {"service": "models/no", "desired": "", "replicas": 0, "panic": true, "phase": "zero",
              "last_reason": "say \"hi\"\n", "mode": "on"},
         ]);
-        // Keys in serde_json's order (sorted).
+        // Keys in the order the rows were built (serde_json keeps insertion order).
         assert_eq!(
             yaml(&rows),
             "\
-- desired: \"3\"
-  last_reason: \"panic: 30 concurrent over target 7 x 1 pod -> 3 pods\"
-  mode: serve
+- service: models/chat
+  desired: \"3\"
+  replicas: 3
   panic: false
   phase: null
-  replicas: 3
-  service: models/chat
-- desired: \"\"
-  last_reason: \"say \\\"hi\\\"\\n\"
-  mode: \"on\"
+  last_reason: \"panic: 30 concurrent over target 7 x 1 pod -> 3 pods\"
+  mode: serve
+- service: models/no
+  desired: \"\"
+  replicas: 0
   panic: true
   phase: zero
-  replicas: 0
-  service: models/no
+  last_reason: \"say \\\"hi\\\"\\n\"
+  mode: \"on\"
 "
         );
         assert_eq!(yaml(&json!([])), "[]\n");
         assert_eq!(
             yaml(&json!({"services": [], "gateway": "127.0.0.1:8080", "nested": {"a": [1, [2]]}})),
             "\
+services: []
 gateway: \"127.0.0.1:8080\"
 nested:
   a:
   - 1
   -
     - 2
-services: []
 "
         );
     }
