@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Read;
 
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
+
+use crate::yaml::{self, ReadError};
 
 /// Where YAML comes from: a file path, or `-` for standard input.
 #[derive(Debug, Clone)]
@@ -20,16 +20,17 @@ impl fmt::Display for Source {
 /// Why a source could not be read as Kubernetes YAML.
 #[derive(Debug)]
 pub enum InputError {
-    /// The file (or stdin) could not be read.
-    Unreadable(std::io::Error),
-    /// The text is not YAML; the message carries serde_yaml's line and column.
-    NotYaml(serde_yaml::Error),
+    /// The file (or stdin) could not be read, or is larger than ebb reads.
+    Unreadable(ReadError),
+    /// The text is not YAML, or goes beyond ebb's limits; the error carries the line and column.
+    NotYaml(yaml::Error),
 }
 
 impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Unreadable(err) => write!(f, "cannot read: {err}"),
+            Self::Unreadable(err) => err.fmt(f),
+            Self::NotYaml(err) if err.limit => err.fmt(f),
             Self::NotYaml(err) => write!(f, "not valid YAML: {err}"),
         }
     }
@@ -65,32 +66,30 @@ impl Object {
     }
 }
 
-/// Reads the text of a source.
+/// Reads the text of a source, within ebb's limit on input size.
 pub fn read_source(source: &Source) -> Result<String, InputError> {
-    let mut text = String::new();
-    let result = if source.0 == "-" {
-        std::io::stdin().read_to_string(&mut text).map(drop)
+    let text = if source.0 == "-" {
+        yaml::read_text(std::io::stdin().lock())
     } else {
-        std::fs::read_to_string(&source.0).map(|t| text = t)
+        std::fs::File::open(&source.0).map_err(ReadError::Io).and_then(yaml::read_text)
     };
-    result.map(|()| text).map_err(InputError::Unreadable)
+    text.map_err(InputError::Unreadable)
 }
 
 /// Parses every document of a YAML stream into objects; `kind: List` documents contribute their items.
 /// Empty documents are skipped; anything that is not a mapping with a `kind` is ignored.
 pub fn parse_objects(text: &str) -> Result<Vec<Object>, InputError> {
     let mut objects = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let value = Value::deserialize(document).map_err(InputError::NotYaml)?;
+    for value in yaml::documents(text).map_err(InputError::NotYaml)? {
         collect(&value, &mut objects);
     }
     Ok(objects)
 }
 
 fn collect(value: &Value, out: &mut Vec<Object>) {
-    let kind = str_at(value, &["kind"]);
+    let kind = str_at(value, &["kind"]).map(str::to_owned);
     if kind.as_deref() == Some("List") {
-        for item in value.get("items").and_then(Value::as_sequence).into_iter().flatten() {
+        for item in value.get("items").and_then(Value::as_array).into_iter().flatten() {
             collect(item, out);
         }
         return;
@@ -99,8 +98,8 @@ fn collect(value: &Value, out: &mut Vec<Object>) {
     let (annotations, non_string_annotations) = string_map(at(value, &["metadata", "annotations"]));
     out.push(Object {
         kind,
-        name: str_at(value, &["metadata", "name"]).unwrap_or_default(),
-        namespace: str_at(value, &["metadata", "namespace"]).unwrap_or_else(|| "default".into()),
+        name: str_at(value, &["metadata", "name"]).unwrap_or_default().to_owned(),
+        namespace: str_at(value, &["metadata", "namespace"]).unwrap_or("default").to_owned(),
         labels: string_map(at(value, &["metadata", "labels"])).0,
         annotations,
         non_string_annotations,
@@ -115,8 +114,14 @@ pub fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(value, |v, key| v.get(key))
 }
 
-fn str_at(value: &Value, path: &[&str]) -> Option<String> {
-    at(value, path).and_then(Value::as_str).map(str::to_owned)
+/// The value at `path` (mapping keys) under `value`, mutable.
+pub fn at_mut<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(value, |v, key| v.get_mut(key))
+}
+
+/// The string at `path` (mapping keys) under `value`.
+pub fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    at(value, path).and_then(Value::as_str)
 }
 
 /// A map of strings (annotations, labels, ConfigMap data); scalar values of other types are kept as text and
@@ -124,8 +129,7 @@ fn str_at(value: &Value, path: &[&str]) -> Option<String> {
 pub fn string_map(value: Option<&Value>) -> (BTreeMap<String, String>, Vec<String>) {
     let mut map = BTreeMap::new();
     let mut not_strings = Vec::new();
-    for (key, value) in value.and_then(Value::as_mapping).into_iter().flatten() {
-        let Some(key) = key.as_str() else { continue };
+    for (key, value) in value.and_then(Value::as_object).into_iter().flatten() {
         let text = match value {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
@@ -134,9 +138,9 @@ pub fn string_map(value: Option<&Value>) -> (BTreeMap<String, String>, Vec<Strin
             _ => continue,
         };
         if !value.is_string() {
-            not_strings.push(key.to_owned());
+            not_strings.push(key.clone());
         }
-        map.insert(key.to_owned(), text);
+        map.insert(key.clone(), text);
     }
     (map, not_strings)
 }

@@ -3,8 +3,6 @@
 //! blocked pods fail requests fast, annotation changes apply live, and a deleted Deployment stops routing. The
 //! activator runs with exactly the RBAC its manifests grant (pods and Deployments: list and watch).
 
-use ebb_test_support as support;
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,6 +17,7 @@ use ebb_activator::registry::Registry;
 use ebb_activator::server::{DrainOptions, Server};
 use ebb_activator::stats::ChannelSink;
 use ebb_config::ServiceId;
+use ebb_test_support as support;
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;

@@ -3,18 +3,16 @@
 //! within 15 s, which keeps scaling; SIGTERM releases it at once. Its own test binary, since it kills
 //! processes.
 
-use ebb_test_support as support;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-
 use support::autoscaler::grant_autoscaler_rbac;
 use support::supervisor::Supervisor;
 use support::{TestNamespace, require, wait_for};

@@ -8,19 +8,17 @@
 //! queue-proxy stats on :9090 and activator probes on :8012 of each pod's own loopback address. Stats reach
 //! the ingest port in the real wire format with the activator ServiceAccount's token.
 
-use ebb_test_support as support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ebb_autoscaler::cluster::{ClusterController, Options};
 use ebb_config::ServiceId;
+use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-
 use support::autoscaler::{
     FakePods, activator_frame, event_notes, grant_autoscaler_rbac, metrics_text, send_stats, token_of,
 };

@@ -12,11 +12,10 @@
 //! Its own test binary, since restarting the API server disturbs every test sharing the control plane; the
 //! tests here run one after the other ([`SERIAL`]).
 
-use ebb_test_support as support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ebb_test_support as support;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;

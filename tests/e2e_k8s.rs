@@ -10,11 +10,10 @@
 //!
 //! Not here: the autoscaler's token cannot read Secrets or delete pods (tests/manifests_k8s.rs checks it).
 
-use ebb_test_support as support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use ebb_test_support as support;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};

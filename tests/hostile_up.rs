@@ -1,11 +1,10 @@
 //! `ebb up` under attack, as an outsider on the same network would try it. Every test here is a hole that was
 //! found open once: a closed, silent, slow or lying client must cost nothing and gain nothing.
 
-use ebb_test_support as support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ebb_test_support as support;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::ebb;

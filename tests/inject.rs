@@ -10,7 +10,6 @@ use ebb_autoscaler::cluster::env_check;
 use ebb_config::{GlobalConfig, resolve_service};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use serde::Deserialize;
 
 fn ebb() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ebb"))
@@ -83,11 +82,11 @@ data:
 "#;
 
 fn deployments(yaml: &str) -> Vec<Deployment> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(serde_yaml::Value::deserialize)
-        .map(Result::unwrap)
+    serde_saphyr::from_multiple::<serde_json::Value>(yaml)
+        .unwrap()
+        .into_iter()
         .filter(|v| v["kind"] == "Deployment")
-        .map(|v| serde_yaml::from_value(v).unwrap())
+        .map(|v| serde_json::from_value(v).unwrap())
         .collect()
 }
 
@@ -108,7 +107,7 @@ fn the_sidecar_carries_the_annotations_and_passes_the_autoscalers_check() {
     assert_eq!(containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["model", "queue-proxy"]);
     let qp = &containers[1];
     assert_eq!(qp.image.as_deref(), Some("ghcr.io/ebb-dev/ebb:0.1.0"));
-    assert_eq!(qp.command.as_deref(), Some(&["queue-proxy".to_owned()][..]));
+    assert_eq!(qp.command.as_deref(), Some(&["ebb".to_owned(), "queue-proxy".to_owned()][..]));
     let ports: Vec<(i32, String)> =
         qp.ports.iter().flatten().map(|p| (p.container_port, p.name.clone().unwrap())).collect();
     assert_eq!(

@@ -3,19 +3,17 @@
 //! them, a ServiceAccount without RBAC is refused, each test has its own namespace, and supervised
 //! processes die with the test process.
 
-use ebb_test_support as support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-
 use support::supervisor::Supervisor;
 use support::{NodeEmulator, Readiness, TestNamespace, require, wait_for};
 

@@ -4,8 +4,6 @@
 //! services; the pods are hardened and drain within their grace period; and the ServiceAccounts get exactly
 //! the RBAC that docs/rbac.md documents, and cannot read Secrets nor delete pods.
 
-use ebb_test_support as support;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
@@ -15,6 +13,7 @@ use ebb_config::names::{
     ACTIVATOR_METRICS_PORT, AUTOSCALER_INGEST_PORT, AUTOSCALER_METRICS_PORT, COMPONENT_ACTIVATOR,
     COMPONENT_AUTOSCALER, CONFIG_MAP_NAME, LABEL_COMPONENT, LABEL_PART_OF, LABEL_SERVICE, PART_OF_EBB,
 };
+use ebb_test_support as support;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
@@ -247,7 +246,7 @@ fn config_autoscaler_documents_every_key_with_its_default() {
     assert!(real.is_empty(), "the shipped ConfigMap keeps the defaults; it sets {real:?}");
     let example = data["_example"].as_str().expect("an _example block");
     let parsed: std::collections::BTreeMap<String, String> =
-        serde_yaml::from_str(example).expect("_example is YAML of string values");
+        serde_saphyr::from_str(example).expect("_example is YAML of string values");
     let documented: BTreeSet<&str> = parsed.keys().map(String::as_str).collect();
     let keys: BTreeSet<&str> = GLOBAL_KEYS.iter().map(|k| k.key).collect();
     assert_eq!(documented, keys, "_example lists every config-autoscaler key, and no other");
@@ -300,7 +299,7 @@ fn the_ebb_pods_are_hardened_find_each_other_and_drain_within_their_grace_period
         assert_eq!(containers.len(), 1, "{name}");
         let c = &containers[0];
         assert_eq!(c["image"], "ghcr.io/ebb-dev/ebb:0.1.0", "{name}");
-        assert_eq!(c["command"], json!([component]), "{name}");
+        assert_eq!(c["command"], json!(["ebb", component]), "{name}: the image holds one multi-call `ebb`");
         let security = &c["securityContext"];
         for (field, want) in [
             ("runAsNonRoot", json!(true)),

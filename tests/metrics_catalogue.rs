@@ -118,3 +118,51 @@ fn every_family_is_named_with_its_unit_and_bounded_labels() {
         }
     }
 }
+
+/// Every component's page as it serves it: the queue-proxy's, the activator's, the autoscaler's in a cluster
+/// (the controller's families, then the runtime's) and `ebb up`'s (the runtime's and the activator's in one
+/// document), each with one service known.
+fn pages() -> Vec<(&'static str, String)> {
+    let queue_proxy = QueueProxyMetrics::new().encode(0, 0, true);
+    let activator = ActivatorMetrics::new();
+    let _ = activator.service(&ServiceId::new("demo", "chat"));
+    let activator = activator.encode(&[], 3);
+    let engine = AutoscalerMetrics::new();
+    engine.add_service(&ServiceId { namespace: "demo".into(), name: "chat".into() });
+    let kube = KubeMetrics::new();
+    kube.add_service("demo", "chat");
+    let autoscaler = kube.page(&engine.encode());
+    // As `ebb up`'s metrics port joins them: one document, one `# EOF`.
+    let mut up = String::new();
+    for part in [engine.encode(), activator.clone()] {
+        up.push_str(part.trim_end().trim_end_matches("# EOF"));
+    }
+    up.push_str("# EOF\n");
+    vec![("queue-proxy", queue_proxy), ("activator", activator), ("autoscaler", autoscaler), ("ebb up", up)]
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package) reads each page as a client that does not ask for
+/// OpenMetrics gets it (`curl -s :9091/metrics | promtool check metrics`) and finds nothing to lint: counters
+/// end in `_total`, units are in the names, every family has help.
+#[test]
+fn every_components_page_passes_promtool_check_metrics() {
+    let Some(tools) = ebb_test_support::require::prometheus() else { return };
+    for (component, openmetrics) in pages() {
+        let page = ebb_process::exposition::prometheus_text(&openmetrics);
+        let mut child = std::process::Command::new(&tools.promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool runs");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), page.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let said =
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && said.trim().is_empty(),
+            "{component}: promtool check metrics:\n{said}"
+        );
+    }
+}

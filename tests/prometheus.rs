@@ -6,11 +6,10 @@
 //!
 //! Without Prometheus and promtool (`support::require::prometheus`), what needs them is skipped with a notice.
 
-use ebb_test_support as support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use ebb_test_support as support;
 use support::paths::in_repo;
 use support::prometheus::{
     Prometheus, alert_rules, cluster_only, dashboard_expressions, read, signal, substitute,
@@ -21,10 +20,10 @@ use support::wait::wait_for;
 
 #[test]
 fn the_alert_rules_pass_promtool_and_the_prometheus_rule_carries_the_same_groups() {
-    let plain: serde_yaml::Value =
-        serde_yaml::from_str(&read("manifests/monitoring/alerts.rules.yml")).unwrap();
-    let operator: serde_yaml::Value =
-        serde_yaml::from_str(&read("manifests/monitoring/prometheusrule.yaml")).unwrap();
+    let plain: serde_json::Value =
+        serde_saphyr::from_str(&read("manifests/monitoring/alerts.rules.yml")).unwrap();
+    let operator: serde_json::Value =
+        serde_saphyr::from_str(&read("manifests/monitoring/prometheusrule.yaml")).unwrap();
     assert_eq!(operator["kind"], "PrometheusRule");
     assert_eq!(
         plain["groups"], operator["spec"]["groups"],

@@ -299,3 +299,28 @@ fn bad_traces_exit_2_with_the_line_number() {
     let out = simulate(&dir.path("missing.csv"), &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_trace_saved_by_a_spreadsheet_gives_the_same_decisions() {
+    let dir = TempDir::new();
+    let plain = simulate(&dir.file("spike.csv", SPIKE), &[]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    // As a spreadsheet saves it: a byte-order mark, quoted cells, CRLF, an unused column, an empty row.
+    let mut saved = String::from("\u{feff}\"t\",\"concurrency\",\r\n");
+    for row in SPIKE.lines().skip(1) {
+        let (t, value) = row.split_once(',').unwrap();
+        saved.push_str(&format!("{t},\"{value}\",\r\n"));
+    }
+    saved.push_str(",,\r\n");
+    let out = simulate(&dir.file("saved.csv", &saved), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), stdout(&plain));
+    // Its errors name the line as the spreadsheet numbers it.
+    let out = simulate(&dir.file("bad.csv", "\u{feff}\"t\",\"rps\"\r\n0,1\r\n\"5\",\"lots\"\r\n"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 3: rps must be a non-negative number, got \"lots\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,21 +1,25 @@
 //! `ebb status --kubeconfig` against the real control plane: the autoscaler runs in-process (as in
 //! `tests/autoscaler_k8s.rs`, as ServiceAccount `ebb-autoscaler` with exactly its RBAC), pods are played by
-//! the node emulator, and the real `ebb` binary reads what the autoscaler wrote.
-
-use ebb_test_support as support;
+//! the node emulator, and the real `ebb` binary reads what the autoscaler wrote. kubectl's habits
+//! (`--context`, `-n`/`-A`, `-o`, `-w`) and `--service` through the API server's service proxy run as a user
+//! with exactly `manifests/status-rbac.yaml`'s rights.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use ebb_autoscaler::cluster::{ClusterController, Options};
+use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-use support::autoscaler::{FakePods, grant_autoscaler_rbac};
+use support::autoscaler::{FakePods, grant_autoscaler_rbac, token_of};
+use support::cluster::apply;
+use support::manifests::{find, render_in};
+use support::paths::in_repo;
 use support::{NodeEmulator, TestNamespace, require, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -143,5 +147,289 @@ fn bad_command_lines_and_kubeconfigs_exit_2() {
     assert_eq!(code, 2);
     assert!(stderr.contains("cannot read the kubeconfig /nonexistent/kubeconfig"), "{stderr}");
     let (code, _, stderr) = ebb_status(&["--kubeconfig", "/nonexistent/kubeconfig", "--url", "http://x:1"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+/// ServiceAccount `account` in `ns` gets what manifests/status-rbac.yaml holds, bound to this namespace alone
+/// (a team that sees one namespace): ClusterRole `ebb-status` (renamed for the test) through a RoleBinding,
+/// and Role `ebb-status-decisions`, as if `ns` were the autoscaler's namespace.
+async fn grant_status_rbac(admin: &kube::Client, ns: &str, account: &str) {
+    let objects = render_in(&in_repo("manifests"), ns).expect("render manifests/");
+    let cluster_role_name = format!("ebb-status-{ns}");
+    let mut cluster_role =
+        find(&objects, "ClusterRole", "ebb-status").expect("ClusterRole ebb-status").clone();
+    cluster_role["metadata"]["name"] = json!(cluster_role_name);
+    let role = find(&objects, "Role", "ebb-status-decisions").expect("Role ebb-status-decisions").clone();
+    assert_eq!(role["rules"][0]["resourceNames"], json!(["ebb-autoscaler:metrics"]), "one Service, one port");
+    let binding = |name: &str, kind: &str, role: &str| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}],
+        })
+    };
+    for object in [
+        cluster_role,
+        role,
+        binding("ebb-status", "ClusterRole", &cluster_role_name),
+        binding("ebb-status-decisions", "Role", "ebb-status-decisions"),
+    ] {
+        assert!(apply(admin, object).await.is_ok());
+    }
+}
+
+/// A kubeconfig with two contexts: `elsewhere` (current; nothing listens there) and `test` (the control plane,
+/// as the user of `user_kubeconfig`).
+fn two_contexts(cp: &support::ControlPlane, user_kubeconfig: &std::path::Path) -> std::path::PathBuf {
+    let token = token_of(user_kubeconfig);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: test\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\n\
+         - name: nowhere\n  cluster:\n    server: https://127.0.0.1:1\n\
+         users:\n- name: user\n  user:\n    token: {token}\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: user\n\
+         - name: elsewhere\n  context:\n    cluster: nowhere\n    user: user\n\
+         current-context: elsewhere\n",
+        cp.server()
+    );
+    let path = user_kubeconfig.with_extension("two-contexts");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn kubectl_habits_contexts_namespaces_outputs_and_watch() {
+    let Some(cp) = require::control_plane() else { return };
+    let admin = cp.client().await;
+    let ns = TestNamespace::create(&admin, "status-habits").await;
+    grant_status_rbac(&admin, &ns, "status-user").await;
+    let user = cp.service_account_kubeconfig(&admin, &ns, "status-user").await;
+    let kubeconfig = two_contexts(cp, &user);
+    let kubeconfig = kubeconfig.to_str().unwrap();
+
+    // A Deployment as an autoscaler leaves it (no autoscaler runs here: the annotations are written by hand).
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "labels": {"ebb.dev/service": "web"},
+                     "annotations": {"autoscaling.knative.dev/min-scale": "1", "autoscaling.knative.dev/maxScale": "5",
+                                     "ebb.dev/container-concurrency": "8", "status.ebb.dev/desired": "1",
+                                     "status.ebb.dev/mode": "proxy", "status.ebb.dev/panic": "false",
+                                     "status.ebb.dev/reason": "stable: 1 pod"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"ebb.dev/service": "web"}},
+            "template": {
+                "metadata": {"labels": {"ebb.dev/service": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+            },
+        },
+    }))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    deployments.create(&PostParams::default(), &deployment).await.unwrap();
+    let service = format!("{}/web", ns.name());
+    // The RBAC takes a moment to reach the authorizer's cache.
+    wait_for(TIMEOUT, "the status user's rights", async || {
+        let (code, stdout, stderr) =
+            ebb_status(&["--kubeconfig", kubeconfig, "--context", "test", "-n", &ns]);
+        if code == 0 && row(&stdout, &service).is_some() { Ok(()) } else { Err(format!("{code}: {stderr}")) }
+    })
+    .await;
+
+    // --context picks the context; the current one leads nowhere (exit 1), one that is not there is a bad
+    // command line (exit 2). Without --kubeconfig, the context is looked up in $KUBECONFIG.
+    let (code, _, stderr) = ebb_status(&["--kubeconfig", kubeconfig, "-n", &ns]);
+    assert_eq!(code, 1, "{stderr}");
+    let (code, _, stderr) = ebb_status(&["--kubeconfig", kubeconfig, "--context", "missing", "-n", &ns]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("context missing"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["status", "--context", "test", "-n", &ns])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let (cells, reason) = row(&stdout, &service).unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(
+        (cells[1..].to_vec(), reason.as_str()),
+        (
+            vec!["1", "1", "0", "proxy", "-", "no"].into_iter().map(String::from).collect::<Vec<_>>(),
+            "stable: 1 pod"
+        )
+    );
+
+    // -o wide adds the annotations as written (camelCase aliases too); -o yaml and -o json carry them.
+    let (code, stdout, stderr) =
+        ebb_status(&["--kubeconfig", kubeconfig, "--context", "test", "-n", &ns, "-o", "wide"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("SERVICE"), "{stdout}");
+    let header: Vec<&str> = stdout.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[7..11], ["MIN", "MAX", "TARGET", "CC"], "{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with(&service)).unwrap();
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[7..11], ["1", "5", "-", "8"], "{stdout}");
+    let (code, stdout, stderr) =
+        ebb_status(&["--kubeconfig", kubeconfig, "--context", "test", "-n", &ns, "-o", "yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&format!("- service: {service}\n")), "{stdout}");
+    assert!(
+        stdout.contains("  max_scale: \"5\"\n") && stdout.contains("  container_concurrency: \"8\"\n"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) =
+        ebb_status(&["--kubeconfig", kubeconfig, "--context", "test", "-n", &ns, "-o", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (rows[0]["service"].as_str(), rows[0]["min_scale"].as_str()),
+        (Some(service.as_str()), Some("1"))
+    );
+
+    // -A is every namespace, as the default is; it needs rights there (the admin has them, the user not).
+    let admin_config = cp.kubeconfig_path().to_str().unwrap().to_owned();
+    let (code, stdout, stderr) = ebb_status(&["--kubeconfig", &admin_config, "-A"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(row(&stdout, &service).is_some(), "{stdout}");
+    let (code, _, stderr) = ebb_status(&["--kubeconfig", kubeconfig, "--context", "test", "-A"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("forbidden"), "{stderr}");
+    let (code, _, _) = ebb_status(&["--kubeconfig", &admin_config, "-A", "-n", &ns]);
+    assert_eq!(code, 2);
+
+    // -w on a pipe: one table per change, no escape codes.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["status", "--kubeconfig", kubeconfig, "--context", "test", "-n", &ns, "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_line = |what: &str, want: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let line = lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no {what} from ebb status -w:\n{}", seen.join("\n")));
+            assert!(!line.contains('\x1b'), "an escape code on a pipe: {line:?}");
+            seen.push(line.clone());
+            if want(&line) {
+                return;
+            }
+        }
+    };
+    wait_line("first table", &|l| l.starts_with(&service) && l.ends_with("stable: 1 pod"));
+    let patch = json!({"metadata": {"annotations": {"status.ebb.dev/reason": "panic: watched change"}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_line("a table after the change", &|l| {
+        l.starts_with(&service) && l.ends_with("panic: watched change")
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let tables = seen.iter().filter(|l| l.starts_with("SERVICE")).count();
+    assert_eq!(tables, 2, "one table per change:\n{}", seen.join("\n"));
+
+    ns.delete(&admin).await;
+}
+
+#[tokio::test]
+async fn the_decision_trace_goes_through_the_service_proxy_and_only_to_the_autoscaler() {
+    let Some(cp) = require::control_plane() else { return };
+    let admin = cp.client().await;
+    let ns = TestNamespace::create(&admin, "status-proxy").await;
+    grant_status_rbac(&admin, &ns, "status-user").await;
+    let user = cp.service_account_kubeconfig(&admin, &ns, "status-user").await;
+    let nobody = cp.service_account_kubeconfig(&admin, &ns, "nobody").await;
+    // The autoscaler's Service and its metrics port, with no endpoint behind it: the API server refuses to
+    // proxy to a loopback address (and rejects Endpoints holding one), and the test's pods have nothing else,
+    // so the proxy's answer is its own (404: no endpoints), which only a request past RBAC gets.
+    for name in ["ebb-autoscaler", "other"] {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"ports": [{"name": "metrics", "port": 9090}]},
+        }))
+        .unwrap();
+        Api::<Service>::namespaced(admin.clone(), &ns)
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap();
+    }
+    let trace = format!("{}/web", ns.name());
+    let args = |kubeconfig: &std::path::Path| {
+        let config = kubeconfig.to_str().unwrap().to_owned();
+        vec![
+            "--kubeconfig".to_owned(),
+            config,
+            "--service".into(),
+            trace.clone(),
+            "--autoscaler-namespace".into(),
+            ns.name().to_owned(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ebb_status(&refs)
+    };
+    // The user reaches the proxy (past RBAC: the answer is the proxy's, not a 403)...
+    let stderr = wait_for(TIMEOUT, "the proxy's own answer", async || {
+        let (code, _, stderr) = run(args(&user));
+        match code {
+            1 if !stderr.contains("forbidden") => Ok(stderr),
+            _ => Err(format!("{code}: {stderr}")),
+        }
+    })
+    .await;
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the decisions of {trace} at service {}/ebb-autoscaler:metrics",
+            ns.name()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("404") && stderr.contains("is the autoscaler running"), "{stderr}");
+    // ...a user without the Role does not.
+    let (code, _, stderr) = run(args(&nobody));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("403") && stderr.contains("forbidden"), "{stderr}");
+    // And the Role reaches no other Service, nor another port of this one.
+    let client = support::k8s::client_from_kubeconfig(&user).await.unwrap();
+    for (name, want) in
+        [("ebb-autoscaler:metrics", false), ("other:metrics", true), ("ebb-autoscaler:9090", true)]
+    {
+        let path = format!("/api/v1/namespaces/{}/services/{name}/proxy/status", ns.name());
+        let request = http::Request::get(&path).body(kube::client::Body::from(Vec::new())).unwrap();
+        let status = client.send(request).await.unwrap().status().as_u16();
+        assert_eq!(status == 403, want, "{name}: {status}");
+        assert!(status == 403 || status == 404, "{name}: {status}");
+    }
+    ns.delete(&admin).await;
+}
+
+#[test]
+fn https_urls_are_spoken_to_in_tls() {
+    // A listener that records the first bytes it is sent: a TLS ClientHello starts with 0x16 (handshake).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let accept = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).unwrap();
+        first[0]
+    });
+    let (code, _, stderr) = ebb_status(&["--url", &url]);
+    assert_eq!(accept.join().unwrap(), 0x16, "not a TLS handshake");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("failed to lookup address"), "{stderr}");
+    // Not a URL at all: a bad command line.
+    let (code, _, stderr) = ebb_status(&["--url", "127.0.0.1:9090"]);
     assert_eq!(code, 2, "{stderr}");
 }

@@ -3,13 +3,11 @@
 //! wait is a poll with a deadline. Each test's `ebb up` is stopped (and its pods with it) when the test ends,
 //! pass or fail.
 
-use ebb_test_support as support;
-
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::process::Command;
-
+use ebb_test_support as support;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use support::ebb;
@@ -194,8 +192,11 @@ async fn a_killed_supervisor_leaves_no_process_and_is_replaced() {
         assert!(Instant::now() < deadline, "the pod's processes outlived its supervisor\n{}", up.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // `ready` may still count the old pod until its death is noticed: wait for the restart as well.
     let s = up
-        .wait_for(&name, "a replacement pod", Duration::from_secs(20), |s| s["ready"].as_u64() == Some(1))
+        .wait_for(&name, "a replacement pod", Duration::from_secs(20), |s| {
+            s["restarts"].as_u64() >= Some(1) && s["ready"].as_u64() == Some(1)
+        })
         .await;
     assert_eq!(s["restarts"].as_u64(), Some(1), "{s}");
     let targets = up.get("/service-discovery").await;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebb_config::names::{ACTIVATOR_DATA_PORT, ACTIVATOR_METRICS_PORT, AUTOSCALER_INGEST_PORT};
-use ebb_process::logging::{self, LogFormat};
+use ebb_process::logging::{self, LogArgs};
 use ebb_process::{exit, flags};
 
 use crate::handler::{Activator, Options};
@@ -63,9 +63,9 @@ pub struct Args {
     /// Longest drain; above the longest activation timeout so queued cold starts are not cut.
     #[arg(long, env = "EBB_DRAIN_DEADLINE", default_value = "11m", value_parser = flags::duration)]
     pub drain_deadline: Duration,
-    /// Log format.
-    #[arg(long, env = "EBB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// `--log-format`.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Runs the activator until it has drained after SIGTERM or SIGINT.
@@ -74,7 +74,7 @@ pub fn run(args: Args) -> ExitCode {
         eprintln!("activator: --max-queued-total: must be at least 1");
         return ExitCode::from(exit::USAGE);
     }
-    logging::init(args.log_format);
+    logging::init(args.log.format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

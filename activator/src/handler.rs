@@ -4,6 +4,7 @@
 //! until it ends.
 
 use std::convert::Infallible;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -339,13 +340,17 @@ impl Activator {
                 }
                 (None, None) => break,
             };
-            let attempt = self.forwarder.forward(
-                Request::from_parts(parts, body.attempt()),
-                &lease.endpoint().authority,
-                settings.protocol,
-            );
+            let outcome = {
+                // Pinned in place: the timeout then holds a pointer, not a copy of the forwarding future.
+                let attempt = pin!(self.forwarder.forward(
+                    Request::from_parts(parts, body.attempt()),
+                    &lease.endpoint().authority,
+                    settings.protocol,
+                ));
+                tokio::time::timeout_at(deadline, attempt).await
+            };
             let pod = lease.endpoint().name.clone();
-            let unforwarded = match tokio::time::timeout_at(deadline, attempt).await {
+            let unforwarded = match outcome {
                 Ok(Ok((response, upgrade))) => {
                     let Some(err) = ProxyError::unforwarded_by_pod(response.headers()) else {
                         return Ok((response, lease, upgrade));

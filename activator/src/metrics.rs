@@ -57,7 +57,7 @@ pub struct Metrics {
     queued: Family<ServiceLabels, Gauge>,
     in_flight: Family<ServiceLabels, Gauge>,
     ready_pods: Family<ServiceLabels, Gauge>,
-    stats_dropped: Gauge,
+    stats_dropped: Counter,
 }
 
 /// One service's counters, cached so the request path does not look labels up.
@@ -186,10 +186,10 @@ impl Metrics {
             "Pods that answered their probe and take requests",
             ready_pods.clone(),
         );
-        let stats_dropped = Gauge::default();
+        let stats_dropped = Counter::default();
         registry.register(
             "stats_dropped",
-            "Stat frames dropped because an autoscaler was unreachable or slow",
+            "Stat frames dropped since start because an autoscaler was unreachable or slow",
             stats_dropped.clone(),
         );
         Self {
@@ -250,7 +250,8 @@ impl Metrics {
         self.rejected.get_or_create(&RejectLabels { namespace, service, reason: error.reason() }).inc();
     }
 
-    /// Encodes every metric, after setting the gauges to the services' readings.
+    /// Encodes every metric, after setting the gauges to the services' readings and the dropped-stat counter
+    /// to the sink's count.
     pub fn encode(&self, services: &[ServiceGauges], stats_dropped: u64) -> String {
         for service in services {
             let labels = ServiceLabels::of(&service.key);
@@ -258,7 +259,9 @@ impl Metrics {
             self.in_flight.get_or_create(&labels).set(service.in_flight as i64);
             self.ready_pods.get_or_create(&labels).set(service.ready as i64);
         }
-        self.stats_dropped.set(stats_dropped as i64);
+        // The sink counts since start; the counter follows it and never goes back (concurrent scrapes race
+        // harmlessly: the larger reading wins).
+        self.stats_dropped.inner().fetch_max(stats_dropped, std::sync::atomic::Ordering::Relaxed);
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -10,6 +10,8 @@ use std::time::Duration;
 use ebb_http::admin::{self, Reply};
 use ebb_http::drain::DrainOutcome;
 use ebb_http::listen::Acceptor;
+use ebb_process::exposition;
+use http::header::ACCEPT;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
@@ -99,7 +101,11 @@ impl Server {
 /// `/readyz` (fails while draining).
 fn admin_answer(activator: &Activator, req: &Request<Incoming>) -> Reply {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => admin::metrics(activator.encode_metrics()),
+        (&Method::GET, "/metrics") => {
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let (content_type, page) = exposition::negotiate(accept, activator.encode_metrics());
+            admin::reply(StatusCode::OK, content_type, page)
+        }
         (&Method::GET, "/healthz") => admin::text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") if activator.is_ready() => admin::text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => admin::text(StatusCode::SERVICE_UNAVAILABLE, "draining"),

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use ebb_config::names::{AUTOSCALER_INGEST_PORT, AUTOSCALER_METRICS_PORT, QUEUE_PROXY_STATS_PORT};
 use ebb_process::exit;
-use ebb_process::logging::{self, LogFormat};
+use ebb_process::logging::{self, LogArgs};
 
+use crate::cluster::webhook::{self, WebhookOptions, certs::Policy};
 use crate::cluster::{ClusterController, Options};
 
 /// Options of the autoscaler.
@@ -54,7 +55,53 @@ pub struct Args {
     /// A kubeconfig file [default: in-cluster, then $KUBECONFIG or ~/.kube/config].
     #[arg(long, env = "EBB_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// `--log-format`.
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Serve the admission webhook that injects the queue-proxy here (HTTPS, `POST /inject`) [default: not
+    /// served; the manifests set 0.0.0.0:8443].
+    #[arg(long, env = "EBB_WEBHOOK_ADDRESS")]
+    pub webhook_address: Option<SocketAddr>,
+
+    /// The webhook's certificates: `ebb` (its own CA, rotated, written into the configuration's caBundle) or
+    /// `external` (served as the Secret holds them, e.g. from cert-manager, whose CA injector writes the
+    /// caBundle).
+    #[arg(long, env = "EBB_WEBHOOK_CERTIFICATES", default_value = "ebb", value_parser = ["ebb", "external"])]
+    pub webhook_certificates: String,
+
+    /// The Secret holding the webhook's certificates, in the autoscaler's namespace.
+    #[arg(long, env = "EBB_WEBHOOK_SECRET", default_value = webhook::DEFAULT_SECRET)]
+    pub webhook_secret: String,
+
+    /// The MutatingWebhookConfiguration whose caBundle the leader writes (with `ebb` certificates).
+    #[arg(long, env = "EBB_WEBHOOK_CONFIGURATION", default_value = webhook::DEFAULT_CONFIGURATION)]
+    pub webhook_configuration: String,
+
+    /// The Service in front of the webhook (the certificate is made for its DNS names).
+    #[arg(long, env = "EBB_WEBHOOK_SERVICE", default_value = webhook::DEFAULT_SERVICE)]
+    pub webhook_service: String,
+
+    /// More names or addresses for the certificate, comma-separated (a `clientConfig.url` host).
+    #[arg(long, env = "EBB_WEBHOOK_HOSTS", value_delimiter = ',')]
+    pub webhook_hosts: Vec<String>,
+
+    /// The lifetime of the webhook's serving certificates (renewed at two thirds).
+    #[arg(long, env = "EBB_WEBHOOK_CERT_VALIDITY", default_value = "720h", value_parser = ebb_process::flags::duration)]
+    pub webhook_cert_validity: Duration,
+
+    /// The lifetime of the webhook's CA (rotated at two thirds, without a failed call).
+    #[arg(long, env = "EBB_WEBHOOK_CA_VALIDITY", default_value = "8760h", value_parser = ebb_process::flags::duration)]
+    pub webhook_ca_validity: Duration,
+
+    /// The image of the queue-proxy the webhook injects.
+    #[arg(long, env = "EBB_QUEUE_PROXY_IMAGE", default_value = QUEUE_PROXY_IMAGE)]
+    pub queue_proxy_image: String,
 }
+
+/// The image of every ebb component.
+pub const QUEUE_PROXY_IMAGE: &str = "ghcr.io/ebb-dev/ebb:0.1.0";
 
 impl Args {
     /// The controller's options.
@@ -78,7 +125,35 @@ impl Args {
         }
         options.pod_stats_port = self.pod_stats_port;
         options.lease_duration = Duration::from_secs(self.lease_duration_seconds);
+        options.webhook = self.webhook_address.map(|address| self.webhook(address)).transpose()?;
         Ok(options)
+    }
+
+    fn webhook(&self, address: SocketAddr) -> Result<WebhookOptions, String> {
+        if self.webhook_cert_validity < Duration::from_secs(15)
+            || self.webhook_ca_validity < Duration::from_secs(30)
+        {
+            return Err(
+                "--webhook-cert-validity must be at least 15s and --webhook-ca-validity at least 30s".into(),
+            );
+        }
+        let issuer = match self.webhook_certificates.as_str() {
+            "external" => webhook::Issuer::External,
+            _ => webhook::Issuer::Ebb {
+                policy: Policy::new(
+                    self.webhook_ca_validity,
+                    self.webhook_cert_validity,
+                    webhook::hosts(&self.webhook_service, &self.namespace, &self.webhook_hosts),
+                ),
+                configuration: self.webhook_configuration.clone(),
+            },
+        };
+        Ok(WebhookOptions {
+            address,
+            secret: self.webhook_secret.clone(),
+            issuer,
+            image: self.queue_proxy_image.clone(),
+        })
     }
 }
 
@@ -107,7 +182,7 @@ async fn client(path: Option<&PathBuf>) -> Result<kube::Client, String> {
 
 /// Runs the autoscaler until SIGTERM or SIGINT, then releases the Lease. Builds its own runtime.
 pub fn run(args: Args) -> ExitCode {
-    logging::init(LogFormat::Text);
+    logging::init(args.log.format);
     let options = match args.options() {
         Ok(options) => options,
         Err(err) => {
@@ -126,7 +201,11 @@ pub fn run(args: Args) -> ExitCode {
     let result: Result<(), String> = runtime.block_on(async move {
         let client = client(args.kubeconfig.as_ref()).await?;
         let controller = ClusterController::start(client, options).await.map_err(|e| e.to_string())?;
-        println!("{{\"ingest\":\"{}\",\"metrics\":\"{}\"}}", controller.ingest_addr, controller.metrics_addr);
+        let webhook = controller.webhook_addr.map_or_else(|| "null".to_owned(), |a| format!("\"{a}\""));
+        println!(
+            "{{\"ingest\":\"{}\",\"metrics\":\"{}\",\"webhook\":{webhook}}}",
+            controller.ingest_addr, controller.metrics_addr
+        );
         let stop = ebb_process::signal::shutdown().await;
         tracing::info!("{stop}: releasing the lease and stopping");
         controller.shutdown().await;

@@ -27,6 +27,23 @@ pub const KNATIVE_PREFIX: &str = "autoscaling.knative.dev/";
 pub const EBB_PREFIX: &str = "ebb.dev/";
 /// Prefix of the annotations the autoscaler writes to explain its state (not configuration).
 pub const STATUS_PREFIX: &str = "status.ebb.dev/";
+/// Status annotation: the replicas the autoscaler wants.
+pub const STATUS_DESIRED: &str = "status.ebb.dev/desired";
+/// Status annotation: `serve` or `proxy` (on the Deployment and on the public Service).
+pub const STATUS_MODE: &str = "status.ebb.dev/mode";
+/// Status annotation: when the public Service entered its mode (RFC 3339).
+pub const STATUS_MODE_SINCE: &str = "status.ebb.dev/mode-since";
+/// Status annotation: the scale-to-zero phase on the public Service (`activating`, `active`, `inactive`, `zero`).
+pub const STATUS_PHASE: &str = "status.ebb.dev/phase";
+/// Status annotation: when the public Service entered its phase (RFC 3339).
+pub const STATUS_PHASE_SINCE: &str = "status.ebb.dev/phase-since";
+/// Status annotation: `true` while the decider is in panic mode, else `false`.
+pub const STATUS_PANIC: &str = "status.ebb.dev/panic";
+/// Status annotation: why the replicas last changed.
+pub const STATUS_REASON: &str = "status.ebb.dev/reason";
+/// Status annotation: pods that run without the queue-proxy or with outdated settings, and what to do; absent when
+/// every pod runs the sidecar its annotations ask for.
+pub const STATUS_SIDECAR: &str = "status.ebb.dev/sidecar";
 
 /// Request header set by a gateway route: `NAMESPACE/NAME` of the target service.
 pub const HEADER_SERVICE: &str = "ebb-service";

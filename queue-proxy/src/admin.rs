@@ -13,7 +13,8 @@ use bytes::Bytes;
 use ebb_config::names::{HEADER_PROBE, PROBE_QUEUE, STATS_PATH, WAIT_FOR_DRAIN_PATH};
 use ebb_config::wire::STAT_CONTENT_TYPE;
 use ebb_http::admin::{self, text};
-use http::header::CONTENT_TYPE;
+use ebb_process::exposition;
+use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tokio::sync::Semaphore;
@@ -136,6 +137,9 @@ impl Admin {
         let data = &self.data;
         let queued = data.breaker.as_ref().map_or(0, |b| b.queued() as u64);
         let inside = data.stats.concurrency();
-        Ok(admin::metrics(data.metrics.encode(inside.saturating_sub(queued), queued, data.is_ready())))
+        let page = data.metrics.encode(inside.saturating_sub(queued), queued, data.is_ready());
+        let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+        let (content_type, page) = exposition::negotiate(accept, page);
+        Ok(admin::reply(StatusCode::OK, content_type, page))
     }
 }

@@ -17,7 +17,7 @@ use ebb_config::value::MAX_DURATION;
 use ebb_config::wire::MAX_SERVICE_NAME_LEN;
 use ebb_http::proxy::ForwarderOptions;
 use ebb_http::timeouts::Timeouts;
-use ebb_process::logging::{self, LogFormat};
+use ebb_process::logging::{self, LogArgs};
 use ebb_process::{exit, flags};
 use http::uri::Authority;
 
@@ -132,9 +132,9 @@ pub struct Args {
     #[arg(long, env = env::WORKER_THREADS, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,
 
-    /// Log format.
-    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// `--log-format`.
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Also write the bound addresses (the JSON line printed on stdout) to this file, atomically.
     #[arg(long, env = env::READY_FILE)]
@@ -206,7 +206,7 @@ impl Args {
 /// Runs the queue-proxy until it has drained after SIGTERM or SIGINT. Builds its own runtime.
 pub fn run(args: Args) -> ExitCode {
     let workers = args.worker_threads as usize;
-    let log_format = args.log_format;
+    let log_format = args.log.format;
     let ready_file = args.ready_file.clone();
     let config = match args.into_config() {
         Ok(config) => config,

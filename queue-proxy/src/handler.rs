@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -276,7 +277,8 @@ impl DataPlane {
         }
 
         let (deadline, deadline_kind) = self.timeouts.header_deadline(start, Instant::now());
-        let forwarded = self.forwarder.forward(req, &self.upstream, self.protocol);
+        // Pinned in place: the timeout then holds a pointer instead of a copy of the whole forwarding future.
+        let forwarded = pin!(self.forwarder.forward(req, &self.upstream, self.protocol));
         let (mut response, upgrade) = match tokio::time::timeout_at(deadline, forwarded).await {
             Ok(Ok(forwarded)) => forwarded,
             // A client that stopped sending its body has the rest of it unread on the connection.

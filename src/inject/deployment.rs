@@ -3,11 +3,10 @@
 
 use ebb_config::GlobalConfig;
 use ebb_config::names::LABEL_SERVICE;
-use serde_yaml::Value;
+use ebb_inject::{Service, inject_template};
+use serde_json::Value;
 
-use super::pod::{Service, inject_template};
-use super::yaml::{at_mut, str_at};
-use crate::manifest::{at, string_map};
+use crate::manifest::{at, at_mut, str_at, string_map};
 
 /// What injecting one object did.
 pub struct Outcome {

@@ -1,8 +1,9 @@
 //! Cutting a multi-document YAML stream into documents, each with its text as written, so that documents
 //! `ebb inject` does not change are printed exactly as they came (comments and layout included), in order.
 
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
+
+use crate::yaml;
 
 /// One document: its text as written (when the stream could be split faithfully) and its value (`None` for
 /// a document that is only comments or empty).
@@ -16,13 +17,9 @@ pub struct Document {
 /// Splits a YAML stream into documents. The text is cut at `---` lines so that documents that are not changed
 /// can be printed as written; the cut is trusted only when every piece parses to exactly the document the
 /// YAML parser saw there, otherwise documents are re-serialized. Comment-only pieces stay with the document
-/// that follows them. `Err((document, message))` when the stream is not YAML.
-pub fn split_documents(text: &str) -> Result<Vec<Document>, (usize, String)> {
-    let mut values = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        values.push(Value::deserialize(document).map_err(|e| (index + 1, e.to_string()))?);
-    }
-    let values: Vec<Value> = values.into_iter().filter(|v| !v.is_null()).collect();
+/// that follows them. An error when the stream is not YAML (or goes beyond ebb's limits).
+pub fn split_documents(text: &str) -> Result<Vec<Document>, yaml::Error> {
+    let values = yaml::documents(text)?;
     let mut pieces: Vec<String> = Vec::new();
     let mut current = String::new();
     for line in text.split_inclusive('\n') {
@@ -44,18 +41,10 @@ pub fn split_documents(text: &str) -> Result<Vec<Document>, (usize, String)> {
     let mut pending = String::new();
     let mut faithful = true;
     for piece in pieces {
-        let mut parsed = Vec::new();
-        for document in serde_yaml::Deserializer::from_str(&piece) {
-            match Value::deserialize(document) {
-                Ok(v) if !v.is_null() => parsed.push(v),
-                Ok(_) => {}
-                // The iterator repeats a syntax error forever: stop at the first.
-                Err(_) => {
-                    faithful = false;
-                    break;
-                }
-            }
-        }
+        let Ok(mut parsed) = yaml::documents(&piece) else {
+            faithful = false;
+            continue;
+        };
         match parsed.len() {
             0 => pending.push_str(&piece),
             1 => {

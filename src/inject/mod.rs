@@ -3,25 +3,15 @@
 //! (comments included), in order; a Deployment that already has the sidecar is updated in place, so
 //! injecting twice gives the same output as once.
 //!
+//! The sidecar itself comes from the `ebb-inject` crate, which the autoscaler's admission webhook uses too; here
+//! is what makes it a command:
 //! - [`stream`]: the YAML stream: documents, `kind: List`, the input's `config-autoscaler`, messages;
 //! - [`documents`]: cutting the stream into documents that keep their text;
-//! - [`deployment`]: which objects are ebb's, and the service a Deployment describes;
-//! - [`pod`]: the core, one pod template in and the injected one out (pure, for a webhook too);
-//! - [`model`]: the typed parts of a pod template that ebb reads and edits, written back into the YAML;
-//! - [`readiness`]: whether the queue-proxy can take over the readinessProbe;
-//! - [`sidecar_container`]: the queue-proxy container and its env;
-//! - [`drain`]: the drain hook and the grace period;
-//! - [`yaml`]: helpers over `serde_yaml` values.
+//! - [`deployment`]: which objects are ebb's, and the service a Deployment describes.
 
 mod deployment;
 mod documents;
-mod drain;
-mod model;
-mod pod;
-mod readiness;
-mod sidecar_container;
 mod stream;
-mod yaml;
 
 use std::process::ExitCode;
 

@@ -7,12 +7,12 @@ use std::fmt;
 
 use ebb_config::GlobalConfig;
 use ebb_config::names::CONFIG_MAP_NAME;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use super::deployment::inject_object;
 use super::documents::{Document, split_documents};
-use super::yaml::str_at;
-use crate::manifest::string_map;
+use crate::manifest::{str_at, string_map};
+use crate::yaml;
 
 /// One reason the input cannot be injected, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +49,9 @@ pub struct Injected {
 /// Injects every labelled Deployment of a YAML stream. On error, every problem found (all of them, so they
 /// can be fixed at once) and no output.
 pub fn inject(text: &str, image: &str) -> Result<Injected, Vec<InjectError>> {
-    let documents = split_documents(text).map_err(|(document, message)| {
-        vec![InjectError { document, object: None, message: format!("not valid YAML: {message}") }]
+    let documents = split_documents(text).map_err(|err| {
+        let message = if err.limit { err.to_string() } else { format!("not valid YAML: {err}") };
+        vec![InjectError { document: err.document.unwrap_or(1), object: None, message }]
     })?;
     let mut errors = Vec::new();
     let global = global_config(&documents, &mut errors);
@@ -83,21 +84,14 @@ pub fn inject(text: &str, image: &str) -> Result<Injected, Vec<InjectError>> {
             }
         };
         if str_at(&value, &["kind"]) == Some("List") {
-            for item in value.get_mut("items").and_then(Value::as_sequence_mut).into_iter().flatten() {
+            for item in value.get_mut("items").and_then(Value::as_array_mut).into_iter().flatten() {
                 visit(item);
             }
         } else {
             visit(&mut value);
         }
         if changed || raw.is_none() {
-            let yaml = serde_yaml::to_string(&value).map_err(|e| {
-                vec![InjectError {
-                    document: number,
-                    object: None,
-                    message: format!("cannot write YAML: {e}"),
-                }]
-            })?;
-            pieces.push(Some(yaml));
+            pieces.push(Some(yaml::to_string(&value)));
         } else {
             pieces.push(raw);
         }
@@ -113,7 +107,7 @@ pub fn inject(text: &str, image: &str) -> Result<Injected, Vec<InjectError>> {
 fn global_config(documents: &[Document], errors: &mut Vec<InjectError>) -> GlobalConfig {
     for (index, document) in documents.iter().enumerate() {
         let Some(value) = &document.value else { continue };
-        let items: Vec<&Value> = match value.get("items").and_then(Value::as_sequence) {
+        let items: Vec<&Value> = match value.get("items").and_then(Value::as_array) {
             Some(items) if str_at(value, &["kind"]) == Some("List") => items.iter().collect(),
             _ => vec![value],
         };
@@ -154,11 +148,10 @@ fn describe(object: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use ebb_config::names::LABEL_SERVICE;
-    use serde::Deserialize;
+
+    use ebb_inject::{SIDECAR, drain_hook};
 
     use super::super::IMAGE;
-    use super::super::drain::drain_hook;
-    use super::super::model::SIDECAR;
     use super::*;
 
     const DEPLOYMENT: &str = r#"# the model
@@ -183,12 +176,12 @@ spec:
 
     fn one(text: &str) -> Value {
         let out = inject(text, IMAGE).unwrap();
-        serde_yaml::from_str(&out.yaml).unwrap()
+        yaml::from_str(&out.yaml).unwrap()
     }
 
     fn env_of(container: &Value) -> Vec<(String, String)> {
         container["env"]
-            .as_sequence()
+            .as_array()
             .unwrap()
             .iter()
             .map(|e| {
@@ -205,7 +198,7 @@ spec:
     fn the_sidecar_gets_the_resolved_settings() {
         let d = one(DEPLOYMENT);
         let pod = &d["spec"]["template"]["spec"];
-        let containers = pod["containers"].as_sequence().unwrap();
+        let containers = pod["containers"].as_array().unwrap();
         assert_eq!(containers.len(), 2);
         let env = env_of(&containers[1]);
         let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
@@ -238,8 +231,8 @@ spec:
         // A changed annotation updates the sidecar in place; the moved probe path survives.
         let changed = once.replace("ebb.dev/timeout: 1m", "ebb.dev/timeout: 10m");
         assert_ne!(changed, once);
-        let d: Value = serde_yaml::from_str(&inject(&changed, IMAGE).unwrap().yaml).unwrap();
-        let containers = d["spec"]["template"]["spec"]["containers"].as_sequence().unwrap();
+        let d: Value = yaml::from_str(&inject(&changed, IMAGE).unwrap().yaml).unwrap();
+        let containers = d["spec"]["template"]["spec"]["containers"].as_array().unwrap();
         assert_eq!(containers.len(), 2);
         let env = env_of(&containers[1]);
         assert!(env.contains(&("EBB_TIMEOUT".into(), "10m".into())), "{env:?}");
@@ -267,7 +260,7 @@ spec:
         );
         let out = inject(&text, IMAGE).unwrap();
         assert!(out.warnings[0].contains("stays on it"), "{:?}", out.warnings);
-        let d: Value = serde_yaml::from_str(&out.yaml).unwrap();
+        let d: Value = yaml::from_str(&out.yaml).unwrap();
         assert!(d["spec"]["template"]["spec"]["containers"][0].get("readinessProbe").is_some());
         let text = DEPLOYMENT.replace("port: http}", "port: 9000}");
         assert!(inject(&text, IMAGE).unwrap().warnings[0].contains("another port"));
@@ -304,10 +297,9 @@ spec:
         // with the same values.
         let text = format!("%YAML 1.2\n---\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n{DEPLOYMENT}");
         let out = inject(&text, IMAGE).unwrap().yaml;
-        let values: Vec<Value> =
-            serde_yaml::Deserializer::from_str(&out).map(|d| Value::deserialize(d).unwrap()).collect();
+        let values: Vec<Value> = yaml::documents(&out).unwrap();
         assert_eq!(values.len(), 2, "{out}");
-        assert_eq!(values[0], serde_yaml::from_str::<Value>("kind: ConfigMap\nmetadata: {name: x}").unwrap());
+        assert_eq!(values[0], yaml::from_str::<Value>("kind: ConfigMap\nmetadata: {name: x}").unwrap());
         assert_eq!(values[1]["spec"]["template"]["spec"]["containers"][1]["name"], SIDECAR);
         assert_eq!(inject(&out, IMAGE).unwrap().yaml, out, "and then it is idempotent");
     }
@@ -320,7 +312,7 @@ spec:
         );
         let out = inject(&text, IMAGE).unwrap();
         assert!(out.warnings.iter().any(|w| w.contains("\"other\"")), "{:?}", out.warnings);
-        let d: Value = serde_yaml::from_str(&out.yaml).unwrap();
+        let d: Value = yaml::from_str(&out.yaml).unwrap();
         assert_eq!(d["spec"]["template"]["metadata"]["labels"][LABEL_SERVICE], "other");
     }
 }

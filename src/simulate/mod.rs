@@ -17,12 +17,25 @@ use self::trace::Trace;
 
 /// Arguments of `ebb simulate`.
 #[derive(clap::Args)]
-#[command(after_help = "Trace forms (CSV with a header; blank lines and # comments are skipped):
+#[command(
+    after_help = "Trace forms (CSV with a header, as spreadsheets save it: a byte-order mark, quoted cells, CRLF
+and unused trailing columns are fine; blank lines and # comments are skipped):
   t,concurrency | t,rps     service-total load from t (whole seconds) until the next row; pods are modelled;
                             the header sets autoscaling.knative.dev/metric unless --annotation gives it
   t,ready,stable,panic      decider inputs, one tick per row (empty stable and panic: no data)
 
-Output CSV, one row per decider tick: t,ready,stable,panic,desired,replicas,ebc,panic_mode,mode,reason")]
+Output CSV, one row per decider tick: t,ready,stable,panic,desired,replicas,ebc,panic_mode,mode,reason
+A summary goes to stderr: pod-seconds, peak pods, seconds under capacity, scale-from-zero events, time to zero.
+
+Examples:
+  ebb simulate --trace docs/examples/spike.csv --annotation ebb.dev/container-concurrency=10 --plot spike.svg
+  ebb simulate --trace traffic.csv --config-map manifests/config-autoscaler.yaml --out decisions.csv
+
+Exit codes:
+  0  simulated
+  1  an output file could not be written
+  2  a bad trace (naming the line), annotation, ConfigMap or command line"
+)]
 pub struct Args {
     /// The trace CSV.
     #[arg(long, value_name = "FILE")]
@@ -198,18 +211,18 @@ fn read_config_map(path: &Path) -> Result<BTreeMap<String, String>, Failure> {
     #[derive(serde::Deserialize)]
     struct ConfigMap {
         #[serde(default)]
-        data: BTreeMap<String, serde_yaml::Value>,
+        data: BTreeMap<String, serde_json::Value>,
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::Input(format!("cannot read {}: {e}", path.display())))?;
-    let map: ConfigMap = serde_yaml::from_str(&text)
+    let map: ConfigMap = crate::yaml::from_str(&text)
         .map_err(|e| Failure::Input(format!("{}: not a ConfigMap: {e}", path.display())))?;
     map.data
         .into_iter()
         .map(|(key, value)| match value {
-            serde_yaml::Value::String(s) => Ok((key, s)),
-            serde_yaml::Value::Number(n) => Ok((key, n.to_string())),
-            serde_yaml::Value::Bool(b) => Ok((key, b.to_string())),
+            serde_json::Value::String(s) => Ok((key, s)),
+            serde_json::Value::Number(n) => Ok((key, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((key, b.to_string())),
             _ => Err(Failure::Input(format!("{}: data.{key}: expected a string", path.display()))),
         })
         .collect()

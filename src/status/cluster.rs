@@ -1,17 +1,22 @@
-//! `ebb status --kubeconfig PATH | --cluster`: the Deployments labelled `ebb.dev/service`, with what the
-//! autoscaler writes on them and on their public Service.
+//! `ebb status` on a cluster (`--kubeconfig PATH`, `--context NAME` or `--cluster`): the Deployments labelled
+//! `ebb.dev/service`, with what the autoscaler writes on them and on their public Service; `-w` follows both
+//! with watches and draws again on every change. With `--service`, the decision trace through the API
+//! server's service proxy ([`super::client::Endpoint::ServiceProxy`]).
 
+use std::borrow::Borrow;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::columns::render;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-/// The annotations the autoscaler writes: `desired`, `mode`, `panic` and `reason` on the Deployment; `mode` and
-/// `phase` on the public Service it manages.
-const DESIRED: &str = "status.ebb.dev/desired";
-const MODE: &str = "status.ebb.dev/mode";
-const PHASE: &str = "status.ebb.dev/phase";
-const PANIC: &str = "status.ebb.dev/panic";
-const REASON: &str = "status.ebb.dev/reason";
+use super::client::Endpoint;
+use super::columns::render;
+use super::decisions::{self, Options as DecisionOptions};
+use super::output::{Format, Screen, document};
 
 /// One autoscaled Deployment as the cluster shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -33,14 +38,29 @@ pub struct ClusterRow {
     pub panic: Option<bool>,
     /// Why the replicas last changed (`status.ebb.dev/reason`).
     pub last_reason: Option<String>,
+    /// `autoscaling.knative.dev/min-scale` as written (`-o wide`).
+    pub min_scale: Option<String>,
+    /// `autoscaling.knative.dev/max-scale` as written (`-o wide`).
+    pub max_scale: Option<String>,
+    /// `autoscaling.knative.dev/target` as written (`-o wide`).
+    pub target: Option<String>,
+    /// `ebb.dev/container-concurrency` as written (`-o wide`).
+    pub container_concurrency: Option<String>,
+    /// Pods without the queue-proxy or with outdated settings, and what to do (`status.ebb.dev/sidecar`).
+    pub sidecar: Option<String>,
 }
 
 /// The rows for `deployments`, with the mode and phase from the ebb-managed `services` of the same names.
-pub fn cluster_rows(
-    deployments: &[k8s_openapi::api::apps::v1::Deployment],
-    services: &[k8s_openapi::api::core::v1::Service],
-) -> Vec<ClusterRow> {
-    use ebb_config::names::{LABEL_MANAGED_BY, MANAGED_BY_EBB};
+pub fn cluster_rows<D, S>(deployments: &[D], services: &[S]) -> Vec<ClusterRow>
+where
+    D: Borrow<Deployment>,
+    S: Borrow<Service>,
+{
+    use ebb_config::keys::annotation;
+    use ebb_config::names::{
+        LABEL_MANAGED_BY, MANAGED_BY_EBB, STATUS_DESIRED, STATUS_MODE, STATUS_PANIC, STATUS_PHASE,
+        STATUS_REASON, STATUS_SIDECAR,
+    };
     let key = |meta: &kube::api::ObjectMeta| {
         format!(
             "{}/{}",
@@ -50,6 +70,7 @@ pub fn cluster_rows(
     };
     let owned: std::collections::HashMap<String, &std::collections::BTreeMap<String, String>> = services
         .iter()
+        .map(Borrow::<Service>::borrow)
         .filter(|s| {
             s.metadata.labels.as_ref().and_then(|l| l.get(LABEL_MANAGED_BY)).map(String::as_str)
                 == Some(MANAGED_BY_EBB)
@@ -59,21 +80,30 @@ pub fn cluster_rows(
     let empty = std::collections::BTreeMap::new();
     let mut rows: Vec<ClusterRow> = deployments
         .iter()
+        .map(Borrow::<Deployment>::borrow)
         .map(|d| {
             let service = key(&d.metadata);
             let own = d.metadata.annotations.as_ref().unwrap_or(&empty);
             let public = owned.get(&service).copied().unwrap_or(&empty);
-            let last_reason = own.get(REASON).cloned();
+            let last_reason = own.get(STATUS_REASON).cloned();
+            let written = |key: &str, alias: Option<&str>| {
+                own.get(key).or_else(|| alias.and_then(|a| own.get(a))).cloned()
+            };
             ClusterRow {
-                desired: own.get(DESIRED).cloned(),
+                min_scale: written(annotation::MIN_SCALE, Some("autoscaling.knative.dev/minScale")),
+                max_scale: written(annotation::MAX_SCALE, Some("autoscaling.knative.dev/maxScale")),
+                target: written(annotation::TARGET, None),
+                container_concurrency: written(annotation::CONTAINER_CONCURRENCY, None),
+                desired: own.get(STATUS_DESIRED).cloned(),
                 replicas: d.spec.as_ref().and_then(|s| s.replicas),
                 ready: d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
-                mode: public.get(MODE).or_else(|| own.get(MODE)).cloned(),
-                phase: public.get(PHASE).cloned(),
-                panic: own.get(PANIC).map(|v| v == "true").or_else(|| {
+                mode: public.get(STATUS_MODE).or_else(|| own.get(STATUS_MODE)).cloned(),
+                phase: public.get(STATUS_PHASE).cloned(),
+                panic: own.get(STATUS_PANIC).map(|v| v == "true").or_else(|| {
                     last_reason.as_deref().map(|r| r.starts_with("panic: ") || r.starts_with("panic hold: "))
                 }),
                 last_reason,
+                sidecar: own.get(STATUS_SIDECAR).cloned(),
                 service,
             }
         })
@@ -82,30 +112,63 @@ pub fn cluster_rows(
     rows
 }
 
-/// The cluster table.
-pub fn cluster_table(rows: &[ClusterRow]) -> String {
-    let headers = ["SERVICE", "DESIRED", "REPLICAS", "READY", "MODE", "PHASE", "PANIC", "LAST REASON"];
-    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+/// The cluster table; `wide` adds MIN, MAX, TARGET and CC (the annotations as written) before LAST REASON.
+/// The columns of the plain table are stable: scripts read them.
+pub fn cluster_table(rows: &[ClusterRow], wide: bool) -> String {
+    let mut headers = vec!["SERVICE", "DESIRED", "REPLICAS", "READY", "MODE", "PHASE", "PANIC"];
+    if wide {
+        headers.extend(["MIN", "MAX", "TARGET", "CC"]);
+    }
+    headers.push("LAST REASON");
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
     let cells = rows
         .iter()
         .map(|r| {
-            vec![
+            let mut cells = vec![
                 r.service.clone(),
-                dash(r.desired.clone()),
-                dash(r.replicas.map(|n| n.to_string())),
+                dash(&r.desired),
+                dash(&r.replicas.map(|n| n.to_string())),
                 r.ready.to_string(),
-                dash(r.mode.clone()),
-                dash(r.phase.clone()),
-                dash(r.panic.map(|p| if p { "yes" } else { "no" }.to_owned())),
-                dash(r.last_reason.clone()),
-            ]
+                dash(&r.mode),
+                dash(&r.phase),
+                dash(&r.panic.map(|p| if p { "yes" } else { "no" }.to_owned())),
+            ];
+            if wide {
+                cells.extend([&r.min_scale, &r.max_scale, &r.target, &r.container_concurrency].map(dash));
+            }
+            cells.push(dash(&r.last_reason));
+            cells
         })
         .collect();
     render(&headers, cells)
 }
 
-/// `ebb status --kubeconfig PATH | --cluster [-n NS]`.
-pub fn run(kubeconfig: Option<&std::path::Path>, namespace: Option<&str>, json: bool) -> ExitCode {
+/// The lines under the table: one per service whose pods do not all run the queue-proxy its annotations
+/// ask for (empty when there is none).
+pub fn cluster_notes(rows: &[ClusterRow]) -> String {
+    rows.iter().filter_map(|r| Some(format!("sidecar: {}: {}\n", r.service, r.sidecar.as_deref()?))).collect()
+}
+
+/// What `ebb status` on a cluster shows.
+pub struct ClusterOptions<'a> {
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`.
+    pub context: Option<String>,
+    /// `-n`: one namespace; `None` is every namespace.
+    pub namespace: Option<String>,
+    /// `-o`.
+    pub format: Format,
+    /// `-w`.
+    pub watch: bool,
+    /// `--service`, with what to show of it.
+    pub service: Option<(String, DecisionOptions<'a>)>,
+    /// The autoscaler's namespace (its Service for `--service`).
+    pub autoscaler_namespace: String,
+}
+
+/// `ebb status` on a cluster.
+pub fn run(options: ClusterOptions<'_>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -113,31 +176,44 @@ pub fn run(kubeconfig: Option<&std::path::Path>, namespace: Option<&str>, json: 
             return ExitCode::FAILURE;
         }
     };
-    let config = match runtime.block_on(cluster_config(kubeconfig)) {
-        Ok(config) => config,
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config =
+        match runtime.block_on(cluster_config(options.kubeconfig.as_deref(), options.context.as_deref())) {
+            Ok(config) => config,
+            Err(err) => {
+                eprintln!("ebb status: {err}");
+                return ExitCode::from(ebb_process::exit::USAGE);
+            }
+        };
+    let server = config.cluster_url.to_string();
+    let default_namespace = config.default_namespace.clone();
+    // The client's buffer task needs the runtime.
+    let _runtime = runtime.enter();
+    let client = match kube::Client::try_from(config) {
+        Ok(client) => client,
         Err(err) => {
-            eprintln!("ebb status: {err}");
+            eprintln!("ebb status: cannot use the cluster at {server}: {err}");
             return ExitCode::from(ebb_process::exit::USAGE);
         }
     };
-    let server = config.cluster_url.to_string();
-    match runtime.block_on(fetch_cluster(config, namespace)) {
-        Ok(rows) if json => match serde_json::to_string_pretty(&rows) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("ebb status: {err}");
-                ExitCode::FAILURE
-            }
-        },
+    if let Some((service, decision_options)) = options.service {
+        // `NAME` alone is in -n's namespace, else the context's.
+        let service = match service.split_once('/') {
+            Some(_) => service,
+            None => format!("{}/{service}", options.namespace.as_deref().unwrap_or(&default_namespace)),
+        };
+        let endpoint = Endpoint::ServiceProxy { client, namespace: options.autoscaler_namespace };
+        return runtime.block_on(decisions::run(&endpoint, &service, decision_options));
+    }
+    let namespace = options.namespace.as_deref();
+    if options.watch {
+        return runtime.block_on(watch(client, namespace, options.format, &server));
+    }
+    match runtime.block_on(fetch_cluster(client, namespace)) {
         Ok(rows) => {
-            print!("{}", cluster_table(&rows));
+            print!("{}", show(&rows, options.format));
             if rows.is_empty() {
-                let scope =
-                    namespace.map_or_else(|| "any namespace".to_owned(), |ns| format!("namespace {ns}"));
-                eprintln!("ebb status: no Deployment labelled ebb.dev/service in {scope}");
+                eprintln!("ebb status: no Deployment labelled ebb.dev/service in {}", scope(namespace));
             }
             ExitCode::SUCCESS
         }
@@ -148,16 +224,49 @@ pub fn run(kubeconfig: Option<&std::path::Path>, namespace: Option<&str>, json: 
     }
 }
 
-async fn cluster_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, String> {
-    match kubeconfig {
-        Some(path) => {
+fn scope(namespace: Option<&str>) -> String {
+    namespace.map_or_else(|| "any namespace".to_owned(), |ns| format!("namespace {ns}"))
+}
+
+/// The rows in `format`.
+fn show(rows: &[ClusterRow], format: Format) -> String {
+    match format {
+        Format::Table | Format::Wide => {
+            let table = cluster_table(rows, format == Format::Wide);
+            match cluster_notes(rows) {
+                notes if notes.is_empty() => table,
+                notes => format!("{table}\n{notes}"),
+            }
+        }
+        Format::Json | Format::Yaml => {
+            let value = serde_json::to_value(rows).unwrap_or_default();
+            match format {
+                // In the rows' own field order.
+                Format::Json => serde_json::to_string_pretty(rows).map(|t| t + "\n").unwrap_or_default(),
+                _ => document(&value, format),
+            }
+        }
+    }
+}
+
+/// The cluster's configuration: `kubeconfig` (else `$KUBECONFIG`, `~/.kube/config`; else in-cluster when no
+/// `context` is named), at `context` (else the current one).
+async fn cluster_config(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Config, String> {
+    let options =
+        kube::config::KubeConfigOptions { context: context.map(str::to_owned), ..Default::default() };
+    let in_context = context.map(|c| format!(" in context {c}")).unwrap_or_default();
+    match (kubeconfig, context) {
+        (Some(path), _) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| format!("cannot use the kubeconfig {}: {e}", path.display()))
+                .map_err(|e| format!("cannot use the kubeconfig {}{in_context}: {e}", path.display()))
         }
-        None => kube::Config::infer().await.map_err(|e| {
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options).await.map_err(|e| {
+            format!("cannot use the kubeconfig ($KUBECONFIG or ~/.kube/config){in_context}: {e}")
+        }),
+        (None, None) => kube::Config::infer().await.map_err(|e| {
             format!(
                 "no cluster found ($KUBECONFIG, ~/.kube/config, in-cluster): {e}; or pass --kubeconfig PATH"
             )
@@ -165,36 +274,93 @@ async fn cluster_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Co
     }
 }
 
-async fn fetch_cluster(config: kube::Config, namespace: Option<&str>) -> Result<Vec<ClusterRow>, String> {
-    use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::Service;
-    use kube::api::{Api, ListParams};
-
-    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
-    let (deployments, services): (Api<Deployment>, Api<Service>) = match namespace {
+/// The APIs of the Deployments and Services in `namespace`, or everywhere.
+fn apis(client: kube::Client, namespace: Option<&str>) -> (Api<Deployment>, Api<Service>) {
+    match namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
         None => (Api::all(client.clone()), Api::all(client)),
-    };
+    }
+}
+
+fn managed_by_ebb() -> String {
+    format!("{}={}", ebb_config::names::LABEL_MANAGED_BY, ebb_config::names::MANAGED_BY_EBB)
+}
+
+async fn fetch_cluster(client: kube::Client, namespace: Option<&str>) -> Result<Vec<ClusterRow>, String> {
+    let (deployments, services) = apis(client, namespace);
     let labelled = ListParams::default().labels(ebb_config::names::LABEL_SERVICE);
     let deployments = deployments.list(&labelled).await.map_err(|e| e.to_string())?;
-    let managed = ListParams::default().labels(&format!(
-        "{}={}",
-        ebb_config::names::LABEL_MANAGED_BY,
-        ebb_config::names::MANAGED_BY_EBB
-    ));
-    let services = services.list(&managed).await.map_err(|e| e.to_string())?;
+    let services =
+        services.list(&ListParams::default().labels(&managed_by_ebb())).await.map_err(|e| e.to_string())?;
     Ok(cluster_rows(&deployments.items, &services.items))
+}
+
+/// `-w`: watches the Deployments and the public Services, and draws the rows again whenever they change,
+/// until interrupted. Exit 1 when the first listing fails.
+async fn watch(client: kube::Client, namespace: Option<&str>, format: Format, server: &str) -> ExitCode {
+    let (deployments, services) = apis(client, namespace);
+    let (deployment_store, deployment_writer) = reflector::store::<Deployment>();
+    let (service_store, service_writer) = reflector::store::<Service>();
+    let labelled = watcher::Config::default().labels(ebb_config::names::LABEL_SERVICE);
+    let managed = watcher::Config::default().labels(&managed_by_ebb());
+    // Each event says which list it belongs to and whether that list is complete (the end of a listing).
+    fn complete<K>(event: &watcher::Event<K>) -> bool {
+        matches!(event, watcher::Event::InitDone)
+    }
+    let deployment_events = reflector(deployment_writer, watcher(deployments, labelled))
+        .default_backoff()
+        .map(move |e| e.map(|event| (0, complete(&event))));
+    let service_events = reflector(service_writer, watcher(services, managed))
+        .default_backoff()
+        .map(move |e| e.map(|event| (1, complete(&event))));
+    let mut events = std::pin::pin!(futures::stream::select(deployment_events, service_events));
+    let mut listed = [false, false];
+    let mut screen = Screen::new(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let mut drawn_once = false;
+    let mut failed_before_drawing = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok((list, done)) => listed[list] |= done,
+            Err(err) => {
+                eprintln!("ebb status: watching {server}: {err}");
+                // Give up only when the very first listing fails twice: a wrong server or no rights.
+                if !drawn_once && failed_before_drawing {
+                    return ExitCode::FAILURE;
+                }
+                failed_before_drawing = true;
+                continue;
+            }
+        }
+        // Draw once both lists have arrived, then on every change.
+        if listed != [true, true] {
+            continue;
+        }
+        let rows = cluster_rows(&deployment_store.state(), &service_store.state());
+        if let Err(err) = screen.draw(show(&rows, format), format) {
+            // stdout closed (`| head`): nothing more to show.
+            return if err.kind() == std::io::ErrorKind::BrokenPipe {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        drawn_once = true;
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
 mod tests {
+    use ebb_config::names::{
+        STATUS_DESIRED, STATUS_MODE, STATUS_PANIC, STATUS_PHASE, STATUS_REASON, STATUS_SIDECAR,
+    };
     use serde_json::json;
 
     use super::*;
 
     #[test]
     fn rows_read_what_the_autoscaler_writes() {
-        let deployment = |name: &str, annotations: serde_json::Value| {
+        let deployment = |name: &str, annotations: serde_json::Value| -> Deployment {
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "models", "annotations": annotations},
                 "spec": {"replicas": 3, "selector": {}, "template": {}},
@@ -205,15 +371,18 @@ mod tests {
         let deployments = [
             deployment(
                 "chat",
-                json!({DESIRED: "3", MODE: "proxy", REASON: "panic: 30 concurrent over target 7 x 1 pod -> 3 pods"}),
+                json!({STATUS_DESIRED: "3", STATUS_MODE: "proxy", STATUS_REASON: "panic: 30 concurrent over target 7 x 1 pod -> 3 pods"}),
             ),
             deployment("batch", json!({})),
-            deployment("embed", json!({DESIRED: "2", PANIC: "true", REASON: "stable: 2 pods"})),
+            deployment(
+                "embed",
+                json!({STATUS_DESIRED: "2", STATUS_PANIC: "true", STATUS_REASON: "stable: 2 pods"}),
+            ),
         ];
-        let service = |labels: serde_json::Value| {
+        let service = |labels: serde_json::Value| -> Service {
             serde_json::from_value(json!({
                 "metadata": {"name": "chat", "namespace": "models", "labels": labels,
-                             "annotations": {MODE: "serve", PHASE: "active"}},
+                             "annotations": {STATUS_MODE: "serve", STATUS_PHASE: "active"}},
             }))
             .unwrap()
         };
@@ -226,7 +395,7 @@ mod tests {
             (chat.mode.as_deref(), chat.phase.as_deref(), chat.panic),
             (Some("serve"), Some("active"), Some(true))
         );
-        let table = cluster_table(&rows);
+        let table = cluster_table(&rows, false);
         assert!(
             table.starts_with("SERVICE       DESIRED  REPLICAS  READY  MODE   PHASE   PANIC  LAST REASON\n"),
             "{table}"
@@ -237,8 +406,24 @@ mod tests {
         );
         // The live flag wins over the last change's reason.
         assert_eq!((rows[2].service.as_str(), rows[2].panic), ("models/embed", Some(true)));
+        assert_eq!(cluster_notes(&rows), "");
         // A Service ebb does not own says nothing about the mode: the Deployment's annotation is used.
         let rows = cluster_rows(&deployments, &[service(json!({}))]);
         assert_eq!((rows[1].mode.as_deref(), rows[1].phase.as_deref()), (Some("proxy"), None));
+    }
+
+    #[test]
+    fn pods_without_the_sidecar_or_with_outdated_settings_are_shown_under_the_table() {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "chat", "namespace": "models",
+                         "annotations": {STATUS_SIDECAR: "1 of 2 pods with outdated queue-proxy settings: restart"}},
+            "spec": {"selector": {}, "template": {}},
+        }))
+        .unwrap();
+        let rows = cluster_rows(&[deployment], &[] as &[Service]);
+        assert_eq!(
+            cluster_notes(&rows),
+            "sidecar: models/chat: 1 of 2 pods with outdated queue-proxy settings: restart\n"
+        );
     }
 }

@@ -1,14 +1,16 @@
 //! `ebb status --service NS/NAME`: one service's last decisions, from `/debug/decisions` of `ebb up` or of an
-//! autoscaler, as a table (or JSON), and with `--plot FILE` as an SVG that adds the service's cold-start
-//! phases from the server's `/metrics`.
+//! autoscaler (at a URL, or in a cluster through the API server's service proxy), as a table (or JSON or
+//! YAML), and with `--plot FILE` as an SVG that adds the service's cold-start phases from the server's
+//! `/metrics`. `-w` reads them again every two seconds and draws what changed.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::client::get;
+use super::client::Endpoint;
 use super::columns::render;
+use super::output::{Format, Screen, document};
 use crate::plot::{Chart, Point, svg};
 
 /// What to show besides the table.
@@ -17,8 +19,10 @@ pub struct Options<'a> {
     pub limit: Option<usize>,
     /// Write an SVG here.
     pub plot: Option<&'a Path>,
-    /// Print the JSON instead of the table.
-    pub json: bool,
+    /// `-o`: the table (wide is the same), JSON or YAML.
+    pub format: Format,
+    /// `-w`: read them again every two seconds and draw what changed.
+    pub watch: bool,
 }
 
 /// The cold-start histograms, in the order a cold start passes them, with the band's label for each.
@@ -30,42 +34,85 @@ const PHASES: [(&str, &str); 4] = [
 ];
 
 /// Prints the decisions; exit 1 when the server cannot be reached or does not know the service.
-pub async fn run(url: &str, service: &str, options: Options<'_>) -> ExitCode {
+pub async fn run(endpoint: &Endpoint, service: &str, options: Options<'_>) -> ExitCode {
     let limit = options.limit.map(|n| format!("&limit={n}")).unwrap_or_default();
     let path = format!("/debug/decisions?service={}{limit}", service.replace('/', "%2F"));
-    let trace = match get(url, &path).await {
-        Ok((200, body)) => serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string()),
-        Ok((status, body)) => Err(format!("{status}: {}", String::from_utf8_lossy(&body).trim())),
-        Err(err) => Err(format!("{err} (is `ebb up` running, or a port-forward to an autoscaler?)")),
-    };
-    let trace = match trace {
-        Ok(trace) => trace,
-        Err(err) => {
-            eprintln!("ebb status: cannot read the decisions of {service} at {url}: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let decisions = trace["decisions"].as_array().cloned().unwrap_or_default();
-    if options.json {
-        println!("{trace:#}");
-    } else {
-        print!("{}", table(&decisions));
-    }
-    if let Some(path) = options.plot {
-        let (namespace, name) = service.split_once('/').unwrap_or(("default", service));
-        // The phases are a bonus: an autoscaler's page has only the decision phase, and none may have happened.
-        let metrics = match get(url, "/metrics").await {
-            Ok((200, body)) => String::from_utf8_lossy(&body).into_owned(),
-            _ => String::new(),
+    let mut screen = Screen::new(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    loop {
+        let trace = match read(endpoint, &path).await {
+            Ok(trace) => trace,
+            Err(err) => {
+                eprintln!(
+                    "ebb status: cannot read the decisions of {service} at {}: {err}",
+                    endpoint.describe()
+                );
+                if options.watch {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    continue;
+                }
+                return ExitCode::FAILURE;
+            }
         };
-        let chart =
-            chart(&format!("ebb: {namespace}/{name}"), &decisions, &cold_start(&metrics, namespace, name));
-        if let Err(err) = std::fs::write(path, svg(&chart)) {
-            eprintln!("ebb status: cannot write {}: {err}", path.display());
+        let decisions = trace["decisions"].as_array().cloned().unwrap_or_default();
+        let text = match options.format {
+            Format::Table | Format::Wide => table(&decisions),
+            Format::Json | Format::Yaml => document(&trace, options.format),
+        };
+        if !options.watch {
+            print!("{text}");
+            break;
+        }
+        if screen.draw(text, options.format).is_err() {
+            return ExitCode::SUCCESS;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    if let Some(file) = options.plot {
+        return plot(endpoint, service, &path, file).await;
+    }
+    ExitCode::SUCCESS
+}
+
+async fn read(endpoint: &Endpoint, path: &str) -> Result<Value, String> {
+    match endpoint.get(path).await {
+        Ok((200, body)) => serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string()),
+        Ok((status @ (404 | 503), body)) if matches!(endpoint, Endpoint::ServiceProxy { .. }) => {
+            Err(format!(
+                "{status}: {} (is the autoscaler running, with its Service from manifests/autoscaler.yaml, in that \
+             namespace? --autoscaler-namespace names another)",
+                String::from_utf8_lossy(&body).trim()
+            ))
+        }
+        Ok((status, body)) => Err(format!("{status}: {}", String::from_utf8_lossy(&body).trim())),
+        Err(err) => Err(match endpoint {
+            Endpoint::Url(_) => format!("{err} (is `ebb up` running, or the autoscaler reachable there?)"),
+            Endpoint::ServiceProxy { .. } => err,
+        }),
+    }
+}
+
+/// Writes the SVG of the decisions, with the cold-start phases the server measured.
+async fn plot(endpoint: &Endpoint, service: &str, trace_path: &str, path: &Path) -> ExitCode {
+    let decisions = match read(endpoint, trace_path).await {
+        Ok(trace) => trace["decisions"].as_array().cloned().unwrap_or_default(),
+        Err(err) => {
+            eprintln!("ebb status: cannot read the decisions of {service}: {err}");
             return ExitCode::FAILURE;
         }
-        eprintln!("ebb status: wrote {} ({} decisions)", path.display(), decisions.len());
+    };
+    let (namespace, name) = service.split_once('/').unwrap_or(("default", service));
+    // The phases are a bonus: an autoscaler's page has only the decision phase, and none may have happened.
+    let metrics = match endpoint.get("/metrics").await {
+        Ok((200, body)) => String::from_utf8_lossy(&body).into_owned(),
+        _ => String::new(),
+    };
+    let chart =
+        chart(&format!("ebb: {namespace}/{name}"), &decisions, &cold_start(&metrics, namespace, name));
+    if let Err(err) = std::fs::write(path, svg(&chart)) {
+        eprintln!("ebb status: cannot write {}: {err}", path.display());
+        return ExitCode::FAILURE;
     }
+    eprintln!("ebb status: wrote {} ({} decisions)", path.display(), decisions.len());
     ExitCode::SUCCESS
 }
 

@@ -188,14 +188,10 @@ pub fn default_demo(exe: &Path) -> UpConfig {
 
 /// Reads and validates `ebb.yaml`; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<UpConfig, ConfigError> {
-    let yaml: FileYaml = serde_yaml::from_str(text).map_err(|err| {
-        let at = err
-            .location()
-            .map_or_else(String::new, |l| format!("line {}, column {}: ", l.line(), l.column()));
-        // serde_yaml appends " at line L column C"; the prefix already says it.
-        let message = err.to_string();
-        let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
-        ConfigError(vec![format!("{file}: {at}{message}")])
+    let yaml: FileYaml = crate::yaml::from_str(text).map_err(|err| {
+        let at = err.at.map_or_else(String::new, |(line, column)| format!("line {line}, column {column}: "));
+        let limits = if err.limit { "beyond ebb's limits: " } else { "" };
+        ConfigError(vec![format!("{file}: {at}{limits}{}", err.message)])
     })?;
     let lines: Vec<&str> = text.lines().collect();
     let mut errors = Vec::new();

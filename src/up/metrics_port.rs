@@ -9,7 +9,9 @@ use ebb_activator::handler::Activator;
 use ebb_autoscaler::engine::{Autoscaler, debug};
 use ebb_config::ServiceId;
 use ebb_http::admin::{self, Reply};
+use ebb_process::exposition;
 use hyper::body::Incoming;
+use hyper::header::ACCEPT;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -38,7 +40,11 @@ fn handle(state: &State, req: &Request<Incoming>) -> Reply {
         return admin::text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
-        "/metrics" => admin::metrics(metrics_text(state)),
+        "/metrics" => {
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let (content_type, page) = exposition::negotiate(accept, metrics_text(state));
+            admin::reply(StatusCode::OK, content_type, page)
+        }
         "/status" => admin::json(StatusCode::OK, &status(state)),
         "/service-discovery" => admin::json(StatusCode::OK, &service_discovery(state)),
         "/debug/decisions" => {

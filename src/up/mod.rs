@@ -33,11 +33,12 @@ use ebb_activator::stats::ChannelSink;
 use ebb_autoscaler::engine::{Autoscaler, Options as AutoscalerOptions};
 use ebb_config::ServiceId;
 use ebb_config::wire::IngestFrame;
-use ebb_process::logging::{self, LogFormat};
+use ebb_process::logging::{self, LogArgs, LogFormat};
 use ebb_process::{exit, flags};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::yaml;
 use pods::{NAMESPACE, PodManager, PodOptions};
 
 /// Arguments of `ebb up`.
@@ -59,9 +60,9 @@ pub struct Args {
     /// stays on loopback unless asked.
     #[arg(long, default_value = "127.0.0.1")]
     metrics_address: IpAddr,
-    /// Log format (the pods' queue-proxies use it too).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    // The pods' queue-proxies log in the same format.
+    #[command(flatten)]
+    log: LogArgs,
     /// How long a stopping pod may drain before it is killed.
     #[arg(long, default_value = "30s", value_parser = flags::duration)]
     grace_period: Duration,
@@ -69,7 +70,7 @@ pub struct Args {
 
 /// Runs `ebb up` until Ctrl-C or SIGTERM.
 pub fn run(args: Args) -> ExitCode {
-    logging::init(args.log_format);
+    let log_format = logging::init(args.log.format);
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(err) => {
@@ -80,10 +81,11 @@ pub fn run(args: Args) -> ExitCode {
     let config = match &args.file {
         None => config::default_demo(&exe),
         Some(path) => {
-            let text = match std::fs::read_to_string(path) {
+            let text = match std::fs::File::open(path).map_err(yaml::ReadError::Io).and_then(yaml::read_text)
+            {
                 Ok(text) => text,
                 Err(err) => {
-                    eprintln!("ebb up: cannot read {}: {err}", path.display());
+                    eprintln!("ebb up: {}: {err}", path.display());
                     return ExitCode::from(exit::USAGE);
                 }
             };
@@ -109,7 +111,7 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(up(args, exe, config));
+    let result = runtime.block_on(up(args, exe, config, log_format));
     runtime.shutdown_timeout(Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -145,12 +147,12 @@ fn check_ports(args: &Args, config: &config::UpConfig) -> Result<(), String> {
     Ok(())
 }
 
-async fn up(args: Args, exe: PathBuf, config: config::UpConfig) -> anyhow::Result<()> {
+async fn up(args: Args, exe: PathBuf, config: config::UpConfig, log_format: LogFormat) -> anyhow::Result<()> {
     let (activator, registry, frames_rx) = gateway_activator(&config);
     let (changes, source) = LocalSource::new();
     tokio::spawn(registry.clone().follow_source(Box::new(source)));
 
-    let log_format = args.log_format.as_str();
+    let log_format = log_format.as_str();
     let pods = PodManager::new(
         PodOptions { exe, grace_period: args.grace_period, log_format },
         config.services.clone(),

@@ -17,15 +17,17 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DynamicObject, ListParams, PostParams};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::pinned_kind;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
+use super::forward::ServiceForwarder;
 use super::gateway::{Gateway, slice_now};
 use super::load::Load;
 use super::manifests::{find, is_namespaced, kind, name, render_in};
@@ -51,17 +53,44 @@ pub struct Cluster {
     _node: NodeEmulator,
     /// Kinds of `manifests/` this API server does not serve, which were not installed.
     pub skipped: Vec<String>,
+    /// The admission webhook's address for the API server (its Service, forwarded).
+    pub webhook: ServiceForwarder,
+    /// The name of this installation's MutatingWebhookConfiguration (cluster-wide, so renamed).
+    pub webhook_configuration: String,
 }
+
+/// The label that puts an application namespace under one installation's webhook: the configurations of
+/// the installations sharing the test control plane each select their own namespace by it (Kubernetes 1.20
+/// has no `kubernetes.io/metadata.name` label yet).
+pub const WEBHOOK_NAMESPACE_LABEL: &str = "ebb.dev/e2e-webhook";
 
 impl Cluster {
     /// Installs `manifests/` into a fresh namespace with `config` added to `config-autoscaler`, runs its
     /// pods, and waits for the two autoscalers and the two activators to be Ready. `None` when there is no
     /// control plane to run on ([`require::control_plane`] says so): the test returns.
     pub async fn install(prefix: &str, config: &[(&str, &str)]) -> Option<Cluster> {
+        Cluster::install_with(prefix, config, &[]).await
+    }
+
+    /// [`Cluster::install`] with `autoscaler_env` added to the autoscaler's environment (say, short
+    /// certificate lifetimes for the webhook).
+    pub async fn install_with(
+        prefix: &str,
+        config: &[(&str, &str)],
+        autoscaler_env: &[(&str, &str)],
+    ) -> Option<Cluster> {
         let cp = require::control_plane()?;
         let admin = cp.client().await;
         let system = TestNamespace::create(&admin, &format!("{prefix}-sys")).await;
         let apps = TestNamespace::create(&admin, &format!("{prefix}-app")).await;
+        let namespaces: Api<Namespace> = Api::all(admin.clone());
+        let label = json!({"metadata": {"labels": {WEBHOOK_NAMESPACE_LABEL: system.name()}}});
+        namespaces
+            .patch(&apps, &PatchParams::default(), &Patch::Merge(label))
+            .await
+            .expect("label the namespace");
+        let webhook = ServiceForwarder::start(&admin, &system, "ebb-webhook").await;
+        let webhook_configuration = format!("ebb-queue-proxy-injector-{system}");
         let runtime = ProcessRuntime::new(ebb(), cp).probe_period_cap(Duration::from_millis(200));
         let logs = runtime.logs();
         let node = NodeEmulator::builder()
@@ -74,6 +103,7 @@ impl Cluster {
         let mut objects = render_in(&in_repo("manifests"), &system).expect("render manifests/");
         for object in &mut objects {
             overlay(object, &system, &apps, config);
+            webhook_overlay(object, &system, webhook.addr(), autoscaler_env);
         }
         let mut skipped = Vec::new();
         for object in objects {
@@ -85,13 +115,42 @@ impl Cluster {
                 Err(Unserved(what)) => skipped.push(what),
             }
         }
-        let cluster = Cluster { admin, system, apps, logs, _node: node, skipped };
+        let cluster =
+            Cluster { admin, system, apps, logs, _node: node, skipped, webhook, webhook_configuration };
         for component in ["autoscaler", "activator"] {
             cluster
                 .wait_ready_pods(&cluster.system, &format!("app.kubernetes.io/component={component}"), 2)
                 .await;
         }
+        cluster.wait_webhook().await;
         Some(cluster)
+    }
+
+    /// Waits until the API server calls the webhook successfully: the leader wrote the caBundle, and a
+    /// labelled pod (created as a dry run, so nothing is left behind) is admitted.
+    pub async fn wait_webhook(&self) {
+        let configurations: Api<MutatingWebhookConfiguration> = Api::all(self.admin.clone());
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), &self.apps);
+        let probe: Pod = serde_json::from_value(json!({
+            "metadata": {"generateName": "webhook-probe-", "labels": {"ebb.dev/service": "probe"}},
+            "spec": {"containers": [{"name": "probe", "image": "ghcr.io/ebb-dev/ebb:0.1.0"}]},
+        }))
+        .unwrap();
+        wait_for(WAIT, "the webhook to admit a labelled pod", async || {
+            let configuration =
+                configurations.get(&self.webhook_configuration).await.map_err(|e| e.to_string())?;
+            let written = configuration
+                .webhooks
+                .iter()
+                .flatten()
+                .any(|w| w.client_config.ca_bundle.as_ref().is_some_and(|b| !b.0.is_empty()));
+            if !written {
+                return Err("no caBundle yet".to_owned());
+            }
+            let dry_run = PostParams { dry_run: true, ..Default::default() };
+            pods.create(&dry_run, &probe).await.map(drop).map_err(|e| e.to_string())
+        })
+        .await;
     }
 
     /// Waits for `count` Ready pods matching `selector` in `namespace`; returns their IPs.
@@ -238,6 +297,49 @@ pub fn overlay(object: &mut Value, system: &str, apps: &str, config: &[(&str, &s
                 for var in env.iter_mut().filter(|v| v["name"] == "RUST_LOG") {
                     var["value"] = json!("info,ebb_autoscaler=debug,ebb_activator=debug");
                 }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The test's overlay for the admission webhook: the configuration renamed for the installation (with the
+/// one rule that names it), limited to the installation's application namespace, and registered with
+/// `clientConfig.url` on the forwarder at `forwarder` (127.0.0.1, a name its certificate is made for);
+/// `autoscaler_env` added to the autoscaler's environment.
+pub fn webhook_overlay(
+    object: &mut Value,
+    system: &str,
+    forwarder: SocketAddr,
+    autoscaler_env: &[(&str, &str)],
+) {
+    let configuration = format!("ebb-queue-proxy-injector-{system}");
+    match kind(object) {
+        "MutatingWebhookConfiguration" => {
+            object["metadata"]["name"] = json!(configuration);
+            for webhook in object["webhooks"].as_array_mut().into_iter().flatten() {
+                let path = webhook["clientConfig"]["service"]["path"].as_str().unwrap_or("/").to_owned();
+                webhook["clientConfig"] = json!({"url": format!("https://{forwarder}{path}")});
+                webhook["namespaceSelector"] = json!({"matchLabels": {WEBHOOK_NAMESPACE_LABEL: system}});
+            }
+        }
+        "ClusterRole" => {
+            for rule in object["rules"].as_array_mut().into_iter().flatten() {
+                if rule["resources"] == json!(["mutatingwebhookconfigurations"]) {
+                    rule["resourceNames"] = json!([configuration]);
+                }
+            }
+        }
+        "Deployment" if name(object) == "ebb-autoscaler" => {
+            let env = object["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array_mut()
+                .expect("the autoscaler sets env");
+            for var in env.iter_mut().filter(|v| v["name"] == "EBB_WEBHOOK_CONFIGURATION") {
+                var["value"] = json!(configuration);
+            }
+            env.push(json!({"name": "EBB_WEBHOOK_HOSTS", "value": "127.0.0.1"}));
+            for (key, value) in autoscaler_env {
+                env.push(json!({"name": key, "value": value}));
             }
         }
         _ => {}

@@ -13,6 +13,8 @@
 //! - [`cluster`]: [`cluster::Cluster`], ebb-system installed from `manifests/` and run as real processes,
 //!   the example chat service, and closed-loop load through the gateway.
 //! - [`gateway`]: [`gateway::Gateway`], an ingress stand-in following a public Service's EndpointSlice.
+//! - [`forward`]: [`forward::ServiceForwarder`], a Service's address for the API server (the webhook's),
+//!   standing in for kube-proxy.
 //! - [`autoscaler`]: the autoscaler's RBAC for a test namespace, fake pods and stats for its tests.
 //! - [`manifests`]: a tiny kustomize for `manifests/`, and the RBAC grants it holds.
 //! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
@@ -23,6 +25,7 @@
 
 pub mod autoscaler;
 pub mod cluster;
+pub mod forward;
 pub mod gateway;
 pub mod k8s;
 pub mod load;

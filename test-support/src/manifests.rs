@@ -50,7 +50,7 @@ pub fn render(dir: &Path) -> Result<Vec<Value>, String> {
     let path = dir.join("kustomization.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let kustomization: Value =
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
+        serde_saphyr::from_str(&text).map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
     let fields = kustomization.as_object().ok_or_else(|| format!("{}: not a mapping", path.display()))?;
     if let Some(field) = fields.keys().find(|k| !SUPPORTED_FIELDS.contains(&k.as_str())) {
         return Err(format!(
@@ -122,12 +122,9 @@ pub fn render_in(dir: &Path, namespace: &str) -> Result<Vec<Value>, String> {
 fn read_documents(path: &Path) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut objects = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let value: Value = serde::Deserialize::deserialize(document)
-            .map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
-        if value.is_null() {
-            continue;
-        }
+    let documents: Vec<Value> =
+        serde_saphyr::from_multiple(&text).map_err(|e| format!("{}: not valid YAML: {e}", path.display()))?;
+    for value in documents {
         if value.get("kind").and_then(Value::as_str).is_none() {
             return Err(format!("{}: a document has no kind", path.display()));
         }
@@ -178,7 +175,7 @@ pub fn find<'a>(objects: &'a [Value], kind_: &str, name_: &str) -> Option<&'a Va
 pub fn to_yaml(objects: &[Value]) -> String {
     objects
         .iter()
-        .map(|o| serde_yaml::to_string(o).expect("YAML from JSON"))
+        .map(|o| serde_saphyr::to_string(o).expect("YAML from JSON"))
         .collect::<Vec<_>>()
         .join("---\n")
 }

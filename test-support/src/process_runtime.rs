@@ -10,7 +10,7 @@
 //!   spec.serviceAccountName); `command` and `args` are expanded too. Other sources are refused (the pod fails);
 //! - the pod's network is imposed: its "network namespace" is its loopback address, so every listening
 //!   address becomes the pod IP (`EBB_BIND_ADDRESS`, `EBB_INGEST_ADDRESS`, `EBB_METRICS_ADDRESS`,
-//!   `EBB_DEMO_LISTEN`, keeping the ports asked for) and `127.0.0.1`/`localhost` in `EBB_UPSTREAM` becomes
+//!   `EBB_WEBHOOK_ADDRESS`, `EBB_DEMO_LISTEN`, keeping the ports asked for) and `127.0.0.1`/`localhost` in `EBB_UPSTREAM` becomes
 //!   the pod IP;
 //! - a pod with `serviceAccountName` gets that account's token as a kubelet mounts it: a kubeconfig holding
 //!   the token and the API server's address (`KUBECONFIG`, `EBB_KUBECONFIG`) and the token file
@@ -624,6 +624,10 @@ pub fn container_command(pod: &RunningPod, container: &Container) -> Result<(Vec
             let metrics = port_of(&env, "EBB_METRICS_ADDRESS", ebb_config::names::AUTOSCALER_METRICS_PORT);
             set(&mut env, "EBB_INGEST_ADDRESS", format!("{ip}:{ingest}"));
             set(&mut env, "EBB_METRICS_ADDRESS", format!("{ip}:{metrics}"));
+            if get(&env, "EBB_WEBHOOK_ADDRESS").is_some() {
+                let webhook = port_of(&env, "EBB_WEBHOOK_ADDRESS", 8443);
+                set(&mut env, "EBB_WEBHOOK_ADDRESS", format!("{ip}:{webhook}"));
+            }
         }
         "demo-model" => {
             let first_port = container.ports.iter().flatten().next().map(|p| p.container_port as u16);

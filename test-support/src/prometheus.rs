@@ -92,11 +92,10 @@ pub fn dashboard_expressions() -> Vec<(String, String, String)> {
 
 /// Every alert rule: (name, expression).
 pub fn alert_rules() -> Vec<(String, String)> {
-    let rules: serde_yaml::Value =
-        serde_yaml::from_str(&read("manifests/monitoring/alerts.rules.yml")).unwrap();
+    let rules: Value = serde_saphyr::from_str(&read("manifests/monitoring/alerts.rules.yml")).unwrap();
     let mut found = Vec::new();
-    for group in rules["groups"].as_sequence().unwrap() {
-        for rule in group["rules"].as_sequence().unwrap() {
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
             let name = rule["alert"].as_str().unwrap().to_owned();
             found.push((name, rule["expr"].as_str().unwrap().to_owned()));
         }

@@ -41,6 +41,32 @@ pub fn prometheus() -> Option<Tools> {
     }
 }
 
+/// The environment variable naming the `kubectl` to use (default: `kubectl` on the PATH).
+pub const KUBECTL_ENV: &str = "EBB_KUBECTL";
+
+/// `kubectl` (with its built-in kustomize), or `None` when there is none and [`REQUIRE_ENV`] is not `1`.
+#[track_caller]
+pub fn kubectl() -> Option<std::path::PathBuf> {
+    let named = std::env::var_os(KUBECTL_ENV).map(std::path::PathBuf::from);
+    let candidate = named.clone().unwrap_or_else(|| "kubectl".into());
+    let works = std::process::Command::new(&candidate)
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    match (works, named) {
+        (true, _) => Some(candidate),
+        (false, Some(path)) => {
+            skip("no kubectl", Missing::Broken(format!("{KUBECTL_ENV}={} does not run", path.display())))
+        }
+        (false, None) => skip(
+            "no kubectl",
+            Missing::Absent(format!(
+                "kubectl (1.14 or newer, for -k) was not found on the PATH; install it or set {KUBECTL_ENV}"
+            )),
+        ),
+    }
+}
+
 /// Whether [`REQUIRE_ENV`] asks for every part.
 fn required() -> bool {
     match std::env::var(REQUIRE_ENV).as_deref() {

@@ -56,16 +56,27 @@ impl fmt::Display for Mismatch {
     }
 }
 
-/// One note for all of a pod's mismatches (the Event's text).
+/// One note for all of a pod's mismatches (the Event's text), for a sidecar written into the Deployment by
+/// `ebb inject`.
 pub fn describe(mismatches: &[Mismatch]) -> String {
     match mismatches {
         [] => String::new(),
         [one] => one.to_string(),
-        [first, ..] => {
-            let clauses: Vec<String> = mismatches.iter().map(Mismatch::clause).collect();
-            format!("pod {}: {}; re-run ebb inject or restart the pod", first.pod, clauses.join("; "))
-        }
+        _ => describe_with(mismatches, "re-run ebb inject or restart the pod"),
     }
+}
+
+/// One note for all of a pod's mismatches, ending with `remedy` (for a sidecar the admission webhook added
+/// when the pod was created, the Deployment's restart).
+pub fn describe_with(mismatches: &[Mismatch], remedy: &str) -> String {
+    let Some(first) = mismatches.first() else { return String::new() };
+    let clauses: Vec<String> = mismatches.iter().map(Mismatch::clause).collect();
+    format!("pod {}: {}; {remedy}", first.pod, clauses.join("; "))
+}
+
+/// Whether `pod` runs a queue-proxy (found as [`mismatches`] finds it).
+pub fn has_queue_proxy(pod: &Pod) -> bool {
+    queue_proxy(pod).is_some()
 }
 
 /// The queue-proxy container: the one whose env has `EBB_UPSTREAM`, else the one named `queue-proxy`

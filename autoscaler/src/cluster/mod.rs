@@ -16,6 +16,7 @@
 //! - [`auth`], [`ingest`]: the activators' authenticated stat streams;
 //! - [`serve`], [`metrics`]: `/metrics`, `/healthz`, `/readyz` on port 9090;
 //! - [`rbac`]: the permissions it needs, as data (docs/rbac.md explains them);
+//! - [`webhook`]: the admission webhook that injects the queue-proxy into labelled Deployments' pods;
 //! - `options`, `health`, `state`, `service_state`, `pods`, `backoff`: what the others share.
 //!
 //! This module only wires them together ([`ClusterController`]); none of them uses it.
@@ -45,6 +46,7 @@ pub mod slices;
 mod state;
 pub mod status;
 mod stores;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,7 +67,7 @@ use events::Events;
 use metrics::KubeMetrics;
 use reconcile::Reconciler;
 use scale::KubeScaler;
-use state::{Activators, Context, Signals};
+use state::{Activators, Context, GlobalInForce, Signals};
 use stores::Stores;
 
 /// Why the controller could not start.
@@ -74,6 +76,9 @@ pub enum Error {
     /// A port could not be bound.
     #[error("cannot bind {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// The webhook's TLS could not be set up.
+    #[error("the webhook's TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A running controller.
@@ -82,6 +87,8 @@ pub struct ClusterController {
     pub ingest_addr: SocketAddr,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_addr: SocketAddr,
+    /// Where the admission webhook listens, when it runs.
+    pub webhook_addr: Option<SocketAddr>,
     autoscaler: Arc<Autoscaler>,
     signals: Arc<Signals>,
     stop: watch::Sender<bool>,
@@ -105,6 +112,16 @@ impl ClusterController {
             .map_err(|e| Error::Bind(options.metrics_addr, e))?;
         let ingest_addr = ingest.local_addr().map_err(|e| Error::Bind(options.ingest_addr, e))?;
         let metrics_addr = http.local_addr().map_err(|e| Error::Bind(options.metrics_addr, e))?;
+        let webhook_listener = match &options.webhook {
+            Some(webhook) => {
+                let listener =
+                    TcpListener::bind(webhook.address).await.map_err(|e| Error::Bind(webhook.address, e))?;
+                let addr = listener.local_addr().map_err(|e| Error::Bind(webhook.address, e))?;
+                Some((listener, addr, webhook.clone()))
+            }
+            None => None,
+        };
+        let webhook_addr = webhook_listener.as_ref().map(|(_, addr, _)| *addr);
         // An API server that is down at start is waited for, never a crash loop.
         let mut backoff = Duration::from_millis(200);
         let slice_resource = loop {
@@ -165,6 +182,33 @@ impl ClusterController {
         }
         tasks.push(tokio::spawn(serve::serve(http, context.clone(), autoscaler.clone(), stop_rx.clone())));
         let stores = Stores::start(&context, &signals, slice_resource.clone());
+        let global = Arc::new(GlobalInForce::default());
+        if let Some((listener, _, webhook)) = webhook_listener {
+            let serving = Arc::new(webhook::tls::ServingCertificate::default());
+            let tls = webhook::tls::server_config(serving.clone())?;
+            let admission = webhook::admission::Admission {
+                deployments: stores.deployments.clone(),
+                replicasets: stores.replicasets.clone(),
+                global: global.clone(),
+                image: webhook.image.clone(),
+            };
+            tasks.push(tokio::spawn(webhook::server::serve(
+                listener,
+                tls,
+                Arc::new(admission),
+                stop_rx.clone(),
+            )));
+            let certificates = webhook::certificates::Certificates {
+                client: client.clone(),
+                namespace: options.namespace.clone(),
+                secret: webhook.secret.clone(),
+                store: stores.webhook_secret.clone().expect("the webhook's Secret is watched"),
+                serving,
+                issuer: webhook.issuer.clone(),
+                leading: signals.leadership(),
+            };
+            tasks.push(tokio::spawn(certificates.run(stop_rx.clone())));
+        }
         let reconciler = Reconciler::new(
             context.clone(),
             signals.clone(),
@@ -172,6 +216,7 @@ impl ClusterController {
             autoscaler.clone(),
             stores,
             slice_resource,
+            global,
         );
         tasks.push(tokio::spawn(reconciler.run(stop_rx.clone())));
         let lease_config = leader::LeaseConfig {
@@ -204,7 +249,7 @@ impl ClusterController {
             health,
             stop_rx,
         ));
-        Ok(Self { ingest_addr, metrics_addr, autoscaler, signals, stop, tasks, election })
+        Ok(Self { ingest_addr, metrics_addr, webhook_addr, autoscaler, signals, stop, tasks, election })
     }
 
     /// Whether this replica holds the Lease now.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kube::api::PatchParams;
 
+use super::webhook::WebhookOptions;
 use crate::engine::Options as EngineOptions;
 
 /// The name the controller reports as (Events, field manager).
@@ -50,6 +51,8 @@ pub struct Options {
     pub api_stale_after: Duration,
     /// The engine's tuning (scrape timeout, tick interval).
     pub engine: EngineOptions,
+    /// The admission webhook that injects the queue-proxy; `None`: not served.
+    pub webhook: Option<WebhookOptions>,
 }
 
 impl Options {
@@ -78,6 +81,7 @@ impl Options {
             sync_interval: Duration::from_millis(500),
             api_stale_after: Duration::from_secs(10),
             engine: EngineOptions::default(),
+            webhook: None,
         }
     }
 }

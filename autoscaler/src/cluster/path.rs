@@ -18,7 +18,8 @@ use bytes::Bytes;
 use ebb_config::Mode;
 use ebb_config::ServiceId;
 use ebb_config::names::{
-    HEADER_PROBE, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB, PROBE_ACTIVATOR, STATUS_PREFIX,
+    HEADER_PROBE, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB, PROBE_ACTIVATOR, STATUS_MODE,
+    STATUS_MODE_SINCE, STATUS_PHASE, STATUS_PHASE_SINCE,
 };
 use ebb_kpa::Phase;
 use ebb_process::sync::Locked;
@@ -44,26 +45,6 @@ use crate::engine::ServiceStatus;
 /// How long a successful activator probe counts.
 const PROBE_FRESH: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// The annotation on the Service with the routing mode.
-pub fn mode_key() -> String {
-    format!("{STATUS_PREFIX}mode")
-}
-
-/// The annotation on the Service with when the mode was entered (RFC 3339).
-pub fn mode_since_key() -> String {
-    format!("{STATUS_PREFIX}mode-since")
-}
-
-/// The annotation on the Service with the policy's phase (`activating`, `active`, `inactive`, `zero`).
-pub fn phase_key() -> String {
-    format!("{STATUS_PREFIX}phase")
-}
-
-/// The annotation on the Service with when the phase was entered (RFC 3339).
-pub fn phase_since_key() -> String {
-    format!("{STATUS_PREFIX}phase-since")
-}
 
 /// The clocks a new leader resumes, from the Service's annotations: the mode and how long ago it was entered,
 /// and the phase's name and how long ago it was entered when both are there and readable.
@@ -95,17 +76,17 @@ impl Resumed {
 /// What to resume from a Service's `annotations` at wall-clock time `now`; `None` without a readable mode and
 /// mode time. A time in the future (clock skew between replicas) counts as now.
 pub fn resumed(annotations: &BTreeMap<String, String>, now: Timestamp) -> Option<Resumed> {
-    let ago = |key: String| -> Option<Duration> {
-        let at: Timestamp = annotations.get(&key)?.parse().ok()?;
+    let ago = |key: &str| -> Option<Duration> {
+        let at: Timestamp = annotations.get(key)?.parse().ok()?;
         let secs = now.duration_since(at).as_secs_f64().max(0.0);
         Some(Duration::from_secs_f64(secs))
     };
-    let mode: Mode = annotations.get(&mode_key())?.parse().ok()?;
-    let mode_for = ago(mode_since_key())?;
+    let mode: Mode = annotations.get(STATUS_MODE)?.parse().ok()?;
+    let mode_for = ago(STATUS_MODE_SINCE)?;
     let phase = annotations
-        .get(&phase_key())
+        .get(STATUS_PHASE)
         .filter(|p| matches!(p.as_str(), "activating" | "active" | "inactive" | "zero"))
-        .and_then(|p| Some((p.clone(), ago(phase_since_key())?)));
+        .and_then(|p| Some((p.clone(), ago(STATUS_PHASE_SINCE)?)));
     Some(Resumed { mode, mode_for, phase })
 }
 
@@ -261,11 +242,11 @@ pub(crate) async fn reconcile(
     let mut changes = serde_json::Map::new();
     let now = Timestamp::now().to_string();
     for (key, since_key, value) in
-        [(mode_key(), mode_since_key(), status.mode), (phase_key(), phase_since_key(), status.phase)]
+        [(STATUS_MODE, STATUS_MODE_SINCE, status.mode), (STATUS_PHASE, STATUS_PHASE_SINCE, status.phase)]
     {
-        if service.annotations().get(&key).map(String::as_str) != Some(value) {
-            changes.insert(key, json!(value));
-            changes.insert(since_key, json!(now));
+        if service.annotations().get(key).map(String::as_str) != Some(value) {
+            changes.insert(key.to_owned(), json!(value));
+            changes.insert(since_key.to_owned(), json!(now));
         }
     }
     if !changes.is_empty() && may_write {
@@ -351,8 +332,8 @@ fn public_service(deployment: &Deployment, status: &ServiceStatus) -> Service {
             "name": name,
             "labels": {LABEL_MANAGED_BY: MANAGED_BY_EBB, LABEL_SERVICE: name},
             "annotations": {
-                mode_key(): status.mode, mode_since_key(): Timestamp::now().to_string(),
-                phase_key(): status.phase, phase_since_key(): Timestamp::now().to_string(),
+                STATUS_MODE: status.mode, STATUS_MODE_SINCE: Timestamp::now().to_string(),
+                STATUS_PHASE: status.phase, STATUS_PHASE_SINCE: Timestamp::now().to_string(),
             },
             "ownerReferences": deployment.controller_owner_ref(&()).map(|r| vec![r]),
         },
@@ -365,18 +346,18 @@ fn public_service(deployment: &Deployment, status: &ServiceStatus) -> Service {
 mod tests {
     use super::*;
 
-    fn annotations(pairs: &[(String, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.clone(), (*v).to_owned())).collect()
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
     fn the_clocks_resume_from_the_annotations() {
         let now: Timestamp = "2024-05-01T12:00:00Z".parse().unwrap();
         let a = annotations(&[
-            (mode_key(), "proxy"),
-            (mode_since_key(), "2024-05-01T11:59:35Z"),
-            (phase_key(), "inactive"),
-            (phase_since_key(), "2024-05-01T11:59:30.5Z"),
+            (STATUS_MODE, "proxy"),
+            (STATUS_MODE_SINCE, "2024-05-01T11:59:35Z"),
+            (STATUS_PHASE, "inactive"),
+            (STATUS_PHASE_SINCE, "2024-05-01T11:59:30.5Z"),
         ]);
         let r = resumed(&a, now).unwrap();
         assert_eq!(r.mode, Mode::Proxy);
@@ -393,14 +374,14 @@ mod tests {
     fn missing_or_unreadable_annotations_resume_nothing_or_only_the_mode() {
         let now: Timestamp = "2024-05-01T12:00:00Z".parse().unwrap();
         assert_eq!(resumed(&BTreeMap::new(), now), None);
-        assert_eq!(resumed(&annotations(&[(mode_key(), "proxy")]), now), None, "no time");
-        let bad = annotations(&[(mode_key(), "sideways"), (mode_since_key(), "2024-05-01T11:00:00Z")]);
+        assert_eq!(resumed(&annotations(&[(STATUS_MODE, "proxy")]), now), None, "no time");
+        let bad = annotations(&[(STATUS_MODE, "sideways"), (STATUS_MODE_SINCE, "2024-05-01T11:00:00Z")]);
         assert_eq!(resumed(&bad, now), None);
         let future = annotations(&[
-            (mode_key(), "serve"),
-            (mode_since_key(), "2024-05-01T12:00:09Z"),
-            (phase_key(), "sleeping"),
-            (phase_since_key(), "2024-05-01T11:00:00Z"),
+            (STATUS_MODE, "serve"),
+            (STATUS_MODE_SINCE, "2024-05-01T12:00:09Z"),
+            (STATUS_PHASE, "sleeping"),
+            (STATUS_PHASE_SINCE, "2024-05-01T11:00:00Z"),
         ]);
         let r = resumed(&future, now).unwrap();
         assert_eq!((r.mode, r.mode_for, r.phase), (Mode::Serve, Duration::ZERO, None), "skew counts as now");

@@ -84,3 +84,49 @@ pub const RULES: &[Rule] = &[
         why: "leader election",
     },
 ];
+
+/// A rule of the admission webhook, which names its objects where RBAC can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamedRule {
+    /// API group (`""` = core).
+    pub group: &'static str,
+    /// Resource.
+    pub resource: &'static str,
+    /// Verbs.
+    pub verbs: &'static [&'static str],
+    /// The objects it is limited to (`resourceNames`); empty: all.
+    pub names: &'static [&'static str],
+    /// Cluster-wide (ClusterRole `ebb-autoscaler-webhook`) or the autoscaler's namespace (Role).
+    pub cluster: bool,
+    /// Why.
+    pub why: &'static str,
+}
+
+/// Every permission the admission webhook (`super::webhook`) uses, on top of [`RULES`], for the default
+/// names of its Secret and webhook configuration.
+pub const WEBHOOK_RULES: &[NamedRule] = &[
+    NamedRule {
+        group: "apps",
+        resource: "replicasets",
+        verbs: &["list", "watch"],
+        names: &[],
+        cluster: true,
+        why: "a pod's way to its Deployment: the labelled ReplicaSets' owner references (metadata only)",
+    },
+    NamedRule {
+        group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["patch"],
+        names: &[super::webhook::DEFAULT_CONFIGURATION],
+        cluster: true,
+        why: "the leader writes the CA bundle into the webhook configuration's caBundle",
+    },
+    NamedRule {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "list", "watch", "update"],
+        names: &[super::webhook::DEFAULT_SECRET],
+        cluster: false,
+        why: "the webhook's CA and serving certificate: every replica serves them, the leader rotates them",
+    },
+];

@@ -26,7 +26,7 @@ use super::path::{self, PathContext, Prober};
 use super::pods::{is_ready, target};
 use super::scale::{self, ScaleContext};
 use super::service_state::ServiceState;
-use super::state::{Activators, Context, Signals};
+use super::state::{Activators, Context, GlobalInForce, Signals};
 use super::stores::Stores;
 use super::{blocked, env_check, status};
 use crate::engine::{Autoscaler, PodTarget, ServiceStatus};
@@ -52,6 +52,8 @@ pub(crate) struct Reconciler {
     slices: ApiResource,
     prober: Prober,
     global: Global,
+    /// The global configuration in force, shared with the admission webhook.
+    in_force: Arc<GlobalInForce>,
     services: HashMap<ServiceId, ServiceState>,
 }
 
@@ -64,6 +66,7 @@ impl Reconciler {
         autoscaler: Arc<Autoscaler>,
         stores: Stores,
         slices: ApiResource,
+        in_force: Arc<GlobalInForce>,
     ) -> Self {
         Self {
             context,
@@ -74,6 +77,7 @@ impl Reconciler {
             slices,
             prober: Prober::new(),
             global: Global { config: GlobalConfig::default(), generation: 0, resource_version: None },
+            in_force,
             services: HashMap::new(),
         }
     }
@@ -113,7 +117,9 @@ impl Reconciler {
     fn observe(&mut self) -> Snapshot {
         let (context, stores) = (&*self.context, &self.stores);
         context.metrics.api_reachable.set(i64::from(context.health.reachable()));
-        update_global(context, stores, &mut self.global);
+        if update_global(context, stores, &mut self.global) {
+            self.in_force.set(self.global.config.clone());
+        }
 
         // Pods by service.
         let mut pods: HashMap<ServiceId, Vec<Arc<Pod>>> = HashMap::new();
@@ -260,7 +266,10 @@ impl Reconciler {
             autoscaler.set_pods(&id, targets);
         }
         report_blocked(context, &reference, &id, state, service_pods);
-        report_mismatches(context, &reference, state, service_pods);
+        let injected_at_creation = !template_has_queue_proxy(deployment);
+        let outdated = report_mismatches(context, &reference, state, service_pods, &id, injected_at_creation);
+        let missing = report_missing_sidecars(context, &reference, state, service_pods, &id);
+        state.sidecar_note = sidecar_note(service_pods.len(), missing, outdated, &id, injected_at_creation);
         let scale_ctx = ScaleContext { context, signals, activators, autoscaler };
         scale::observe_replicas(&scale_ctx, &reference, &id, state, deployment, replicas);
         Some(id)
@@ -328,12 +337,13 @@ fn resume(context: &Context, stores: &Stores, autoscaler: &Autoscaler, id: &Serv
     autoscaler.resume_service(id, phase, resumed.mode, autoscaler.ago(resumed.mode_for));
 }
 
-fn update_global(context: &Context, stores: &Stores, global: &mut Global) {
+/// Applies a changed `config-autoscaler`; `true` when a new configuration is in force.
+fn update_global(context: &Context, stores: &Stores, global: &mut Global) -> bool {
     let key = ObjectRef::new(CONFIG_MAP_NAME).within(&context.options.namespace);
     let config_map = stores.config.get(&key);
     let version = config_map.as_ref().map(|c| c.resource_version().unwrap_or_default());
     if global.resource_version.as_ref() == Some(&version) {
-        return;
+        return false;
     }
     global.resource_version = Some(version);
     let data = config_map.as_ref().and_then(|c| c.data.clone()).unwrap_or_default();
@@ -347,6 +357,7 @@ fn update_global(context: &Context, stores: &Stores, global: &mut Global) {
                     context.events.warning(cm.object_ref(&()), "ConfigurationWarning", warning.to_string());
                 }
             }
+            true
         }
         Err(err) => {
             context
@@ -364,6 +375,7 @@ fn update_global(context: &Context, stores: &Stores, global: &mut Global) {
                     ),
                 );
             }
+            false
         }
     }
 }
@@ -422,17 +434,97 @@ fn report_blocked(
     state.blocked = now;
 }
 
+/// Whether the Deployment's own pod template carries the queue-proxy (`ebb inject`'s), rather than the
+/// admission webhook adding it to each pod when it is created.
+fn template_has_queue_proxy(deployment: &Deployment) -> bool {
+    let Some(spec) = deployment.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else { return false };
+    let pod = Pod { spec: Some(spec.clone()), ..Default::default() };
+    env_check::has_queue_proxy(&pod)
+}
+
+/// What to do about pods whose queue-proxy runs with other settings than the annotations ask for.
+fn remedy(id: &ServiceId, injected_at_creation: bool) -> String {
+    if injected_at_creation {
+        // The webhook injects at pod creation: running pods keep the settings they were created with.
+        format!(
+            "restart the Deployment to apply: kubectl -n {} rollout restart deployment/{}",
+            id.namespace, id.name
+        )
+    } else {
+        "re-run ebb inject or restart the pod".to_owned()
+    }
+}
+
+/// Pods running without a queue-proxy (the webhook is not installed, or injection is off for them): ebb can
+/// neither measure nor route to them. A Warning Event when the set changes; the count.
+fn report_missing_sidecars(
+    context: &Context,
+    reference: &ObjectReference,
+    state: &mut ServiceState,
+    pods: &[Arc<Pod>],
+    id: &ServiceId,
+) -> usize {
+    let mut missing: Vec<String> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && !env_check::has_queue_proxy(p))
+        .map(|p| p.name_any())
+        .collect();
+    missing.sort();
+    if !missing.is_empty() && missing != state.without_sidecar {
+        context.events.warning(
+            reference.clone(),
+            "QueueProxyMissing",
+            format!(
+                "{} pod(s) run without the queue-proxy sidecar ({}), so ebb can neither measure nor route to them: \
+                 is the admission webhook installed (kubectl get mutatingwebhookconfiguration \
+                 ebb-queue-proxy-injector) and does it reach this namespace? Then restart the Deployment: \
+                 kubectl -n {} rollout restart deployment/{}",
+                missing.len(),
+                missing.join(", "),
+                id.namespace,
+                id.name
+            ),
+        );
+    }
+    let count = missing.len();
+    state.without_sidecar = missing;
+    count
+}
+
+/// The `status.ebb.dev/sidecar` sentence, or `None` when every pod runs the sidecar its annotations ask for.
+fn sidecar_note(
+    pods: usize,
+    missing: usize,
+    outdated: usize,
+    id: &ServiceId,
+    injected_at_creation: bool,
+) -> Option<String> {
+    let mut parts = Vec::new();
+    if missing > 0 {
+        parts.push(format!("{missing} of {pods} pods without the queue-proxy (is the webhook installed?)"));
+    }
+    if outdated > 0 {
+        parts.push(format!(
+            "{outdated} of {pods} pods with outdated queue-proxy settings: {}",
+            remedy(id, injected_at_creation)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// Pods whose queue-proxy env disagrees with the configuration in force: one Warning Event per pod, again
-/// only when its mismatches change.
+/// only when its mismatches change. Returns how many pods disagree.
 fn report_mismatches(
     context: &Context,
     reference: &ObjectReference,
     state: &mut ServiceState,
     pods: &[Arc<Pod>],
-) {
+    id: &ServiceId,
+    injected_at_creation: bool,
+) -> usize {
     let Some(spec) = state.data_plane.as_ref().filter(|_| state.valid) else {
         state.mismatched.clear();
-        return;
+        return 0;
     };
     let mut now = HashMap::new();
     for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
@@ -442,9 +534,15 @@ fn report_mismatches(
         }
         let name = pod.name_any();
         if state.mismatched.get(&name) != Some(&found) {
-            context.events.warning(reference.clone(), "ConfigMismatch", env_check::describe(&found));
+            let note = if injected_at_creation {
+                env_check::describe_with(&found, &remedy(id, true))
+            } else {
+                env_check::describe(&found)
+            };
+            context.events.warning(reference.clone(), "ConfigMismatch", note);
         }
         now.insert(name, found);
     }
     state.mismatched = now;
+    state.mismatched.len()
 }

@@ -6,7 +6,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Response, StatusCode, header::CONTENT_TYPE};
+use ebb_process::exposition;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -15,9 +17,6 @@ use tokio::sync::watch;
 
 use super::state::Context;
 use crate::engine::{Autoscaler, debug};
-
-/// The Prometheus text content type.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves until `stop` turns true.
 pub(crate) async fn serve(
@@ -40,9 +39,11 @@ pub(crate) async fn serve(
             let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let response = match req.uri().path() {
                     "/metrics" => {
-                        let text = context.metrics.page(&autoscaler.encode_metrics());
-                        let mut r = Response::new(Full::new(Bytes::from(text)));
-                        r.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(OPENMETRICS));
+                        let page = context.metrics.page(&autoscaler.encode_metrics());
+                        let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+                        let (content_type, page) = exposition::negotiate(accept, page);
+                        let mut r = Response::new(Full::new(Bytes::from(page)));
+                        r.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
                         r
                     }
                     "/healthz" => text(StatusCode::OK, "ok"),

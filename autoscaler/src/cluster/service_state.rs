@@ -33,6 +33,11 @@ pub(crate) struct ServiceState {
     pub data_plane: Option<ebb_config::DataPlaneSpec>,
     /// Pods whose queue-proxy env disagrees with the annotations, with what was reported.
     pub mismatched: HashMap<String, Vec<Mismatch>>,
+    /// Pods running without a queue-proxy, as last reported.
+    pub without_sidecar: Vec<String>,
+    /// What `status.ebb.dev/sidecar` should say (pods without the sidecar or with outdated settings), written
+    /// by the leader; `None`: every pod is as its annotations ask.
+    pub sidecar_note: Option<String>,
     /// The request path's state.
     pub path: PathState,
 }

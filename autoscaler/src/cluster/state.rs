@@ -116,3 +116,20 @@ impl Activators {
         self.queued.locked().get(id).is_some_and(|t| t.elapsed() < hold)
     }
 }
+
+/// The `config-autoscaler` in force: written by the pass when the ConfigMap changes and is valid, read by the
+/// admission webhook, so a pod's sidecar and the autoscaler's checks use the same defaults.
+#[derive(Default)]
+pub(crate) struct GlobalInForce(Mutex<ebb_config::GlobalConfig>);
+
+impl GlobalInForce {
+    /// The configuration now.
+    pub fn get(&self) -> ebb_config::GlobalConfig {
+        self.0.locked().clone()
+    }
+
+    /// Puts `config` in force.
+    pub fn set(&self, config: ebb_config::GlobalConfig) {
+        *self.0.locked() = config;
+    }
+}

@@ -6,27 +6,16 @@
 
 use std::collections::BTreeMap;
 
-use ebb_config::names::STATUS_PREFIX;
+use ebb_config::names::{STATUS_DESIRED, STATUS_MODE, STATUS_PANIC, STATUS_REASON, STATUS_SIDECAR};
 use serde_json::{Map, Value, json};
 
-/// Annotation: the replicas the autoscaler wants.
-pub fn desired_key() -> String {
-    format!("{STATUS_PREFIX}desired")
-}
-
-/// Annotation: `serve` or `proxy`.
-pub fn mode_key() -> String {
-    format!("{STATUS_PREFIX}mode")
-}
-
-/// Annotation: `true` while the decider is in panic mode, else `false`.
-pub fn panic_key() -> String {
-    format!("{STATUS_PREFIX}panic")
-}
-
-/// Annotation: why the replicas last changed.
-pub fn reason_key() -> String {
-    format!("{STATUS_PREFIX}reason")
+/// The merge patch that brings `current`'s `status.ebb.dev/sidecar` to `note` (removed when `None`), or
+/// `None` when it says so already.
+pub fn sidecar_patch(current: &BTreeMap<String, String>, note: Option<&str>) -> Option<Value> {
+    if current.get(STATUS_SIDECAR).map(String::as_str) == note {
+        return None;
+    }
+    Some(json!({"metadata": {"annotations": {STATUS_SIDECAR: note}}}))
 }
 
 /// The replicas a leader last decided for this Deployment, from its `status.ebb.dev/desired` annotation.
@@ -35,7 +24,7 @@ pub fn reason_key() -> String {
 /// see the Deployment while another writer has just changed its replicas (before the leader set them back),
 /// and as the next leader it would otherwise enforce that passing value.
 pub fn leader_desired(annotations: &BTreeMap<String, String>) -> Option<u32> {
-    annotations.get(&desired_key())?.parse().ok()
+    annotations.get(STATUS_DESIRED)?.parse().ok()
 }
 
 /// The merge patch that brings `current` annotations to `desired`, `mode`, `panic` and (when given) `reason`,
@@ -48,12 +37,12 @@ pub fn annotations_patch(
     reason: Option<&str>,
 ) -> Option<Value> {
     let mut wanted = vec![
-        (desired_key(), desired.to_string()),
-        (mode_key(), mode.to_owned()),
-        (panic_key(), panic.to_string()),
+        (STATUS_DESIRED.to_owned(), desired.to_string()),
+        (STATUS_MODE.to_owned(), mode.to_owned()),
+        (STATUS_PANIC.to_owned(), panic.to_string()),
     ];
     if let Some(reason) = reason {
-        wanted.push((reason_key(), reason.to_owned()));
+        wanted.push((STATUS_REASON.to_owned(), reason.to_owned()));
     }
     let mut changes = Map::new();
     for (key, value) in wanted {
@@ -72,12 +61,27 @@ mod tests {
     fn the_leaders_decision_is_read_back_and_anything_else_is_ignored() {
         let mut annotations = BTreeMap::new();
         assert_eq!(leader_desired(&annotations), None);
-        annotations.insert(desired_key(), "3".to_owned());
+        annotations.insert(STATUS_DESIRED.to_owned(), "3".to_owned());
         assert_eq!(leader_desired(&annotations), Some(3));
         for bad in ["", "-1", "three", "1.5"] {
-            annotations.insert(desired_key(), bad.to_owned());
+            annotations.insert(STATUS_DESIRED.to_owned(), bad.to_owned());
             assert_eq!(leader_desired(&annotations), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_sidecar_note_is_written_and_removed_on_change() {
+        let mut current = BTreeMap::new();
+        assert_eq!(sidecar_patch(&current, None), None);
+        let patch = sidecar_patch(&current, Some("1 of 2 pods without the queue-proxy")).unwrap();
+        assert_eq!(
+            patch["metadata"]["annotations"]["status.ebb.dev/sidecar"],
+            "1 of 2 pods without the queue-proxy"
+        );
+        current.insert(STATUS_SIDECAR.to_owned(), "x".to_owned());
+        assert_eq!(sidecar_patch(&current, Some("x")), None);
+        let removed = sidecar_patch(&current, None).unwrap();
+        assert!(removed["metadata"]["annotations"]["status.ebb.dev/sidecar"].is_null());
     }
 
     #[test]
@@ -86,10 +90,10 @@ mod tests {
         let patch = annotations_patch(&current, 3, "serve", false, Some("stable: 3 pods")).unwrap();
         assert_eq!(patch["metadata"]["annotations"]["status.ebb.dev/desired"], "3");
         assert_eq!(patch["metadata"]["annotations"]["status.ebb.dev/panic"], "false");
-        current.insert(desired_key(), "3".to_owned());
-        current.insert(mode_key(), "serve".to_owned());
-        current.insert(panic_key(), "false".to_owned());
-        current.insert(reason_key(), "stable: 3 pods".to_owned());
+        current.insert(STATUS_DESIRED.to_owned(), "3".to_owned());
+        current.insert(STATUS_MODE.to_owned(), "serve".to_owned());
+        current.insert(STATUS_PANIC.to_owned(), "false".to_owned());
+        current.insert(STATUS_REASON.to_owned(), "stable: 3 pods".to_owned());
         assert_eq!(annotations_patch(&current, 3, "serve", false, None), None);
         assert_eq!(annotations_patch(&current, 3, "serve", false, Some("stable: 3 pods")), None);
         let patch = annotations_patch(&current, 3, "proxy", false, None).unwrap();

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_SERVICE};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use kube::api::{ApiResource, DynamicObject};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -30,6 +30,10 @@ pub(crate) struct Stores {
     pub slices: Vec<Store<DynamicObject>>,
     pub config: Store<ConfigMap>,
     pub activators: Store<Pod>,
+    /// With the webhook: the labelled ReplicaSets' metadata (a pod's way to its Deployment).
+    pub replicasets: Vec<Store<PartialObjectMeta<ReplicaSet>>>,
+    /// With the webhook: its certificates' Secret.
+    pub webhook_secret: Option<Store<Secret>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -66,8 +70,16 @@ impl Stores {
                 watcher::Config::default().labels(&options.activator_selector),
                 (),
             ),
+            replicasets: Vec::new(),
+            webhook_secret: None,
             tasks: Vec::new(),
         };
+        if let Some(webhook) = &options.webhook {
+            // Watched by name, so that the Role may grant that one Secret only.
+            let secrets = Api::namespaced(client.clone(), &options.namespace);
+            let by_name = watcher::Config::default().fields(&format!("metadata.name={}", webhook.secret));
+            stores.webhook_secret = Some(reflect(report_to, &mut tasks, secrets, by_name, ()));
+        }
         for ns in namespaces {
             let c = client.clone();
             let api = |c: kube::Client| match ns {
@@ -85,6 +97,14 @@ impl Stores {
                 None => Api::all_with(c, &slices),
             };
             stores.slices.push(reflect(report_to, &mut tasks, slice_api, ours.clone(), slices.clone()));
+            if options.webhook.is_some() {
+                // Metadata only: the owner references are all the webhook reads.
+                let replicasets = match ns {
+                    Some(ns) => Api::<PartialObjectMeta<ReplicaSet>>::namespaced(client.clone(), ns),
+                    None => Api::all(client.clone()),
+                };
+                stores.replicasets.push(reflect(report_to, &mut tasks, replicasets, labelled.clone(), ()));
+            }
         }
         stores.tasks = tasks;
         stores
@@ -108,6 +128,11 @@ impl Stores {
             }
         }
         for s in &self.slices {
+            if s.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        for s in &self.replicasets {
             if s.wait_until_ready().await.is_err() {
                 return false;
             }

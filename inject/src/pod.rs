@@ -1,11 +1,11 @@
-//! The core of `ebb inject`: one pod template in, the same template with the queue-proxy sidecar out (or every
-//! reason it cannot have one). It is pure: no files, no documents, no output; the same function that edits a
-//! Deployment's template in a YAML file can serve an admission webhook on Pod creation.
+//! The two entry points: a pod template in ([`inject_template`], for `ebb inject`) or a Pod in ([`inject_pod`], for
+//! the admission webhook), the same with the queue-proxy sidecar out (or every reason it cannot have one). Both
+//! run one function: a pod gets the same sidecar whichever way it came.
 //!
-//! What the template gets (the cluster's conventions, and Knative's layout):
+//! What the template or pod gets (the cluster's conventions, and Knative's layout):
 //! - a `queue-proxy` container (ports 8012/8022/9090/9091) whose `EBB_*` env carries the data-plane settings
 //!   resolved from the service's annotations, exactly as the autoscaler's ConfigMismatch check
-//!   (`ebb_autoscaler::kube::env_check`) reads them back;
+//!   (`ebb_autoscaler::cluster::env_check`) reads them back;
 //! - the user container's readinessProbe moved to the queue-proxy, which probes the user container itself
 //!   (`EBB_PROBE_PATH`); the kubelet probes the queue-proxy with `Ebb-Probe: queue`. Startup and liveness
 //!   probes stay on the user container;
@@ -21,14 +21,15 @@ use std::collections::BTreeMap;
 use ebb_config::names::{LABEL_SERVICE, QUEUE_PROXY_ADMIN_PORT, RESERVED_POD_PORTS, WAIT_FOR_DRAIN_PATH};
 use ebb_config::sidecar::env;
 use ebb_config::{GlobalConfig, resolve_service};
-use serde_yaml::Value;
+use serde_json::Value;
 
-use super::drain::termination_grace_period;
-use super::model::{ContainerPorts, PodTemplate, PreStop, SidecarContainer, UserContainer};
-use super::readiness::{Readiness, movable_readiness};
-use super::sidecar_container::Sidecar;
+use crate::drain::termination_grace_period;
+use crate::model::{ContainerPorts, PodTemplate, PreStop, SIDECAR, SidecarContainer, UserContainer};
+use crate::readiness::{Readiness, movable_readiness};
+use crate::sidecar_container::Sidecar;
+use crate::value::{at, str_at};
 
-/// The service a pod template belongs to.
+/// The service a pod template or a pod belongs to.
 pub struct Service<'a> {
     /// Its name: `EBB_SERVICE_NAME`, and the pod template's `ebb.dev/service` label.
     pub name: &'a str,
@@ -47,10 +48,57 @@ pub struct Injection {
     pub warnings: Vec<String>,
 }
 
-/// Injects the queue-proxy of `service`, running `image`, into `template` (a pod template: `metadata` and
-/// `spec`). On error, every problem found, so they can be fixed at once.
+/// A Pod after the webhook's injection.
+#[derive(Debug)]
+pub struct PodInjection {
+    /// The pod: with the sidecar, or as it came when it had one already.
+    pub pod: Value,
+    /// Whether the sidecar was added; `false` when the pod had one already and is returned unchanged.
+    pub injected: bool,
+    /// Things the user should know.
+    pub warnings: Vec<String>,
+}
+
+/// Injects the queue-proxy of `service`, running `image`, into `template` (a Deployment's pod template:
+/// `metadata` and `spec`). Injecting again updates an earlier injection's sidecar in place. On error, every
+/// problem found, so they can be fixed at once; each names the annotation or field.
 pub fn inject_template(
     template: &Value,
+    service: &Service<'_>,
+    image: &str,
+) -> Result<Injection, Vec<String>> {
+    inject(template, "spec.template.spec", service, image)
+}
+
+/// Injects the queue-proxy of `service`, running `image`, into `pod` (a Pod as an AdmissionReview carries it on
+/// creation: `metadata` and `spec`), for the admission webhook; `service` carries the annotations of the
+/// workload that owns the pod. The same injection as [`inject_template`], with two rules of its own:
+/// - a pod that has the sidecar already (its Deployment went through `ebb inject`) is returned unchanged, so
+///   the sidecar is never added twice nor changed under the workload's nose;
+/// - its label `ebb.dev/service` must name `service`: the activator and the autoscaler find the service's pods
+///   by it, so a pod without it, or of another service, is refused.
+pub fn inject_pod(pod: &Value, service: &Service<'_>, image: &str) -> Result<PodInjection, Vec<String>> {
+    let containers = at(pod, &["spec", "containers"]).and_then(Value::as_array);
+    if containers.into_iter().flatten().any(|c| str_at(c, &["name"]) == Some(SIDECAR)) {
+        return Ok(PodInjection { pod: pod.clone(), injected: false, warnings: Vec::new() });
+    }
+    let label = at(pod, &["metadata", "labels", LABEL_SERVICE]);
+    if label.and_then(Value::as_str) != Some(service.name) {
+        let found = label.map_or_else(|| "missing".to_owned(), |l| format!("{l}"));
+        return Err(vec![format!(
+            "the pod's label {LABEL_SERVICE} is {found} but must be {:?}: the activator and autoscaler find the \
+             service's pods by it",
+            service.name
+        )]);
+    }
+    let Injection { template, warnings } = inject(pod, "spec", service, image)?;
+    Ok(PodInjection { pod: template, injected: true, warnings })
+}
+
+/// The injection both entry points run, into a pod template or a pod; `spec` names its pod spec in errors.
+fn inject(
+    template: &Value,
+    spec: &str,
     service: &Service<'_>,
     image: &str,
 ) -> Result<Injection, Vec<String>> {
@@ -66,7 +114,7 @@ pub fn inject_template(
             None
         }
     };
-    let mut pod = match PodTemplate::read(template) {
+    let mut pod = match PodTemplate::read(template, spec) {
         Ok(pod) => pod,
         Err(error) => {
             errors.push(error);
@@ -186,15 +234,25 @@ fn probe(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    fn service<'a>(annotations: &'a BTreeMap<String, String>, global: &'a GlobalConfig) -> Service<'a> {
+        Service { name: "svc", annotations, global }
+    }
+
+    fn timeout(value: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("ebb.dev/timeout".to_owned(), value.to_owned())])
+    }
 
     #[test]
     fn a_pod_template_alone_is_enough() {
         // What an admission webhook would hand over: no Deployment, no document, just the template.
-        let template: Value = serde_yaml::from_str(
-            "metadata: {annotations: {x: y}}\nspec: {containers: [{name: app, ports: [{containerPort: 7000}]}]}",
-        )
-        .unwrap();
+        let template = json!({
+            "metadata": {"annotations": {"x": "y"}},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 7000}]}]},
+        });
         let annotations = BTreeMap::from([("ebb.dev/timeout".to_owned(), "10s".to_owned())]);
         let service = Service { name: "svc", annotations: &annotations, global: &GlobalConfig::default() };
         let injected = inject_template(&template, &service, "img").unwrap();
@@ -206,5 +264,71 @@ mod tests {
         assert_eq!(out["spec"]["terminationGracePeriodSeconds"].as_u64(), Some(45));
         let errors = inject_template(&Value::Null, &service, "img").unwrap_err();
         assert_eq!(errors, ["has no spec.template.spec; nothing to inject into"]);
+    }
+
+    #[test]
+    fn a_pod_gets_the_sidecar_its_template_would_get() {
+        let (annotations, global) = (timeout("10s"), GlobalConfig::default());
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "svc-7d9f-", "labels": {LABEL_SERVICE: "svc"}},
+            "spec": {"containers": [{
+                "name": "app",
+                "ports": [{"containerPort": 8000}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": 8000}},
+            }]},
+        });
+        let injected = inject_pod(&pod, &service(&annotations, &global), "img").unwrap();
+        assert!(injected.injected);
+        let template = json!({"metadata": pod["metadata"], "spec": pod["spec"]});
+        let from_template = inject_template(&template, &service(&annotations, &global), "img").unwrap();
+        assert_eq!(injected.pod["spec"], from_template.template["spec"], "one model, two entry points");
+        assert_eq!(
+            (injected.pod["kind"].as_str(), &injected.pod["metadata"]),
+            (Some("Pod"), &pod["metadata"])
+        );
+        let containers = injected.pod["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers[1]["name"], SIDECAR);
+        assert!(containers[0].get("readinessProbe").is_none(), "moved to the queue-proxy");
+    }
+
+    #[test]
+    fn a_pod_that_has_the_sidecar_is_returned_unchanged() {
+        let (annotations, global) = (timeout("10s"), GlobalConfig::default());
+        let pod = json!({
+            "metadata": {"labels": {LABEL_SERVICE: "svc"}},
+            "spec": {"containers": [{"name": "app"}]},
+        });
+        let once = inject_pod(&pod, &service(&annotations, &global), "img").unwrap().pod;
+        // Even with other annotations now, or invalid ones: the pod is its workload's, as injected then.
+        for annotations in [timeout("1m"), timeout("forever")] {
+            let again = inject_pod(&once, &service(&annotations, &global), "other-img").unwrap();
+            assert!(!again.injected);
+            assert_eq!((again.pod, again.warnings.len()), (once.clone(), 0));
+        }
+    }
+
+    #[test]
+    fn a_pod_must_carry_the_services_label_and_errors_name_the_annotation() {
+        let (annotations, global) = (timeout("10s"), GlobalConfig::default());
+        let unlabelled = json!({"metadata": {}, "spec": {"containers": [{"name": "app"}]}});
+        let errors = inject_pod(&unlabelled, &service(&annotations, &global), "img").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("the pod's label ebb.dev/service is missing but must be \"svc\""),
+            "{errors:?}"
+        );
+        let other = json!({"metadata": {"labels": {LABEL_SERVICE: "other"}}, "spec": {"containers": [{"name": "app"}]}});
+        let errors = inject_pod(&other, &service(&annotations, &global), "img").unwrap_err();
+        assert!(errors[0].contains("is \"other\" but must be \"svc\""), "{errors:?}");
+
+        let pod = json!({"metadata": {"labels": {LABEL_SERVICE: "svc"}}, "spec": {"containers": [{"name": "app"}]}});
+        let bad = timeout("forever");
+        let errors = inject_pod(&pod, &service(&bad, &global), "img").unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("ebb.dev/timeout: \"forever\"")), "{errors:?}");
+        let errors =
+            inject_pod(&json!({"metadata": pod["metadata"]}), &service(&annotations, &global), "img");
+        assert_eq!(errors.unwrap_err(), ["has no spec; nothing to inject into"]);
     }
 }

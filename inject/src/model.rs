@@ -1,15 +1,14 @@
-//! The typed model of what `ebb inject` reads and edits in a pod template (a Deployment's `spec.template`):
-//! the user container's ports, readiness probe and preStop hook, the queue-proxy container, the pod's grace
-//! period and the service label. [`PodTemplate::read`] takes these parts from the YAML; [`PodTemplate::write`]
-//! puts them back into that same YAML, so every field the model does not name, unknown ones included, stays as
-//! the user wrote it.
+//! The typed model of what ebb reads and edits in a pod template (a Deployment's `spec.template`) or a Pod (both
+//! are `metadata` and a pod `spec`): the user container's ports, readiness probe and preStop hook, the
+//! queue-proxy container, the pod's grace period and the service label. [`PodTemplate::read`] takes these parts
+//! from the value; [`PodTemplate::write`] puts them back into that same value, so every field the model does not
+//! name, unknown ones included, stays as it was written, where it was.
 
 use ebb_config::names::LABEL_SERVICE;
-use serde_yaml::{Mapping, Value};
+use serde_json::{Map, Value};
 
-use super::drain::drain_hook;
-use super::yaml::{ensure_mapping, str_at};
-use crate::manifest::at;
+use crate::drain::drain_hook;
+use crate::value::{at, ensure_mapping, str_at};
 
 /// The sidecar's container name.
 pub const SIDECAR: &str = "queue-proxy";
@@ -26,7 +25,7 @@ pub struct Port {
 
 /// The TCP `containerPort`s of a container.
 fn container_ports(container: &Value) -> Vec<Port> {
-    let ports = container.get("ports").and_then(Value::as_sequence).into_iter().flatten();
+    let ports = container.get("ports").and_then(Value::as_array).into_iter().flatten();
     ports
         .filter(|p| str_at(p, &["protocol"]).is_none_or(|proto| proto == "TCP"))
         .filter_map(|p| {
@@ -102,7 +101,7 @@ impl Probe {
                 port: PortRef::read(http),
                 scheme: str_at(http, &["scheme"]).map(str::to_owned),
                 host: http.get("host").is_some(),
-                headers: http.get("httpHeaders").and_then(Value::as_sequence).is_some_and(|h| !h.is_empty()),
+                headers: http.get("httpHeaders").and_then(Value::as_array).is_some_and(|h| !h.is_empty()),
                 path: str_at(http, &["path"]).map(str::to_owned),
             })
         } else if let Some(tcp) = probe.get("tcpSocket") {
@@ -157,19 +156,18 @@ impl UserContainer {
         self.ports.first().map_or(DEFAULT_USER_PORT, |p| p.number)
     }
 
-    fn write(&self, container: &mut Mapping) {
-        // Removed first: removing swaps the last field into its place.
+    fn write(&self, container: &mut Map<String, Value>) {
+        // The fields after it move up, in their order.
         if self.readiness_probe.is_none() {
-            container.remove("readinessProbe");
+            container.shift_remove("readinessProbe");
         }
         if self.pre_stop == PreStop::WaitForDrain {
-            let lifecycle =
-                container.entry("lifecycle".into()).or_insert_with(|| Value::Mapping(Mapping::new()));
-            if !lifecycle.is_mapping() {
-                *lifecycle = Value::Mapping(Mapping::new());
+            let lifecycle = container.entry("lifecycle").or_insert_with(|| Value::Object(Map::new()));
+            if !lifecycle.is_object() {
+                *lifecycle = Value::Object(Map::new());
             }
-            if let Some(lifecycle) = lifecycle.as_mapping_mut() {
-                lifecycle.insert("preStop".into(), drain_hook());
+            if let Some(lifecycle) = lifecycle.as_object_mut() {
+                lifecycle.insert("preStop".to_owned(), drain_hook());
             }
         }
     }
@@ -178,13 +176,13 @@ impl UserContainer {
 /// The queue-proxy container: its fields as written (ebb sets some, the user may add others).
 pub struct SidecarContainer {
     /// Every field of the container.
-    pub fields: Mapping,
+    pub fields: Map<String, Value>,
 }
 
 impl SidecarContainer {
     /// `env`, as written.
     pub fn env(&self) -> &[Value] {
-        self.fields.get("env").and_then(Value::as_sequence).map_or(&[], Vec::as_slice)
+        self.fields.get("env").and_then(Value::as_array).map_or(&[], Vec::as_slice)
     }
 
     /// A literal env value (the last of duplicates wins, as in Kubernetes); `None` when unset or empty.
@@ -216,12 +214,13 @@ pub struct PodTemplate {
 }
 
 impl PodTemplate {
-    /// Reads a pod template; `Err` says why there is nothing to inject into.
-    pub fn read(template: &Value) -> Result<Self, String> {
-        let Some(pod) = template.get("spec").filter(|p| p.is_mapping()) else {
-            return Err("has no spec.template.spec; nothing to inject into".to_owned());
+    /// Reads a pod template or a pod; `Err` says why there is nothing to inject into. `spec` names its `spec`
+    /// in that message (`spec.template.spec` in a Deployment).
+    pub fn read(template: &Value, spec: &str) -> Result<Self, String> {
+        let Some(pod) = template.get("spec").filter(|p| p.is_object()) else {
+            return Err(format!("has no {spec}; nothing to inject into"));
         };
-        let containers = pod.get("containers").and_then(Value::as_sequence).cloned().unwrap_or_default();
+        let containers = pod.get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
         let is_sidecar = |c: &Value| str_at(c, &["name"]) == Some(SIDECAR);
         let Some(user_index) = containers.iter().position(|c| !is_sidecar(c)) else {
             return Err(
@@ -229,7 +228,7 @@ impl PodTemplate {
             );
         };
         let sidecar_index = containers.iter().position(is_sidecar);
-        let init_containers = pod.get("initContainers").and_then(Value::as_sequence).into_iter().flatten();
+        let init_containers = pod.get("initContainers").and_then(Value::as_array).into_iter().flatten();
         let ports_in_use = containers
             .iter()
             .chain(init_containers)
@@ -241,9 +240,8 @@ impl PodTemplate {
             .collect();
         Ok(Self {
             user: UserContainer::read(&containers[user_index]),
-            sidecar: sidecar_index.map(|i| SidecarContainer {
-                fields: containers[i].as_mapping().cloned().unwrap_or_default(),
-            }),
+            sidecar: sidecar_index
+                .map(|i| SidecarContainer { fields: containers[i].as_object().cloned().unwrap_or_default() }),
             ports_in_use,
             grace_period: pod.get("terminationGracePeriodSeconds").and_then(Value::as_u64),
             service_label: at(template, &["metadata", "labels", LABEL_SERVICE]).cloned(),
@@ -267,25 +265,25 @@ impl PodTemplate {
             service_label,
             ..
         } = self;
-        if let Some(container) = containers[user_index].as_mapping_mut() {
+        if let Some(container) = containers[user_index].as_object_mut() {
             user.write(container);
         }
         match (sidecar, sidecar_index) {
-            (Some(sidecar), Some(i)) => containers[i] = Value::Mapping(sidecar.fields),
-            (Some(sidecar), None) => containers.push(Value::Mapping(sidecar.fields)),
+            (Some(sidecar), Some(i)) => containers[i] = Value::Object(sidecar.fields),
+            (Some(sidecar), None) => containers.push(Value::Object(sidecar.fields)),
             (None, _) => {}
         }
-        if let Some(pod) = raw.get_mut("spec").and_then(Value::as_mapping_mut) {
-            pod.insert("containers".into(), Value::Sequence(containers));
+        if let Some(pod) = raw.get_mut("spec").and_then(Value::as_object_mut) {
+            pod.insert("containers".to_owned(), Value::Array(containers));
             let current = pod.get("terminationGracePeriodSeconds").and_then(Value::as_u64);
             if let Some(grace) = grace_period.filter(|g| current != Some(*g)) {
-                pod.insert("terminationGracePeriodSeconds".into(), grace.into());
+                pod.insert("terminationGracePeriodSeconds".to_owned(), grace.into());
             }
         }
         if let Some(label) = service_label {
             let labels = ensure_mapping(&mut raw, &["metadata", "labels"]);
             if labels.get(LABEL_SERVICE) != Some(&label) {
-                labels.insert(LABEL_SERVICE.into(), label);
+                labels.insert(LABEL_SERVICE.to_owned(), label);
             }
         }
         raw

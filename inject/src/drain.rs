@@ -6,9 +6,9 @@ use std::time::Duration;
 use ebb_config::names::{QUEUE_PROXY_ADMIN_PORT, WAIT_FOR_DRAIN_PATH};
 use ebb_config::sidecar;
 use ebb_config::value::parse_duration;
-use serde_yaml::Value;
+use serde_json::Value;
 
-use super::yaml::map;
+use crate::value::map;
 
 /// Time beyond the drain deadline for the preStop hook's round trip and the process's exit.
 const GRACE_MARGIN: Duration = Duration::from_secs(5);

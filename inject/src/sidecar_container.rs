@@ -10,11 +10,11 @@ use ebb_config::names::{
     QUEUE_PROXY_STATS_PORT,
 };
 use ebb_config::sidecar::{self, data_plane_settings};
-use serde_yaml::Value;
+use serde_json::Value;
 
-use super::drain::drain_hook;
-use super::model::{SIDECAR, SidecarContainer};
-use super::yaml::{map, set, str_at};
+use crate::drain::drain_hook;
+use crate::model::{SIDECAR, SidecarContainer};
+use crate::value::{map, set, str_at};
 
 /// The env names `ebb inject` owns on the sidecar; any other variable there is the user's and is kept.
 const MANAGED_ENV: &[&str] = &[
@@ -105,7 +105,8 @@ impl Sidecar<'_> {
         let mut sidecar = existing.map(|s| s.fields.clone()).unwrap_or_default();
         set(&mut sidecar, "name", SIDECAR.into());
         set(&mut sidecar, "image", self.image.into());
-        set(&mut sidecar, "command", Value::Sequence(vec![SIDECAR.into()]));
+        // The image holds one multi-call `ebb`: every component is a subcommand.
+        set(&mut sidecar, "command", Value::Array(vec!["ebb".into(), SIDECAR.into()]));
         let ports = [
             (QUEUE_PROXY_DATA_PORT, "queue-data"),
             (QUEUE_PROXY_ADMIN_PORT, "queue-admin"),
@@ -113,17 +114,17 @@ impl Sidecar<'_> {
             (QUEUE_PROXY_METRICS_PORT, "queue-metrics"),
         ]
         .map(|(port, name)| map([("name", name.into()), ("containerPort", port.into())]));
-        set(&mut sidecar, "ports", Value::Sequence(ports.to_vec()));
-        set(&mut sidecar, "env", Value::Sequence(env));
+        set(&mut sidecar, "ports", Value::Array(ports.to_vec()));
+        set(&mut sidecar, "env", Value::Array(env));
         set(&mut sidecar, "readinessProbe", readiness_probe());
         // No preStop hook: SIGTERM starts the drain. (A hook that asked the admin port to drain would let
         // anything on the pod network drain the pod; one injected by an earlier ebb is removed.)
-        if let Some(Value::Mapping(lifecycle)) = sidecar.get_mut("lifecycle") {
+        if let Some(Value::Object(lifecycle)) = sidecar.get_mut("lifecycle") {
             if lifecycle.get("preStop") == Some(&drain_hook()) {
-                lifecycle.remove("preStop");
+                lifecycle.shift_remove("preStop");
             }
             if lifecycle.is_empty() {
-                sidecar.remove("lifecycle");
+                sidecar.shift_remove("lifecycle");
             }
         }
         // Defaults the user may tune: left alone when present.
@@ -144,7 +145,7 @@ fn readiness_probe() -> Value {
     let http_get = map([
         ("path", "/".into()),
         ("port", QUEUE_PROXY_ADMIN_PORT.into()),
-        ("httpHeaders", Value::Sequence(vec![header])),
+        ("httpHeaders", Value::Array(vec![header])),
     ]);
     map([
         ("httpGet", http_get),
@@ -155,7 +156,7 @@ fn readiness_probe() -> Value {
 }
 
 fn security_context() -> Value {
-    let drop = map([("drop", Value::Sequence(vec!["ALL".into()]))]);
+    let drop = map([("drop", Value::Array(vec!["ALL".into()]))]);
     map([
         ("runAsNonRoot", true.into()),
         // The distroless `nonroot` user; numeric, so the kubelet can check it is not root.

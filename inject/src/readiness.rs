@@ -2,7 +2,7 @@
 //! itself (`EBB_PROBE_PATH`: an HTTP GET of that path, or a TCP connect without one) on the port it forwards
 //! to, and nothing else; a probe it cannot repeat stays with the kubelet on the user container.
 
-use super::model::{Port, PortRef, Probe, ProbeAction};
+use crate::model::{Port, PortRef, Probe, ProbeAction};
 
 /// What happens to the user container's readinessProbe.
 pub enum Readiness {

@@ -1,0 +1,167 @@
+//! What the webhook decides for one Pod being created: the Deployment it belongs to (Pod -> ReplicaSet ->
+//! Deployment, from the watch caches, never an API call per pod), that Deployment's annotations and the
+//! `config-autoscaler` in force, and the queue-proxy the inject core makes of them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ebb_config::names::LABEL_SERVICE;
+use ebb_inject::{Service, inject_pod};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::ResourceExt;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde_json::Value;
+
+use super::review::{Request, Verdict, controller, has_sidecar, json_patch};
+use crate::cluster::state::GlobalInForce;
+
+/// How long a pod's ReplicaSet or Deployment may take to reach the watch caches: the API server answers the
+/// controller that creates them before the watch event reaches ebb.
+const CACHE_WAIT: Duration = Duration::from_secs(3);
+const CACHE_POLL: Duration = Duration::from_millis(25);
+
+/// The watch caches and settings the webhook decides with.
+pub(crate) struct Admission {
+    /// Labelled Deployments (one store per watched namespace, or one for all).
+    pub deployments: Vec<Store<Deployment>>,
+    /// Labelled ReplicaSets' metadata (their owner references).
+    pub replicasets: Vec<Store<PartialObjectMeta<ReplicaSet>>>,
+    /// `config-autoscaler` as the controller applies it.
+    pub global: Arc<GlobalInForce>,
+    /// The queue-proxy's image.
+    pub image: String,
+}
+
+impl Admission {
+    /// The verdict for `request`.
+    pub async fn decide(&self, request: &Request) -> Verdict {
+        let allow = Verdict::Allow { warnings: Vec::new() };
+        if request.kind != "Pod" || request.operation != "CREATE" {
+            return allow;
+        }
+        let pod = &request.object;
+        // Idempotent: a pod with a queue-proxy (`ebb inject`'s, or a reinvocation) is left as it is.
+        if has_sidecar(pod) {
+            return allow;
+        }
+        let deployment = match self.deployment_of(&request.namespace, pod).await {
+            Ok(deployment) => deployment,
+            Err(verdict) => return verdict,
+        };
+        let name = deployment.name_any();
+        let namespace = &request.namespace;
+        let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
+        if label != name {
+            return warn(format!(
+                "Deployment {namespace}/{name}: label {LABEL_SERVICE}={label:?} must equal its name; ebb leaves it \
+                 alone and injects no queue-proxy"
+            ));
+        }
+        let annotations: BTreeMap<String, String> = deployment.annotations().clone();
+        let global = self.global.get();
+        let service = Service { name: &name, annotations: &annotations, global: &global };
+        match inject_pod(pod, &service, &self.image) {
+            Ok(injected) => {
+                Verdict::Patch { patch: json_patch(pod, &injected.pod), warnings: injected.warnings }
+            }
+            Err(errors) => Verdict::Deny {
+                message: format!(
+                    "ebb cannot add the queue-proxy to this pod of Deployment {namespace}/{name}: {}. Fix the \
+                     Deployment; its pods are created once it is valid",
+                    errors.join("; ")
+                ),
+            },
+        }
+    }
+
+    /// The labelled Deployment that owns `pod` through a ReplicaSet, waiting briefly for the caches. `Err`
+    /// is the verdict when there is none.
+    async fn deployment_of(&self, namespace: &str, pod: &Value) -> Result<Arc<Deployment>, Verdict> {
+        // Before the caches have listed once, "not found" means nothing: refuse, and the pod comes again.
+        if !self.synced().await {
+            return Err(Verdict::Deny {
+                message:
+                    "ebb's watch caches are not synced yet (the autoscaler is starting); the pod is created \
+                          again shortly"
+                        .into(),
+            });
+        }
+        let Some((kind, name)) = controller(pod) else {
+            return Err(warn(
+                "this pod has no controller: ebb injects the queue-proxy only into pods of Deployments"
+                    .into(),
+            ));
+        };
+        if kind != "ReplicaSet" {
+            return Err(warn(format!(
+                "this pod belongs to {kind} {name}: ebb injects the queue-proxy only into pods of Deployments"
+            )));
+        }
+        let key = ObjectRef::<PartialObjectMeta<ReplicaSet>>::new(&name).within(namespace);
+        let Some(replicaset) = cached(&self.replicasets, &key).await else {
+            // Refused, so the ReplicaSet controller tries again, by when the cache has it.
+            return Err(Verdict::Deny {
+                message: format!(
+                    "ReplicaSet {namespace}/{name} is not in ebb's watch cache yet (or not labelled \
+                     {LABEL_SERVICE}); the pod is created again shortly"
+                ),
+            });
+        };
+        let owner =
+            replicaset.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+        let Some(owner) = owner.filter(|o| o.kind == "Deployment") else {
+            return Err(warn(format!(
+                "ReplicaSet {namespace}/{name} has no Deployment: ebb injects the queue-proxy only into pods of \
+                 Deployments"
+            )));
+        };
+        let key = ObjectRef::<Deployment>::new(&owner.name).within(namespace);
+        cached(&self.deployments, &key).await.ok_or_else(|| {
+            warn(format!(
+                "Deployment {namespace}/{}: not labelled {LABEL_SERVICE}, or in a namespace this autoscaler does \
+                 not watch: no queue-proxy injected",
+                owner.name
+            ))
+        })
+    }
+}
+
+impl Admission {
+    /// Whether every cache the decision reads has listed once, waiting up to [`CACHE_WAIT`].
+    async fn synced(&self) -> bool {
+        let all = async {
+            for store in &self.deployments {
+                store.wait_until_ready().await.map_err(drop)?;
+            }
+            for store in &self.replicasets {
+                store.wait_until_ready().await.map_err(drop)?;
+            }
+            Ok::<_, ()>(())
+        };
+        matches!(tokio::time::timeout(CACHE_WAIT, all).await, Ok(Ok(())))
+    }
+}
+
+fn warn(warning: String) -> Verdict {
+    Verdict::Allow { warnings: vec![warning] }
+}
+
+/// The object `key` in one of `stores`, waiting up to [`CACHE_WAIT`] for it to arrive.
+async fn cached<K>(stores: &[Store<K>], key: &ObjectRef<K>) -> Option<Arc<K>>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let deadline = tokio::time::Instant::now() + CACHE_WAIT;
+    loop {
+        if let Some(found) = stores.iter().find_map(|s| s.get(key)) {
+            return Some(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(CACHE_POLL).await;
+    }
+}

@@ -1,0 +1,101 @@
+//! The webhook's HTTPS listener: `POST /inject` takes an AdmissionReview and answers it; `/healthz` answers
+//! `ok`. Every replica serves it (the Service in front of it selects them all), leader or not.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::admission::Admission;
+use super::review::{Verdict, parse, response};
+
+/// The path the webhook configuration names.
+pub const INJECT_PATH: &str = "/inject";
+/// The largest AdmissionReview read (the API server's own request limit is 3 MiB).
+const MAX_BODY: usize = 6 << 20;
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `stop` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    admission: Arc<Admission>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let admission = admission.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, "webhook TLS handshake failed: {err}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                let admission = admission.clone();
+                async move { Ok::<_, Infallible>(handle(&admission, request).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(admission: &Admission, request: http::Request<Incoming>) -> Response<Full<Bytes>> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok".into()),
+        (&Method::POST, INJECT_PATH) => {
+            let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(err) => return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}")),
+            };
+            let review = match parse(&body) {
+                Ok(review) => review,
+                Err(err) => return text(StatusCode::BAD_REQUEST, err),
+            };
+            let verdict = admission.decide(&review).await;
+            match &verdict {
+                Verdict::Deny { message } => {
+                    tracing::info!(namespace = %review.namespace, "pod refused: {message}")
+                }
+                other => {
+                    tracing::debug!(uid = %review.uid, namespace = %review.namespace, "admission: {other:?}")
+                }
+            }
+            let mut answer =
+                Response::new(Full::new(Bytes::from(response(&review.uid, &verdict).to_string())));
+            answer.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            answer
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
