@@ -178,7 +178,13 @@ impl Policy for NoFastPath {
         std::future::ready(crate::h1::conn::Admit::Hyper)
     }
 
-    fn responded(&self, _hold: &mut (), _status: http::StatusCode) {}
+    fn responded(
+        &self,
+        _hold: &mut (),
+        _status: http::StatusCode,
+    ) -> Option<(&'static str, http::HeaderValue)> {
+        None
+    }
 
     fn failed(&self, _hold: (), err: &crate::error::ProxyError) -> Response<Bytes> {
         let mut response = Response::new(Bytes::new());

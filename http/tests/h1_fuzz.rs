@@ -235,7 +235,7 @@ proptest! {
             let mut head = ResponseHead::default();
             if let Ok(ParsedResponse::Complete) = head::parse_response(input, head_request, &mut head) {
                 let mut out = Vec::new();
-                let edit = ResponseEdit { remove: &["ebb-proxy-error"], close: true, date: b"Thu, 01 Jan 1970 00:00:00 GMT" };
+                let edit = ResponseEdit { remove: &["ebb-proxy-error"], close: true, date: b"Thu, 01 Jan 1970 00:00:00 GMT", add: None };
                 head::write_response(&mut out, input, &head, &edit);
                 let mut again = ResponseHead::default();
                 prop_assert_eq!(head::parse_response(&out, head_request, &mut again), Ok(ParsedResponse::Complete));

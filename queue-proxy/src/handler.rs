@@ -197,14 +197,16 @@ impl Policy for DataPlane {
                 request: RequestEdit { remove: &[HEADER_PROXIED, HEADER_KNATIVE_PROXIED], add: None },
                 // Only this proxy may say that nothing reached the container (the activator retries on it).
                 response_remove: &[HEADER_PROXY_ERROR],
+                replay: false,
             })
         }
     }
 
-    fn responded(&self, hold: &mut FastHold, status: StatusCode) {
+    fn responded(&self, hold: &mut FastHold, status: StatusCode) -> Option<(&'static str, HeaderValue)> {
         self.metrics.first_byte(hold.start.elapsed());
         self.metrics.response(status);
         hold.responded = true;
+        None
     }
 
     fn failed(&self, hold: FastHold, err: &ProxyError) -> Response<Bytes> {

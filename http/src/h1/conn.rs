@@ -45,6 +45,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Reads from either side start with a buffer of this size (a request head that does not fit grows it, up to
 /// [`MAX_REQUEST_HEAD`]).
 const BUFFER: usize = 8192;
+/// Response body parts up to this size are copied behind their head rather than written from where they were
+/// read (the copy costs less than a second buffer in the write).
+const SMALL_BODY: usize = 2048;
 /// Spare buffers kept per thread.
 const SPARE_BUFFERS: usize = 64;
 
@@ -57,6 +60,15 @@ thread_local! {
 /// not go to the allocator for every request.
 fn spare() -> BytesMut {
     SPARE.with_borrow_mut(Vec::pop).unwrap_or_else(|| BytesMut::with_capacity(BUFFER))
+}
+
+/// Moves what `buf` holds into a buffer of just its size, and gives the read buffer back to the spares.
+fn compact(buf: &mut BytesMut) {
+    let mut small = BytesMut::with_capacity(buf.len());
+    small.extend_from_slice(buf);
+    let mut read = std::mem::replace(buf, small);
+    read.clear();
+    recycle(&mut read);
 }
 
 /// Gives `buf` back to the spares (emptied) if it has nothing left in it.
@@ -113,6 +125,30 @@ impl<'a> Request<'a> {
     pub fn has_body(&self) -> bool {
         self.head.has_body()
     }
+
+    /// The body's length (0 without one).
+    pub fn content_length(&self) -> u64 {
+        self.head.content_length
+    }
+}
+
+/// An upstream's response head as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseView<'a> {
+    buf: &'a [u8],
+    head: &'a ResponseHead,
+}
+
+impl<'a> ResponseView<'a> {
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.head.status
+    }
+
+    /// The first value of the field `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.head.get(self.buf, name)
+    }
 }
 
 /// What a component decides for one request.
@@ -143,6 +179,21 @@ pub struct Forward<H> {
     pub request: RequestEdit<'static>,
     /// Response fields not relayed.
     pub response_remove: &'static [&'static str],
+    /// Read the whole body before the first attempt and keep it until the response is accepted, so that
+    /// [`Policy::retry`] may send the request again.
+    pub replay: bool,
+}
+
+/// What to do after an attempt reached no user container (see [`Policy::retry`]).
+#[derive(Debug)]
+pub enum Retry {
+    /// Send the request again, there.
+    To(Authority),
+    /// Stop: the failure stands (a failed connection is answered by [`Policy::failed`], an answer that said
+    /// nothing was forwarded is relayed as it is).
+    GiveUp,
+    /// Stop with this answer.
+    Answer(Response<Bytes>),
 }
 
 /// A component's pipeline, as the fast path calls it.
@@ -157,8 +208,28 @@ pub trait Policy: Send + Sync + 'static {
         req: &Request<'_>,
     ) -> impl Future<Output = Admit<Self::Hold>> + Send + use<'s, Self>;
 
-    /// The upstream's response head arrived.
-    fn responded(&self, hold: &mut Self::Hold, status: StatusCode);
+    /// The upstream's response head arrived and is accepted: a field to add to it, if any.
+    fn responded(
+        &self,
+        hold: &mut Self::Hold,
+        status: StatusCode,
+    ) -> Option<(&'static str, http::HeaderValue)>;
+
+    /// Whether a response says that nothing of the request reached a user container (so that the request may
+    /// go elsewhere).
+    fn unforwarded(&self, _response: &ResponseView<'_>) -> Option<ProxyError> {
+        None
+    }
+
+    /// An attempt of a [`Forward::replay`] request reached no user container (`failure`: its connection
+    /// failed, or the answer said so): where to send it next, if anywhere.
+    fn retry<'s>(
+        &'s self,
+        _hold: &'s mut Self::Hold,
+        _failure: &ProxyError,
+    ) -> impl Future<Output = Retry> + Send + 's {
+        std::future::ready(Retry::GiveUp)
+    }
 
     /// Forwarding failed before the response started: the answer (dropping the hold after it).
     fn failed(&self, hold: Self::Hold, err: &ProxyError) -> Response<Bytes>;
@@ -316,6 +387,8 @@ struct Conn {
     /// The deadline of the wait for the next request head (moved forward request after request: two timers
     /// that each only move forward are cheaper than one moved back and forth).
     head_timer: Timer,
+    /// The time an exchange ended, when it has just ended.
+    now: Option<Instant>,
 }
 
 /// What follows an exchange.
@@ -354,7 +427,12 @@ impl Conn {
                 }
                 offset = 0;
             }
-            match self.client.try_write_vectored(&slices[..n]) {
+            // One buffer goes by write(2), which costs the kernel less than writev(2).
+            let written = match n {
+                1 => self.client.try_write(&slices[0]),
+                _ => self.client.try_write_vectored(&slices[..n]),
+            };
+            match written {
                 Ok(written) => skip += written,
                 Err(err) if is_would_block(&err) => {
                     if self.client.writable().await.is_err() {
@@ -429,6 +507,7 @@ pub async fn serve<P: Policy>(stream: TcpStream, policy: &P, shutdown: &mut watc
         response: ResponseHead::default(),
         timer: Timer::default(),
         head_timer: Timer::default(),
+        now: None,
     };
     let mut stopped = pin!(stopped(shutdown));
     let mut stop_seen = false;
@@ -448,7 +527,9 @@ pub async fn serve<P: Policy>(stream: TcpStream, policy: &P, shutdown: &mut watc
             } else {
                 recycle(&mut conn.cbuf);
             }
-            let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + HEADER_READ_TIMEOUT);
+            // Counted from the end of the last exchange (or now, for a new connection): one clock read less.
+            let deadline = *head_deadline
+                .get_or_insert_with(|| conn.now.take().unwrap_or_else(Instant::now) + HEADER_READ_TIMEOUT);
             let readable = wait(
                 &conn.client,
                 None,
@@ -473,26 +554,33 @@ pub async fn serve<P: Policy>(stream: TcpStream, policy: &P, shutdown: &mut watc
             }
         }
 
-        let admitted = policy.admit(&conn.view());
-        let admitted = if conn.head.has_body() {
-            admitted.await
-        } else {
-            // A client that leaves while its request waits (for a slot) frees it at once.
-            let mut admitted = pin!(admitted);
-            loop {
-                let readable = conn.client.readable();
-                tokio::select! {
-                    biased;
-                    admitted = admitted.as_mut() => break admitted,
-                    ready = readable, if conn.cbuf.len() < MAX_REQUEST_HEAD * 2 => {
-                        if ready.is_err() {
-                            return Served::Closed;
-                        }
-                        match read_some(&conn.client, &mut conn.cbuf, BUFFER) {
-                            Ok(0) => return Served::Closed,
-                            Ok(_) => {}
-                            Err(err) if is_would_block(&err) => {}
-                            Err(_) => return Served::Closed,
+        let mut admitted = pin!(policy.admit(&conn.view()));
+        let first = std::future::poll_fn(|cx| Poll::Ready(admitted.as_mut().poll(cx))).await;
+        let admitted = match first {
+            Poll::Ready(admitted) => admitted,
+            Poll::Pending => {
+                // The request waits (for a slot, or a pod): it keeps a copy of its bytes, not a read buffer.
+                compact(&mut conn.cbuf);
+                if conn.head.has_body() {
+                    admitted.await
+                } else {
+                    // A client that leaves while its request waits frees it at once.
+                    loop {
+                        let readable = conn.client.readable();
+                        tokio::select! {
+                            biased;
+                            admitted = admitted.as_mut() => break admitted,
+                            ready = readable, if conn.cbuf.len() < MAX_REQUEST_HEAD * 2 => {
+                                if ready.is_err() {
+                                    return Served::Closed;
+                                }
+                                match read_some(&conn.client, &mut conn.cbuf, BUFFER) {
+                                    Ok(0) => return Served::Closed,
+                                    Ok(_) => {}
+                                    Err(err) if is_would_block(&err) => {}
+                                    Err(_) => return Served::Closed,
+                                }
+                            }
                         }
                     }
                 }
@@ -528,11 +616,17 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// The request on its way upstream: the head (`out[sent..]` still to go), then the body, whose next bytes are
-/// the first of the client buffer.
+/// the first of the client buffer (or, for a body kept for another attempt, at `offset` in it).
 struct Pump {
     sent: usize,
     /// Body bytes not sent yet.
     left: u64,
+    /// The body's length.
+    len: u64,
+    /// The body stays in the client buffer until [`Self::commit`] (for attempts to repeat it).
+    keep: bool,
+    /// Body bytes sent, when kept.
+    offset: usize,
     /// The upstream stopped reading (a write failed with EPIPE or a reset): what is left of the body is read
     /// from the client and dropped, and the upstream's answer is still read (see [`crate::upstream_io`]).
     discard: bool,
@@ -544,7 +638,7 @@ struct Pump {
 impl Pump {
     /// Body bytes at hand in the client buffer.
     fn here(&self, cbuf: &BytesMut) -> usize {
-        (cbuf.len() as u64).min(self.left) as usize
+        ((cbuf.len() - self.offset) as u64).min(self.left) as usize
     }
 
     /// Whether the client is to be read for more of the body.
@@ -561,25 +655,38 @@ impl Pump {
         self.limit.filter(|_| self.needs_client(cbuf)).map(|limit| deadline_after(self.last_progress, limit))
     }
 
+    fn consume(&mut self, cbuf: &mut BytesMut, n: usize) {
+        if self.keep {
+            self.offset += n;
+        } else {
+            cbuf.advance(n);
+        }
+        self.left -= n as u64;
+    }
+
     /// Sends what there is to send without waiting (or drops body bytes when the upstream stopped reading).
     fn push(&mut self, up: &TcpStream, head: &[u8], cbuf: &mut BytesMut) -> Result<(), ProxyError> {
         loop {
             let here = self.here(cbuf);
             if self.discard {
-                cbuf.advance(here);
-                self.left -= here as u64;
+                self.consume(cbuf, here);
                 return Ok(());
             }
             let head_rest = &head[self.sent.min(head.len())..];
             if head_rest.is_empty() && here == 0 {
                 return Ok(());
             }
-            match up.try_write_vectored(&[IoSlice::new(head_rest), IoSlice::new(&cbuf[..here])]) {
+            let body = &cbuf[self.offset..self.offset + here];
+            let written = match (head_rest.is_empty(), body.is_empty()) {
+                (false, true) => up.try_write(head_rest),
+                (true, false) => up.try_write(body),
+                _ => up.try_write_vectored(&[IoSlice::new(head_rest), IoSlice::new(body)]),
+            };
+            match written {
                 Ok(n) => {
                     let from_head = n.min(head_rest.len());
                     self.sent += from_head;
-                    cbuf.advance(n - from_head);
-                    self.left -= (n - from_head) as u64;
+                    self.consume(cbuf, n - from_head);
                 }
                 Err(err) if is_would_block(&err) => return Ok(()),
                 // The upstream reads no more: the rest is discarded, its answer is still read.
@@ -605,11 +712,29 @@ impl Pump {
             Err(_) => Err(Abort::ClientGone),
         }
     }
+
+    /// Starts the request over (another attempt of a kept body).
+    fn restart(&mut self) {
+        self.sent = 0;
+        self.offset = 0;
+        self.left = self.len;
+        self.discard = false;
+    }
+
+    /// The attempt stands: the kept body bytes sent leave the client buffer.
+    fn commit(&mut self, cbuf: &mut BytesMut) {
+        if self.keep {
+            cbuf.advance(self.offset);
+            self.offset = 0;
+            self.keep = false;
+        }
+    }
 }
 
 /// One forwarded exchange, from the request head (parsed in `conn`) to the end of the response body.
 async fn exchange<P: Policy>(conn: &mut Conn, policy: &P, forward: Forward<P::Hold>) -> Result<Next, Abort> {
-    let Forward { hold, upstream: authority, start, timeouts, close, request, response_remove } = forward;
+    let Forward { hold, upstream, start, timeouts, close, request, response_remove, replay } = forward;
+    let mut authority = upstream;
     let mut hold = Some(hold);
     head::write_request(&mut conn.out, &conn.cbuf, &conn.head, &request);
     let head_request = conn.head.method == Method::HEAD;
@@ -623,45 +748,78 @@ async fn exchange<P: Policy>(conn: &mut Conn, policy: &P, forward: Forward<P::Ho
     recycle(&mut conn.cbuf);
     let upstream_head = std::mem::take(&mut conn.out);
 
-    let (header_deadline, header_kind) = timeouts.header_deadline(start, Instant::now());
+    let forwarded = Instant::now();
+    let (header_deadline, header_kind) = timeouts.header_deadline(start, forwarded);
     let total_deadline = timeouts.total_deadline(start);
     let mut pump = Pump {
         sent: 0,
         left: body_len,
+        len: body_len,
+        keep: replay && body_len > 0,
+        offset: 0,
         discard: false,
-        last_progress: Instant::now(),
+        last_progress: forwarded,
         limit: timeouts.request_body,
     };
     let mut ubuf = BytesMut::new();
     let mut rhead = std::mem::take(&mut conn.response);
 
-    // Failing before the response starts: the policy answers; a body the client is still sending is drained.
-    macro_rules! fail {
-        ($err:expr) => {{
-            let err: ProxyError = $err;
-            let answer = policy.failed(hold.take().expect("held until the response"), &err);
+    // Answering before the response starts (the hold is dropped after the answer is made); a body the client
+    // is still sending is drained.
+    macro_rules! answer {
+        ($answer:expr, $close:expr) => {{
+            let answer = $answer;
+            drop(hold.take());
             conn.out = upstream_head;
             conn.response = rhead;
-            let close = matches!(err, ProxyError::Timeout(TimeoutKind::RequestBody)) || close;
-            let next = conn.answer(answer, close).await;
+            pump.commit(&mut conn.cbuf);
+            let next = conn.answer(answer, $close || close).await;
             return Ok(match next {
                 Next::KeepAlive if pump.left == 0 || conn.linger(pump.left).await => Next::KeepAlive,
                 _ => Next::Close,
             });
         }};
     }
+    macro_rules! fail {
+        ($err:expr) => {{
+            let err: ProxyError = $err;
+            let answer = policy.failed(hold.take().expect("held until the response"), &err);
+            answer!(answer, matches!(err, ProxyError::Timeout(TimeoutKind::RequestBody)))
+        }};
+    }
+
+    if pump.keep {
+        // A body that may have to go out twice is read whole first (as nginx buffers request bodies).
+        while pump.here(&conn.cbuf) < body_len as usize {
+            let deadline =
+                pump.deadline(&conn.cbuf).map_or(header_deadline, |body| body.min(header_deadline));
+            let want = Want { client_read: true, deadline: Some(deadline), ..Want::default() };
+            match wait(&conn.client, None, want, &mut conn.timer).await {
+                Event::Deadline if Instant::now() >= header_deadline => {
+                    fail!(ProxyError::Timeout(header_kind))
+                }
+                Event::Deadline => {
+                    if pump.deadline(&conn.cbuf).is_some_and(|at| Instant::now() >= at) {
+                        fail!(ProxyError::Timeout(TimeoutKind::RequestBody));
+                    }
+                }
+                _ => pump.pull(&conn.client, &mut conn.cbuf)?,
+            }
+        }
+    }
 
     let pool = policy.pool();
     let mut fresh_only = false;
-    // Connect (or reuse), send the request and read up to the response head; again on a new connection when a
+    // Connect (or reuse), send the request and read up to the response head. Again on a new connection when a
     // reused one turns out to have been closed by the upstream before any answer (only for a request without a
-    // body that is safe to repeat, as a client would repeat it).
+    // body that is safe to repeat, as a client would repeat it); again elsewhere when the policy says so for a
+    // request that reached no user container.
     let mut up = 'attempt: loop {
         let got = {
             let getting = async {
                 match fresh_only {
                     true => pool.connect(&authority).await.map(|stream| Upstream { stream, reused: false }),
-                    false => pool.get(&authority).await,
+                    false => pool.get(&authority, forwarded, !(idempotent && body_len == 0)).await,
                 }
             };
             tokio::select! {
@@ -670,12 +828,23 @@ async fn exchange<P: Policy>(conn: &mut Conn, policy: &P, forward: Forward<P::Ho
                 () = tokio::time::sleep_until(header_deadline) => Err(ProxyError::Timeout(header_kind)),
             }
         };
+        fresh_only = false;
+        pump.restart();
+        ubuf.clear();
         let up = match got {
             Ok(up) => up,
+            Err(err @ (ProxyError::UpstreamRefused | ProxyError::UpstreamConnect(_))) if replay => {
+                match policy.retry(hold.as_mut().expect("held until the response"), &err).await {
+                    Retry::To(next) => {
+                        authority = next;
+                        continue 'attempt;
+                    }
+                    Retry::GiveUp => fail!(err),
+                    Retry::Answer(answer) => answer!(answer, false),
+                }
+            }
             Err(err) => fail!(err),
         };
-        pump.sent = 0;
-        ubuf.clear();
         loop {
             if let Err(err) = pump.push(&up.stream, &upstream_head, &mut conn.cbuf) {
                 fail!(err);
@@ -707,7 +876,21 @@ async fn exchange<P: Policy>(conn: &mut Conn, policy: &P, forward: Forward<P::Ho
                         match head::parse_response(&ubuf, head_request, &mut rhead) {
                             Ok(ParsedResponse::Partial) => break,
                             Ok(ParsedResponse::Informational(n)) => ubuf.advance(n),
-                            Ok(ParsedResponse::Complete) => break 'attempt up,
+                            Ok(ParsedResponse::Complete) => {
+                                let view = ResponseView { buf: &ubuf, head: &rhead };
+                                let Some(err) = policy.unforwarded(&view).filter(|_| replay) else {
+                                    break 'attempt up;
+                                };
+                                let held = hold.as_mut().expect("held until the response");
+                                match policy.retry(held, &err).await {
+                                    Retry::To(next) => {
+                                        authority = next;
+                                        continue 'attempt;
+                                    }
+                                    Retry::GiveUp => break 'attempt up,
+                                    Retry::Answer(answer) => answer!(answer, false),
+                                }
+                            }
                             Err(err) => fail!(ProxyError::UpstreamProtocol(Cause::new(err))),
                         }
                     },
@@ -725,14 +908,16 @@ async fn exchange<P: Policy>(conn: &mut Conn, policy: &P, forward: Forward<P::Ho
             }
         }
     };
+    pump.commit(&mut conn.cbuf);
 
     // The response head.
     let mut hold = hold.take().expect("held until the response");
-    policy.responded(&mut hold, rhead.status);
+    let added = policy.responded(&mut hold, rhead.status);
     // A client still sending its body when the response starts is told that the connection closes: the
     // upstream may not read all of it.
     let keep_client = !(close || client_close || pump.left > 0);
-    let edit = ResponseEdit { remove: response_remove, close: !keep_client, date: &[] };
+    let add = added.as_ref().map(|(name, value)| (*name, value.as_bytes()));
+    let edit = ResponseEdit { remove: response_remove, close: !keep_client, date: &[], add };
     let mut out = upstream_head;
     let mut client_out = std::mem::take(&mut conn.cout);
     let framing = if rhead.has_date {
@@ -778,8 +963,10 @@ async fn exchange<P: Policy>(conn: &mut Conn, policy: &P, forward: Forward<P::Ho
     };
     // The response ended: this frees the slot.
     drop(hold);
+    let now = Instant::now();
+    conn.now = Some(now);
     if clean && upstream_keeps && pump.left == 0 && !pump.discard && !leftover {
-        pool.put(&authority, up.stream);
+        pool.put(&authority, up.stream, now);
     } else {
         drop(up);
     }
@@ -820,7 +1007,8 @@ async fn relay(
     client_framing: ClientFraming,
     bounds: Bounds,
 ) -> Result<bool, Cut> {
-    let mut last_progress = Instant::now();
+    // Only an idle timeout needs the time of each read.
+    let mut last_progress = if bounds.idle.is_some() { Instant::now() } else { bounds.total };
     let mut decoder = Decoder::new();
     let mut left = match upstream_framing {
         Framing::Length(n) => n,
@@ -837,6 +1025,12 @@ async fn relay(
                 pass = (ubuf.len() as u64).min(left) as usize;
                 left -= pass as u64;
                 ended = left == 0;
+                if pass <= SMALL_BODY && !client_out.is_empty() {
+                    // A small body goes with the head in one buffer (one write(2)).
+                    client_out.extend_from_slice(&ubuf[..pass]);
+                    ubuf.advance(pass);
+                    pass = 0;
+                }
             }
             Framing::Chunked => match decoder.decode(ubuf, |data| chunked::encode_chunk(client_out, data)) {
                 Ok(used) => {
@@ -892,7 +1086,8 @@ async fn relay(
                 match read_some(up, ubuf, BUFFER) {
                     Ok(0) if upstream_framing == Framing::Close => eof = true,
                     Ok(0) => return Err(Cut::Upstream(ProxyError::UpstreamReset)),
-                    Ok(_) => last_progress = Instant::now(),
+                    Ok(_) if bounds.idle.is_some() => last_progress = Instant::now(),
+                    Ok(_) => {}
                     Err(err) if is_would_block(&err) => {}
                     Err(err) => return Err(Cut::Upstream(upstream_read_error(&err))),
                 }

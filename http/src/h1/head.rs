@@ -473,6 +473,8 @@ pub struct ResponseEdit<'a> {
     pub close: bool,
     /// The current `Date` value, added when the upstream sent none (as hyper's server does).
     pub date: &'a [u8],
+    /// A field added (name, value).
+    pub add: Option<(&'a str, &'a [u8])>,
 }
 
 /// How the body that follows a head written by [`write_response`] is framed towards the client.
@@ -547,6 +549,12 @@ pub fn write_response(
     if !head.has_date && !edit.date.is_empty() {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(edit.date);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some((name, value)) = edit.add {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     if edit.close {
@@ -749,6 +757,7 @@ mod tests {
             remove: &["ebb-proxy-error"],
             close: true,
             date: b"Thu, 01 Jan 1970 00:00:00 GMT",
+            add: None,
         };
         let framing = write_response(&mut out, raw.as_bytes(), &head, &edit);
         assert_eq!(framing, ClientFraming::Chunked);

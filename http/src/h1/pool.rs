@@ -3,15 +3,21 @@
 //! upstreams are found by comparing their names in a short list (a queue-proxy has one, an activator a few pods
 //! per service): hashing an `Authority` byte by byte cost more than the rest of the pool. An idle
 //! connection is not polled by any task; one that the upstream closed (or that says anything while idle) shows
-//! as readable in the runtime's readiness and is dropped instead of reused, without a system call.
+//! as readable in the runtime's readiness and is dropped instead of reused, without a system call. A request
+//! that could not be sent again if the connection turned out closed (it has a body, or is not idempotent) asks
+//! the kernel instead: the runtime learns of an upstream's close only when it next polls for events, and a
+//! request written in that window is lost.
 
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
 use ebb_process::sync::Locked;
 use http::uri::Authority;
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, recv};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -40,6 +46,14 @@ impl Idle {
         let mut cx = Context::from_waker(Waker::noop());
         self.stream.poll_read_ready(&mut cx).is_ready()
     }
+
+    /// [`Self::is_dead`] as the kernel knows it now (one system call): the upstream's close may have arrived
+    /// after the runtime last looked.
+    fn is_dead_now(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        !matches!(recv(self.stream.as_raw_fd(), &mut byte, flags), Err(Errno::EAGAIN))
+    }
 }
 
 /// An upstream connection for one exchange.
@@ -64,24 +78,33 @@ impl Pool {
         })
     }
 
-    /// An idle connection to `upstream`, or a new one.
-    pub async fn get(self: &Arc<Self>, upstream: &Authority) -> Result<Upstream, ProxyError> {
-        if let Some(stream) = self.take(upstream) {
+    /// An idle connection to `upstream`, or a new one (`now`: a recent time; `checked`: the request cannot be
+    /// repeated on a new connection, so an idle one is checked with the kernel first).
+    pub async fn get(
+        self: &Arc<Self>,
+        upstream: &Authority,
+        now: Instant,
+        checked: bool,
+    ) -> Result<Upstream, ProxyError> {
+        if let Some(stream) = self.take(upstream, now, checked) {
             return Ok(Upstream { stream, reused: true });
         }
         self.connect(upstream).await.map(|stream| Upstream { stream, reused: false })
     }
 
-    fn take(&self, upstream: &Authority) -> Option<TcpStream> {
-        let mut idle = self.idle.locked();
-        let list = find(&mut idle, upstream)?;
-        let now = Instant::now();
-        while let Some(conn) = list.pop_back() {
-            if now.saturating_duration_since(conn.since) < self.idle_timeout && !conn.is_dead() {
-                return Some(conn.stream);
+    fn take(&self, upstream: &Authority, now: Instant, checked: bool) -> Option<TcpStream> {
+        let conn = {
+            let mut idle = self.idle.locked();
+            let list = find(&mut idle, upstream)?;
+            loop {
+                let conn = list.pop_back()?;
+                if now.saturating_duration_since(conn.since) < self.idle_timeout && !conn.is_dead() {
+                    break conn;
+                }
             }
-        }
-        None
+        };
+        // Outside the lock; a closed one is dropped and the request goes on a new connection.
+        (!checked || !conn.is_dead_now()).then_some(conn.stream)
     }
 
     /// A new connection (`TCP_NODELAY`), within the connect timeout.
@@ -100,12 +123,11 @@ impl Pool {
         Ok(stream)
     }
 
-    /// Keeps `stream`, which has just finished an exchange cleanly, for the next one to `upstream`.
-    pub fn put(self: &Arc<Self>, upstream: &Authority, stream: TcpStream) {
+    /// Keeps `stream`, which has just finished an exchange cleanly (`now`), for the next one to `upstream`.
+    pub fn put(self: &Arc<Self>, upstream: &Authority, stream: TcpStream, now: Instant) {
         if self.max_idle == 0 {
             return;
         }
-        let now = Instant::now();
         let mut idle = self.idle.locked();
         let index = match idle.iter().position(|(name, _)| name.as_str() == upstream.as_str()) {
             Some(index) => index,
@@ -182,28 +204,45 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         let pool = Pool::new(2, Duration::from_secs(60), Duration::from_secs(1));
-        let first = pool.get(&upstream).await.unwrap();
+        let first = pool.get(&upstream, Instant::now(), false).await.unwrap();
         assert!(!first.reused);
         let (server_side, _) = listener.accept().await.unwrap();
-        pool.put(&upstream, first.stream);
+        pool.put(&upstream, first.stream, Instant::now());
         assert_eq!(pool.idle(), 1);
-        let again = pool.get(&upstream).await.unwrap();
+        let again = pool.get(&upstream, Instant::now(), false).await.unwrap();
         assert!(again.reused);
-        pool.put(&upstream, again.stream);
+        pool.put(&upstream, again.stream, Instant::now());
 
         // The upstream closes it: once the runtime has seen that, it is not handed out again.
         drop(server_side);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let fresh = pool.get(&upstream).await.unwrap();
+        let fresh = pool.get(&upstream, Instant::now(), false).await.unwrap();
         assert!(!fresh.reused, "a closed idle connection was reused");
 
         // At most `max_idle` are kept.
-        let extra = pool.get(&upstream).await.unwrap();
-        let third = pool.get(&upstream).await.unwrap();
+        let extra = pool.get(&upstream, Instant::now(), false).await.unwrap();
+        let third = pool.get(&upstream, Instant::now(), false).await.unwrap();
         for conn in [fresh, extra, third] {
-            pool.put(&upstream, conn.stream);
+            pool.put(&upstream, conn.stream, Instant::now());
         }
         assert_eq!(pool.idle(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_repeated_asks_the_kernel() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let pool = Pool::new(2, Duration::from_secs(60), Duration::from_secs(1));
+        let first = pool.get(&upstream, Instant::now(), false).await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        pool.put(&upstream, first.stream, Instant::now());
+
+        // The upstream closes it and the runtime has not polled for events since (a blocking sleep, no await):
+        // its readiness still says idle, the kernel knows better.
+        drop(server_side);
+        std::thread::sleep(Duration::from_millis(20));
+        let checked = pool.get(&upstream, Instant::now(), true).await.unwrap();
+        assert!(!checked.reused, "a closed idle connection was handed to a request that cannot be repeated");
     }
 
     #[tokio::test]
@@ -212,6 +251,9 @@ mod tests {
         let upstream: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
         drop(listener);
         let pool = Pool::new(2, Duration::from_secs(60), Duration::from_secs(1));
-        assert_eq!(pool.get(&upstream).await.unwrap_err(), ProxyError::UpstreamRefused);
+        assert_eq!(
+            pool.get(&upstream, Instant::now(), false).await.unwrap_err(),
+            ProxyError::UpstreamRefused
+        );
     }
 }
