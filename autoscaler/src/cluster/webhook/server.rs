@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode, header::CONTENT_TYPE};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -25,6 +25,10 @@ pub const INJECT_PATH: &str = "/inject";
 const MAX_BODY: usize = 6 << 20;
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent a request's head by then is dropped (the API server sends a review at once).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/2 connection whose peer stops answering pings for this long is closed.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Serves until `stop` turns true.
 pub(crate) async fn serve(
@@ -34,15 +38,28 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(HEADER_READ_TIMEOUT);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(_) => continue,
+                Err(err) => {
+                    // Out of file descriptors or similar: back off briefly instead of spinning.
+                    tracing::warn!("webhook accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
             },
             _ = stop.changed() => return,
         };
         let acceptor = acceptor.clone();
+        let builder = builder.clone();
         let admission = admission.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -57,9 +74,7 @@ pub(crate) async fn serve(
                 let admission = admission.clone();
                 async move { Ok::<_, Infallible>(handle(&admission, request).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
