@@ -196,6 +196,7 @@ impl ClusterController {
                 listener,
                 tls,
                 Arc::new(admission),
+                context.metrics.webhook.clone(),
                 stop_rx.clone(),
             )));
             let certificates = webhook::certificates::Certificates {

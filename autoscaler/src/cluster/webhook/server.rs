@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header::CONTENT_TYPE};
@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::admission::Admission;
 use super::review::{Verdict, parse, response};
+use crate::cluster::metrics::WebhookMetrics;
 
 /// The path the webhook configuration names.
 pub const INJECT_PATH: &str = "/inject";
@@ -35,6 +36,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     admission: Arc<Admission>,
+    metrics: WebhookMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -61,6 +63,7 @@ pub(crate) async fn serve(
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let admission = admission.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
@@ -72,26 +75,44 @@ pub(crate) async fn serve(
             };
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let admission = admission.clone();
-                async move { Ok::<_, Infallible>(handle(&admission, request).await) }
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(handle(&admission, &metrics, request).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-async fn handle(admission: &Admission, request: http::Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    admission: &Admission,
+    metrics: &WebhookMetrics,
+    request: http::Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok".into()),
         (&Method::POST, INJECT_PATH) => {
+            let started = Instant::now();
             let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
                 Ok(body) => body.to_bytes(),
-                Err(err) => return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}")),
+                Err(err) => {
+                    metrics.answered("bad_request", started.elapsed());
+                    return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}"));
+                }
             };
             let review = match parse(&body) {
                 Ok(review) => review,
-                Err(err) => return text(StatusCode::BAD_REQUEST, err),
+                Err(err) => {
+                    metrics.answered("bad_request", started.elapsed());
+                    return text(StatusCode::BAD_REQUEST, err);
+                }
             };
             let verdict = admission.decide(&review).await;
+            let result = match &verdict {
+                Verdict::Patch { .. } => "injected",
+                Verdict::Allow { .. } => "unchanged",
+                Verdict::Deny { .. } => "denied",
+            };
+            metrics.answered(result, started.elapsed());
             match &verdict {
                 Verdict::Deny { message } => {
                     tracing::info!(namespace = %review.namespace, "pod refused: {message}")
