@@ -27,7 +27,6 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PostParams};
@@ -40,6 +39,7 @@ use super::service_state::ServiceState;
 use super::slices::{LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER};
 use super::state::{Activators, Context};
 use super::stores::Stores;
+use super::targets::Target;
 use crate::engine::ServiceStatus;
 
 /// How long a successful activator probe counts.
@@ -195,7 +195,7 @@ pub(crate) async fn reconcile(
     ctx: &PathContext<'_>,
     id: &ServiceId,
     state: &mut ServiceState,
-    deployment: &Deployment,
+    target: &Target,
     status: &ServiceStatus,
     pods: &[Arc<Pod>],
 ) {
@@ -209,7 +209,7 @@ pub(crate) async fn reconcile(
         None => {
             if may_write {
                 let params = PostParams { field_manager: patch_params().field_manager, ..Default::default() };
-                let result = services.create(&params, &public_service(deployment, status)).await;
+                let result = services.create(&params, &public_service(target, status)).await;
                 outcome.note(result.map(drop), || format!("cannot create the public Service {id}"));
                 outcome.apply(context, state);
             }
@@ -222,7 +222,7 @@ pub(crate) async fn reconcile(
         if !state.path.foreign {
             state.path.foreign = true;
             context.events.warning(
-                deployment.object_ref(&()),
+                target.reference(),
                 "ServiceNotManaged",
                 format!(
                     "Service {}/{} exists and was not created by ebb (no {LABEL_MANAGED_BY}: {MANAGED_BY_EBB}); \
@@ -324,9 +324,9 @@ impl Writes {
     }
 }
 
-/// The public Service of a Deployment.
-fn public_service(deployment: &Deployment, status: &ServiceStatus) -> Service {
-    let name = deployment.name_any();
+/// The public Service of a scale target, owned by it.
+fn public_service(target: &Target, status: &ServiceStatus) -> Service {
+    let name = target.name();
     serde_json::from_value(json!({
         "metadata": {
             "name": name,
@@ -335,7 +335,7 @@ fn public_service(deployment: &Deployment, status: &ServiceStatus) -> Service {
                 STATUS_MODE: status.mode, STATUS_MODE_SINCE: Timestamp::now().to_string(),
                 STATUS_PHASE: status.phase, STATUS_PHASE_SINCE: Timestamp::now().to_string(),
             },
-            "ownerReferences": deployment.controller_owner_ref(&()).map(|r| vec![r]),
+            "ownerReferences": target.owner_reference().map(|r| vec![r]),
         },
         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"}]},
     }))
