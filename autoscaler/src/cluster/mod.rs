@@ -73,7 +73,7 @@ use events::Events;
 use metrics::KubeMetrics;
 use reconcile::Reconciler;
 use scale::KubeScaler;
-use state::{Activators, Context, GlobalInForce, Signals};
+use state::{Activators, Context, GlobalInForce, OtherTargets, Signals};
 use stores::Stores;
 
 /// Why the controller could not start.
@@ -189,12 +189,14 @@ impl ClusterController {
         tasks.push(tokio::spawn(serve::serve(http, context.clone(), autoscaler.clone(), stop_rx.clone())));
         let stores = Stores::start(&context, &signals, slice_resource.clone());
         let global = Arc::new(GlobalInForce::default());
+        let others = Arc::new(OtherTargets::default());
         if let Some((listener, _, webhook)) = webhook_listener {
             let serving = Arc::new(webhook::tls::ServingCertificate::default());
             let tls = webhook::tls::server_config(serving.clone())?;
             let admission = webhook::admission::Admission {
                 deployments: stores.deployments.clone(),
                 replicasets: stores.replicasets.clone(),
+                others: others.clone(),
                 global: global.clone(),
                 image: webhook.image.clone(),
             };
@@ -222,7 +224,7 @@ impl ClusterController {
             autoscaler.clone(),
             stores,
             slice_resource,
-            global,
+            (global, others),
         );
         tasks.push(tokio::spawn(reconciler.run(stop_rx.clone())));
         let lease_config = leader::LeaseConfig {

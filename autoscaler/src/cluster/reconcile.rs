@@ -25,7 +25,7 @@ use super::path::{self, PathContext, Prober};
 use super::pods::{self, is_ready};
 use super::scale::{self, ScaleContext};
 use super::service_state::ServiceState;
-use super::state::{Activators, Context, GlobalInForce, Signals};
+use super::state::{Activators, Context, GlobalInForce, OtherTargets, Signals, TargetSettings};
 use super::stores::Stores;
 use super::target_watches::TargetWatches;
 use super::targets::{Target, one_per_name};
@@ -57,11 +57,14 @@ pub(crate) struct Reconciler {
     in_force: Arc<GlobalInForce>,
     /// The scale targets other than Deployments.
     targets: TargetWatches,
+    /// Those targets, published for the admission webhook.
+    published: Arc<OtherTargets>,
     services: HashMap<ServiceId, ServiceState>,
 }
 
 impl Reconciler {
-    /// A reconciler of what `stores` show, acting through `autoscaler` and on EndpointSlices as `slices`.
+    /// A reconciler of what `stores` show, acting through `autoscaler` and on EndpointSlices as `slices`,
+    /// publishing the configuration in force and the targets of other kinds for the admission webhook.
     pub fn new(
         context: Arc<Context>,
         signals: Arc<Signals>,
@@ -69,7 +72,7 @@ impl Reconciler {
         autoscaler: Arc<Autoscaler>,
         stores: Stores,
         slices: ApiResource,
-        in_force: Arc<GlobalInForce>,
+        (in_force, published): (Arc<GlobalInForce>, Arc<OtherTargets>),
     ) -> Self {
         let targets = TargetWatches::new(
             context.client.clone(),
@@ -88,6 +91,7 @@ impl Reconciler {
             global: Global { config: GlobalConfig::default(), generation: 0, resource_version: None },
             in_force,
             targets,
+            published,
             services: HashMap::new(),
         }
     }
@@ -149,6 +153,17 @@ impl Reconciler {
             );
         }
         let (targets, clashes) = one_per_name(targets, kinds);
+        self.published.set(
+            targets
+                .iter()
+                .filter(|t| !t.kind.is_deployments())
+                .map(|t| {
+                    let settings =
+                        TargetSettings { kind: t.kind_name().to_owned(), annotations: t.annotations() };
+                    (t.id(), settings)
+                })
+                .collect(),
+        );
         for (target, why) in &clashes {
             context.events.warning(target.reference(), "ServiceNameTaken", why.clone());
         }
