@@ -60,6 +60,8 @@ const ACTIVATOR_RULES: &[(&str, &str, &str)] = &[
     ("", "pods", "watch"),
     ("apps", "deployments", "list"),
     ("apps", "deployments", "watch"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
 ];
 
 fn rendered(dir: &str) -> Vec<Value> {

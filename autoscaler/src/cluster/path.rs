@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ebb_config::Mode;
 use ebb_config::ServiceId;
+use ebb_config::keys::{self, ANNOTATION_KEYS};
 use ebb_config::names::{
-    HEADER_PROBE, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB, PROBE_ACTIVATOR, STATUS_MODE,
-    STATUS_MODE_SINCE, STATUS_PHASE, STATUS_PHASE_SINCE,
+    HEADER_PROBE, LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TARGET_KIND, MANAGED_BY_EBB, PROBE_ACTIVATOR,
+    STATUS_MODE, STATUS_MODE_SINCE, STATUS_PHASE, STATUS_PHASE_SINCE,
 };
 use ebb_kpa::Phase;
 use ebb_process::sync::Locked;
@@ -249,8 +250,25 @@ pub(crate) async fn reconcile(
             changes.insert(since_key.to_owned(), json!(now));
         }
     }
-    if !changes.is_empty() && may_write {
-        let patch = json!({"metadata": {"annotations": changes}});
+    // A target of another kind: its settings for the activator, kept equal to the target's.
+    let mut labels = serde_json::Map::new();
+    if let Some((kind, wanted)) = target.published_settings() {
+        if service.labels().get(LABEL_TARGET_KIND) != Some(&kind) {
+            labels.insert(LABEL_TARGET_KIND.to_owned(), json!(kind));
+        }
+        for (key, value) in &wanted {
+            if service.annotations().get(key) != Some(value) {
+                changes.insert(key.clone(), json!(value));
+            }
+        }
+        for key in service.annotations().keys() {
+            if keys::lookup(ANNOTATION_KEYS, key).is_some() && !wanted.contains_key(key) {
+                changes.insert(key.clone(), Value::Null);
+            }
+        }
+    }
+    if (!changes.is_empty() || !labels.is_empty()) && may_write {
+        let patch = json!({"metadata": {"annotations": changes, "labels": labels}});
         let result = services.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await;
         outcome.note(result.map(drop), || format!("cannot write the mode and phase on the Service {id}"));
     }
@@ -327,14 +345,22 @@ impl Writes {
 /// The public Service of a scale target, owned by it.
 fn public_service(target: &Target, status: &ServiceStatus) -> Service {
     let name = target.name();
+    let mut labels = json!({LABEL_MANAGED_BY: MANAGED_BY_EBB, LABEL_SERVICE: name});
+    let mut annotations = json!({
+        STATUS_MODE: status.mode, STATUS_MODE_SINCE: Timestamp::now().to_string(),
+        STATUS_PHASE: status.phase, STATUS_PHASE_SINCE: Timestamp::now().to_string(),
+    });
+    if let Some((kind, settings)) = target.published_settings() {
+        labels[LABEL_TARGET_KIND] = json!(kind);
+        for (key, value) in settings {
+            annotations[key] = json!(value);
+        }
+    }
     serde_json::from_value(json!({
         "metadata": {
             "name": name,
-            "labels": {LABEL_MANAGED_BY: MANAGED_BY_EBB, LABEL_SERVICE: name},
-            "annotations": {
-                STATUS_MODE: status.mode, STATUS_MODE_SINCE: Timestamp::now().to_string(),
-                STATUS_PHASE: status.phase, STATUS_PHASE_SINCE: Timestamp::now().to_string(),
-            },
+            "labels": labels,
+            "annotations": annotations,
             "ownerReferences": target.owner_reference().map(|r| vec![r]),
         },
         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"}]},

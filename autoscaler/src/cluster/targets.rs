@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use ebb_config::ServiceId;
+use ebb_config::keys::{self, ANNOTATION_KEYS};
 use ebb_config::targets::TargetKind;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec};
@@ -112,6 +113,22 @@ impl Target {
                 "delete the pods of {kind} {ns}/{name}{purpose}, so that its controller creates them again"
             )
         }
+    }
+
+    /// The labels and annotations its public Service carries for the activator: none for a Deployment
+    /// (the activator watches Deployments itself); for another kind, its kind (the Service's
+    /// `ebb.dev/target-kind` label) and a copy of
+    /// the target's ebb annotations (the documented keys, aliases included).
+    pub fn published_settings(&self) -> Option<(String, BTreeMap<String, String>)> {
+        if self.kind.is_deployments() {
+            return None;
+        }
+        let annotations = self
+            .annotations()
+            .into_iter()
+            .filter(|(k, _)| keys::lookup(ANNOTATION_KEYS, k).is_some())
+            .collect();
+        Some((self.resource.kind.clone(), annotations))
     }
 
     /// The reference Events are about.
