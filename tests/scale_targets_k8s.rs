@@ -3,7 +3,9 @@
 //! controller played by the test). The autoscaler runs in-process as ServiceAccount `ebb-autoscaler` with
 //! the base RBAC of `manifests/` plus exactly the folder of `manifests/scale-targets/` for the kind, so the
 //! RBAC documented there is what these tests prove sufficient. Pods are played by the node emulator with
-//! [`FakePods`] (queue-proxy stats with the load the test sets).
+//! [`FakePods`] (queue-proxy stats with the load the test sets), except in the last test, where ebb is
+//! installed from `manifests/` and a StatefulSet's real pods get the sidecar from the admission webhook and
+//! serve completions from zero.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,7 +23,9 @@ use serde_json::json;
 use support::autoscaler::{
     FakePods, activator_frame, event_notes, grant_autoscaler_rbac, send_stats, token_of,
 };
-use support::manifests::grant_from;
+use support::cluster::{Cluster, WAIT, complete, http_client, is_completion};
+use support::manifests::{find, grant_from, render_in};
+use support::paths::in_repo;
 use support::{NodeEmulator, TestNamespace, require, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -430,4 +434,92 @@ async fn a_custom_resource_is_scaled_through_its_scale_subresource_with_the_docu
     env.wait_replicas("llm", 0, Duration::from_secs(90), replicas).await;
     controller_task.abort();
     env.stop().await;
+}
+
+/// The whole path with a StatefulSet: ebb installed from `manifests/` plus `manifests/scale-targets/
+/// statefulsets`; the chat example written as a StatefulSet; its pods, made by the real StatefulSet
+/// controller, get the queue-proxy from the admission webhook (found by their label, as a StatefulSet's pods
+/// have no ReplicaSet); idle it goes to zero, and a burst of completions through a gateway wakes it and
+/// all succeed; idle again, back to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulsets_pods_get_the_sidecar_and_serve_from_zero_through_the_activator() {
+    let config = [
+        ("allow-zero-initial-scale", "true"),
+        ("stable-window", "6s"),
+        ("scale-to-zero-grace-period", "2s"),
+        ("scale-target-kinds", "deployments.apps, statefulsets.apps"),
+    ];
+    let Some(cluster) = Cluster::install("st-e2e", &config).await else { return };
+    grant_from(&cluster.admin, &cluster.system, "ebb-autoscaler", "manifests/scale-targets/statefulsets")
+        .await;
+    let objects = render_in(&in_repo("manifests/examples/chat"), &cluster.apps).expect("render chat");
+    let mut set = find(&objects, "Deployment", "chat").expect("the chat Deployment").clone();
+    set["kind"] = json!("StatefulSet");
+    set["spec"]["serviceName"] = json!("chat-pods");
+    set["spec"]["podManagementPolicy"] = json!("Parallel");
+    set["metadata"]["annotations"]["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] =
+        json!("0s");
+    set["metadata"]["annotations"]["autoscaling.knative.dev/window"] = json!("6s");
+    set["spec"]["template"]["spec"]["containers"][0]["args"] = json!([
+        "--model",
+        "demo",
+        "--startup-delay",
+        "1s",
+        "--tokens-per-second",
+        "200",
+        "--concurrency",
+        "8"
+    ]);
+    let set: StatefulSet = serde_json::from_value(set).expect("a StatefulSet");
+    let sets: Api<StatefulSet> = Api::namespaced(cluster.admin.clone(), &cluster.apps);
+    sets.create(&PostParams::default(), &set).await.expect("create the StatefulSet");
+
+    let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), &cluster.apps);
+    let pod = wait_for(WAIT, "chat-0 with the queue-proxy", async || {
+        let pod = pods.get("chat-0").await.map_err(|e| e.to_string())?;
+        let names: Vec<String> =
+            pod.spec.iter().flat_map(|s| &s.containers).map(|c| c.name.clone()).collect();
+        if names.iter().any(|n| n == "queue-proxy") { Ok(pod) } else { Err(format!("containers {names:?}")) }
+    })
+    .await;
+    let owner = pod.metadata.owner_references.unwrap_or_default();
+    assert_eq!(
+        owner.first().map(|o| o.kind.as_str()),
+        Some("StatefulSet"),
+        "made by the StatefulSet controller"
+    );
+
+    let replicas = async || {
+        let set = sets.get("chat").await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(set.spec.and_then(|s| s.replicas).unwrap_or(1))
+    };
+    wait_for(Duration::from_secs(120), "chat idle at zero", async || {
+        let r = replicas().await?;
+        if r == 0 { Ok(()) } else { Err(format!("{r} replicas")) }
+    })
+    .await;
+    cluster.wait_path("chat", "proxy", async || cluster.activator_endpoints().await).await;
+    let gateway = cluster.gateway("chat").await;
+    let http = http_client();
+    let requests = (0..20).map(|_| {
+        let (http, addr) = (http.clone(), gateway.addr());
+        tokio::spawn(async move { complete(&http, addr).await })
+    });
+    let failed: Vec<String> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|a| a.expect("a request task"))
+        .filter_map(|a| match a {
+            Ok((status, body)) if is_completion(status, &body) => None,
+            Ok((status, body)) => Some(format!("{status}: {body}")),
+            Err(e) => Some(e),
+        })
+        .collect();
+    assert!(failed.is_empty(), "every request from zero is served: {failed:?}");
+    assert!(replicas().await.unwrap() >= 1);
+    wait_for(Duration::from_secs(120), "chat back at zero", async || {
+        let r = replicas().await?;
+        if r == 0 { Ok(()) } else { Err(format!("{r} replicas")) }
+    })
+    .await;
 }
