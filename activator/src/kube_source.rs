@@ -435,6 +435,25 @@ mod tests {
     }
 
     #[test]
+    fn a_public_service_declares_its_targets_settings_only_with_the_kind_label() {
+        let service = |labels: serde_json::Value| -> Service {
+            serde_json::from_value(json!({"metadata": {"name": "db", "namespace": "models", "labels": labels,
+                "annotations": {"ebb.dev/timeout": "45s", "status.ebb.dev/mode": "proxy",
+                                "app.example.com/owner": "team"}}}))
+            .unwrap()
+        };
+        let (key, config) = published_service(&service(
+            json!({"ebb.dev/service": "db", "ebb.dev/target-kind": "StatefulSet"}),
+        ))
+        .unwrap();
+        assert_eq!(key, ServiceId::new("models", "db"));
+        // The autoscaler's status annotations and foreign ones are not the service's settings.
+        assert_eq!(config.unwrap().timeout, std::time::Duration::from_secs(45));
+        // A Deployment's public Service has no kind label: the Deployment itself declares the service.
+        assert!(published_service(&service(json!({"ebb.dev/service": "db"}))).is_none());
+    }
+
+    #[test]
     fn deployments_declare_services_only_when_the_label_names_them() {
         let d = |labels: serde_json::Value, annotations: serde_json::Value| -> Deployment {
             serde_json::from_value(
