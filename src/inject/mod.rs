@@ -48,7 +48,7 @@ pub fn run(args: Args) -> ExitCode {
                 eprintln!("ebb inject: {source}: warning: {warning}");
             }
             print!("{}", injected.yaml);
-            eprintln!("ebb inject: {source}: {} Deployment(s) with the queue-proxy", injected.deployments);
+            eprintln!("ebb inject: {source}: {} service(s) with the queue-proxy", injected.deployments);
             ExitCode::SUCCESS
         }
         Err(errors) => {
