@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
 use ebb_config::placement::template_only_keys;
+use ebb_config::targets::format_kinds;
 use ebb_config::{Diagnosed, GlobalConfig, Invalid, resolve_service};
 
 use crate::manifest::{Object, Source, parse_objects, read_source};
@@ -151,7 +152,7 @@ pub fn check(inputs: &[Input]) -> Report {
     for input in inputs {
         for service in input.objects.iter().filter(|o| o.kind == "Service") {
             let shadows = services.iter().any(|(_, d)| {
-                d.kind == "Deployment" && d.name == service.name && d.namespace == service.namespace
+                d.target_kind().is_some() && d.name == service.name && d.namespace == service.namespace
             });
             if shadows && service.labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_EBB) {
                 let message = format!(
@@ -167,10 +168,21 @@ pub fn check(inputs: &[Input]) -> Report {
 }
 
 fn check_service(report: &mut Report, source: &Source, object: &Object, global: &GlobalConfig) {
-    if object.kind != "Deployment" {
-        let message = format!(
-            "is labelled {LABEL_SERVICE} but only Deployments are autoscaled; the label has no effect"
-        );
+    let listed = object.target_kind().filter(|k| global.scale_target_kinds.contains(k));
+    if listed.is_none() {
+        let kinds = format_kinds(&global.scale_target_kinds);
+        let message = match object.target_kind() {
+            Some(kind) => format!(
+                "is labelled {LABEL_SERVICE} but {kind} is not in scale-target-kinds ({kinds}): add it in \
+                 config-autoscaler and give the autoscaler its RBAC (manifests/scale-targets/); until then the \
+                 label has no effect"
+            ),
+            None => format!(
+                "is labelled {LABEL_SERVICE} but a {} is not a scale target (scale-target-kinds: {kinds}); the \
+                 label has no effect",
+                object.kind
+            ),
+        };
         return report.push(source, object, Severity::Warning, message);
     }
     for key in &object.non_string_annotations {
@@ -181,12 +193,13 @@ fn check_service(report: &mut Report, source: &Source, object: &Object, global: 
     let label = &object.labels[LABEL_SERVICE];
     if *label != object.name {
         let message = format!(
-            "label {LABEL_SERVICE} is {label:?} but must equal the Deployment's name {:?}",
-            object.name
+            "label {LABEL_SERVICE} is {label:?} but must equal the {}'s name {:?}",
+            object.kind, object.name
         );
         report.push(source, object, Severity::Warning, message);
     }
-    if object.template_labels.get(LABEL_SERVICE) != Some(&object.name) {
+    // A custom kind's pod template is where only its controller knows; the pods are checked in the cluster.
+    if object.has_template && object.template_labels.get(LABEL_SERVICE) != Some(&object.name) {
         let message = format!(
             "the pod template lacks the label {LABEL_SERVICE}: {}; the activator and autoscaler find pods by it",
             object.name

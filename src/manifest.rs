@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use ebb_config::targets::TargetKind;
 use serde_json::Value;
 
 use crate::yaml::{self, ReadError};
@@ -39,6 +40,8 @@ impl fmt::Display for InputError {
 /// The parts of a Kubernetes object that ebb reads.
 #[derive(Debug, Clone, Default)]
 pub struct Object {
+    /// `apiVersion` (empty when absent).
+    pub api_version: String,
     /// `kind`.
     pub kind: String,
     /// `metadata.name`.
@@ -51,15 +54,29 @@ pub struct Object {
     pub annotations: BTreeMap<String, String>,
     /// Annotation keys whose values were numbers or booleans: Kubernetes rejects those.
     pub non_string_annotations: Vec<String>,
-    /// `spec.template.metadata.labels` of a workload.
+    /// Whether the object has a pod template where its kind keeps the one of the role that takes traffic
+    /// (`spec.template`; a LeaderWorkerSet's leader template).
+    pub has_template: bool,
+    /// That pod template's `metadata.labels`.
     pub template_labels: BTreeMap<String, String>,
-    /// `spec.template.metadata.annotations` of a workload.
+    /// That pod template's `metadata.annotations`.
     pub template_annotations: BTreeMap<String, String>,
     /// `data` of a ConfigMap.
     pub data: BTreeMap<String, String>,
 }
 
 impl Object {
+    /// The kind as `scale-target-kinds` names it (`statefulsets.apps`), when it could be one: from the
+    /// `apiVersion`'s group, or the built-in workloads' group when `apiVersion` is left out.
+    pub fn target_kind(&self) -> Option<TargetKind> {
+        match self.api_version.as_str() {
+            "" if matches!(self.kind.as_str(), "Deployment" | "StatefulSet") => {
+                TargetKind::of_manifest("apps/v1", &self.kind)
+            }
+            version => TargetKind::of_manifest(version, &self.kind),
+        }
+    }
+
     /// `Kind NAMESPACE/NAME`, as messages name it.
     pub fn describe(&self) -> String {
         format!("{} {}/{}", self.kind, self.namespace, self.name)
@@ -96,15 +113,24 @@ fn collect(value: &Value, out: &mut Vec<Object>) {
     }
     let Some(kind) = kind else { return };
     let (annotations, non_string_annotations) = string_map(at(value, &["metadata", "annotations"]));
+    let api_version = str_at(value, &["apiVersion"]).unwrap_or_default().to_owned();
+    let group_version = if api_version.is_empty() { "apps/v1" } else { api_version.as_str() };
+    let paths = TargetKind::of_manifest(group_version, &kind).and_then(|k| k.entry_templates());
+    let spec_template: &[&str] = &["spec", "template"];
+    let template =
+        paths.unwrap_or(&[]).iter().copied().chain([spec_template]).find_map(|path| at(value, path));
+    let template_map = |field: &str| string_map(template.and_then(|t| at(t, &["metadata", field]))).0;
     out.push(Object {
+        api_version,
+        has_template: template.is_some(),
+        template_labels: template_map("labels"),
+        template_annotations: template_map("annotations"),
         kind,
         name: str_at(value, &["metadata", "name"]).unwrap_or_default().to_owned(),
         namespace: str_at(value, &["metadata", "namespace"]).unwrap_or("default").to_owned(),
         labels: string_map(at(value, &["metadata", "labels"])).0,
         annotations,
         non_string_annotations,
-        template_labels: string_map(at(value, &["spec", "template", "metadata", "labels"])).0,
-        template_annotations: string_map(at(value, &["spec", "template", "metadata", "annotations"])).0,
         data: string_map(at(value, &["data"])).0,
     });
 }

@@ -753,3 +753,38 @@ async fn replicas_are_not_lowered_while_requests_are_queued_in_an_activator_but_
     assert!(decisions.iter().any(|d| d.changed && d.desired < 3), "{decisions:#?}");
     env.stop().await;
 }
+
+/// The autoscaler's ports are attack surface like the proxies': a client that connects and says nothing, or
+/// sends the start of a request and goes quiet, is dropped (ebb-http's first-bytes deadline), and the port
+/// keeps answering meanwhile.
+#[tokio::test]
+async fn silent_clients_on_the_metrics_and_ingest_ports_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let Some(env) = Env::start("as-silent", &[]).await else { return };
+    let ports = [("metrics", env.controller().metrics_addr), ("ingest", env.controller().ingest_addr)];
+    let mut silent = Vec::new();
+    for (port, addr) in ports {
+        for i in 0..50 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            if i % 2 == 1 {
+                // One byte of the HTTP/2 preface, then nothing.
+                stream.write_all(b"P").await.unwrap();
+            }
+            silent.push((port, stream));
+        }
+    }
+    let metrics = metrics_text(env.controller().metrics_addr).await;
+    assert!(metrics.contains("ebb_autoscaler"), "the port answers while silent clients hold connections");
+    // The deadline is 10 s; each silent connection must see the server close it.
+    for (port, mut stream) in silent {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent client on the {port} port was kept: {read:?}"
+        );
+    }
+    env.stop().await;
+}

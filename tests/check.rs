@@ -185,7 +185,8 @@ metadata: {name: db, labels: {ebb.dev/service: db}}
     );
     expect("Service default/chat: warning: has the name of the ebb service default/chat");
     expect(
-        "StatefulSet default/db: warning: is labelled ebb.dev/service but only Deployments are autoscaled",
+        "StatefulSet default/db: warning: is labelled ebb.dev/service but statefulsets.apps is not in \
+         scale-target-kinds (deployments.apps): add it in config-autoscaler",
     );
     assert_eq!(stdout.matches("Service default/chat: warning").count(), 1, "the ebb-owned Service is fine");
 }
@@ -271,4 +272,58 @@ fn unreadable_input_exits_2_but_the_rest_is_still_checked() {
 
     let (code, _, stderr) = run(&[]);
     assert_eq!(code, 2, "a missing argument is a usage error: {stderr}");
+}
+
+/// Scale targets other than Deployments: a StatefulSet and a LeaderWorkerSet are services once
+/// config-autoscaler lists their kinds; the LeaderWorkerSet's pod template that must carry the label is its
+/// leader's (the entry role); a custom kind's template is its controller's business and is not checked.
+#[test]
+fn listed_kinds_are_checked_as_services_and_unlisted_ones_are_named() {
+    let dir = temp_dir("kinds");
+    let text = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: config-autoscaler, namespace: ebb-system}
+data:
+  scale-target-kinds: "deployments.apps, statefulsets.apps, leaderworkersets.leaderworkerset.x-k8s.io"
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, labels: {ebb.dev/service: db}, annotations: {autoscaling.knative.dev/max-scale: "3"}}
+spec:
+  template:
+    metadata: {labels: {ebb.dev/service: db}}
+---
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+metadata: {name: llm, labels: {ebb.dev/service: llm}}
+spec:
+  leaderWorkerTemplate:
+    size: 3
+    leaderTemplate:
+      metadata: {labels: {app: llm}}
+    workerTemplate:
+      metadata: {labels: {ebb.dev/service: llm}}
+---
+apiVersion: serving.example.com/v1
+kind: InferenceService
+metadata: {name: big, labels: {ebb.dev/service: big}}
+"#;
+    let file = write(&dir, "kinds.yaml", text);
+    let (code, stdout, _) = run(&["--verbose", &file]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(!stdout.contains("StatefulSet default/db: warning"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "LeaderWorkerSet default/llm: warning: the pod template lacks the label ebb.dev/service: llm"
+        ),
+        "the leader's template is checked: {stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "InferenceService default/big: warning: is labelled ebb.dev/service but \
+             inferenceservices.serving.example.com is not in scale-target-kinds"
+        ),
+        "{stdout}"
+    );
 }

@@ -300,3 +300,54 @@ fn the_queue_proxy_accepts_the_injected_env() {
         .unwrap_or_else(|e| panic!("no addresses ({e}): {line:?}; stderr: {stderr}"));
     assert!(addresses["data"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{addresses}");
 }
+
+/// A StatefulSet's template and a LeaderWorkerSet's leader template (the entry role) get the sidecar; the
+/// workers' template is left alone; a custom kind whose template ebb does not know passes through unchanged
+/// with a warning.
+#[test]
+fn statefulsets_and_a_leaderworkersets_leader_are_injected() {
+    let text = r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, labels: {ebb.dev/service: db}}
+spec:
+  template:
+    metadata: {labels: {ebb.dev/service: db}}
+    spec:
+      containers: [{name: model, image: m, ports: [{containerPort: 8080}]}]
+---
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+metadata: {name: llm, labels: {ebb.dev/service: llm}}
+spec:
+  leaderWorkerTemplate:
+    size: 2
+    leaderTemplate:
+      metadata: {labels: {ebb.dev/service: llm}}
+      spec:
+        containers: [{name: model, image: m, ports: [{containerPort: 8080}]}]
+    workerTemplate:
+      spec:
+        containers: [{name: worker, image: m}]
+---
+apiVersion: serving.example.com/v1
+kind: InferenceService
+metadata: {name: big, labels: {ebb.dev/service: big}}
+spec: {replicas: 1}
+"#;
+    let (code, stdout, stderr) = inject("kinds.yaml", text);
+    assert_eq!(code, 0, "{stderr}");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout).unwrap();
+    let names = |template: &serde_json::Value| -> Vec<String> {
+        template["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&docs[0]["spec"]["template"]), ["model", "queue-proxy"]);
+    assert_eq!(names(&docs[1]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]), ["model", "queue-proxy"]);
+    assert_eq!(names(&docs[1]["spec"]["leaderWorkerTemplate"]["workerTemplate"]), ["worker"]);
+    assert_eq!(docs[2]["spec"], serde_json::json!({"replicas": 1}));
+    assert!(stderr.contains("does not know where this kind keeps its pod template"), "{stderr}");
+}

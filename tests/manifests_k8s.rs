@@ -34,7 +34,14 @@ const KUSTOMIZATIONS: &[&str] = &[
     "manifests/examples/vllm",
     "manifests/examples/gateway-api",
     "manifests/examples/ingress",
+    "manifests/examples/leaderworkerset",
+    "manifests/scale-targets/statefulsets",
+    "manifests/scale-targets/leaderworkersets",
+    "manifests/scale-targets/custom",
 ];
+
+/// The example whose kind the base's `config-autoscaler` does not list (it needs `scale-target-kinds`).
+const LEADERWORKERSET: &str = "manifests/examples/leaderworkerset";
 
 const PDB_WHY: &str = "policy/v1 is served from Kubernetes 1.21 and v1.20 serves only policy/v1beta1, so it is \
                        validated as policy/v1beta1 instead (same fields)";
@@ -45,6 +52,9 @@ const HTTPROUTE_WHY: &str = "a Gateway API CRD (HTTPRoute v1 needs Gateway API >
 
 /// The objects the v1.20 test control plane cannot validate (apiVersion, kind, name, why). Exact, so that a
 /// new object of an unserved kind is noticed rather than silently unvalidated.
+const LWS_WHY: &str = "the LeaderWorkerSet CRD, not installed in the test control plane (tests/check.rs and \
+                       tests/inject.rs check how ebb reads it)";
+
 const EXPECTED_SKIPS: &[(&str, &str, &str, &str)] = &[
     ("policy/v1", "PodDisruptionBudget", "ebb-autoscaler", PDB_WHY),
     ("policy/v1", "PodDisruptionBudget", "ebb-activator", PDB_WHY),
@@ -52,6 +62,7 @@ const EXPECTED_SKIPS: &[(&str, &str, &str, &str)] = &[
     ("monitoring.coreos.com/v1", "PodMonitor", "ebb-queue-proxies", OPERATOR_WHY),
     ("monitoring.coreos.com/v1", "PrometheusRule", "ebb", OPERATOR_WHY),
     ("gateway.networking.k8s.io/v1", "HTTPRoute", "chat", HTTPROUTE_WHY),
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "llm", LWS_WHY),
 ];
 
 /// The activator's rules (activator/src/kube_source.rs uses only watches: list then watch).
@@ -60,14 +71,12 @@ const ACTIVATOR_RULES: &[(&str, &str, &str)] = &[
     ("", "pods", "watch"),
     ("apps", "deployments", "list"),
     ("apps", "deployments", "watch"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
 ];
 
 fn rendered(dir: &str) -> Vec<Value> {
     render(&in_repo(dir)).unwrap_or_else(|e| panic!("rendering {dir}: {e}"))
-}
-
-fn all_rendered() -> Vec<Value> {
-    KUSTOMIZATIONS.iter().flat_map(|dir| rendered(dir)).collect()
 }
 
 #[test]
@@ -218,11 +227,23 @@ fn ebb_check_accepts_the_configuration_and_the_example_services() {
     let dir = std::env::temp_dir().join(format!("ebb-manifests-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("rendered.yaml");
-    std::fs::write(&file, to_yaml(&all_rendered())).unwrap();
+    let base: Vec<Value> =
+        KUSTOMIZATIONS.iter().filter(|d| **d != LEADERWORKERSET).flat_map(|dir| rendered(dir)).collect();
+    std::fs::write(&file, to_yaml(&base)).unwrap();
     let (code, stdout, stderr) = ebb_check(&[file.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(stdout, "", "no problem is reported");
     assert!(stderr.contains("0 error(s), 0 warning(s); 3 valid object(s)"), "{stderr}");
+
+    // The LeaderWorkerSet example is clean once its kind is listed, as its comments say.
+    let listed = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config-autoscaler, namespace: ebb-system}\n\
+                  data: {scale-target-kinds: \"deployments.apps, leaderworkersets.leaderworkerset.x-k8s.io\"}\n";
+    let lws = dir.join("lws.yaml");
+    std::fs::write(&lws, format!("{listed}---\n{}", to_yaml(&rendered(LEADERWORKERSET)))).unwrap();
+    let (code, stdout, stderr) = ebb_check(&[lws.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout, "", "no problem is reported");
+    assert!(stderr.contains("0 error(s), 0 warning(s); 2 valid object(s)"), "{stderr}");
 
     // And the files as a user checks them.
     let files = [
@@ -585,12 +606,13 @@ async fn the_service_accounts_get_exactly_the_documented_rbac_and_no_secrets() {
             expect(account, permission.clone(), Some(ns.name()), false).await;
         }
     }
-    // The activator reads only pods and Deployments, by watches.
+    // The activator reads only pods, Deployments and Services, by watches.
     for permission in [
         p("", "pods", "get"),
         p("", "pods", "patch"),
         p("apps", "deployments", "get"),
-        p("", "services", "list"),
+        p("", "services", "get"),
+        p("", "services", "patch"),
         p("discovery.k8s.io", "endpointslices", "list"),
         p("", "configmaps", "get"),
         p("authentication.k8s.io", "tokenreviews", "create"),

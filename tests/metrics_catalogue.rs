@@ -107,7 +107,7 @@ fn the_metrics_document_and_the_exported_metrics_agree() {
 #[test]
 fn every_family_is_named_with_its_unit_and_bounded_labels() {
     let allowed: BTreeSet<&str> =
-        ["namespace", "service", "status_class", "kind", "origin", "reason", "source"].into();
+        ["namespace", "service", "status_class", "kind", "origin", "reason", "source", "result"].into();
     for (name, family) in export_everything() {
         assert!(name.starts_with("ebb_"), "{name} lacks the ebb_ prefix");
         if family.kind == "histogram" {

@@ -433,3 +433,73 @@ fn https_urls_are_spoken_to_in_tls() {
     let (code, _, stderr) = ebb_status(&["--url", "127.0.0.1:9090"]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// An https URL whose certificate a private CA signed: refused against the system's roots, read with
+/// `--certificate-authority` naming that CA, and a file with no certificate in it is a clear error.
+#[test]
+fn a_private_ca_is_trusted_with_certificate_authority() {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.clone().self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf =
+        CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let dir = std::env::temp_dir().join(format!("ebb-status-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let empty_file = dir.join("empty.pem");
+    std::fs::write(&empty_file, "not a certificate\n").unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key.serialize_der().try_into().unwrap())
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+    // Answers `/status` with one service to every client that completes the handshake.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let connection = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(connection, stream);
+            let mut head = [0u8; 1024];
+            if tls.read(&mut head).is_err() {
+                continue;
+            }
+            let body = r#"{"services":[{"name":"chat","desired":1,"ready":1,"mode":"serve"}]}"#;
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+
+    let (code, stdout, stderr) = ebb_status(&["--url", &url]);
+    assert_eq!(code, 1, "the system's roots do not hold a private CA: {stdout}{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    let (code, stdout, stderr) =
+        ebb_status(&["--url", &url, "--certificate-authority", ca_file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.lines().any(|l| l.starts_with("chat ")), "{stdout}");
+    let (code, _, stderr) =
+        ebb_status(&["--url", &url, "--certificate-authority", empty_file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no certificate in it"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

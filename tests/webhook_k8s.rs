@@ -21,7 +21,10 @@ use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::cluster::{Cluster, WAIT, WEBHOOK_NAMESPACE_LABEL, complete, http_client, is_completion};
+use support::autoscaler::metrics_text;
+use support::cluster::{
+    Cluster, WAIT, WEBHOOK_NAMESPACE_LABEL, complete, http_client, is_completion, ready_ips,
+};
 use support::manifests::{find, grant, render};
 use support::paths::in_repo;
 use support::{TestNamespace, require, wait_for};
@@ -199,6 +202,20 @@ async fn a_plain_labelled_deployment_gets_the_sidecar_at_pod_creation_and_scales
     assert!(message.contains("queue-proxy.ebb.dev") && message.contains("denied"), "{message}");
     assert!(message.contains("ebb.dev/timeout") && message.contains("soon"), "{message}");
     assert!(live_pods(&cluster, "ebb.dev/service=broken").await.unwrap().is_empty());
+    // The webhook counts what it answered, on whichever autoscaler replica the API server asked.
+    let counted = async |result: &str| {
+        let series = format!("ebb_autoscaler_webhook_admissions_total{{result=\"{result}\"}} ");
+        let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), &cluster.system);
+        let mut total = 0.0;
+        for ip in ready_ips(&pods, "app.kubernetes.io/name=ebb-autoscaler").await.unwrap() {
+            let page = metrics_text(format!("{ip}:9090").parse().unwrap()).await;
+            let line = page.lines().find(|l| l.starts_with(&series)).unwrap_or_else(|| panic!("{page}"));
+            total += line[series.len()..].trim().parse::<f64>().unwrap();
+        }
+        total
+    };
+    assert!(counted("injected").await >= 3.0, "the chat pods, before and after the restart");
+    assert!(counted("denied").await >= 1.0, "the broken pod");
 
     // Injection off for the namespace (as when the webhook is not installed): a labelled Deployment's pods
     // run without the sidecar, and the autoscaler says so.

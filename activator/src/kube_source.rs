@@ -1,5 +1,6 @@
 //! The Kubernetes endpoint source: watches the Deployments and pods labelled `ebb.dev/service` (all namespaces or
-//! a list), the activator pods (to share capacity among them) and the autoscaler pods (to stream stats to every
+//! a list), the public Services of scale targets of other kinds (labelled `ebb.dev/target-kind` by the
+//! autoscaler, which copies the target's annotations onto them), the activator pods (to share capacity among them) and the autoscaler pods (to stream stats to every
 //! Ready one). Watch events become [`Change`]s at once; nothing polls.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,13 +10,13 @@ use std::sync::Arc;
 use ebb_config::ServiceId;
 use ebb_config::names::{
     AUTOSCALER_INGEST_PORT, COMPONENT_ACTIVATOR, COMPONENT_AUTOSCALER, LABEL_COMPONENT, LABEL_PART_OF,
-    LABEL_SERVICE, PART_OF_EBB, QUEUE_PROXY_DATA_PORT,
+    LABEL_SERVICE, LABEL_TARGET_KIND, PART_OF_EBB, QUEUE_PROXY_DATA_PORT,
 };
 use ebb_config::{DataPlaneSpec, GlobalConfig, ServiceConfig, resolve_service};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -93,19 +94,42 @@ pub fn is_ready(pod: &Pod) -> bool {
     ready && pod.meta().deletion_timestamp.is_none()
 }
 
+/// A service an object declares, with its data-plane settings or why they are invalid.
+pub type Declared = (ServiceId, Result<DataPlaneSpec, String>);
+
 /// The service a Deployment declares, with its data-plane settings, or why they are invalid. `None` when it is not
 /// an ebb service or its label does not name it (the autoscaler reports that with an Event).
-pub fn deployment_service(deployment: &Deployment) -> Option<(ServiceId, Result<DataPlaneSpec, String>)> {
-    let name = deployment.name_any();
-    if deployment.labels().get(LABEL_SERVICE) != Some(&name) {
+pub fn deployment_service(deployment: &Deployment) -> Option<Declared> {
+    declared_service(deployment)
+}
+
+/// The service a scale target of another kind declares through its public Service (labelled
+/// `ebb.dev/target-kind`, with the target's ebb annotations copied by the autoscaler), as
+/// [`deployment_service`] reads a Deployment. `None` without that label.
+pub fn published_service(service: &Service) -> Option<Declared> {
+    service.labels().get(LABEL_TARGET_KIND)?;
+    declared_service(service)
+}
+
+/// The service `object` declares with its `ebb.dev/service` label and its annotations.
+fn declared_service<K: Resource>(object: &K) -> Option<Declared> {
+    let name = object.name_any();
+    if object.labels().get(LABEL_SERVICE) != Some(&name) {
         return None;
     }
-    let key = ServiceId::new(&deployment.namespace()?, &name);
+    let key = ServiceId::new(&object.namespace()?, &name);
     // The data-plane keys do not depend on config-autoscaler, which the activator has no right to read. Its
     // defaults would refuse `initial-scale: 0` (allowed only by the ConfigMap): that check is the
     // autoscaler's, which reads the ConfigMap, so the activator assumes the most permissive global setting.
     let global = GlobalConfig { allow_zero_initial_scale: true, ..GlobalConfig::default() };
-    let config = resolve_service(deployment.annotations(), &global);
+    // Only ebb's own keys: a public Service also carries the autoscaler's status annotations.
+    let annotations: BTreeMap<String, String> = object
+        .annotations()
+        .iter()
+        .filter(|(k, _)| ebb_config::keys::lookup(ebb_config::keys::ANNOTATION_KEYS, k).is_some())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let config = resolve_service(&annotations, &global);
     Some((key, config.map(|c| c.value.data_plane).map_err(|invalid| invalid.to_string())))
 }
 
@@ -224,12 +248,33 @@ async fn watch_pods(client: Client, namespace: Option<String>, changes: ChangeSe
 /// settings keep the last valid ones (or the defaults for a Deployment never valid), as the autoscaler does.
 async fn watch_deployments(client: Client, namespace: Option<String>, changes: ChangeSender) {
     let deployments: Api<Deployment> = api(&client, namespace.as_deref());
+    let config = watcher::Config::default().labels(LABEL_SERVICE);
+    follow_declarations("deployments", deployments, config, deployment_service, changes).await;
+}
+
+/// Sends a service's settings when the public Service of a target of another kind appears or changes, and
+/// its removal when it goes, as [`watch_deployments`] does for Deployments.
+async fn watch_published(client: Client, namespace: Option<String>, changes: ChangeSender) {
+    let services: Api<Service> = api(&client, namespace.as_deref());
+    let config = watcher::Config::default().labels(LABEL_TARGET_KIND);
+    follow_declarations("public services", services, config, published_service, changes).await;
+}
+
+/// Follows the objects that declare services, as `declared` reads each.
+async fn follow_declarations<K>(
+    what: &'static str,
+    objects: Api<K>,
+    config: watcher::Config,
+    declared: fn(&K) -> Option<Declared>,
+    changes: ChangeSender,
+) where
+    K: Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     let mut mirror = Mirror::new();
     let mut known: BTreeMap<String, ServiceId> = BTreeMap::new();
-    let config = watcher::Config::default().labels(LABEL_SERVICE);
-    follow("deployments", watcher::watcher(deployments, config), |event| {
+    follow(what, watcher::watcher(objects, config), |event| {
         for key in mirror.apply(event) {
-            match mirror.objects.get(&key).and_then(deployment_service) {
+            match mirror.objects.get(&key).and_then(declared) {
                 Some((service, Ok(config))) => {
                     known.insert(key, service.clone());
                     let _ = changes.send(Change::Service { key: service, config });
@@ -321,6 +366,7 @@ async fn run(client: Client, options: Options, changes: ChangeSender, pusher: Op
     let mut tasks = tokio::task::JoinSet::new();
     for scope in scopes {
         tasks.spawn(watch_deployments(client.clone(), scope.clone(), changes.clone()));
+        tasks.spawn(watch_published(client.clone(), scope.clone(), changes.clone()));
         tasks.spawn(watch_pods(client.clone(), scope, changes.clone()));
     }
     tasks.spawn(watch_components(client, options.own_namespace, changes, pusher));
@@ -386,6 +432,25 @@ mod tests {
             "state": {"waiting": {"reason": "ContainerCreating"}}
         }]}}));
         assert_eq!(blocked_reason(&starting), None);
+    }
+
+    #[test]
+    fn a_public_service_declares_its_targets_settings_only_with_the_kind_label() {
+        let service = |labels: serde_json::Value| -> Service {
+            serde_json::from_value(json!({"metadata": {"name": "db", "namespace": "models", "labels": labels,
+                "annotations": {"ebb.dev/timeout": "45s", "status.ebb.dev/mode": "proxy",
+                                "app.example.com/owner": "team"}}}))
+            .unwrap()
+        };
+        let (key, config) = published_service(&service(
+            json!({"ebb.dev/service": "db", "ebb.dev/target-kind": "StatefulSet"}),
+        ))
+        .unwrap();
+        assert_eq!(key, ServiceId::new("models", "db"));
+        // The autoscaler's status annotations and foreign ones are not the service's settings.
+        assert_eq!(config.unwrap().timeout, std::time::Duration::from_secs(45));
+        // A Deployment's public Service has no kind label: the Deployment itself declares the service.
+        assert!(published_service(&service(json!({"ebb.dev/service": "db"}))).is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::error::{Diagnosed, Invalid};
 use crate::fields::{DurationRule, Fields, MAX_INT32, NumberRule, boolean, one_of, spelling, whole_number};
 use crate::keys::{GLOBAL_KEYS, global as key};
 use crate::spec::ScalerClass;
+use crate::targets::{TargetKind, format_kinds, parse_kinds};
 use crate::value::{format_duration, format_number};
 
 /// The cluster-wide autoscaling defaults. `GlobalConfig::default()` is Knative's defaults.
@@ -52,6 +53,8 @@ pub struct GlobalConfig {
     pub max_scale: u32,
     /// Highest max-scale a service may ask for (`0` = no limit).
     pub max_scale_limit: u32,
+    /// The kinds of object ebb autoscales through their `scale` subresource.
+    pub scale_target_kinds: Vec<TargetKind>,
 }
 
 impl Default for GlobalConfig {
@@ -77,6 +80,7 @@ impl Default for GlobalConfig {
             min_scale: 0,
             max_scale: 0,
             max_scale_limit: 0,
+            scale_target_kinds: vec![TargetKind::deployments()],
         }
     }
 }
@@ -156,6 +160,7 @@ impl GlobalConfig {
             min_scale: f.get(key::MIN_SCALE, whole(0..=MAX_INT32)).unwrap_or(d.min_scale),
             max_scale: f.get(key::MAX_SCALE, whole(0..=MAX_INT32)).unwrap_or(d.max_scale),
             max_scale_limit: f.get(key::MAX_SCALE_LIMIT, whole(0..=MAX_INT32)).unwrap_or(d.max_scale_limit),
+            scale_target_kinds: f.get(key::SCALE_TARGET_KINDS, parse_kinds).unwrap_or(d.scale_target_kinds),
         };
         config.check_relations(&mut f);
         f.finish(config)
@@ -205,6 +210,7 @@ impl GlobalConfig {
             (key::MIN_SCALE, self.min_scale.to_string()),
             (key::MAX_SCALE, self.max_scale.to_string()),
             (key::MAX_SCALE_LIMIT, self.max_scale_limit.to_string()),
+            (key::SCALE_TARGET_KINDS, format_kinds(&self.scale_target_kinds)),
         ]
     }
 }

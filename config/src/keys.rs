@@ -88,6 +88,7 @@ pub mod global {
         MIN_SCALE = "min-scale",
         MAX_SCALE = "max-scale",
         MAX_SCALE_LIMIT = "max-scale-limit",
+        SCALE_TARGET_KINDS = "scale-target-kinds",
     }
 }
 
@@ -215,6 +216,9 @@ pub const GLOBAL_KEYS: &[KeyDoc] = &[
     doc(g::MAX_SCALE, None, None, Value("0"), "a whole number >= 0 (0 = unbounded)", "Default max-scale."),
     doc(g::MAX_SCALE_LIMIT, None, None, Value("0"), "a whole number >= 0 (0 = no limit)",
         "Highest max-scale a service may ask for."),
+    doc(g::SCALE_TARGET_KINDS, None, None, Value("deployments.apps"),
+        "comma-separated `RESOURCE.GROUP` of kinds that serve the `scale` subresource",
+        "Kinds of object ebb autoscales (each needs RBAC: manifests/scale-targets/)."),
 ];
 
 /// Finds the documented key that `key` names, directly or as an alias.

@@ -15,6 +15,7 @@ pub mod placement;
 mod service;
 pub mod sidecar;
 pub mod spec;
+pub mod targets;
 pub mod value;
 pub mod wire;
 

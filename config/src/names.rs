@@ -3,6 +3,10 @@
 
 /// Label on a Deployment and its pod template naming the service; its value must equal the Deployment's name.
 pub const LABEL_SERVICE: &str = "ebb.dev/service";
+/// Label on the public Service of a scale target that is not a Deployment, naming its kind
+/// (`StatefulSet`): the Service then carries the target's ebb annotations, so that the activator learns the
+/// service's data-plane settings without knowing (or having the right to read) the target's kind.
+pub const LABEL_TARGET_KIND: &str = "ebb.dev/target-kind";
 /// Label marking objects that ebb creates and owns.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`] on ebb's own objects.

@@ -52,6 +52,7 @@ const CASES: &[Case] = &[
     (key::MIN_SCALE, &[("1", "1")], &[("x", "must be a whole number")]),
     (key::MAX_SCALE, &[("5", "5")], &[("-5", "must be at least 0")]),
     (key::MAX_SCALE_LIMIT, &[("100", "100")], &[("1e3", "must be a whole number")]),
+    (key::SCALE_TARGET_KINDS, &[("statefulsets.apps,deployments.apps", "statefulsets.apps, deployments.apps")], &[("pods", "is not RESOURCE.GROUP"), (" , ", "names no kind")]),
 ];
 
 #[test]
@@ -148,19 +149,23 @@ fn a_services_effective_configuration_includes_the_config_map_only_inputs() {
         ]
     );
     // Every ConfigMap key reaches a service somehow: as an annotation's fallback, as a ConfigMap-only input, or
-    // by shaping another value (a target's default, a range). A new key must pick one.
+    // by shaping another value (a target's default, a range), or as the controller's own setting (which
+    // objects are services at all). A new key must pick one.
     let shapes_others = [
         key::CONTAINER_CONCURRENCY_TARGET_DEFAULT,
         key::REQUESTS_PER_SECOND_TARGET_DEFAULT,
         key::ALLOW_ZERO_INITIAL_SCALE,
         key::MAX_SCALE_LIMIT,
     ];
+    let controller_wide = [key::SCALE_TARGET_KINDS];
     for doc in GLOBAL_KEYS {
         let fallback = ebb_config::keys::ANNOTATION_KEYS.iter().any(|a| a.global == Some(doc.key));
         let listed = values.iter().any(|(k, _)| *k == doc.key);
+        let kinds = [fallback, listed, shapes_others.contains(&doc.key), controller_wide.contains(&doc.key)];
         assert!(
-            [fallback, listed, shapes_others.contains(&doc.key)].iter().filter(|b| **b).count() == 1,
-            "{} must be exactly one of: an annotation's fallback, a config_map_values entry, shaping others",
+            kinds.iter().filter(|b| **b).count() == 1,
+            "{} must be exactly one of: an annotation's fallback, a config_map_values entry, shaping others, \
+             the controller's own",
             doc.key
         );
     }

@@ -1,8 +1,11 @@
-//! Which objects `ebb inject` edits, and what it takes from a Deployment around its pod template: a Deployment
-//! labelled `ebb.dev/service` is a service whose name is the Deployment's, configured by its annotations.
+//! Which objects `ebb inject` edits, and what it takes from a scale target around its pod template: a
+//! Deployment (or a StatefulSet, an Argo Rollout, a LeaderWorkerSet: the kinds whose pod template of the
+//! role that takes traffic ebb knows) labelled `ebb.dev/service` is a service whose name is the object's,
+//! configured by its annotations.
 
 use ebb_config::GlobalConfig;
 use ebb_config::names::LABEL_SERVICE;
+use ebb_config::targets::TargetKind;
 use ebb_inject::{Service, inject_template};
 use serde_json::Value;
 
@@ -16,25 +19,38 @@ pub struct Outcome {
     pub warnings: Vec<String>,
 }
 
-/// Injects `object` when it is a Deployment labelled `ebb.dev/service`: `Ok(None)` for any other object.
+/// Injects `object` when it is a scale target labelled `ebb.dev/service`: `Ok(None)` for any other object.
+/// A labelled object of a kind whose pod template ebb does not know is left as it is, with a warning: the
+/// admission webhook injects its pods when they are created.
 pub fn inject_object(
     object: &mut Value,
     global: &GlobalConfig,
     image: &str,
 ) -> Result<Option<Outcome>, Vec<String>> {
-    if str_at(object, &["kind"]) != Some("Deployment")
-        || at(object, &["metadata", "labels", LABEL_SERVICE]).is_none()
-    {
+    if at(object, &["metadata", "labels", LABEL_SERVICE]).is_none() {
         return Ok(None);
     }
+    let kind = str_at(object, &["kind"]).unwrap_or_default().to_owned();
+    let api_version = str_at(object, &["apiVersion"]).unwrap_or("apps/v1").to_owned();
+    let Some(target) = TargetKind::of_manifest(&api_version, &kind) else { return Ok(None) };
+    let template = target.entry_templates().and_then(|paths| paths.iter().find(|p| at(object, p).is_some()));
+    let Some(template) = template else {
+        let warning = format!(
+            "{kind}: ebb does not know where this kind keeps its pod template; left as it is (the admission \
+             webhook adds the queue-proxy to its pods when they are created)"
+        );
+        return Ok(Some(Outcome { changed: false, warnings: vec![warning] }));
+    };
     let before = object.clone();
-    let warnings = inject_deployment(object, global, image)?;
+    let warnings = inject_target(object, &kind, template, global, image)?;
     Ok(Some(Outcome { changed: *object != before, warnings }))
 }
 
-/// Checks the Deployment's name, label and annotations, and injects its pod template.
-fn inject_deployment(
+/// Checks the object's name, label and annotations, and injects its pod template at `template`.
+fn inject_target(
     deployment: &mut Value,
+    kind: &str,
+    template: &[&str],
     global: &GlobalConfig,
     image: &str,
 ) -> Result<Vec<String>, Vec<String>> {
@@ -46,18 +62,17 @@ fn inject_deployment(
     }
     let label = str_at(deployment, &["metadata", "labels", LABEL_SERVICE]).unwrap_or_default();
     if !name.is_empty() && label != name {
-        warnings.push(format!(
-            "label {LABEL_SERVICE} is {label:?} but must equal the Deployment's name {name:?}"
-        ));
+        warnings
+            .push(format!("label {LABEL_SERVICE} is {label:?} but must equal the {kind}'s name {name:?}"));
     }
     let (annotations, not_strings) = string_map(at(deployment, &["metadata", "annotations"]));
     for key in &not_strings {
         let value = &annotations[key];
         errors.push(format!("{key}: {value}: annotation values must be strings; quote it: \"{value}\""));
     }
-    let template = at(deployment, &["spec", "template"]).unwrap_or(&Value::Null);
+    let template_value = at(deployment, template).unwrap_or(&Value::Null);
     let service = Service { name: &name, annotations: &annotations, global };
-    let injection = match inject_template(template, &service, image) {
+    let injection = match inject_template(template_value, &service, image) {
         Ok(injection) => injection,
         Err(more) => {
             errors.extend(more);
@@ -68,8 +83,8 @@ fn inject_deployment(
         return Err(errors);
     }
     warnings.extend(injection.warnings);
-    if let Some(template) = at_mut(deployment, &["spec", "template"]) {
-        *template = injection.template;
+    if let Some(slot) = at_mut(deployment, template) {
+        *slot = injection.template;
     }
     Ok(warnings)
 }

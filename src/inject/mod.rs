@@ -1,13 +1,14 @@
-//! `ebb inject FILE|-`: adds the queue-proxy sidecar to every Deployment labelled `ebb.dev/service` in
-//! multi-document Kubernetes YAML and prints the result. Other documents pass through as they were written
-//! (comments included), in order; a Deployment that already has the sidecar is updated in place, so
-//! injecting twice gives the same output as once.
+//! `ebb inject FILE|-`: adds the queue-proxy sidecar to every scale target labelled `ebb.dev/service` in
+//! multi-document Kubernetes YAML (Deployments, StatefulSets, Argo Rollouts, a LeaderWorkerSet's leader
+//! template) and prints the result. Other documents pass through as they were written (comments included),
+//! in order; an object that already has the sidecar is updated in place, so injecting twice gives the same
+//! output as once.
 //!
 //! The sidecar itself comes from the `ebb-inject` crate, which the autoscaler's admission webhook uses too; here
 //! is what makes it a command:
 //! - [`stream`]: the YAML stream: documents, `kind: List`, the input's `config-autoscaler`, messages;
 //! - [`documents`]: cutting the stream into documents that keep their text;
-//! - [`deployment`]: which objects are ebb's, and the service a Deployment describes.
+//! - [`deployment`]: which objects are ebb's, and the service a scale target describes.
 
 mod deployment;
 mod documents;
@@ -47,7 +48,7 @@ pub fn run(args: Args) -> ExitCode {
                 eprintln!("ebb inject: {source}: warning: {warning}");
             }
             print!("{}", injected.yaml);
-            eprintln!("ebb inject: {source}: {} Deployment(s) with the queue-proxy", injected.deployments);
+            eprintln!("ebb inject: {source}: {} service(s) with the queue-proxy", injected.deployments);
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -3,12 +3,18 @@
 //! API server's service proxy (`GET /api/v1/namespaces/NS/services/ebb-autoscaler:metrics/proxy/PATH`), so
 //! no port-forward is needed and RBAC decides who may read it (`services/proxy` on that one Service).
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 /// The autoscaler's Service (manifests/autoscaler.yaml) and the name of its metrics port, as the service proxy
 /// names them: `ebb-autoscaler:metrics`.
@@ -20,7 +26,13 @@ pub const AUTOSCALER_PORT: &str = "metrics";
 #[derive(Clone)]
 pub enum Endpoint {
     /// `http://HOST:PORT` or `https://HOST:PORT[/PREFIX]`.
-    Url(String),
+    Url {
+        /// The URL.
+        url: String,
+        /// For `https://`: trust only the CA certificates in this PEM file instead of the system's (as
+        /// kubectl's `--certificate-authority`).
+        certificate_authority: Option<PathBuf>,
+    },
     /// The autoscaler's Service in `namespace`, through the API server `client` talks to.
     ServiceProxy {
         /// A client of the cluster.
@@ -34,7 +46,7 @@ impl Endpoint {
     /// Where it is, for messages.
     pub fn describe(&self) -> String {
         match self {
-            Self::Url(url) => url.clone(),
+            Self::Url { url, .. } => url.clone(),
             Self::ServiceProxy { namespace, .. } => {
                 format!("service {namespace}/{AUTOSCALER_SERVICE}:{AUTOSCALER_PORT} (through the API server)")
             }
@@ -45,7 +57,9 @@ impl Endpoint {
     pub async fn get(&self, path: &str) -> Result<(u16, Bytes), String> {
         let request = tokio::time::timeout(Duration::from_secs(10), async {
             match self {
-                Self::Url(url) => get_url(url, path).await,
+                Self::Url { url, certificate_authority } => {
+                    get_url(url, certificate_authority.as_deref(), path).await
+                }
                 Self::ServiceProxy { client, namespace } => proxy_get(client, namespace, path).await,
             }
         });
@@ -78,21 +92,45 @@ pub fn join(url: &str, path: &str) -> Result<http::Uri, String> {
     }
 }
 
-async fn get_url(url: &str, path: &str) -> Result<(u16, Bytes), String> {
+async fn get_url(
+    url: &str,
+    certificate_authority: Option<&Path>,
+    path: &str,
+) -> Result<(u16, Bytes), String> {
     let uri = join(url, path)?;
-    // The system's trusted roots, as curl and kubectl use them.
-    let provider = rustls::crypto::ring::default_provider();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(std::sync::Arc::new(provider))
-        .map_err(|e| format!("cannot load the system's trusted certificates: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let connector = match certificate_authority {
+        // The system's trusted roots, as curl and kubectl use them.
+        None => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| format!("cannot load the system's trusted certificates: {e}"))?,
+        Some(file) => {
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_trusting(file, provider)?)
+        }
+    };
+    let connector = connector.https_or_http().enable_http1().build();
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let response = client.get(uri).await.map_err(|e| error_chain(&e))?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, body))
+}
+
+/// A TLS client configuration that trusts the CA certificates in the PEM `file`, and nothing else.
+fn tls_trusting(file: &Path, provider: Arc<CryptoProvider>) -> Result<rustls::ClientConfig, String> {
+    let unreadable = |e: &dyn std::fmt::Display| format!("--certificate-authority {}: {e}", file.display());
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(file).map_err(|e| unreadable(&e))? {
+        roots.add(certificate.map_err(|e| unreadable(&e))?).map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"no certificate in it"));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// An error with its causes (hyper-util's own message is only "client error (Connect)").

@@ -85,7 +85,9 @@ async fn read(endpoint: &Endpoint, path: &str) -> Result<Value, String> {
         }
         Ok((status, body)) => Err(format!("{status}: {}", String::from_utf8_lossy(&body).trim())),
         Err(err) => Err(match endpoint {
-            Endpoint::Url(_) => format!("{err} (is `ebb up` running, or the autoscaler reachable there?)"),
+            Endpoint::Url { .. } => {
+                format!("{err} (is `ebb up` running, or the autoscaler reachable there?)")
+            }
             Endpoint::ServiceProxy { .. } => err,
         }),
     }

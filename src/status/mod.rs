@@ -37,6 +37,7 @@ use self::output::{Format, Screen, document};
   ebb status --cluster --service models/chat   # its last decisions, read through the API server
   ebb status --service demo --plot demo.svg    # ebb up: the decisions and an SVG of them
   ebb status --url https://ebb.example.com     # an ebb up or autoscaler behind TLS
+  ebb status --url https://ebb.internal --certificate-authority ca.pem   # signed by a private CA
 
 Columns (table; scripts may rely on them, -o wide adds MIN MAX TARGET CC before LAST REASON):
   cluster:  SERVICE DESIRED REPLICAS READY MODE PHASE PANIC LAST REASON
@@ -56,6 +57,9 @@ pub struct Args {
     /// (the system's trusted certificates).
     #[arg(long, default_value = "http://127.0.0.1:9090", conflicts_with_all = ["kubeconfig", "cluster", "context"])]
     url: String,
+    /// With an `https://` --url: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kubeconfig", "cluster", "context"])]
+    certificate_authority: Option<std::path::PathBuf>,
     /// Read a cluster through this kubeconfig, instead of a local `ebb up`.
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<std::path::PathBuf>,
@@ -134,7 +138,8 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let endpoint = Endpoint::Url(args.url.clone());
+    let endpoint =
+        Endpoint::Url { url: args.url.clone(), certificate_authority: args.certificate_authority.clone() };
     if let Some((service, options)) = service {
         let options = decisions::Options { plot: args.plot.as_deref(), ..options };
         return runtime.block_on(decisions::run(&endpoint, &service, options));

@@ -185,7 +185,22 @@ pub fn to_yaml(objects: &[Value]) -> String {
 /// RoleBinding there, and its ClusterRole and ClusterRoleBinding renamed `NAME-NAMESPACE` (they are
 /// cluster-wide; the suffix keeps tests apart). Returns the objects created.
 pub async fn grant(admin: &Client, namespace: &str, account: &str) -> Vec<Value> {
-    let objects = render_in(&in_repo("manifests"), namespace).expect("render manifests/");
+    grant_from(admin, namespace, account, "manifests").await
+}
+
+/// [`grant`] from the kustomization in `dir` (relative to the repository), such as
+/// `manifests/scale-targets/statefulsets`: the ServiceAccount when `dir` has it (else it must exist), and
+/// the roles `dir` binds to it.
+pub async fn grant_from(admin: &Client, namespace: &str, account: &str, dir: &str) -> Vec<Value> {
+    let mut objects = render_in(&in_repo(dir), namespace).unwrap_or_else(|e| panic!("render {dir}: {e}"));
+    // A folder without the ServiceAccount binds the installed one: it is in the test namespace here.
+    for object in objects.iter_mut().filter(|o| kind(o).ends_with("RoleBinding")) {
+        for subject in object["subjects"].as_array_mut().into_iter().flatten() {
+            if subject["kind"] == "ServiceAccount" && subject["name"] == account {
+                subject["namespace"] = json!(namespace);
+            }
+        }
+    }
     let suffixed = |name: &str| format!("{name}-{namespace}");
     let binds_account = |o: &Value| {
         o["subjects"]
@@ -196,21 +211,22 @@ pub async fn grant(admin: &Client, namespace: &str, account: &str) -> Vec<Value>
     };
     let mut created = Vec::new();
     let pp = PostParams::default();
-    let service_account = find(&objects, "ServiceAccount", account)
-        .unwrap_or_else(|| panic!("manifests/ has no ServiceAccount {account}"));
-    let service_account: ServiceAccount = serde_json::from_value(service_account.clone()).unwrap();
-    match Api::<ServiceAccount>::namespaced(admin.clone(), namespace).create(&pp, &service_account).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        Err(e) => panic!("creating ServiceAccount {namespace}/{account}: {e}"),
+    if let Some(service_account) = find(&objects, "ServiceAccount", account) {
+        let service_account: ServiceAccount = serde_json::from_value(service_account.clone()).unwrap();
+        match Api::<ServiceAccount>::namespaced(admin.clone(), namespace).create(&pp, &service_account).await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => panic!("creating ServiceAccount {namespace}/{account}: {e}"),
+        }
+        created.push(serde_json::to_value(&service_account).unwrap());
     }
-    created.push(serde_json::to_value(&service_account).unwrap());
     for binding in objects.iter().filter(|o| binds_account(o)) {
         let role_name = binding["roleRef"]["name"].as_str().unwrap_or_default();
         match kind(binding) {
             "ClusterRoleBinding" => {
                 let mut role = find(&objects, "ClusterRole", role_name)
-                    .unwrap_or_else(|| panic!("manifests/ has no ClusterRole {role_name}"))
+                    .unwrap_or_else(|| panic!("{dir} has no ClusterRole {role_name}"))
                     .clone();
                 role["metadata"]["name"] = json!(suffixed(role_name));
                 let mut binding = binding.clone();
@@ -228,7 +244,7 @@ pub async fn grant(admin: &Client, namespace: &str, account: &str) -> Vec<Value>
             }
             "RoleBinding" => {
                 let role = find(&objects, "Role", role_name)
-                    .unwrap_or_else(|| panic!("manifests/ has no Role {role_name}"));
+                    .unwrap_or_else(|| panic!("{dir} has no Role {role_name}"));
                 let role: Role = serde_json::from_value(role.clone()).unwrap();
                 let binding: RoleBinding = serde_json::from_value(binding.clone()).unwrap();
                 Api::<Role>::namespaced(admin.clone(), namespace)

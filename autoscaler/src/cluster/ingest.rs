@@ -4,18 +4,16 @@
 //! ends the stream with 400. Every replica collects, leader or not, so windows stay warm across failover.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use ebb_config::names::INGEST_PATH;
 use ebb_config::wire::IngestFrame;
+use ebb_http::listen::Acceptor;
 use http::header::AUTHORIZATION;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -37,35 +35,21 @@ impl Ingest {
         Arc::new(Self { auth, frames, observer })
     }
 
-    /// Serves `listener` until `shutdown` turns true.
+    /// Serves `listener` until `shutdown` turns true, through ebb-http's acceptor: a silent or slow client is
+    /// dropped and an accept error backs off, as on every other port. Open streams end with the process.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::warn!("ingest accept failed: {err}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            };
-            let _ = stream.set_nodelay(true);
+        let (acceptor, _stop) = Acceptor::new();
+        let handler = move |req| {
             let this = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req, peer).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            async move { Ok::<_, Infallible>(this.handle(req).await) }
+        };
+        tokio::select! {
+            () = acceptor.accept(listener, handler) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.uri().path() != INGEST_PATH {
             return answer(StatusCode::NOT_FOUND, "not found");
         }
@@ -80,16 +64,16 @@ impl Ingest {
             .map(str::trim)
             .unwrap_or_default();
         match self.auth.check(token).await {
-            Ok(Verdict::Allowed(user)) => tracing::debug!(%peer, %user, "ingest stream opened"),
+            Ok(Verdict::Allowed(user)) => tracing::debug!(%user, "ingest stream opened"),
             Ok(Verdict::Forbidden(user)) => {
-                tracing::warn!(%peer, %user, "ingest refused: identity not allowed");
+                tracing::warn!(%user, "ingest refused: identity not allowed");
                 return answer(StatusCode::FORBIDDEN, "this identity may not send stats");
             }
             Ok(Verdict::Unauthenticated) => {
                 return answer(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
             }
             Err(err) => {
-                tracing::warn!(%peer, "{err}");
+                tracing::warn!("{err}");
                 return answer(StatusCode::SERVICE_UNAVAILABLE, "cannot check the token now");
             }
         }
@@ -107,7 +91,7 @@ impl Ingest {
                     }
                     Ok(None) => break,
                     Err(err) => {
-                        tracing::warn!(%peer, "bad ingest frame, closing the stream: {err}");
+                        tracing::warn!("bad ingest frame, closing the stream: {err}");
                         return answer(StatusCode::BAD_REQUEST, &format!("bad frame: {err}"));
                     }
                 }
@@ -119,7 +103,7 @@ impl Ingest {
                     }
                 }
                 Some(Err(err)) => {
-                    tracing::debug!(%peer, "ingest stream broke: {err}");
+                    tracing::debug!("ingest stream broke: {err}");
                     return answer(StatusCode::BAD_REQUEST, "stream broke");
                 }
                 None if buf.is_empty() => return answer(StatusCode::OK, ""),

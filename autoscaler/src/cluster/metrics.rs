@@ -43,6 +43,44 @@ pub struct HeldLabels {
 /// Why a scale-down is held: the API server is unreachable, or an activator has requests queued.
 pub const HOLD_REASONS: [&str; 2] = ["api_unreachable", "activator_queued"];
 
+/// Labels of admission reviews by what the webhook answered.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// One of [`ADMISSION_RESULTS`].
+    pub result: &'static str,
+}
+
+/// What the webhook answered: a sidecar added, the pod admitted as it was (it had one, or is not a pod
+/// creation), the pod refused (bad annotations, caches not listed yet), or a request that was not a readable
+/// AdmissionReview.
+pub const ADMISSION_RESULTS: [&str; 4] = ["injected", "unchanged", "denied", "bad_request"];
+
+/// The admission webhook's families, cloned into its server.
+#[derive(Debug, Clone)]
+pub struct WebhookMetrics {
+    /// Reviews answered, by result.
+    pub admissions: Family<AdmissionLabels, Counter>,
+    /// From a review's arrival until its answer.
+    pub admission_duration: Histogram,
+}
+
+impl WebhookMetrics {
+    fn new() -> Self {
+        let admissions: Family<AdmissionLabels, Counter> = Family::default();
+        for result in ADMISSION_RESULTS {
+            let _ = admissions.get_or_create(&AdmissionLabels { result });
+        }
+        // 100 µs to about 2 s: a review waits for the caches at most briefly.
+        Self { admissions, admission_duration: Histogram::new(exponential_buckets(0.0001, 3.0, 10)) }
+    }
+
+    /// Counts one answer.
+    pub fn answered(&self, result: &'static str, took: std::time::Duration) {
+        self.admissions.get_or_create(&AdmissionLabels { result }).inc();
+        self.admission_duration.observe(took.as_secs_f64());
+    }
+}
+
 /// The controller's metric families.
 #[derive(Debug)]
 pub struct KubeMetrics {
@@ -63,6 +101,8 @@ pub struct KubeMetrics {
     pub scale_downs_held: Family<HeldLabels, Counter>,
     /// From a decision that changed replicas until the API server accepted the scale patch.
     pub scale_patch: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    /// The admission webhook's.
+    pub webhook: WebhookMetrics,
 }
 
 /// Scale patch buckets, seconds: 1 ms to about a minute (a patch retried with backoff).
@@ -90,6 +130,7 @@ impl KubeMetrics {
             scale_changes: Family::default(),
             scale_downs_held: Family::default(),
             scale_patch: Family::new_with_constructor(patch_histogram),
+            webhook: WebhookMetrics::new(),
         };
         registry.register("leader", "1 while this replica holds the Lease and acts", m.leader.clone());
         registry.register(
@@ -119,6 +160,17 @@ impl KubeMetrics {
             "Time from a decision that changed replicas until the API server accepted the scale patch",
             Unit::Seconds,
             m.scale_patch.clone(),
+        );
+        registry.register(
+            "webhook_admissions",
+            "Admission reviews the webhook answered, by result: injected, unchanged, denied or bad_request",
+            m.webhook.admissions.clone(),
+        );
+        registry.register_with_unit(
+            "webhook_admission",
+            "Time from an admission review's arrival until the webhook's answer",
+            Unit::Seconds,
+            m.webhook.admission_duration.clone(),
         );
         Self { registry, ..m }
     }

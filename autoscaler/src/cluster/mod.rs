@@ -5,10 +5,13 @@
 //!
 //! - `stores`: reflectors on labelled Deployments, their pods, the `config-autoscaler` ConfigMap, Services,
 //!   EndpointSlices and the activator pods;
+//! - `targets`, `target_watches`, `selector`: scale targets of any kind (`scale-target-kinds`): one view of
+//!   a Deployment or another object with its `scale` subresource, the watches of the other kinds, the pod
+//!   selectors their scale subresources report;
 //! - `reconcile`: the pass that turns them into the engine's services and pods, and on the leader into
 //!   writes;
 //! - [`leader`]: the Lease; only its holder writes anything, every replica collects and decides;
-//! - [`scale`]: the [`Scaler`], replicas through `deployments/scale` (only on change), held scale-downs and
+//! - [`scale`]: the [`Scaler`], replicas through the target's `scale` subresource (only on change), held scale-downs and
 //!   other writers;
 //! - [`path`], [`slices`]: the public Service and its one EndpointSlice, activator or pods;
 //! - [`status`], [`deletion_cost`], [`blocked`], [`env_check`], [`events`]: what the controller writes besides
@@ -40,12 +43,15 @@ mod pods;
 pub mod rbac;
 mod reconcile;
 pub mod scale;
+mod selector;
 pub mod serve;
 mod service_state;
 pub mod slices;
 mod state;
 pub mod status;
 mod stores;
+mod target_watches;
+mod targets;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -67,7 +73,7 @@ use events::Events;
 use metrics::KubeMetrics;
 use reconcile::Reconciler;
 use scale::KubeScaler;
-use state::{Activators, Context, GlobalInForce, Signals};
+use state::{Activators, Context, GlobalInForce, OtherTargets, Signals};
 use stores::Stores;
 
 /// Why the controller could not start.
@@ -183,12 +189,14 @@ impl ClusterController {
         tasks.push(tokio::spawn(serve::serve(http, context.clone(), autoscaler.clone(), stop_rx.clone())));
         let stores = Stores::start(&context, &signals, slice_resource.clone());
         let global = Arc::new(GlobalInForce::default());
+        let others = Arc::new(OtherTargets::default());
         if let Some((listener, _, webhook)) = webhook_listener {
             let serving = Arc::new(webhook::tls::ServingCertificate::default());
             let tls = webhook::tls::server_config(serving.clone())?;
             let admission = webhook::admission::Admission {
                 deployments: stores.deployments.clone(),
                 replicasets: stores.replicasets.clone(),
+                others: others.clone(),
                 global: global.clone(),
                 image: webhook.image.clone(),
             };
@@ -196,6 +204,7 @@ impl ClusterController {
                 listener,
                 tls,
                 Arc::new(admission),
+                context.metrics.webhook.clone(),
                 stop_rx.clone(),
             )));
             let certificates = webhook::certificates::Certificates {
@@ -216,7 +225,7 @@ impl ClusterController {
             autoscaler.clone(),
             stores,
             slice_resource,
-            global,
+            (global, others),
         );
         tasks.push(tokio::spawn(reconciler.run(stop_rx.clone())));
         let lease_config = leader::LeaseConfig {

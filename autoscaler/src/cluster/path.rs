@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ebb_config::Mode;
 use ebb_config::ServiceId;
+use ebb_config::keys::{self, ANNOTATION_KEYS};
 use ebb_config::names::{
-    HEADER_PROBE, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB, PROBE_ACTIVATOR, STATUS_MODE,
-    STATUS_MODE_SINCE, STATUS_PHASE, STATUS_PHASE_SINCE,
+    HEADER_PROBE, LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TARGET_KIND, MANAGED_BY_EBB, PROBE_ACTIVATOR,
+    STATUS_MODE, STATUS_MODE_SINCE, STATUS_PHASE, STATUS_PHASE_SINCE,
 };
 use ebb_kpa::Phase;
 use ebb_process::sync::Locked;
@@ -27,7 +28,6 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PostParams};
@@ -40,6 +40,7 @@ use super::service_state::ServiceState;
 use super::slices::{LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER};
 use super::state::{Activators, Context};
 use super::stores::Stores;
+use super::targets::Target;
 use crate::engine::ServiceStatus;
 
 /// How long a successful activator probe counts.
@@ -195,7 +196,7 @@ pub(crate) async fn reconcile(
     ctx: &PathContext<'_>,
     id: &ServiceId,
     state: &mut ServiceState,
-    deployment: &Deployment,
+    target: &Target,
     status: &ServiceStatus,
     pods: &[Arc<Pod>],
 ) {
@@ -209,7 +210,7 @@ pub(crate) async fn reconcile(
         None => {
             if may_write {
                 let params = PostParams { field_manager: patch_params().field_manager, ..Default::default() };
-                let result = services.create(&params, &public_service(deployment, status)).await;
+                let result = services.create(&params, &public_service(target, status)).await;
                 outcome.note(result.map(drop), || format!("cannot create the public Service {id}"));
                 outcome.apply(context, state);
             }
@@ -222,7 +223,7 @@ pub(crate) async fn reconcile(
         if !state.path.foreign {
             state.path.foreign = true;
             context.events.warning(
-                deployment.object_ref(&()),
+                target.reference(),
                 "ServiceNotManaged",
                 format!(
                     "Service {}/{} exists and was not created by ebb (no {LABEL_MANAGED_BY}: {MANAGED_BY_EBB}); \
@@ -249,8 +250,25 @@ pub(crate) async fn reconcile(
             changes.insert(since_key.to_owned(), json!(now));
         }
     }
-    if !changes.is_empty() && may_write {
-        let patch = json!({"metadata": {"annotations": changes}});
+    // A target of another kind: its settings for the activator, kept equal to the target's.
+    let mut labels = serde_json::Map::new();
+    if let Some((kind, wanted)) = target.published_settings() {
+        if service.labels().get(LABEL_TARGET_KIND) != Some(&kind) {
+            labels.insert(LABEL_TARGET_KIND.to_owned(), json!(kind));
+        }
+        for (key, value) in &wanted {
+            if service.annotations().get(key) != Some(value) {
+                changes.insert(key.clone(), json!(value));
+            }
+        }
+        for key in service.annotations().keys() {
+            if keys::lookup(ANNOTATION_KEYS, key).is_some() && !wanted.contains_key(key) {
+                changes.insert(key.clone(), Value::Null);
+            }
+        }
+    }
+    if (!changes.is_empty() || !labels.is_empty()) && may_write {
+        let patch = json!({"metadata": {"annotations": changes, "labels": labels}});
         let result = services.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await;
         outcome.note(result.map(drop), || format!("cannot write the mode and phase on the Service {id}"));
     }
@@ -324,18 +342,26 @@ impl Writes {
     }
 }
 
-/// The public Service of a Deployment.
-fn public_service(deployment: &Deployment, status: &ServiceStatus) -> Service {
-    let name = deployment.name_any();
+/// The public Service of a scale target, owned by it.
+fn public_service(target: &Target, status: &ServiceStatus) -> Service {
+    let name = target.name();
+    let mut labels = json!({LABEL_MANAGED_BY: MANAGED_BY_EBB, LABEL_SERVICE: name});
+    let mut annotations = json!({
+        STATUS_MODE: status.mode, STATUS_MODE_SINCE: Timestamp::now().to_string(),
+        STATUS_PHASE: status.phase, STATUS_PHASE_SINCE: Timestamp::now().to_string(),
+    });
+    if let Some((kind, settings)) = target.published_settings() {
+        labels[LABEL_TARGET_KIND] = json!(kind);
+        for (key, value) in settings {
+            annotations[key] = json!(value);
+        }
+    }
     serde_json::from_value(json!({
         "metadata": {
             "name": name,
-            "labels": {LABEL_MANAGED_BY: MANAGED_BY_EBB, LABEL_SERVICE: name},
-            "annotations": {
-                STATUS_MODE: status.mode, STATUS_MODE_SINCE: Timestamp::now().to_string(),
-                STATUS_PHASE: status.phase, STATUS_PHASE_SINCE: Timestamp::now().to_string(),
-            },
-            "ownerReferences": deployment.controller_owner_ref(&()).map(|r| vec![r]),
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": target.owner_reference().map(|r| vec![r]),
         },
         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8012, "protocol": "TCP"}]},
     }))

@@ -13,7 +13,6 @@ use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGE
 use ebb_config::placement::template_only_keys;
 use ebb_config::{GlobalConfig, ServiceId, resolve_service};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ApiResource;
@@ -23,11 +22,13 @@ use tokio::sync::watch;
 
 use super::metrics::{BlockedLabels, KubeMetrics};
 use super::path::{self, PathContext, Prober};
-use super::pods::{is_ready, target};
+use super::pods::{self, is_ready};
 use super::scale::{self, ScaleContext};
 use super::service_state::ServiceState;
-use super::state::{Activators, Context, GlobalInForce, Signals};
+use super::state::{Activators, Context, GlobalInForce, OtherTargets, Signals, TargetSettings};
 use super::stores::Stores;
+use super::target_watches::TargetWatches;
+use super::targets::{Target, one_per_name};
 use super::{blocked, env_check, status};
 use crate::engine::{Autoscaler, PodTarget, ServiceStatus};
 
@@ -54,11 +55,16 @@ pub(crate) struct Reconciler {
     global: Global,
     /// The global configuration in force, shared with the admission webhook.
     in_force: Arc<GlobalInForce>,
+    /// The scale targets other than Deployments.
+    targets: TargetWatches,
+    /// Those targets, published for the admission webhook.
+    published: Arc<OtherTargets>,
     services: HashMap<ServiceId, ServiceState>,
 }
 
 impl Reconciler {
-    /// A reconciler of what `stores` show, acting through `autoscaler` and on EndpointSlices as `slices`.
+    /// A reconciler of what `stores` show, acting through `autoscaler` and on EndpointSlices as `slices`,
+    /// publishing the configuration in force and the targets of other kinds for the admission webhook.
     pub fn new(
         context: Arc<Context>,
         signals: Arc<Signals>,
@@ -66,8 +72,14 @@ impl Reconciler {
         autoscaler: Arc<Autoscaler>,
         stores: Stores,
         slices: ApiResource,
-        in_force: Arc<GlobalInForce>,
+        (in_force, published): (Arc<GlobalInForce>, Arc<OtherTargets>),
     ) -> Self {
+        let targets = TargetWatches::new(
+            context.client.clone(),
+            &context.options.watch_namespaces,
+            context.health.clone(),
+            signals.clone(),
+        );
         Self {
             context,
             signals,
@@ -78,6 +90,8 @@ impl Reconciler {
             prober: Prober::new(),
             global: Global { config: GlobalConfig::default(), generation: 0, resource_version: None },
             in_force,
+            targets,
+            published,
             services: HashMap::new(),
         }
     }
@@ -107,28 +121,76 @@ impl Reconciler {
 
     /// One pass: observe, decide, act.
     async fn pass(&mut self) {
+        let context = &*self.context;
+        if update_global(context, &self.stores, &mut self.global) {
+            self.in_force.set(self.global.config.clone());
+        }
+        for (kind, why) in self.targets.sync(&self.global.config.scale_target_kinds).await {
+            let key = ObjectRef::new(CONFIG_MAP_NAME).within(&context.options.namespace);
+            if let Some(config_map) = self.stores.config.get(&key) {
+                let message = format!("scale-target-kinds: ebb cannot scale {kind}: {why}");
+                context.events.warning(config_map.object_ref(&()), "ScaleTargetUnavailable", message);
+            }
+        }
+        self.targets.refresh_scales().await;
         let snapshot = self.observe();
         let work = self.decide(&snapshot);
         self.act(&snapshot, work).await;
     }
 
-    /// Observe: what the watches show now. Also notes whether the API server answers, applies a changed
-    /// `config-autoscaler` and publishes the ready activators.
+    /// Observe: what the watches show now. Also notes whether the API server answers and publishes the
+    /// ready activators.
     fn observe(&mut self) -> Snapshot {
         let (context, stores) = (&*self.context, &self.stores);
         context.metrics.api_reachable.set(i64::from(context.health.reachable()));
-        if update_global(context, stores, &mut self.global) {
-            self.in_force.set(self.global.config.clone());
-        }
+        let kinds = &self.global.config.scale_target_kinds;
 
-        // Pods by service.
-        let mut pods: HashMap<ServiceId, Vec<Arc<Pod>>> = HashMap::new();
+        // The scale targets of every listed kind, one per name.
+        let (mut targets, unreadable) = self.targets.targets();
+        if kinds.iter().any(|k| k.is_deployments()) {
+            targets.extend(
+                stores.deployments.iter().flat_map(Store::state).map(|d| Target::from_deployment(&d)),
+            );
+        }
+        let (targets, clashes) = one_per_name(targets, kinds);
+        self.published.set(
+            targets
+                .iter()
+                .filter(|t| !t.kind.is_deployments())
+                .map(|t| {
+                    let settings =
+                        TargetSettings { kind: t.kind_name().to_owned(), annotations: t.annotations() };
+                    (t.id(), settings)
+                })
+                .collect(),
+        );
+        for (target, why) in &clashes {
+            context.events.warning(target.reference(), "ServiceNameTaken", why.clone());
+        }
+        for (target, why) in &unreadable {
+            context.events.warning(target.reference(), "ScaleUnreadable", why.clone());
+        }
+        // A target whose scale could not be read this time is kept as it was, not forgotten.
+        let kept: HashSet<ServiceId> = unreadable.iter().map(|(t, _)| t.id()).collect();
+
+        // Pods by service: labelled with its name and, when its scale subresource reports a selector,
+        // matching it (a StatefulSet's or a custom resource's pods).
+        let mut labelled: HashMap<ServiceId, Vec<Arc<Pod>>> = HashMap::new();
         for pod in stores.pods.iter().flat_map(Store::state) {
             let Some(service) = pod.labels().get(LABEL_SERVICE).cloned() else { continue };
             let id = ServiceId::new(pod.namespace().unwrap_or_default(), service);
-            pods.entry(id).or_default().push(pod);
+            labelled.entry(id).or_default().push(pod);
         }
-        let deployments: Vec<Arc<Deployment>> = stores.deployments.iter().flat_map(Store::state).collect();
+        let mut pods: HashMap<ServiceId, Vec<Arc<Pod>>> = HashMap::new();
+        for target in &targets {
+            let id = target.id();
+            let Some(candidates) = labelled.remove(&id) else { continue };
+            let selected = match &target.scale.selector {
+                Some(selector) => candidates.into_iter().filter(|p| selector.matches(p.labels())).collect(),
+                None => candidates,
+            };
+            pods.insert(id, selected);
+        }
 
         // Ready activators.
         let activators: Vec<IpAddr> = stores
@@ -139,22 +201,24 @@ impl Reconciler {
             .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
             .collect();
         self.activators.set_ready(activators.clone());
-        Snapshot { deployments, pods, activators }
+        Snapshot { targets, kept, pods, activators, synced: self.targets.synced() }
     }
 
     /// Decide: brings the engine's services and pods up to date with the snapshot (the engine decides on its
     /// own ticks), reports what is wrong, forgets services that are gone and, on the leader, picks the
     /// services to act on, each with the engine's decision in force.
     fn decide<'s>(&mut self, snapshot: &'s Snapshot) -> HashMap<ServiceId, Work<'s>> {
-        let mut present = HashSet::new();
-        for deployment in &snapshot.deployments {
-            if let Some(id) = self.update_service(deployment, &snapshot.pods) {
+        let mut present = snapshot.kept.clone();
+        for target in &snapshot.targets {
+            if let Some(id) = self.update_service(target, &snapshot.pods) {
                 present.insert(id);
             }
         }
         let (context, autoscaler, activators) = (&self.context, &self.autoscaler, &self.activators);
+        let synced = snapshot.synced;
         self.services.retain(|id, _state| {
-            let keep = present.contains(id);
+            // While a kind's watch has not listed yet, its targets are unseen, not gone.
+            let keep = present.contains(id) || !synced;
             if !keep {
                 autoscaler.remove_service(id);
                 context.metrics.remove_service(&id.namespace, &id.name);
@@ -172,44 +236,46 @@ impl Reconciler {
             .map(|s| (ServiceId::new(s.namespace.clone(), s.name.clone()), s))
             .collect();
         let mut work = HashMap::new();
-        for deployment in &snapshot.deployments {
-            let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
+        for target in &snapshot.targets {
+            let id = target.id();
             if !self.services.get(&id).is_some_and(|state| state.valid) {
                 continue;
             }
             let Some(status) = statuses.remove(&id) else { continue };
             let pods = snapshot.pods.get(&id).map(Vec::as_slice).unwrap_or_default();
-            work.insert(id, Work { deployment, status, pods });
+            work.insert(id, Work { target, status, pods });
         }
         work
     }
 
-    /// One Deployment's part of [`Self::decide`]: its configuration and pods to the engine, its problems
+    /// One target's part of [`Self::decide`]: its configuration and pods to the engine, its problems
     /// reported, its replicas noted. `None` when its label disqualifies it (ebb leaves it alone).
     fn update_service(
         &mut self,
-        deployment: &Deployment,
+        target: &Target,
         pods: &HashMap<ServiceId, Vec<Arc<Pod>>>,
     ) -> Option<ServiceId> {
         let Self { context, signals, activators, autoscaler, stores, global, services, .. } = self;
         let (context, autoscaler, stores) = (&**context, &**autoscaler, &*stores);
-        let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
-        let reference = deployment.object_ref(&());
-        let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
+        let id = target.id();
+        let reference = target.reference();
+        let annotations: BTreeMap<String, String> = target.annotations();
+        let label = target.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
         if *label != *id.name {
             context.events.warning(
                 reference,
                 "ServiceLabelMismatch",
                 format!(
-                    "label {LABEL_SERVICE}={label:?} must equal the Deployment's name {:?}; ebb leaves it alone",
+                    "label {LABEL_SERVICE}={label:?} must equal the {}'s name {:?}; ebb leaves it alone",
+                    target.kind_name(),
                     id.name
                 ),
             );
             return None;
         }
-        let template = deployment.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
+        let template = target.template.as_ref().and_then(|t| t.metadata.as_ref());
         if let Some(template) = template.and_then(|m| m.annotations.as_ref()) {
-            for (_key, message) in template_only_keys(deployment.annotations(), template) {
+            for (_key, message) in template_only_keys(&annotations, template) {
                 context.events.warning(reference.clone(), "AnnotationOnPodTemplate", message);
             }
         }
@@ -219,12 +285,11 @@ impl Reconciler {
         });
         let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
         let targets: Vec<PodTarget> =
-            service_pods.iter().map(|p| target(p, context.options.pod_stats_port)).collect();
+            service_pods.iter().map(|p| pods::target(p, context.options.pod_stats_port)).collect();
         let ready = targets.iter().filter(|t| t.ready && !t.terminating).count() as u32;
-        let replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+        let replicas = target.scale.replicas;
 
         // Configuration, re-resolved only when the annotations or the global config changed.
-        let annotations: BTreeMap<String, String> = deployment.annotations().clone();
         let key = (serde_json::to_string(&annotations).unwrap_or_default(), global.generation);
         if state.config_key.as_ref() != Some(&key) {
             state.config_key = Some(key);
@@ -266,12 +331,14 @@ impl Reconciler {
             autoscaler.set_pods(&id, targets);
         }
         report_blocked(context, &reference, &id, state, service_pods);
-        let injected_at_creation = !template_has_queue_proxy(deployment);
-        let outdated = report_mismatches(context, &reference, state, service_pods, &id, injected_at_creation);
-        let missing = report_missing_sidecars(context, &reference, state, service_pods, &id);
-        state.sidecar_note = sidecar_note(service_pods.len(), missing, outdated, &id, injected_at_creation);
+        let injected_at_creation = !template_has_queue_proxy(target);
+        let outdated =
+            report_mismatches(context, &reference, state, service_pods, target, injected_at_creation);
+        let missing = report_missing_sidecars(context, &reference, state, service_pods, target);
+        state.sidecar_note =
+            sidecar_note(service_pods.len(), missing, outdated, target, injected_at_creation);
         let scale_ctx = ScaleContext { context, signals, activators, autoscaler };
-        scale::observe_replicas(&scale_ctx, &reference, &id, state, deployment, replicas);
+        scale::observe_replicas(&scale_ctx, &id, state, target);
         Some(id)
     }
 
@@ -295,11 +362,11 @@ impl Reconciler {
         let reconciles: Vec<_> = services
             .iter_mut()
             .filter_map(|(id, state)| {
-                let Work { deployment, status, pods } = work.get(id)?;
+                let Work { target, status, pods } = work.get(id)?;
                 Some(async move {
-                    scale::reconcile(scale_ctx, id, state, deployment, status, pods).await;
+                    scale::reconcile(scale_ctx, id, state, target, status, pods).await;
                     if manage_request_path {
-                        path::reconcile(path_ctx, id, state, deployment, status, pods).await;
+                        path::reconcile(path_ctx, id, state, target, status, pods).await;
                     }
                 })
             })
@@ -310,15 +377,20 @@ impl Reconciler {
 
 /// What one pass observed.
 struct Snapshot {
-    deployments: Vec<Arc<Deployment>>,
+    /// The scale targets, one per service name.
+    targets: Vec<Target>,
+    /// Services whose target could not be read this time: kept as they are.
+    kept: HashSet<ServiceId>,
+    /// Whether every target kind's watch has listed once.
+    synced: bool,
     pods: HashMap<ServiceId, Vec<Arc<Pod>>>,
     /// The ready activators' addresses.
     activators: Vec<IpAddr>,
 }
 
-/// One service the leader acts on: its Deployment and pods as observed, and the engine's decision in force.
+/// One service the leader acts on: its target and pods as observed, and the engine's decision in force.
 struct Work<'s> {
-    deployment: &'s Deployment,
+    target: &'s Target,
     status: ServiceStatus,
     pods: &'s [Arc<Pod>],
 }
@@ -385,7 +457,7 @@ fn invalid(context: &Context, reference: &ObjectReference, id: &ServiceId, valid
     let consequence = if valid {
         "the last valid configuration stays in force"
     } else {
-        "ebb leaves this Deployment untouched until they are fixed"
+        "ebb leaves it untouched until they are fixed"
     };
     context.events.warning(
         reference.clone(),
@@ -434,22 +506,19 @@ fn report_blocked(
     state.blocked = now;
 }
 
-/// Whether the Deployment's own pod template carries the queue-proxy (`ebb inject`'s), rather than the
+/// Whether the target's own pod template carries the queue-proxy (`ebb inject`'s), rather than the
 /// admission webhook adding it to each pod when it is created.
-fn template_has_queue_proxy(deployment: &Deployment) -> bool {
-    let Some(spec) = deployment.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else { return false };
+fn template_has_queue_proxy(target: &Target) -> bool {
+    let Some(spec) = target.template.as_ref().and_then(|t| t.spec.as_ref()) else { return false };
     let pod = Pod { spec: Some(spec.clone()), ..Default::default() };
     env_check::has_queue_proxy(&pod)
 }
 
 /// What to do about pods whose queue-proxy runs with other settings than the annotations ask for.
-fn remedy(id: &ServiceId, injected_at_creation: bool) -> String {
+fn remedy(target: &Target, injected_at_creation: bool) -> String {
     if injected_at_creation {
         // The webhook injects at pod creation: running pods keep the settings they were created with.
-        format!(
-            "restart the Deployment to apply: kubectl -n {} rollout restart deployment/{}",
-            id.namespace, id.name
-        )
+        target.restart_hint(" to apply")
     } else {
         "re-run ebb inject or restart the pod".to_owned()
     }
@@ -462,7 +531,7 @@ fn report_missing_sidecars(
     reference: &ObjectReference,
     state: &mut ServiceState,
     pods: &[Arc<Pod>],
-    id: &ServiceId,
+    target: &Target,
 ) -> usize {
     let mut missing: Vec<String> = pods
         .iter()
@@ -477,12 +546,10 @@ fn report_missing_sidecars(
             format!(
                 "{} pod(s) run without the queue-proxy sidecar ({}), so ebb can neither measure nor route to them: \
                  is the admission webhook installed (kubectl get mutatingwebhookconfiguration \
-                 ebb-queue-proxy-injector) and does it reach this namespace? Then restart the Deployment: \
-                 kubectl -n {} rollout restart deployment/{}",
+                 ebb-queue-proxy-injector) and does it reach this namespace? Then {}",
                 missing.len(),
                 missing.join(", "),
-                id.namespace,
-                id.name
+                target.restart_hint(""),
             ),
         );
     }
@@ -496,7 +563,7 @@ fn sidecar_note(
     pods: usize,
     missing: usize,
     outdated: usize,
-    id: &ServiceId,
+    target: &Target,
     injected_at_creation: bool,
 ) -> Option<String> {
     let mut parts = Vec::new();
@@ -506,7 +573,7 @@ fn sidecar_note(
     if outdated > 0 {
         parts.push(format!(
             "{outdated} of {pods} pods with outdated queue-proxy settings: {}",
-            remedy(id, injected_at_creation)
+            remedy(target, injected_at_creation)
         ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
@@ -519,7 +586,7 @@ fn report_mismatches(
     reference: &ObjectReference,
     state: &mut ServiceState,
     pods: &[Arc<Pod>],
-    id: &ServiceId,
+    target: &Target,
     injected_at_creation: bool,
 ) -> usize {
     let Some(spec) = state.data_plane.as_ref().filter(|_| state.valid) else {
@@ -535,7 +602,7 @@ fn report_mismatches(
         let name = pod.name_any();
         if state.mismatched.get(&name) != Some(&found) {
             let note = if injected_at_creation {
-                env_check::describe_with(&found, &remedy(id, true))
+                env_check::describe_with(&found, &remedy(target, true))
             } else {
                 env_check::describe(&found)
             };

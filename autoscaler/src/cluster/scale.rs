@@ -1,10 +1,12 @@
 //! Replicas: the Kubernetes [`Scaler`] the engine acts through, and the leader's reconciliation of each
-//! Deployment's `spec.replicas` with the engine's desired count.
+//! scale target's replicas (a Deployment's, a StatefulSet's, a custom resource's) with the engine's desired
+//! count.
 //!
 //! The engine calls the scaler only when its decision changes; the reconciliation here is level-triggered
 //! (desired vs. what the watch shows) so that a write that failed, was held back or was undone by another
 //! writer is retried. Rules:
-//! - merge patch of `deployments/scale`, only when the value differs;
+//! - merge patch of the target's `scale` subresource (`deployments/scale`, `statefulsets/scale`, ...), only
+//!   when the value differs;
 //! - never lower replicas while the API server is unreachable, or while an activator reported requests
 //!   queued (waiting for a pod's slot) for the service in the last [`QUEUED_HOLD`]; load it is merely
 //!   proxying to pods with room does not hold a scale-down;
@@ -13,6 +15,7 @@
 //! - another writer (kubectl scale, an HPA, a GitOps re-apply) that changes replicas gets a Warning Event
 //!   naming it; ebb wins for an autoscaled Deployment and sets its count back (`docs/rbac.md`, "Other
 //!   writers"); `ebb.dev/paused: "true"` hands the replicas over.
+//! - the status annotations go on the target itself, whatever its kind.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +23,11 @@ use std::time::Duration;
 use ebb_config::Mode;
 use ebb_config::ServiceId;
 use ebb_config::names::{ANNOTATION_POD_DELETION_COST, STATUS_REASON, STATUS_SIDECAR};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Patch;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::deletion_cost;
@@ -34,6 +37,7 @@ use super::pods::is_ready;
 use super::service_state::ServiceState;
 use super::state::{Activators, Context, Signals};
 use super::status;
+use super::targets::Target;
 use crate::engine::{Autoscaler, Scaler, Scraper, ServiceStatus};
 
 /// Replicas are not lowered for this long after an activator reported requests queued for the service.
@@ -101,11 +105,9 @@ fn observe_patch_latency(context: &Context, autoscaler: &Autoscaler, id: &Servic
 /// server recorded one. Entries have whole seconds, so only one in a later second than `after` counts: an API
 /// server before 1.22 does not record writes of the scale subresource at all, and the newest entry with
 /// `f:replicas` is then the Deployment's creator, not whoever just scaled it.
-pub fn replicas_writer(deployment: &Deployment, after: Timestamp) -> Option<String> {
+pub fn replicas_writer(meta: &ObjectMeta, after: Timestamp) -> Option<String> {
     let after_second = after.as_second();
-    deployment
-        .metadata
-        .managed_fields
+    meta.managed_fields
         .iter()
         .flatten()
         .filter(|m| m.manager.as_deref() != Some(CONTROLLER_NAME))
@@ -123,12 +125,11 @@ pub fn replicas_writer(deployment: &Deployment, after: Timestamp) -> Option<Stri
 /// it leads, another writer did: a Warning Event says who fights whom.
 pub(crate) fn observe_replicas(
     ctx: &ScaleContext<'_>,
-    reference: &ObjectReference,
     id: &ServiceId,
     state: &mut ServiceState,
-    deployment: &Deployment,
-    replicas: u32,
+    target: &Target,
 ) {
+    let replicas = target.scale.replicas;
     let previous = state.seen_replicas.replace(replicas);
     let Some(previous) = previous else {
         state.seen_replicas_at = Timestamp::now();
@@ -154,18 +155,19 @@ pub(crate) fn observe_replicas(
     if status.paused || status.desired == replicas {
         return;
     }
-    let writer = replicas_writer(deployment, previous_seen_at).map_or_else(
+    let writer = replicas_writer(&target.meta, previous_seen_at).map_or_else(
         || "a writer the API server did not record (kubectl scale, an HPA or a GitOps tool)".to_owned(),
         |m| format!("{m:?}"),
     );
     context.metrics.external_changes.get_or_create(&KubeMetrics::labels(&id.namespace, &id.name)).inc();
+    let kind = target.kind_name();
     context.events.warning(
-        reference.clone(),
+        target.reference(),
         "ReplicasOverridden",
         format!(
             "spec.replicas changed from {previous} to {replicas} by {writer}, not by ebb; ebb autoscales this \
-             Deployment and sets replicas back to {}. To let another writer own replicas, set \
-             ebb.dev/paused: \"true\" on the Deployment.",
+             {kind} and sets replicas back to {}. To let another writer own replicas, set \
+             ebb.dev/paused: \"true\" on the {kind}.",
             status.desired
         ),
     );
@@ -176,7 +178,7 @@ pub(crate) async fn reconcile(
     ctx: &ScaleContext<'_>,
     id: &ServiceId,
     state: &mut ServiceState,
-    deployment: &Deployment,
+    target: &Target,
     status: &ServiceStatus,
     pods: &[Arc<Pod>],
 ) {
@@ -184,8 +186,8 @@ pub(crate) async fn reconcile(
         return;
     }
     let (context, autoscaler) = (ctx.context, ctx.autoscaler);
-    let api: Api<Deployment> = Api::namespaced(context.client.clone(), &id.namespace);
-    let observed = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+    let api = target.api(&context.client);
+    let observed = target.scale.replicas;
     let desired = status.desired;
     let reason = || {
         autoscaler
@@ -227,7 +229,7 @@ pub(crate) async fn reconcile(
                         .get_or_create(&KubeMetrics::labels(&id.namespace, &id.name))
                         .inc();
                     context.events.normal(
-                        deployment.object_ref(&()),
+                        target.reference(),
                         "Scaled",
                         format!("replicas {observed} -> {desired}: {reason}"),
                     );
@@ -241,7 +243,7 @@ pub(crate) async fn reconcile(
             }
         }
     }
-    let current = deployment.annotations();
+    let current = &target.annotations();
     let reason = state.reason_pending.clone().or_else(|| (!current.contains_key(STATUS_REASON)).then(reason));
     let mut patch = status::annotations_patch(current, desired, status.mode, status.panic, reason.as_deref());
     if let Some(sidecar) = status::sidecar_patch(current, state.sidecar_note.as_deref()) {
@@ -297,7 +299,7 @@ async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<Pod>
 mod tests {
     use super::*;
 
-    fn deployment(entries: &[(&str, &str, bool)]) -> Deployment {
+    fn deployment(entries: &[(&str, &str, bool)]) -> k8s_openapi::api::apps::v1::Deployment {
         let managed: Vec<serde_json::Value> = entries
             .iter()
             .map(|(manager, time, replicas)| {
@@ -319,10 +321,10 @@ mod tests {
             ("labeller", "2026-12-03T12:00:10Z", false),
             (CONTROLLER_NAME, "2026-12-03T12:00:11Z", true),
         ]);
-        assert_eq!(replicas_writer(&d, seen).as_deref(), Some("kubectl"));
+        assert_eq!(replicas_writer(&d.metadata, seen).as_deref(), Some("kubectl"));
         // A server that did not record the scale write: the creator's entry is older, so nobody is named,
         // also when it falls in the same second as the previous value was seen.
         let d = deployment(&[("creator", "2026-12-03T12:00:05Z", true)]);
-        assert_eq!(replicas_writer(&d, seen), None);
+        assert_eq!(replicas_writer(&d.metadata, seen), None);
     }
 }

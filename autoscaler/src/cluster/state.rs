@@ -3,7 +3,7 @@
 //! what the activators have told the controller ([`Activators`]). The modules of `cluster` take these from
 //! here, not from their parent, so that no module uses one that uses it back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -131,5 +131,32 @@ impl GlobalInForce {
     /// Puts `config` in force.
     pub fn set(&self, config: ebb_config::GlobalConfig) {
         *self.0.locked() = config;
+    }
+}
+
+/// A scale target other than a Deployment as the admission webhook needs it: its kind and annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TargetSettings {
+    /// Its kind (`StatefulSet`), for messages.
+    pub kind: String,
+    /// Its annotations, which configure the sidecar.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The scale targets that are not Deployments, by service, as the pass last saw them: the admission webhook
+/// finds a pod's target here by the pod's `ebb.dev/service` label (Deployments it finds through their
+/// ReplicaSets, which says more).
+#[derive(Default)]
+pub(crate) struct OtherTargets(Mutex<HashMap<ServiceId, TargetSettings>>);
+
+impl OtherTargets {
+    /// The target named `id`, if the pass saw one.
+    pub fn get(&self, id: &ServiceId) -> Option<TargetSettings> {
+        self.0.locked().get(id).cloned()
+    }
+
+    /// Replaces what the pass saw.
+    pub fn set(&self, targets: HashMap<ServiceId, TargetSettings>) {
+        *self.0.locked() = targets;
     }
 }

@@ -162,7 +162,7 @@ impl Drop for Stores {
 }
 
 /// A reflector whose every event wakes the pass and tells [`ApiHealth`] the API server answered.
-fn reflect<K>(
+pub(crate) fn reflect<K>(
     (health, signals): (&Arc<ApiHealth>, &Arc<Signals>),
     tasks: &mut Vec<JoinHandle<()>>,
     api: Api<K>,

@@ -1,11 +1,14 @@
-//! What the webhook decides for one Pod being created: the Deployment it belongs to (Pod -> ReplicaSet ->
-//! Deployment, from the watch caches, never an API call per pod), that Deployment's annotations and the
+//! What the webhook decides for one Pod being created: the scale target it belongs to (Pod -> ReplicaSet ->
+//! Deployment from the watch caches, never an API call per pod; for the other kinds of `scale-target-kinds`,
+//! whose controllers differ (a StatefulSet, a LeaderWorkerSet's StatefulSets, a custom controller), the
+//! target its `ebb.dev/service` label names, as the pass last saw it), that target's annotations and the
 //! `config-autoscaler` in force, and the queue-proxy the inject core makes of them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ebb_config::ServiceId;
 use ebb_config::names::LABEL_SERVICE;
 use ebb_inject::{Service, inject_pod};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -15,7 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::Value;
 
 use super::review::{Request, Verdict, controller, has_sidecar, json_patch};
-use crate::cluster::state::GlobalInForce;
+use crate::cluster::state::{GlobalInForce, OtherTargets};
 
 /// How long a pod's ReplicaSet or Deployment may take to reach the watch caches: the API server answers the
 /// controller that creates them before the watch event reaches ebb.
@@ -28,6 +31,8 @@ pub(crate) struct Admission {
     pub deployments: Vec<Store<Deployment>>,
     /// Labelled ReplicaSets' metadata (their owner references).
     pub replicasets: Vec<Store<PartialObjectMeta<ReplicaSet>>>,
+    /// The scale targets of the other kinds, by service.
+    pub others: Arc<OtherTargets>,
     /// `config-autoscaler` as the controller applies it.
     pub global: Arc<GlobalInForce>,
     /// The queue-proxy's image.
@@ -46,20 +51,11 @@ impl Admission {
         if has_sidecar(pod) {
             return allow;
         }
-        let deployment = match self.deployment_of(&request.namespace, pod).await {
-            Ok(deployment) => deployment,
+        let namespace = &request.namespace;
+        let (kind, name, annotations) = match self.target_of(namespace, pod).await {
+            Ok(found) => found,
             Err(verdict) => return verdict,
         };
-        let name = deployment.name_any();
-        let namespace = &request.namespace;
-        let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
-        if label != name {
-            return warn(format!(
-                "Deployment {namespace}/{name}: label {LABEL_SERVICE}={label:?} must equal its name; ebb leaves it \
-                 alone and injects no queue-proxy"
-            ));
-        }
-        let annotations: BTreeMap<String, String> = deployment.annotations().clone();
         let global = self.global.get();
         let service = Service { name: &name, annotations: &annotations, global: &global };
         match inject_pod(pod, &service, &self.image) {
@@ -68,12 +64,60 @@ impl Admission {
             }
             Err(errors) => Verdict::Deny {
                 message: format!(
-                    "ebb cannot add the queue-proxy to this pod of Deployment {namespace}/{name}: {}. Fix the \
-                     Deployment; its pods are created once it is valid",
+                    "ebb cannot add the queue-proxy to this pod of {kind} {namespace}/{name}: {}. Fix the \
+                     {kind}; its pods are created once it is valid",
                     errors.join("; ")
                 ),
             },
         }
+    }
+
+    /// The kind, name and annotations of the scale target `pod` belongs to. `Err` is the verdict when there
+    /// is none.
+    async fn target_of(
+        &self,
+        namespace: &str,
+        pod: &Value,
+    ) -> Result<(String, String, BTreeMap<String, String>), Verdict> {
+        let owner = controller(pod);
+        if let Some((kind, _)) = &owner
+            && kind == "ReplicaSet"
+        {
+            let deployment = self.deployment_of(namespace, pod).await?;
+            let name = deployment.name_any();
+            let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
+            if label != name {
+                return Err(warn(format!(
+                    "Deployment {namespace}/{name}: label {LABEL_SERVICE}={label:?} must equal its name; ebb leaves \
+                     it alone and injects no queue-proxy"
+                )));
+            }
+            return Ok(("Deployment".into(), name, deployment.annotations().clone()));
+        }
+        // Another kind's pod: the target its label names, once the pass has seen it.
+        let service = pod["metadata"]["labels"][LABEL_SERVICE].as_str().unwrap_or_default();
+        let id = ServiceId::new(namespace, service);
+        let deadline = tokio::time::Instant::now() + CACHE_WAIT;
+        loop {
+            if let Some(target) = self.others.get(&id) {
+                return Ok((target.kind, service.to_owned(), target.annotations));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(CACHE_POLL).await;
+        }
+        Err(warn(match owner {
+            None => format!(
+                "this pod has no controller and no scale target named {service:?} is autoscaled in {namespace}: \
+                 no queue-proxy injected"
+            ),
+            Some((kind, name)) => format!(
+                "this pod belongs to {kind} {name}, and no scale target named {service:?} (its {LABEL_SERVICE} \
+                 label) is autoscaled in {namespace}: no queue-proxy injected (is its kind in \
+                 scale-target-kinds?)"
+            ),
+        }))
     }
 
     /// The labelled Deployment that owns `pod` through a ReplicaSet, waiting briefly for the caches. `Err`

@@ -3,13 +3,13 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header::CONTENT_TYPE};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::admission::Admission;
 use super::review::{Verdict, parse, response};
+use crate::cluster::metrics::WebhookMetrics;
 
 /// The path the webhook configuration names.
 pub const INJECT_PATH: &str = "/inject";
@@ -25,25 +26,44 @@ pub const INJECT_PATH: &str = "/inject";
 const MAX_BODY: usize = 6 << 20;
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent a request's head by then is dropped (the API server sends a review at once).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/2 connection whose peer stops answering pings for this long is closed.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Serves until `stop` turns true.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     admission: Arc<Admission>,
+    metrics: WebhookMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(HEADER_READ_TIMEOUT);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(_) => continue,
+                Err(err) => {
+                    // Out of file descriptors or similar: back off briefly instead of spinning.
+                    tracing::warn!("webhook accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
             },
             _ = stop.changed() => return,
         };
         let acceptor = acceptor.clone();
+        let builder = builder.clone();
         let admission = admission.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
@@ -55,28 +75,44 @@ pub(crate) async fn serve(
             };
             let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let admission = admission.clone();
-                async move { Ok::<_, Infallible>(handle(&admission, request).await) }
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(handle(&admission, &metrics, request).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-async fn handle(admission: &Admission, request: http::Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    admission: &Admission,
+    metrics: &WebhookMetrics,
+    request: http::Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok".into()),
         (&Method::POST, INJECT_PATH) => {
+            let started = Instant::now();
             let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
                 Ok(body) => body.to_bytes(),
-                Err(err) => return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}")),
+                Err(err) => {
+                    metrics.answered("bad_request", started.elapsed());
+                    return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {err}"));
+                }
             };
             let review = match parse(&body) {
                 Ok(review) => review,
-                Err(err) => return text(StatusCode::BAD_REQUEST, err),
+                Err(err) => {
+                    metrics.answered("bad_request", started.elapsed());
+                    return text(StatusCode::BAD_REQUEST, err);
+                }
             };
             let verdict = admission.decide(&review).await;
+            let result = match &verdict {
+                Verdict::Patch { .. } => "injected",
+                Verdict::Allow { .. } => "unchanged",
+                Verdict::Deny { .. } => "denied",
+            };
+            metrics.answered(result, started.elapsed());
             match &verdict {
                 Verdict::Deny { message } => {
                     tracing::info!(namespace = %review.namespace, "pod refused: {message}")

@@ -1,0 +1,242 @@
+//! Watches of the scale targets other than Deployments (`scale-target-kinds`), started and stopped as the
+//! ConfigMap changes, and what their `scale` subresources say.
+//!
+//! Each listed kind is looked up by discovery (its preferred version; it must serve `scale`) and watched,
+//! labelled `ebb.dev/service`, in the watched namespaces. The scale subresource cannot be watched, so it is
+//! read again whenever an object's `resourceVersion` changes (the kind's controller writes the object's
+//! status as its pods come and go, so a changed selector or replicas count always changes it): one GET per
+//! change, none per pass.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ebb_config::names::LABEL_SERVICE;
+use ebb_config::targets::TargetKind;
+use futures::{FutureExt, StreamExt};
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::discovery;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio::task::JoinHandle;
+
+use super::health::ApiHealth;
+use super::selector::Selector;
+use super::state::Signals;
+use super::stores::reflect;
+use super::targets::{ScaleView, Target};
+
+/// How long a kind that discovery could not resolve waits before it is looked up again.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(30);
+
+/// How many scale subresources are read at once.
+const CONCURRENT_SCALE_READS: usize = 16;
+
+/// One kind being watched.
+struct KindWatch {
+    resource: ApiResource,
+    stores: Vec<Store<DynamicObject>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for KindWatch {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// A scale subresource as last read, with the object version it was read for.
+struct CachedScale {
+    resource_version: Option<String>,
+    view: Result<ScaleView, String>,
+}
+
+type ObjectKey = (TargetKind, String, String);
+
+/// The watches of the non-Deployment kinds and their scale subresources.
+pub(crate) struct TargetWatches {
+    client: Client,
+    namespaces: Vec<Option<String>>,
+    report_to: (Arc<ApiHealth>, Arc<Signals>),
+    kinds: HashMap<TargetKind, KindWatch>,
+    /// Kinds that discovery could not resolve, with why and when it was tried.
+    unresolved: HashMap<TargetKind, (String, Instant)>,
+    scales: HashMap<ObjectKey, CachedScale>,
+}
+
+impl TargetWatches {
+    /// No kind watched yet; `namespaces` empty means all.
+    pub fn new(client: Client, namespaces: &[String], health: Arc<ApiHealth>, signals: Arc<Signals>) -> Self {
+        let namespaces =
+            if namespaces.is_empty() { vec![None] } else { namespaces.iter().cloned().map(Some).collect() };
+        Self {
+            client,
+            namespaces,
+            report_to: (health, signals),
+            kinds: HashMap::new(),
+            unresolved: HashMap::new(),
+            scales: HashMap::new(),
+        }
+    }
+
+    /// Watches exactly the non-Deployment kinds of `kinds`: starts the new ones (discovery first), stops the
+    /// ones no longer listed. Returns the kinds that cannot be watched, with why.
+    pub async fn sync(&mut self, kinds: &[TargetKind]) -> Vec<(TargetKind, String)> {
+        let wanted: HashSet<&TargetKind> = kinds.iter().filter(|k| !k.is_deployments()).collect();
+        self.kinds.retain(|k, _| wanted.contains(k));
+        self.unresolved.retain(|k, _| wanted.contains(k));
+        self.scales.retain(|(k, _, _), _| wanted.contains(k));
+        for kind in wanted {
+            if self.kinds.contains_key(kind) {
+                continue;
+            }
+            if let Some((_, tried)) = self.unresolved.get(kind)
+                && tried.elapsed() < DISCOVERY_RETRY
+            {
+                continue;
+            }
+            let namespace = self.namespaces.first().cloned().flatten();
+            match resolve(&self.client, kind, namespace.as_deref()).await {
+                Ok(resource) => {
+                    tracing::info!(kind = %kind, version = %resource.version, "watching scale targets of {kind}");
+                    self.unresolved.remove(kind);
+                    let watch = self.watch(resource);
+                    self.kinds.insert(kind.clone(), watch);
+                }
+                Err(why) => {
+                    tracing::warn!(kind = %kind, "cannot watch {kind}: {why}");
+                    self.unresolved.insert(kind.clone(), (why, Instant::now()));
+                }
+            }
+        }
+        self.unresolved.iter().map(|(k, (why, _))| (k.clone(), why.clone())).collect()
+    }
+
+    fn watch(&self, resource: ApiResource) -> KindWatch {
+        let (health, signals) = &self.report_to;
+        let labelled = watcher::Config::default().labels(LABEL_SERVICE);
+        let mut tasks = Vec::new();
+        let stores = self
+            .namespaces
+            .iter()
+            .map(|ns| {
+                let api = match ns {
+                    Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+                    None => Api::all_with(self.client.clone(), &resource),
+                };
+                reflect((health, signals), &mut tasks, api, labelled.clone(), resource.clone())
+            })
+            .collect();
+        KindWatch { resource, stores, tasks }
+    }
+
+    /// Reads the scale subresource of every watched object whose version changed since it was last read
+    /// (or whose last read failed), at most [`CONCURRENT_SCALE_READS`] at once.
+    pub async fn refresh_scales(&mut self) {
+        let mut due = Vec::new();
+        let mut present = HashSet::new();
+        for (kind, watch) in &self.kinds {
+            for object in watch.stores.iter().filter(|s| is_ready(s)).flat_map(Store::state) {
+                let key = (kind.clone(), object.namespace().unwrap_or_default(), object.name_any());
+                let version = object.resource_version();
+                let cached = self.scales.get(&key);
+                if cached.is_none_or(|c| c.resource_version != version || c.view.is_err()) {
+                    due.push((key.clone(), version, watch.resource.clone()));
+                }
+                present.insert(key);
+            }
+        }
+        self.scales.retain(|key, _| present.contains(key));
+        let client = &self.client;
+        let reads =
+            futures::stream::iter(due.into_iter().map(|((kind, ns, name), version, resource)| async move {
+                let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+                let view = read_scale(&api, &name).await;
+                ((kind, ns, name), CachedScale { resource_version: version, view })
+            }))
+            .buffer_unordered(CONCURRENT_SCALE_READS)
+            .collect::<Vec<_>>()
+            .await;
+        self.scales.extend(reads);
+    }
+
+    /// Every watched object whose scale subresource was read, as a target; and the objects whose scale could
+    /// not be read, with why.
+    pub fn targets(&self) -> (Vec<Target>, Vec<(Target, String)>) {
+        let (mut targets, mut failed) = (Vec::new(), Vec::new());
+        for (kind, watch) in &self.kinds {
+            for object in watch.stores.iter().filter(|s| is_ready(s)).flat_map(Store::state) {
+                let key = (kind.clone(), object.namespace().unwrap_or_default(), object.name_any());
+                let Some(cached) = self.scales.get(&key) else { continue };
+                match &cached.view {
+                    Ok(view) => targets.push(Target::from_object(
+                        kind.clone(),
+                        watch.resource.clone(),
+                        &object,
+                        view.clone(),
+                    )),
+                    Err(why) => {
+                        let placeholder = ScaleView { replicas: 0, selector: None };
+                        let target =
+                            Target::from_object(kind.clone(), watch.resource.clone(), &object, placeholder);
+                        failed.push((target, why.clone()));
+                    }
+                }
+            }
+        }
+        (targets, failed)
+    }
+
+    /// Whether every watched kind has listed once, so that a target missing from [`Self::targets`] is gone
+    /// rather than not yet seen (a kind that cannot be watched has no targets to lose).
+    pub fn synced(&self) -> bool {
+        self.kinds.values().all(|w| w.stores.iter().all(is_ready))
+    }
+}
+
+fn is_ready(store: &Store<DynamicObject>) -> bool {
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
+}
+
+/// The preferred version of `kind`, which must serve the scale subresource and which this account may list
+/// (checked first: a watch that is refused would retry for ever and look like an unreachable API server).
+async fn resolve(client: &Client, kind: &TargetKind, namespace: Option<&str>) -> Result<ApiResource, String> {
+    let group = discovery::group(client, &kind.group)
+        .await
+        .map_err(|e| format!("API group {} is not served: {e}", kind.group))?;
+    let (resource, capabilities) = group
+        .recommended_resources()
+        .into_iter()
+        .find(|(r, _)| r.plural == kind.resource)
+        .ok_or_else(|| format!("API group {} has no resource {}", kind.group, kind.resource))?;
+    if !capabilities.subresources.iter().any(|(r, _)| r.plural == "scale") {
+        return Err(format!(
+            "{kind} does not serve the scale subresource (a CustomResourceDefinition needs subresources.scale)"
+        ));
+    }
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.list_metadata(&ListParams::default().limit(1)).await.map_err(|e| match e {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "the autoscaler may not list {kind}: grant it the RBAC of manifests/scale-targets/ for this kind"
+        ),
+        e => format!("cannot list {kind}: {e}"),
+    })?;
+    Ok(resource)
+}
+
+/// Reads `name`'s scale subresource.
+async fn read_scale(api: &Api<DynamicObject>, name: &str) -> Result<ScaleView, String> {
+    let scale = api.get_scale(name).await.map_err(|e| format!("cannot read its scale subresource: {e}"))?;
+    let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+    let selector = match scale.status.and_then(|s| s.selector).filter(|s| !s.is_empty()) {
+        Some(text) => Some(Selector::parse(&text).map_err(|e| format!("its scale status.selector: {e}"))?),
+        None => None,
+    };
+    Ok(ScaleView { replicas, selector })
+}
