@@ -244,7 +244,14 @@ impl Autoscaler {
         let (record, actions) =
             entry.controller.tick(now, load_at, Some(ready), in_path, self.scaler.activators_ready());
         self.metrics.decided(id, &record);
-        self.metrics.observe_status(id, &entry.status(id));
+        // The status gauges move with the replicas in force and the ready pods (`set_pods` updates the pod
+        // counts), so they are set when those change: a status snapshot (its strings) and four labelled
+        // lookups per service on every tick cost several times the decision itself.
+        let moved =
+            entry.last_logged.as_ref().is_none_or(|l| l.desired != record.desired || l.ready != record.ready);
+        if moved {
+            self.metrics.observe_status(id, &entry.status(id));
+        }
         if record.changed
             && record.desired > 0
             && let Some(since) = entry.cold_since.take()
