@@ -148,6 +148,11 @@ impl Reconciler {
     fn decide<'s>(&mut self, snapshot: &'s Snapshot) -> HashMap<ServiceId, Work<'s>> {
         let mut present = HashSet::new();
         for deployment in &snapshot.deployments {
+            // With buckets, another replica's services are left to it (and forgotten here below).
+            let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
+            if !self.signals.collects(&id) {
+                continue;
+            }
             if let Some(id) = self.update_service(deployment, &snapshot.pods) {
                 present.insert(id);
             }
@@ -163,7 +168,7 @@ impl Reconciler {
             keep
         });
 
-        if !self.signals.is_leader() {
+        if !self.signals.acts_on_any() {
             return HashMap::new();
         }
         let mut statuses: HashMap<ServiceId, ServiceStatus> = autoscaler
@@ -174,7 +179,7 @@ impl Reconciler {
         let mut work = HashMap::new();
         for deployment in &snapshot.deployments {
             let id = ServiceId::new(deployment.namespace().unwrap_or_default(), deployment.name_any());
-            if !self.services.get(&id).is_some_and(|state| state.valid) {
+            if !self.signals.owns(&id) || !self.services.get(&id).is_some_and(|state| state.valid) {
                 continue;
             }
             let Some(status) = statuses.remove(&id) else { continue };
