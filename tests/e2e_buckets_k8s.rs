@@ -18,8 +18,9 @@ use ebb_config::ServiceId;
 use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use support::cluster::{Cluster, WAIT, gateway_load};
 use support::wait_for;
@@ -57,7 +58,10 @@ async fn three_replicas_share_the_buckets_and_a_killed_ones_bucket_is_taken_over
         .patch_scale("ebb-autoscaler", &PatchParams::default(), &Patch::Merge(&three))
         .await
         .expect("scale the autoscaler to three replicas");
-    let replicas = cluster.wait_ready_pods(&cluster.system, AUTOSCALERS, 3).await;
+    cluster.wait_ready_pods(&cluster.system, AUTOSCALERS, 3).await;
+    let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), &cluster.system);
+    let listed = pods.list(&ListParams::default().labels(AUTOSCALERS)).await.expect("list the autoscalers");
+    let replicas: Vec<String> = listed.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
 
     // Even spread: every bucket held, each replica holding one.
     let spread = wait_for(WAIT, "one bucket held by each replica", async || {
