@@ -37,13 +37,16 @@ pub enum ScrapeError {
     Decode(String),
 }
 
+/// A pod's connection between scrapes, and when it was last used.
+type Idle = (SendRequest<Empty<Bytes>>, Instant);
+
 /// One kept-alive HTTP/1.1 connection per pod, reused from second to second.
 ///
 /// Not hyper-util's pooled client: at 10,000 services (30,000 pods a second) its pool's bookkeeping per
 /// request cost more than the request itself; a scrape only ever needs its own pod's one connection.
 #[derive(Debug, Clone)]
 pub struct Scraper {
-    idle: Arc<Mutex<HashMap<SocketAddr, (SendRequest<Empty<Bytes>>, Instant)>>>,
+    idle: Arc<Mutex<HashMap<SocketAddr, Idle>>>,
     timeout: Duration,
 }
 
