@@ -4,5 +4,6 @@
 //! [`addresses`]: every pod has its own loopback address, as every pod has its own IP in a cluster.
 
 pub mod addresses;
+pub mod driver;
 pub mod farm;
 pub mod measure;

@@ -15,10 +15,9 @@
 //! benches/README.md, "Autoscaler at scale".
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,12 +26,18 @@ use clap::{Args, Parser, Subcommand};
 use ebb_autoscaler::cluster::auth::Authenticator;
 use ebb_autoscaler::cluster::ingest::Ingest;
 use ebb_autoscaler::engine::{Autoscaler, Options, PodTarget, Scaler};
-use ebb_benches::scale::addresses::{Fleet, service_name};
+use ebb_benches::scale::addresses::service_name;
+use ebb_benches::scale::driver::{
+    ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, Shape, check_fd_limit, fleet, raise_fd_limit,
+    scrape_errors,
+};
 use ebb_benches::scale::farm::{self, Loads};
 use ebb_benches::scale::measure::{cpu_time, ms, quantile, status_kib};
 use ebb_config::{GlobalConfig, Mode, ServiceId, resolve_service};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+
+mod cluster;
 
 #[derive(Parser, Debug)]
 #[command(about = "The autoscaler under N services x M pods, through its real interfaces")]
@@ -47,25 +52,8 @@ enum Mode_ {
     Farm(FarmArgs),
     /// The engine with a model of the API side.
     Engine(DriverArgs),
-}
-
-#[derive(Args, Debug, Clone)]
-struct Shape {
-    /// Services.
-    #[arg(long, default_value_t = 10_000)]
-    services: usize,
-    /// Pods per service.
-    #[arg(long, default_value_t = 3)]
-    pods: usize,
-    /// Activators pushing stats.
-    #[arg(long, default_value_t = 2)]
-    activators: usize,
-    /// One service in this many has traffic through the activators (a frame a second from each).
-    #[arg(long, default_value_t = 10)]
-    activator_every: usize,
-    /// The services' namespace.
-    #[arg(long, default_value = "bench")]
-    namespace: String,
+    /// The whole controller against the test harness's real control plane.
+    Cluster(DriverArgs),
 }
 
 #[derive(Args, Debug)]
@@ -80,31 +68,6 @@ struct FarmArgs {
     token_file: PathBuf,
 }
 
-#[derive(Args, Debug)]
-struct DriverArgs {
-    #[command(flatten)]
-    shape: Shape,
-    /// Seconds before measuring (windows fill, connections open).
-    #[arg(long, default_value_t = 20)]
-    warmup: u64,
-    /// Seconds measured.
-    #[arg(long, default_value_t = 60)]
-    measure: u64,
-    /// Load steps during the measurement (each on another service).
-    #[arg(long, default_value_t = 5)]
-    steps: usize,
-    /// Where to write the perf-friendly pid file (the driver's pid, for `perf record -p`).
-    #[arg(long)]
-    pid_file: Option<PathBuf>,
-}
-
-/// Per-pod concurrency at rest: 3 pods x 6 over a target of 7 per pod (10 at 70 %) keeps 3 pods.
-const REST_LOAD: f64 = 6.0;
-/// Per-pod concurrency of a load step: 3 x 60 = 180, which wants 26 pods.
-const STEP_LOAD: f64 = 60.0;
-/// The annotations of every service.
-const ANNOTATIONS: [(&str, &str); 1] = [("autoscaling.knative.dev/target", "10")];
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     raise_fd_limit();
@@ -112,36 +75,8 @@ fn main() -> Result<()> {
     match cli.command {
         Mode_::Farm(args) => runtime.block_on(run_farm(args)),
         Mode_::Engine(args) => runtime.block_on(run_engine(args)),
+        Mode_::Cluster(args) => runtime.block_on(cluster::run(args)),
     }
-}
-
-/// Every pod is a connection to keep open on each side: raises the descriptor limit as far as allowed.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if setrlimit(Resource::RLIMIT_NOFILE, 500_000, 500_000).is_err()
-        && let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
-/// Fails unless this process may hold a kept-alive connection to every pod (a sandbox may cap descriptors
-/// below what the benchmark needs; a scraper out of descriptors only measures its own errors).
-fn check_fd_limit(fleet: Fleet) -> Result<()> {
-    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
-    let needed = fleet.total_pods() as u64 + 1_000;
-    if soft < needed {
-        bail!(
-            "{} pods need about {needed} open files, and this process may open {soft}: run fewer services here, \
-             or where the limit can be raised",
-            fleet.total_pods()
-        );
-    }
-    Ok(())
-}
-
-fn fleet(shape: &Shape) -> Fleet {
-    Fleet { services: shape.services, pods: shape.pods }
 }
 
 async fn run_farm(args: FarmArgs) -> Result<()> {
@@ -185,48 +120,6 @@ async fn run_farm(args: FarmArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The farm child, its stats port and the pipe its load steps go down.
-struct FarmChild {
-    child: Child,
-    stdin: ChildStdin,
-    port: u16,
-}
-
-impl FarmChild {
-    fn start(shape: &Shape, ingest: &[SocketAddr], token_file: &std::path::Path) -> Result<Self> {
-        let ingest: Vec<String> = ingest.iter().map(ToString::to_string).collect();
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("farm")
-            .args(["--services", &shape.services.to_string(), "--pods", &shape.pods.to_string()])
-            .args(["--activators", &shape.activators.to_string()])
-            .args(["--activator-every", &shape.activator_every.to_string()])
-            .args(["--namespace", &shape.namespace, "--ingest", &ingest.join(",")])
-            .arg("--token-file")
-            .arg(token_file)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("start the farm")?;
-        let stdin = child.stdin.take().context("farm stdin")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("farm stdout")?).read_line(&mut line)?;
-        let port = line.trim().strip_prefix("port ").context("the farm's port")?.parse()?;
-        Ok(Self { child, stdin, port })
-    }
-
-    fn set_load(&mut self, service: usize, concurrency: f64) -> Result<()> {
-        writeln!(self.stdin, "load {service} {concurrency}")?;
-        Ok(self.stdin.flush()?)
-    }
-}
-
-impl Drop for FarmChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The model of the API side's writes: every replica change, with when the engine handed it over.
@@ -436,13 +329,4 @@ async fn run_engine(args: DriverArgs) -> Result<()> {
         bail!("{} of {} load steps never scaled", args.steps - steps.len(), args.steps);
     }
     Ok(())
-}
-
-/// The sum of the engine's `scrape_errors` counters.
-fn scrape_errors(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("ebb_autoscaler_scrape_errors"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
