@@ -208,8 +208,13 @@ impl Reconciler {
     /// own ticks), reports what is wrong, forgets services that are gone and, on the leader, picks the
     /// services to act on, each with the engine's decision in force.
     fn decide<'s>(&mut self, snapshot: &'s Snapshot) -> HashMap<ServiceId, Work<'s>> {
-        let mut present = snapshot.kept.clone();
+        let mut present: HashSet<ServiceId> =
+            snapshot.kept.iter().filter(|id| self.signals.collects(id)).cloned().collect();
         for target in &snapshot.targets {
+            // With buckets, another replica's services are left to it (and forgotten here below).
+            if !self.signals.collects(&target.id()) {
+                continue;
+            }
             if let Some(id) = self.update_service(target, &snapshot.pods) {
                 present.insert(id);
             }
@@ -227,7 +232,7 @@ impl Reconciler {
             keep
         });
 
-        if !self.signals.is_leader() {
+        if !self.signals.acts_on_any() {
             return HashMap::new();
         }
         let mut statuses: HashMap<ServiceId, ServiceStatus> = autoscaler
@@ -238,7 +243,7 @@ impl Reconciler {
         let mut work = HashMap::new();
         for target in &snapshot.targets {
             let id = target.id();
-            if !self.services.get(&id).is_some_and(|state| state.valid) {
+            if !self.signals.owns(&id) || !self.services.get(&id).is_some_and(|state| state.valid) {
                 continue;
             }
             let Some(status) = statuses.remove(&id) else { continue };
