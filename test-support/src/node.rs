@@ -1,7 +1,7 @@
 //! A node emulator: the scheduler and kubelet of one fake Node, for a control plane that has neither.
 //!
 //! It creates the Node, watches pods (in given namespaces, optionally with a label selector), binds each
-//! Pending one to its Node (`POST pods/NAME/binding`), gives it a loopback address 127.0.0.N of its own, and
+//! Pending one to its Node (`POST pods/NAME/binding`), gives it a loopback address 127.0.S.N of its own, and
 //! writes the status a kubelet would: Running with that `podIP`, then Ready when the test says so
 //! ([`Readiness`]). When a pod is being deleted it stops it and finalizes it (delete with grace 0) after an
 //! optional delay, and the address goes back to the pool.
@@ -38,10 +38,16 @@ use super::k8s::{ControlPlane, cleanup_blocking};
 /// A boxed `Send` future, as [`PodRuntime`] and [`Readiness::Hook`] return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// The first and last N of the loopback addresses 127.0.0.N given to pods (127.0.0.1 is the control
-/// plane's and the tests' own).
-const POOL_FIRST: u8 = 2;
+/// The first and last N of the loopback addresses 127.0.S.N given to pods.
+const POOL_FIRST: u8 = 1;
 const POOL_LAST: u8 = 254;
+
+/// The third octet S of this process's pod addresses: one of 150 subnets picked by the process id, away from
+/// 127.0.0.x (the control plane's, the tests' own and `ebb up`'s pods), so that test binaries running at the
+/// same time (two checkouts on one machine) rarely hand out the same address.
+fn pool_subnet() -> u8 {
+    100 + (std::process::id() % 150) as u8
+}
 
 /// The free pod addresses of this test binary, shared by all its emulators (tests run in parallel and pods
 /// of different tests must not share an address). Least recently freed first, so an address is reused as
@@ -57,7 +63,7 @@ impl IpLease {
     pub fn take() -> Option<IpLease> {
         let mut pool = POOL.lock().unwrap();
         let free = pool.get_or_insert_with(|| (POOL_FIRST..=POOL_LAST).collect());
-        free.pop_front().map(|n| IpLease(Ipv4Addr::new(127, 0, 0, n)))
+        free.pop_front().map(|n| IpLease(Ipv4Addr::new(127, 0, pool_subnet(), n)))
     }
 
     /// The address.
