@@ -133,11 +133,13 @@ pub fn resolve_groups<'a>(objects: impl IntoIterator<Item = MemberMeta<'a>>) -> 
     (good, bad)
 }
 
+/// A valid group's entry and other members.
+type Resolved = (String, Vec<Member>);
+/// A bad group's entry candidates and problems.
+type Refused = (Vec<String>, Vec<String>);
+
 /// One group's entry and other members, or its entry candidates and problems.
-fn resolve_one(
-    group: &str,
-    members: &[MemberMeta<'_>],
-) -> Result<(String, Vec<Member>), (Vec<String>, Vec<String>)> {
+fn resolve_one(group: &str, members: &[MemberMeta<'_>]) -> Result<Resolved, Refused> {
     let mut problems = Vec::new();
     let entries: Vec<String> =
         members.iter().filter(|m| m.labels.contains_key(LABEL_SERVICE)).map(|m| m.name.to_owned()).collect();
