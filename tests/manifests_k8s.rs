@@ -35,6 +35,7 @@ const KUSTOMIZATIONS: &[&str] = &[
     "manifests/examples/gateway-api",
     "manifests/examples/ingress",
     "manifests/examples/leaderworkerset",
+    "manifests/examples/prefill-decode",
     "manifests/scale-targets/statefulsets",
     "manifests/scale-targets/leaderworkersets",
     "manifests/scale-targets/custom",
