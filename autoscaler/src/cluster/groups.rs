@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use ebb_config::ServiceId;
-use ebb_config::groups::{BadGroup, MemberMeta, resolve_groups};
+use ebb_config::groups::{BadGroup, LABEL_GROUP, MemberMeta, resolve_groups};
 use ebb_config::names::STATUS_GROUP;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Patch;
@@ -18,6 +18,7 @@ use serde_json::json;
 use super::options::patch_params;
 use super::state::Context;
 use super::stores::Stores;
+use super::targets::Target;
 
 /// One member of a valid group other than the entry, as the watch shows it.
 #[derive(Debug, Clone)]
@@ -66,6 +67,19 @@ pub(crate) struct Groups {
     pub problems: Vec<(Arc<Deployment>, String)>,
     /// Every member of every group, with what its `status.ebb.dev/group` should say.
     notes: Vec<(Arc<Deployment>, Option<String>)>,
+}
+
+impl Groups {
+    /// Whether ebb leaves `target`'s service alone for its group: the entry of a bad group, or a Deployment
+    /// labelled `ebb.dev/group` that the group watch has not shown yet (the two watches are not in step, and
+    /// acting on it as a lone service would scale it without its group).
+    pub fn leaves_alone(&self, target: &Target) -> bool {
+        let id = target.id();
+        self.refused.contains(&id)
+            || (target.kind.is_deployments()
+                && target.labels().contains_key(LABEL_GROUP)
+                && !self.valid.contains_key(&id))
+    }
 }
 
 /// Sorts the Deployments labelled `ebb.dev/group` into groups.

@@ -241,8 +241,9 @@ impl Reconciler {
         let mut work = HashMap::new();
         for target in &snapshot.targets {
             let id = target.id();
-            let refused = snapshot.groups.refused.contains(&id);
-            if refused || !self.services.get(&id).is_some_and(|state| state.valid) {
+            if snapshot.groups.leaves_alone(target)
+                || !self.services.get(&id).is_some_and(|state| state.valid)
+            {
                 continue;
             }
             let Some(status) = statuses.remove(&id) else { continue };
