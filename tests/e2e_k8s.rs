@@ -18,7 +18,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::cluster::{Cluster, WAIT, complete, gateway_load, http_client, is_completion, ready_ips};
+use support::cluster::{
+    Cluster, WAIT, complete, failed_completions, gateway_load, http_client, is_completion, ready_ips,
+};
 use support::prometheus::{Prometheus, alert_rules, cluster_only, dashboard_expressions, signal, substitute};
 use support::{require, wait_for};
 
@@ -69,16 +71,7 @@ async fn cold_start_through_the_activator_scale_up_under_load_and_back_to_zero()
         let addr = gateway.addr();
         tokio::spawn(async move { complete(&http, addr).await })
     });
-    let answers = futures::future::join_all(requests).await;
-    let failed: Vec<String> = answers
-        .into_iter()
-        .map(|a| a.expect("a request task"))
-        .filter_map(|a| match a {
-            Ok((status, body)) if is_completion(status, &body) => None,
-            Ok((status, body)) => Some(format!("{status}: {body}")),
-            Err(e) => Some(e),
-        })
-        .collect();
+    let failed = failed_completions(requests).await;
     assert!(failed.is_empty(), "{} of 100 cold-start requests failed: {failed:?}", failed.len());
     let replicas = cluster.replicas("chat").await.unwrap();
     assert!((1..=4).contains(&replicas), "scaled from zero within max-scale: {replicas}");

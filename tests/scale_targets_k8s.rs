@@ -23,7 +23,7 @@ use serde_json::json;
 use support::autoscaler::{
     FakePods, activator_frame, event_notes, grant_autoscaler_rbac, send_stats, token_of,
 };
-use support::cluster::{Cluster, WAIT, complete, http_client, is_completion};
+use support::cluster::{Cluster, WAIT, complete, failed_completions, http_client};
 use support::manifests::{find, grant_from, render_in};
 use support::paths::in_repo;
 use support::{NodeEmulator, TestNamespace, require, wait_for};
@@ -505,16 +505,7 @@ async fn a_statefulsets_pods_get_the_sidecar_and_serve_from_zero_through_the_act
         let (http, addr) = (http.clone(), gateway.addr());
         tokio::spawn(async move { complete(&http, addr).await })
     });
-    let failed: Vec<String> = futures::future::join_all(requests)
-        .await
-        .into_iter()
-        .map(|a| a.expect("a request task"))
-        .filter_map(|a| match a {
-            Ok((status, body)) if is_completion(status, &body) => None,
-            Ok((status, body)) => Some(format!("{status}: {body}")),
-            Err(e) => Some(e),
-        })
-        .collect();
+    let failed = failed_completions(requests).await;
     assert!(failed.is_empty(), "every request from zero is served: {failed:?}");
     assert!(replicas().await.unwrap() >= 1);
     wait_for(Duration::from_secs(120), "chat back at zero", async || {

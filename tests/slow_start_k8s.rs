@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
-use support::cluster::{Cluster, WAIT, complete, http_client, is_completion, rename_service};
+use support::cluster::{Cluster, WAIT, complete, failed_completions, http_client, rename_service};
 use support::manifests::{find, render_in};
 use support::paths::in_repo;
 use support::wait_for;
@@ -63,16 +63,7 @@ async fn a_model_loading_for_90_s_is_not_blocked_and_the_requests_that_woke_it_a
     })
     .await;
 
-    let failed: Vec<String> = futures::future::join_all(requests)
-        .await
-        .into_iter()
-        .map(|a| a.expect("a request task"))
-        .filter_map(|a| match a {
-            Ok((status, body)) if is_completion(status, &body) => None,
-            Ok((status, body)) => Some(format!("{status}: {body}")),
-            Err(e) => Some(e),
-        })
-        .collect();
+    let failed = failed_completions(requests).await;
     assert!(failed.is_empty(), "every request that waited for the slow start is served: {failed:?}");
     let blocked = cluster.events("slow", "PodBlocked").await;
     assert!(blocked.is_empty(), "a pod inside its startup probe is not blocked: {:?}", blocked);

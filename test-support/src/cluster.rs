@@ -426,6 +426,22 @@ pub fn http_client() -> HttpClient<HttpConnector, Full<Bytes>> {
     HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http()
 }
 
+/// Waits for `requests` (tasks of [`complete`]) and lists those not answered with a completion.
+pub async fn failed_completions(
+    requests: impl IntoIterator<Item = tokio::task::JoinHandle<Result<(u16, String), String>>>,
+) -> Vec<String> {
+    futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|answer| answer.expect("a request task"))
+        .filter_map(|answer| match answer {
+            Ok((status, body)) if is_completion(status, &body) => None,
+            Ok((status, body)) => Some(format!("{status}: {body}")),
+            Err(e) => Some(e),
+        })
+        .collect()
+}
+
 /// A completion answered by the demo model (an OpenAI-style completion object).
 pub fn is_completion(status: u16, body: &str) -> bool {
     status == 200 && body.contains("\"text_completion\"")
