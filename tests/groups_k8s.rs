@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
-use support::cluster::{Cluster, WAIT, complete, gateway_load, http_client, is_completion};
+use support::cluster::{Cluster, WAIT, complete, failed_completions, gateway_load, http_client};
 use support::manifests::{find, render_in};
 use support::paths::in_repo;
 use support::{require, wait_for};
@@ -173,16 +173,7 @@ async fn a_prefill_decode_group_wakes_whole_scales_as_one_and_goes_to_zero_toget
         let (http, addr) = (http.clone(), gateway.addr());
         tokio::spawn(async move { complete(&http, addr).await })
     });
-    let failed: Vec<String> = futures::future::join_all(requests)
-        .await
-        .into_iter()
-        .map(|a| a.expect("a request task"))
-        .filter_map(|a| match a {
-            Ok((status, body)) if is_completion(status, &body) => None,
-            Ok((status, body)) => Some(format!("{status}: {body}")),
-            Err(e) => Some(e),
-        })
-        .collect();
+    let failed = failed_completions(requests).await;
     assert!(
         failed.is_empty(),
         "every request from zero is served: {failed:?}\n{}",
