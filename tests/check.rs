@@ -361,6 +361,9 @@ fn bad_role_groups_are_errors_on_every_member() {
         "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stray\n  namespace: ml\n  annotations: \
          {ebb.dev/group-pods: \"2\"}\n"
             .to_owned(),
+        "---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: ml\n  labels: \
+         {ebb.dev/group: llm}\n"
+            .to_owned(),
     ]
     .concat();
     let bad = write(&dir, "bad.yaml", &bad);
@@ -375,6 +378,7 @@ fn bad_role_groups_are_errors_on_every_member() {
          \"0\": must be a whole number between 1 and 1000",
         "Deployment ml/d3: group \"ratio\" is invalid",
         "Deployment ml/stray: ebb.dev/group-pods is set but the label ebb.dev/group is not",
+        "StatefulSet ml/db: warning: is labelled ebb.dev/group but role groups are of Deployments only",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

@@ -3,23 +3,26 @@
 //! prefill pods and 1 decode pod, the entry, per instance) woken from zero by a burst of requests that all
 //! succeed, with no decode pod before its instance's prefill pods are ready; scaled to 2 instances (6 pods)
 //! under load and back to zero together. And bad groups, reported in Events, `status.ebb.dev/group` and
-//! `ebb status`, and left alone.
+//! `ebb status`, and left alone, by the autoscaler in-process (as ServiceAccount `ebb-autoscaler` with the
+//! base RBAC): a second installation in this binary would share two cores with the first.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ebb_autoscaler::cluster::{ClusterController, Options};
 use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
 use serde_json::{Value, json};
+use support::autoscaler::{event_notes, grant_autoscaler_rbac};
 use support::cluster::{Cluster, WAIT, complete, failed_completions, gateway_load, http_client};
 use support::manifests::{find, render_in};
 use support::paths::in_repo;
-use support::{require, wait_for};
+use support::{ControlPlane, TestNamespace, require, wait_for};
 
 /// What the pods showed once: live decode pods and ready prefill pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,12 +229,39 @@ fn member(name: &str, group: &str, entry: bool, pods: Option<&str>) -> Deploymen
     .unwrap()
 }
 
+/// The autoscaler in-process as ServiceAccount `ebb-autoscaler` with the base RBAC, leading, in a fresh
+/// namespace: enough to see what it reports (no pods need to run). `None` without a control plane.
+async fn controller(
+    prefix: &str,
+) -> Option<(&'static ControlPlane, Client, TestNamespace, ClusterController)> {
+    let cp = require::control_plane()?;
+    let admin = cp.client().await;
+    let ns = TestNamespace::create(&admin, prefix).await;
+    grant_autoscaler_rbac(&admin, &ns, "ebb-autoscaler").await;
+    let sa_config = cp.service_account_kubeconfig(&admin, &ns, "ebb-autoscaler").await;
+    let client = support::k8s::client_from_kubeconfig(&sa_config).await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    wait_for(WAIT, "the autoscaler's RBAC to take effect", async || {
+        deployments.list(&ListParams::default()).await.map(drop)
+    })
+    .await;
+    let mut options = Options::new(ns.name(), "replica-0");
+    options.watch_namespaces = vec![ns.name().to_owned()];
+    options.ingest_addr = "127.0.0.1:0".parse().unwrap();
+    options.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    options.sync_interval = Duration::from_millis(250);
+    let controller = ClusterController::start(client, options).await.expect("start the controller");
+    wait_for(WAIT, "the controller to lead", async || {
+        if controller.is_leader() { Ok(()) } else { Err("not leading yet") }
+    })
+    .await;
+    Some((cp, admin, ns, controller))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_groups_are_reported_in_events_annotations_and_ebb_status_and_left_alone() {
-    let Some(cp) = require::control_plane() else { return };
-    let config = [("allow-zero-initial-scale", "true")];
-    let Some(cluster) = Cluster::install("badgroup", &config).await else { return };
-    let deployments = cluster.deployments();
+    let Some((cp, admin, ns, controller)) = controller("badgroup").await else { return };
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     for deployment in [
         member("lonely-prefill", "orphans", false, Some("2")),
         member("lonely-decode", "orphans", false, None),
@@ -258,8 +288,7 @@ async fn bad_groups_are_reported_in_events_annotations_and_ebb_status_and_left_a
     ];
     for (name, message) in expect {
         wait_for(WAIT, &format!("an InvalidGroup Event on {name} saying {message:?}"), async || {
-            let notes: Vec<String> =
-                cluster.events(name, "InvalidGroup").await.into_iter().filter_map(|e| e.note).collect();
+            let notes = event_notes(&admin, &ns, name, "InvalidGroup").await?;
             if notes.iter().any(|n| n.contains(message)) { Ok(()) } else { Err(format!("{notes:?}")) }
         })
         .await;
@@ -285,14 +314,14 @@ async fn bad_groups_are_reported_in_events_annotations_and_ebb_status_and_left_a
 
     let kubeconfig = cp.kubeconfig_path().to_str().unwrap().to_owned();
     let output = Command::new(env!("CARGO_BIN_EXE_ebb"))
-        .args(["status", "--kubeconfig", &kubeconfig, "-n", &cluster.apps])
+        .args(["status", "--kubeconfig", &kubeconfig, "-n", &ns])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     for line in [
-        format!("group: {}/twin-a: group \"twins\" is invalid", cluster.apps.name()),
-        format!("group: {}/ratio-decode: group \"ratio\" is invalid", cluster.apps.name()),
+        format!("group: {}/twin-a: group \"twins\" is invalid", ns.name()),
+        format!("group: {}/ratio-decode: group \"ratio\" is invalid", ns.name()),
     ] {
         assert!(stdout.contains(&line), "missing {line:?} in:\n{stdout}");
     }
@@ -315,4 +344,5 @@ async fn bad_groups_are_reported_in_events_annotations_and_ebb_status_and_left_a
         }
     })
     .await;
+    controller.shutdown().await;
 }
