@@ -4,13 +4,17 @@
 //! until it ends.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use ebb_config::Protocol;
 use ebb_config::names::{
-    HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROXIED, PROBE_ACTIVATOR, PROXIED_BY_ACTIVATOR,
+    HEADER_KNATIVE_PROXIED, HEADER_PROBE, HEADER_PROXIED, HEADER_PROXY_ERROR, HEADER_SERVICE,
+    PROBE_ACTIVATOR, PROXIED_BY_ACTIVATOR,
 };
 use ebb_config::value::format_duration;
 use ebb_http::answer::{Answer, ClientKind, error_response};
@@ -19,10 +23,13 @@ use ebb_http::body::{ProxyBody, TrackedBody};
 use ebb_http::breaker::{BreakerError, Permit};
 use ebb_http::drain::Drainer;
 use ebb_http::error::{Classified, ProxyError};
+use ebb_http::h1::conn::{Admit, Forward, Policy, Request as FastRequest, ResponseView, Retry};
+use ebb_http::h1::head::RequestEdit;
+use ebb_http::h1::pool::Pool;
 use ebb_http::proxy::{Forwarder, PendingUpgrade, is_upgrade};
 use ebb_http::stats::StatsGuard;
-use ebb_http::timeouts::{BodyTimer, TimeoutKind};
-use http::header::{CONTENT_TYPE, HeaderName};
+use ebb_http::timeouts::{BodyTimer, TimeoutKind, Timeouts};
+use http::header::{CONTENT_TYPE, HOST, HeaderName};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -32,7 +39,7 @@ use crate::error::ActivatorError;
 use crate::metrics::ServiceGauges;
 use crate::registry::Registry;
 use crate::retry::{AttemptBody, Replayable};
-use crate::routing::RouteError;
+use crate::routing::{RouteError, RouteFields};
 use crate::service::{RequestSettings, Service, Status};
 use crate::stats::{StatSink, cold_start_stat};
 
@@ -207,10 +214,13 @@ impl Activator {
         let cold_start = !direct && service.waits_for_cold_start(arrived.into_std());
         let held = match direct {
             true => None,
-            false => match self.hold(&service, &mut req, arrived, settings).await {
-                Ok(held) => Some(held),
-                Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
-            },
+            false => {
+                match self.hold(&service, arrived, settings, || crate::compact::compact_head(&mut req)).await
+                {
+                    Ok(held) => Some(held),
+                    Err(err) => return Ok(self.fail(Some(&service), &err, kind)),
+                }
+            }
         };
         let activation_deadline = arrived + settings.activation_timeout;
         let (mut response, lease, upgrade) =
@@ -237,9 +247,9 @@ impl Activator {
     async fn hold(
         &self,
         service: &Service,
-        req: &mut Request<RequestBody>,
         arrived: Instant,
         settings: RequestSettings,
+        compact: impl FnOnce(),
     ) -> Result<Held, ActivatorError> {
         // The first request for a service at zero tells the autoscaler at once.
         let cold = service.status().ready == 0 && service.stats.concurrency() == 0;
@@ -251,7 +261,7 @@ impl Activator {
         // Every wait is recorded, however it ends (the timer records on drop, a client gone included), so the
         // histogram shows the waits that timed out too; a request refused at once for a full queue never waited.
         let timer = service.metrics.queue_timer(arrived.into_std());
-        let admitted = self.admit(service, req, arrived + settings.activation_timeout, settings).await;
+        let admitted = self.admit(service, arrived + settings.activation_timeout, settings, compact).await;
         if let Err(ActivatorError::QueueFull) = admitted {
             timer.discard();
         }
@@ -261,20 +271,21 @@ impl Activator {
     }
 
     /// Takes a slot of the service's capacity, queueing (in arrival order) until a pod can take the request,
-    /// the activation deadline passes, or the service's pods are found unable to start.
+    /// the activation deadline passes, or the service's pods are found unable to start. `compact` runs when the
+    /// request has to wait (it lets go of the connection's read buffer).
     async fn admit(
         &self,
         service: &Service,
-        req: &mut Request<RequestBody>,
         deadline: Instant,
         settings: RequestSettings,
+        compact: impl FnOnce(),
     ) -> Result<Permit, ActivatorError> {
         if let Ok(permit) = service.breaker.try_acquire() {
             return Ok(permit);
         }
         let _waiting =
             Waiting::enter(&self.waiting, self.options.max_queued_total).ok_or(ActivatorError::QueueFull)?;
-        crate::compact::compact_head(req);
+        compact();
         let mut status = service.watch();
         tokio::select! {
             acquired = service.breaker.acquire(Some(deadline)) => acquired.map_err(|err| match err {
@@ -386,12 +397,12 @@ impl Activator {
         }
     }
 
-    fn fail(
+    fn fail<B: From<Bytes>>(
         &self,
         service: Option<&Service>,
         err: &ActivatorError,
         kind: ClientKind,
-    ) -> Response<ActivatorBody> {
+    ) -> Response<B> {
         self.metrics.rejected(service.map(|s| &s.key), err);
         let name = service.map_or("", |s| s.name.as_str());
         err.log(name);
@@ -411,6 +422,170 @@ impl Activator {
         *response.status_mut() = status;
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         response
+    }
+}
+
+/// What a request on the HTTP/1 fast path holds until its response ends: the service slot and stats interval of
+/// a request the activator counts, the pod lease, and what a further attempt needs.
+#[derive(Debug)]
+pub struct FastHold {
+    service: Arc<Service>,
+    kind: ClientKind,
+    settings: RequestSettings,
+    arrived: Instant,
+    cold_start: bool,
+    _held: Option<Held>,
+    lease: Lease,
+    /// Pods that answered full for this request.
+    full: Vec<Arc<str>>,
+    attempts: usize,
+}
+
+impl BodyEnd for FastHold {}
+
+/// The activator's pipeline on the HTTP/1 fast path: the same steps as [`Activator::handle`] for the requests
+/// the fast path carries (a body of at most [`crate::retry::BUFFER_LIMIT`], read whole before the first attempt
+/// so that any attempt can send it; probes, larger bodies and h2c upstreams stay on hyper's path).
+impl Policy for Activator {
+    type Hold = FastHold;
+
+    fn admit<'s>(&'s self, req: &FastRequest<'_>) -> impl Future<Output = Admit<FastHold>> + Send + use<'s> {
+        let arrived = Instant::now();
+        let services =
+            req.headers().filter(|(name, _)| name.eq_ignore_ascii_case(HEADER_SERVICE.as_bytes())).count();
+        let fields = RouteFields {
+            hosts: 1,
+            host: req.header(HOST.as_str()),
+            authority: None,
+            services,
+            service: req.header(HEADER_SERVICE),
+        };
+        let routed = self.registry.route_fields(&fields).map(|service| {
+            let settings = service.request_settings();
+            (service, settings)
+        });
+        let hyper = req.header(HEADER_PROBE).is_some()
+            || req.content_length() > crate::retry::BUFFER_LIMIT
+            || matches!(&routed, Ok((_, settings)) if settings.protocol == Some(Protocol::H2c));
+        let kind = ClientKind::from_parts(req.path(), req.header(CONTENT_TYPE.as_str()));
+        async move {
+            if hyper {
+                return Admit::Hyper;
+            }
+            self.drainer.touch(arrived);
+            let (service, settings) = match routed {
+                Ok(routed) => routed,
+                Err(err) => return Admit::Answer(self.fail(None, &route_error(err), kind)),
+            };
+            let direct = service.is_serving() && service.status().ready > 0;
+            let cold_start = !direct && service.waits_for_cold_start(arrived.into_std());
+            let held = match direct {
+                true => None,
+                // The fast path keeps a waiting request's bytes compact itself.
+                false => match self.hold(&service, arrived, settings, || {}).await {
+                    Ok(held) => Some(held),
+                    Err(err) => return Admit::Answer(self.fail(Some(&service), &err, kind)),
+                },
+            };
+            let activation_deadline = arrived + settings.activation_timeout;
+            let lease = loop {
+                if let Some(lease) = service.pick(&[]) {
+                    break lease;
+                }
+                if let Err(err) = wait_for_a_pod(&service, activation_deadline, settings).await {
+                    return Admit::Answer(self.fail(Some(&service), &err, kind));
+                }
+            };
+            let upstream = lease.endpoint().authority.clone();
+            let backstop = settings.timeout + BACKSTOP;
+            let hold = FastHold {
+                service,
+                kind,
+                settings,
+                arrived,
+                cold_start,
+                _held: held,
+                lease,
+                full: Vec::new(),
+                attempts: 1,
+            };
+            // The client's own claims are never passed on: only the activator says a request went through it.
+            let add = (!direct).then_some((HEADER_PROXIED, PROXIED_BY_ACTIVATOR));
+            Admit::Forward(Forward {
+                hold,
+                upstream,
+                start: Instant::now(),
+                // The queue-proxy owns the real timeouts: the backstop bounds the wait for the response head
+                // (as a response-start timeout), and, once more, its body.
+                timeouts: Timeouts {
+                    total: backstop + backstop,
+                    response_start: backstop,
+                    idle: None,
+                    request_body: settings.request_body_timeout,
+                },
+                close: false,
+                request: RequestEdit { remove: &[HEADER_KNATIVE_PROXIED, HEADER_PROXIED], add },
+                response_remove: &[],
+                replay: true,
+            })
+        }
+    }
+
+    fn responded(&self, hold: &mut FastHold, _status: StatusCode) -> Option<(&'static str, HeaderValue)> {
+        hold.service.metrics.forwarded();
+        let timeline = hold.service.cold_start().filter(|_| hold.cold_start)?;
+        let phases = timeline.phases(hold.arrived.into_std(), std::time::Instant::now());
+        hold.service.metrics.cold_start_answered(&phases);
+        Some(("server-timing", phases.server_timing()))
+    }
+
+    fn failed(&self, hold: FastHold, err: &ProxyError) -> Response<Bytes> {
+        let err = match err {
+            ProxyError::Timeout(TimeoutKind::Total) => ProxyError::Timeout(TimeoutKind::ResponseStart),
+            other => other.clone(),
+        };
+        self.fail(Some(&hold.service), &ActivatorError::Proxy(err), hold.kind)
+    }
+
+    fn unforwarded(&self, response: &ResponseView<'_>) -> Option<ProxyError> {
+        ProxyError::unforwarded_by_value(response.header(HEADER_PROXY_ERROR)?)
+    }
+
+    fn retry<'s>(
+        &'s self,
+        hold: &'s mut FastHold,
+        failure: &ProxyError,
+    ) -> impl Future<Output = Retry> + Send + 's {
+        let failure = failure.clone();
+        async move {
+            let service = hold.service.clone();
+            let pod = hold.lease.endpoint().name.clone();
+            self.leave_out(&service, &pod, &failure, &mut hold.full);
+            tracing::info!(service = %service.key, %pod, "nothing reached the pod's container ({failure}); trying another");
+            let activation_deadline = hold.arrived + hold.settings.activation_timeout;
+            while hold.attempts < MAX_ATTEMPTS {
+                hold.attempts += 1;
+                match service.pick(&hold.full) {
+                    Some(lease) => {
+                        let next = lease.endpoint().authority.clone();
+                        hold.lease = lease;
+                        return Retry::To(next);
+                    }
+                    // Every usable pod is full: their 503 is the answer.
+                    None if !hold.full.is_empty() => break,
+                    None => {
+                        if let Err(err) = wait_for_a_pod(&service, activation_deadline, hold.settings).await {
+                            return Retry::Answer(self.fail(Some(&service), &err, hold.kind));
+                        }
+                    }
+                }
+            }
+            Retry::Answer(self.fail(Some(&service), &ActivatorError::Proxy(failure), hold.kind))
+        }
+    }
+
+    fn pool(&self) -> &Arc<Pool> {
+        self.forwarder.pool()
     }
 }
 

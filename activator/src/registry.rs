@@ -61,6 +61,12 @@ impl Registry {
         self.get(&key).ok_or_else(|| RouteError::Unknown(key.to_string()))
     }
 
+    /// The service a request is for, by the fields it routes by.
+    pub fn route_fields(&self, fields: &crate::routing::RouteFields<'_>) -> Result<Arc<Service>, RouteError> {
+        let key = self.routes.read_locked().route_fields(fields)?;
+        self.get(&key).ok_or_else(|| RouteError::Unknown(key.to_string()))
+    }
+
     /// A service by key.
     pub fn get(&self, key: &ServiceId) -> Option<Arc<Service>> {
         self.services.get(key).map(|entry| entry.value().clone())

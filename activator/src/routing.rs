@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use ebb_config::ServiceId;
 use ebb_config::names::HEADER_SERVICE;
 use http::header::HOST;
-use http::{HeaderMap, Uri};
+use http::{HeaderMap, HeaderValue, Uri};
 
 /// Why no service could be chosen; each names what was looked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,19 +86,32 @@ impl RouteTable {
 
     /// The service that a request names by its headers and, lacking a Host, its URI's authority.
     pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Result<ServiceId, RouteError> {
-        for (name, shown) in [(HOST.as_str(), "Host"), (HEADER_SERVICE, "Ebb-Service")] {
-            if headers.get_all(name).iter().nth(1).is_some() {
-                return Err(RouteError::Duplicate(shown));
-            }
+        let fields = RouteFields {
+            hosts: headers.get_all(HOST).iter().count(),
+            host: headers.get(HOST).map(HeaderValue::as_bytes),
+            authority: uri.authority().map(|a| a.host()),
+            services: headers.get_all(HEADER_SERVICE).iter().count(),
+            service: headers.get(HEADER_SERVICE).map(HeaderValue::as_bytes),
+        };
+        self.route_fields(&fields)
+    }
+
+    /// The service that a request names by the fields it routes by, however they were parsed.
+    pub fn route_fields(&self, fields: &RouteFields<'_>) -> Result<ServiceId, RouteError> {
+        if fields.hosts > 1 {
+            return Err(RouteError::Duplicate("Host"));
         }
-        let host = request_host(uri, headers);
+        if fields.services > 1 {
+            return Err(RouteError::Duplicate("Ebb-Service"));
+        }
+        let host = request_host(fields);
         let by_host = host.as_deref().and_then(|h| self.hosts.get(h));
-        let Some(header) = headers.get(HEADER_SERVICE) else {
+        let Some(header) = fields.service else {
             return by_host.cloned().ok_or_else(|| {
                 RouteError::Unknown(format!("for Host {:?}", shown(&host.unwrap_or_default())))
             });
         };
-        let text = header.to_str().unwrap_or_default();
+        let text = visible(header).unwrap_or_default();
         let named = ServiceId::parse(text).ok_or_else(|| RouteError::BadHeader(shown(text)))?;
         match by_host {
             Some(host) if *host != named => Err(RouteError::Conflict { header: named, host: host.clone() }),
@@ -106,6 +119,30 @@ impl RouteTable {
             _ => Err(RouteError::Unknown(format!("{named} (from the Ebb-Service header)"))),
         }
     }
+}
+
+/// The fields a request is routed by.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteFields<'a> {
+    /// How many Host fields it has.
+    pub hosts: usize,
+    /// The first Host value.
+    pub host: Option<&'a [u8]>,
+    /// The host of its URI's authority (HTTP/2's `:authority`).
+    pub authority: Option<&'a str>,
+    /// How many `Ebb-Service` fields it has.
+    pub services: usize,
+    /// The first `Ebb-Service` value.
+    pub service: Option<&'a [u8]>,
+}
+
+/// A field value as text, when it is visible ASCII (as `HeaderValue::to_str` reads it).
+fn visible(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
 }
 
 /// Longest client text an error message repeats: a DNS name is at most 253 characters.
@@ -121,10 +158,10 @@ fn shown(text: &str) -> String {
 
 /// The host a request is addressed to, lowercased, without port or trailing dot. HTTP/1.1 clients send Host;
 /// HTTP/2 clients send `:authority`, which hyper puts in the URI, and usually no Host.
-fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<String> {
-    let host = match headers.get(HOST) {
-        Some(host) => host.to_str().ok()?,
-        None => uri.authority()?.host(),
+fn request_host(fields: &RouteFields<'_>) -> Option<String> {
+    let host = match fields.host {
+        Some(host) => visible(host)?,
+        None => fields.authority?,
     };
     let host = strip_port(host);
     // `name.ns.svc.cluster.local.` is the same name, fully qualified (DNS root).

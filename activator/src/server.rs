@@ -67,7 +67,7 @@ impl Server {
         };
         let (acceptor, shutdown) = Acceptor::new();
         let a = activator.clone();
-        tokio::spawn(acceptor.clone().accept(data, move |req| a.clone().handle(req)));
+        tokio::spawn(acceptor.clone().accept_fast(data, move |req| a.clone().handle(req), activator.clone()));
         let a = activator.clone();
         let admin_server =
             tokio::spawn(admin::serve(metrics, move |req| std::future::ready(admin_answer(&a, &req))));

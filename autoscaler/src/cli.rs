@@ -52,6 +52,11 @@ pub struct Args {
     #[arg(long, env = "EBB_LEASE_DURATION_SECONDS", default_value_t = 10)]
     pub lease_duration_seconds: u64,
 
+    /// Buckets the services are spread over (each a Lease that one replica holds; every replica of a
+    /// Deployment must be given the same count). 1: one leader acts on every service.
+    #[arg(long, env = "EBB_BUCKETS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub buckets: u32,
+
     /// A kubeconfig file [default: in-cluster, then $KUBECONFIG or ~/.kube/config].
     #[arg(long, env = "EBB_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -125,6 +130,7 @@ impl Args {
         }
         options.pod_stats_port = self.pod_stats_port;
         options.lease_duration = Duration::from_secs(self.lease_duration_seconds);
+        options.buckets = self.buckets;
         options.webhook = self.webhook_address.map(|address| self.webhook(address)).transpose()?;
         Ok(options)
     }

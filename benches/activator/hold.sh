@@ -19,9 +19,10 @@ metrics=$(echo "$line" | sed 's/.*"metrics":"\([^"]*\)".*/\1/')
 rss() { awk "/^$1:/ {print \$2}" "/proc/$server/status"; }
 queued() { curl -s "http://$metrics/metrics" | awk '/^ebb_activator_queued\{/ {print $2}'; }
 idle=$(rss VmRSS)
-"$target/release/loadgen" --target "$addr" --hold "$requests" --duration 30 > /dev/null 2>&1 &
+# Opening 10,000 connections can take over 30 s on a busy 2-core machine: generous bounds, left early.
+"$target/release/loadgen" --target "$addr" --hold "$requests" --duration 150 > /dev/null 2>&1 &
 client=$!
-for _ in $(seq 600); do
+for _ in $(seq 1200); do
   [ "$(queued)" -ge "$requests" ] 2>/dev/null && break
   sleep 0.1
 done

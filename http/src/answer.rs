@@ -28,7 +28,12 @@ pub enum ClientKind {
 impl ClientKind {
     /// Decides from the request path and headers.
     pub fn of(path: &str, headers: &HeaderMap) -> Self {
-        let grpc = headers.get(CONTENT_TYPE).is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+        Self::from_parts(path, headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes))
+    }
+
+    /// Decides from the request path and its `Content-Type` value.
+    pub fn from_parts(path: &str, content_type: Option<&[u8]>) -> Self {
+        let grpc = content_type.is_some_and(|ct| ct.starts_with(b"application/grpc"));
         if grpc {
             ClientKind::Grpc
         } else if path.starts_with("/v1/") {

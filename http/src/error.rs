@@ -292,7 +292,12 @@ impl ProxyError {
     /// The error a pod's answer names in `Ebb-Proxy-Error`, when nothing of the request reached its user
     /// container ([`Self::nothing_forwarded`]).
     pub fn unforwarded_by_pod(headers: &HeaderMap) -> Option<Self> {
-        match headers.get(ebb_config::names::HEADER_PROXY_ERROR)?.as_bytes() {
+        Self::unforwarded_by_value(headers.get(ebb_config::names::HEADER_PROXY_ERROR)?.as_bytes())
+    }
+
+    /// [`Self::unforwarded_by_pod`] from the `Ebb-Proxy-Error` value itself.
+    pub fn unforwarded_by_value(value: &[u8]) -> Option<Self> {
+        match value {
             b"upstream_refused" => Some(ProxyError::UpstreamRefused),
             b"overloaded" => Some(ProxyError::Overloaded),
             _ => None,

@@ -1,6 +1,8 @@
-//! Accepting connections and serving them with hyper: HTTP/1.1 (keep-alive, upgrades) and HTTP/2 cleartext on
-//! one port, `TCP_NODELAY` on every accepted socket, and a graceful shutdown that stops accepting, lets open
-//! exchanges finish and closes idle connections. Shared by the queue-proxy and the activator.
+//! Accepting connections and serving them: HTTP/1.1 (keep-alive, upgrades) and HTTP/2 cleartext on one port,
+//! `TCP_NODELAY` on every accepted socket, and a graceful shutdown that stops accepting, lets open exchanges
+//! finish and closes idle connections. HTTP/1 connections start on the fast path ([`crate::h1`]) when the
+//! component gives one, and move to hyper for good at the first request it does not carry. Shared by the
+//! queue-proxy and the activator.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::BoxError;
+use crate::h1::conn::{Policy, Served};
 
 /// Serves listeners until [`Shutdown::close`]; clone it for each listener.
 #[derive(Clone)]
@@ -62,13 +65,37 @@ impl Acceptor {
         (acceptor, Shutdown { stop, conns })
     }
 
-    /// Accepts connections on `listener` and serves each with `handler` until shut down.
-    pub async fn accept<H, F, B>(mut self, listener: TcpListener, handler: H)
+    /// Accepts connections on `listener` and serves each with `handler` (hyper) until shut down.
+    pub async fn accept<H, F, B>(self, listener: TcpListener, handler: H)
     where
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
+    {
+        self.accept_with(listener, handler, None::<Arc<NoFastPath>>).await
+    }
+
+    /// Accepts connections on `listener` and serves each on the HTTP/1 fast path with `policy`, and with
+    /// `handler` (hyper) for h2c and whatever the fast path leaves to it, until shut down.
+    pub async fn accept_fast<H, F, B, P>(self, listener: TcpListener, handler: H, policy: Arc<P>)
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+        P: Policy,
+    {
+        self.accept_with(listener, handler, Some(policy)).await
+    }
+
+    async fn accept_with<H, F, B, P>(mut self, listener: TcpListener, handler: H, policy: Option<Arc<P>>)
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+        P: Policy,
     {
         loop {
             let accepted = tokio::select! {
@@ -80,7 +107,8 @@ impl Acceptor {
                 Ok((stream, _peer)) => {
                     let ctx = self.clone();
                     let handler = handler.clone();
-                    tokio::spawn(async move { ctx.serve(stream, handler).await });
+                    let policy = policy.clone();
+                    tokio::spawn(async move { ctx.serve(stream, handler, policy).await });
                 }
                 Err(err) => {
                     // Out of file descriptors or similar: back off briefly instead of spinning.
@@ -91,12 +119,13 @@ impl Acceptor {
         }
     }
 
-    async fn serve<H, F, B>(mut self, stream: TcpStream, handler: H)
+    async fn serve<H, F, B, P>(mut self, stream: TcpStream, handler: H, policy: Option<Arc<P>>)
     where
         H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
         F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
+        P: Policy,
     {
         let _ = stream.set_nodelay(true);
         let sniffed = tokio::select! {
@@ -104,14 +133,25 @@ impl Acceptor {
             () = stopped(&mut self.shutdown) => return,
         };
         let (h1, h2) = &*self.builders;
-        let io = TokioIo::new(stream);
         match sniffed {
             Ok(Ok(Sniffed::Http1)) => {
-                let conn = h1.serve_connection(io, service_fn(handler)).with_upgrades();
+                let io = match policy {
+                    Some(policy) => {
+                        match crate::h1::conn::serve(stream, &*policy, &mut self.shutdown).await {
+                            Served::Closed => {
+                                drop(self.conns);
+                                return;
+                            }
+                            Served::Hyper(io) => io,
+                        }
+                    }
+                    None => crate::h1::io::Prefixed::new(bytes::BytesMut::new(), stream),
+                };
+                let conn = h1.serve_connection(TokioIo::new(io), service_fn(handler)).with_upgrades();
                 drive(conn, &mut self.shutdown, http1::UpgradeableConnection::graceful_shutdown).await;
             }
             Ok(Ok(Sniffed::Http2)) => {
-                let conn = h2.serve_connection(io, service_fn(handler));
+                let conn = h2.serve_connection(TokioIo::new(stream), service_fn(handler));
                 drive(conn, &mut self.shutdown, http2::Connection::graceful_shutdown).await;
             }
             Ok(Ok(Sniffed::Closed)) => tracing::debug!("connection closed before a request"),
@@ -122,8 +162,40 @@ impl Acceptor {
     }
 }
 
-/// How long a connection may take to send a request's head (hyper's `header_read_timeout`).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection may take to send a request's head (hyper's `header_read_timeout`), the fast path's too.
+const HEADER_READ_TIMEOUT: Duration = crate::h1::conn::HEADER_READ_TIMEOUT;
+
+/// The policy of an acceptor without a fast path (never called).
+struct NoFastPath;
+
+impl Policy for NoFastPath {
+    type Hold = ();
+
+    fn admit<'s>(
+        &'s self,
+        _req: &crate::h1::conn::Request<'_>,
+    ) -> impl Future<Output = crate::h1::conn::Admit<()>> + Send + use<'s> {
+        std::future::ready(crate::h1::conn::Admit::Hyper)
+    }
+
+    fn responded(
+        &self,
+        _hold: &mut (),
+        _status: http::StatusCode,
+    ) -> Option<(&'static str, http::HeaderValue)> {
+        None
+    }
+
+    fn failed(&self, _hold: (), err: &crate::error::ProxyError) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::new());
+        *response.status_mut() = crate::error::Classified::status(err);
+        response
+    }
+
+    fn pool(&self) -> &Arc<crate::h1::pool::Pool> {
+        unreachable!("an acceptor without a fast path never forwards on it")
+    }
+}
 
 /// How long a new connection may stay silent before it is closed: a client that connects sends its request at
 /// once, and one that does not only holds a file descriptor.

@@ -2,6 +2,7 @@
 //! section 7.6.1) and protocol upgrades (WebSocket). Shared by the queue-proxy and the activator; it knows
 //! nothing of breakers, stats or timeouts, which the caller wraps around it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ebb_config::Protocol;
@@ -16,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::error::BoxError;
 use crate::error::ProxyError;
+use crate::h1::pool::Pool;
 use crate::h2c::H2cConnections;
 use crate::upstream_io::Connector;
 
@@ -47,11 +49,13 @@ impl Default for ForwarderOptions {
 }
 
 /// Forwards requests to an upstream over pooled connections: HTTP/1.1 with keep-alive, or HTTP/2 cleartext by
-/// prior knowledge. `TCP_NODELAY` is set on every upstream socket. Cloning is cheap and shares the pools.
+/// prior knowledge. `TCP_NODELAY` is set on every upstream socket. Cloning is cheap and shares the pools. The
+/// HTTP/1 fast path ([`crate::h1`]) keeps its own idle connections, with the same settings ([`Self::pool`]).
 #[derive(Debug, Clone)]
 pub struct Forwarder<B = Incoming> {
     http1: Client<Connector, B>,
     h2c: H2cConnections<B>,
+    fast: Arc<Pool>,
 }
 
 /// A response that switched protocols: once the caller has sent it to the client, [`Self::spawn`] joins the
@@ -100,7 +104,13 @@ where
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(Connector(connector));
-        Self { http1, h2c: H2cConnections::new(options.connect_timeout) }
+        let fast = Pool::new(options.max_idle_per_host, options.pool_idle_timeout, options.connect_timeout);
+        Self { http1, h2c: H2cConnections::new(options.connect_timeout), fast }
+    }
+
+    /// The fast path's idle upstream connections.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.fast
     }
 
     /// Sends `req` to `upstream` and returns the response headers (the body streams on). `protocol` overrides

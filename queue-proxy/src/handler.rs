@@ -3,6 +3,7 @@
 //! until it ends.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,9 @@ use ebb_http::body::{BodyEnd, ProxyBody, RequestBody, TrackedBody};
 use ebb_http::breaker::{Breaker, Permit};
 use ebb_http::drain::Drainer;
 use ebb_http::error::{Classified, ProxyError};
+use ebb_http::h1::conn::{Admit, Forward, Policy};
+use ebb_http::h1::head::RequestEdit;
+use ebb_http::h1::pool::Pool;
 use ebb_http::proxy::Forwarder;
 use ebb_http::stats::{RequestStats, StatsGuard};
 use ebb_http::timeouts::{BodyTimer, TimeoutKind, Timeouts};
@@ -36,9 +40,13 @@ pub type DataBody = ProxyBody<Completion>;
 /// Whether a request came through the activator (`Ebb-Proxied: activator`, or Knative's
 /// `K-Proxy-Request: activator`).
 pub fn is_proxied(headers: &HeaderMap) -> bool {
-    let by_activator = |name: &str| {
-        headers.get(name).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(PROXIED_BY_ACTIVATOR.as_bytes()))
-    };
+    proxied_by(|name| headers.get(name).map(HeaderValue::as_bytes))
+}
+
+/// [`is_proxied`] over any way of reading a field's first value.
+fn proxied_by<'a>(get: impl Fn(&str) -> Option<&'a [u8]>) -> bool {
+    let by_activator =
+        |name: &str| get(name).is_some_and(|v| v.eq_ignore_ascii_case(PROXIED_BY_ACTIVATOR.as_bytes()));
     by_activator(HEADER_PROXIED) || by_activator(HEADER_KNATIVE_PROXIED)
 }
 
@@ -96,6 +104,123 @@ impl BodyEnd for Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         self.metrics.finished(self.start.elapsed());
+    }
+}
+
+/// What a request on the HTTP/1 fast path holds until its response ends: the same as [`Completion`] (which
+/// it becomes, in effect, once the response started), and how to answer if forwarding fails before that.
+#[derive(Debug)]
+pub struct FastHold {
+    start: Instant,
+    metrics: Arc<Metrics>,
+    _permit: Option<Permit>,
+    _guard: StatsGuard,
+    kind: ClientKind,
+    close_after: bool,
+    /// The response started: its end is recorded as the request's duration.
+    responded: bool,
+}
+
+impl BodyEnd for FastHold {
+    fn timed_out(&mut self, kind: TimeoutKind) {
+        self.metrics.error(&ProxyError::Timeout(kind));
+        tracing::info!("response body cut: {}", ProxyError::Timeout(kind));
+    }
+
+    fn failed(&mut self, error: &ProxyError) {
+        self.metrics.error(error);
+        error.log("");
+    }
+}
+
+impl Drop for FastHold {
+    fn drop(&mut self) {
+        if self.responded {
+            self.metrics.finished(self.start.elapsed());
+        }
+    }
+}
+
+/// The sidecar's pipeline on the HTTP/1 fast path: the same steps as [`DataPlane::handle`], in the same order,
+/// for the requests the fast path carries (probes stay on hyper's path).
+impl Policy for DataPlane {
+    type Hold = FastHold;
+
+    fn admit<'s>(
+        &'s self,
+        req: &ebb_http::h1::conn::Request<'_>,
+    ) -> impl Future<Output = Admit<FastHold>> + Send + use<'s> {
+        // Probes, and requests an upstream speaking h2c must get, are hyper's.
+        let probe = req.header(HEADER_PROBE).is_some() || self.protocol == Some(Protocol::H2c);
+        let start = Instant::now();
+        let proxied = proxied_by(|name| req.header(name));
+        let kind = ClientKind::from_parts(req.path(), req.header(CONTENT_TYPE.as_str()));
+        async move {
+            if probe {
+                return Admit::Hyper;
+            }
+            self.drainer.touch(start);
+            let mut guard = match &self.breaker {
+                Some(_) => self.stats.enter_queued_at(start.into_std(), proxied),
+                None => self.stats.enter_at(start.into_std(), proxied),
+            };
+            let close_after = self.drainer.is_draining();
+            let (queue_deadline, queue_kind) = self.timeouts.response_start_deadline(start);
+            let permit = match &self.breaker {
+                None => None,
+                Some(breaker) => match breaker.acquire(Some(queue_deadline)).await {
+                    Ok(permit) => {
+                        guard.admitted();
+                        Some(permit)
+                    }
+                    Err(err) => {
+                        let err = ProxyError::from_breaker(err, queue_kind);
+                        return Admit::Answer(self.fail(&err, kind, close_after));
+                    }
+                },
+            };
+            let hold = FastHold {
+                start,
+                metrics: self.metrics.clone(),
+                _permit: permit,
+                _guard: guard,
+                kind,
+                close_after,
+                responded: false,
+            };
+            Admit::Forward(Forward {
+                hold,
+                upstream: self.upstream.clone(),
+                start,
+                timeouts: self.timeouts,
+                close: close_after,
+                request: RequestEdit { remove: &[HEADER_PROXIED, HEADER_KNATIVE_PROXIED], add: None },
+                // Only this proxy may say that nothing reached the container (the activator retries on it).
+                response_remove: &[HEADER_PROXY_ERROR],
+                replay: false,
+            })
+        }
+    }
+
+    fn responded(&self, hold: &mut FastHold, status: StatusCode) -> Option<(&'static str, HeaderValue)> {
+        self.metrics.first_byte(hold.start.elapsed());
+        self.metrics.response(status);
+        hold.responded = true;
+        None
+    }
+
+    fn failed(&self, hold: FastHold, err: &ProxyError) -> Response<Bytes> {
+        if *err == ProxyError::UpstreamRefused {
+            // The container died or is restarting: fail readiness now, not at the kubelet's next probe.
+            self.readiness.lost(&self.probe);
+        }
+        // A client that stopped sending its body has the rest of it unread on the connection.
+        let close = hold.close_after || matches!(err, ProxyError::Timeout(TimeoutKind::RequestBody));
+        self.fail(err, hold.kind, close)
+    }
+
+    fn pool(&self) -> &Arc<Pool> {
+        self.forwarder.pool()
     }
 }
 
@@ -189,7 +314,7 @@ impl DataPlane {
         Ok(response.map(|body| ProxyBody::Upstream(TrackedBody::new(body, Some(timer), completion))))
     }
 
-    fn fail(&self, err: &ProxyError, kind: ClientKind, close_after: bool) -> Response<DataBody> {
+    fn fail<B: From<Bytes>>(&self, err: &ProxyError, kind: ClientKind, close_after: bool) -> Response<B> {
         self.metrics.error(err);
         self.metrics.response(err.status());
         err.log(&self.service);

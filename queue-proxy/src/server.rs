@@ -161,7 +161,7 @@ impl QueueProxy {
         let [data_listener, admin_listener, stats_listener, metrics_listener] = listeners;
 
         let d = data.clone();
-        tokio::spawn(ctx.clone().accept(data_listener, move |req| d.clone().handle(req)));
+        tokio::spawn(ctx.clone().accept_fast(data_listener, move |req| d.clone().handle(req), data.clone()));
         let a = admin.clone();
         tokio::spawn(ctx.clone().accept(admin_listener, move |req| a.clone().admin(req)));
         let a = admin.clone();

@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::options::patch_params;
-use super::state::Context;
+use super::state::{Context, Signals};
 use super::stores::Stores;
 use super::targets::Target;
 
@@ -65,8 +65,9 @@ pub(crate) struct Groups {
     pub refused: HashSet<ServiceId>,
     /// Each member of a bad group with what is wrong.
     pub problems: Vec<(Arc<Deployment>, String)>,
-    /// Every member of every group, with what its `status.ebb.dev/group` should say.
-    notes: Vec<(Arc<Deployment>, Option<String>)>,
+    /// Every member of every group, with what its `status.ebb.dev/group` should say, and the key whose
+    /// owner writes it ([`group_key`]).
+    notes: Vec<(ServiceId, Arc<Deployment>, Option<String>)>,
 }
 
 impl Groups {
@@ -113,7 +114,10 @@ pub(crate) fn observe(stores: &Stores) -> Groups {
             })
             .collect();
         let members = group.others.iter().map(|m| m.name.as_str()).chain([group.entry.as_str()]);
-        groups.notes.extend(members.filter_map(|name| Some((find(&group.namespace, name)?, None))));
+        let key = group_key(&group.namespace, &group.name);
+        groups
+            .notes
+            .extend(members.filter_map(|name| Some((key.clone(), find(&group.namespace, name)?, None))));
         let id = ServiceId::new(group.namespace.clone(), group.entry.clone());
         groups.valid.insert(id, GroupState { name: group.name, others });
     }
@@ -128,9 +132,10 @@ fn refuse(groups: &mut Groups, group: &BadGroup, find: &impl Fn(&str, &str) -> O
     for entry in &group.entries {
         groups.refused.insert(ServiceId::new(group.namespace.clone(), entry.clone()));
     }
+    let key = group_key(&group.namespace, &group.name);
     for deployment in group.members.iter().filter_map(|name| find(&group.namespace, name)) {
         groups.problems.push((deployment.clone(), message.clone()));
-        groups.notes.push((deployment, Some(message.clone())));
+        groups.notes.push((key.clone(), deployment, Some(message.clone())));
     }
 }
 
@@ -141,10 +146,19 @@ pub(crate) fn report(context: &Context, groups: &Groups) {
     }
 }
 
-/// Leader only: `status.ebb.dev/group` on every member says what is wrong with its group, and goes once the
-/// group is valid. Written only when it differs.
-pub(crate) async fn write_notes(context: &Context, groups: &Groups) {
-    for (deployment, note) in &groups.notes {
+/// The key that picks which replica writes a group's notes (whoever owns it, as a service name would be
+/// owned): a group without an entry has no service to go by.
+fn group_key(namespace: &str, group: &str) -> ServiceId {
+    ServiceId::new(namespace, format!("{LABEL_GROUP}={group}"))
+}
+
+/// `status.ebb.dev/group` on every member says what is wrong with its group, and goes once the group is
+/// valid; written by the replica that owns the group's key, only when it differs.
+pub(crate) async fn write_notes(context: &Context, signals: &Signals, groups: &Groups) {
+    for (key, deployment, note) in &groups.notes {
+        if !signals.owns(key) {
+            continue;
+        }
         let current = deployment.annotations().get(STATUS_GROUP);
         if current == note.as_ref() {
             continue;

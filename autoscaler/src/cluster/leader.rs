@@ -52,9 +52,9 @@ impl LeaseConfig {
     }
 }
 
-/// What this replica last saw of the Lease, by its own clock.
+/// What this replica last saw of a Lease, by its own clock.
 #[derive(Debug, Default)]
-struct Observed {
+pub(crate) struct Observed {
     resource_version: Option<String>,
     since: Option<Instant>,
 }
@@ -72,7 +72,7 @@ pub async fn run(
     let mut last_renewed: Option<Instant> = None;
     while !*shutdown.borrow() {
         let is_leader = *leading.borrow();
-        match step(&api, &config, &mut observed).await {
+        match step(&api, &config, &mut observed, true).await {
             Ok(true) => {
                 health.ok();
                 last_renewed = Some(Instant::now());
@@ -120,9 +120,19 @@ fn secs(d: Duration) -> i32 {
     d.as_secs().clamp(1, i32::MAX as u64) as i32
 }
 
-/// One look at the Lease: create, renew or take it when possible. `Ok(true)` when this replica holds it.
-async fn step(api: &Api<Lease>, config: &LeaseConfig, observed: &mut Observed) -> Result<bool, kube::Error> {
+/// One look at the Lease: renew it when held, create or take it when possible and `may_take`. `Ok(true)` when
+/// this replica holds it. Bucket leases pass `may_take: false` once a replica holds its share, so that it
+/// keeps observing (and so can take over later) without taking more.
+pub(crate) async fn step(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    observed: &mut Observed,
+    may_take: bool,
+) -> Result<bool, kube::Error> {
     let Some(mut lease) = api.get_opt(&config.name).await? else {
+        if !may_take {
+            return Ok(false);
+        }
         let lease = Lease {
             metadata: ObjectMeta { name: Some(config.name.clone()), ..Default::default() },
             spec: Some(LeaseSpec {
@@ -154,7 +164,7 @@ async fn step(api: &Api<Lease>, config: &LeaseConfig, observed: &mut Observed) -
     let duration =
         spec.lease_duration_seconds.map_or(config.lease_duration, |s| Duration::from_secs(s.max(0) as u64));
     let expired = holder.is_none() || observed.since.is_some_and(|since| since.elapsed() >= duration);
-    if !expired {
+    if !expired || !may_take {
         return Ok(false);
     }
     tracing::info!(previous = ?holder, identity = %config.identity, "taking over the lease");
@@ -176,7 +186,7 @@ async fn replace(api: &Api<Lease>, config: &LeaseConfig, lease: &Lease) -> Resul
 }
 
 /// Gives the Lease up: no holder, and a 1 s duration, as client-go does on release.
-async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
+pub(crate) async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
     let Some(mut lease) = api.get_opt(&config.name).await? else { return Ok(()) };
     let spec = lease.spec.get_or_insert_with(Default::default);
     if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
@@ -235,7 +245,7 @@ mod tests {
     async fn a_lost_create_race_is_not_leadership() {
         let (client, seen) = mock(vec![(404, status(404, "NotFound")), (409, status(409, "AlreadyExists"))]);
         let api: Api<Lease> = Api::namespaced(client, "ns");
-        let leads = step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default()).await.unwrap();
+        let leads = step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default(), true).await.unwrap();
         assert!(!leads);
         assert_eq!(*seen.lock().unwrap(), ["GET", "POST"]);
     }
@@ -244,18 +254,18 @@ mod tests {
     async fn a_conflict_on_renewal_is_not_leadership_and_a_server_error_is_an_error() {
         let (client, _) = mock(vec![(200, lease("me", "1")), (409, status(409, "Conflict"))]);
         let api: Api<Lease> = Api::namespaced(client, "ns");
-        assert!(!step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default()).await.unwrap());
+        assert!(!step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default(), true).await.unwrap());
 
         let (client, _) = mock(vec![(500, status(500, "InternalError"))]);
         let api: Api<Lease> = Api::namespaced(client, "ns");
-        assert!(step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default()).await.is_err());
+        assert!(step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default(), true).await.is_err());
     }
 
     #[tokio::test]
     async fn a_fresh_lease_of_another_holder_is_left_alone() {
         let (client, seen) = mock(vec![(200, lease("other", "7"))]);
         let api: Api<Lease> = Api::namespaced(client, "ns");
-        assert!(!step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default()).await.unwrap());
+        assert!(!step(&api, &LeaseConfig::new("l", "me"), &mut Observed::default(), true).await.unwrap());
         assert_eq!(*seen.lock().unwrap(), ["GET"], "no write while the holder's lease runs");
     }
 

@@ -11,7 +11,10 @@
 //! - `reconcile`: the pass that turns them into the engine's services and pods, and on the leader into
 //!   writes;
 //! - [`leader`]: the Lease; only its holder writes anything, every replica collects and decides;
-//! - [`scale`]: the [`Scaler`], replicas through the target's `scale` subresource (only on change), held scale-downs and
+//! - [`buckets`], `members`: with more than one bucket, services spread over the replicas by bucket Leases;
+//!   each replica collects, decides and writes only for its buckets' services;
+//! - [`scale`]: the [`Scaler`], replicas through the target's `scale` subresource (only on change), held
+//!   scale-downs and
 //!   other writers;
 //! - [`path`], [`slices`]: the public Service and its one EndpointSlice, activator or pods;
 //! - [`status`], [`deletion_cost`], [`blocked`], [`env_check`], [`events`]: what the controller writes besides
@@ -30,6 +33,7 @@
 pub mod auth;
 mod backoff;
 pub mod blocked;
+pub mod buckets;
 pub mod deletion_cost;
 pub mod env_check;
 pub mod events;
@@ -38,6 +42,7 @@ mod groups;
 mod health;
 pub mod ingest;
 pub mod leader;
+mod members;
 pub mod metrics;
 mod options;
 pub mod path;
@@ -102,6 +107,8 @@ pub struct ClusterController {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     election: JoinHandle<()>,
+    /// With buckets: the task that holds them (and releases them on shutdown).
+    bucket_leases: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ClusterController {
@@ -154,7 +161,8 @@ impl ClusterController {
             health: health.clone(),
             metrics: KubeMetrics::new(),
         });
-        let signals = Arc::new(Signals::new(leading));
+        let (owned_tx, owned) = watch::channel(buckets::Owned::none(options.buckets));
+        let signals = Arc::new(Signals::new(leading, (options.buckets > 1).then_some(owned)));
         let activators = Arc::new(Activators::default());
         let scaler =
             Arc::new(KubeScaler::new(signals.clone(), activators.clone(), options.manage_request_path));
@@ -253,6 +261,25 @@ impl ClusterController {
                 }
             }));
         }
+        let mut bucket_leases = None;
+        if options.buckets > 1 {
+            let (signals, mut owned) = (signals.clone(), signals.ownership().expect("buckets are followed"));
+            tasks.push(tokio::spawn(async move {
+                while owned.changed().await.is_ok() {
+                    let held = owned.borrow_and_update().buckets();
+                    tracing::info!(?held, "buckets held");
+                    signals.wake();
+                }
+            }));
+            bucket_leases = Some(tokio::spawn(buckets::run(
+                Api::<Lease>::namespaced(client.clone(), &options.namespace),
+                lease_config.clone(),
+                options.buckets,
+                owned_tx,
+                health.clone(),
+                stop_rx.clone(),
+            )));
+        }
         let election = tokio::spawn(leader::run(
             Api::<Lease>::namespaced(client, &options.namespace),
             lease_config,
@@ -260,7 +287,17 @@ impl ClusterController {
             health,
             stop_rx,
         ));
-        Ok(Self { ingest_addr, metrics_addr, webhook_addr, autoscaler, signals, stop, tasks, election })
+        Ok(Self {
+            ingest_addr,
+            metrics_addr,
+            webhook_addr,
+            autoscaler,
+            signals,
+            stop,
+            tasks,
+            election,
+            bucket_leases,
+        })
     }
 
     /// Whether this replica holds the Lease now.
@@ -273,10 +310,21 @@ impl ClusterController {
         &self.autoscaler
     }
 
+    /// The buckets this replica holds (empty without buckets).
+    pub fn buckets(&self) -> Vec<u32> {
+        self.signals.ownership().map(|owned| owned.borrow().buckets()).unwrap_or_default()
+    }
+
     /// Stops every task and releases the Lease if held.
     pub async fn shutdown(self) {
         self.stop.send_replace(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.election).await;
+        let released = async {
+            let _ = self.election.await;
+            if let Some(buckets) = self.bucket_leases {
+                let _ = buckets.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), released).await;
         for task in self.tasks {
             task.abort();
         }

@@ -29,6 +29,9 @@ pub struct Options {
     pub renew_interval: Duration,
     /// How often a follower looks at the Lease.
     pub retry_interval: Duration,
+    /// Buckets the services are spread over, each with a Lease held by one replica (1: no buckets; the
+    /// leader Lease's holder acts on every service).
+    pub buckets: u32,
     /// The stat ingest's address (`:8080`).
     pub ingest_addr: SocketAddr,
     /// The metrics and health address (`:9090`).
@@ -69,6 +72,7 @@ impl Options {
             lease_duration: Duration::from_secs(10),
             renew_interval: Duration::from_secs(2),
             retry_interval: Duration::from_secs(1),
+            buckets: 1,
             ingest_addr: SocketAddr::from(([0, 0, 0, 0], AUTOSCALER_INGEST_PORT)),
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], AUTOSCALER_METRICS_PORT)),
             activator_selector: format!(

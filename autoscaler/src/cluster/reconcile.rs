@@ -211,8 +211,13 @@ impl Reconciler {
     /// own ticks), reports what is wrong, forgets services that are gone and, on the leader, picks the
     /// services to act on, each with the engine's decision in force.
     fn decide<'s>(&mut self, snapshot: &'s Snapshot) -> HashMap<ServiceId, Work<'s>> {
-        let mut present = snapshot.kept.clone();
+        let mut present: HashSet<ServiceId> =
+            snapshot.kept.iter().filter(|id| self.signals.collects(id)).cloned().collect();
         for target in &snapshot.targets {
+            // With buckets, another replica's services are left to it (and forgotten here below).
+            if !self.signals.collects(&target.id()) {
+                continue;
+            }
             if let Some(id) = self.update_service(target, &snapshot.pods) {
                 present.insert(id);
             }
@@ -230,7 +235,7 @@ impl Reconciler {
             keep
         });
 
-        if !self.signals.is_leader() {
+        if !self.signals.acts_on_any() {
             return HashMap::new();
         }
         let mut statuses: HashMap<ServiceId, ServiceStatus> = autoscaler
@@ -241,7 +246,8 @@ impl Reconciler {
         let mut work = HashMap::new();
         for target in &snapshot.targets {
             let id = target.id();
-            if snapshot.groups.leaves_alone(target)
+            if !self.signals.owns(&id)
+                || snapshot.groups.leaves_alone(target)
                 || !self.services.get(&id).is_some_and(|state| state.valid)
             {
                 continue;
@@ -378,9 +384,7 @@ impl Reconciler {
             })
             .collect();
         futures::stream::iter(reconciles).buffer_unordered(CONCURRENT_RECONCILES).collect::<()>().await;
-        if signals.is_leader() {
-            groups::write_notes(context, &snapshot.groups).await;
-        }
+        groups::write_notes(context, signals, &snapshot.groups).await;
     }
 }
 

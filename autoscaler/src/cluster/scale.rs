@@ -139,11 +139,7 @@ pub(crate) fn observe_replicas(
     if previous != replicas {
         state.seen_replicas_at = Timestamp::now();
     }
-    if previous == replicas
-        || state.last_written == Some(replicas)
-        || !ctx.signals.is_leader()
-        || !state.valid
-    {
+    if previous == replicas || state.last_written == Some(replicas) || !ctx.signals.owns(id) || !state.valid {
         return;
     }
     let (context, autoscaler) = (ctx.context, ctx.autoscaler);

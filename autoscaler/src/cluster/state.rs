@@ -13,6 +13,7 @@ use ebb_process::sync::Locked;
 use kube::Client;
 use tokio::sync::{Notify, watch};
 
+use super::buckets::Owned;
 use super::events::Events;
 use super::health::ApiHealth;
 use super::metrics::KubeMetrics;
@@ -34,16 +35,46 @@ pub(crate) struct Context {
 }
 
 /// When the next pass runs and whether it may act: the nudge that runs it early (a watch event, a decision, a
-/// change of leadership) and the Lease's verdict.
+/// change of leadership) and the Leases' verdicts (the leader's, and with buckets the buckets held).
 pub(crate) struct Signals {
     wake: Notify,
     leading: watch::Receiver<bool>,
+    /// With more than one bucket: the buckets this replica holds.
+    owned: Option<watch::Receiver<Owned>>,
 }
 
 impl Signals {
-    /// Signals that follow the leader election's `leading`.
-    pub fn new(leading: watch::Receiver<bool>) -> Self {
-        Self { wake: Notify::new(), leading }
+    /// Signals that follow the leader election's `leading` and, with buckets, the buckets held (`owned`).
+    pub fn new(leading: watch::Receiver<bool>, owned: Option<watch::Receiver<Owned>>) -> Self {
+        Self { wake: Notify::new(), leading, owned }
+    }
+
+    /// Whether this replica acts on `id` (scale, request path, status): it holds `id`'s bucket, or without
+    /// buckets the leader Lease.
+    pub fn owns(&self, id: &ServiceId) -> bool {
+        match &self.owned {
+            Some(owned) => owned.borrow().owns(id),
+            None => self.is_leader(),
+        }
+    }
+
+    /// Whether this replica acts on any service: it holds a bucket, or without buckets the leader Lease.
+    pub fn acts_on_any(&self) -> bool {
+        match &self.owned {
+            Some(owned) => owned.borrow().any(),
+            None => self.is_leader(),
+        }
+    }
+
+    /// Whether this replica collects and decides for `id`: with buckets only for its own; without, every
+    /// replica does, so that its windows are warm when it becomes the leader.
+    pub fn collects(&self, id: &ServiceId) -> bool {
+        self.owned.as_ref().is_none_or(|owned| owned.borrow().owns(id))
+    }
+
+    /// The buckets held as they change, with buckets.
+    pub fn ownership(&self) -> Option<watch::Receiver<Owned>> {
+        self.owned.clone()
     }
 
     /// Runs the next pass soon.

@@ -123,7 +123,7 @@ impl ServiceController {
             replicas,
             mode,
             last: None,
-            history: VecDeque::with_capacity(history_len),
+            history: VecDeque::new(),
             history_len: history_len.max(1),
         })
     }

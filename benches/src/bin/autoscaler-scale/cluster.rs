@@ -1,0 +1,236 @@
+//! The `cluster` driver: the whole controller (`ClusterController`, in this process) against the real v1.20
+//! control plane of the test harness. N paused Deployments (so the controller manager makes no pods of its
+//! own) and N x M pods created through the API and marked Ready with their farm addresses; every watch, pass,
+//! scale patch, Service and EndpointSlice write is real. A load step is timed until the API server shows the
+//! new replica count.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ebb_autoscaler::cluster::{ClusterController, Options};
+use ebb_benches::scale::addresses::{Fleet, pod_name, service_name};
+use ebb_benches::scale::driver::{
+    ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, check_fd_limit, fleet, scrape_errors,
+};
+use ebb_benches::scale::measure::{cpu_time, ms, quantile, status_kib};
+use ebb_test_support::autoscaler::token_of;
+use ebb_test_support::{TestNamespace, require};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+/// API requests in flight while the fleet is created.
+const CREATING: usize = 32;
+
+pub async fn run(args: DriverArgs) -> Result<()> {
+    let shape = &args.shape;
+    let fleet = fleet(shape);
+    check_fd_limit(fleet)?;
+    let me = std::process::id();
+    let Some(cp) = require::control_plane() else { bail!("no control plane to run on (see above)") };
+    let admin = cp.client().await;
+    let ns = TestNamespace::create(&admin, "scale").await;
+    let token = token_of(&cp.service_account_kubeconfig(&admin, &ns, "ebb-activator").await);
+    let dir = std::env::temp_dir().join(format!("ebb-autoscaler-scale-{me}"));
+    std::fs::create_dir_all(&dir)?;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token)?;
+
+    let began = Instant::now();
+    create_fleet(&admin, &ns, fleet).await?;
+    eprintln!(
+        "{} Deployments and {} Ready pods created in {:.1?}",
+        fleet.services,
+        fleet.total_pods(),
+        began.elapsed()
+    );
+
+    // The ingest's port is chosen first: the farm pushes to it, and the controller scrapes the farm.
+    let ingest_addr = {
+        let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        probe.local_addr()?
+    };
+    let mut farm = FarmChild::start(shape, &[ingest_addr], &token_file)?;
+    let mut options = Options::new(ns.name(), "bench-0");
+    options.watch_namespaces = vec![ns.name().to_owned()];
+    options.ingest_addr = ingest_addr;
+    options.metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    options.pod_stats_port = farm.port;
+    let rss_empty = status_kib(me, "VmRSS").unwrap_or(0);
+    let started = Instant::now();
+    let controller = ClusterController::start(admin.clone(), options).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !(controller.is_leader() && controller.autoscaler().status().len() == fleet.services) {
+        if Instant::now() > deadline {
+            bail!("the controller did not take on every service within 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("leading with every service after {:.1?}; warming up {} s", started.elapsed(), args.warmup);
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+
+    let measure_from = Instant::now();
+    let cpu_from = cpu_time(me).context("cpu time")?;
+    let errors_from = scrape_errors(&controller.autoscaler().encode_metrics());
+    let ticks_from = tick_histogram(&controller.autoscaler().encode_metrics());
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let mut steps = Vec::new();
+    let step_every = Duration::from_secs(args.measure) / (args.steps as u32 + 1);
+    for k in 0..args.steps {
+        tokio::time::sleep(step_every).await;
+        let service = 1 + k * (fleet.services / args.steps.max(1));
+        let name = service_name(service);
+        let stepped = Instant::now();
+        farm.set_load(service, STEP_LOAD)?;
+        let scaled = loop {
+            let replicas = deployments.get_scale(&name).await?.spec.and_then(|s| s.replicas).unwrap_or(0);
+            if replicas > fleet.pods as i32 {
+                break Some(stepped.elapsed());
+            }
+            if stepped.elapsed() > Duration::from_secs(20) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        farm.set_load(service, REST_LOAD)?;
+        match scaled {
+            Some(took) => steps.push(took),
+            None => eprintln!("step on {name}: no scale patch within 20 s"),
+        }
+    }
+    let remaining = Duration::from_secs(args.measure).saturating_sub(measure_from.elapsed());
+    tokio::time::sleep(remaining).await;
+    let elapsed = measure_from.elapsed();
+    let cpu = cpu_time(me).context("cpu time")? - cpu_from;
+    let rss = status_kib(me, "VmRSS").unwrap_or(0);
+    let metrics = controller.autoscaler().encode_metrics();
+    let ticks = tick_histogram(&metrics).since(&ticks_from);
+    let q = |s: &[Duration], p: f64| quantile(s, p).map_or(f64::NAN, ms);
+    let result = json!({
+        "mode": "cluster",
+        "services": fleet.services,
+        "pods_per_service": fleet.pods,
+        "activators": shape.activators,
+        "activator_every": shape.activator_every,
+        "measured_s": elapsed.as_secs_f64(),
+        "cpu_cores": cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        "rss_mib": rss as f64 / 1024.0,
+        "kib_per_service": rss.saturating_sub(rss_empty) as f64 / fleet.services as f64,
+        "ticks": ticks.count,
+        "tick_p50_le_ms": ticks.quantile_bound(0.5) * 1000.0,
+        "tick_p99_le_ms": ticks.quantile_bound(0.99) * 1000.0,
+        "steps": steps.len(),
+        "step_to_patch_ms": steps.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        "step_to_patch_max_ms": q(&steps, 1.0),
+        "scrape_errors_measured": scrape_errors(&metrics) - errors_from,
+    });
+    println!("{result}");
+    controller.shutdown().await;
+    drop(farm);
+    ns.delete(&admin).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    if steps.len() < args.steps {
+        bail!("{} of {} load steps never scaled", args.steps - steps.len(), args.steps);
+    }
+    Ok(())
+}
+
+/// Creates the fleet: paused Deployments of `M` replicas and their pods, Ready at their farm addresses.
+async fn create_fleet(admin: &Client, ns: &str, fleet: Fleet) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let annotations: serde_json::Map<String, serde_json::Value> =
+        ANNOTATIONS.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+    let creates = (0..fleet.services).map(|s| {
+        let (deployments, annotations) = (deployments.clone(), annotations.clone());
+        async move {
+            let name = service_name(s);
+            let deployment: Deployment = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"ebb.dev/service": name}, "annotations": annotations},
+                "spec": {
+                    "replicas": fleet.pods,
+                    // Paused: the controller manager makes no ReplicaSet, so the only pods are the farm's.
+                    "paused": true,
+                    "selector": {"matchLabels": {"bench.ebb.dev/template": name}},
+                    "template": {
+                        "metadata": {"labels": {"bench.ebb.dev/template": name}},
+                        "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+                    },
+                },
+            }))?;
+            deployments.create(&PostParams::default(), &deployment).await?;
+            anyhow::Ok(())
+        }
+    });
+    for result in futures::stream::iter(creates).buffer_unordered(CREATING).collect::<Vec<_>>().await {
+        result?;
+    }
+    let started =
+        json!(k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600));
+    let creates = (0..fleet.services).flat_map(|s| (0..fleet.pods).map(move |p| (s, p))).map(|(s, p)| {
+        let (pods, started) = (pods.clone(), started.clone());
+        async move {
+            let name = pod_name(s, p);
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"ebb.dev/service": service_name(s)}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+            }))?;
+            pods.create(&PostParams::default(), &pod).await?;
+            let status = json!({"status": {
+                "phase": "Running",
+                "podIP": fleet.address(s, p).to_string(),
+                "startTime": started,
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }});
+            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
+            anyhow::Ok(())
+        }
+    });
+    for result in futures::stream::iter(creates).buffer_unordered(CREATING).collect::<Vec<_>>().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// The engine's tick-duration histogram: cumulative counts by upper bound (seconds).
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: Vec<(f64, f64)>,
+    count: f64,
+}
+
+impl Histogram {
+    /// The ticks observed since `earlier`.
+    fn since(&self, earlier: &Histogram) -> Histogram {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|(le, n)| (*le, n - earlier.buckets.iter().find(|(l, _)| l == le).map_or(0.0, |(_, m)| *m)))
+            .collect();
+        Histogram { buckets, count: self.count - earlier.count }
+    }
+
+    /// The upper bound of the bucket holding quantile `q`: the histogram's resolution, no finer.
+    fn quantile_bound(&self, q: f64) -> f64 {
+        let rank = q * self.count;
+        self.buckets.iter().find(|(_, n)| *n >= rank).map_or(f64::INFINITY, |(le, _)| *le)
+    }
+}
+
+fn tick_histogram(metrics: &str) -> Histogram {
+    let mut histogram = Histogram::default();
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("ebb_autoscaler_tick_duration_seconds_bucket{le=\"") {
+            let Some((le, count)) = rest.split_once("\"} ") else { continue };
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+            histogram.buckets.push((le, count.trim().parse().unwrap_or(0.0)));
+        } else if let Some(count) = line.strip_prefix("ebb_autoscaler_tick_duration_seconds_count ") {
+            histogram.count = count.trim().parse().unwrap_or(0.0);
+        }
+    }
+    histogram
+}
