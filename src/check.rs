@@ -7,6 +7,7 @@
 use std::fmt;
 use std::process::ExitCode;
 
+use ebb_config::groups::{LABEL_GROUP, MemberMeta, lone_problems, resolve_groups};
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
 use ebb_config::placement::template_only_keys;
 use ebb_config::targets::format_kinds;
@@ -149,6 +150,7 @@ pub fn check(inputs: &[Input]) -> Report {
     for &(source, object) in &services {
         check_service(&mut report, source, object, &global);
     }
+    check_groups(&mut report, inputs);
     for input in inputs {
         for service in input.objects.iter().filter(|o| o.kind == "Service") {
             let shadows = services.iter().any(|(_, d)| {
@@ -165,6 +167,45 @@ pub fn check(inputs: &[Input]) -> Report {
         }
     }
     report
+}
+
+/// Role groups (`ebb.dev/group`): their keys on each object, then each group of Deployments as a whole;
+/// a bad group is an error on every member, since the autoscaler scales none of them.
+fn check_groups(report: &mut Report, inputs: &[Input]) {
+    let objects =
+        || inputs.iter().flat_map(|input| input.objects.iter().map(move |object| (&input.source, object)));
+    let mut members = Vec::new();
+    for (source, object) in objects() {
+        let meta = MemberMeta {
+            namespace: &object.namespace,
+            name: &object.name,
+            labels: &object.labels,
+            annotations: &object.annotations,
+        };
+        for problem in lone_problems(&meta) {
+            report.push(source, object, Severity::Error, problem);
+        }
+        if !object.labels.contains_key(LABEL_GROUP) {
+            continue;
+        }
+        if object.kind == "Deployment" {
+            members.push(meta);
+        } else {
+            let message = format!(
+                "is labelled {LABEL_GROUP} but role groups are of Deployments only: the label has no effect"
+            );
+            report.push(source, object, Severity::Warning, message);
+        }
+    }
+    let (_good, bad) = resolve_groups(members);
+    for group in bad {
+        let message = group.message();
+        for (source, object) in objects().filter(|(_, o)| {
+            o.kind == "Deployment" && o.namespace == group.namespace && group.members.contains(&o.name)
+        }) {
+            report.push(source, object, Severity::Error, message.clone());
+        }
+    }
 }
 
 fn check_service(report: &mut Report, source: &Source, object: &Object, global: &GlobalConfig) {

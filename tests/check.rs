@@ -327,3 +327,60 @@ metadata: {name: big, labels: {ebb.dev/service: big}}
         "{stdout}"
     );
 }
+
+/// Role groups: a prefill/decode pair is accepted; a group without an entry, with two, or with pods per
+/// instance that are not a positive whole number is an error on every member, and the exit code is 1.
+#[test]
+fn bad_role_groups_are_errors_on_every_member() {
+    let member = |name: &str, group: &str, entry: bool, pods: Option<&str>| {
+        let service = if entry { format!(", ebb.dev/service: {name}") } else { String::new() };
+        let annotations =
+            pods.map(|p| format!("\n  annotations: {{ebb.dev/group-pods: \"{p}\"}}")).unwrap_or_default();
+        format!(
+            "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: ml\n  labels: \
+             {{ebb.dev/group: {group}{service}}}{annotations}\n"
+        )
+    };
+    let dir = temp_dir("groups");
+    let good = write(
+        &dir,
+        "good.yaml",
+        &(member("prefill", "llm", false, Some("2")) + &member("decode", "llm", true, None)),
+    );
+    let (code, stdout, stderr) = run(&[&good]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("group"), "{stdout}");
+
+    let bad = [
+        member("p1", "none", false, Some("2")),
+        member("d1", "none", false, None),
+        member("a", "two", true, None),
+        member("b", "two", true, None),
+        member("p3", "ratio", false, Some("0")),
+        member("d3", "ratio", true, None),
+        "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stray\n  namespace: ml\n  annotations: \
+         {ebb.dev/group-pods: \"2\"}\n"
+            .to_owned(),
+        "---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: ml\n  labels: \
+         {ebb.dev/group: llm}\n"
+            .to_owned(),
+    ]
+    .concat();
+    let bad = write(&dir, "bad.yaml", &bad);
+    let (code, stdout, _) = run(&[&bad]);
+    assert_eq!(code, 1, "{stdout}");
+    for line in [
+        "Deployment ml/p1: group \"none\" is invalid, so ebb scales none of its members: no entry",
+        "Deployment ml/d1: group \"none\" is invalid",
+        "Deployment ml/a: group \"two\" is invalid, so ebb scales none of its members: 2 entries (a, b)",
+        "Deployment ml/b: group \"two\" is invalid",
+        "Deployment ml/p3: group \"ratio\" is invalid, so ebb scales none of its members: p3: ebb.dev/group-pods: \
+         \"0\": must be a whole number between 1 and 1000",
+        "Deployment ml/d3: group \"ratio\" is invalid",
+        "Deployment ml/stray: ebb.dev/group-pods is set but the label ebb.dev/group is not",
+        "StatefulSet ml/db: warning: is labelled ebb.dev/group but role groups are of Deployments only",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -35,6 +35,7 @@ const KUSTOMIZATIONS: &[&str] = &[
     "manifests/examples/gateway-api",
     "manifests/examples/ingress",
     "manifests/examples/leaderworkerset",
+    "manifests/examples/prefill-decode",
     "manifests/scale-targets/statefulsets",
     "manifests/scale-targets/leaderworkersets",
     "manifests/scale-targets/custom",
@@ -233,7 +234,7 @@ fn ebb_check_accepts_the_configuration_and_the_example_services() {
     let (code, stdout, stderr) = ebb_check(&[file.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(stdout, "", "no problem is reported");
-    assert!(stderr.contains("0 error(s), 0 warning(s); 3 valid object(s)"), "{stderr}");
+    assert!(stderr.contains("0 error(s), 0 warning(s); 4 valid object(s)"), "{stderr}");
 
     // The LeaderWorkerSet example is clean once its kind is listed, as its comments say.
     let listed = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config-autoscaler, namespace: ebb-system}\n\
@@ -399,8 +400,11 @@ fn the_ebb_pods_are_hardened_find_each_other_and_drain_within_their_grace_period
 #[test]
 fn the_examples_follow_the_conventions_and_ship_no_service_named_like_theirs() {
     let objects: Vec<Value> = KUSTOMIZATIONS[1..].iter().flat_map(|dir| rendered(dir)).collect();
-    let services: Vec<&Value> = objects.iter().filter(|o| kind(o) == "Deployment").collect();
-    assert_eq!(services.len(), 2, "chat and the vLLM one");
+    let services: Vec<&Value> = objects
+        .iter()
+        .filter(|o| kind(o) == "Deployment" && o["metadata"]["labels"].get(LABEL_SERVICE).is_some())
+        .collect();
+    assert_eq!(services.len(), 3, "chat, the vLLM one and the prefill/decode group's entry");
     for d in services {
         let service = name(d);
         assert_eq!(d["metadata"]["labels"][LABEL_SERVICE], service);

@@ -8,6 +8,7 @@
 mod error;
 mod fields;
 mod global;
+pub mod groups;
 mod ids;
 pub mod keys;
 pub mod names;

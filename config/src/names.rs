@@ -45,6 +45,9 @@ pub const STATUS_PHASE_SINCE: &str = "status.ebb.dev/phase-since";
 pub const STATUS_PANIC: &str = "status.ebb.dev/panic";
 /// Status annotation: why the replicas last changed.
 pub const STATUS_REASON: &str = "status.ebb.dev/reason";
+/// Status annotation on every member of a role group that ebb refuses (`ebb.dev/group`): what is wrong;
+/// absent when the group is valid.
+pub const STATUS_GROUP: &str = "status.ebb.dev/group";
 /// Status annotation: pods that run without the queue-proxy or with outdated settings, and what to do; absent when
 /// every pod runs the sidecar its annotations ask for.
 pub const STATUS_SIDECAR: &str = "status.ebb.dev/sidecar";

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::{Diagnosed, Invalid};
 use crate::fields::{DurationRule, Fields, MAX_INT32, NumberRule, boolean, one_of, spelling, whole_number};
 use crate::global::{CLASSES, GlobalConfig, PANIC_THRESHOLD_RULE, PANIC_WINDOW_PERCENTAGE_RULE, WINDOW_RULE};
+use crate::groups::ANNOTATION_GROUP_PODS;
 use crate::keys::{ANNOTATION_KEYS, annotation as key, global as global_key};
 use crate::names::{EBB_PREFIX, KNATIVE_PREFIX};
 use crate::spec::{Aggregation, DataPlaneSpec, Metric, Protocol, ScalerClass, ScalingSpec, ServiceConfig};
@@ -45,8 +46,9 @@ pub fn resolve_service(
     annotations: &BTreeMap<String, String>,
     global: &GlobalConfig,
 ) -> Result<Diagnosed<ServiceConfig>, Invalid> {
+    // A role group's key is read by the group (crate::groups), not by the service.
     let mut f = Fields::new(annotations, ANNOTATION_KEYS, |k| {
-        k.starts_with(KNATIVE_PREFIX) || k.starts_with(EBB_PREFIX)
+        (k.starts_with(KNATIVE_PREFIX) || k.starts_with(EBB_PREFIX)) && k != ANNOTATION_GROUP_PODS
     });
     let scaling = resolve_scaling(&mut f, global);
     let cc = scaling.1;

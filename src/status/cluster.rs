@@ -48,6 +48,8 @@ pub struct ClusterRow {
     pub container_concurrency: Option<String>,
     /// Pods without the queue-proxy or with outdated settings, and what to do (`status.ebb.dev/sidecar`).
     pub sidecar: Option<String>,
+    /// What is wrong with the role group it is the entry of (`status.ebb.dev/group`).
+    pub group: Option<String>,
 }
 
 /// The rows for `deployments`, with the mode and phase from the ebb-managed `services` of the same names.
@@ -58,8 +60,8 @@ where
 {
     use ebb_config::keys::annotation;
     use ebb_config::names::{
-        LABEL_MANAGED_BY, MANAGED_BY_EBB, STATUS_DESIRED, STATUS_MODE, STATUS_PANIC, STATUS_PHASE,
-        STATUS_REASON, STATUS_SIDECAR,
+        LABEL_MANAGED_BY, MANAGED_BY_EBB, STATUS_DESIRED, STATUS_GROUP, STATUS_MODE, STATUS_PANIC,
+        STATUS_PHASE, STATUS_REASON, STATUS_SIDECAR,
     };
     let key = |meta: &kube::api::ObjectMeta| {
         format!(
@@ -104,6 +106,7 @@ where
                 }),
                 last_reason,
                 sidecar: own.get(STATUS_SIDECAR).cloned(),
+                group: own.get(STATUS_GROUP).cloned(),
                 service,
             }
         })
@@ -144,9 +147,12 @@ pub fn cluster_table(rows: &[ClusterRow], wide: bool) -> String {
 }
 
 /// The lines under the table: one per service whose pods do not all run the queue-proxy its annotations
-/// ask for (empty when there is none).
+/// ask for, one per service whose role group ebb refuses (empty when there is none).
 pub fn cluster_notes(rows: &[ClusterRow]) -> String {
-    rows.iter().filter_map(|r| Some(format!("sidecar: {}: {}\n", r.service, r.sidecar.as_deref()?))).collect()
+    let sidecar =
+        rows.iter().filter_map(|r| Some(format!("sidecar: {}: {}\n", r.service, r.sidecar.as_deref()?)));
+    let group = rows.iter().filter_map(|r| Some(format!("group: {}: {}\n", r.service, r.group.as_deref()?)));
+    sidecar.chain(group).collect()
 }
 
 /// What `ebb status` on a cluster shows.
@@ -425,5 +431,17 @@ mod tests {
             cluster_notes(&rows),
             "sidecar: models/chat: 1 of 2 pods with outdated queue-proxy settings: restart\n"
         );
+    }
+
+    #[test]
+    fn a_refused_role_group_is_shown_under_the_table() {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "a", "namespace": "ml",
+                         "annotations": {ebb_config::names::STATUS_GROUP: "group \"two\" is invalid"}},
+            "spec": {"selector": {}, "template": {}},
+        }))
+        .unwrap();
+        let rows = cluster_rows(&[deployment], &[] as &[Service]);
+        assert_eq!(cluster_notes(&rows), "group: ml/a: group \"two\" is invalid\n");
     }
 }

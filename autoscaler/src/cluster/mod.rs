@@ -37,6 +37,8 @@ pub mod buckets;
 pub mod deletion_cost;
 pub mod env_check;
 pub mod events;
+mod group_scale;
+mod groups;
 mod health;
 pub mod ingest;
 pub mod leader;

@@ -20,6 +20,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 
+use super::groups::{self, Groups};
 use super::metrics::{BlockedLabels, KubeMetrics};
 use super::path::{self, PathContext, Prober};
 use super::pods::{self, is_ready};
@@ -29,7 +30,7 @@ use super::state::{Activators, Context, GlobalInForce, OtherTargets, Signals, Ta
 use super::stores::Stores;
 use super::target_watches::TargetWatches;
 use super::targets::{Target, one_per_name};
-use super::{blocked, env_check, status};
+use super::{blocked, env_check, group_scale, status};
 use crate::engine::{Autoscaler, PodTarget, ServiceStatus};
 
 /// How many services the leader reconciles at once: enough that a slow API call for one does not hold up the
@@ -201,7 +202,9 @@ impl Reconciler {
             .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
             .collect();
         self.activators.set_ready(activators.clone());
-        Snapshot { targets, kept, pods, activators, synced: self.targets.synced() }
+        let groups = groups::observe(stores);
+        groups::report(context, &groups);
+        Snapshot { targets, kept, pods, activators, groups, synced: self.targets.synced() }
     }
 
     /// Decide: brings the engine's services and pods up to date with the snapshot (the engine decides on its
@@ -243,7 +246,10 @@ impl Reconciler {
         let mut work = HashMap::new();
         for target in &snapshot.targets {
             let id = target.id();
-            if !self.signals.owns(&id) || !self.services.get(&id).is_some_and(|state| state.valid) {
+            if !self.signals.owns(&id)
+                || snapshot.groups.leaves_alone(target)
+                || !self.services.get(&id).is_some_and(|state| state.valid)
+            {
                 continue;
             }
             let Some(status) = statuses.remove(&id) else { continue };
@@ -368,8 +374,9 @@ impl Reconciler {
             .iter_mut()
             .filter_map(|(id, state)| {
                 let Work { target, status, pods } = work.get(id)?;
+                let group = snapshot.groups.valid.get(id);
                 Some(async move {
-                    scale::reconcile(scale_ctx, id, state, target, status, pods).await;
+                    group_scale::reconcile(scale_ctx, (id, state), target, status, pods, group).await;
                     if manage_request_path {
                         path::reconcile(path_ctx, id, state, target, status, pods).await;
                     }
@@ -377,6 +384,7 @@ impl Reconciler {
             })
             .collect();
         futures::stream::iter(reconciles).buffer_unordered(CONCURRENT_RECONCILES).collect::<()>().await;
+        groups::write_notes(context, signals, &snapshot.groups).await;
     }
 }
 
@@ -391,6 +399,8 @@ struct Snapshot {
     pods: HashMap<ServiceId, Vec<Arc<Pod>>>,
     /// The ready activators' addresses.
     activators: Vec<IpAddr>,
+    /// The role groups.
+    groups: Groups,
 }
 
 /// One service the leader acts on: its target and pods as observed, and the engine's decision in force.

@@ -40,6 +40,8 @@ pub(crate) struct ServiceState {
     pub sidecar_note: Option<String>,
     /// The request path's state.
     pub path: PathState,
+    /// Role group members this replica scaled: their replicas as seen then, and as written.
+    pub group_written: HashMap<String, (u32, u32)>,
 }
 
 /// Per-service request-path state.

@@ -1,11 +1,12 @@
 //! The reflectors: local copies of everything the controller watches, kept current by watches. Labelled
-//! Deployments and their pods (all namespaces, or the configured ones), the `config-autoscaler` ConfigMap and
+//! Deployments and their pods, the Deployments of role groups (`ebb.dev/group`) (all namespaces, or the configured ones), the `config-autoscaler` ConfigMap and
 //! the activator pods (own namespace), and the Services and ebb's EndpointSlices. Every event wakes the pass.
 
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use ebb_config::groups::LABEL_GROUP;
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_SERVICE};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -25,6 +26,8 @@ use super::state::{Context, Signals};
 /// The reflectors' stores.
 pub(crate) struct Stores {
     pub deployments: Vec<Store<Deployment>>,
+    /// The Deployments labelled `ebb.dev/group` (role groups' members, the entry included).
+    pub groups: Vec<Store<Deployment>>,
     pub pods: Vec<Store<Pod>>,
     pub services: Vec<Store<Service>>,
     pub slices: Vec<Store<DynamicObject>>,
@@ -50,9 +53,11 @@ impl Stores {
             options.watch_namespaces.iter().map(|n| Some(n.as_str())).collect()
         };
         let labelled = watcher::Config::default().labels(LABEL_SERVICE);
+        let grouped = watcher::Config::default().labels(LABEL_GROUP);
         let ours = watcher::Config::default().labels(&slice_selector());
         let mut stores = Self {
             deployments: Vec::new(),
+            groups: Vec::new(),
             pods: Vec::new(),
             services: Vec::new(),
             slices: Vec::new(),
@@ -90,6 +95,11 @@ impl Stores {
             };
             let (deployments, pods, services) = api(c.clone());
             stores.deployments.push(reflect(report_to, &mut tasks, deployments, labelled.clone(), ()));
+            let members = match ns {
+                Some(ns) => Api::namespaced(c.clone(), ns),
+                None => Api::all(c.clone()),
+            };
+            stores.groups.push(reflect(report_to, &mut tasks, members, grouped.clone(), ()));
             stores.pods.push(reflect(report_to, &mut tasks, pods, labelled.clone(), ()));
             stores.services.push(reflect(report_to, &mut tasks, services, watcher::Config::default(), ()));
             let slice_api = match ns {
@@ -112,7 +122,7 @@ impl Stores {
 
     /// Whether every reflector has listed once (`false`: one of them gave up).
     pub async fn ready(&self) -> bool {
-        for s in &self.deployments {
+        for s in self.deployments.iter().chain(&self.groups) {
             if s.wait_until_ready().await.is_err() {
                 return false;
             }
