@@ -80,8 +80,8 @@ except Exception as e:
     print(getattr(e, "code", 0))
 PY
 }
-children() { awk -v parent="$1" '$4 == parent {print $1}' /proc/[0-9]*/stat 2>/dev/null || true; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/load/nginx.sh
+source "$ROOT/benches/load/nginx.sh"
 proc_sum() { # FIELD PID...: sums a /proc/PID/status field (kB) over the processes
     local f=$1 t=0; shift
     for pid in "$@"; do t=$((t + $(awk -v f="$f:" '$1 == f {print $2}' "/proc/$pid/status"))); done
@@ -114,44 +114,7 @@ done
 # nginx: the benchmark's own instance with a generated config (never the system service); buffering off for
 # the event stream, as an SSE route is configured.
 if [[ " $PATHS " == *" nginx "* ]]; then
-    NGINX_DIR="$OUT_DIR/nginx"
-    mkdir -p "$NGINX_DIR"
-    servers=""
-    for kind in $KINDS; do
-        port=$(free_port)
-        TARGET[nginx-$kind]=127.0.0.1:$port
-        buffering=""; [ "$kind" = sse ] && buffering="proxy_buffering off;"
-        servers+="
-    upstream up_$kind { server ${TARGET[direct-$kind]}; keepalive 64; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:$port;
-        location / { proxy_pass http://up_$kind; proxy_http_version 1.1; proxy_set_header Connection \"\"; $buffering }
-    }"
-    done
-    cat > "$NGINX_DIR/nginx.conf" <<CONF
-worker_processes 1;
-user $(id -un) $(id -gn);
-daemon off;
-pid $NGINX_DIR/nginx.pid;
-error_log $NGINX_DIR/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $NGINX_DIR/body;
-    proxy_temp_path $NGINX_DIR/proxy;
-    fastcgi_temp_path $NGINX_DIR/fastcgi;
-    uwsgi_temp_path $NGINX_DIR/uwsgi;
-    scgi_temp_path $NGINX_DIR/scgi;
-    keepalive_requests 1000000;
-$servers
-}
-CONF
-    taskset -c "$SUT_CPU" nginx -c "$NGINX_DIR/nginx.conf" -p "$NGINX_DIR" -e "$NGINX_DIR/error.log" &
-    NGINX_MASTER=$!
-    PIDS+=("$NGINX_MASTER")
-    NGINX_WORKER=""
-    for _ in $(seq 1 100); do NGINX_WORKER=$(children "$NGINX_MASTER"); [ -n "$NGINX_WORKER" ] && break; sleep 0.05; done
-    [ -n "$NGINX_WORKER" ] || { echo "nginx did not start; see $NGINX_DIR/error.log" >&2; exit 1; }
+    start_nginx "$SUT_CPU" "$OUT_DIR/nginx"
     for kind in $KINDS; do COMPONENT_PIDS[nginx-$kind]="$NGINX_MASTER $NGINX_WORKER"; done
 fi
 

@@ -65,8 +65,8 @@ start() { # NAME CPU COMMAND...: waits for its first output line (JSON) and sets
     echo "$name did not start:" >&2; cat "$OUT_DIR/$name.err" >&2; exit 1
 }
 field() { head -n1 "$OUT_DIR/$1.out" | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])"; }
-children() { awk -v parent="$1" '$4 == parent {print $1}' /proc/[0-9]*/stat 2>/dev/null || true; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/load/nginx.sh
+source "$ROOT/benches/load/nginx.sh"
 cpu_ticks() { local t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo "$t"; }
 TCK=$(getconf CLK_TCK)
 
@@ -96,44 +96,7 @@ for kind in $KINDS; do
 done
 
 if [[ " $PATHS " == *" nginx "* ]]; then
-    NGINX_DIR="$OUT_DIR/nginx"
-    mkdir -p "$NGINX_DIR"
-    servers=""
-    for kind in $KINDS; do
-        port=$(free_port)
-        TARGET[nginx-$kind]=127.0.0.1:$port
-        buffering=""; [ "$kind" = sse ] && buffering="proxy_buffering off;"
-        servers+="
-    upstream up_$kind { server ${TARGET[direct-$kind]}; keepalive 64; keepalive_requests 1000000; }
-    server {
-        listen 127.0.0.1:$port;
-        location / { proxy_pass http://up_$kind; proxy_http_version 1.1; proxy_set_header Connection \"\"; $buffering }
-    }"
-    done
-    cat > "$NGINX_DIR/nginx.conf" <<CONF
-worker_processes 1;
-user $(id -un) $(id -gn);
-daemon off;
-pid $NGINX_DIR/nginx.pid;
-error_log $NGINX_DIR/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $NGINX_DIR/body;
-    proxy_temp_path $NGINX_DIR/proxy;
-    fastcgi_temp_path $NGINX_DIR/fastcgi;
-    uwsgi_temp_path $NGINX_DIR/uwsgi;
-    scgi_temp_path $NGINX_DIR/scgi;
-    keepalive_requests 1000000;
-$servers
-}
-CONF
-    taskset -c "$SUT_CPU" nginx -c "$NGINX_DIR/nginx.conf" -p "$NGINX_DIR" -e "$NGINX_DIR/error.log" &
-    NGINX_MASTER=$!
-    PIDS+=("$NGINX_MASTER")
-    NGINX_WORKER=""
-    for _ in $(seq 1 100); do NGINX_WORKER=$(children "$NGINX_MASTER"); [ -n "$NGINX_WORKER" ] && break; sleep 0.05; done
-    [ -n "$NGINX_WORKER" ] || { echo "nginx did not start; see $NGINX_DIR/error.log" >&2; exit 1; }
+    start_nginx "$SUT_CPU" "$OUT_DIR/nginx"
     for kind in $KINDS; do PIDS_OF[nginx-$kind]="$NGINX_MASTER $NGINX_WORKER"; done
 fi
 
