@@ -91,14 +91,24 @@ pub struct Completion {
 
 impl BodyEnd for Completion {
     fn timed_out(&mut self, kind: TimeoutKind) {
-        self.metrics.error(&ProxyError::Timeout(kind));
-        tracing::info!("response body cut: {}", ProxyError::Timeout(kind));
+        body_timed_out(&self.metrics, kind);
     }
 
     fn failed(&mut self, error: &ProxyError) {
-        self.metrics.error(error);
-        error.log("");
+        body_failed(&self.metrics, error);
     }
+}
+
+/// A timeout cut a response's body: counted and logged the same on both paths.
+fn body_timed_out(metrics: &Metrics, kind: TimeoutKind) {
+    metrics.error(&ProxyError::Timeout(kind));
+    tracing::info!("response body cut: {}", ProxyError::Timeout(kind));
+}
+
+/// A failure cut a response's body.
+fn body_failed(metrics: &Metrics, error: &ProxyError) {
+    metrics.error(error);
+    error.log("");
 }
 
 impl Drop for Completion {
@@ -123,13 +133,11 @@ pub struct FastHold {
 
 impl BodyEnd for FastHold {
     fn timed_out(&mut self, kind: TimeoutKind) {
-        self.metrics.error(&ProxyError::Timeout(kind));
-        tracing::info!("response body cut: {}", ProxyError::Timeout(kind));
+        body_timed_out(&self.metrics, kind);
     }
 
     fn failed(&mut self, error: &ProxyError) {
-        self.metrics.error(error);
-        error.log("");
+        body_failed(&self.metrics, error);
     }
 }
 
