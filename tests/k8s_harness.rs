@@ -86,7 +86,12 @@ async fn deployment_pods_are_bound_addressed_made_ready_and_finalized() {
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 2, "pods share an address: {ips:?}");
-    assert!(ips.iter().all(|ip| ip.starts_with("127.0.0.") && ip != "127.0.0.1"), "{ips:?}");
+    // Loopback addresses of the pods' own, never the node's (127.0.0.1).
+    assert!(
+        ips.iter()
+            .all(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback()) && ip != "127.0.0.1"),
+        "{ips:?}"
+    );
     assert!(running.iter().all(|p| !ready(p)), "Readiness::Manual pods are not Ready until told");
 
     // The test decides when they become Ready.
