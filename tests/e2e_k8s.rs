@@ -238,9 +238,10 @@ async fn image_rollouts_under_load_and_at_zero_lose_nothing_and_do_not_over_scal
     cluster.deploy_scaling_chat("chat").await;
     let apps: Api<Pod> = Api::namespaced(cluster.admin.clone(), &cluster.apps);
     let gateway = cluster.gateway("chat").await;
-    // Steady load: 16 clients over 8 per pod at a 70% target (5.6) want 3 pods; the rollout starts once
-    // they are all Ready.
-    let load = gateway_load(gateway.addr(), 16);
+    // Steady load: 14 clients over 8 per pod at a 70% target (5.6) want 3 pods (2.5), far enough from the
+    // step to 4 (16.8) that a second's stat counted twice while pods come and go does not cross it; the
+    // rollout starts once they are all Ready.
+    let load = gateway_load(gateway.addr(), 14);
     let before = cluster.wait_replicas("chat", "= 3", |r| r == 3).await;
     cluster.wait_ready_pods(&cluster.apps, "ebb.dev/service=chat", 3).await;
 
