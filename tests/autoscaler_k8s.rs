@@ -20,7 +20,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch,
 use kube::{Api, Client};
 use serde_json::json;
 use support::autoscaler::{
-    FakePods, activator_frame, event_notes, grant_autoscaler_rbac, metrics_text, send_stats, token_of,
+    FakePods, activator_frame, grant_autoscaler_rbac, metrics_text, send_stats, token_of, wait_event_note,
 };
 use support::{ControlPlane, NodeEmulator, TestNamespace, require, wait_for};
 
@@ -171,14 +171,7 @@ impl Env {
     }
 
     async fn wait_event(&self, name: &str, reason: &str, contains: &[&str]) -> String {
-        wait_for(TIMEOUT, &format!("a {reason} Event on {name} mentioning {contains:?}"), async || {
-            let notes = event_notes(&self.admin, &self.ns, name, reason).await?;
-            notes
-                .into_iter()
-                .find(|n| contains.iter().all(|c| n.contains(c)))
-                .ok_or_else(|| "none yet".to_owned())
-        })
-        .await
+        wait_event_note(&self.admin, &self.ns, name, reason, contains, TIMEOUT).await
     }
 
     async fn activator_pod(&self) {

@@ -21,7 +21,7 @@ use kube::api::{
 use kube::{Api, Client};
 use serde_json::json;
 use support::autoscaler::{
-    FakePods, activator_frame, event_notes, grant_autoscaler_rbac, send_stats, token_of,
+    FakePods, activator_frame, grant_autoscaler_rbac, send_stats, token_of, wait_event_note,
 };
 use support::cluster::{Cluster, WAIT, complete, failed_completions, http_client};
 use support::manifests::{find, grant_from, render_in};
@@ -137,14 +137,7 @@ impl Env {
     }
 
     async fn wait_event(&self, name: &str, reason: &str, contains: &[&str]) -> String {
-        wait_for(TIMEOUT, &format!("a {reason} Event on {name} mentioning {contains:?}"), async || {
-            let notes = event_notes(&self.admin, &self.ns, name, reason).await?;
-            notes
-                .into_iter()
-                .find(|n| contains.iter().all(|c| n.contains(c)))
-                .ok_or_else(|| "none yet".to_owned())
-        })
-        .await
+        wait_event_note(&self.admin, &self.ns, name, reason, contains, TIMEOUT).await
     }
 
     /// The addresses ebb's EndpointSlice of `name` lists.

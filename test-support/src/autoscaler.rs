@@ -208,6 +208,26 @@ pub async fn event_notes(
         .collect())
 }
 
+/// Waits up to `timeout` for an Event about `name` in `namespace` with `reason` whose note contains every
+/// text of `contains`; its note.
+pub async fn wait_event_note(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+    contains: &[&str],
+    timeout: std::time::Duration,
+) -> String {
+    crate::wait_for(timeout, &format!("a {reason} Event on {name} mentioning {contains:?}"), async || {
+        let notes = event_notes(client, namespace, name, reason).await?;
+        notes
+            .into_iter()
+            .find(|n| contains.iter().all(|c| n.contains(c)))
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await
+}
+
 /// The Prometheus page served at `addr` (`GET /metrics`), body only.
 pub async fn metrics_text(addr: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
