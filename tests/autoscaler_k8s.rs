@@ -20,21 +20,12 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch,
 use kube::{Api, Client};
 use serde_json::json;
 use support::autoscaler::{
-    FakePods, activator_frame, grant_autoscaler_rbac, metrics_text, send_stats, token_of, wait_event_note,
+    FakePods, activator_frame, grant_autoscaler_rbac, metrics_text, send_stats, start_leading, test_options,
+    token_of, wait_event_note,
 };
 use support::{ControlPlane, NodeEmulator, TestNamespace, require, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Starts a controller and waits until it leads.
-async fn start_leading(client: Client, options: Options) -> ClusterController {
-    let controller = ClusterController::start(client, options).await.expect("start the controller");
-    wait_for(TIMEOUT, "the controller to lead", async || {
-        if controller.is_leader() { Ok(()) } else { Err("not leading yet") }
-    })
-    .await;
-    controller
-}
 
 struct Env {
     admin: Client,
@@ -82,12 +73,8 @@ impl Env {
         }
         let pods = FakePods::default();
         let emulator = NodeEmulator::builder().namespace(&ns).runtime(pods.clone()).start(&admin).await;
-        let mut options = Options::new(ns.name(), "replica-0");
-        options.watch_namespaces = vec![ns.name().to_owned()];
-        options.ingest_addr = "127.0.0.1:0".parse().unwrap();
-        options.metrics_addr = "127.0.0.1:0".parse().unwrap();
-        options.sync_interval = Duration::from_millis(250);
-        let controller = start_leading(client.clone(), options).await;
+        let options = test_options(ns.name(), "replica-0");
+        let controller = start_leading(client.clone(), options, TIMEOUT).await;
         Some(Env {
             admin,
             ns,
@@ -105,12 +92,8 @@ impl Env {
         if let Some(controller) = self.controller.take() {
             controller.shutdown().await;
         }
-        let mut options = Options::new(self.ns.name(), identity);
-        options.watch_namespaces = vec![self.ns.name().to_owned()];
-        options.ingest_addr = "127.0.0.1:0".parse().unwrap();
-        options.metrics_addr = "127.0.0.1:0".parse().unwrap();
-        options.sync_interval = Duration::from_millis(250);
-        self.controller = Some(start_leading(self.client.clone(), options).await);
+        let options = test_options(self.ns.name(), identity);
+        self.controller = Some(start_leading(self.client.clone(), options, TIMEOUT).await);
     }
 
     fn controller(&self) -> &ClusterController {

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ebb_autoscaler::cluster::{ClusterController, Options};
+use ebb_autoscaler::cluster::ClusterController;
 use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use support::autoscaler::{event_notes, grant_autoscaler_rbac};
+use support::autoscaler::{event_notes, grant_autoscaler_rbac, start_leading, test_options};
 use support::cluster::{Cluster, WAIT, complete, failed_completions, gateway_load, http_client};
 use support::manifests::{find, render_in};
 use support::paths::in_repo;
@@ -245,16 +245,8 @@ async fn controller(
         deployments.list(&ListParams::default()).await.map(drop)
     })
     .await;
-    let mut options = Options::new(ns.name(), "replica-0");
-    options.watch_namespaces = vec![ns.name().to_owned()];
-    options.ingest_addr = "127.0.0.1:0".parse().unwrap();
-    options.metrics_addr = "127.0.0.1:0".parse().unwrap();
-    options.sync_interval = Duration::from_millis(250);
-    let controller = ClusterController::start(client, options).await.expect("start the controller");
-    wait_for(WAIT, "the controller to lead", async || {
-        if controller.is_leader() { Ok(()) } else { Err("not leading yet") }
-    })
-    .await;
+    let options = test_options(ns.name(), "replica-0");
+    let controller = start_leading(client, options, WAIT).await;
     Some((cp, admin, ns, controller))
 }
 

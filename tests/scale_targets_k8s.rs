@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ebb_autoscaler::cluster::{ClusterController, Options};
+use ebb_autoscaler::cluster::ClusterController;
 use ebb_config::ServiceId;
 use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -21,7 +21,8 @@ use kube::api::{
 use kube::{Api, Client};
 use serde_json::json;
 use support::autoscaler::{
-    FakePods, activator_frame, grant_autoscaler_rbac, send_stats, token_of, wait_event_note,
+    FakePods, activator_frame, grant_autoscaler_rbac, send_stats, start_leading, test_options, token_of,
+    wait_event_note,
 };
 use support::cluster::{Cluster, WAIT, complete, failed_completions, http_client};
 use support::manifests::{find, grant_from, render_in};
@@ -97,16 +98,8 @@ impl Env {
         }))
         .unwrap();
         Api::<Pod>::namespaced(admin.clone(), &ns).create(&PostParams::default(), &activator).await.unwrap();
-        let mut options = Options::new(ns.name(), "replica-0");
-        options.watch_namespaces = vec![ns.name().to_owned()];
-        options.ingest_addr = "127.0.0.1:0".parse().unwrap();
-        options.metrics_addr = "127.0.0.1:0".parse().unwrap();
-        options.sync_interval = Duration::from_millis(250);
-        let controller = ClusterController::start(client, options).await.expect("start the controller");
-        wait_for(TIMEOUT, "the controller to lead", async || {
-            if controller.is_leader() { Ok(()) } else { Err("not leading yet") }
-        })
-        .await;
+        let options = test_options(ns.name(), "replica-0");
+        let controller = start_leading(client, options, TIMEOUT).await;
         Some(Env { admin, ns, controller: Some(controller), activator_token, pods, _emulator: emulator })
     }
 

@@ -9,14 +9,14 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ebb_autoscaler::cluster::{ClusterController, Options};
+use ebb_autoscaler::cluster::ClusterController;
 use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::autoscaler::{FakePods, grant_autoscaler_rbac, token_of};
+use support::autoscaler::{FakePods, grant_autoscaler_rbac, test_options, token_of};
 use support::cluster::apply;
 use support::manifests::{find, render_in};
 use support::paths::in_repo;
@@ -78,11 +78,7 @@ async fn status_lists_what_the_autoscaler_wrote() {
     assert_eq!(cells[4..], ["-", "-", "-"], "{stdout}");
     assert_eq!(reason, "-");
 
-    let mut options = Options::new(ns.name(), "replica-0");
-    options.watch_namespaces = vec![ns.name().to_owned()];
-    options.ingest_addr = "127.0.0.1:0".parse().unwrap();
-    options.metrics_addr = "127.0.0.1:0".parse().unwrap();
-    options.sync_interval = Duration::from_millis(250);
+    let options = test_options(ns.name(), "replica-0");
     let controller = ClusterController::start(client, options).await.expect("start the controller");
 
     // What the autoscaler wrote, read through the API, and the table once both agree with the cluster.

@@ -190,6 +190,33 @@ pub async fn send_stats(addr: SocketAddr, token: Option<&str>, frames: &[IngestF
     status
 }
 
+/// A controller's options for a test: `identity`, watching only namespace `ns` (its own), its ports on :0 so
+/// tests run side by side, and a pass every 250 ms.
+pub fn test_options(ns: &str, identity: &str) -> ebb_autoscaler::cluster::Options {
+    let mut options = ebb_autoscaler::cluster::Options::new(ns, identity);
+    options.watch_namespaces = vec![ns.to_owned()];
+    options.ingest_addr = "127.0.0.1:0".parse().unwrap();
+    options.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    options.sync_interval = std::time::Duration::from_millis(250);
+    options
+}
+
+/// Starts a controller and waits up to `timeout` until it leads.
+pub async fn start_leading(
+    client: Client,
+    options: ebb_autoscaler::cluster::Options,
+    timeout: std::time::Duration,
+) -> ebb_autoscaler::cluster::ClusterController {
+    let controller = ebb_autoscaler::cluster::ClusterController::start(client, options)
+        .await
+        .expect("start the controller");
+    crate::wait_for(timeout, "the controller to lead", async || {
+        if controller.is_leader() { Ok(()) } else { Err("not leading yet") }
+    })
+    .await;
+    controller
+}
+
 /// The notes of the events.k8s.io Events about object `name` in `namespace` with `reason`.
 pub async fn event_notes(
     client: &Client,
