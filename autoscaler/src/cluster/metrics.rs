@@ -55,6 +55,13 @@ pub struct AdmissionLabels {
 /// AdmissionReview.
 pub const ADMISSION_RESULTS: [&str; 4] = ["injected", "unchanged", "denied", "bad_request"];
 
+/// Labels of reconcile passes by what they visited.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabels {
+    /// `all` (a full resync, or a change that concerns every service) or `dirty` (the services marked).
+    pub visit: &'static str,
+}
+
 /// The admission webhook's families, cloned into its server.
 #[derive(Debug, Clone)]
 pub struct WebhookMetrics {
@@ -101,6 +108,12 @@ pub struct KubeMetrics {
     pub scale_downs_held: Family<HeldLabels, Counter>,
     /// From a decision that changed replicas until the API server accepted the scale patch.
     pub scale_patch: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    /// Reconcile passes, by what they visited.
+    pub reconcile_passes: Family<PassLabels, Counter>,
+    /// Services visited by reconcile passes.
+    pub reconcile_services: Counter,
+    /// How long a reconcile pass took, its writes included.
+    pub reconcile_duration: Histogram,
     /// The admission webhook's.
     pub webhook: WebhookMetrics,
 }
@@ -130,8 +143,15 @@ impl KubeMetrics {
             scale_changes: Family::default(),
             scale_downs_held: Family::default(),
             scale_patch: Family::new_with_constructor(patch_histogram),
+            reconcile_passes: Family::default(),
+            reconcile_services: Counter::default(),
+            // 100 µs to about 6.5 s.
+            reconcile_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             webhook: WebhookMetrics::new(),
         };
+        for visit in ["all", "dirty"] {
+            let _ = m.reconcile_passes.get_or_create(&PassLabels { visit });
+        }
         registry.register("leader", "1 while this replica holds the Lease and acts", m.leader.clone());
         registry.register(
             "api_reachable",
@@ -160,6 +180,22 @@ impl KubeMetrics {
             "Time from a decision that changed replicas until the API server accepted the scale patch",
             Unit::Seconds,
             m.scale_patch.clone(),
+        );
+        registry.register(
+            "reconcile_passes",
+            "Reconcile passes, by what they visited: all services, or those marked by events since the last",
+            m.reconcile_passes.clone(),
+        );
+        registry.register(
+            "reconcile_services",
+            "Services visited by reconcile passes",
+            m.reconcile_services.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_pass",
+            "Time a reconcile pass took, its API writes included",
+            Unit::Seconds,
+            m.reconcile_duration.clone(),
         );
         registry.register(
             "webhook_admissions",
