@@ -14,7 +14,7 @@ use ebb_benches::scale::driver::{
     ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, check_fd_limit, fleet, scrape_errors,
 };
 use ebb_benches::scale::measure::{cpu_time, ms, quantile, status_kib};
-use ebb_test_support::autoscaler::token_of;
+use ebb_test_support::autoscaler::{metrics_text, token_of};
 use ebb_test_support::{TestNamespace, require};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -77,6 +77,7 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let cpu_from = cpu_time(me).context("cpu time")?;
     let errors_from = scrape_errors(&controller.autoscaler().encode_metrics());
     let ticks_from = tick_histogram(&controller.autoscaler().encode_metrics());
+    let page_from = metrics_text(controller.metrics_addr).await;
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     let mut steps = Vec::new();
     let step_every = Duration::from_secs(args.measure) / (args.steps as u32 + 1);
@@ -109,6 +110,11 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let rss = status_kib(me, "VmRSS").unwrap_or(0);
     let metrics = controller.autoscaler().encode_metrics();
     let ticks = tick_histogram(&metrics).since(&ticks_from);
+    let page = metrics_text(controller.metrics_addr).await;
+    let per_second = |name: &str| {
+        let moved = counter(&page, name)? - counter(&page_from, name)?;
+        Some(moved / elapsed.as_secs_f64())
+    };
     let q = |s: &[Duration], p: f64| quantile(s, p).map_or(f64::NAN, ms);
     let result = json!({
         "mode": "cluster",
@@ -127,6 +133,8 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         "step_to_patch_ms": steps.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         "step_to_patch_max_ms": q(&steps, 1.0),
         "scrape_errors_measured": scrape_errors(&metrics) - errors_from,
+        "reconcile_passes_per_s": per_second("ebb_autoscaler_reconcile_passes_total"),
+        "reconcile_services_per_s": per_second("ebb_autoscaler_reconcile_services_total"),
     });
     println!("{result}");
     controller.shutdown().await;
@@ -233,4 +241,16 @@ fn tick_histogram(metrics: &str) -> Histogram {
         }
     }
     histogram
+}
+
+/// A counter on the controller's metrics page, summed over its series; `None` when the page has none (a
+/// controller from before the counter existed).
+fn counter(page: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with(['{', ' ']))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
