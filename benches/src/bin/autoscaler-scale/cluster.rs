@@ -184,7 +184,10 @@ async fn create_fleet(admin: &Client, ns: &str, fleet: Fleet) -> Result<()> {
         async move {
             let name = pod_name(s, p);
             let pod: Pod = serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {"ebb.dev/service": service_name(s)}},
+                // Labelled for the service and picked by its Deployment's selector: a service's pods are
+                // the labelled pods that its scale target's selector picks.
+                "metadata": {"name": name, "labels": {
+                    "ebb.dev/service": service_name(s), "bench.ebb.dev/template": service_name(s)}},
                 "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
             }))?;
             pods.create(&PostParams::default(), &pod).await?;
