@@ -510,7 +510,7 @@ mod tests {
         let id = ServiceId::new("demo", "chat");
         autoscaler.set_service(id.clone(), config, 0).unwrap();
         autoscaler.tick();
-        assert_eq!(*scaler.0.lock().unwrap(), [id.clone()], "the first decision publishes the phase");
+        assert_eq!(scaler.0.lock().unwrap().len(), 1, "the first decision publishes the phase");
         autoscaler.tick();
         autoscaler.tick();
         assert_eq!(*scaler.0.lock().unwrap(), [id], "nothing moved since");
