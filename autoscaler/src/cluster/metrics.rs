@@ -58,8 +58,9 @@ pub const ADMISSION_RESULTS: [&str; 4] = ["injected", "unchanged", "denied", "ba
 /// Labels of reconcile passes by what they visited.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PassLabels {
-    /// `all` (a full resync, or a change that concerns every service) or `dirty` (the services marked).
-    pub visit: &'static str,
+    /// What the pass visited: `all` (a full resync, or a change that concerns every service) or `dirty` (the
+    /// services marked).
+    pub kind: &'static str,
 }
 
 /// The admission webhook's families, cloned into its server.
@@ -114,6 +115,8 @@ pub struct KubeMetrics {
     pub reconcile_services: Counter,
     /// How long a reconcile pass took, its writes included.
     pub reconcile_duration: Histogram,
+    /// Services the leader acted on whose work is not done yet (visited again every `sync_interval`).
+    pub reconcile_unsettled: Gauge,
     /// The admission webhook's.
     pub webhook: WebhookMetrics,
 }
@@ -147,10 +150,11 @@ impl KubeMetrics {
             reconcile_services: Counter::default(),
             // 100 µs to about 6.5 s.
             reconcile_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+            reconcile_unsettled: Gauge::default(),
             webhook: WebhookMetrics::new(),
         };
-        for visit in ["all", "dirty"] {
-            let _ = m.reconcile_passes.get_or_create(&PassLabels { visit });
+        for kind in ["all", "dirty"] {
+            let _ = m.reconcile_passes.get_or_create(&PassLabels { kind });
         }
         registry.register("leader", "1 while this replica holds the Lease and acts", m.leader.clone());
         registry.register(
@@ -190,6 +194,12 @@ impl KubeMetrics {
             "reconcile_services",
             "Services visited by reconcile passes",
             m.reconcile_services.clone(),
+        );
+        registry.register(
+            "reconcile_unsettled",
+            "Services whose work is not done yet (replicas not as decided, a held scale-down, a write in backoff, \
+             the activator not yet verified in the path), visited again every sync interval",
+            m.reconcile_unsettled.clone(),
         );
         registry.register_with_unit(
             "reconcile_pass",

@@ -216,9 +216,10 @@ impl Reconciler {
         }
         let metrics = &self.context.metrics;
         let kind = if visit.is_all() { "all" } else { "dirty" };
-        metrics.reconcile_passes.get_or_create(&PassLabels { visit: kind }).inc();
+        metrics.reconcile_passes.get_or_create(&PassLabels { kind }).inc();
         metrics.reconcile_services.inc_by(visited as u64);
         metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        metrics.reconcile_unsettled.set(self.unsettled.len() as i64);
     }
 
     /// The ready activators' addresses.

@@ -78,6 +78,7 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let errors_from = scrape_errors(&controller.autoscaler().encode_metrics());
     let ticks_from = tick_histogram(&controller.autoscaler().encode_metrics());
     let page_from = metrics_text(controller.metrics_addr).await;
+    let passes_from = histogram(&page_from, "ebb_autoscaler_reconcile_pass_seconds");
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     let mut steps = Vec::new();
     let step_every = Duration::from_secs(args.measure) / (args.steps as u32 + 1);
@@ -111,6 +112,8 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let metrics = controller.autoscaler().encode_metrics();
     let ticks = tick_histogram(&metrics).since(&ticks_from);
     let page = metrics_text(controller.metrics_addr).await;
+    let passes = histogram(&page, "ebb_autoscaler_reconcile_pass_seconds").since(&passes_from);
+    let pass_bound = |q: f64| (passes.count > 0.0).then(|| passes.quantile_bound(q) * 1000.0);
     let per_second = |name: &str| {
         let moved = counter(&page, name)? - counter(&page_from, name)?;
         Some(moved / elapsed.as_secs_f64())
@@ -135,6 +138,9 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         "scrape_errors_measured": scrape_errors(&metrics) - errors_from,
         "reconcile_passes_per_s": per_second("ebb_autoscaler_reconcile_passes_total"),
         "reconcile_services_per_s": per_second("ebb_autoscaler_reconcile_services_total"),
+        "reconcile_pass_p50_le_ms": pass_bound(0.5),
+        "reconcile_pass_p99_le_ms": pass_bound(0.99),
+        "reconcile_unsettled_at_end": counter(&page, "ebb_autoscaler_reconcile_unsettled"),
     });
     println!("{result}");
     controller.shutdown().await;
@@ -233,13 +239,19 @@ impl Histogram {
 }
 
 fn tick_histogram(metrics: &str) -> Histogram {
+    histogram(metrics, "ebb_autoscaler_tick_duration_seconds")
+}
+
+/// The unlabelled histogram `name` on a metrics page.
+fn histogram(metrics: &str, name: &str) -> Histogram {
+    let (bucket, total) = (format!("{name}_bucket{{le=\""), format!("{name}_count "));
     let mut histogram = Histogram::default();
     for line in metrics.lines() {
-        if let Some(rest) = line.strip_prefix("ebb_autoscaler_tick_duration_seconds_bucket{le=\"") {
+        if let Some(rest) = line.strip_prefix(&bucket) {
             let Some((le, count)) = rest.split_once("\"} ") else { continue };
             let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
             histogram.buckets.push((le, count.trim().parse().unwrap_or(0.0)));
-        } else if let Some(count) = line.strip_prefix("ebb_autoscaler_tick_duration_seconds_count ") {
+        } else if let Some(count) = line.strip_prefix(&total) {
             histogram.count = count.trim().parse().unwrap_or(0.0);
         }
     }
