@@ -9,7 +9,8 @@
 //! held scale-down, a write waiting out its backoff, the activator not yet verified in its path) is visited
 //! again every [`super::options::Options::sync_interval`] until it is settled, since only time changes those;
 //! and every service is visited every [`super::options::Options::resync_interval`], so an edge that the marks
-//! missed is caught up.
+//! missed is caught up. That resync is spread over the retries (a share of the services each time): visiting
+//! thousands of services in one pass holds up, for seconds, the decisions woken meanwhile.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -75,8 +76,10 @@ pub(crate) struct Reconciler {
     unsettled: HashSet<ServiceId>,
     /// When the unsettled services are visited again.
     next_retry: Instant,
-    /// When every service is visited next.
+    /// When the next resync starts.
     next_resync: Instant,
+    /// The services the running resync has still to visit, and how many it visits at each retry.
+    resync: (Vec<ServiceId>, usize),
     /// What concerned every service at the last pass.
     everywhere: Option<Everywhere>,
 }
@@ -110,6 +113,8 @@ impl Reconciler {
             context.health.clone(),
             signals.clone(),
         );
+        // The first pass visits every service (nothing is known yet): the first resync is one interval on.
+        let next_resync = Instant::now() + context.options.resync_interval;
         Self {
             context,
             signals,
@@ -126,7 +131,8 @@ impl Reconciler {
             groups: Groups::default(),
             unsettled: HashSet::new(),
             next_retry: Instant::now(),
-            next_resync: Instant::now(),
+            next_resync,
+            resync: (Vec::new(), 0),
             everywhere: None,
         }
     }
@@ -143,7 +149,7 @@ impl Reconciler {
                 return;
             }
             self.pass().await;
-            let due = self.next_retry.min(self.next_resync);
+            let due = self.next_retry;
             tokio::select! {
                 () = tokio::time::sleep_until(due.into()) => {}
                 () = self.signals.woken() => {
@@ -160,15 +166,21 @@ impl Reconciler {
         let started = Instant::now();
         let options = &self.context.options;
         let (mut visit, groups_changed) = self.signals.take_dirty();
-        if started >= self.next_resync {
-            visit = Visit::All;
-            self.next_resync = started + options.resync_interval;
-        }
         // Only time settles these services (a backoff, a hold, a probe): again at the next retry.
         let retry = started >= self.next_retry;
         if retry {
             visit.extend(std::mem::take(&mut self.unsettled));
             self.next_retry = started + options.sync_interval;
+            if started >= self.next_resync && self.resync.0.is_empty() {
+                let all = self.known_services();
+                let retries = options.resync_interval.as_secs_f64() / options.sync_interval.as_secs_f64();
+                let share = (all.len() as f64 / retries.max(1.0)).ceil() as usize;
+                self.resync = (all, share.max(1));
+                self.next_resync = started + options.resync_interval;
+            }
+            let (queue, share) = &mut self.resync;
+            let take = (*share).min(queue.len());
+            visit.extend(queue.drain(..take));
         }
         let context = &*self.context;
         if update_global(context, &self.stores, &mut self.global) {
@@ -220,6 +232,15 @@ impl Reconciler {
         metrics.reconcile_services.inc_by(visited as u64);
         metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
         metrics.reconcile_unsettled.set(self.unsettled.len() as i64);
+    }
+
+    /// Every service the watches or this pass know of: the labelled Deployments, the targets of other kinds,
+    /// and the services that have state here (one whose target went without an event is found gone).
+    fn known_services(&self) -> Vec<ServiceId> {
+        let mut ids: HashSet<ServiceId> = self.services.keys().cloned().collect();
+        ids.extend(self.stores.deployment_ids());
+        ids.extend(self.targets.ids());
+        ids.into_iter().collect()
     }
 
     /// The ready activators' addresses.

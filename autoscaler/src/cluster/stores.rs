@@ -209,6 +209,11 @@ impl Stores {
         self.deployments.iter().find_map(|s| s.get(&key))
     }
 
+    /// The services of every labelled Deployment.
+    pub fn deployment_ids(&self) -> Vec<ServiceId> {
+        self.deployments.iter().flat_map(Store::state).map(|d| named(&*d)).collect()
+    }
+
     /// The pods labelled with service `id`'s name, in name order.
     pub fn labelled_pods(&self, id: &ServiceId) -> Vec<Arc<Pod>> {
         self.pod_index

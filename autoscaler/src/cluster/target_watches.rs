@@ -180,6 +180,15 @@ impl TargetWatches {
         (targets, failed)
     }
 
+    /// The services of every watched object.
+    pub fn ids(&self) -> Vec<ServiceId> {
+        let stores = self.kinds.values().flat_map(|w| w.stores.iter().filter(|s| is_ready(s)));
+        stores
+            .flat_map(Store::state)
+            .map(|o| ServiceId::new(o.namespace().unwrap_or_default(), o.name_any()))
+            .collect()
+    }
+
     /// [`Self::targets`] of service `id` alone: the object of each watched kind named as it.
     pub fn targets_of(&self, id: &ServiceId) -> (Vec<Target>, Vec<(Target, String)>) {
         let (mut targets, mut failed) = (Vec::new(), Vec::new());
