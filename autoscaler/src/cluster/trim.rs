@@ -46,11 +46,13 @@ fn container(c: Container) -> Container {
     Container { name: c.name, env, ..Default::default() }
 }
 
-/// A pod spec as far as the sidecar checks read it.
+/// A pod spec as far as the sidecar checks read it, with its readiness gates (small, and what tells a pod
+/// that waits for more than its own containers).
 fn pod_spec(spec: PodSpec) -> PodSpec {
     PodSpec {
         containers: spec.containers.into_iter().map(container).collect(),
         init_containers: spec.init_containers.map(|c| c.into_iter().map(container).collect()),
+        readiness_gates: spec.readiness_gates,
         ..Default::default()
     }
 }
@@ -121,6 +123,7 @@ mod tests {
                 "deletionTimestamp": "2026-12-03T12:00:00Z",
                 "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]},
             "spec": {"volumes": [{"name": "v"}], "nodeName": "n",
+                "readinessGates": [{"conditionType": "example.dev/ready"}],
                 "containers": [
                     {"name": "model", "image": "m:1", "env": [{"name": "HF_TOKEN", "value": "x"}]},
                     {"name": "queue-proxy", "image": "ebb", "env": [
@@ -148,7 +151,8 @@ mod tests {
                 {"name": "model", "env": []},
                 {"name": "queue-proxy", "env": [
                     {"name": "EBB_UPSTREAM", "value": "127.0.0.1:8080"},
-                    {"name": "EBB_CONTAINER_CONCURRENCY", "value": "4"}]}]})
+                    {"name": "EBB_CONTAINER_CONCURRENCY", "value": "4"}]}],
+                "readinessGates": [{"conditionType": "example.dev/ready"}]})
         );
         assert!(env_check::has_queue_proxy(&p));
         assert_eq!(kept["status"]["podIP"], "10.0.0.1");
