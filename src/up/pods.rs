@@ -439,6 +439,7 @@ impl PodManager {
                         terminating: false,
                         blocked: Some(reason.clone()),
                         ready: None,
+                        held: false,
                     });
                 }
             }

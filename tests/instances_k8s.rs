@@ -1,0 +1,324 @@
+//! Instances of several pods (issue 17, part 2), with ebb installed from `manifests/` on the real control
+//! plane and pods run as real processes: a custom resource with a scale subresource shaped like KubeInfer's
+//! (each instance 2 prefill pods and 1 decode pod, the entry; its controller played by the test, creating
+//! and deleting the 3 pods of each instance), configured through `scale-target-instances`. Woken from zero
+//! by a burst of requests that all succeed, none answered before all three pods of the instance were ready
+//! (the decode entry's readiness gate, set by the autoscaler, holds it back while prefill loads); scaled to
+//! 2 instances (6 pods) under load and back to zero.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ebb_test_support as support;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use support::cluster::{Cluster, complete, failed_completions, gateway_load, http_client};
+use support::manifests::grant_from;
+use support::wait_for;
+
+const GROUP: &str = "serving.example.com";
+const KIND: &str = "inferenceservices.serving.example.com";
+const NAME_LABEL: &str = "serving.example.com/name";
+const INSTANCE_LABEL: &str = "serving.example.com/instance";
+const ROLE_LABEL: &str = "serving.example.com/role";
+const LONG: Duration = Duration::from_secs(120);
+
+fn crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": KIND},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"plural": "inferenceservices", "singular": "inferenceservice", "kind": "InferenceService"},
+            "versions": [{
+                "name": "v1",
+                "served": true,
+                "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.replicas",
+                        "statusReplicasPath": ".status.replicas",
+                        "labelSelectorPath": ".status.selector",
+                    },
+                },
+            }],
+        },
+    })
+}
+
+fn resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, "v1", "InferenceService"), "inferenceservices")
+}
+
+/// The demo model as a container: `startup` to load, then ready on `/health`.
+fn model(startup: &str) -> Value {
+    json!({
+        "name": "model",
+        "image": "ghcr.io/ebb-dev/ebb:0.1.0",
+        "command": ["ebb", "demo-model"],
+        "args": ["--model", "demo", "--startup-delay", startup, "--tokens-per-second", "200", "--concurrency", "8"],
+        "env": [{"name": "EBB_DEMO_LISTEN", "value": "0.0.0.0:8080"}],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 1},
+    })
+}
+
+/// Pod `role` of instance `instance` of `name`: decode is the entry (labelled `ebb.dev/service`, so the
+/// webhook gives it the queue-proxy and the instance gate) and loads in 1 s; prefill loads in 6 s.
+fn instance_pod(name: &str, instance: i64, role: &str, index: usize) -> Pod {
+    let mut labels = json!({NAME_LABEL: name, INSTANCE_LABEL: instance.to_string(), ROLE_LABEL: role});
+    let (pod_name, startup) = if role == "decode" {
+        labels["ebb.dev/service"] = json!(name);
+        (format!("{name}-{instance}-decode"), "1s")
+    } else {
+        (format!("{name}-{instance}-prefill-{index}"), "6s")
+    };
+    serde_json::from_value(json!({
+        "metadata": {"name": pod_name, "labels": labels},
+        "spec": {"containers": [model(startup)], "terminationGracePeriodSeconds": 5},
+    }))
+    .unwrap()
+}
+
+/// Plays the custom resource's controller once: the 3 pods of every instance below `spec.replicas`, the
+/// pods of the instances above it deleted, `status.replicas` and `status.selector` written.
+async fn play_controller(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
+    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &resource());
+    let object = objects.get(name).await.map_err(|e| e.to_string())?;
+    let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let selector = format!("{NAME_LABEL}={name}");
+    let existing = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
+    for instance in 0..want {
+        for (role, index) in [("prefill", 0), ("prefill", 1), ("decode", 0)] {
+            let pod = instance_pod(name, instance, role, index);
+            if existing.items.iter().any(|p| p.metadata.name == pod.metadata.name) {
+                continue;
+            }
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                // Still being deleted from an earlier scale-down: created on a later round.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    for pod in &existing.items {
+        let instance = instance_of(pod).unwrap_or(i64::MAX);
+        if instance >= want && pod.metadata.deletion_timestamp.is_none() {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            pods.delete(&name, &DeleteParams::default()).await.map_err(|e| e.to_string())?;
+        }
+    }
+    let status = json!({"status": {"replicas": want, "selector": selector}});
+    objects.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn instance_of(pod: &Pod) -> Option<i64> {
+    pod.metadata.labels.as_ref()?.get(INSTANCE_LABEL)?.parse().ok()
+}
+
+fn condition(pod: &Pod, kind: &str) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    conditions.iter().any(|c| c.type_ == kind && c.status == "True")
+}
+
+fn is_decode(pod: &Pod) -> bool {
+    pod.metadata.labels.as_ref().and_then(|l| l.get(ROLE_LABEL)).map(String::as_str) == Some("decode")
+}
+
+/// One listing of the service's pods, taken at `sent` (the request's start; the listing shows a state at or
+/// after it).
+#[derive(Debug, Clone)]
+struct Listing {
+    sent: Instant,
+    /// Instances whose 3 pods all exist and are Ready.
+    whole: usize,
+    /// Instances whose decode pod's containers are ready while the pod is not: its gate holds it.
+    held: usize,
+}
+
+/// Lists the pods of `name` every 100 ms until stopped.
+struct InstanceWatch {
+    stop: Arc<AtomicBool>,
+    listings: Arc<Mutex<Vec<Listing>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InstanceWatch {
+    fn start(pods: Api<Pod>, name: &str) -> InstanceWatch {
+        let (stop, listings) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let selector = format!("{NAME_LABEL}={name}");
+        let task = {
+            let (stop, listings) = (stop.clone(), listings.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
+                        let mut instances: BTreeMap<i64, Vec<&Pod>> = BTreeMap::new();
+                        for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+                            instances.entry(instance_of(pod).unwrap_or(-1)).or_default().push(pod);
+                        }
+                        let whole = instances
+                            .values()
+                            .filter(|pods| pods.len() == 3 && pods.iter().all(|p| condition(p, "Ready")))
+                            .count();
+                        let held = instances
+                            .values()
+                            .flatten()
+                            .filter(|p| is_decode(p) && condition(p, "ContainersReady") && !condition(p, "Ready"))
+                            .count();
+                        listings.lock().unwrap().push(Listing { sent, whole, held });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        InstanceWatch { stop, listings, task }
+    }
+
+    async fn finish(self) -> Vec<Listing> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.listings.lock().unwrap().clone()
+    }
+}
+
+/// Live pods of `name` and how many of them are Ready.
+async fn pods_of(pods: &Api<Pod>, name: &str) -> Result<(usize, usize), String> {
+    let list = pods.list(&ListParams::default().labels(&format!("{NAME_LABEL}={name}"))).await;
+    let list = list.map_err(|e| e.to_string())?;
+    let live: Vec<&Pod> = list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    Ok((live.len(), live.iter().filter(|p| condition(p, "Ready")).count()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeinfer_shaped_instance_wakes_whole_scales_in_instances_and_goes_to_zero() {
+    let instances = format!("{KIND}: name-label={NAME_LABEL}, instance-label={INSTANCE_LABEL}");
+    let kinds = format!("deployments.apps, {KIND}");
+    let config = [
+        ("allow-zero-initial-scale", "true"),
+        ("stable-window", "6s"),
+        ("scale-to-zero-grace-period", "2s"),
+        ("scale-target-kinds", kinds.as_str()),
+        ("scale-target-instances", instances.as_str()),
+    ];
+    let Some(cluster) = Cluster::install("inst", &config).await else { return };
+    grant_from(&cluster.admin, &cluster.system, "ebb-autoscaler", "manifests/scale-targets/custom").await;
+    let crds: Api<DynamicObject> = Api::all_with(
+        cluster.admin.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    match crds.create(&PostParams::default(), &serde_json::from_value(crd()).unwrap()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create the CRD: {e}"),
+    }
+    let objects: Api<DynamicObject> = Api::namespaced_with(cluster.admin.clone(), &cluster.apps, &resource());
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{GROUP}/v1"),
+        "kind": "InferenceService",
+        "metadata": {"name": "llm", "labels": {"ebb.dev/service": "llm"}, "annotations": {
+            "ebb.dev/instance-pods": "3",
+            "ebb.dev/container-concurrency": "8",
+            "autoscaling.knative.dev/initial-scale": "0",
+            "autoscaling.knative.dev/window": "6s",
+            "autoscaling.knative.dev/scale-to-zero-pod-retention-period": "0s",
+            "autoscaling.knative.dev/target-burst-capacity": "0",
+            "autoscaling.knative.dev/max-scale": "2",
+        }},
+        "spec": {"replicas": 0, "roles": [{"name": "prefill", "replicas": 2}, {"name": "decode", "replicas": 1}]},
+    }))
+    .unwrap();
+    wait_for(LONG, "the CRD to be served", async || objects.create(&PostParams::default(), &object).await).await;
+    let controller = {
+        let (admin, ns) = (cluster.admin.clone(), cluster.apps.name().to_owned());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = play_controller(&admin, &ns, "llm").await {
+                    eprintln!("the test's controller: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let replicas = async || {
+        let object = objects.get("llm").await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(object.data["spec"]["replicas"].as_i64().unwrap_or(-1))
+    };
+    let pods: Api<Pod> = Api::namespaced(cluster.admin.clone(), &cluster.apps);
+    let wait_instances = async |want: i64, what: &str| {
+        wait_for(LONG, what, async || {
+            let (r, (live, ready)) = (replicas().await?, pods_of(&pods, "llm").await?);
+            let whole = 3 * want as usize;
+            if r == want && live == whole && ready == whole {
+                Ok(())
+            } else {
+                Err(format!("{r} instance(s), {live} pods, {ready} Ready"))
+            }
+        })
+        .await
+    };
+    // The kind's watch starts once discovery sees the CRD and the RBAC (retried every 30 s).
+    cluster.wait_path("llm", "proxy", async || cluster.activator_endpoints().await).await;
+    wait_instances(0, "llm idle at zero").await;
+    let gateway = cluster.gateway("llm").await;
+
+    // A burst at zero: one instance starts; the decode entry is up in 1 s, but no request is answered
+    // before both prefill pods are ready too.
+    let watch = InstanceWatch::start(pods.clone(), "llm");
+    let http = http_client();
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, addr) = (http.clone(), gateway.addr());
+            tokio::spawn(async move {
+                let answer = complete(&http, addr).await;
+                (answer, Instant::now())
+            })
+        })
+        .collect();
+    let mut first_answer: Option<Instant> = None;
+    let mut answers = Vec::new();
+    for request in requests {
+        let (answer, at) = request.await.expect("a request task");
+        first_answer = Some(first_answer.map_or(at, |f| f.min(at)));
+        answers.push(tokio::spawn(async move { answer }));
+    }
+    let failed = failed_completions(answers).await;
+    assert!(failed.is_empty(), "every request from zero is served: {failed:?}\n{}", cluster.logs.tails("", 20));
+    let listings = watch.finish().await;
+    let first_answer = first_answer.expect("answers");
+    // Whole instances stay whole during the burst: a listing begun after the first answer that shows none
+    // means a request was answered before all 3 pods of any instance were Ready.
+    let early: Vec<&Listing> = listings.iter().filter(|l| l.sent > first_answer && l.whole == 0).collect();
+    assert!(early.is_empty(), "a request was answered before all 3 pods of its instance were Ready: {early:?}");
+    assert!(
+        listings.iter().any(|l| l.held > 0 && l.whole == 0),
+        "a decode entry's gate held it while its prefill pods loaded: {listings:?}"
+    );
+
+    // Load for more than one instance: two whole instances, 6 pods.
+    let load = gateway_load(gateway.addr(), 16);
+    wait_instances(2, "two whole instances under load").await;
+    let (ok, failures) = load.finish().await;
+    assert!(ok > 0 && failures.is_empty(), "{ok} served; failures: {failures:?}");
+
+    // Idle: back to zero, every pod gone.
+    wait_instances(0, "llm back at zero").await;
+    controller.abort();
+    assert!(cluster.logs.exits().is_empty(), "no container exited: {:?}", cluster.logs.exits());
+}
