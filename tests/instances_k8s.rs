@@ -188,6 +188,11 @@ impl InstanceWatch {
         InstanceWatch { stop, listings, task }
     }
 
+    /// The latest listing.
+    fn latest(&self) -> Option<Listing> {
+        self.listings.lock().unwrap().last().cloned()
+    }
+
     async fn finish(self) -> Vec<Listing> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
@@ -300,8 +305,24 @@ async fn a_kubeinfer_shaped_instance_wakes_whole_scales_in_instances_and_goes_to
     }
     let failed = failed_completions(answers).await;
     assert!(failed.is_empty(), "every request from zero is served: {failed:?}\n{}", cluster.logs.tails("", 20));
+    // Watched until an instance is whole, so that every listing between the first answer and then is kept.
+    wait_for(LONG, "a whole instance", async || match watch.latest() {
+        Some(l) if l.whole > 0 => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
     let listings = watch.finish().await;
     let first_answer = first_answer.expect("answers");
+    // The timeline, for whoever reads a failure: when instances were held, whole, and first answered.
+    let start = listings.first().map_or(first_answer, |l| l.sent);
+    let mut last = None;
+    for l in &listings {
+        if last != Some((l.whole, l.held)) {
+            eprintln!("{:>6} ms: {} whole, {} held", (l.sent - start).as_millis(), l.whole, l.held);
+            last = Some((l.whole, l.held));
+        }
+    }
+    eprintln!("{:>6} ms: first answer", first_answer.saturating_duration_since(start).as_millis());
     // Whole instances stay whole during the burst: a listing begun after the first answer that shows none
     // means a request was answered before all 3 pods of any instance were Ready.
     let early: Vec<&Listing> = listings.iter().filter(|l| l.sent > first_answer && l.whole == 0).collect();
