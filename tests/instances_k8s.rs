@@ -4,7 +4,8 @@
 //! and deleting the 3 pods of each instance), configured through `scale-target-instances`. Woken from zero
 //! by a burst of requests that all succeed, none answered before all three pods of the instance were ready
 //! (the decode entry's readiness gate, set by the autoscaler, holds it back while prefill loads); scaled to
-//! 2 instances (6 pods) under load and back to zero.
+//! 2 instances (6 pods) under load and back to zero. And a LeaderWorkerSet (a stand-in for its CRD, the
+//! shape ebb has built in), with the autoscaler in-process: its leader's gate follows its workers' readiness.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -342,4 +343,231 @@ async fn a_kubeinfer_shaped_instance_wakes_whole_scales_in_instances_and_goes_to
     wait_instances(0, "llm back at zero").await;
     controller.abort();
     assert!(cluster.logs.exits().is_empty(), "no container exited: {:?}", cluster.logs.exits());
+}
+
+const LWS_GROUP: &str = "leaderworkerset.x-k8s.io";
+const LWS_NAME: &str = "leaderworkerset.sigs.k8s.io/name";
+const LWS_GROUP_INDEX: &str = "leaderworkerset.sigs.k8s.io/group-index";
+const LWS_WORKER_INDEX: &str = "leaderworkerset.sigs.k8s.io/worker-index";
+
+/// A stand-in for LeaderWorkerSet's CRD: its group, names and scale subresource (replicas are groups; the
+/// HPA selector picks the leaders).
+fn lws_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("leaderworkersets.{LWS_GROUP}")},
+        "spec": {
+            "group": LWS_GROUP,
+            "scope": "Namespaced",
+            "names": {"plural": "leaderworkersets", "singular": "leaderworkerset", "kind": "LeaderWorkerSet"},
+            "versions": [{
+                "name": "v1",
+                "served": true,
+                "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.replicas",
+                        "statusReplicasPath": ".status.replicas",
+                        "labelSelectorPath": ".status.hpaPodSelector",
+                    },
+                },
+            }],
+        },
+    })
+}
+
+fn lws_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(LWS_GROUP, "v1", "LeaderWorkerSet"), "leaderworkersets")
+}
+
+/// Plays LeaderWorkerSet's controller once, as its pods are labelled: for each group below `spec.replicas`
+/// a leader `NAME-G` (labelled `ebb.dev/service`, with the instance gate as `ebb inject` writes it into the
+/// leader template) and `size - 1` workers `NAME-G-W`; groups above it deleted; the status written.
+async fn play_lws(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
+    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &lws_resource());
+    let object = objects.get(name).await.map_err(|e| e.to_string())?;
+    let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
+    let size = object.data["spec"]["leaderWorkerTemplate"]["size"].as_i64().unwrap_or(1);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let existing =
+        pods.list(&ListParams::default().labels(&format!("{LWS_NAME}={name}"))).await.map_err(|e| e.to_string())?;
+    for group in 0..want {
+        for worker in 0..size {
+            let pod_name = if worker == 0 { format!("{name}-{group}") } else { format!("{name}-{group}-{worker}") };
+            if existing.items.iter().any(|p| p.metadata.name.as_deref() == Some(&pod_name)) {
+                continue;
+            }
+            let mut labels =
+                json!({LWS_NAME: name, LWS_GROUP_INDEX: group.to_string(), LWS_WORKER_INDEX: worker.to_string()});
+            let mut spec = json!({"containers": [{"name": "model", "image": "example.invalid/model:1"}]});
+            if worker == 0 {
+                labels["ebb.dev/service"] = json!(name);
+                spec["readinessGates"] = json!([{"conditionType": "ebb.dev/instance-ready"}]);
+            }
+            let pod: Pod =
+                serde_json::from_value(json!({"metadata": {"name": pod_name, "labels": labels}, "spec": spec}))
+                    .unwrap();
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    for pod in &existing.items {
+        let group = pod.metadata.labels.as_ref().and_then(|l| l.get(LWS_GROUP_INDEX)?.parse::<i64>().ok());
+        if group.unwrap_or(i64::MAX) >= want && pod.metadata.deletion_timestamp.is_none() {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            pods.delete(&name, &DeleteParams::default()).await.map_err(|e| e.to_string())?;
+        }
+    }
+    let selector = format!("{LWS_NAME}={name},{LWS_WORKER_INDEX}=0");
+    let status = json!({"status": {"replicas": want, "hpaPodSelector": selector}});
+    objects.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The instance gate's condition on pod `name` and whether the pod is Ready.
+async fn gate_and_ready(pods: &Api<Pod>, name: &str) -> Result<(Option<String>, bool), String> {
+    let pod = pods.get(name).await.map_err(|e| e.to_string())?;
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let gate = conditions.iter().find(|c| c.type_ == "ebb.dev/instance-ready").map(|c| c.status.clone());
+    Ok((gate, condition(&pod, "Ready")))
+}
+
+/// A LeaderWorkerSet, with the instance shape ebb has built in (no `scale-target-instances`): its group of 3
+/// pods (a leader and 2 workers) is one instance. The autoscaler (in-process, as ServiceAccount
+/// `ebb-autoscaler` with the base RBAC and `manifests/scale-targets/leaderworkersets`) sets the leader's gate
+/// False while a worker is not ready, so the node (emulated as a kubelet) does not report the leader Ready and
+/// the engine counts no ready instance; True once both workers are ready; False again when one fails.
+#[tokio::test]
+async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
+    let Some(cp) = support::require::control_plane() else { return };
+    let admin = cp.client().await;
+    let ns = support::TestNamespace::create(&admin, "inst-lws").await;
+    support::autoscaler::grant_autoscaler_rbac(&admin, &ns, "ebb-autoscaler").await;
+    grant_from(&admin, &ns, "ebb-autoscaler", "manifests/scale-targets/leaderworkersets").await;
+    let sa_config = cp.service_account_kubeconfig(&admin, &ns, "ebb-autoscaler").await;
+    let client = support::k8s::client_from_kubeconfig(&sa_config).await.unwrap();
+    let activator_token = support::autoscaler::token_of(&cp.service_account_kubeconfig(&admin, &ns, "ebb-activator").await);
+    let crds: Api<DynamicObject> = Api::all_with(
+        admin.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    match crds.create(&PostParams::default(), &serde_json::from_value(lws_crd()).unwrap()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create the CRD: {e}"),
+    }
+    let data: std::collections::BTreeMap<String, String> = [
+        ("allow-zero-initial-scale", "true"),
+        ("scale-target-kinds", "deployments.apps, leaderworkersets.leaderworkerset.x-k8s.io"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config_map: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "config-autoscaler"}, "data": data}),
+    )
+    .unwrap();
+    Api::namespaced(admin.clone(), &ns).create(&PostParams::default(), &config_map).await.unwrap();
+    let fake = support::autoscaler::FakePods::default();
+    let node = support::NodeEmulator::builder()
+        .namespace(&ns)
+        .readiness(support::Readiness::Manual)
+        .runtime(fake.clone())
+        .start(&admin)
+        .await;
+    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns, &lws_resource());
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{LWS_GROUP}/v1"),
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": "llm", "labels": {"ebb.dev/service": "llm"}, "annotations": {
+            "autoscaling.knative.dev/initial-scale": "0",
+            "autoscaling.knative.dev/target": "1",
+            "autoscaling.knative.dev/max-scale": "1",
+        }},
+        "spec": {"replicas": 0, "leaderWorkerTemplate": {"size": 3}},
+    }))
+    .unwrap();
+    wait_for(LONG, "the CRD to be served", async || objects.create(&PostParams::default(), &object).await).await;
+    let lws_controller = {
+        let (admin, ns) = (admin.clone(), ns.name().to_owned());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = play_lws(&admin, &ns, "llm").await {
+                    eprintln!("the test's LeaderWorkerSet controller: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let controller = support::autoscaler::start_leading(
+        client,
+        support::autoscaler::test_options(ns.name(), "replica-0"),
+        LONG,
+    )
+    .await;
+    let id = ebb_config::ServiceId::new(ns.name(), "llm");
+    let ready_instances = || {
+        controller.autoscaler().status().into_iter().find(|s| s.name == "llm").map_or(0, |s| s.ready)
+    };
+
+    // Woken from zero (the activator reports load): one group, its 3 pods.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    wait_for(LONG, "the autoscaler to follow the LeaderWorkerSet", async || {
+        let frame = support::autoscaler::activator_frame(&ns, "llm", 1.0);
+        let sent = support::autoscaler::send_stats(controller.ingest_addr, Some(&activator_token), &[frame]).await;
+        let replicas = objects.get("llm").await.map_err(|e| e.to_string())?.data["spec"]["replicas"].as_i64();
+        if sent == 200 && replicas == Some(1) { Ok(()) } else { Err(format!("stat {sent}, replicas {replicas:?}")) }
+    })
+    .await;
+    let set_ready = async |name: &str, ready: bool| {
+        wait_for(LONG, &format!("{name} started"), async || node.set_ready(&ns, name, ready).await).await;
+    };
+    // The leader and one worker ready, the other worker still loading: the leader is held.
+    set_ready("llm-0", true).await;
+    set_ready("llm-0-1", true).await;
+    wait_for(LONG, "the gate False on the leader", async || match gate_and_ready(&pods, "llm-0").await? {
+        (Some(gate), false) if gate == "False" => Ok(()),
+        other => Err(format!("gate and Ready {other:?}")),
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gate_and_ready(&pods, "llm-0").await.unwrap(), (Some("False".into()), false), "still held");
+    assert_eq!(ready_instances(), 0, "no whole instance yet");
+
+    // The last worker ready: the gate opens and the kubelet reports the leader Ready; one ready instance.
+    set_ready("llm-0-2", true).await;
+    wait_for(LONG, "the leader Ready with its group", async || match gate_and_ready(&pods, "llm-0").await? {
+        (Some(gate), true) if gate == "True" => Ok(()),
+        other => Err(format!("gate and Ready {other:?}")),
+    })
+    .await;
+    wait_for(LONG, "one ready instance in the engine", async || {
+        if ready_instances() == 1 { Ok(()) } else { Err(format!("{} ready", ready_instances())) }
+    })
+    .await;
+
+    // A worker fails: the instance is broken, the leader leaves the rotation.
+    set_ready("llm-0-1", false).await;
+    wait_for(LONG, "the leader held again", async || match gate_and_ready(&pods, "llm-0").await? {
+        (Some(gate), false) if gate == "False" => Ok(()),
+        other => Err(format!("gate and Ready {other:?}")),
+    })
+    .await;
+    wait_for(LONG, "no ready instance in the engine", async || {
+        if ready_instances() == 0 { Ok(()) } else { Err(format!("{} ready", ready_instances())) }
+    })
+    .await;
+    assert!(controller.autoscaler().decisions(&id).is_some(), "the service is the engine's");
+    lws_controller.abort();
+    controller.shutdown().await;
+    drop(fake);
 }
