@@ -350,7 +350,8 @@ fn instance_settings_are_checked_with_the_kinds_they_shape() {
     let shape = "inferenceservices.serving.example.com: name-label=serving.example.com/name, \
                  instance-label=serving.example.com/instance";
     let object = |name: &str, pods: Option<&str>| {
-        let annotations = pods.map(|p| format!(", annotations: {{ebb.dev/instance-pods: \"{p}\"}}")).unwrap_or_default();
+        let annotations =
+            pods.map(|p| format!(", annotations: {{ebb.dev/instance-pods: \"{p}\"}}")).unwrap_or_default();
         format!(
             "---\napiVersion: serving.example.com/v1\nkind: InferenceService\nmetadata: {{name: {name}, \
              labels: {{ebb.dev/service: {name}}}{annotations}}}\n"

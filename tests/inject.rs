@@ -354,7 +354,11 @@ spec: {replicas: 1}
         gates(&docs[1]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]),
         serde_json::json!([{"conditionType": "ebb.dev/instance-ready"}])
     );
-    assert_eq!(gates(&docs[0]["spec"]["template"]), serde_json::Value::Null, "a StatefulSet's pod is its replica");
+    assert_eq!(
+        gates(&docs[0]["spec"]["template"]),
+        serde_json::Value::Null,
+        "a StatefulSet's pod is its replica"
+    );
     assert_eq!(gates(&docs[1]["spec"]["leaderWorkerTemplate"]["workerTemplate"]), serde_json::Value::Null);
     assert_eq!(docs[2]["spec"], serde_json::json!({"replicas": 1}));
     assert!(stderr.contains("does not know where this kind keeps its pod template"), "{stderr}");

@@ -58,7 +58,10 @@ fn crd() -> Value {
 }
 
 fn resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, "v1", "InferenceService"), "inferenceservices")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GROUP, "v1", "InferenceService"),
+        "inferenceservices",
+    )
 }
 
 /// The demo model as a container: `startup` to load, then ready on `/health`.
@@ -122,7 +125,10 @@ async fn play_controller(admin: &Client, ns: &str, name: &str) -> Result<(), Str
         }
     }
     let status = json!({"status": {"replicas": want, "selector": selector}});
-    objects.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.map_err(|e| e.to_string())?;
+    objects
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -178,7 +184,9 @@ impl InstanceWatch {
                         let held = instances
                             .values()
                             .flatten()
-                            .filter(|p| is_decode(p) && condition(p, "ContainersReady") && !condition(p, "Ready"))
+                            .filter(|p| {
+                                is_decode(p) && condition(p, "ContainersReady") && !condition(p, "Ready")
+                            })
                             .count();
                         listings.lock().unwrap().push(Listing { sent, whole, held });
                     }
@@ -250,7 +258,8 @@ async fn a_kubeinfer_shaped_instance_wakes_whole_scales_in_instances_and_goes_to
         "spec": {"replicas": 0, "roles": [{"name": "prefill", "replicas": 2}, {"name": "decode", "replicas": 1}]},
     }))
     .unwrap();
-    wait_for(LONG, "the CRD to be served", async || objects.create(&PostParams::default(), &object).await).await;
+    wait_for(LONG, "the CRD to be served", async || objects.create(&PostParams::default(), &object).await)
+        .await;
     let controller = {
         let (admin, ns) = (cluster.admin.clone(), cluster.apps.name().to_owned());
         tokio::spawn(async move {
@@ -305,7 +314,11 @@ async fn a_kubeinfer_shaped_instance_wakes_whole_scales_in_instances_and_goes_to
         answers.push(tokio::spawn(async move { answer }));
     }
     let failed = failed_completions(answers).await;
-    assert!(failed.is_empty(), "every request from zero is served: {failed:?}\n{}", cluster.logs.tails("", 20));
+    assert!(
+        failed.is_empty(),
+        "every request from zero is served: {failed:?}\n{}",
+        cluster.logs.tails("", 20)
+    );
     // Watched until an instance is whole, so that every listing between the first answer and then is kept.
     wait_for(LONG, "a whole instance", async || match watch.latest() {
         Some(l) if l.whole > 0 => Ok(()),
@@ -327,7 +340,10 @@ async fn a_kubeinfer_shaped_instance_wakes_whole_scales_in_instances_and_goes_to
     // Whole instances stay whole during the burst: a listing begun after the first answer that shows none
     // means a request was answered before all 3 pods of any instance were Ready.
     let early: Vec<&Listing> = listings.iter().filter(|l| l.sent > first_answer && l.whole == 0).collect();
-    assert!(early.is_empty(), "a request was answered before all 3 pods of its instance were Ready: {early:?}");
+    assert!(
+        early.is_empty(),
+        "a request was answered before all 3 pods of its instance were Ready: {early:?}"
+    );
     assert!(
         listings.iter().any(|l| l.held > 0 && l.whole == 0),
         "a decode entry's gate held it while its prefill pods loaded: {listings:?}"
@@ -380,7 +396,10 @@ fn lws_crd() -> Value {
 }
 
 fn lws_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(LWS_GROUP, "v1", "LeaderWorkerSet"), "leaderworkersets")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(LWS_GROUP, "v1", "LeaderWorkerSet"),
+        "leaderworkersets",
+    )
 }
 
 /// Plays LeaderWorkerSet's controller once, as its pods are labelled: for each group below `spec.replicas`
@@ -392,24 +411,27 @@ async fn play_lws(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
     let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
     let size = object.data["spec"]["leaderWorkerTemplate"]["size"].as_i64().unwrap_or(1);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
-    let existing =
-        pods.list(&ListParams::default().labels(&format!("{LWS_NAME}={name}"))).await.map_err(|e| e.to_string())?;
+    let existing = pods
+        .list(&ListParams::default().labels(&format!("{LWS_NAME}={name}")))
+        .await
+        .map_err(|e| e.to_string())?;
     for group in 0..want {
         for worker in 0..size {
-            let pod_name = if worker == 0 { format!("{name}-{group}") } else { format!("{name}-{group}-{worker}") };
+            let pod_name =
+                if worker == 0 { format!("{name}-{group}") } else { format!("{name}-{group}-{worker}") };
             if existing.items.iter().any(|p| p.metadata.name.as_deref() == Some(&pod_name)) {
                 continue;
             }
-            let mut labels =
-                json!({LWS_NAME: name, LWS_GROUP_INDEX: group.to_string(), LWS_WORKER_INDEX: worker.to_string()});
+            let mut labels = json!({LWS_NAME: name, LWS_GROUP_INDEX: group.to_string(), LWS_WORKER_INDEX: worker.to_string()});
             let mut spec = json!({"containers": [{"name": "model", "image": "example.invalid/model:1"}]});
             if worker == 0 {
                 labels["ebb.dev/service"] = json!(name);
                 spec["readinessGates"] = json!([{"conditionType": "ebb.dev/instance-ready"}]);
             }
-            let pod: Pod =
-                serde_json::from_value(json!({"metadata": {"name": pod_name, "labels": labels}, "spec": spec}))
-                    .unwrap();
+            let pod: Pod = serde_json::from_value(
+                json!({"metadata": {"name": pod_name, "labels": labels}, "spec": spec}),
+            )
+            .unwrap();
             match pods.create(&PostParams::default(), &pod).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -426,7 +448,10 @@ async fn play_lws(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
     }
     let selector = format!("{LWS_NAME}={name},{LWS_WORKER_INDEX}=0");
     let status = json!({"status": {"replicas": want, "hpaPodSelector": selector}});
-    objects.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.map_err(|e| e.to_string())?;
+    objects
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -452,7 +477,8 @@ async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
     grant_from(&admin, &ns, "ebb-autoscaler", "manifests/scale-targets/leaderworkersets").await;
     let sa_config = cp.service_account_kubeconfig(&admin, &ns, "ebb-autoscaler").await;
     let client = support::k8s::client_from_kubeconfig(&sa_config).await.unwrap();
-    let activator_token = support::autoscaler::token_of(&cp.service_account_kubeconfig(&admin, &ns, "ebb-activator").await);
+    let activator_token =
+        support::autoscaler::token_of(&cp.service_account_kubeconfig(&admin, &ns, "ebb-activator").await);
     let crds: Api<DynamicObject> = Api::all_with(
         admin.clone(),
         &ApiResource::from_gvk_with_plural(
@@ -472,10 +498,8 @@ async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let config_map: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
-        json!({"metadata": {"name": "config-autoscaler"}, "data": data}),
-    )
-    .unwrap();
+    let config_map: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "config-autoscaler"}, "data": data})).unwrap();
     Api::namespaced(admin.clone(), &ns).create(&PostParams::default(), &config_map).await.unwrap();
     let fake = support::autoscaler::FakePods::default();
     let node = support::NodeEmulator::builder()
@@ -496,7 +520,8 @@ async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
         "spec": {"replicas": 0, "leaderWorkerTemplate": {"size": 3}},
     }))
     .unwrap();
-    wait_for(LONG, "the CRD to be served", async || objects.create(&PostParams::default(), &object).await).await;
+    wait_for(LONG, "the CRD to be served", async || objects.create(&PostParams::default(), &object).await)
+        .await;
     let lws_controller = {
         let (admin, ns) = (admin.clone(), ns.name().to_owned());
         tokio::spawn(async move {
@@ -515,17 +540,21 @@ async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
     )
     .await;
     let id = ebb_config::ServiceId::new(ns.name(), "llm");
-    let ready_instances = || {
-        controller.autoscaler().status().into_iter().find(|s| s.name == "llm").map_or(0, |s| s.ready)
-    };
+    let ready_instances =
+        || controller.autoscaler().status().into_iter().find(|s| s.name == "llm").map_or(0, |s| s.ready);
 
     // Woken from zero (the activator reports load): one group, its 3 pods.
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
     wait_for(LONG, "the autoscaler to follow the LeaderWorkerSet", async || {
         let frame = support::autoscaler::activator_frame(&ns, "llm", 1.0);
-        let sent = support::autoscaler::send_stats(controller.ingest_addr, Some(&activator_token), &[frame]).await;
+        let sent =
+            support::autoscaler::send_stats(controller.ingest_addr, Some(&activator_token), &[frame]).await;
         let replicas = objects.get("llm").await.map_err(|e| e.to_string())?.data["spec"]["replicas"].as_i64();
-        if sent == 200 && replicas == Some(1) { Ok(()) } else { Err(format!("stat {sent}, replicas {replicas:?}")) }
+        if sent == 200 && replicas == Some(1) {
+            Ok(())
+        } else {
+            Err(format!("stat {sent}, replicas {replicas:?}"))
+        }
     })
     .await;
     let set_ready = async |name: &str, ready: bool| {
@@ -545,9 +574,11 @@ async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
 
     // The last worker ready: the gate opens and the kubelet reports the leader Ready; one ready instance.
     set_ready("llm-0-2", true).await;
-    wait_for(LONG, "the leader Ready with its group", async || match gate_and_ready(&pods, "llm-0").await? {
-        (Some(gate), true) if gate == "True" => Ok(()),
-        other => Err(format!("gate and Ready {other:?}")),
+    wait_for(LONG, "the leader Ready with its group", async || {
+        match gate_and_ready(&pods, "llm-0").await? {
+            (Some(gate), true) if gate == "True" => Ok(()),
+            other => Err(format!("gate and Ready {other:?}")),
+        }
     })
     .await;
     wait_for(LONG, "one ready instance in the engine", async || {

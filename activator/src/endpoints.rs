@@ -36,7 +36,14 @@ pub struct PodInfo {
 impl PodInfo {
     /// A pod with an address that is not terminating or blocked, and no kubelet verdict.
     pub fn live(name: &str, addr: SocketAddr) -> Self {
-        Self { name: name.into(), addr: Some(addr), terminating: false, blocked: None, ready: None, held: false }
+        Self {
+            name: name.into(),
+            addr: Some(addr),
+            terminating: false,
+            blocked: None,
+            ready: None,
+            held: false,
+        }
     }
 }
 

@@ -7,7 +7,9 @@ use crate::error::{Diagnosed, Invalid};
 use crate::fields::{DurationRule, Fields, MAX_INT32, NumberRule, boolean, one_of, spelling, whole_number};
 use crate::keys::{GLOBAL_KEYS, global as key};
 use crate::spec::ScalerClass;
-use crate::targets::{InstanceShape, TargetKind, format_instances, format_kinds, parse_instances, parse_kinds};
+use crate::targets::{
+    InstanceShape, TargetKind, format_instances, format_kinds, parse_instances, parse_kinds,
+};
 use crate::value::{format_duration, format_number};
 
 /// The cluster-wide autoscaling defaults. `GlobalConfig::default()` is Knative's defaults.

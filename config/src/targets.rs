@@ -69,10 +69,14 @@ impl InstanceShape {
             };
         }
         let text = annotations.get(ANNOTATION_INSTANCE_PODS).ok_or_else(|| {
-            format!("its kind groups pods in instances but the annotation {ANNOTATION_INSTANCE_PODS} is not set")
+            format!(
+                "its kind groups pods in instances but the annotation {ANNOTATION_INSTANCE_PODS} is not set"
+            )
         })?;
         text.trim().parse::<u64>().ok().and_then(valid).ok_or_else(|| {
-            format!("{ANNOTATION_INSTANCE_PODS}: {text:?}: must be a whole number from 1 to {MAX_INSTANCE_PODS}")
+            format!(
+                "{ANNOTATION_INSTANCE_PODS}: {text:?}: must be a whole number from 1 to {MAX_INSTANCE_PODS}"
+            )
         })
     }
 }
@@ -204,19 +208,22 @@ pub fn format_kinds(kinds: &[TargetKind]) -> String {
 pub fn parse_instances(text: &str) -> Result<Vec<(TargetKind, InstanceShape)>, String> {
     let mut entries: Vec<(TargetKind, InstanceShape)> = Vec::new();
     for entry in text.split([';', '\n']).map(str::trim).filter(|e| !e.is_empty()) {
-        let (kind, fields) = entry
-            .split_once(':')
-            .ok_or_else(|| format!("{entry:?} is not RESOURCE.GROUP: name-label=LABEL, instance-label=LABEL"))?;
+        let (kind, fields) = entry.split_once(':').ok_or_else(|| {
+            format!("{entry:?} is not RESOURCE.GROUP: name-label=LABEL, instance-label=LABEL")
+        })?;
         let kind = TargetKind::parse(kind.trim())?;
         if kind.is_deployments() {
-            return Err(format!("{kind}: a Deployment's replica is one pod; use role groups (ebb.dev/group)"));
+            return Err(format!(
+                "{kind}: a Deployment's replica is one pod; use role groups (ebb.dev/group)"
+            ));
         }
         if entries.iter().any(|(k, _)| *k == kind) {
             return Err(format!("{kind} is listed twice"));
         }
         let (mut name_label, mut instance_label, mut size_path) = (None, None, None);
         for field in fields.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-            let (key, value) = field.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((field, ""));
+            let (key, value) =
+                field.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((field, ""));
             let label = |v: &str| {
                 let valid = !v.is_empty()
                     && v.len() <= 316
@@ -230,7 +237,9 @@ pub fn parse_instances(text: &str) -> Result<Vec<(TargetKind, InstanceShape)>, S
                 "size" => {
                     let path: Vec<String> = value.split('.').map(str::to_owned).collect();
                     if path.iter().any(|p| p.is_empty() || p.contains(char::is_whitespace)) {
-                        return Err(format!("{kind}: size: {value:?} is not a field path (for example spec.size)"));
+                        return Err(format!(
+                            "{kind}: size: {value:?} is not a field path (for example spec.size)"
+                        ));
                     }
                     size_path = Some(path);
                 }
@@ -276,10 +285,17 @@ mod tests {
         assert!(error("things.example.com").contains("is not RESOURCE.GROUP:"));
         assert!(error("things.example.com: name-label=a").contains("instance-label=LABEL is missing"));
         assert!(error("things.example.com: name-label=a b, instance-label=c").contains("not a label key"));
-        assert!(error("things.example.com: name-label=a, instance-label=b, size=spec..x").contains("field path"));
-        assert!(error("things.example.com: name-label=a, instance-label=b, pods=3").contains("unknown field"));
+        assert!(
+            error("things.example.com: name-label=a, instance-label=b, size=spec..x").contains("field path")
+        );
+        assert!(
+            error("things.example.com: name-label=a, instance-label=b, pods=3").contains("unknown field")
+        );
         assert!(error("deployments.apps: name-label=a, instance-label=b").contains("role groups"));
-        assert!(error("a.b: name-label=a, instance-label=b; a.b: name-label=a, instance-label=b").contains("twice"));
+        assert!(
+            error("a.b: name-label=a, instance-label=b; a.b: name-label=a, instance-label=b")
+                .contains("twice")
+        );
     }
 
     #[test]

@@ -84,7 +84,8 @@ fn instances_are_set_for_listed_kinds_only_and_leaderworkersets_have_them_built_
     assert!(errors[0].problem.contains("not in scale-target-kinds"), "{:?}", errors[0].problem);
     let kinds = format!("deployments.apps, {kind}, leaderworkersets.leaderworkerset.x-k8s.io");
     let config = parse(&[(key::SCALE_TARGET_KINDS, &kinds), (key::SCALE_TARGET_INSTANCES, &shape)]).unwrap();
-    let instance_label = |k: &ebb_config::targets::TargetKind| config.instance_shape(k).map(|s| s.instance_label);
+    let instance_label =
+        |k: &ebb_config::targets::TargetKind| config.instance_shape(k).map(|s| s.instance_label);
     assert_eq!(instance_label(&config.scale_target_kinds[0]), None);
     assert_eq!(instance_label(&config.scale_target_kinds[1]).as_deref(), Some("example.com/instance"));
     assert_eq!(

@@ -74,10 +74,17 @@ pub(crate) async fn reconcile(context: &Context, id: &ServiceId, view: &Instance
     for (pod, whole) in changes(view, entries) {
         let api: Api<Pod> = Api::namespaced(context.client.clone(), &id.namespace);
         let name = pod.name_any();
-        match api.patch_status(&name, &patch_params(), &Patch::Strategic(patch(&pod, whole, &view.size))).await {
-            Ok(_) => tracing::info!(service = %id, pod = %name, whole, "instance gate of {name} set to {whole}"),
+        match api
+            .patch_status(&name, &patch_params(), &Patch::Strategic(patch(&pod, whole, &view.size)))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(service = %id, pod = %name, whole, "instance gate of {name} set to {whole}")
+            }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => tracing::warn!(service = %id, pod = %name, "cannot write the instance gate of {name}: {e}"),
+            Err(e) => {
+                tracing::warn!(service = %id, pod = %name, "cannot write the instance gate of {name}: {e}")
+            }
         }
     }
 }

@@ -100,7 +100,8 @@ pub(crate) fn size_of(
 pub(crate) fn containers_ready(pod: &Pod) -> bool {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
     let find = |kind: &str| conditions.iter().find(|c| c.type_ == kind).map(|c| c.status == "True");
-    pod.metadata.deletion_timestamp.is_none() && find("ContainersReady").or_else(|| find("Ready")).unwrap_or(false)
+    pod.metadata.deletion_timestamp.is_none()
+        && find("ContainersReady").or_else(|| find("Ready")).unwrap_or(false)
 }
 
 /// Services with multi-pod instances, each with its view.
@@ -123,10 +124,13 @@ pub(crate) fn views(
         let object = watches.object(&target.kind, &id.namespace, &id.name);
         let size = size_of(&shape, object.as_deref(), &target.annotations());
         if let Err(why) = &size {
-            let note = format!("ebb cannot tell how many pods make an instance ({why}); it waits for every pod seen");
+            let note = format!(
+                "ebb cannot tell how many pods make an instance ({why}); it waits for every pod seen"
+            );
             context.events.warning(target.reference(), "InvalidInstanceSize", note);
         }
-        let by_target = indexed.entry(shape.name_label.clone()).or_insert_with(|| members.by_target(&shape.name_label));
+        let by_target =
+            indexed.entry(shape.name_label.clone()).or_insert_with(|| members.by_target(&shape.name_label));
         let key = (id.namespace.to_string(), id.name.to_string());
         let of_target = by_target.get(&key).map(Vec::as_slice).unwrap_or_default();
         let service_entries = entries.get(&id).map(Vec::as_slice).unwrap_or_default();

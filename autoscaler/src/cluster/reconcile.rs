@@ -146,7 +146,14 @@ impl Reconciler {
         }
         self.targets.refresh_scales().await;
         let config = &self.global.config;
-        self.instance_pods.sync(config.scale_target_kinds.iter().filter_map(|k| config.instance_shape(k)).collect::<Vec<_>>().iter());
+        self.instance_pods.sync(
+            config
+                .scale_target_kinds
+                .iter()
+                .filter_map(|k| config.instance_shape(k))
+                .collect::<Vec<_>>()
+                .iter(),
+        );
         let snapshot = self.observe();
         let work = self.decide(&snapshot);
         self.act(&snapshot, work).await;
