@@ -18,6 +18,9 @@ use super::health::ApiHealth;
 use super::state::Signals;
 use super::stores::reflect;
 
+/// Pods by namespace and target name.
+pub(crate) type ByTarget = HashMap<(String, String), Vec<Arc<Pod>>>;
+
 /// The pods that carry one name label, in every watched namespace.
 struct LabelWatch {
     stores: Vec<Store<Pod>>,
@@ -85,8 +88,8 @@ impl InstancePods {
 
     /// The pods labelled `label`, by namespace and the label's value (the target's name): one pass over
     /// the cache, whatever the number of targets.
-    pub fn by_target(&self, label: &str) -> HashMap<(String, String), Vec<Arc<Pod>>> {
-        let mut found: HashMap<(String, String), Vec<Arc<Pod>>> = HashMap::new();
+    pub fn by_target(&self, label: &str) -> ByTarget {
+        let mut found = ByTarget::new();
         for pod in self.watches.get(label).into_iter().flat_map(|w| &w.stores).flat_map(Store::state) {
             let Some(value) = pod.labels().get(label).cloned() else { continue };
             found.entry((pod.namespace().unwrap_or_default(), value)).or_default().push(pod);

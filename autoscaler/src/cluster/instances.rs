@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 
-use super::instance_pods::InstancePods;
+use super::instance_pods::{ByTarget, InstancePods};
 use super::state::Context;
 use super::target_watches::TargetWatches;
 use super::targets::Target;
@@ -116,7 +116,7 @@ pub(crate) fn views(
     (watches, members): (&TargetWatches, &InstancePods),
     entries: &HashMap<ServiceId, Vec<Arc<Pod>>>,
 ) -> Views {
-    let mut indexed: HashMap<String, HashMap<(String, String), Vec<Arc<Pod>>>> = HashMap::new();
+    let mut indexed: HashMap<String, ByTarget> = HashMap::new();
     let mut views = Views::new();
     for target in targets {
         let Some(shape) = global.instance_shape(&target.kind) else { continue };
