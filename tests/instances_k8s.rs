@@ -404,8 +404,9 @@ fn lws_resource() -> ApiResource {
 
 /// Plays LeaderWorkerSet's controller once, as its pods are labelled: for each group below `spec.replicas`
 /// a leader `NAME-G` (labelled `ebb.dev/service`, with the instance gate as `ebb inject` writes it into the
-/// leader template) and `size - 1` workers `NAME-G-W`; groups above it deleted; the status written.
-async fn play_lws(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
+/// leader template, when `gate`) and `size - 1` workers `NAME-G-W`; groups above it deleted; the status
+/// written.
+async fn play_lws(admin: &Client, ns: &str, name: &str, gate: bool) -> Result<(), String> {
     let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &lws_resource());
     let object = objects.get(name).await.map_err(|e| e.to_string())?;
     let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
@@ -426,6 +427,8 @@ async fn play_lws(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
             let mut spec = json!({"containers": [{"name": "model", "image": "example.invalid/model:1"}]});
             if worker == 0 {
                 labels["ebb.dev/service"] = json!(name);
+            }
+            if worker == 0 && gate {
                 spec["readinessGates"] = json!([{"conditionType": "ebb.dev/instance-ready"}]);
             }
             let pod: Pod = serde_json::from_value(
@@ -467,7 +470,8 @@ async fn gate_and_ready(pods: &Api<Pod>, name: &str) -> Result<(Option<String>, 
 /// pods (a leader and 2 workers) is one instance. The autoscaler (in-process, as ServiceAccount
 /// `ebb-autoscaler` with the base RBAC and `manifests/scale-targets/leaderworkersets`) sets the leader's gate
 /// False while a worker is not ready, so the node (emulated as a kubelet) does not report the leader Ready and
-/// the engine counts no ready instance; True once both workers are ready; False again when one fails.
+/// the engine counts no ready instance; True once both workers are ready; False again when one fails. A
+/// leader made without the gate is reported on its LeaderWorkerSet.
 #[tokio::test]
 async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
     let Some(cp) = support::require::control_plane() else { return };
@@ -522,12 +526,22 @@ async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
     .unwrap();
     wait_for(LONG, "the CRD to be served", async || objects.create(&PostParams::default(), &object).await)
         .await;
+    // A group whose leader was made without the gate (say, before its kind had an instance shape).
+    let mut old = object.clone();
+    old.metadata.name = Some("old".into());
+    old.metadata.labels = Some([("ebb.dev/service".to_owned(), "old".to_owned())].into());
+    old.metadata.annotations =
+        Some([("autoscaling.knative.dev/min-scale".to_owned(), "1".to_owned())].into());
+    old.data["spec"]["replicas"] = json!(1);
+    objects.create(&PostParams::default(), &old).await.expect("create LeaderWorkerSet old");
     let lws_controller = {
         let (admin, ns) = (admin.clone(), ns.name().to_owned());
         tokio::spawn(async move {
             loop {
-                if let Err(e) = play_lws(&admin, &ns, "llm").await {
-                    eprintln!("the test's LeaderWorkerSet controller: {e}");
+                for (name, gate) in [("llm", true), ("old", false)] {
+                    if let Err(e) = play_lws(&admin, &ns, name, gate).await {
+                        eprintln!("the test's LeaderWorkerSet controller: {e}");
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -598,6 +612,11 @@ async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
     })
     .await;
     assert!(controller.autoscaler().decisions(&id).is_some(), "the service is the engine's");
+
+    // A leader without the gate is reported: requests could reach it before its group is whole.
+    let contains =
+        ["old-0", "lack the readiness gate ebb.dev/instance-ready", "delete the pods of LeaderWorkerSet"];
+    support::autoscaler::wait_event_note(&admin, &ns, "old", "InstanceGateMissing", &contains, LONG).await;
     lws_controller.abort();
     controller.shutdown().await;
     drop(fake);

@@ -18,15 +18,8 @@ use serde_json::{Value, json};
 
 use super::instances::InstanceView;
 use super::options::patch_params;
+use super::pods::has_instance_gate as has_gate;
 use super::state::Context;
-
-/// Whether `pod`'s spec carries the instance gate.
-pub(crate) fn has_gate(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.readiness_gates.as_ref())
-        .is_some_and(|gates| gates.iter().any(|g| g.condition_type == INSTANCE_READY_GATE))
-}
 
 /// The gate's condition on `pod`'s status: `None` until it is first written.
 pub(crate) fn gate_status(pod: &Pod) -> Option<bool> {

@@ -11,13 +11,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use ebb_config::targets::{InstanceShape, SizeField};
+use ebb_config::targets::{INSTANCE_READY_GATE, InstanceShape, SizeField};
 use ebb_config::{GlobalConfig, ServiceId};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 
 use super::instance_pods::{ByTarget, InstancePods};
+use super::pods::has_instance_gate;
 use super::state::Context;
 use super::target_watches::TargetWatches;
 use super::targets::Target;
@@ -79,6 +80,28 @@ impl InstanceView {
     }
 }
 
+/// Entry pods without the instance readiness gate (created before their kind had an instance shape, or
+/// without the webhook): the activator and the EndpointSlice would use them before their instance is whole.
+/// A Warning Event naming them, deduplicated by the events' own memory.
+fn report_ungated(context: &Context, target: &Target, entries: &[Arc<Pod>]) {
+    let mut ungated: Vec<String> = entries
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && !has_instance_gate(p))
+        .map(|p| p.name_any())
+        .collect();
+    if ungated.is_empty() {
+        return;
+    }
+    ungated.sort();
+    let note = format!(
+        "pod(s) {} lack the readiness gate {INSTANCE_READY_GATE}, so requests may reach them before every pod of \
+         their instance is ready; {}",
+        ungated.join(", "),
+        target.restart_hint(" for the admission webhook to add it")
+    );
+    context.events.warning(target.reference(), "InstanceGateMissing", note);
+}
+
 /// Pods per instance of `object` (its data, where the shape says) or of its `annotations`.
 pub(crate) fn size_of(
     shape: &InstanceShape,
@@ -134,6 +157,7 @@ pub(crate) fn views(
         let key = (id.namespace.to_string(), id.name.to_string());
         let of_target = by_target.get(&key).map(Vec::as_slice).unwrap_or_default();
         let service_entries = entries.get(&id).map(Vec::as_slice).unwrap_or_default();
+        report_ungated(context, target, service_entries);
         let synced = members.synced(&shape.name_label);
         views.insert(id, InstanceView::observe(&shape, size, service_entries, of_target, synced));
     }
