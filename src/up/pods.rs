@@ -16,7 +16,7 @@
 //! replaced pod comes back where its peers' `EBB_PEERS_*` say it is. Scaling down drains an instance's entry
 //! first, then stops its other pods.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -93,6 +93,8 @@ struct ServiceState {
     want: u32,
     instances: Vec<Instance>,
     next_instance: u64,
+    /// Pods being started, `(instance, role, slot)`: another reconcile running meanwhile leaves them be.
+    starting: BTreeSet<(u64, usize, usize)>,
     pods: Vec<Pod>,
     next: u64,
     backoff: Backoff,
@@ -127,8 +129,9 @@ impl ServiceState {
         for instance in self.instances.iter().filter(|i| !i.terminating) {
             for &role in &roles {
                 for slot in 0..self.spec.roles[role].count as usize {
-                    if self.in_slot(instance.id, role, slot) == 0 {
-                        missing.push((instance.id, role, slot));
+                    let place = (instance.id, role, slot);
+                    if self.in_slot(instance.id, role, slot) == 0 && !self.starting.contains(&place) {
+                        missing.push(place);
                     }
                 }
             }
@@ -220,6 +223,7 @@ impl PodManager {
                     want: 0,
                     instances: Vec::new(),
                     next_instance: 1,
+                    starting: BTreeSet::new(),
                     pods: Vec::new(),
                     next: 1,
                     backoff: Backoff::default(),
@@ -295,12 +299,13 @@ impl PodManager {
             }
             // A terminating instance drains its entry first (requests in flight there may still need its
             // peers), then stops the rest; once its last pod is gone, its addresses are free.
-            let ServiceState { instances, pods, .. } = state;
+            let ServiceState { instances, pods, starting, .. } = state;
             instances.retain(|instance| {
                 if !instance.terminating {
                     return true;
                 }
-                if !pods.iter().any(|p| p.instance == instance.id) {
+                let busy = starting.iter().any(|(i, _, _)| *i == instance.id);
+                if !busy && !pods.iter().any(|p| p.instance == instance.id) {
                     released.extend(instance.ips.iter().flatten().copied());
                     return false;
                 }
@@ -313,12 +318,13 @@ impl PodManager {
             // After a failure, new pods wait for the backoff delay (a timer reconciles then).
             if state.backoff.waiting(Instant::now()).is_none() {
                 to_start = state.missing();
+                state.starting.extend(to_start.iter().copied());
             }
         }
         for ip in released {
             self.release_ip(ip);
         }
-        for (instance, role, slot) in to_start {
+        for &(instance, role, slot) in &to_start {
             if let Err(reason) = self.start_pod(service, instance, role, slot) {
                 tracing::error!(service, "cannot start a pod: {reason}");
                 if let Some(state) = self.services.locked().get_mut(service) {
@@ -327,6 +333,21 @@ impl PodManager {
                 }
                 break;
             }
+        }
+        // Started pods are in `pods` now; the others are missing again, for the retry. A pod started for an
+        // instance that was scaled away meanwhile is stopped by reconciling again.
+        let again = match self.services.locked().get_mut(service) {
+            Some(state) => {
+                for place in &to_start {
+                    state.starting.remove(place);
+                }
+                let instances = &state.instances;
+                to_start.iter().any(|(id, _, _)| instances.iter().any(|i| i.id == *id && i.terminating))
+            }
+            None => false,
+        };
+        if again {
+            return self.reconcile(service);
         }
         self.schedule_retry(service);
         self.publish(service);
@@ -410,7 +431,7 @@ impl PodManager {
             state.spec.roles.clone()
         };
         let mut ips: Vec<Vec<Ipv4Addr>> = Vec::new();
-        let mut failure = None;
+        let mut failure: Option<String> = None;
         'roles: for role in &roles {
             let mut slots = Vec::new();
             for _ in 0..role.count {
@@ -428,25 +449,26 @@ impl PodManager {
             }
             ips.push(slots);
         }
-        let stored = failure.is_none() && {
+        if let Some(failure) = failure {
+            ips.into_iter().flatten().for_each(|ip| self.release_ip(ip));
+            return Err(failure);
+        }
+        let kept = {
             let mut services = self.services.locked();
-            let instance =
+            let found =
                 services.get_mut(service).and_then(|s| s.instances.iter_mut().find(|i| i.id == instance));
-            match instance {
-                Some(instance) if !instance.terminating => {
-                    instance.ips = ips.clone();
-                    true
+            match found {
+                // Another start reserved them meanwhile: those are the instance's.
+                Some(found) if !found.ips.is_empty() => Ok(found.ips.clone()),
+                Some(found) if !found.terminating => {
+                    found.ips = ips.clone();
+                    return Ok(ips);
                 }
-                _ => false,
+                _ => Err(format!("instance {instance} is gone")),
             }
         };
-        if stored {
-            return Ok(ips);
-        }
-        for ip in ips.into_iter().flatten() {
-            self.release_ip(ip);
-        }
-        Err(failure.unwrap_or_else(|| format!("instance {instance} is gone")))
+        ips.into_iter().flatten().for_each(|ip| self.release_ip(ip));
+        kept
     }
 
     /// Starts the pod of `role` in `slot` of `instance`; `Err` says why it could not.
