@@ -203,10 +203,10 @@ async fn handle(server: Arc<Server>, request: Request<Incoming>) -> Result<Respo
         Role::Whole | Role::Prefill => Vec::new(),
     };
     let mut response = generate(&server, generation, &prefilled).await;
-    if !prefilled.is_empty() {
-        if let Ok(pods) = HeaderValue::from_str(&prefilled.join(",")) {
-            response.headers_mut().insert(PREFILL_HEADER, pods);
-        }
+    if !prefilled.is_empty()
+        && let Ok(pods) = HeaderValue::from_str(&prefilled.join(","))
+    {
+        response.headers_mut().insert(PREFILL_HEADER, pods);
     }
     Ok(response)
 }
