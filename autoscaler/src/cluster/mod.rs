@@ -264,10 +264,12 @@ impl ClusterController {
         let mut bucket_leases = None;
         if options.buckets > 1 {
             let (signals, mut owned) = (signals.clone(), signals.ownership().expect("buckets are followed"));
+            let context = context.clone();
             tasks.push(tokio::spawn(async move {
                 while owned.changed().await.is_ok() {
                     let held = owned.borrow_and_update().buckets();
                     tracing::info!(?held, "buckets held");
+                    context.metrics.buckets_held.set(held.len() as i64);
                     signals.wake();
                 }
             }));
