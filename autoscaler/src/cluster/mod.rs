@@ -17,8 +17,8 @@
 //!   scale-downs and
 //!   other writers;
 //! - [`path`], [`slices`]: the public Service and its one EndpointSlice, activator or pods;
-//! - [`status`], [`deletion_cost`], [`blocked`], [`env_check`], [`events`]: what the controller writes besides
-//!   replicas;
+//! - [`status`], [`deletion_cost`], [`blocked`], `starting`, [`env_check`], [`events`]: what the controller
+//!   writes besides replicas;
 //! - [`auth`], [`ingest`]: the activators' authenticated stat streams;
 //! - [`serve`], [`metrics`]: `/metrics`, `/healthz`, `/readyz` on port 9090;
 //! - [`rbac`]: the permissions it needs, as data (docs/rbac.md explains them);
@@ -54,6 +54,7 @@ mod selector;
 pub mod serve;
 mod service_state;
 pub mod slices;
+mod starting;
 mod state;
 pub mod status;
 mod stores;
