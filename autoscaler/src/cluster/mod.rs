@@ -20,8 +20,8 @@
 //!   scale-downs and
 //!   other writers;
 //! - [`path`], [`slices`]: the public Service and its one EndpointSlice, activator or pods;
-//! - [`status`], [`deletion_cost`], [`blocked`], [`env_check`], [`events`]: what the controller writes besides
-//!   replicas;
+//! - [`status`], [`deletion_cost`], [`blocked`], `starting`, [`env_check`], [`events`]: what the controller
+//!   writes besides replicas;
 //! - [`auth`], [`ingest`]: the activators' authenticated stat streams;
 //! - [`serve`], [`metrics`]: `/metrics`, `/healthz`, `/readyz` on port 9090;
 //! - [`rbac`]: the permissions it needs, as data (docs/rbac.md explains them);
@@ -60,6 +60,7 @@ mod selector;
 pub mod serve;
 mod service_state;
 pub mod slices;
+mod starting;
 mod state;
 pub mod status;
 mod stores;
@@ -270,10 +271,12 @@ impl ClusterController {
         let mut bucket_leases = None;
         if options.buckets > 1 {
             let (signals, mut owned) = (signals.clone(), signals.ownership().expect("buckets are followed"));
+            let context = context.clone();
             tasks.push(tokio::spawn(async move {
                 while owned.changed().await.is_ok() {
                     let held = owned.borrow_and_update().buckets();
                     tracing::info!(?held, "buckets held");
+                    context.metrics.buckets_held.set(held.len() as i64);
                     signals.wake();
                 }
             }));

@@ -28,6 +28,7 @@ use super::path::{self, PathContext, Prober};
 use super::pods::{self, is_ready};
 use super::scale::{self, ScaleContext};
 use super::service_state::ServiceState;
+use super::starting;
 use super::state::{Activators, Context, GlobalInForce, OtherTargets, Signals, TargetSettings};
 use super::stores::Stores;
 use super::target_watches::TargetWatches;
@@ -376,6 +377,7 @@ impl Reconciler {
             autoscaler.set_pods(&id, targets);
         }
         report_blocked(context, &reference, &id, state, service_pods);
+        state.starting_since = starting::since(service_pods).map(|t| t.to_string());
         let injected_at_creation = !template_has_queue_proxy(target);
         let outdated =
             report_mismatches(context, &reference, state, service_pods, target, injected_at_creation);
