@@ -46,7 +46,11 @@ impl Members {
     /// Replicas alive now that count buckets as this one does (the others take no bucket), this one included.
     pub fn live(&self) -> usize {
         let alike = |value: &String| count_of(value) == Some(self.buckets);
-        1 + self.seen.values().filter(|(value, at)| at.elapsed() < self.lease_duration && alike(value)).count()
+        1 + self
+            .seen
+            .values()
+            .filter(|(value, at)| at.elapsed() < self.lease_duration && alike(value))
+            .count()
     }
 
     /// The live replicas that announce another bucket count (or none readable), by identity.
