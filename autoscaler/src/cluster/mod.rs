@@ -269,7 +269,16 @@ impl ClusterController {
             }));
         }
         let mut bucket_leases = None;
-        if options.buckets > 1 {
+        // Replicas of another bucket count must not act beside this one (buckets::guard_leadership).
+        let (may_lead_tx, may_lead) = watch::channel(true);
+        if options.buckets == 1 {
+            tasks.push(tokio::spawn(buckets::guard_leadership(
+                Api::<Lease>::namespaced(client.clone(), &options.namespace),
+                lease_config.clone(),
+                may_lead_tx,
+                stop_rx.clone(),
+            )));
+        } else {
             let (signals, mut owned) = (signals.clone(), signals.ownership().expect("buckets are followed"));
             let context = context.clone();
             tasks.push(tokio::spawn(async move {
@@ -293,6 +302,7 @@ impl ClusterController {
             Api::<Lease>::namespaced(client, &options.namespace),
             lease_config,
             leading_tx,
+            may_lead,
             health,
             stop_rx,
         ));

@@ -21,6 +21,6 @@ pub mod scrape;
 
 pub use autoscaler::{Autoscaler, Options, PodTarget};
 pub use controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
-pub use metrics::Metrics;
+pub use metrics::{Metrics, ServiceSeries};
 pub use scaler::Scaler;
 pub use scrape::{ScrapeError, Scraper};
