@@ -709,6 +709,7 @@ impl PodManager {
                         terminating: false,
                         blocked: Some(reason.clone()),
                         ready: None,
+                        held: false,
                     });
                 }
             }

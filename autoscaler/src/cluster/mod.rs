@@ -8,6 +8,9 @@
 //! - `targets`, `target_watches`, `selector`: scale targets of any kind (`scale-target-kinds`): one view of
 //!   a Deployment or another object with its `scale` subresource, the watches of the other kinds, the pod
 //!   selectors their scale subresources report;
+//! - `instances`, `instance_pods`, `instance_gate`: multi-pod instances (a LeaderWorkerSet's groups): every
+//!   pod of an instance watched, an entry counted ready only while its instance is whole, and its
+//!   readiness gate written to match;
 //! - `reconcile`: the pass that turns them into the engine's services and pods, and on the leader into
 //!   writes;
 //! - [`leader`]: the Lease; only its holder writes anything, every replica collects and decides;
@@ -41,6 +44,9 @@ mod group_scale;
 mod groups;
 mod health;
 pub mod ingest;
+mod instance_gate;
+mod instance_pods;
+mod instances;
 pub mod leader;
 mod members;
 pub mod metrics;

@@ -21,6 +21,8 @@ use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 
 use super::groups::{self, Groups};
+use super::instance_pods::InstancePods;
+use super::instances::{self, Views};
 use super::metrics::{BlockedLabels, KubeMetrics};
 use super::path::{self, PathContext, Prober};
 use super::pods::{self, is_ready};
@@ -31,7 +33,7 @@ use super::state::{Activators, Context, GlobalInForce, OtherTargets, Signals, Ta
 use super::stores::Stores;
 use super::target_watches::TargetWatches;
 use super::targets::{Target, one_per_name};
-use super::{blocked, env_check, group_scale, status};
+use super::{blocked, env_check, group_scale, instance_gate, status};
 use crate::engine::{Autoscaler, PodTarget, ServiceStatus};
 
 /// How many services the leader reconciles at once: enough that a slow API call for one does not hold up the
@@ -61,6 +63,8 @@ pub(crate) struct Reconciler {
     targets: TargetWatches,
     /// Those targets, published for the admission webhook.
     published: Arc<OtherTargets>,
+    /// Every pod of the multi-pod instances (`instances`).
+    instance_pods: InstancePods,
     services: HashMap<ServiceId, ServiceState>,
 }
 
@@ -82,7 +86,14 @@ impl Reconciler {
             context.health.clone(),
             signals.clone(),
         );
+        let instance_pods = InstancePods::new(
+            context.client.clone(),
+            &context.options.watch_namespaces,
+            context.health.clone(),
+            signals.clone(),
+        );
         Self {
+            instance_pods,
             context,
             signals,
             activators,
@@ -135,6 +146,15 @@ impl Reconciler {
             }
         }
         self.targets.refresh_scales().await;
+        let config = &self.global.config;
+        self.instance_pods.sync(
+            config
+                .scale_target_kinds
+                .iter()
+                .filter_map(|k| config.instance_shape(k))
+                .collect::<Vec<_>>()
+                .iter(),
+        );
         let snapshot = self.observe();
         let work = self.decide(&snapshot);
         self.act(&snapshot, work).await;
@@ -160,8 +180,11 @@ impl Reconciler {
                 .iter()
                 .filter(|t| !t.kind.is_deployments())
                 .map(|t| {
-                    let settings =
-                        TargetSettings { kind: t.kind_name().to_owned(), annotations: t.annotations() };
+                    let settings = TargetSettings {
+                        kind: t.kind_name().to_owned(),
+                        annotations: t.annotations(),
+                        instances: self.global.config.instance_shape(&t.kind).is_some(),
+                    };
                     (t.id(), settings)
                 })
                 .collect(),
@@ -205,7 +228,14 @@ impl Reconciler {
         self.activators.set_ready(activators.clone());
         let groups = groups::observe(stores);
         groups::report(context, &groups);
-        Snapshot { targets, kept, pods, activators, groups, synced: self.targets.synced() }
+        let instances = instances::views(
+            context,
+            &self.global.config,
+            &targets,
+            (&self.targets, &self.instance_pods),
+            &pods,
+        );
+        Snapshot { targets, kept, pods, activators, groups, instances, synced: self.targets.synced() }
     }
 
     /// Decide: brings the engine's services and pods up to date with the snapshot (the engine decides on its
@@ -219,7 +249,7 @@ impl Reconciler {
             if !self.signals.collects(&target.id()) {
                 continue;
             }
-            if let Some(id) = self.update_service(target, &snapshot.pods) {
+            if let Some(id) = self.update_service(target, &snapshot.pods, &snapshot.instances) {
                 present.insert(id);
             }
         }
@@ -266,6 +296,7 @@ impl Reconciler {
         &mut self,
         target: &Target,
         pods: &HashMap<ServiceId, Vec<Arc<Pod>>>,
+        instances: &Views,
     ) -> Option<ServiceId> {
         let Self { context, signals, activators, autoscaler, stores, global, services, .. } = self;
         let (context, autoscaler, stores) = (&**context, &**autoscaler, &*stores);
@@ -296,8 +327,11 @@ impl Reconciler {
             ServiceState::default()
         });
         let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
-        let targets: Vec<PodTarget> =
+        let mut targets: Vec<PodTarget> =
             service_pods.iter().map(|p| pods::target(p, context.options.pod_stats_port)).collect();
+        if let Some(view) = instances.get(&id) {
+            view.restrict(&mut targets);
+        }
         let ready = targets.iter().filter(|t| t.ready && !t.terminating).count() as u32;
         let replicas = target.scale.replicas;
 
@@ -377,7 +411,12 @@ impl Reconciler {
             .filter_map(|(id, state)| {
                 let Work { target, status, pods } = work.get(id)?;
                 let group = snapshot.groups.valid.get(id);
+                let instances = snapshot.instances.get(id);
+                let gate_ctx: &Context = scale_ctx.context;
                 Some(async move {
+                    if let Some(view) = instances {
+                        instance_gate::reconcile(gate_ctx, id, view, pods).await;
+                    }
                     group_scale::reconcile(scale_ctx, (id, state), target, status, pods, group).await;
                     if manage_request_path {
                         path::reconcile(path_ctx, id, state, target, status, pods).await;
@@ -403,6 +442,8 @@ struct Snapshot {
     activators: Vec<IpAddr>,
     /// The role groups.
     groups: Groups,
+    /// The services with multi-pod instances.
+    instances: Views,
 }
 
 /// One service the leader acts on: its target and pods as observed, and the engine's decision in force.

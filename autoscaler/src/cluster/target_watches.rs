@@ -16,7 +16,7 @@ use ebb_config::targets::TargetKind;
 use futures::{FutureExt, StreamExt};
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::discovery;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::task::JoinHandle;
@@ -188,6 +188,13 @@ impl TargetWatches {
             }
         }
         (targets, failed)
+    }
+
+    /// The watched object `namespace/name` of `kind`, as its watch shows it now.
+    pub fn object(&self, kind: &TargetKind, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let watch = self.kinds.get(kind)?;
+        let key = ObjectRef::new_with(name, watch.resource.clone()).within(namespace);
+        watch.stores.iter().find_map(|s| s.get(&key))
     }
 
     /// Whether every watched kind has listed once, so that a target missing from [`Self::targets`] is gone
