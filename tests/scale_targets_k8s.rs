@@ -122,7 +122,7 @@ impl Env {
             } else {
                 let decisions =
                     self.controller().autoscaler().decisions(&ServiceId::new(self.ns.name(), name));
-                let last = decisions.and_then(|d| d.last().map(|r| r.reason.clone()));
+                let last = decisions.and_then(|d| d.last().map(|r| r.reason.to_string()));
                 Err(format!("{replicas} replicas; last decision: {last:?}"))
             }
         })

@@ -188,7 +188,7 @@ pub(crate) async fn reconcile(
     let reason = || {
         autoscaler
             .decisions(id)
-            .and_then(|d| d.into_iter().rev().find(|r| r.changed).map(|r| r.reason))
+            .and_then(|d| d.into_iter().rev().find(|r| r.changed).map(|r| r.reason.to_string()))
             .unwrap_or_else(|| status.last_reason.clone())
     };
     if observed != desired && state.deployment_writes.ready() {
