@@ -4,7 +4,9 @@
 //! and deleting the 3 pods of each instance), configured through `scale-target-instances`. Woken from zero
 //! by a burst of requests that all succeed, none answered before all three pods of the instance were ready
 //! (the decode entry's readiness gate, set by the autoscaler, holds it back while prefill loads); scaled to
-//! 2 instances (6 pods) under load and back to zero. And a LeaderWorkerSet (a stand-in for its CRD, the
+//! 2 instances (6 pods) under load and back to zero. At a steady load of 2 instances, an instance restarting
+//! as a whole and an instance-level rolling update with surge: counted in instances, and not fought (issue
+//! 17, part 4). And a LeaderWorkerSet (a stand-in for its CRD, the
 //! shape ebb has built in), with the autoscaler in-process: its leader's gate follows its workers' readiness.
 
 use std::collections::BTreeMap;
