@@ -873,6 +873,12 @@ async fn an_instance_restarting_or_rolled_out_with_surge_is_counted_whole_and_no
     let new = live_instances(&llm.pods).await;
     assert_eq!(new, llm.plan.lock().unwrap().instances, "the planned instances serve");
     assert!(new.len() == 2 && new.iter().all(|i| !old.contains(i)), "2 new instances {new:?}, old {old:?}");
+    // Only new instances are left, so whatever is served from now on, they serve.
+    let before = load.ok();
+    wait_for(LONG, "requests served by the new instances", async || {
+        if load.ok() >= before + 100 { Ok(()) } else { Err(format!("{} served since", load.ok() - before)) }
+    })
+    .await;
 
     let (ok, failures) = load.finish().await;
     let samples = sampler.finish().await;
