@@ -789,8 +789,8 @@ async fn live_instances(pods: &Api<Pod>) -> Vec<i64> {
 }
 
 /// The same custom resource at a steady load that wants exactly 2 instances (6 pods), with room to scale to
-/// 4. An instance restarts as a whole (the test's controller deletes its 3 pods and recreates them, prefill
-/// loading for 6 s, as KubeInfer's recovery policy does): meanwhile its entry's gate is False, the engines
+/// 4. An instance restarts as a whole, as KubeInfer's recovery policy does (its 3 pods deleted, and recreated
+/// together once all are gone, prefill loading for 6 s): meanwhile its entry's gate is False, the engines
 /// count 1 ready instance, and no instance is added for the missing capacity. Then an instance-level rolling
 /// update with a surge of 1 instance: each old instance is replaced by first creating a new one (new
 /// instance label), waiting until it is whole, then deleting the old one; the engines count at most 3
@@ -809,7 +809,8 @@ async fn an_instance_restarting_or_rolled_out_with_surge_is_counted_whole_and_no
     let steady = Instant::now();
     mark("steady: 2 instances");
 
-    // 1. A whole-instance restart: its 3 pods deleted, then recreated under the same names.
+    // 1. A whole-instance restart: its 3 pods deleted, then recreated under the same names by the controller
+    // once all are gone (the old entry first drains: its queue-proxy's quiet period, 30 s).
     let restarted = llm.plan.lock().unwrap().instances[0];
     let entry = format!("llm-{restarted}-decode");
     let old_uid = llm.pods.get(&entry).await.unwrap().metadata.uid;
@@ -895,7 +896,7 @@ async fn an_instance_restarting_or_rolled_out_with_surge_is_counted_whole_and_no
     let max_replicas = samples.iter().map(|s| s.replicas).max();
     let max_ready = samples.iter().flat_map(|s| s.engines.iter().map(|&(r, _)| r)).max();
     eprintln!(
-        "{} samples over {:?} of steady load: max spec.replicas {max_replicas:?}, max ready {max_ready:?}; {ok} \
+        "{} samples ({:?} since steady): max spec.replicas {max_replicas:?}, max ready {max_ready:?}; {ok} \
          served, {} failed",
         samples.len(),
         steady.elapsed(),
