@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use ebb_config::groups::{LABEL_GROUP, MemberMeta, lone_problems, resolve_groups};
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
 use ebb_config::placement::template_only_keys;
-use ebb_config::targets::format_kinds;
+use ebb_config::targets::{ANNOTATION_INSTANCE_PODS, SizeField, format_kinds};
 use ebb_config::{Diagnosed, GlobalConfig, Invalid, resolve_service};
 
 use crate::manifest::{Object, Source, parse_objects, read_source};
@@ -250,6 +250,7 @@ fn check_service(report: &mut Report, source: &Source, object: &Object, global: 
     for (_key, message) in template_only_keys(&object.annotations, &object.template_annotations) {
         report.push(source, object, Severity::Warning, message);
     }
+    check_instances(report, source, object, global);
     match resolve_service(&object.annotations, global) {
         Ok(Diagnosed { value, warnings }) => {
             report.push_diagnostics(source, object, None, &warnings);
@@ -261,6 +262,42 @@ fn check_service(report: &mut Report, source: &Source, object: &Object, global: 
             });
         }
         Err(invalid) => report.push_diagnostics(source, object, Some(&invalid), &invalid.warnings),
+    }
+}
+
+/// A kind whose replica is several pods needs its pods per instance from the object (the shape's `size=`,
+/// which its own controller validates) or from `ebb.dev/instance-pods`; that annotation elsewhere has no effect.
+fn check_instances(report: &mut Report, source: &Source, object: &Object, global: &GlobalConfig) {
+    let shape = object.target_kind().and_then(|k| global.instance_shape(&k));
+    let annotation = object.annotations.get(ANNOTATION_INSTANCE_PODS);
+    match shape {
+        Some(shape) if shape.size_path.is_none() => {
+            let unused = |_: &[String]| SizeField::Absent;
+            if let Err(why) = shape.pods_per_instance(unused, &object.annotations) {
+                let message = format!(
+                    "{why}: ebb cannot tell when an instance has all its pods (scale-target-instances says \
+                     where its kind keeps them, else this annotation must)"
+                );
+                report.push(source, object, Severity::Error, message);
+            }
+        }
+        Some(_) if annotation.is_some() => {
+            let message = format!(
+                "{ANNOTATION_INSTANCE_PODS} is set but its kind says its pods per instance in the object: the \
+                 annotation has no effect"
+            );
+            report.push(source, object, Severity::Warning, message);
+        }
+        Some(_) => {}
+        None if annotation.is_some() => {
+            let message = format!(
+                "{ANNOTATION_INSTANCE_PODS} is set but a replica of {} is one pod (no scale-target-instances \
+                 entry for its kind): the annotation has no effect",
+                object.kind
+            );
+            report.push(source, object, Severity::Warning, message);
+        }
+        None => {}
     }
 }
 

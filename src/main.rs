@@ -75,10 +75,14 @@ Exit codes:
     /// Serve a small OpenAI-compatible demo model (for demos, tests and benchmarks).
     ///
     /// Loads for --startup-delay (connections refused meanwhile), then answers /v1/chat/completions and
-    /// /v1/completions, streaming token by token over SSE when asked, at --tokens-per-second.
+    /// /v1/completions, streaming token by token over SSE when asked, at --tokens-per-second. With --role it
+    /// plays one role of a prefill/decode pair: prefill answers POST /v1/prefill; decode serves completions,
+    /// asking every prefill peer (--prefill-peers, EBB_PEERS_PREFILL under `ebb up`) first.
     #[command(after_help = "Examples:
   ebb demo-model --listen 127.0.0.1:8000 --startup-delay 2s --concurrency 4
   curl localhost:8000/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'
+  ebb demo-model --role prefill --listen 127.0.0.1:8001 &
+  ebb demo-model --role decode --listen 127.0.0.1:8000 --prefill-peers 127.0.0.1:8001
 
 Exit codes:
   0  stopped on SIGTERM or Ctrl-C after finishing the requests in flight
@@ -112,6 +116,7 @@ Exit codes:
     #[command(after_help = "Examples:
   ebb up                                   # the demo: curl -H 'Host: demo' localhost:8080/v1/chat/completions ...
   ebb up -f ebb.yaml --port 8000           # your services (docs/examples/chat.yaml shows the file)
+  ebb up -f docs/examples/ebb-2p1d.yaml    # a service of roles: 2 prefill + 1 decode pod per instance
   ebb status -w                            # in another terminal: watch them scale
 
 Exit codes:

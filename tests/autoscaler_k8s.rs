@@ -156,7 +156,7 @@ impl Env {
             } else {
                 let decisions =
                     self.controller().autoscaler().decisions(&ServiceId::new(self.ns.name(), name));
-                let last = decisions.and_then(|d| d.last().map(|r| r.reason.clone()));
+                let last = decisions.and_then(|d| d.last().map(|r| r.reason.to_string()));
                 Err(format!("{replicas} replicas; last decision: {last:?}"))
             }
         })
@@ -350,7 +350,7 @@ async fn invalid_annotations_paused_and_foreign_services_are_left_alone() {
         let decisions = env.controller().autoscaler().decisions(&id).unwrap_or_default();
         decisions
             .iter()
-            .find(|d| d.decider_desired.unwrap_or(0) > 1 && d.reason.contains("paused"))
+            .find(|d| d.decider_desired.unwrap_or(0) > 1 && d.reason.to_string().contains("paused"))
             .map(drop)
             .ok_or_else(|| format!("{:?}", decisions.last()))
     })

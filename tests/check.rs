@@ -328,6 +328,58 @@ metadata: {name: big, labels: {ebb.dev/service: big}}
     );
 }
 
+/// Instances of several pods: a bad `scale-target-instances` is an error naming the key; a listed custom kind
+/// needs `ebb.dev/instance-pods` (a whole number) on its objects; the annotation where it has no effect is a
+/// warning.
+#[test]
+fn instance_settings_are_checked_with_the_kinds_they_shape() {
+    let dir = temp_dir("instances");
+    let config = |instances: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: config-autoscaler, namespace: ebb-system}}\ndata:\n  \
+             scale-target-kinds: \"deployments.apps, statefulsets.apps, inferenceservices.serving.example.com\"\n  \
+             scale-target-instances: \"{instances}\"\n"
+        )
+    };
+    let bad = write(&dir, "bad.yaml", &config("inferenceservices.serving.example.com: name-label=a"));
+    let (code, stdout, _) = run(&[&bad]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("scale-target-instances"), "{stdout}");
+    assert!(stdout.contains("instance-label=LABEL is missing"), "{stdout}");
+
+    let shape = "inferenceservices.serving.example.com: name-label=serving.example.com/name, \
+                 instance-label=serving.example.com/instance";
+    let object = |name: &str, pods: Option<&str>| {
+        let annotations =
+            pods.map(|p| format!(", annotations: {{ebb.dev/instance-pods: \"{p}\"}}")).unwrap_or_default();
+        format!(
+            "---\napiVersion: serving.example.com/v1\nkind: InferenceService\nmetadata: {{name: {name}, \
+             labels: {{ebb.dev/service: {name}}}{annotations}}}\n"
+        )
+    };
+    let text = format!(
+        "{}{}{}{}---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db, labels: {{ebb.dev/service: db}}, \
+         annotations: {{ebb.dev/instance-pods: \"2\"}}}}\nspec:\n  template:\n    metadata: {{labels: {{ebb.dev/service: db}}}}\n",
+        config(shape),
+        object("good", Some("3")),
+        object("missing", None),
+        object("wrong", Some("three")),
+    );
+    let file = write(&dir, "objects.yaml", &text);
+    let (code, stdout, _) = run(&[&file]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(!stdout.contains("InferenceService default/good:"), "{stdout}");
+    assert!(
+        stdout.contains("InferenceService default/missing: its kind groups pods in instances but the annotation ebb.dev/instance-pods is not set"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("InferenceService default/wrong: ebb.dev/instance-pods: \"three\""), "{stdout}");
+    assert!(
+        stdout.contains("StatefulSet default/db: warning: ebb.dev/instance-pods is set but a replica of StatefulSet is one pod"),
+        "{stdout}"
+    );
+}
+
 /// Role groups: a prefill/decode pair is accepted; a group without an entry, with two, or with pods per
 /// instance that are not a positive whole number is an error on every member, and the exit code is 1.
 #[test]

@@ -175,3 +175,46 @@ async fn sigterm_finishes_the_stream_in_flight_then_exits() {
     };
     assert!(exit.success(), "{exit}");
 }
+
+#[tokio::test]
+async fn decode_asks_every_prefill_peer_and_fails_clearly_without_one() {
+    let prefill =
+        [start(&["--role", "prefill", "--time-to-first-token", "0s"]), start(&["--role", "prefill"])];
+    let peers = format!("{},{}", prefill[0].addr, prefill[1].addr);
+    let decode = start(&["--role", "decode", "--prefill-peers", &peers, "--time-to-first-token", "0s"]);
+
+    // A prefill pod answers its internal endpoint only.
+    let (status, body) =
+        json(send(prefill[0].addr, "POST", "/v1/prefill", r#"{"prompt_tokens":3}"#).await).await;
+    assert_eq!((status, body["prompt_tokens"].as_u64()), (200, Some(3)), "{body}");
+    let (status, body) = json(send(prefill[0].addr, "POST", "/v1/chat/completions", CHAT).await).await;
+    assert_eq!(status, 404, "{body}");
+
+    // Decode names both prefill pods that took the prompt (outside `ebb up`, by their addresses).
+    let response = send(decode.addr, "POST", "/v1/chat/completions", CHAT).await;
+    let header = response.headers()["ebb-demo-prefill"].to_str().unwrap().to_owned();
+    let (status, body) = json(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "ebb scales this model from");
+    let expected = [prefill[0].addr.to_string(), prefill[1].addr.to_string()];
+    assert_eq!(body["prefill"], serde_json::json!(expected));
+    assert_eq!(header, expected.join(","));
+
+    // Without its second prefill peer, a completion is a 502 that names it.
+    let gone = prefill[1].addr;
+    let [_first, second] = prefill;
+    drop(second);
+    let (status, body) = json(send(decode.addr, "POST", "/v1/chat/completions", CHAT).await).await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with(&format!("prefill peer {gone} failed")), "{message}");
+
+    // A decode role with no peers is a bad command line.
+    let output = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["demo-model", "--role", "decode"])
+        .env_remove("EBB_PEERS_PREFILL")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--prefill-peers"));
+}

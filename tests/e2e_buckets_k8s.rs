@@ -22,7 +22,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
-use support::cluster::{Cluster, WAIT, gateway_load};
+use support::autoscaler::metrics_text;
+use support::cluster::{Cluster, WAIT, gateway_load, ready_ips};
 use support::wait_for;
 
 /// The buckets, one per replica.
@@ -73,6 +74,20 @@ async fn three_replicas_share_the_buckets_and_a_killed_ones_bucket_is_taken_over
     for (holder, _) in &spread {
         assert!(replicas.contains(holder), "{holder} is one of the autoscaler pods {replicas:?}");
     }
+    // Each replica says so on its metrics: one bucket held.
+    wait_for(WAIT, "ebb_autoscaler_buckets_held 1 on every replica", async || {
+        let mut held = Vec::new();
+        for ip in ready_ips(&pods, AUTOSCALERS).await? {
+            let page = metrics_text(format!("{ip}:9090").parse().unwrap()).await;
+            held.extend(
+                page.lines()
+                    .filter_map(|l| l.strip_prefix("ebb_autoscaler_buckets_held "))
+                    .map(str::to_owned),
+            );
+        }
+        if held == ["1", "1", "1"] { Ok(()) } else { Err(format!("buckets_held {held:?}")) }
+    })
+    .await;
 
     cluster.deploy_scaling_chat("chat").await;
     let gateway = cluster.gateway("chat").await;

@@ -301,8 +301,9 @@ fn the_queue_proxy_accepts_the_injected_env() {
     assert!(addresses["data"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{addresses}");
 }
 
-/// A StatefulSet's template and a LeaderWorkerSet's leader template (the entry role) get the sidecar; the
-/// workers' template is left alone; a custom kind whose template ebb does not know passes through unchanged
+/// A StatefulSet's template and a LeaderWorkerSet's leader template (the entry role) get the sidecar, and
+/// the leader the instance readiness gate (a group is Ready only when all its pods are); the workers'
+/// template is left alone; a custom kind whose template ebb does not know passes through unchanged
 /// with a warning.
 #[test]
 fn statefulsets_and_a_leaderworkersets_leader_are_injected() {
@@ -348,6 +349,17 @@ spec: {replicas: 1}
     assert_eq!(names(&docs[0]["spec"]["template"]), ["model", "queue-proxy"]);
     assert_eq!(names(&docs[1]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]), ["model", "queue-proxy"]);
     assert_eq!(names(&docs[1]["spec"]["leaderWorkerTemplate"]["workerTemplate"]), ["worker"]);
+    let gates = |template: &serde_json::Value| template["spec"]["readinessGates"].clone();
+    assert_eq!(
+        gates(&docs[1]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]),
+        serde_json::json!([{"conditionType": "ebb.dev/instance-ready"}])
+    );
+    assert_eq!(
+        gates(&docs[0]["spec"]["template"]),
+        serde_json::Value::Null,
+        "a StatefulSet's pod is its replica"
+    );
+    assert_eq!(gates(&docs[1]["spec"]["leaderWorkerTemplate"]["workerTemplate"]), serde_json::Value::Null);
     assert_eq!(docs[2]["spec"], serde_json::json!({"replicas": 1}));
     assert!(stderr.contains("does not know where this kind keeps its pod template"), "{stderr}");
 }

@@ -70,6 +70,38 @@ fn kubectls_kustomize_renders_what_the_tests_install() {
     }
 }
 
+#[test]
+fn the_sharded_component_runs_three_autoscalers_on_nine_buckets_and_changes_nothing_else() {
+    let Some(kubectl) = require::kubectl() else { return };
+    // The overlay manifests/README.md's "Sharding" shows, beside the repository's own (paths relative, as
+    // kustomize wants them).
+    let overlay = repo_root().join("target").join(format!("sharded-overlay-{}", std::process::id()));
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources: [../../manifests]\ncomponents: [../../manifests/sharded]\n",
+    )
+    .unwrap();
+    let (out, text) = run(Command::new(kubectl).arg("kustomize").arg(&overlay), None);
+    std::fs::remove_dir_all(&overlay).ok();
+    assert!(out.status.success(), "{text}");
+    let sharded = documents(&String::from_utf8_lossy(&out.stdout));
+    let base = render(&in_repo("manifests")).unwrap();
+    assert_eq!(sharded.len(), base.len());
+    for object in &sharded {
+        let ours = base.iter().find(|o| kind(o) == kind(object) && name(o) == name(object)).unwrap();
+        if kind(object) != "Deployment" || name(object) != "ebb-autoscaler" {
+            assert_eq!(object, ours, "{}/{} is the base's", kind(object), name(object));
+            continue;
+        }
+        assert_eq!(object["spec"]["replicas"], 3);
+        let env = object["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+        let buckets: Vec<&Value> = env.iter().filter(|e| e["name"] == "EBB_BUCKETS").collect();
+        assert_eq!(buckets.len(), 1, "{env:?}");
+        assert_eq!(buckets[0]["value"], "9");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readmes_install_commands_are_accepted_by_a_real_api_server() {
     let install = section("Install on a cluster");

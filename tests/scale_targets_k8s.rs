@@ -122,7 +122,7 @@ impl Env {
             } else {
                 let decisions =
                     self.controller().autoscaler().decisions(&ServiceId::new(self.ns.name(), name));
-                let last = decisions.and_then(|d| d.last().map(|r| r.reason.clone()));
+                let last = decisions.and_then(|d| d.last().map(|r| r.reason.to_string()));
                 Err(format!("{replicas} replicas; last decision: {last:?}"))
             }
         })
@@ -262,6 +262,19 @@ async fn a_statefulset_is_scaled_from_zero_and_back_through_its_scale_subresourc
         }
     })
     .await;
+    // `ebb status` lists it beside Deployments, with its kind (found through its public Service).
+    let kubeconfig = require::control_plane().unwrap().kubeconfig_path().to_owned();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["status", "-o", "wide", "-n", env.ns.name(), "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    let row = table.lines().find(|l| l.starts_with(&format!("{}/db ", env.ns.name()))).unwrap_or_else(|| {
+        panic!("no row for the StatefulSet: {table}{}", String::from_utf8_lossy(&status.stderr))
+    });
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!((cells[1], cells[7]), ("3", "statefulsets.apps"), "{table}");
 
     env.pods.set_load("db", 0.0);
     env.wait_replicas("db", 0, Duration::from_secs(90), replicas).await;

@@ -1,7 +1,9 @@
 //! Slow starts are not failures (issue 17, part 4), with ebb installed from `manifests/` on the real
 //! control plane and pods run as real processes: a model that loads for 90 s behind a 10-minute startup
 //! probe is not reported as blocked, and the requests that woke it from zero wait in the activator (its
-//! activation timeout is the service's, here 10 minutes; it accepts up to 24 h) and are all served.
+//! activation timeout is the service's, here 10 minutes; it accepts up to 24 h) and are all served. While it
+//! loads, the Deployment says since when it has been starting (`status.ebb.dev/starting-since`) and `ebb
+//! status` shows it; once it is ready the note is gone.
 
 use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -63,8 +65,35 @@ async fn a_model_loading_for_90_s_is_not_blocked_and_the_requests_that_woke_it_a
     })
     .await;
 
+    // How long it has been starting, on the Deployment and in `ebb status`.
+    let deployments = cluster.deployments();
+    let since = wait_for(WAIT, "status.ebb.dev/starting-since on slow", async || {
+        let d = deployments.get("slow").await.map_err(|e| e.to_string())?;
+        let a = d.metadata.annotations.unwrap_or_default();
+        a.get("status.ebb.dev/starting-since").cloned().ok_or_else(|| format!("{a:?}"))
+    })
+    .await;
+    let created = pods.list(&ListParams::default().labels("ebb.dev/service=slow")).await.unwrap().items;
+    let oldest = created.iter().filter_map(|p| p.metadata.creation_timestamp.as_ref()).map(|t| t.0).min();
+    assert_eq!(since.parse().ok(), oldest, "the oldest starting pod's creation time");
+    let kubeconfig = support::require::control_plane().unwrap().kubeconfig_path().to_owned();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(["status", "-n", cluster.apps.name(), "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    let note = format!("starting: {}/slow: pods starting for ", cluster.apps.name());
+    assert!(table.contains(&note), "{table}{}", String::from_utf8_lossy(&status.stderr));
+
     let failed = failed_completions(requests).await;
     assert!(failed.is_empty(), "every request that waited for the slow start is served: {failed:?}");
     let blocked = cluster.events("slow", "PodBlocked").await;
     assert!(blocked.is_empty(), "a pod inside its startup probe is not blocked: {:?}", blocked);
+    wait_for(WAIT, "the starting note removed once the pod is ready", async || {
+        let d = deployments.get("slow").await.map_err(|e| e.to_string())?;
+        let a = d.metadata.annotations.unwrap_or_default();
+        a.get("status.ebb.dev/starting-since").map_or(Ok(()), |s| Err(format!("still {s}")))
+    })
+    .await;
 }

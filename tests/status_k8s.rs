@@ -255,16 +255,17 @@ async fn kubectl_habits_contexts_namespaces_outputs_and_watch() {
         )
     );
 
-    // -o wide adds the annotations as written (camelCase aliases too); -o yaml and -o json carry them.
+    // -o wide adds the kind and the annotations as written (camelCase aliases too); -o yaml and -o json
+    // carry them.
     let (code, stdout, stderr) =
         ebb_status(&["--kubeconfig", kubeconfig, "--context", "test", "-n", &ns, "-o", "wide"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("SERVICE"), "{stdout}");
     let header: Vec<&str> = stdout.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header[7..11], ["MIN", "MAX", "TARGET", "CC"], "{stdout}");
+    assert_eq!(header[7..12], ["KIND", "MIN", "MAX", "TARGET", "CC"], "{stdout}");
     let line = stdout.lines().find(|l| l.starts_with(&service)).unwrap();
     let cells: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(cells[7..11], ["1", "5", "-", "8"], "{stdout}");
+    assert_eq!(cells[7..12], ["deployments.apps", "1", "5", "-", "8"], "{stdout}");
     let (code, stdout, stderr) =
         ebb_status(&["--kubeconfig", kubeconfig, "--context", "test", "-n", &ns, "-o", "yaml"]);
     assert_eq!(code, 0, "{stderr}");

@@ -27,12 +27,23 @@ pub struct PodInfo {
     /// pod as soon as its own probe passes, before the kubelet says Ready; a pod that was Ready and is reported
     /// not Ready (draining, its container failing) leaves the rotation until it answers the probe again.
     pub ready: Option<bool>,
+    /// The pod is the entry of a multi-pod instance whose other pods are not all ready yet (its
+    /// `ebb.dev/instance-ready` readiness gate is not True): it takes no request until it is, whatever its
+    /// own probe says.
+    pub held: bool,
 }
 
 impl PodInfo {
     /// A pod with an address that is not terminating or blocked, and no kubelet verdict.
     pub fn live(name: &str, addr: SocketAddr) -> Self {
-        Self { name: name.into(), addr: Some(addr), terminating: false, blocked: None, ready: None }
+        Self {
+            name: name.into(),
+            addr: Some(addr),
+            terminating: false,
+            blocked: None,
+            ready: None,
+            held: false,
+        }
     }
 }
 

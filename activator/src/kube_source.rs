@@ -12,6 +12,7 @@ use ebb_config::names::{
     AUTOSCALER_INGEST_PORT, COMPONENT_ACTIVATOR, COMPONENT_AUTOSCALER, LABEL_COMPONENT, LABEL_PART_OF,
     LABEL_SERVICE, LABEL_TARGET_KIND, PART_OF_EBB, QUEUE_PROXY_DATA_PORT,
 };
+use ebb_config::targets::INSTANCE_READY_GATE;
 use ebb_config::{DataPlaneSpec, GlobalConfig, ServiceConfig, resolve_service};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
@@ -80,8 +81,25 @@ pub fn pod_info(pod: &Pod) -> Option<(ServiceId, PodInfo)> {
         terminating: pod.meta().deletion_timestamp.is_some() || phase_over,
         blocked: blocked_reason(pod),
         ready: Some(is_ready(pod)),
+        held: instance_held(pod),
     };
     Some((service, info))
+}
+
+/// Whether `pod` carries the instance readiness gate and its condition is not True: the entry of a
+/// multi-pod instance whose other pods are not all ready.
+pub fn instance_held(pod: &Pod) -> bool {
+    let gated = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|gates| gates.iter().any(|g| g.condition_type == INSTANCE_READY_GATE));
+    let open = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == INSTANCE_READY_GATE && c.status == "True"));
+    gated && !open
 }
 
 /// Whether the kubelet reports the pod Ready and it is not being deleted.
@@ -398,6 +416,17 @@ mod tests {
             "status": {"podIP": "10.0.0.7", "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
         }));
         assert_eq!(pod_info(&ready).unwrap().1.ready, Some(true));
+        let gated = |condition: &str| {
+            pod(json!({
+                "metadata": {"name": "llm-0", "namespace": "models", "labels": {"ebb.dev/service": "llm"}},
+                "spec": {"containers": [], "readinessGates": [{"conditionType": "ebb.dev/instance-ready"}]},
+                "status": {"podIP": "10.0.0.8", "conditions": [
+                    {"type": "ebb.dev/instance-ready", "status": condition}]}
+            }))
+        };
+        assert!(pod_info(&gated("False")).unwrap().1.held, "its instance is not whole");
+        assert!(!pod_info(&gated("True")).unwrap().1.held);
+        assert!(!pod_info(&ready).unwrap().1.held, "no gate, nothing to wait for");
         let pending =
             pod(json!({"metadata": {"name": "x", "namespace": "n", "labels": {"ebb.dev/service": "s"}}}));
         assert_eq!(pod_info(&pending).unwrap().1.addr, None);

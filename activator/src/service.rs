@@ -276,7 +276,7 @@ impl Service {
         let mut endpoints: Vec<Arc<Endpoint>> = inner
             .pods
             .values()
-            .filter(|pod| !pod.info.terminating)
+            .filter(|pod| !pod.info.terminating && !pod.info.held)
             .filter_map(|pod| pod.endpoint.clone())
             .collect();
         endpoints.sort_by(|a, b| a.name.cmp(&b.name));

@@ -172,3 +172,19 @@ async fn a_pod_the_kubelet_reports_not_ready_leaves_the_rotation_until_it_answer
     ready.send(true).unwrap();
     wait_for(&mut status, "the pod to answer again", |s| s.ready == 1).await;
 }
+
+#[tokio::test]
+async fn an_entry_held_for_its_instance_takes_nothing_until_released() {
+    let (_ready, ready_rx) = watch::channel(true);
+    let addr = fake_queue_proxy(ready_rx).await;
+    let service = service(0);
+    let mut status = service.watch();
+    let prober = Prober::new();
+    let entry = |held: bool| PodInfo { held, ..PodInfo::live("llm-0", addr) };
+    service.set_pods(vec![entry(true)], &prober);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(service.status().ready, 0, "its own probe passes, but its instance is not whole");
+    assert!(service.pick(&[]).is_none());
+    service.set_pods(vec![entry(false)], &prober);
+    wait_for(&mut status, "the released entry", |s| s.ready == 1).await;
+}

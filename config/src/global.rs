@@ -7,7 +7,9 @@ use crate::error::{Diagnosed, Invalid};
 use crate::fields::{DurationRule, Fields, MAX_INT32, NumberRule, boolean, one_of, spelling, whole_number};
 use crate::keys::{GLOBAL_KEYS, global as key};
 use crate::spec::ScalerClass;
-use crate::targets::{TargetKind, format_kinds, parse_kinds};
+use crate::targets::{
+    InstanceShape, TargetKind, format_instances, format_kinds, parse_instances, parse_kinds,
+};
 use crate::value::{format_duration, format_number};
 
 /// The cluster-wide autoscaling defaults. `GlobalConfig::default()` is Knative's defaults.
@@ -55,6 +57,8 @@ pub struct GlobalConfig {
     pub max_scale_limit: u32,
     /// The kinds of object ebb autoscales through their `scale` subresource.
     pub scale_target_kinds: Vec<TargetKind>,
+    /// How the kinds whose replica is several pods group them in instances, beyond the built-in ones.
+    pub scale_target_instances: Vec<(TargetKind, InstanceShape)>,
 }
 
 impl Default for GlobalConfig {
@@ -81,6 +85,7 @@ impl Default for GlobalConfig {
             max_scale: 0,
             max_scale_limit: 0,
             scale_target_kinds: vec![TargetKind::deployments()],
+            scale_target_instances: Vec::new(),
         }
     }
 }
@@ -161,6 +166,9 @@ impl GlobalConfig {
             max_scale: f.get(key::MAX_SCALE, whole(0..=MAX_INT32)).unwrap_or(d.max_scale),
             max_scale_limit: f.get(key::MAX_SCALE_LIMIT, whole(0..=MAX_INT32)).unwrap_or(d.max_scale_limit),
             scale_target_kinds: f.get(key::SCALE_TARGET_KINDS, parse_kinds).unwrap_or(d.scale_target_kinds),
+            scale_target_instances: f
+                .get(key::SCALE_TARGET_INSTANCES, parse_instances)
+                .unwrap_or(d.scale_target_instances),
         };
         config.check_relations(&mut f);
         f.finish(config)
@@ -173,8 +181,26 @@ impl GlobalConfig {
         if self.max_scale != 0 && self.min_scale > self.max_scale {
             f.conflict(key::MIN_SCALE, format!("must not exceed max-scale ({})", self.max_scale));
         }
+        for (kind, _) in &self.scale_target_instances {
+            if !self.scale_target_kinds.contains(kind) {
+                let listed = format_kinds(&self.scale_target_kinds);
+                f.conflict(
+                    key::SCALE_TARGET_INSTANCES,
+                    format!("{kind} is not in scale-target-kinds ({listed}): add it there too"),
+                );
+            }
+        }
         if self.max_scale_limit != 0 && self.max_scale > self.max_scale_limit {
             f.conflict(key::MAX_SCALE, format!("must not exceed max-scale-limit ({})", self.max_scale_limit));
+        }
+    }
+
+    /// How `kind`'s pods make instances: `scale-target-instances`, else what ebb knows of the kind; `None`
+    /// when a replica is one pod.
+    pub fn instance_shape(&self, kind: &TargetKind) -> Option<InstanceShape> {
+        match self.scale_target_instances.iter().find(|(k, _)| k == kind) {
+            Some((_, shape)) => Some(shape.clone()),
+            None => kind.built_in_instances(),
         }
     }
 
@@ -211,6 +237,7 @@ impl GlobalConfig {
             (key::MAX_SCALE, self.max_scale.to_string()),
             (key::MAX_SCALE_LIMIT, self.max_scale_limit.to_string()),
             (key::SCALE_TARGET_KINDS, format_kinds(&self.scale_target_kinds)),
+            (key::SCALE_TARGET_INSTANCES, format_instances(&self.scale_target_instances)),
         ]
     }
 }

@@ -89,6 +89,7 @@ pub mod global {
         MAX_SCALE = "max-scale",
         MAX_SCALE_LIMIT = "max-scale-limit",
         SCALE_TARGET_KINDS = "scale-target-kinds",
+        SCALE_TARGET_INSTANCES = "scale-target-instances",
     }
 }
 
@@ -219,6 +220,9 @@ pub const GLOBAL_KEYS: &[KeyDoc] = &[
     doc(g::SCALE_TARGET_KINDS, None, None, Value("deployments.apps"),
         "comma-separated `RESOURCE.GROUP` of kinds that serve the `scale` subresource",
         "Kinds of object ebb autoscales (each needs RBAC: manifests/scale-targets/)."),
+    doc(g::SCALE_TARGET_INSTANCES, None, None, Value(""),
+        "`RESOURCE.GROUP: name-label=LABEL, instance-label=LABEL[, size=FIELD.PATH]`, separated by `;` or new lines",
+        "How a listed kind whose replica is several pods groups them in instances (built in: LeaderWorkerSets)."),
 ];
 
 /// Finds the documented key that `key` names, directly or as an alias.

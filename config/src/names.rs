@@ -48,6 +48,9 @@ pub const STATUS_REASON: &str = "status.ebb.dev/reason";
 /// Status annotation on every member of a role group that ebb refuses (`ebb.dev/group`): what is wrong;
 /// absent when the group is valid.
 pub const STATUS_GROUP: &str = "status.ebb.dev/group";
+/// Status annotation: while pods of the service are starting (created, not yet ready, not blocked: a model
+/// loading inside a long startup probe), when the oldest of them was created (RFC 3339); absent otherwise.
+pub const STATUS_STARTING_SINCE: &str = "status.ebb.dev/starting-since";
 /// Status annotation: pods that run without the queue-proxy or with outdated settings, and what to do; absent when
 /// every pod runs the sidecar its annotations ask for.
 pub const STATUS_SIDECAR: &str = "status.ebb.dev/sidecar";

@@ -10,6 +10,7 @@ use crate::groups::ANNOTATION_GROUP_PODS;
 use crate::keys::{ANNOTATION_KEYS, annotation as key, global as global_key};
 use crate::names::{EBB_PREFIX, KNATIVE_PREFIX};
 use crate::spec::{Aggregation, DataPlaneSpec, Metric, Protocol, ScalerClass, ScalingSpec, ServiceConfig};
+use crate::targets::ANNOTATION_INSTANCE_PODS;
 use crate::value::{format_duration, format_number, is_dns_name};
 
 /// `ebb.dev/timeout` when unset.
@@ -46,9 +47,12 @@ pub fn resolve_service(
     annotations: &BTreeMap<String, String>,
     global: &GlobalConfig,
 ) -> Result<Diagnosed<ServiceConfig>, Invalid> {
-    // A role group's key is read by the group (crate::groups), not by the service.
+    // A role group's key is read by the group (crate::groups), an instance's size by the autoscaler
+    // (crate::targets), not by the service.
     let mut f = Fields::new(annotations, ANNOTATION_KEYS, |k| {
-        (k.starts_with(KNATIVE_PREFIX) || k.starts_with(EBB_PREFIX)) && k != ANNOTATION_GROUP_PODS
+        (k.starts_with(KNATIVE_PREFIX) || k.starts_with(EBB_PREFIX))
+            && k != ANNOTATION_GROUP_PODS
+            && k != ANNOTATION_INSTANCE_PODS
     });
     let scaling = resolve_scaling(&mut f, global);
     let cc = scaling.1;

@@ -53,6 +53,7 @@ const CASES: &[Case] = &[
     (key::MAX_SCALE, &[("5", "5")], &[("-5", "must be at least 0")]),
     (key::MAX_SCALE_LIMIT, &[("100", "100")], &[("1e3", "must be a whole number")]),
     (key::SCALE_TARGET_KINDS, &[("statefulsets.apps,deployments.apps", "statefulsets.apps, deployments.apps")], &[("pods", "is not RESOURCE.GROUP"), (" , ", "names no kind")]),
+    (key::SCALE_TARGET_INSTANCES, &[("", "")], &[("things.example.com", "is not RESOURCE.GROUP:"), ("deployments.apps: name-label=a, instance-label=b", "role groups")]),
 ];
 
 #[test]
@@ -72,6 +73,25 @@ fn every_key_has_valid_and_invalid_cases_that_behave() {
             assert!(errors[0].problem.contains(problem), "{key}={text:?}: {:?}", errors[0].problem);
         }
     }
+}
+
+#[test]
+fn instances_are_set_for_listed_kinds_only_and_leaderworkersets_have_them_built_in() {
+    let kind = "things.example.com";
+    let shape = format!("{kind}: name-label=example.com/name, instance-label=example.com/instance");
+    let errors = parse(&[(key::SCALE_TARGET_INSTANCES, &shape)]).unwrap_err().errors;
+    assert_eq!(errors[0].key, key::SCALE_TARGET_INSTANCES);
+    assert!(errors[0].problem.contains("not in scale-target-kinds"), "{:?}", errors[0].problem);
+    let kinds = format!("deployments.apps, {kind}, leaderworkersets.leaderworkerset.x-k8s.io");
+    let config = parse(&[(key::SCALE_TARGET_KINDS, &kinds), (key::SCALE_TARGET_INSTANCES, &shape)]).unwrap();
+    let instance_label =
+        |k: &ebb_config::targets::TargetKind| config.instance_shape(k).map(|s| s.instance_label);
+    assert_eq!(instance_label(&config.scale_target_kinds[0]), None);
+    assert_eq!(instance_label(&config.scale_target_kinds[1]).as_deref(), Some("example.com/instance"));
+    assert_eq!(
+        instance_label(&config.scale_target_kinds[2]).as_deref(),
+        Some("leaderworkerset.sigs.k8s.io/group-index")
+    );
 }
 
 #[test]
@@ -157,7 +177,7 @@ fn a_services_effective_configuration_includes_the_config_map_only_inputs() {
         key::ALLOW_ZERO_INITIAL_SCALE,
         key::MAX_SCALE_LIMIT,
     ];
-    let controller_wide = [key::SCALE_TARGET_KINDS];
+    let controller_wide = [key::SCALE_TARGET_KINDS, key::SCALE_TARGET_INSTANCES];
     for doc in GLOBAL_KEYS {
         let fallback = ebb_config::keys::ANNOTATION_KEYS.iter().any(|a| a.global == Some(doc.key));
         let listed = values.iter().any(|(k, _)| *k == doc.key);

@@ -9,9 +9,11 @@
 //! - [`readiness`]: whether the queue-proxy can take over the readinessProbe;
 //! - [`sidecar_container`]: the queue-proxy container and its env;
 //! - [`drain`]: the drain hook and the grace period;
+//! - [`gate`]: the readiness gate of an entry pod of a multi-pod instance;
 //! - [`value`]: helpers over JSON values.
 
 mod drain;
+mod gate;
 mod model;
 mod pod;
 mod readiness;
@@ -19,5 +21,6 @@ mod sidecar_container;
 mod value;
 
 pub use drain::drain_hook;
+pub use gate::add_instance_gate;
 pub use model::SIDECAR;
 pub use pod::{Injection, PodInjection, Service, inject_pod, inject_template};

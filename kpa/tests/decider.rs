@@ -132,6 +132,24 @@ fn panic_enters_over_the_threshold_extends_and_exits_a_stable_window_later() {
 }
 
 #[test]
+fn an_instance_restarting_as_a_whole_adds_no_instance_and_holds_the_count() {
+    // Two instances serve 18 concurrent (target 10 each); one restarts as a whole (KubeInfer's recovery
+    // policy), so only 1 is ready while the load stays 18. The count comes from the load, not from the
+    // missing capacity: ceil(18/10) = 2, no third instance. 2/1 ready is over the panic threshold, so the
+    // decider panics, which only holds the count (no scale-down) while the instance is away.
+    let mut d = Decider::new(spec(), at(0), 1).unwrap();
+    assert_eq!(decide(&mut d, 2, 2, 18.0, 18.0).desired, 2);
+    for t in (4..40).step_by(2) {
+        let r = decide(&mut d, t, 1, 18.0, 18.0);
+        assert_eq!((r.desired, r.panic), (2, true), "at {t} s with 1 of 2 instances ready");
+    }
+    // Back, under less load: held for a stable window from the last panic tick, then released.
+    assert_eq!(decide(&mut d, 42, 2, 5.0, 5.0).desired, 2);
+    let r = decide(&mut d, 40 + 61, 2, 5.0, 5.0);
+    assert_eq!((r.desired, r.panic), (1, false));
+}
+
+#[test]
 fn panic_takes_the_larger_of_stable_and_panic_and_increases_apply_at_once() {
     let mut d = Decider::new(spec(), at(0), 1).unwrap();
     // Over: ceil(20/10) = 2, 2/1 >= 2. Stable ceil(40/10) = 4 is larger than panic's 2: 4.

@@ -1,8 +1,10 @@
 //! `ebb demo-model`: a small OpenAI-compatible inference server for demos, tests and benchmarks. It behaves like
 //! a model server where it matters to an autoscaler: it takes a while to load, has a time to first token and a
-//! token rate, streams token by token over SSE, and can limit how many requests it works on at once.
+//! token rate, streams token by token over SSE, and can limit how many requests it works on at once. With
+//! `--role prefill|decode` it plays one role of a disaggregated model ([`roles`]), for `ebb up`'s roles.
 
 mod api;
+mod roles;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +27,7 @@ use tokio::sync::Semaphore;
 use api::{ApiError, Generation, Kind};
 use ebb_http::listen::Acceptor;
 use ebb_process::flags;
+use roles::Role;
 
 /// Arguments of `ebb demo-model`. Durations take `250ms`, `1.5s` or whole seconds.
 #[derive(clap::Args, Debug, Clone)]
@@ -53,6 +56,14 @@ pub struct Args {
     /// Requests generated at once; more wait their turn, as in a model server's queue (0 = no limit).
     #[arg(long, default_value_t = 0, env = "EBB_DEMO_CONCURRENCY")]
     concurrency: u32,
+    /// The part it plays: the whole model; prefill (answers `POST /v1/prefill` only); or decode (serves
+    /// completions, asking every prefill peer first).
+    #[arg(long, value_enum, default_value = "whole", env = "EBB_DEMO_ROLE")]
+    role: Role,
+    /// A decode pod's prefill peers, `HOST:PORT` comma-separated; `ebb up` gives a pod of a role named
+    /// `prefill` its instance's as `EBB_PEERS_PREFILL`.
+    #[arg(long, env = "EBB_PEERS_PREFILL", default_value = "")]
+    prefill_peers: String,
 }
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -60,6 +71,9 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// What every request handler shares.
 struct Server {
     args: Args,
+    listen: SocketAddr,
+    /// A decode pod's prefill peers.
+    peers: Vec<SocketAddr>,
     slots: Option<Arc<Semaphore>>,
     next_id: AtomicU64,
 }
@@ -73,12 +87,25 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(ebb_process::exit::USAGE);
         }
     };
+    let peers = match roles::parse_peers(&args.prefill_peers) {
+        Ok(peers) => peers,
+        Err(message) => {
+            eprintln!("ebb demo-model: --prefill-peers: {message}");
+            return ExitCode::from(ebb_process::exit::USAGE);
+        }
+    };
+    if args.role == Role::Decode && peers.is_empty() {
+        eprintln!(
+            "ebb demo-model: --role decode needs its prefill peers: --prefill-peers or EBB_PEERS_PREFILL"
+        );
+        return ExitCode::from(ebb_process::exit::USAGE);
+    }
     if !(args.tokens_per_second >= 0.0 && args.tokens_per_second.is_finite()) {
         eprintln!("ebb demo-model: --tokens-per-second must be a number >= 0");
         return ExitCode::from(ebb_process::exit::USAGE);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
-    let result = runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(serve(args, listen)));
+    let result = runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(serve(args, listen, peers)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -99,7 +126,7 @@ fn listen_address(args: &Args) -> Result<SocketAddr, String> {
         .map_err(|_| format!("HOST={host:?} PORT={port:?} is not a socket address"))
 }
 
-async fn serve(args: Args, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(args: Args, listen: SocketAddr, peers: Vec<SocketAddr>) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         () = tokio::time::sleep(args.startup_delay) => {}
@@ -108,9 +135,10 @@ async fn serve(args: Args, listen: SocketAddr) -> anyhow::Result<()> {
     }
     let listener =
         TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    eprintln!("ebb demo-model: serving {:?} on http://{}", args.model, listener.local_addr()?);
+    let listen = listener.local_addr()?;
+    eprintln!("ebb demo-model: serving {:?} on http://{listen}", args.model);
     let slots = (args.concurrency > 0).then(|| Arc::new(Semaphore::new(args.concurrency as usize)));
-    let server = Arc::new(Server { args, slots, next_id: AtomicU64::new(1) });
+    let server = Arc::new(Server { args, listen, peers, slots, next_id: AtomicU64::new(1) });
     // The shared acceptor: TCP_NODELAY, HTTP/1.1 or h2c, silent clients dropped, accept errors backed off, and
     // a graceful stop that lets streams in flight finish.
     let (acceptor, shutdown) = Acceptor::new();
@@ -127,6 +155,9 @@ async fn serve(args: Args, listen: SocketAddr) -> anyhow::Result<()> {
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn handle(server: Arc<Server>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if server.args.role == Role::Prefill {
+        return Ok(prefill(&server, request).await);
+    }
     let kind = match (request.method(), request.uri().path()) {
         (&Method::POST, "/v1/chat/completions") => Kind::Chat,
         (&Method::POST, "/v1/completions") => Kind::Completion,
@@ -159,10 +190,57 @@ async fn handle(server: Arc<Server>, request: Request<Incoming>) -> Result<Respo
         }
     };
     let args = &server.args;
-    match api::parse(kind, &body, &args.model, args.response_tokens, args.max_tokens) {
-        Ok(generation) => Ok(generate(&server, generation).await),
-        Err(error) => Ok(error_response(&error)),
+    let generation = match api::parse(kind, &body, &args.model, args.response_tokens, args.max_tokens) {
+        Ok(generation) => generation,
+        Err(error) => return Ok(error_response(&error)),
+    };
+    // Decode: the prompt goes through every prefill peer of the instance first.
+    let prefilled = match args.role {
+        Role::Decode => match roles::prefill(&server.peers, generation.prompt_tokens).await {
+            Ok(pods) => pods,
+            Err(error) => return Ok(error_response(&error)),
+        },
+        Role::Whole | Role::Prefill => Vec::new(),
+    };
+    let mut response = generate(&server, generation, &prefilled).await;
+    if !prefilled.is_empty()
+        && let Ok(pods) = HeaderValue::from_str(&prefilled.join(","))
+    {
+        response.headers_mut().insert(PREFILL_HEADER, pods);
     }
+    Ok(response)
+}
+
+/// The header a decode pod names its prefill pods in (the non-streamed body has them as `prefill` too).
+const PREFILL_HEADER: &str = "ebb-demo-prefill";
+
+/// A prefill pod: `POST /v1/prefill` after the time to first token (its work on the prompt), and `/health`.
+async fn prefill(server: &Server, request: Request<Incoming>) -> Response<Body> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/health") => return json_response(StatusCode::OK, json!({"status": "ok"})),
+        (&Method::POST, roles::PREFILL_PATH) => {}
+        (_, path) => {
+            let message =
+                format!("No route for {path}: this pod plays prefill (POST {}).", roles::PREFILL_PATH);
+            return error_response(&ApiError { status: 404, message, param: None, code: None });
+        }
+    }
+    let body = match Limited::new(request.into_body(), 64 << 10).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            let message = format!("Could not read the body: {err}");
+            return error_response(&ApiError { status: 400, message, param: None, code: None });
+        }
+    };
+    let prompt_tokens = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["prompt_tokens"].as_u64());
+    let Some(prompt_tokens) = prompt_tokens else {
+        return error_response(&ApiError::invalid(
+            "prompt_tokens",
+            "A whole number `prompt_tokens` is needed.",
+        ));
+    };
+    tokio::time::sleep(server.args.time_to_first_token).await;
+    json_response(StatusCode::OK, roles::prefill_answer(server.listen, prompt_tokens))
 }
 
 /// The demo's vocabulary: a sentence, repeated, one word per token.
@@ -171,7 +249,8 @@ const WORDS: [&str; 14] = [
     " at", " a", " time.",
 ];
 
-async fn generate(server: &Server, generation: Generation) -> Response<Body> {
+/// Generates the completion; `prefilled` names the prefill pods that took its prompt (decode only).
+async fn generate(server: &Server, generation: Generation, prefilled: &[String]) -> Response<Body> {
     // The slot is held for the whole generation, stream included, as a model server's batch slot would be.
     let permit = match &server.slots {
         Some(slots) => Some(slots.clone().acquire_owned().await.expect("the semaphore is never closed")),
@@ -204,8 +283,11 @@ async fn generate(server: &Server, generation: Generation) -> Response<Body> {
             }
             Kind::Completion => json!({"index": 0, "text": text, "finish_reason": "length"}),
         };
-        let body = json!({"id": id, "object": object, "created": created, "model": model,
+        let mut body = json!({"id": id, "object": object, "created": created, "model": model,
                           "choices": [choice], "usage": usage});
+        if !prefilled.is_empty() {
+            body["prefill"] = json!(prefilled);
+        }
         return json_response(StatusCode::OK, body);
     }
 

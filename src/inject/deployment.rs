@@ -6,7 +6,7 @@
 use ebb_config::GlobalConfig;
 use ebb_config::names::LABEL_SERVICE;
 use ebb_config::targets::TargetKind;
-use ebb_inject::{Service, inject_template};
+use ebb_inject::{Service, add_instance_gate, inject_template};
 use serde_json::Value;
 
 use crate::manifest::{at, at_mut, str_at, string_map};
@@ -43,6 +43,12 @@ pub fn inject_object(
     };
     let before = object.clone();
     let warnings = inject_target(object, &kind, template, global, image)?;
+    // A replica of several pods (a LeaderWorkerSet's group): its entry is Ready only with its instance.
+    if global.instance_shape(&target).is_some()
+        && let Some(slot) = at_mut(object, template)
+    {
+        add_instance_gate(slot, &["spec"]);
+    }
     Ok(Some(Outcome { changed: *object != before, warnings }))
 }
 

@@ -1,16 +1,21 @@
-//! `ebb status` on a cluster (`--kubeconfig PATH`, `--context NAME` or `--cluster`): the Deployments labelled
-//! `ebb.dev/service`, with what the autoscaler writes on them and on their public Service; `-w` follows both
-//! with watches and draws again on every change. With `--service`, the decision trace through the API
-//! server's service proxy ([`super::client::Endpoint::ServiceProxy`]).
+//! `ebb status` on a cluster (`--kubeconfig PATH`, `--context NAME` or `--cluster`): the scale targets labelled
+//! `ebb.dev/service` (Deployments, and the objects of the other kinds the public Services name in
+//! `ebb.dev/target-kind`), with what the autoscaler writes on them and on their public Service; `-w` follows
+//! the Deployments and Services with watches and draws again on every change (the other kinds are read again
+//! every two seconds). With `--service`, the decision trace through the API server's service proxy
+//! ([`super::client::Endpoint::ServiceProxy`]).
 
 use std::borrow::Borrow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use ebb_config::targets::TargetKind;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject, ListParams, ObjectMeta};
+use kube::discovery;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use super::client::Endpoint;
@@ -18,11 +23,13 @@ use super::columns::render;
 use super::decisions::{self, Options as DecisionOptions};
 use super::output::{Format, Screen, document};
 
-/// One autoscaled Deployment as the cluster shows it.
+/// One autoscaled object (a scale target) as the cluster shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClusterRow {
     /// `NAMESPACE/NAME`.
     pub service: String,
+    /// The target's kind, `RESOURCE.GROUP` (`deployments.apps`, `statefulsets.apps`).
+    pub kind: String,
     /// The replicas the autoscaler wants (`status.ebb.dev/desired`); `None` before it wrote any.
     pub desired: Option<String>,
     /// `spec.replicas`.
@@ -50,18 +57,55 @@ pub struct ClusterRow {
     pub sidecar: Option<String>,
     /// What is wrong with the role group it is the entry of (`status.ebb.dev/group`).
     pub group: Option<String>,
+    /// Since when pods have been starting, not blocked (`status.ebb.dev/starting-since`, RFC 3339).
+    pub starting_since: Option<String>,
 }
 
-/// The rows for `deployments`, with the mode and phase from the ebb-managed `services` of the same names.
-pub fn cluster_rows<D, S>(deployments: &[D], services: &[S]) -> Vec<ClusterRow>
-where
-    D: Borrow<Deployment>,
-    S: Borrow<Service>,
-{
+/// A scale target as the rows read it: its kind, metadata, wanted and ready replicas.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    /// `RESOURCE.GROUP`.
+    pub kind: &'a str,
+    /// Name, namespace, annotations.
+    pub meta: &'a ObjectMeta,
+    /// `spec.replicas`.
+    pub replicas: Option<i32>,
+    /// `status.readyReplicas` (0 when the kind does not say).
+    pub ready: i32,
+}
+
+impl<'a> Listed<'a> {
+    /// A Deployment.
+    pub fn deployment(deployment: &'a Deployment) -> Self {
+        Self {
+            kind: ebb_config::targets::DEPLOYMENTS,
+            meta: &deployment.metadata,
+            replicas: deployment.spec.as_ref().and_then(|s| s.replicas),
+            ready: deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+        }
+    }
+
+    /// An object of another kind, read by the fields its scale subresource conventionally maps
+    /// (`spec.replicas`, `status.readyReplicas`, as StatefulSets and LeaderWorkerSets have them).
+    pub fn object(kind: &'a str, object: &'a DynamicObject) -> Self {
+        let number = |section: &str, field: &str| {
+            object.data.get(section)?.get(field)?.as_i64().and_then(|n| i32::try_from(n).ok())
+        };
+        Self {
+            kind,
+            meta: &object.metadata,
+            replicas: number("spec", "replicas"),
+            ready: number("status", "readyReplicas").unwrap_or(0),
+        }
+    }
+}
+
+/// The rows for `targets`, with the mode and phase from the ebb-managed `services` of the same names.
+pub fn cluster_rows<S: Borrow<Service>>(targets: &[Listed<'_>], services: &[S]) -> Vec<ClusterRow> {
     use ebb_config::keys::annotation;
     use ebb_config::names::{
         LABEL_MANAGED_BY, MANAGED_BY_EBB, STATUS_DESIRED, STATUS_GROUP, STATUS_MODE, STATUS_PANIC,
-        STATUS_PHASE, STATUS_REASON, STATUS_SIDECAR,
+        STATUS_PHASE, STATUS_REASON, STATUS_SIDECAR, STATUS_STARTING_SINCE,
     };
     let key = |meta: &kube::api::ObjectMeta| {
         format!(
@@ -80,12 +124,11 @@ where
         .filter_map(|s| Some((key(&s.metadata), s.metadata.annotations.as_ref()?)))
         .collect();
     let empty = std::collections::BTreeMap::new();
-    let mut rows: Vec<ClusterRow> = deployments
+    let mut rows: Vec<ClusterRow> = targets
         .iter()
-        .map(Borrow::<Deployment>::borrow)
         .map(|d| {
-            let service = key(&d.metadata);
-            let own = d.metadata.annotations.as_ref().unwrap_or(&empty);
+            let service = key(d.meta);
+            let own = d.meta.annotations.as_ref().unwrap_or(&empty);
             let public = owned.get(&service).copied().unwrap_or(&empty);
             let last_reason = own.get(STATUS_REASON).cloned();
             let written = |key: &str, alias: Option<&str>| {
@@ -97,8 +140,8 @@ where
                 target: written(annotation::TARGET, None),
                 container_concurrency: written(annotation::CONTAINER_CONCURRENCY, None),
                 desired: own.get(STATUS_DESIRED).cloned(),
-                replicas: d.spec.as_ref().and_then(|s| s.replicas),
-                ready: d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+                replicas: d.replicas,
+                ready: d.ready,
                 mode: public.get(STATUS_MODE).or_else(|| own.get(STATUS_MODE)).cloned(),
                 phase: public.get(STATUS_PHASE).cloned(),
                 panic: own.get(STATUS_PANIC).map(|v| v == "true").or_else(|| {
@@ -107,6 +150,8 @@ where
                 last_reason,
                 sidecar: own.get(STATUS_SIDECAR).cloned(),
                 group: own.get(STATUS_GROUP).cloned(),
+                starting_since: own.get(STATUS_STARTING_SINCE).cloned(),
+                kind: d.kind.to_owned(),
                 service,
             }
         })
@@ -115,12 +160,13 @@ where
     rows
 }
 
-/// The cluster table; `wide` adds MIN, MAX, TARGET and CC (the annotations as written) before LAST REASON.
+/// The cluster table; `wide` adds KIND, MIN, MAX, TARGET and CC (the annotations as written) before LAST
+/// REASON.
 /// The columns of the plain table are stable: scripts read them.
 pub fn cluster_table(rows: &[ClusterRow], wide: bool) -> String {
     let mut headers = vec!["SERVICE", "DESIRED", "REPLICAS", "READY", "MODE", "PHASE", "PANIC"];
     if wide {
-        headers.extend(["MIN", "MAX", "TARGET", "CC"]);
+        headers.extend(["KIND", "MIN", "MAX", "TARGET", "CC"]);
     }
     headers.push("LAST REASON");
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
@@ -137,6 +183,7 @@ pub fn cluster_table(rows: &[ClusterRow], wide: bool) -> String {
                 dash(&r.panic.map(|p| if p { "yes" } else { "no" }.to_owned())),
             ];
             if wide {
+                cells.push(r.kind.clone());
                 cells.extend([&r.min_scale, &r.max_scale, &r.target, &r.container_concurrency].map(dash));
             }
             cells.push(dash(&r.last_reason));
@@ -146,13 +193,28 @@ pub fn cluster_table(rows: &[ClusterRow], wide: bool) -> String {
     render(&headers, cells)
 }
 
-/// The lines under the table: one per service whose pods do not all run the queue-proxy its annotations
-/// ask for, one per service whose role group ebb refuses (empty when there is none).
-pub fn cluster_notes(rows: &[ClusterRow]) -> String {
+/// The lines under the table: one per service whose pods are starting (a long startup probe: how long, as
+/// of `now`), one per service whose pods do not all run the queue-proxy its annotations ask for, one per
+/// service whose role group ebb refuses (empty when there is none).
+pub fn cluster_notes(rows: &[ClusterRow], now: Timestamp) -> String {
+    let starting = rows.iter().filter_map(|r| {
+        let since: Timestamp = r.starting_since.as_deref()?.parse().ok()?;
+        let secs = now.duration_since(since).as_secs().max(0).unsigned_abs();
+        Some(format!("starting: {}: pods starting for {}, not blocked\n", r.service, elapsed(secs)))
+    });
     let sidecar =
         rows.iter().filter_map(|r| Some(format!("sidecar: {}: {}\n", r.service, r.sidecar.as_deref()?)));
     let group = rows.iter().filter_map(|r| Some(format!("group: {}: {}\n", r.service, r.group.as_deref()?)));
-    sidecar.chain(group).collect()
+    starting.chain(sidecar).chain(group).collect()
+}
+
+/// `1h05m`, `4m10s`, `42s`.
+fn elapsed(secs: u64) -> String {
+    match (secs / 3600, secs / 60 % 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
 }
 
 /// What `ebb status` on a cluster shows.
@@ -216,10 +278,10 @@ pub fn run(options: ClusterOptions<'_>) -> ExitCode {
         return runtime.block_on(watch(client, namespace, options.format, &server));
     }
     match runtime.block_on(fetch_cluster(client, namespace)) {
-        Ok(rows) => {
-            print!("{}", show(&rows, options.format));
+        Ok((rows, problems)) => {
+            print!("{}", show(&rows, &problems, options.format));
             if rows.is_empty() {
-                eprintln!("ebb status: no Deployment labelled ebb.dev/service in {}", scope(namespace));
+                eprintln!("ebb status: nothing labelled ebb.dev/service in {}", scope(namespace));
             }
             ExitCode::SUCCESS
         }
@@ -234,17 +296,21 @@ fn scope(namespace: Option<&str>) -> String {
     namespace.map_or_else(|| "any namespace".to_owned(), |ns| format!("namespace {ns}"))
 }
 
-/// The rows in `format`.
-fn show(rows: &[ClusterRow], format: Format) -> String {
+/// The rows in `format`; `problems` are lines about kinds that could not be read (under the table).
+fn show(rows: &[ClusterRow], problems: &[String], format: Format) -> String {
     match format {
         Format::Table | Format::Wide => {
             let table = cluster_table(rows, format == Format::Wide);
-            match cluster_notes(rows) {
+            let problems = problems.iter().map(|p| format!("{p}\n"));
+            match cluster_notes(rows, Timestamp::now()) + &problems.collect::<String>() {
                 notes if notes.is_empty() => table,
                 notes => format!("{table}\n{notes}"),
             }
         }
         Format::Json | Format::Yaml => {
+            for problem in problems {
+                eprintln!("ebb status: {problem}");
+            }
             let value = serde_json::to_value(rows).unwrap_or_default();
             match format {
                 // In the rows' own field order.
@@ -292,19 +358,89 @@ fn managed_by_ebb() -> String {
     format!("{}={}", ebb_config::names::LABEL_MANAGED_BY, ebb_config::names::MANAGED_BY_EBB)
 }
 
-async fn fetch_cluster(client: kube::Client, namespace: Option<&str>) -> Result<Vec<ClusterRow>, String> {
-    let (deployments, services) = apis(client, namespace);
+async fn fetch_cluster(
+    client: kube::Client,
+    namespace: Option<&str>,
+) -> Result<(Vec<ClusterRow>, Vec<String>), String> {
+    let (deployments, services) = apis(client.clone(), namespace);
     let labelled = ListParams::default().labels(ebb_config::names::LABEL_SERVICE);
     let deployments = deployments.list(&labelled).await.map_err(|e| e.to_string())?;
     let services =
         services.list(&ListParams::default().labels(&managed_by_ebb())).await.map_err(|e| e.to_string())?;
-    Ok(cluster_rows(&deployments.items, &services.items))
+    let (others, problems) = other_targets(&client, namespace, &services.items).await;
+    Ok((rows_of(&deployments.items, &others, &services.items), problems))
+}
+
+/// The rows of the Deployments and the objects of other kinds (each with its kind).
+fn rows_of<D: Borrow<Deployment>, S: Borrow<Service>>(
+    deployments: &[D],
+    others: &[(String, DynamicObject)],
+    services: &[S],
+) -> Vec<ClusterRow> {
+    let listed: Vec<Listed<'_>> = deployments
+        .iter()
+        .map(|d| Listed::deployment(d.borrow()))
+        .chain(others.iter().map(|(kind, object)| Listed::object(kind, object)))
+        .collect();
+    cluster_rows(&listed, services)
+}
+
+/// The objects labelled `ebb.dev/service` of the kinds other than Deployments that own public `services`
+/// (labelled `ebb.dev/target-kind`, owned by their target), each with its kind as `RESOURCE.GROUP`; and a
+/// line for each kind that could not be read (say, the user may not list it).
+async fn other_targets<S: Borrow<Service>>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    services: &[S],
+) -> (Vec<(String, DynamicObject)>, Vec<String>) {
+    let kinds: std::collections::BTreeSet<(String, String)> = services
+        .iter()
+        .filter_map(|s| {
+            let meta = &s.borrow().metadata;
+            let kind = meta.labels.as_ref()?.get(ebb_config::names::LABEL_TARGET_KIND)?;
+            let owner = meta.owner_references.as_ref()?.iter().find(|o| &o.kind == kind)?;
+            Some((owner.api_version.clone(), owner.kind.clone()))
+        })
+        .collect();
+    let (mut objects, mut problems) = (Vec::new(), Vec::new());
+    for (api_version, kind) in kinds {
+        match list_kind(client, &api_version, &kind, namespace).await {
+            Ok((name, items)) => objects.extend(items.into_iter().map(|o| (name.clone(), o))),
+            Err(err) => problems.push(format!("kind: {kind} ({api_version}): {err}")),
+        }
+    }
+    (objects, problems)
+}
+
+/// The objects of `kind` in `api_version` labelled `ebb.dev/service`, with the kind's `RESOURCE.GROUP`.
+async fn list_kind(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    namespace: Option<&str>,
+) -> Result<(String, Vec<DynamicObject>), String> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let (resource, _) = discovery::pinned_kind(client, &gvk).await.map_err(|e| format!("not served: {e}"))?;
+    let name = TargetKind { resource: resource.plural.clone(), group: resource.group.clone() }.to_string();
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let labelled = ListParams::default().labels(ebb_config::names::LABEL_SERVICE);
+    match api.list(&labelled).await {
+        Ok(list) => Ok((name, list.items)),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            Err(format!("you may not list {name} (docs/rbac.md: grant get and list on it beside ebb-status)"))
+        }
+        Err(err) => Err(format!("cannot list {name}: {err}")),
+    }
 }
 
 /// `-w`: watches the Deployments and the public Services, and draws the rows again whenever they change,
 /// until interrupted. Exit 1 when the first listing fails.
 async fn watch(client: kube::Client, namespace: Option<&str>, format: Format, server: &str) -> ExitCode {
-    let (deployments, services) = apis(client, namespace);
+    let (deployments, services) = apis(client.clone(), namespace);
     let (deployment_store, deployment_writer) = reflector::store::<Deployment>();
     let (service_store, service_writer) = reflector::store::<Service>();
     let labelled = watcher::Config::default().labels(ebb_config::names::LABEL_SERVICE);
@@ -319,13 +455,25 @@ async fn watch(client: kube::Client, namespace: Option<&str>, format: Format, se
     let service_events = reflector(service_writer, watcher(services, managed))
         .default_backoff()
         .map(move |e| e.map(|event| (1, complete(&event))));
-    let mut events = std::pin::pin!(futures::stream::select(deployment_events, service_events));
+    // The other kinds have no watch here (their kinds come and go with the Services): read every 2 s.
+    let reread = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        Some((Ok((2, true)), ()))
+    });
+    let mut events = std::pin::pin!(futures::stream::select(
+        futures::stream::select(deployment_events, service_events),
+        reread
+    ));
     let mut listed = [false, false];
+    let (mut others, mut problems) = (Vec::new(), Vec::new());
     let mut screen = Screen::new(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let mut drawn_once = false;
     let mut failed_before_drawing = false;
     while let Some(event) = events.next().await {
         match event {
+            Ok((2, _)) => {
+                (others, problems) = other_targets(&client, namespace, &service_store.state()).await
+            }
             Ok((list, done)) => listed[list] |= done,
             Err(err) => {
                 eprintln!("ebb status: watching {server}: {err}");
@@ -341,8 +489,8 @@ async fn watch(client: kube::Client, namespace: Option<&str>, format: Format, se
         if listed != [true, true] {
             continue;
         }
-        let rows = cluster_rows(&deployment_store.state(), &service_store.state());
-        if let Err(err) = screen.draw(show(&rows, format), format) {
+        let rows = rows_of(&deployment_store.state(), &others, &service_store.state());
+        if let Err(err) = screen.draw(show(&rows, &problems, format), format) {
             // stdout closed (`| head`): nothing more to show.
             return if err.kind() == std::io::ErrorKind::BrokenPipe {
                 ExitCode::SUCCESS
@@ -392,7 +540,7 @@ mod tests {
             }))
             .unwrap()
         };
-        let rows = cluster_rows(&deployments, &[service(json!({"app.kubernetes.io/managed-by": "ebb"}))]);
+        let rows = rows_of(&deployments, &[], &[service(json!({"app.kubernetes.io/managed-by": "ebb"}))]);
         assert_eq!(rows[0].service, "models/batch");
         assert_eq!((rows[0].desired.as_deref(), rows[0].mode.as_deref(), rows[0].panic), (None, None, None));
         let chat = &rows[1];
@@ -412,9 +560,9 @@ mod tests {
         );
         // The live flag wins over the last change's reason.
         assert_eq!((rows[2].service.as_str(), rows[2].panic), ("models/embed", Some(true)));
-        assert_eq!(cluster_notes(&rows), "");
+        assert_eq!(cluster_notes(&rows, Timestamp::now()), "");
         // A Service ebb does not own says nothing about the mode: the Deployment's annotation is used.
-        let rows = cluster_rows(&deployments, &[service(json!({}))]);
+        let rows = rows_of(&deployments, &[], &[service(json!({}))]);
         assert_eq!((rows[1].mode.as_deref(), rows[1].phase.as_deref()), (Some("proxy"), None));
     }
 
@@ -426,9 +574,9 @@ mod tests {
             "spec": {"selector": {}, "template": {}},
         }))
         .unwrap();
-        let rows = cluster_rows(&[deployment], &[] as &[Service]);
+        let rows = rows_of(&[deployment], &[], &[] as &[Service]);
         assert_eq!(
-            cluster_notes(&rows),
+            cluster_notes(&rows, Timestamp::now()),
             "sidecar: models/chat: 1 of 2 pods with outdated queue-proxy settings: restart\n"
         );
     }
@@ -441,7 +589,27 @@ mod tests {
             "spec": {"selector": {}, "template": {}},
         }))
         .unwrap();
-        let rows = cluster_rows(&[deployment], &[] as &[Service]);
-        assert_eq!(cluster_notes(&rows), "group: ml/a: group \"two\" is invalid\n");
+        let rows = rows_of(&[deployment], &[], &[] as &[Service]);
+        assert_eq!(cluster_notes(&rows, Timestamp::now()), "group: ml/a: group \"two\" is invalid\n");
+    }
+
+    #[test]
+    fn objects_of_other_kinds_are_rows_and_a_long_start_is_shown_with_its_age() {
+        let set: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "llm", "namespace": "ml", "annotations": {
+                STATUS_DESIRED: "2", ebb_config::names::STATUS_STARTING_SINCE: "2026-12-05T10:00:00Z"}},
+            "spec": {"replicas": 2}, "status": {"readyReplicas": 1},
+        }))
+        .unwrap();
+        let rows = rows_of(&[] as &[Deployment], &[("statefulsets.apps".to_owned(), set)], &[] as &[Service]);
+        let llm = &rows[0];
+        assert_eq!((llm.service.as_str(), llm.kind.as_str()), ("ml/llm", "statefulsets.apps"));
+        assert_eq!((llm.desired.as_deref(), llm.replicas, llm.ready), (Some("2"), Some(2), 1));
+        let now: Timestamp = "2026-12-05T10:04:10Z".parse().unwrap();
+        assert_eq!(cluster_notes(&rows, now), "starting: ml/llm: pods starting for 4m10s, not blocked\n");
+        let later: Timestamp = "2026-12-05T11:05:00Z".parse().unwrap();
+        assert!(cluster_notes(&rows, later).contains("for 1h05m"));
+        assert!(cluster_table(&rows, true).contains("statefulsets.apps"));
     }
 }

@@ -12,7 +12,18 @@
 //!       ebb.dev/container-concurrency: 4
 //!     hosts: [demo.localhost]    # optional extra host names
 //!     env: {LOG_LEVEL: debug}    # optional extra environment
+//!   - name: chat                 # a service of roles (prefill and decode): `roles:` instead of `command:`
+//!     roles:
+//!       - name: prefill          # a DNS label; the pod's EBB_ROLE
+//!         command: $EBB demo-model --role prefill
+//!         count: 2               # pods per instance (default 1)
+//!       - name: decode
+//!         command: $EBB demo-model --role decode
+//!         entry: true            # exactly one role: its pod takes the traffic (1 per instance)
 //! ```
+//!
+//! A service of roles scales in instances: each instance runs `count` pods of every role, and only the entry's
+//! pod (with the queue-proxy) receives requests and reports load (`super::pods`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -44,13 +55,15 @@ pub fn local_max_scale() -> u32 {
     LOCAL_PODS_PER_CORE.saturating_mul(cores)
 }
 
-/// Bounds an unbounded service by the machine ([`local_max_scale`]), unless its file asked for no bound: a
-/// `max-scale` annotation (or its alias) or a `max-scale` in `config:`. The bound never goes below what the
-/// service itself asks for at least (min-scale, activation-scale).
+/// Bounds an unbounded service by the machine ([`local_max_scale`] pods, so `pods_per_instance` times fewer
+/// instances, at least 1), unless its file asked for no bound: a `max-scale` annotation (or its alias) or a
+/// `max-scale` in `config:`. The bound never goes below what the service itself asks for at least (min-scale,
+/// activation-scale).
 fn bound_locally(
     config: &mut ServiceConfig,
     annotations: &BTreeMap<String, String>,
     global: &BTreeMap<String, String>,
+    pods_per_instance: u32,
 ) {
     let asked = annotations
         .keys()
@@ -58,7 +71,8 @@ fn bound_locally(
         || global.contains_key("max-scale");
     let scaling = &mut config.scaling;
     if !asked && scaling.max_scale == 0 {
-        scaling.max_scale = local_max_scale().max(scaling.min_scale).max(scaling.activation_scale);
+        let instances = (local_max_scale() / pods_per_instance.max(1)).max(1);
+        scaling.max_scale = instances.max(scaling.min_scale).max(scaling.activation_scale);
     }
 }
 
@@ -105,7 +119,10 @@ struct FileYaml {
 #[serde(deny_unknown_fields)]
 struct ServiceYaml {
     name: String,
-    command: Command,
+    #[serde(default)]
+    command: Option<Command>,
+    #[serde(default)]
+    roles: Option<Vec<RoleYaml>>,
     #[serde(default)]
     port: Option<u16>,
     #[serde(default)]
@@ -116,19 +133,72 @@ struct ServiceYaml {
     env: BTreeMap<String, Scalar>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleYaml {
+    name: String,
+    command: Command,
+    // Signed, so that `count: 0` and `count: -1` get our message rather than serde's.
+    #[serde(default)]
+    count: Option<i64>,
+    #[serde(default)]
+    entry: bool,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    env: BTreeMap<String, Scalar>,
+}
+
+/// The most pods of one role an instance may have: a typo such as `count: 20000` would otherwise start that
+/// many processes.
+pub const MAX_ROLE_COUNT: u32 = 1000;
+
+/// One role of a service: pods of one kind, `count` of them in every instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// Its name (a DNS label): the pods' `EBB_ROLE` and part of their names.
+    pub name: String,
+    /// How to start one of its pods.
+    pub command: Command,
+    /// Pods per instance (1 for the entry).
+    pub count: u32,
+    /// Whether its pods take the traffic (with a queue-proxy) and report the load.
+    pub entry: bool,
+    /// The port its command listens on.
+    pub port: u16,
+    /// Extra environment, over the service's.
+    pub env: BTreeMap<String, String>,
+}
+
 /// One service, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct Service {
     /// Its name (namespace `default`).
     pub name: String,
-    /// How to start it.
-    pub command: Command,
-    /// The port it listens on.
-    pub port: u16,
+    /// Its roles, the entry among them. A plain service (a `command:`) has one: the entry, named after the
+    /// service, one pod per instance, so that an instance is a pod.
+    pub roles: Vec<Role>,
+    /// Whether the file gave `roles:`: then its pods are told their instance and peers (`EBB_INSTANCE`,
+    /// `EBB_ROLE`, `EBB_PEERS_*`) and named `SERVICE-INSTANCE-ROLE-N`; a plain service's are `SERVICE-N`.
+    pub has_roles: bool,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
-    /// Its resolved configuration.
+    /// Its resolved configuration; its replicas count instances.
     pub config: ServiceConfig,
+}
+
+impl Service {
+    /// The role whose pods take the traffic.
+    pub fn entry(&self) -> &Role {
+        self.roles.iter().find(|r| r.entry).expect("a validated service has exactly one entry role")
+    }
+}
+
+impl Role {
+    /// A plain service's one role: the entry, named after the service, one pod per instance.
+    fn plain_entry(service: &str, command: Command, port: u16) -> Self {
+        Self { name: service.to_owned(), command, count: 1, entry: true, port, env: BTreeMap::new() }
+    }
 }
 
 /// The whole file.
@@ -168,18 +238,19 @@ pub fn default_demo(exe: &Path) -> UpConfig {
         ("ebb.dev/activation-timeout".to_owned(), "60s".to_owned()),
     ]);
     let mut config = resolve_service(&annotations, &global).expect("the demo's annotations are valid").value;
-    bound_locally(&mut config, &annotations, &overrides);
+    bound_locally(&mut config, &annotations, &overrides, 1);
     let command = Command::Argv(vec![
         exe.display().to_string(),
         "demo-model".into(),
         "--startup-delay".into(),
         "500ms".into(),
     ]);
+    let roles = vec![Role::plain_entry("demo", command, DEMO_PORT)];
     UpConfig {
         services: vec![Service {
             name: "demo".into(),
-            command,
-            port: DEMO_PORT,
+            roles,
+            has_roles: false,
             env: BTreeMap::new(),
             config,
         }],
@@ -233,18 +304,41 @@ pub fn parse(file: &str, text: &str) -> Result<UpConfig, ConfigError> {
             errors.push(format!("{file}: line {}: {what}: name: {:?} is used twice", at("name:"), s.name));
         }
         names.push(s.name.clone());
-        match &s.command {
-            Command::Shell(c) if c.trim().is_empty() => {
-                errors.push(format!("{file}: line {}: {what}: command: must not be empty", at("command:")))
-            }
-            Command::Argv(v) if v.is_empty() => {
-                errors.push(format!("{file}: line {}: {what}: command: must not be empty", at("command:")))
-            }
-            _ => {}
-        }
         if s.port == Some(0) {
             errors.push(format!("{file}: line {}: {what}: port: must be between 1 and 65535", at("port:")));
         }
+        let port = s.port.unwrap_or(DEFAULT_PORT);
+        // The service's roles, and whether the file gave them; `None` after an error.
+        let roles = match (s.command, s.roles) {
+            (Some(command), None) => {
+                if command_is_empty(&command) {
+                    errors
+                        .push(format!("{file}: line {}: {what}: command: must not be empty", at("command:")));
+                    None
+                } else {
+                    Some((vec![Role::plain_entry(&s.name, command, port)], false))
+                }
+            }
+            (None, Some(roles)) => {
+                let at = RoleLines { lines: &lines, service_start: start, file, what: &what };
+                roles_of(roles, port, &at, &mut errors).map(|roles| (roles, true))
+            }
+            (Some(_), Some(_)) => {
+                errors.push(format!(
+                    "{file}: line {}: {what}: roles: a service has either a command or roles, not both (give each \
+                     role its command)",
+                    at("roles:")
+                ));
+                None
+            }
+            (None, None) => {
+                errors.push(format!(
+                    "{file}: line {}: {what}: command: missing: a service needs a command, or roles",
+                    start + 1
+                ));
+                None
+            }
+        };
         let mut annotations: BTreeMap<String, String> =
             s.annotations.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         if !s.hosts.is_empty() {
@@ -260,15 +354,13 @@ pub fn parse(file: &str, text: &str) -> Result<UpConfig, ConfigError> {
                 for w in &config.warnings {
                     tracing::warn!(service = %s.name, "{w}");
                 }
+                // Without roles there was an error above: the file is refused.
+                let Some((roles, has_roles)) = roles else { continue };
                 let mut config = config.value;
-                bound_locally(&mut config, &annotations, &overrides);
-                services.push(Service {
-                    name: s.name,
-                    command: s.command,
-                    port: s.port.unwrap_or(DEFAULT_PORT),
-                    env: s.env.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-                    config,
-                });
+                let pods_per_instance = roles.iter().map(|r| r.count).sum();
+                bound_locally(&mut config, &annotations, &overrides, pods_per_instance);
+                let env = s.env.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+                services.push(Service { name: s.name, roles, has_roles, env, config });
             }
             Err(invalid) => {
                 for e in &invalid.errors {
@@ -280,6 +372,121 @@ pub fn parse(file: &str, text: &str) -> Result<UpConfig, ConfigError> {
         }
     }
     if errors.is_empty() { Ok(UpConfig { services }) } else { Err(ConfigError(errors)) }
+}
+
+fn command_is_empty(command: &Command) -> bool {
+    match command {
+        Command::Shell(c) => c.trim().is_empty(),
+        Command::Argv(v) => v.is_empty(),
+    }
+}
+
+/// Where a service's roles are written, for errors naming their lines.
+struct RoleLines<'a> {
+    lines: &'a [&'a str],
+    service_start: usize,
+    file: &'a str,
+    what: &'a str,
+}
+
+impl RoleLines<'_> {
+    /// "FILE: line N: services[i] (NAME): roles[j] (ROLE): " for the first line that holds `key` at or after
+    /// the `name:` of the `nth` role of this name (from 0).
+    fn at(&self, j: usize, nth: usize, role: &str, key: &str) -> String {
+        let roles = find_line(self.lines, self.service_start, "roles:").unwrap_or(self.service_start);
+        let start = name_line(&self.lines[roles..], role, nth).map_or(roles, |l| l + roles);
+        let line = find_line(self.lines, start, key).map_or(start + 1, |l| l + 1);
+        format!("{}: line {line}: {}: roles[{j}] ({role}): ", self.file, self.what)
+    }
+
+    /// "FILE: line N: services[i] (NAME): roles: " at the `roles:` line.
+    fn roles(&self) -> String {
+        let line =
+            find_line(self.lines, self.service_start, "roles:").map_or(self.service_start + 1, |l| l + 1);
+        format!("{}: line {line}: {}: roles: ", self.file, self.what)
+    }
+}
+
+/// Validates a service's roles: DNS-label names used once, a command each, a count from 1 to
+/// [`MAX_ROLE_COUNT`], exactly one entry (`entry: true`) with a count of 1. `None` when any is wrong (each
+/// problem is in `errors`).
+fn roles_of(
+    roles: Vec<RoleYaml>,
+    port: u16,
+    at: &RoleLines<'_>,
+    errors: &mut Vec<String>,
+) -> Option<Vec<Role>> {
+    let before = errors.len();
+    if roles.is_empty() {
+        errors.push(format!("{}at least one role is needed", at.roles()));
+        return None;
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for (j, r) in roles.iter().enumerate() {
+        let name = r.name.as_str();
+        let nth = names.iter().filter(|n| **n == name).count();
+        if !ebb_config::value::is_dns_name(name) || name.contains('.') || name.len() > 63 {
+            errors.push(format!(
+                "{}name: {name:?} must be a lower-case DNS label (a-z, 0-9, '-')",
+                at.at(j, nth, name, "name:")
+            ));
+        }
+        if names.contains(&name) {
+            errors.push(format!("{}name: {name:?} is used twice", at.at(j, nth, name, "name:")));
+        }
+        names.push(name);
+        if command_is_empty(&r.command) {
+            errors.push(format!("{}command: must not be empty", at.at(j, nth, name, "command:")));
+        }
+        match r.count {
+            Some(count) if count < 1 || count > i64::from(MAX_ROLE_COUNT) => errors.push(format!(
+                "{}count: {count}: must be a whole number from 1 to {MAX_ROLE_COUNT} (pods of this role per \
+                 instance)",
+                at.at(j, nth, name, "count:")
+            )),
+            Some(count) if r.entry && count != 1 => errors.push(format!(
+                "{}count: {count}: the entry role runs 1 pod per instance (its queue-proxy takes the instance's \
+                 traffic); give the other roles more pods",
+                at.at(j, nth, name, "count:")
+            )),
+            _ => {}
+        }
+        if r.port == Some(0) {
+            errors.push(format!("{}port: must be between 1 and 65535", at.at(j, nth, name, "port:")));
+        }
+    }
+    let entries: Vec<&RoleYaml> = roles.iter().filter(|r| r.entry).collect();
+    match entries.as_slice() {
+        [_] => {}
+        [] => errors.push(format!(
+            "{}no entry: mark exactly one role `entry: true` (the one that takes the traffic, e.g. decode)",
+            at.roles()
+        )),
+        _ => {
+            let names: Vec<String> = entries.iter().map(|r| format!("{:?}", r.name)).collect();
+            errors.push(format!(
+                "{}{} entries ({}): exactly one role may be `entry: true`",
+                at.roles(),
+                entries.len(),
+                names.join(", ")
+            ))
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    let roles = roles
+        .into_iter()
+        .map(|r| Role {
+            count: r.count.map_or(1, |c| c as u32),
+            port: r.port.unwrap_or(port),
+            env: r.env.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            name: r.name,
+            command: r.command,
+            entry: r.entry,
+        })
+        .collect();
+    Some(roles)
 }
 
 /// The `nth` line (from 0) that gives `name:` exactly `name` (quoted or not, with or without a comment).
@@ -314,7 +521,7 @@ mod tests {
                     hosts: [a.example]\n";
         let config = parse("ebb.yaml", text).unwrap();
         let s = &config.services[0];
-        assert_eq!(s.port, DEFAULT_PORT);
+        assert_eq!(s.entry().port, DEFAULT_PORT);
         assert_eq!(s.config.data_plane.container_concurrency, 4);
         assert_eq!(s.config.data_plane.hosts, vec!["a.example".to_owned()]);
         assert_eq!(s.config.scaling.scale_to_zero_grace_period, std::time::Duration::from_secs(1));
@@ -375,5 +582,108 @@ mod tests {
             "{err}"
         );
         assert!(err.0.iter().any(|e| e.contains("line 6") && e.contains("container-concurrency")), "{err}");
+    }
+
+    const TWO_P_ONE_D: &str = "services:\n  - name: chat\n    port: 8000\n    roles:\n      - name: prefill\n        \
+                               command: run prefill\n        count: 2\n      - name: decode\n        command: [run, \
+                               decode]\n        entry: true\n        port: 9000\n";
+
+    #[test]
+    fn roles_resolve_with_their_counts_ports_and_one_entry() {
+        let s = parse("ebb.yaml", TWO_P_ONE_D).unwrap().services.remove(0);
+        assert!(s.has_roles);
+        let roles: Vec<(&str, u32, bool, u16)> =
+            s.roles.iter().map(|r| (r.name.as_str(), r.count, r.entry, r.port)).collect();
+        assert_eq!(roles, [("prefill", 2, false, 8000), ("decode", 1, true, 9000)]);
+        assert_eq!(s.entry().name, "decode");
+        assert_eq!(s.roles.iter().map(|r| r.count).sum::<u32>(), 3);
+        // Bounded by the machine in instances: a third of the pods.
+        assert_eq!(s.config.scaling.max_scale, (local_max_scale() / 3).max(1));
+
+        // A plain service is one entry role named after it, one pod per instance.
+        let plain =
+            parse("ebb.yaml", "services:\n  - name: demo\n    command: x\n").unwrap().services.remove(0);
+        assert!(!plain.has_roles);
+        assert_eq!(plain.roles.len(), 1);
+        assert_eq!(
+            (plain.entry().name.as_str(), plain.entry().count, plain.entry().port),
+            ("demo", 1, DEFAULT_PORT)
+        );
+    }
+
+    #[test]
+    fn bad_roles_are_errors_naming_the_line_and_the_rule() {
+        let one = |roles: &str| {
+            let text = format!("services:\n  - name: chat\n    roles:\n{roles}");
+            parse("ebb.yaml", &text).unwrap_err().0
+        };
+        let err =
+            one("      - name: prefill\n        command: x\n      - name: decode\n        command: y\n");
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(err[0].starts_with("ebb.yaml: line 3: services[0] (chat): roles: no entry"), "{err:?}");
+
+        let err = one(
+            "      - name: prefill\n        command: x\n        entry: true\n      - name: decode\n        \
+             command: y\n        entry: true\n",
+        );
+        assert!(err[0].contains("roles: 2 entries (\"prefill\", \"decode\")"), "{err:?}");
+
+        let err = one(
+            "      - name: prefill\n        command: x\n        count: 0\n      - name: decode\n        \
+                       command: y\n        entry: true\n",
+        );
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(
+            err[0].starts_with(
+                "ebb.yaml: line 6: services[0] (chat): roles[0] (prefill): count: 0: must be a whole \
+                                    number from 1"
+            ),
+            "{err:?}"
+        );
+
+        let err = one("      - name: decode\n        command: x\n        entry: true\n        count: 2\n");
+        assert!(
+            err[0].contains("line 7") && err[0].contains("the entry role runs 1 pod per instance"),
+            "{err:?}"
+        );
+
+        let err = one(
+            "      - name: decode\n        command: x\n        entry: true\n      - name: decode\n        \
+                       command: y\n",
+        );
+        assert!(
+            err.iter()
+                .any(|e| e.contains("line 7")
+                    && e.contains("roles[1] (decode): name: \"decode\" is used twice")),
+            "{err:?}"
+        );
+
+        let err = one("      - name: Pre_fill\n        command: x\n        entry: true\n");
+        assert!(err[0].contains("line 4") && err[0].contains("must be a lower-case DNS label"), "{err:?}");
+
+        let err = one("      - name: decode\n        command: ''\n        entry: true\n");
+        assert!(err[0].contains("line 5") && err[0].contains("command: must not be empty"), "{err:?}");
+
+        let err = parse("ebb.yaml", "services:\n  - name: chat\n    roles: []\n").unwrap_err().0;
+        assert!(err[0].contains("line 3") && err[0].contains("at least one role"), "{err:?}");
+
+        let err = parse(
+            "ebb.yaml",
+            "services:\n  - name: chat\n    command: x\n    roles:\n      - name: decode\n        \
+                                     command: y\n        entry: true\n",
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            err[0].contains("line 4") && err[0].contains("either a command or roles, not both"),
+            "{err:?}"
+        );
+
+        let err = parse("ebb.yaml", "services:\n  - name: chat\n    port: 8000\n").unwrap_err().0;
+        assert!(err[0].contains("line 2") && err[0].contains("needs a command, or roles"), "{err:?}");
+
+        // Unknown keys in a role are the YAML reader's errors, with their line.
+        let err = one("      - name: decode\n        command: x\n        entry: true\n        cuont: 2\n");
+        assert!(err[0].contains("cuont"), "{err:?}");
     }
 }

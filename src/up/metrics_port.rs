@@ -99,6 +99,10 @@ fn status(state: &State) -> Value {
                     json!({"name": name, "address": data.to_string(), "terminating": terminating})
                 })
                 .collect();
+            // A service of roles: every pod, so that its instances can be seen whole or not.
+            if let Some(role_pods) = &pods.role_pods {
+                value["role_pods"] = json!(role_pods);
+            }
             value
         })
         .collect();

@@ -134,7 +134,7 @@ fn check_ports(args: &Args, config: &config::UpConfig) -> Result<(), String> {
             continue;
         }
         for service in &config.services {
-            if service.port == port {
+            if service.roles.iter().any(|role| role.port == port) {
                 return Err(format!(
                     "service {} listens on port {port}, which {address_option} {address} {option} {port} takes on \
                      every address, 127.0.0.N included: give the service another `port:` in ebb.yaml, or {option} \

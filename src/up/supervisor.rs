@@ -9,6 +9,9 @@
 //! - Either process exits on its own: the other's group is stopped the same way, and the supervisor exits 1,
 //!   so `ebb up` sees the pod die and replaces it.
 //!
+//! A pod of a role other than a service's entry has no queue-proxy (it takes no traffic from the gateway): its
+//! supervisor runs the command alone, the same way.
+//!
 //! The supervisor tells `ebb up` what it does on its stdout, one JSON line each ([`Report`]): the process group
 //! of each child as soon as it runs, the queue-proxy's first line (its bound addresses), and why the pod ended.
 //! The groups let `ebb up` kill the pod's processes itself when the supervisor dies without doing so (SIGKILL).
@@ -32,8 +35,8 @@ use super::config;
 pub struct Spec {
     /// The `ebb` binary.
     pub exe: String,
-    /// Arguments after `ebb queue-proxy`.
-    pub queue_proxy: Vec<String>,
+    /// Arguments after `ebb queue-proxy`; `None` for a pod without one (a role other than the entry).
+    pub queue_proxy: Option<Vec<String>>,
     /// The service's command.
     pub command: config::Command,
     /// Environment of the command (`HOST`, `PORT`, the service's `env`).
@@ -138,23 +141,27 @@ async fn supervise(spec: Spec) -> ExitCode {
     if let Some(pgid) = user_group {
         report(&Report::Group { ebb_group: pgid.as_raw() });
     }
-    let mut proxy = Command::new(&spec.exe);
-    proxy.arg("queue-proxy").args(&spec.queue_proxy).stdin(Stdio::null()).stdout(Stdio::piped());
-    proxy.process_group(0);
-    let mut proxy = match proxy.spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            let code = fail(format!("cannot start the queue-proxy: {err}"));
-            signal_group(user_group, Signal::SIGKILL);
-            return code;
+    let mut proxy = None;
+    if let Some(args) = &spec.queue_proxy {
+        let mut command = Command::new(&spec.exe);
+        command.arg("queue-proxy").args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+        command.process_group(0);
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                let code = fail(format!("cannot start the queue-proxy: {err}"));
+                signal_group(user_group, Signal::SIGKILL);
+                return code;
+            }
+        };
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(copy_addresses(stdout));
         }
-    };
-    let proxy_group = group(&proxy);
+        proxy = Some(child);
+    }
+    let proxy_group = proxy.as_ref().and_then(group);
     if let Some(pgid) = proxy_group {
         report(&Report::Group { ebb_group: pgid.as_raw() });
-    }
-    if let Some(stdout) = proxy.stdout.take() {
-        tokio::spawn(copy_addresses(stdout));
     }
     let pod = Processes { proxy, proxy_group, user, user_group };
     let term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -214,9 +221,9 @@ async fn parent_gone() {
     }
 }
 
-/// The pod's two processes, each leading its own process group.
+/// The pod's two processes (or its command alone), each leading its own process group.
 struct Processes {
-    proxy: Child,
+    proxy: Option<Child>,
     proxy_group: Option<Pid>,
     user: Child,
     user_group: Option<Pid>,
@@ -241,21 +248,23 @@ impl Processes {
                 signal_group(proxy_group, Signal::SIGTERM);
                 signal_group(user_group, Signal::SIGTERM);
                 let deadline = Instant::now() + Duration::from_secs(1);
-                let _ = tokio::time::timeout_at(deadline, async { let _ = tokio::join!(proxy.wait(), user.wait()); }).await;
+                let _ = tokio::time::timeout_at(deadline, async { let _ = tokio::join!(exited(&mut proxy), user.wait()); }).await;
                 kill_all();
                 ExitCode::SUCCESS
             }
             _ = term.recv() => {
                 let deadline = Instant::now() + grace;
                 signal_group(proxy_group, Signal::SIGTERM);
-                let _ = tokio::time::timeout_at(deadline, proxy.wait()).await;
+                if proxy.is_some() {
+                    let _ = tokio::time::timeout_at(deadline, wait(&mut proxy)).await;
+                }
                 signal_group(user_group, Signal::SIGTERM);
                 let _ = tokio::time::timeout_at(deadline, user.wait()).await;
                 kill_all();
-                let _ = timeout(Duration::from_secs(1), async { let _ = tokio::join!(proxy.wait(), user.wait()); }).await;
+                let _ = timeout(Duration::from_secs(1), async { let _ = tokio::join!(exited(&mut proxy), user.wait()); }).await;
                 ExitCode::SUCCESS
             }
-            status = proxy.wait() => {
+            status = wait(&mut proxy) => {
                 let reason = format!("the queue-proxy {}", describe(status));
                 eprintln!("ebb pod-supervisor: {reason}");
                 report(&Report::Exit { ebb_exit: reason });
@@ -269,11 +278,26 @@ impl Processes {
                 eprintln!("ebb pod-supervisor: {reason}");
                 report(&Report::Exit { ebb_exit: reason });
                 signal_group(proxy_group, Signal::SIGTERM);
-                let _ = timeout(Duration::from_secs(1), proxy.wait()).await;
+                let _ = timeout(Duration::from_secs(1), wait(&mut proxy)).await;
                 kill_all();
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// Waits for the queue-proxy to exit; never returns for a pod without one.
+async fn wait(proxy: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+    match proxy {
+        Some(proxy) => proxy.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the queue-proxy to be gone; at once for a pod without one.
+async fn exited(proxy: &mut Option<Child>) {
+    if let Some(proxy) = proxy {
+        let _ = proxy.wait().await;
     }
 }
 

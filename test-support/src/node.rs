@@ -3,7 +3,9 @@
 //! It creates the Node, watches pods (in given namespaces, optionally with a label selector), binds each
 //! Pending one to its Node (`POST pods/NAME/binding`), gives it a loopback address 127.0.S.N of its own, and
 //! writes the status a kubelet would: Running with that `podIP`, then Ready when the test says so
-//! ([`Readiness`]). When a pod is being deleted it stops it and finalizes it (delete with grace 0) after an
+//! ([`Readiness`]) and, as a kubelet, only while every readiness gate of the pod's spec has its condition
+//! True (conditions that others write, such as ebb's `ebb.dev/instance-ready`, are kept: the status is
+//! written as a strategic merge patch, which merges conditions by type). When a pod is being deleted it stops it and finalizes it (delete with grace 0) after an
 //! optional delay, and the address goes back to the pool.
 //!
 //! Containers are run by a [`PodRuntime`], told when a pod starts and stops. The default ([`NoopRuntime`])
@@ -449,6 +451,8 @@ struct Tracked {
     terminating: bool,
     /// Set once the pod started; what the runtime was given.
     running: Option<RunningPod>,
+    /// The condition types of the pod's readiness gates, with whether each is True now.
+    gates: HashMap<String, bool>,
     /// Containers that could not start: name -> (reason, message) of their `waiting` state.
     waiting: HashMap<String, (String, String)>,
     /// When its containers started (`startedAt`, `startTime`).
@@ -477,11 +481,26 @@ impl Inner {
             // A new pod of the same name: the old one is gone, whatever the watch said.
             forget(pods.remove(&key));
         }
+        let gates = gate_values(&pod);
+        if let Some(tracked) = pods.get_mut(&key).filter(|t| !t.terminating && t.gates != gates) {
+            // A gate's condition changed: Ready is written again, as a kubelet does.
+            tracked.gates = gates.clone();
+            if tracked.running.is_some() {
+                let (inner, key) = (self.clone(), key.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = inner.write_status(&key, None).await {
+                        eprintln!("node emulator {}: status of {}/{}: {e}", inner.node_name, key.0, key.1);
+                    }
+                });
+            }
+        }
         match (node, pods.get_mut(&key)) {
             // Unbound: bind and start it, unless the API server is deleting it (it does so at once).
             (None, None) if !deleting && phase == "Pending" => {
                 let task = tokio::spawn(self.clone().start_pod(key.clone(), pod, true)).abort_handle();
-                pods.insert(key, Tracked::new(uid, task));
+                let mut tracked = Tracked::new(uid, task);
+                tracked.gates = gates;
+                pods.insert(key, tracked);
             }
             // Bound to this node, not known yet (bound by someone else, or before this emulator started).
             (Some(node), None) if node == self.node_name && !matches!(phase, "Succeeded" | "Failed") => {
@@ -492,6 +511,7 @@ impl Inner {
                 };
                 let mut tracked = Tracked::new(uid, task.abort_handle());
                 tracked.terminating = deleting;
+                tracked.gates = gates;
                 pods.insert(key, tracked);
             }
             // Held and now being deleted: stop it and finalize it.
@@ -638,7 +658,8 @@ impl Inner {
             status_patch(tracked, running, failure)
         };
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
-        let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        // Strategic: conditions merge by type, so a gate's condition that another writer set stays.
+        let (params, patch) = (PatchParams::default(), Patch::Strategic(&patch));
         retry(|| api.patch_status(&key.1, &params, &patch)).await.map(drop)
     }
 }
@@ -651,6 +672,7 @@ impl Tracked {
             ready: false,
             terminating: false,
             running: None,
+            gates: HashMap::new(),
             waiting: HashMap::new(),
             started_at: None,
             tasks: vec![task],
@@ -666,12 +688,27 @@ fn forget(tracked: Option<Tracked>) {
     }
 }
 
-/// The status a kubelet would write for `tracked` (a merge patch; lists are replaced whole). The pod's uid
-/// is included as a precondition, so a same-named successor is never written.
+/// The condition types of `pod`'s readiness gates, each with whether its condition is True in its status.
+fn gate_values(pod: &Pod) -> HashMap<String, bool> {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let gates = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_deref()).unwrap_or_default();
+    gates
+        .iter()
+        .map(|g| {
+            let open = conditions.iter().any(|c| c.type_ == g.condition_type && c.status == "True");
+            (g.condition_type.clone(), open)
+        })
+        .collect()
+}
+
+/// The status a kubelet would write for `tracked` (a strategic merge patch: conditions and container
+/// statuses merge by key). The pod is Ready when its containers are and every readiness gate is True. The
+/// pod's uid is included as a precondition, so a same-named successor is never written.
 fn status_patch(tracked: &Tracked, running: &RunningPod, failure: Option<&str>) -> Value {
     let started = tracked.started_at.clone().unwrap_or_else(now);
     let now = now();
-    let ready = tracked.ready && failure.is_none() && tracked.waiting.is_empty();
+    let containers_ready = tracked.ready && failure.is_none() && tracked.waiting.is_empty();
+    let ready = containers_ready && tracked.gates.values().all(|open| *open);
     let flag = |b: bool| if b { "True" } else { "False" };
     let containers: Vec<_> = running
         .pod
@@ -689,7 +726,7 @@ fn status_patch(tracked: &Tracked, running: &RunningPod, failure: Option<&str>) 
             };
             json!({
                 "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
-                "ready": ready, "started": failure.is_none() && waiting.is_none(), "restartCount": 0,
+                "ready": containers_ready, "started": failure.is_none() && waiting.is_none(), "restartCount": 0,
                 "state": state,
             })
         })
@@ -712,7 +749,7 @@ fn status_patch(tracked: &Tracked, running: &RunningPod, failure: Option<&str>) 
             "conditions": [
                 condition("PodScheduled", true),
                 condition("Initialized", true),
-                condition("ContainersReady", ready),
+                condition("ContainersReady", containers_ready),
                 condition("Ready", ready),
             ],
             "containerStatuses": containers,

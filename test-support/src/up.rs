@@ -169,6 +169,56 @@ impl Up {
     }
 }
 
+/// One pod of a service of roles, as `/status` lists it (`role_pods`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolePod {
+    /// Its name, `SERVICE-INSTANCE-ROLE-N`.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+    /// Its instance.
+    pub instance: u64,
+    /// Where its command listens.
+    pub address: String,
+    /// Whether it is ready.
+    pub ready: bool,
+    /// Whether it is draining.
+    pub terminating: bool,
+}
+
+/// The pods of a service of roles in its `/status` entry (none for a plain service).
+pub fn role_pods(service: &Value) -> Vec<RolePod> {
+    let Some(pods) = service["role_pods"].as_array() else { return Vec::new() };
+    pods.iter()
+        .map(|p| RolePod {
+            name: p["name"].as_str().unwrap().to_owned(),
+            role: p["role"].as_str().unwrap().to_owned(),
+            instance: p["instance"].as_u64().unwrap(),
+            address: p["address"].as_str().unwrap().to_owned(),
+            ready: p["ready"].as_bool().unwrap(),
+            terminating: p["terminating"].as_bool().unwrap(),
+        })
+        .collect()
+}
+
+impl Up {
+    /// One non-streamed chat completion through the gateway to a decode role of `ebb demo-model`: the prefill
+    /// pods that took its prompt (the answer's `prefill`), or why it failed.
+    pub async fn chat_through_roles(&self, host: &str) -> Result<Vec<String>, String> {
+        let body = format!(
+            r#"{{"model":"{host}","messages":[{{"role":"user","content":"hello there"}}],"max_tokens":4}}"#
+        );
+        let (status, body) = request(self.gateway, "POST", "/v1/chat/completions", &body, host).await?;
+        let answer: Value = serde_json::from_str(&body).map_err(|_| format!("status {status}: {body}"))?;
+        match answer["prefill"].as_array() {
+            Some(pods) if status == 200 => {
+                Ok(pods.iter().filter_map(|p| Some(p.as_str()?.to_owned())).collect())
+            }
+            _ => Err(format!("status {status}: {body}")),
+        }
+    }
+}
+
 /// One HTTP/1.1 request with this `Host`; `Err` when no answer came.
 pub async fn request(
     addr: SocketAddr,

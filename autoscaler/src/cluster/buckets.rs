@@ -93,12 +93,25 @@ pub async fn run(
     let mut observed: Vec<Observed> = (0..count).map(|_| Observed::default()).collect();
     let mut renewed: Vec<Option<Instant>> = vec![None; count as usize];
     let mut held = vec![false; count as usize];
-    let mut members = Members::new(roster_name(&config.name), config.identity.clone(), config.lease_duration);
+    let mut members =
+        Members::new(roster_name(&config.name), config.identity.clone(), config.lease_duration, count);
+    let mut waiting_for = Vec::new();
     while !*shutdown.borrow() {
         if let Err(err) = members.beat(&api).await {
             tracing::warn!("bucket roster: {err}");
         }
         let share = fair_share(count, members.live());
+        // Replicas of another count act on Leases of other names: take nothing new until they are gone.
+        let others = members.counting_otherwise();
+        if others != waiting_for {
+            if !others.is_empty() {
+                tracing::warn!(
+                    ?others,
+                    "replicas with another bucket count are alive; taking no bucket until they are gone"
+                );
+            }
+            waiting_for = others;
+        }
         for (b, lease) in configs.iter().enumerate() {
             let mine = held[b];
             // A held bucket is renewed every renew interval; the others are looked at every round, so that
@@ -106,7 +119,7 @@ pub async fn run(
             if mine && renewed[b].is_some_and(|at| at.elapsed() < config.renew_interval) {
                 continue;
             }
-            let may_take = mine || held.iter().filter(|h| **h).count() < share;
+            let may_take = mine || (waiting_for.is_empty() && held.iter().filter(|h| **h).count() < share);
             match leader::step(&api, lease, &mut observed[b], may_take).await {
                 Ok(now_held) => {
                     health.ok();
@@ -161,6 +174,40 @@ pub async fn run(
             && let Err(err) = leader::release(&api, lease).await
         {
             tracing::warn!(bucket = %lease.name, "could not release: {err}");
+        }
+    }
+}
+
+/// Without buckets: beats in the roster as a replica of one bucket (so that replicas started with buckets
+/// wait for this one), and allows taking the leader Lease, on `may_lead`, only while no live replica counts
+/// buckets (those act on their buckets' services, which the leader would act on too). `config` is the
+/// leader Lease's; its renew interval paces the beats.
+pub async fn guard_leadership(
+    api: Api<Lease>,
+    config: LeaseConfig,
+    may_lead: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut members =
+        Members::new(roster_name(&config.name), config.identity.clone(), config.lease_duration, 1);
+    while !*shutdown.borrow() {
+        if let Err(err) = members.beat(&api).await {
+            tracing::warn!("bucket roster: {err}");
+        }
+        let others = members.counting_otherwise();
+        may_lead.send_if_modified(|now| {
+            let free = others.is_empty();
+            if *now != free && !free {
+                tracing::warn!(
+                    ?others,
+                    "replicas with buckets are alive; not taking the leader Lease until they are gone"
+                );
+            }
+            std::mem::replace(now, free) != free
+        });
+        tokio::select! {
+            () = tokio::time::sleep(config.renew_interval) => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

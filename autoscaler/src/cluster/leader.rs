@@ -60,11 +60,13 @@ pub(crate) struct Observed {
 }
 
 /// Runs the election until `shutdown` turns true, publishing whether this replica leads on `leading`; then
-/// releases the Lease if held, so a successor need not wait for it to expire.
+/// releases the Lease if held, so a successor need not wait for it to expire. The Lease is taken only while
+/// `may_lead` is true (held, it is renewed regardless).
 pub async fn run(
     api: Api<Lease>,
     config: LeaseConfig,
     leading: watch::Sender<bool>,
+    may_lead: watch::Receiver<bool>,
     health: Arc<ApiHealth>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -72,7 +74,9 @@ pub async fn run(
     let mut last_renewed: Option<Instant> = None;
     while !*shutdown.borrow() {
         let is_leader = *leading.borrow();
-        match step(&api, &config, &mut observed, true).await {
+        // A leader renews whatever `may_lead` says; only taking the Lease waits for it.
+        let may_take = is_leader || *may_lead.borrow();
+        match step(&api, &config, &mut observed, may_take).await {
             Ok(true) => {
                 health.ok();
                 last_renewed = Some(Instant::now());
@@ -281,7 +285,8 @@ mod tests {
         let health = Arc::new(ApiHealth::new(Duration::from_secs(10)));
         let config = LeaseConfig::new("l", "me");
         let deadline = config.renew_deadline;
-        let task = tokio::spawn(run(api, config, leading_tx, health.clone(), stop));
+        let (_may_lead_tx, may_lead) = watch::channel(true);
+        let task = tokio::spawn(run(api, config, leading_tx, may_lead, health.clone(), stop));
         let mut leading_rx = leading.clone();
         leading_rx.wait_for(|l| *l).await.unwrap();
         let became = tokio::time::Instant::now();

@@ -95,6 +95,8 @@ pub struct KubeMetrics {
     registry: Registry,
     /// 1 while this replica holds the Lease.
     pub leader: Gauge,
+    /// The buckets this replica holds (`--buckets` above 1; 0 otherwise).
+    pub buckets_held: Gauge,
     /// 1 while the API server answers.
     pub api_reachable: Gauge,
     /// Pods that will not become ready without help.
@@ -139,6 +141,7 @@ impl KubeMetrics {
         let m = Self {
             registry: Registry::default(),
             leader: Gauge::default(),
+            buckets_held: Gauge::default(),
             api_reachable: Gauge::default(),
             blocked_pods: Family::default(),
             external_changes: Family::default(),
@@ -157,6 +160,11 @@ impl KubeMetrics {
             let _ = m.reconcile_passes.get_or_create(&PassLabels { kind });
         }
         registry.register("leader", "1 while this replica holds the Lease and acts", m.leader.clone());
+        registry.register(
+            "buckets_held",
+            "Buckets whose services this replica decides and scales (with --buckets above 1; else 0)",
+            m.buckets_held.clone(),
+        );
         registry.register(
             "api_reachable",
             "1 while the Kubernetes API server answers",

@@ -8,6 +8,9 @@
 //! - `targets`, `target_watches`, `selector`: scale targets of any kind (`scale-target-kinds`): one view of
 //!   a Deployment or another object with its `scale` subresource, the watches of the other kinds, the pod
 //!   selectors their scale subresources report;
+//! - `instances`, `instance_pods`, `instance_gate`: multi-pod instances (a LeaderWorkerSet's groups): every
+//!   pod of an instance watched, an entry counted ready only while its instance is whole, and its
+//!   readiness gate written to match;
 //! - `reconcile`: the pass that turns them into the engine's services and pods, and on the leader into
 //!   writes;
 //! - [`leader`]: the Lease; only its holder writes anything, every replica collects and decides;
@@ -17,8 +20,8 @@
 //!   scale-downs and
 //!   other writers;
 //! - [`path`], [`slices`]: the public Service and its one EndpointSlice, activator or pods;
-//! - [`status`], [`deletion_cost`], [`blocked`], [`env_check`], [`events`]: what the controller writes besides
-//!   replicas;
+//! - [`status`], [`deletion_cost`], [`blocked`], `starting`, [`env_check`], [`events`]: what the controller
+//!   writes besides replicas;
 //! - [`auth`], [`ingest`]: the activators' authenticated stat streams;
 //! - [`serve`], [`metrics`]: `/metrics`, `/healthz`, `/readyz` on port 9090;
 //! - [`rbac`]: the permissions it needs, as data (docs/rbac.md explains them);
@@ -42,6 +45,9 @@ mod group_scale;
 mod groups;
 mod health;
 pub mod ingest;
+mod instance_gate;
+mod instance_pods;
+mod instances;
 pub mod leader;
 mod members;
 pub mod metrics;
@@ -56,6 +62,7 @@ mod selector;
 pub mod serve;
 mod service_state;
 pub mod slices;
+mod starting;
 mod state;
 pub mod status;
 mod stores;
@@ -265,12 +272,23 @@ impl ClusterController {
             }));
         }
         let mut bucket_leases = None;
-        if options.buckets > 1 {
+        // Replicas of another bucket count must not act beside this one (buckets::guard_leadership).
+        let (may_lead_tx, may_lead) = watch::channel(true);
+        if options.buckets == 1 {
+            tasks.push(tokio::spawn(buckets::guard_leadership(
+                Api::<Lease>::namespaced(client.clone(), &options.namespace),
+                lease_config.clone(),
+                may_lead_tx,
+                stop_rx.clone(),
+            )));
+        } else {
             let (signals, mut owned) = (signals.clone(), signals.ownership().expect("buckets are followed"));
+            let context = context.clone();
             tasks.push(tokio::spawn(async move {
                 while owned.changed().await.is_ok() {
                     let held = owned.borrow_and_update().buckets();
                     tracing::info!(?held, "buckets held");
+                    context.metrics.buckets_held.set(held.len() as i64);
                     signals.wake();
                 }
             }));
@@ -287,6 +305,7 @@ impl ClusterController {
             Api::<Lease>::namespaced(client, &options.namespace),
             lease_config,
             leading_tx,
+            may_lead,
             health,
             stop_rx,
         ));

@@ -1,8 +1,10 @@
-//! What the controller reads off a pod: whether it is ready, and the engine's view of it.
+//! What the controller reads off a pod: whether it is ready (and carries the instance gate), and the engine's
+//! view of it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ebb_config::targets::INSTANCE_READY_GATE;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -17,6 +19,14 @@ pub(crate) fn is_ready(pod: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether `pod`'s spec carries the readiness gate of multi-pod instances.
+pub(crate) fn has_instance_gate(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|gates| gates.iter().any(|g| g.condition_type == INSTANCE_READY_GATE))
 }
 
 /// The engine's view of a pod.

@@ -43,6 +43,13 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         group: "",
+        resource: "pods/status",
+        verbs: &["patch"],
+        cluster: true,
+        why: "the ebb.dev/instance-ready readiness gate of entry pods of multi-pod instances",
+    },
+    Rule {
+        group: "",
         resource: "services",
         verbs: &["get", "list", "watch", "create", "patch"],
         cluster: true,

@@ -30,16 +30,19 @@ use tokio::sync::watch;
 
 use super::dirty::Visit;
 use super::groups::{self, Groups};
+use super::instance_pods::InstancePods;
+use super::instances::{self, Views};
 use super::metrics::{BlockedLabels, KubeMetrics, PassLabels};
 use super::path::{self, PathContext, Prober};
 use super::pods::{self, is_ready};
 use super::scale::{self, ScaleContext};
 use super::service_state::ServiceState;
+use super::starting;
 use super::state::{Activators, Context, GlobalInForce, OtherTargets, Signals, TargetSettings};
 use super::stores::Stores;
 use super::target_watches::TargetWatches;
 use super::targets::{Target, one_per_name};
-use super::{blocked, env_check, group_scale, status};
+use super::{blocked, env_check, group_scale, instance_gate, status};
 use crate::engine::{Autoscaler, PodTarget, ServiceStatus};
 
 /// How many services the leader reconciles at once: enough that a slow API call for one does not hold up the
@@ -69,6 +72,8 @@ pub(crate) struct Reconciler {
     targets: TargetWatches,
     /// Those targets, published for the admission webhook.
     published: Arc<OtherTargets>,
+    /// Every pod of the multi-pod instances (`instances`).
+    instance_pods: InstancePods,
     services: HashMap<ServiceId, ServiceState>,
     /// The role groups as last sorted.
     groups: Groups,
@@ -115,7 +120,14 @@ impl Reconciler {
         );
         // The first pass visits every service (nothing is known yet): the first resync is one interval on.
         let next_resync = Instant::now() + context.options.resync_interval;
+        let instance_pods = InstancePods::new(
+            context.client.clone(),
+            &context.options.watch_namespaces,
+            context.health.clone(),
+            signals.clone(),
+        );
         Self {
+            instance_pods,
             context,
             signals,
             activators,
@@ -195,6 +207,15 @@ impl Reconciler {
             }
         }
         visit.extend(self.targets.refresh_scales().await);
+        let config = &self.global.config;
+        self.instance_pods.sync(
+            config
+                .scale_target_kinds
+                .iter()
+                .filter_map(|k| config.instance_shape(k))
+                .collect::<Vec<_>>()
+                .iter(),
+        );
         let activators = self.ready_activators();
         let everywhere = Everywhere {
             leading: self.signals.is_leader(),
@@ -294,6 +315,7 @@ impl Reconciler {
             (!t.kind.is_deployments()).then(|| TargetSettings {
                 kind: t.kind_name().to_owned(),
                 annotations: t.annotations().clone(),
+                instances: self.global.config.instance_shape(&t.kind).is_some(),
             })
         };
         match visit {
@@ -331,11 +353,18 @@ impl Reconciler {
             };
             pods.insert(id, selected);
         }
+        let instances = instances::views(
+            context,
+            &self.global.config,
+            &targets,
+            (&self.targets, &self.instance_pods),
+            &pods,
+        );
         let visited = match visit {
             Visit::All => targets.len(),
             Visit::Some(ids) => ids.len(),
         };
-        Snapshot { targets, kept, pods, activators, synced: self.targets.synced(), visited }
+        Snapshot { targets, kept, pods, activators, instances, synced: self.targets.synced(), visited }
     }
 
     /// Decide: brings the engine's services and pods up to date with the snapshot (the engine decides on its
@@ -349,7 +378,7 @@ impl Reconciler {
             if !self.signals.collects(&target.id()) {
                 continue;
             }
-            if let Some(id) = self.update_service(target, &snapshot.pods) {
+            if let Some(id) = self.update_service(target, &snapshot.pods, &snapshot.instances) {
                 present.insert(id);
             }
         }
@@ -398,6 +427,7 @@ impl Reconciler {
         &mut self,
         target: &Target,
         pods: &HashMap<ServiceId, Vec<Arc<Pod>>>,
+        instances: &Views,
     ) -> Option<ServiceId> {
         let Self { context, signals, activators, autoscaler, stores, global, services, .. } = self;
         let (context, autoscaler, stores) = (&**context, &**autoscaler, &*stores);
@@ -427,8 +457,11 @@ impl Reconciler {
             ServiceState::default()
         });
         let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
-        let targets: Vec<PodTarget> =
+        let mut targets: Vec<PodTarget> =
             service_pods.iter().map(|p| pods::target(p, context.options.pod_stats_port)).collect();
+        if let Some(view) = instances.get(&id) {
+            view.restrict(&mut targets);
+        }
         let ready = targets.iter().filter(|t| t.ready && !t.terminating).count() as u32;
         let replicas = target.scale.replicas;
 
@@ -473,6 +506,7 @@ impl Reconciler {
             autoscaler.set_pods(&id, targets);
         }
         report_blocked(context, &reference, &id, state, service_pods);
+        state.starting_since = starting::since(service_pods).map(|t| t.to_string());
         let injected_at_creation = !target.template.as_ref().is_some_and(|t| t.has_queue_proxy);
         let outdated =
             report_mismatches(context, &reference, state, service_pods, target, injected_at_creation);
@@ -518,7 +552,12 @@ impl Reconciler {
             .filter_map(|(id, state)| {
                 let Work { target, status, pods } = work.get(id)?;
                 let group = groups.valid.get(id);
+                let instances = snapshot.instances.get(id);
+                let gate_ctx: &Context = scale_ctx.context;
                 Some(async move {
+                    if let Some(view) = instances {
+                        instance_gate::reconcile(gate_ctx, id, view, pods).await;
+                    }
                     group_scale::reconcile(scale_ctx, (id, state), target, status, pods, group).await;
                     if manage_request_path {
                         path::reconcile(path_ctx, id, state, target, status, pods).await;
@@ -551,6 +590,8 @@ struct Snapshot {
     activators: Vec<IpAddr>,
     /// How many services the pass visited.
     visited: usize,
+    /// The services with multi-pod instances.
+    instances: Views,
 }
 
 /// One service the leader acts on: its target and pods as observed, and the engine's decision in force.

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use ebb_config::Mode;
 use ebb_config::ServiceId;
-use ebb_config::names::{ANNOTATION_POD_DELETION_COST, STATUS_REASON, STATUS_SIDECAR};
+use ebb_config::names::{ANNOTATION_POD_DELETION_COST, STATUS_REASON, STATUS_SIDECAR, STATUS_STARTING_SINCE};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -189,7 +189,7 @@ pub(crate) async fn reconcile(
     let reason = || {
         autoscaler
             .decisions(id)
-            .and_then(|d| d.into_iter().rev().find(|r| r.changed).map(|r| r.reason))
+            .and_then(|d| d.into_iter().rev().find(|r| r.changed).map(|r| r.reason.to_string()))
             .unwrap_or_else(|| status.last_reason.clone())
     };
     if observed != desired && state.deployment_writes.ready() {
@@ -243,11 +243,8 @@ pub(crate) async fn reconcile(
     let current = target.annotations();
     let reason = state.reason_pending.clone().or_else(|| (!current.contains_key(STATUS_REASON)).then(reason));
     let mut patch = status::annotations_patch(current, desired, status.mode, status.panic, reason.as_deref());
-    if let Some(sidecar) = status::sidecar_patch(current, state.sidecar_note.as_deref()) {
-        let merged = patch.get_or_insert_with(|| json!({"metadata": {"annotations": {}}}));
-        merged["metadata"]["annotations"][STATUS_SIDECAR] =
-            sidecar["metadata"]["annotations"][STATUS_SIDECAR].clone();
-    }
+    status::note_patch(&mut patch, current, STATUS_SIDECAR, state.sidecar_note.as_deref());
+    status::note_patch(&mut patch, current, STATUS_STARTING_SINCE, state.starting_since.as_deref());
     if let Some(patch) = patch {
         match api.patch(&id.name, &patch_params(), &Patch::Merge(&patch)).await {
             Ok(_) => state.reason_pending = None,

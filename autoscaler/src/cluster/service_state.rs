@@ -38,6 +38,8 @@ pub(crate) struct ServiceState {
     /// What `status.ebb.dev/sidecar` should say (pods without the sidecar or with outdated settings), written
     /// by the leader; `None`: every pod is as its annotations ask.
     pub sidecar_note: Option<String>,
+    /// What `status.ebb.dev/starting-since` should say: when the oldest pod still starting was created.
+    pub starting_since: Option<String>,
     /// The request path's state.
     pub path: PathState,
     /// Role group members this replica scaled: their replicas as seen then, and as written.

@@ -198,6 +198,8 @@ pub(crate) struct TargetSettings {
     pub kind: String,
     /// Its annotations, which configure the sidecar.
     pub annotations: BTreeMap<String, String>,
+    /// Whether its replica is an instance of several pods: its entry pods get the instance readiness gate.
+    pub instances: bool,
 }
 
 /// The scale targets that are not Deployments, by service, as the pass last saw them: the admission webhook

@@ -1,21 +1,27 @@
-//! The autoscaler's state written on the Deployment, so that `kubectl get deployment -o yaml` explains it:
+//! The autoscaler's state written on the scale target, so that `kubectl get deployment -o yaml` explains it:
 //! `status.ebb.dev/desired`, `status.ebb.dev/mode`, `status.ebb.dev/panic` (`true` while the decider is in
-//! panic) and `status.ebb.dev/reason` (the reason of the last change of replicas). Written only when one of
+//! panic) and `status.ebb.dev/reason` (the reason of the last change of replicas), and notes that come and go
+//! (`status.ebb.dev/sidecar`, `status.ebb.dev/starting-since`). Written only when one of
 //! them changes: the reason sentence carries live numbers, and rewriting it every tick would be an API write
 //! per service every 2 s.
 
 use std::collections::BTreeMap;
 
-use ebb_config::names::{STATUS_DESIRED, STATUS_MODE, STATUS_PANIC, STATUS_REASON, STATUS_SIDECAR};
+use ebb_config::names::{STATUS_DESIRED, STATUS_MODE, STATUS_PANIC, STATUS_REASON};
 use serde_json::{Map, Value, json};
 
-/// The merge patch that brings `current`'s `status.ebb.dev/sidecar` to `note` (removed when `None`), or
-/// `None` when it says so already.
-pub fn sidecar_patch(current: &BTreeMap<String, String>, note: Option<&str>) -> Option<Value> {
-    if current.get(STATUS_SIDECAR).map(String::as_str) == note {
-        return None;
+/// Adds to `patch` what brings `current`'s annotation `key` to `note` (removed when `None`); nothing when it
+/// says so already.
+pub fn note_patch(
+    patch: &mut Option<Value>,
+    current: &BTreeMap<String, String>,
+    key: &str,
+    note: Option<&str>,
+) {
+    if current.get(key).map(String::as_str) != note {
+        let patch = patch.get_or_insert_with(|| json!({"metadata": {"annotations": {}}}));
+        patch["metadata"]["annotations"][key] = json!(note);
     }
-    Some(json!({"metadata": {"annotations": {STATUS_SIDECAR: note}}}))
 }
 
 /// The replicas a leader last decided for this Deployment, from its `status.ebb.dev/desired` annotation.
@@ -55,6 +61,8 @@ pub fn annotations_patch(
 
 #[cfg(test)]
 mod tests {
+    use ebb_config::names::STATUS_SIDECAR;
+
     use super::*;
 
     #[test]
@@ -70,18 +78,31 @@ mod tests {
     }
 
     #[test]
-    fn the_sidecar_note_is_written_and_removed_on_change() {
+    fn a_note_is_written_and_removed_on_change() {
+        let note = |current: &BTreeMap<String, String>, value| {
+            let mut patch = None;
+            note_patch(&mut patch, current, STATUS_SIDECAR, value);
+            patch
+        };
         let mut current = BTreeMap::new();
-        assert_eq!(sidecar_patch(&current, None), None);
-        let patch = sidecar_patch(&current, Some("1 of 2 pods without the queue-proxy")).unwrap();
+        assert_eq!(note(&current, None), None);
+        let patch = note(&current, Some("1 of 2 pods without the queue-proxy")).unwrap();
         assert_eq!(
             patch["metadata"]["annotations"]["status.ebb.dev/sidecar"],
             "1 of 2 pods without the queue-proxy"
         );
         current.insert(STATUS_SIDECAR.to_owned(), "x".to_owned());
-        assert_eq!(sidecar_patch(&current, Some("x")), None);
-        let removed = sidecar_patch(&current, None).unwrap();
+        assert_eq!(note(&current, Some("x")), None);
+        let removed = note(&current, None).unwrap();
         assert!(removed["metadata"]["annotations"]["status.ebb.dev/sidecar"].is_null());
+        // Beside the others, in one patch.
+        let mut patch = annotations_patch(&BTreeMap::new(), 1, "serve", false, None);
+        note_patch(&mut patch, &BTreeMap::new(), STATUS_SIDECAR, Some("y"));
+        let annotations = &patch.unwrap()["metadata"]["annotations"];
+        assert_eq!(
+            (&annotations[STATUS_SIDECAR], &annotations["status.ebb.dev/desired"]),
+            (&json!("y"), &json!("1"))
+        );
     }
 
     #[test]

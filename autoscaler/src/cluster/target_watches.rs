@@ -225,6 +225,13 @@ impl TargetWatches {
         }
     }
 
+    /// The watched object `namespace/name` of `kind`, as its watch shows it now.
+    pub fn object(&self, kind: &TargetKind, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let watch = self.kinds.get(kind)?;
+        let key = ObjectRef::new_with(name, watch.resource.clone()).within(namespace);
+        watch.stores.iter().find_map(|s| s.get(&key))
+    }
+
     /// Whether every watched kind has listed once, so that a target missing from [`Self::targets`] is gone
     /// rather than not yet seen (a kind that cannot be watched has no targets to lose).
     pub fn synced(&self) -> bool {

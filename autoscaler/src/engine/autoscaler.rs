@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::collect;
 use super::controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, ServiceSeries};
 use super::scaler::Scaler;
 use super::scrape::Scraper;
 
@@ -84,6 +84,8 @@ struct Entry {
     cold_since: Option<Instant>,
     /// The time of the last collection, which stamped its second of load.
     collected_at: Option<Timestamp>,
+    /// Its metric series.
+    series: ServiceSeries,
 }
 
 impl Entry {
@@ -146,7 +148,7 @@ impl Autoscaler {
         if let Some(entry) = services.get_mut(id) {
             entry.controller.resume(phase, mode, mode_since);
             tracing::info!(service = %id, phase = %entry.controller.phase(), %mode, "resumed the scale-to-zero clocks");
-            self.metrics.observe_status(id, &entry.status(id));
+            entry.series.observe_status(&entry.status(id));
         }
     }
 
@@ -173,7 +175,6 @@ impl Autoscaler {
             None => {
                 let controller =
                     ServiceController::new(config, now, ready, replicas, self.options.history_len)?;
-                self.metrics.add_service(&id);
                 let entry = Entry {
                     controller,
                     pods: Vec::new(),
@@ -181,8 +182,9 @@ impl Autoscaler {
                     last_logged: None,
                     cold_since: None,
                     collected_at: None,
+                    series: self.metrics.add_service(&id),
                 };
-                self.metrics.observe_status(&id, &entry.status(&id));
+                entry.series.observe_status(&entry.status(&id));
                 services.insert(id, entry);
                 Ok(())
             }
@@ -201,7 +203,7 @@ impl Autoscaler {
         let mut services = self.services.locked();
         if let Some(entry) = services.get_mut(id) {
             entry.pods = pods;
-            self.metrics.observe_status(id, &entry.status(id));
+            entry.series.observe_status(&entry.status(id));
         }
     }
 
@@ -244,20 +246,20 @@ impl Autoscaler {
         let load_at = self.load_at(entry, now);
         let (record, actions) =
             entry.controller.tick(now, load_at, Some(ready), in_path, self.scaler.activators_ready());
-        self.metrics.decided(id, &record);
+        entry.series.decided(&record);
         // The status gauges move with the replicas in force and the ready pods (`set_pods` updates the pod
         // counts), so they are set when those change: a status snapshot (its strings) and four labelled
         // lookups per service on every tick cost several times the decision itself.
         let moved =
             entry.last_logged.as_ref().is_none_or(|l| l.desired != record.desired || l.ready != record.ready);
         if moved {
-            self.metrics.observe_status(id, &entry.status(id));
+            entry.series.observe_status(&entry.status(id));
         }
         if record.changed
             && record.desired > 0
             && let Some(since) = entry.cold_since.take()
         {
-            self.metrics.cold_start_decided(id, since.elapsed());
+            entry.series.cold_start_decided(since.elapsed());
         }
         let fmt_obs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
         // Every decision is logged; those that change nothing (same replicas, mode, phase and reason kind as
@@ -388,7 +390,7 @@ impl Autoscaler {
                 match result {
                     Ok(stat) => answered.push(stat),
                     Err(err) => {
-                        self.metrics.scrape_failed(&id);
+                        entry.series.scrape_failed();
                         tracing::debug!(service = %id, "scrape failed: {err}");
                     }
                 }

@@ -20,7 +20,7 @@ mod scaler;
 pub mod scrape;
 
 pub use autoscaler::{Autoscaler, Options, PodTarget};
-pub use controller::{Actions, DecisionRecord, ServiceController, ServiceStatus};
-pub use metrics::Metrics;
+pub use controller::{Actions, DecisionRecord, ServiceController, ServiceStatus, Why};
+pub use metrics::{Metrics, ServiceSeries};
 pub use scaler::Scaler;
 pub use scrape::{ScrapeError, Scraper};

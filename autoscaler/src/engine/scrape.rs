@@ -1,21 +1,27 @@
 //! Reading a queue-proxy's latest 1-second stat: `GET :9090/stats`, bounded by a timeout so that one stuck pod
 //! never delays a service's second.
+//!
+//! The client is a few lines of HTTP/1.1 over a kept-alive socket rather than hyper's: between scrapes a pod's
+//! connection is only its socket (a few hundred bytes), where hyper's connection task and buffers held about
+//! 28 KiB for each of the 30,000 pods of a 10,000-service cluster, most of the autoscaler's memory. The head is
+//! parsed by the fast path's response parser (`ebb_http::h1::head`), so the framing rules are the proxy's.
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ebb_config::names::STATS_PATH;
 use ebb_config::wire::{MAX_STAT_LEN, PodStat};
+use ebb_http::h1::chunked;
+use ebb_http::h1::head::{self, Framing, ParsedResponse, ResponseHead};
 use ebb_process::sync::Locked;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Each connection's read buffer: a stat's response head and body (at most [`MAX_STAT_LEN`]) with room.
+/// Room for a stat's response: its head (a queue-proxy's is about 100 bytes) and body (at most
+/// [`MAX_STAT_LEN`]).
 const READ_BUFFER: usize = 2048;
 /// An idle connection unused this long is closed (its pod left the sample, or the service is gone).
 const IDLE: Duration = Duration::from_secs(30);
@@ -26,7 +32,7 @@ pub enum ScrapeError {
     /// No answer within the timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// The connection or the request failed.
+    /// The connection or the request failed, or the answer was not HTTP/1.1 a stat can travel in.
     #[error("request failed: {0}")]
     Request(String),
     /// The queue-proxy answered with an error status.
@@ -37,16 +43,13 @@ pub enum ScrapeError {
     Decode(String),
 }
 
-/// A pod's connection between scrapes, and when it was last used.
-type Idle = (SendRequest<Empty<Bytes>>, Instant);
-
 /// One kept-alive HTTP/1.1 connection per pod, reused from second to second.
 ///
 /// Not hyper-util's pooled client: at 10,000 services (30,000 pods a second) its pool's bookkeeping per
-/// request cost more than the request itself; a scrape only ever needs its own pod's one connection.
+/// request cost more than the request itself, and a scrape only ever needs its own pod's one connection.
 #[derive(Debug, Clone)]
 pub struct Scraper {
-    idle: Arc<Mutex<HashMap<SocketAddr, Idle>>>,
+    idle: Arc<Mutex<HashMap<SocketAddr, (TcpStream, Instant)>>>,
     timeout: Duration,
 }
 
@@ -65,90 +68,191 @@ impl Scraper {
     }
 
     async fn fetch(&self, addr: SocketAddr) -> Result<PodStat, ScrapeError> {
-        let kept = self.idle.locked().remove(&addr).map(|(sender, _)| sender);
-        let mut sender = match kept {
-            Some(sender) if sender.is_ready() => sender,
-            _ => connect(addr).await?,
+        let kept = self.idle.locked().remove(&addr).map(|(stream, _)| stream).filter(still_open);
+        let (stat, stream) = match kept {
+            Some(stream) => match exchange(stream, addr).await {
+                // The pod closed the kept connection while it was idle (it restarted, or its own idle timeout
+                // passed) before a byte of the answer came: once more on a new connection, as any HTTP client
+                // does with an idempotent GET.
+                Err(Exchange::Closed) => exchange(connect(addr).await?, addr).await?,
+                other => other?,
+            },
+            None => exchange(connect(addr).await?, addr).await?,
         };
-        let request = http::Request::get(STATS_PATH)
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::new())
-            .map_err(|e| ScrapeError::Request(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| ScrapeError::Request(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(ScrapeError::Status(response.status().as_u16()));
+        if let Some(stream) = stream {
+            self.idle.locked().insert(addr, (stream, Instant::now()));
         }
-        let body = Limited::new(response.into_body(), MAX_STAT_LEN)
-            .collect()
-            .await
-            .map_err(|e| ScrapeError::Decode(e.to_string()))?
-            .to_bytes();
-        let stat = PodStat::decode(&body).map_err(|e| ScrapeError::Decode(e.to_string()))?;
-        let now = Instant::now();
-        let mut idle = self.idle.locked();
-        idle.insert(addr, (sender, now));
         Ok(stat)
     }
 
     /// Closes the connections unused for a while (their pods are gone or no longer sampled).
     pub fn close_idle(&self) {
-        self.idle.locked().retain(|_, (sender, used)| used.elapsed() < IDLE && !sender.is_closed());
+        self.idle.locked().retain(|_, (stream, used)| used.elapsed() < IDLE && still_open(stream));
     }
 }
 
-/// A new connection to `addr`, its driver on a task of its own.
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, ScrapeError> {
+/// A new connection to `addr`.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, ScrapeError> {
     let stream = TcpStream::connect(addr).await.map_err(|e| ScrapeError::Request(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    // A stat and its head fit in 2 KiB; hyper's default 8 KiB read buffer, kept for each of 30,000 pods,
-    // was most of the autoscaler's memory.
-    let (sender, connection) = http1::Builder::new()
-        .read_buf_exact_size(Some(READ_BUFFER))
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ScrapeError::Request(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
+    Ok(stream)
+}
+
+/// Whether an idle connection can carry another request: nothing to read, not even the end. A pod that closed
+/// it, or wrote something nobody asked for, has it dropped.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
+
+/// How one request on a connection failed.
+enum Exchange {
+    /// The connection ended before any byte of an answer.
+    Closed,
+    Failed(ScrapeError),
+}
+
+impl From<ScrapeError> for Exchange {
+    fn from(err: ScrapeError) -> Self {
+        Self::Failed(err)
+    }
+}
+
+impl From<Exchange> for ScrapeError {
+    fn from(err: Exchange) -> Self {
+        match err {
+            Exchange::Closed => ScrapeError::Request("connection closed before an answer".into()),
+            Exchange::Failed(err) => err,
+        }
+    }
+}
+
+fn request_failed(err: impl ToString) -> Exchange {
+    Exchange::Failed(ScrapeError::Request(err.to_string()))
+}
+
+/// Sends `GET /stats` on `stream` and reads the stat; the stream comes back when it may carry the next one.
+async fn exchange(mut stream: TcpStream, addr: SocketAddr) -> Result<(PodStat, Option<TcpStream>), Exchange> {
+    let request = format!("GET {STATS_PATH} HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(request_failed)?;
+    let mut buf = [0u8; READ_BUFFER];
+    let mut filled = 0;
+    let mut response = ResponseHead::default();
+    // The head, after any informational answers.
+    loop {
+        let n = stream.read(&mut buf[filled..]).await.map_err(request_failed)?;
+        if n == 0 {
+            return Err(if filled == 0 {
+                Exchange::Closed
+            } else {
+                request_failed("connection closed mid-answer")
+            });
+        }
+        filled += n;
+        if parse_head(&mut buf, &mut filled, &mut response)? {
+            break;
+        }
+    }
+    if !response.status.is_success() {
+        return Err(ScrapeError::Status(response.status.as_u16()).into());
+    }
+    let too_long = || Exchange::Failed(ScrapeError::Decode(format!("longer than {MAX_STAT_LEN} bytes")));
+    let start = response.len;
+    // The body, and where the answer ends in the buffer.
+    let (body, end) = match response.framing {
+        Framing::Empty => (Vec::new(), start),
+        Framing::Length(len) => {
+            let len = usize::try_from(len).ok().filter(|&l| l <= MAX_STAT_LEN).ok_or_else(too_long)?;
+            read_to(&mut stream, &mut buf, &mut filled, start + len).await?;
+            (buf[start..start + len].to_vec(), start + len)
+        }
+        Framing::Chunked => {
+            let mut body = Vec::new();
+            let mut decoder = chunked::Decoder::new();
+            let mut at = start;
+            loop {
+                at += decoder
+                    .decode(&buf[at..filled], |data| body.extend_from_slice(data))
+                    .map_err(|e| Exchange::Failed(ScrapeError::Decode(e.to_string())))?;
+                if body.len() > MAX_STAT_LEN {
+                    return Err(too_long());
+                }
+                if decoder.is_done() {
+                    break (body, at);
+                }
+                // What the decoder took is done with: room for the rest of the body.
+                buf.copy_within(at..filled, 0);
+                filled -= at;
+                at = 0;
+                let want = filled + 1;
+                read_to(&mut stream, &mut buf, &mut filled, want).await?;
+            }
+        }
+        Framing::Close => {
+            while filled < buf.len() {
+                let n = stream.read(&mut buf[filled..]).await.map_err(request_failed)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled - start > MAX_STAT_LEN {
+                return Err(too_long());
+            }
+            (buf[start..filled].to_vec(), filled)
+        }
+    };
+    let stat = PodStat::decode(&body).map_err(|e| ScrapeError::Decode(e.to_string()))?;
+    // A connection is kept only when the pod says so and sent nothing past its answer.
+    let reusable = response.keep_alive && filled == end;
+    Ok((stat, reusable.then_some(stream)))
+}
+
+/// Parses the response head at the start of `buf`, skipping informational answers: whether it is complete.
+fn parse_head(buf: &mut [u8], filled: &mut usize, response: &mut ResponseHead) -> Result<bool, Exchange> {
+    loop {
+        match head::parse_response(&buf[..*filled], false, response).map_err(request_failed)? {
+            ParsedResponse::Complete => return Ok(true),
+            ParsedResponse::Informational(len) => {
+                buf.copy_within(len..*filled, 0);
+                *filled -= len;
+            }
+            ParsedResponse::Partial if *filled == buf.len() => {
+                return Err(request_failed("response head too large"));
+            }
+            ParsedResponse::Partial => return Ok(false),
+        }
+    }
+}
+
+/// Reads until `buf` holds `want` bytes; an answer that does not fit, or ends early, fails.
+async fn read_to(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    filled: &mut usize,
+    want: usize,
+) -> Result<(), Exchange> {
+    if want > buf.len() {
+        return Err(Exchange::Failed(ScrapeError::Decode(format!("longer than {MAX_STAT_LEN} bytes"))));
+    }
+    while *filled < want {
+        let n = stream.read(&mut buf[*filled..]).await.map_err(request_failed)?;
+        if n == 0 {
+            return Err(request_failed("connection closed mid-answer"));
+        }
+        *filled += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
 
-    /// A one-connection-at-a-time server that answers every request with `response` (none: never answers).
-    async fn server(response: Option<Vec<u8>>) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let response = response.clone();
-                tokio::spawn(async move {
-                    let mut request = [0u8; 1024];
-                    let _ = stream.read(&mut request).await;
-                    match response {
-                        Some(bytes) => drop(stream.write_all(&bytes).await),
-                        None => std::future::pending::<()>().await,
-                    }
-                });
-            }
-        });
-        addr
-    }
-
-    fn http(status: &str, body: &[u8]) -> Vec<u8> {
-        let mut out = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
-        out.extend_from_slice(body);
-        out
-    }
-
-    #[tokio::test]
-    async fn a_stalled_pod_times_out_and_the_others_answer() {
-        let stat = PodStat {
+    fn stat() -> PodStat {
+        PodStat {
             pod: "p".into(),
             average_concurrency: 2.5,
             average_proxied_concurrency: 0.0,
@@ -157,12 +261,64 @@ mod tests {
             process_uptime_secs: 1.0,
             timestamp_ms: 7,
             average_queued: Some(0.0),
-        };
+        }
+    }
+
+    /// What a test server does with each request on a connection.
+    #[derive(Clone, Copy)]
+    enum Then {
+        /// Answers and keeps the connection for the next request.
+        KeepOpen,
+        /// Answers and closes the connection.
+        Close,
+        /// Never answers.
+        Stall,
+    }
+
+    /// A server answering every request with `response`; the count is of the connections it accepted.
+    async fn server(response: Vec<u8>, then: Then) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    while matches!(stream.read(&mut request).await, Ok(n) if n > 0) {
+                        match then {
+                            Then::Stall => std::future::pending::<()>().await,
+                            Then::KeepOpen => drop(stream.write_all(&response).await),
+                            Then::Close => return drop(stream.write_all(&response).await),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn http(status: &str, fields: &str, body: &[u8]) -> Vec<u8> {
+        let mut out =
+            format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n{fields}\r\n", body.len()).into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn ok() -> Vec<u8> {
+        http("200 OK", "", &stat().encode().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_stalled_pod_times_out_and_the_others_answer() {
         let scraper = Scraper::new(Duration::from_millis(200));
-        let good = server(Some(http("200 OK", &stat.encode().unwrap()))).await;
-        let stalled = server(None).await;
-        let failing = server(Some(http("503 Service Unavailable", b"no"))).await;
-        let huge = server(Some(http("200 OK", &vec![1u8; MAX_STAT_LEN + 1]))).await;
+        let (good, _) = server(ok(), Then::KeepOpen).await;
+        let (stalled, _) = server(ok(), Then::Stall).await;
+        let (failing, _) = server(http("503 Service Unavailable", "", b"no"), Then::KeepOpen).await;
+        let (huge, _) = server(http("200 OK", "", &vec![1u8; MAX_STAT_LEN + 1]), Then::KeepOpen).await;
 
         let (good, stalled, failing, huge) = tokio::join!(
             scraper.scrape(good),
@@ -170,9 +326,69 @@ mod tests {
             scraper.scrape(failing),
             scraper.scrape(huge)
         );
-        assert_eq!(good.unwrap(), stat);
+        assert_eq!(good.unwrap(), stat());
         assert!(matches!(stalled, Err(ScrapeError::Timeout(_))), "{stalled:?}");
         assert!(matches!(failing, Err(ScrapeError::Status(503))), "{failing:?}");
         assert!(matches!(huge, Err(ScrapeError::Decode(_))), "{huge:?}");
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_every_second() {
+        let scraper = Scraper::new(Duration::from_secs(5));
+        let (pod, accepted) = server(ok(), Then::KeepOpen).await;
+        for _ in 0..5 {
+            assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_pod_closed_is_replaced_without_an_error() {
+        let scraper = Scraper::new(Duration::from_secs(5));
+        // The pod says nothing of closing, then closes after each answer (as one restarting would).
+        let (pod, accepted) = server(ok(), Then::Close).await;
+        for _ in 0..3 {
+            assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // One that says it closes is not kept in the first place.
+        let (pod, accepted) =
+            server(http("200 OK", "connection: close\r\n", &stat().encode().unwrap()), Then::KeepOpen).await;
+        for _ in 0..2 {
+            assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn chunked_and_informational_answers_are_read() {
+        let body = stat().encode().unwrap();
+        let (first, rest) = body.split_at(body.len() / 2);
+        let mut response =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for part in [first, rest] {
+            response.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            response.extend_from_slice(part);
+            response.extend_from_slice(b"\r\n");
+        }
+        response.extend_from_slice(b"0\r\n\r\n");
+        let scraper = Scraper::new(Duration::from_secs(5));
+        let (pod, accepted) = server(response, Then::KeepOpen).await;
+        assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
+        assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_not_a_stat() {
+        let scraper = Scraper::new(Duration::from_secs(5));
+        for response in
+            [&b"SSH-2.0-OpenSSH\r\n\r\n"[..], &[b'x'; READ_BUFFER * 2][..], b"HTTP/1.1 200 OK\r\n\r\n"]
+        {
+            let (pod, _) = server(response.to_vec(), Then::Close).await;
+            let result = scraper.scrape(pod).await;
+            assert!(matches!(result, Err(ScrapeError::Request(_) | ScrapeError::Decode(_))), "{result:?}");
+        }
     }
 }

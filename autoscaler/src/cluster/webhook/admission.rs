@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ebb_config::ServiceId;
 use ebb_config::names::LABEL_SERVICE;
-use ebb_inject::{Service, inject_pod};
+use ebb_inject::{Service, add_instance_gate, inject_pod};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
@@ -47,11 +47,17 @@ impl Admission {
             return allow;
         }
         let pod = &request.object;
-        // Idempotent: a pod with a queue-proxy (`ebb inject`'s, or a reinvocation) is left as it is.
+        let namespace = &request.namespace;
+        // Idempotent: a pod with a queue-proxy (`ebb inject`'s, or a reinvocation) keeps it as it is, and
+        // gets only the instance gate if its target has multi-pod instances and it lacks it.
         if has_sidecar(pod) {
+            let service = pod["metadata"]["labels"][LABEL_SERVICE].as_str().unwrap_or_default();
+            let mut gated = pod.clone();
+            if self.has_instances(namespace, service) && add_instance_gate(&mut gated, &["spec"]) {
+                return Verdict::Patch { patch: json_patch(pod, &gated), warnings: Vec::new() };
+            }
             return allow;
         }
-        let namespace = &request.namespace;
         let (kind, name, annotations) = match self.target_of(namespace, pod).await {
             Ok(found) => found,
             Err(verdict) => return verdict,
@@ -59,7 +65,10 @@ impl Admission {
         let global = self.global.get();
         let service = Service { name: &name, annotations: &annotations, global: &global };
         match inject_pod(pod, &service, &self.image) {
-            Ok(injected) => {
+            Ok(mut injected) => {
+                if self.has_instances(namespace, &name) {
+                    add_instance_gate(&mut injected.pod, &["spec"]);
+                }
                 Verdict::Patch { patch: json_patch(pod, &injected.pod), warnings: injected.warnings }
             }
             Err(errors) => Verdict::Deny {
@@ -70,6 +79,12 @@ impl Admission {
                 ),
             },
         }
+    }
+
+    /// Whether the target `namespace/service` (as the pass last saw it) has instances of several pods, whose
+    /// entry pods get the instance readiness gate.
+    fn has_instances(&self, namespace: &str, service: &str) -> bool {
+        self.others.get(&ServiceId::new(namespace, service)).is_some_and(|t| t.instances)
     }
 
     /// The kind, name and annotations of the scale target `pod` belongs to. `Err` is the verdict when there

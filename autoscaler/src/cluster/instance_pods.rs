@@ -1,0 +1,121 @@
+//! The watches of every pod of multi-pod instances, the roles without the queue-proxy included (a
+//! LeaderWorkerSet's workers, prefill pods): they carry no `ebb.dev/service` label, so the pod watch of
+//! [`super::stores`] does not see them. One watch per distinct name label of the listed kinds'
+//! [`InstanceShape`]s (pods that carry the label at all), started and stopped as `config-autoscaler` changes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use ebb_config::ServiceId;
+use ebb_config::targets::InstanceShape;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio::task::JoinHandle;
+
+use super::health::ApiHealth;
+use super::state::Signals;
+use super::stores::reflect;
+
+/// Marks the service of an instance pod: the target named by its `label`; after a relist, every service.
+fn touch(label: &str) -> impl FnMut(&Signals, &watcher::Event<Pod>, &Store<Pod>) + Send + 'static {
+    let label = label.to_owned();
+    move |signals, event, _| match event {
+        watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
+            if let Some(name) = pod.labels().get(&label) {
+                signals.touch(ServiceId::new(pod.namespace().unwrap_or_default(), name));
+            }
+        }
+        watcher::Event::InitDone => signals.touch_all(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+/// Pods by namespace and target name.
+pub(crate) type ByTarget = HashMap<(String, String), Vec<Arc<Pod>>>;
+
+/// The pods that carry one name label, in every watched namespace.
+struct LabelWatch {
+    stores: Vec<Store<Pod>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for LabelWatch {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The pods of multi-pod instances, by the name label of their kind.
+pub(crate) struct InstancePods {
+    client: Client,
+    namespaces: Vec<Option<String>>,
+    report_to: (Arc<ApiHealth>, Arc<Signals>),
+    watches: HashMap<String, LabelWatch>,
+}
+
+impl InstancePods {
+    /// No label watched yet; `namespaces` empty means all.
+    pub fn new(client: Client, namespaces: &[String], health: Arc<ApiHealth>, signals: Arc<Signals>) -> Self {
+        let namespaces =
+            if namespaces.is_empty() { vec![None] } else { namespaces.iter().cloned().map(Some).collect() };
+        Self { client, namespaces, report_to: (health, signals), watches: HashMap::new() }
+    }
+
+    /// Watches exactly the name labels of `shapes`.
+    pub fn sync<'a>(&mut self, shapes: impl IntoIterator<Item = &'a InstanceShape>) {
+        let wanted: BTreeSet<&str> = shapes.into_iter().map(|s| s.name_label.as_str()).collect();
+        self.watches.retain(|label, _| wanted.contains(label.as_str()));
+        for label in wanted {
+            if self.watches.contains_key(label) {
+                continue;
+            }
+            tracing::info!(label, "watching the pods of multi-pod instances labelled {label}");
+            let (health, signals) = &self.report_to;
+            let config = watcher::Config::default().labels(label);
+            let mut tasks = Vec::new();
+            let stores = self
+                .namespaces
+                .iter()
+                .map(|ns| {
+                    let api = match ns {
+                        Some(ns) => Api::namespaced(self.client.clone(), ns),
+                        None => Api::all(self.client.clone()),
+                    };
+                    reflect(
+                        (health, signals),
+                        &mut tasks,
+                        api,
+                        config.clone(),
+                        (),
+                        (|_: &mut Pod| {}, touch(label)),
+                    )
+                })
+                .collect();
+            self.watches.insert(label.to_owned(), LabelWatch { stores, tasks });
+        }
+    }
+
+    /// Whether the watch of `label` has listed once (before, an instance's other pods are unseen, not
+    /// missing).
+    pub fn synced(&self, label: &str) -> bool {
+        self.watches.get(label).is_some_and(|w| {
+            w.stores.iter().all(|s| matches!(s.wait_until_ready().now_or_never(), Some(Ok(()))))
+        })
+    }
+
+    /// The pods labelled `label`, by namespace and the label's value (the target's name): one pass over
+    /// the cache, whatever the number of targets.
+    pub fn by_target(&self, label: &str) -> ByTarget {
+        let mut found = ByTarget::new();
+        for pod in self.watches.get(label).into_iter().flat_map(|w| &w.stores).flat_map(Store::state) {
+            let Some(value) = pod.labels().get(label).cloned() else { continue };
+            found.entry((pod.namespace().unwrap_or_default(), value)).or_default().push(pod);
+        }
+        found
+    }
+}
