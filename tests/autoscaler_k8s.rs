@@ -42,6 +42,15 @@ struct Env {
 impl Env {
     /// `None` when there is no control plane to run on (see [`require::control_plane`]): the test returns.
     async fn start(prefix: &str, config: &[(&str, &str)]) -> Option<Env> {
+        Self::start_with(prefix, config, |_| {}).await
+    }
+
+    /// [`Self::start`] with the controller's options changed by `tune`.
+    async fn start_with(
+        prefix: &str,
+        config: &[(&str, &str)],
+        tune: impl FnOnce(&mut Options),
+    ) -> Option<Env> {
         let cp = require::control_plane()?;
         let admin = cp.client().await;
         let ns = TestNamespace::create(&admin, prefix).await;
@@ -73,7 +82,8 @@ impl Env {
         }
         let pods = FakePods::default();
         let emulator = NodeEmulator::builder().namespace(&ns).runtime(pods.clone()).start(&admin).await;
-        let options = test_options(ns.name(), "replica-0");
+        let mut options = test_options(ns.name(), "replica-0");
+        tune(&mut options);
         let controller = start_leading(client.clone(), options, TIMEOUT).await;
         Some(Env {
             admin,
@@ -762,5 +772,74 @@ async fn silent_clients_on_the_metrics_and_ingest_ports_are_dropped() {
             "a silent client on the {port} port was kept: {read:?}"
         );
     }
+    env.stop().await;
+}
+
+/// A watch event makes the pass visit the services it touches, not every service: once the services are
+/// settled, a change to one pod is followed by a pass that visited fewer services than there are (the count
+/// is the `reconcile_services` metric). A pass over every service, as the level-triggered pass made on every
+/// event, visits them all each time.
+#[tokio::test]
+async fn a_pod_event_visits_its_service_not_every_service() {
+    // No full resync during the test: only the marks decide what is visited.
+    let tune = |o: &mut Options| o.resync_interval = Duration::from_secs(3600);
+    let Some(env) = Env::start_with("as-dirty", &[], tune).await else { return };
+    let names = ["d0", "d1", "d2", "d3"];
+    for name in names {
+        env.create(name, 1, &[("autoscaling.knative.dev/min-scale", "1")]).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(env.admin.clone(), &env.ns);
+    for name in names {
+        let selector = format!("ebb.dev/service={name}");
+        wait_for(TIMEOUT, &format!("{name}'s pod in its EndpointSlice"), async || {
+            let ips = env.pod_ips(&selector).await;
+            let listed = env.slice_addresses(name).await?;
+            if !ips.is_empty() && listed == ips {
+                Ok(())
+            } else {
+                Err(format!("pods {ips:?}, slice {listed:?}"))
+            }
+        })
+        .await;
+    }
+    let visited = async || {
+        let metrics = metrics_text(env.controller().metrics_addr).await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ebb_autoscaler_reconcile_services_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no ebb_autoscaler_reconcile_services_total in\n{metrics}"))
+    };
+    let pod = env.pod_ips("ebb.dev/service=d0").await;
+    assert_eq!(pod.len(), 1);
+    let pod_name = pods
+        .list(&ListParams::default().labels("ebb.dev/service=d0"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find_map(|p| p.metadata.name)
+        .unwrap();
+    // A few tries: a service still settling (its status annotations seen back) may be visited in between.
+    let mut seen = Vec::new();
+    for attempt in 0..5 {
+        let before = visited().await;
+        let patch = json!({"metadata": {"annotations": {"test.ebb.dev/poke": attempt.to_string()}}});
+        pods.patch(&pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        let after = wait_for(TIMEOUT, "a pass to visit the poked pod's service", async || {
+            let now = visited().await;
+            if now > before { Ok(now) } else { Err(format!("{now} services visited")) }
+        })
+        .await;
+        seen.push(after - before);
+        if after - before < names.len() as u64 {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|&n| n < names.len() as u64),
+        "every pass after a pod event visited all {} services: {seen:?}",
+        names.len()
+    );
     env.stop().await;
 }

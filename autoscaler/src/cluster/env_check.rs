@@ -10,7 +10,7 @@ use ebb_config::keys::annotation;
 use ebb_config::sidecar::{data_plane_settings, env};
 use ebb_config::value::{format_duration, parse_duration};
 use ebb_config::{DataPlaneSpec, Protocol};
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
 /// The queue-proxy container's usual name.
 const QUEUE_PROXY: &str = "queue-proxy";
@@ -82,7 +82,15 @@ pub fn has_queue_proxy(pod: &Pod) -> bool {
 /// The queue-proxy container: the one whose env has `EBB_UPSTREAM`, else the one named `queue-proxy`
 /// (regular containers first, then init containers, where a native sidecar lives).
 fn queue_proxy(pod: &Pod) -> Option<&Container> {
-    let spec = pod.spec.as_ref()?;
+    queue_proxy_in(pod.spec.as_ref()?)
+}
+
+/// Whether a pod spec (a pod template's) runs a queue-proxy, found as [`has_queue_proxy`] finds it.
+pub fn spec_has_queue_proxy(spec: &PodSpec) -> bool {
+    queue_proxy_in(spec).is_some()
+}
+
+fn queue_proxy_in(spec: &PodSpec) -> Option<&Container> {
     let all = || spec.containers.iter().chain(spec.init_containers.iter().flatten());
     all()
         .find(|c| c.env.iter().flatten().any(|e| e.name == env::UPSTREAM))

@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use ebb_config::ServiceId;
 use ebb_config::targets::InstanceShape;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -17,6 +18,20 @@ use tokio::task::JoinHandle;
 use super::health::ApiHealth;
 use super::state::Signals;
 use super::stores::reflect;
+
+/// Marks the service of an instance pod: the target named by its `label`; after a relist, every service.
+fn touch(label: &str) -> impl FnMut(&Signals, &watcher::Event<Pod>, &Store<Pod>) + Send + 'static {
+    let label = label.to_owned();
+    move |signals, event, _| match event {
+        watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
+            if let Some(name) = pod.labels().get(&label) {
+                signals.touch(ServiceId::new(pod.namespace().unwrap_or_default(), name));
+            }
+        }
+        watcher::Event::InitDone => signals.touch_all(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
 
 /// Pods by namespace and target name.
 pub(crate) type ByTarget = HashMap<(String, String), Vec<Arc<Pod>>>;
@@ -71,7 +86,14 @@ impl InstancePods {
                         Some(ns) => Api::namespaced(self.client.clone(), ns),
                         None => Api::all(self.client.clone()),
                     };
-                    reflect((health, signals), &mut tasks, api, config.clone(), ())
+                    reflect(
+                        (health, signals),
+                        &mut tasks,
+                        api,
+                        config.clone(),
+                        (),
+                        (|_: &mut Pod| {}, touch(label)),
+                    )
                 })
                 .collect();
             self.watches.insert(label.to_owned(), LabelWatch { stores, tasks });

@@ -145,7 +145,7 @@ pub(crate) fn views(
         let Some(shape) = global.instance_shape(&target.kind) else { continue };
         let id = target.id();
         let object = watches.object(&target.kind, &id.namespace, &id.name);
-        let size = size_of(&shape, object.as_deref(), &target.annotations());
+        let size = size_of(&shape, object.as_deref(), target.annotations());
         if let Err(why) = &size {
             let note = format!(
                 "ebb cannot tell how many pods make an instance ({why}); it waits for every pod seen"

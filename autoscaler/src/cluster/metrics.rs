@@ -55,6 +55,14 @@ pub struct AdmissionLabels {
 /// AdmissionReview.
 pub const ADMISSION_RESULTS: [&str; 4] = ["injected", "unchanged", "denied", "bad_request"];
 
+/// Labels of reconcile passes by what they visited.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabels {
+    /// What the pass visited: `all` (a full resync, or a change that concerns every service) or `dirty` (the
+    /// services marked).
+    pub kind: &'static str,
+}
+
 /// The admission webhook's families, cloned into its server.
 #[derive(Debug, Clone)]
 pub struct WebhookMetrics {
@@ -103,6 +111,14 @@ pub struct KubeMetrics {
     pub scale_downs_held: Family<HeldLabels, Counter>,
     /// From a decision that changed replicas until the API server accepted the scale patch.
     pub scale_patch: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    /// Reconcile passes, by what they visited.
+    pub reconcile_passes: Family<PassLabels, Counter>,
+    /// Services visited by reconcile passes.
+    pub reconcile_services: Counter,
+    /// How long a reconcile pass took, its writes included.
+    pub reconcile_duration: Histogram,
+    /// Services the leader acted on whose work is not done yet (visited again every `sync_interval`).
+    pub reconcile_unsettled: Gauge,
     /// The admission webhook's.
     pub webhook: WebhookMetrics,
 }
@@ -133,8 +149,16 @@ impl KubeMetrics {
             scale_changes: Family::default(),
             scale_downs_held: Family::default(),
             scale_patch: Family::new_with_constructor(patch_histogram),
+            reconcile_passes: Family::default(),
+            reconcile_services: Counter::default(),
+            // 100 µs to about 6.5 s.
+            reconcile_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+            reconcile_unsettled: Gauge::default(),
             webhook: WebhookMetrics::new(),
         };
+        for kind in ["all", "dirty"] {
+            let _ = m.reconcile_passes.get_or_create(&PassLabels { kind });
+        }
         registry.register("leader", "1 while this replica holds the Lease and acts", m.leader.clone());
         registry.register(
             "buckets_held",
@@ -168,6 +192,28 @@ impl KubeMetrics {
             "Time from a decision that changed replicas until the API server accepted the scale patch",
             Unit::Seconds,
             m.scale_patch.clone(),
+        );
+        registry.register(
+            "reconcile_passes",
+            "Reconcile passes, by what they visited: all services, or those marked by events since the last",
+            m.reconcile_passes.clone(),
+        );
+        registry.register(
+            "reconcile_services",
+            "Services visited by reconcile passes",
+            m.reconcile_services.clone(),
+        );
+        registry.register(
+            "reconcile_unsettled",
+            "Services whose work is not done yet (replicas not as decided, a held scale-down, a write in backoff, \
+             the activator not yet verified in the path), visited again every sync interval",
+            m.reconcile_unsettled.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_pass",
+            "Time a reconcile pass took, its API writes included",
+            Unit::Seconds,
+            m.reconcile_duration.clone(),
         );
         registry.register(
             "webhook_admissions",

@@ -48,8 +48,13 @@ pub struct Options {
     pub pod_data_port: u16,
     /// Whether the controller manages the public Service and its EndpointSlice.
     pub manage_request_path: bool,
-    /// How often the watched state is turned into actions (also on every watch event).
+    /// How often the services whose last pass left work undone (a held scale-down, a write in backoff, the
+    /// activator not yet verified in the path) are visited again; the others are visited when an event
+    /// touches them.
     pub sync_interval: Duration,
+    /// How often every service is visited whatever the events: a safety net for an edge the marks missed
+    /// (an event lost between a watch and the pass, a change in what the pass reads that no watch reports).
+    pub resync_interval: Duration,
     /// Scale-downs stop when the API server has not answered for this long.
     pub api_stale_after: Duration,
     /// The engine's tuning (scrape timeout, tick interval).
@@ -83,6 +88,7 @@ impl Options {
             pod_data_port: QUEUE_PROXY_DATA_PORT,
             manage_request_path: true,
             sync_interval: Duration::from_millis(500),
+            resync_interval: Duration::from_secs(30),
             api_stale_after: Duration::from_secs(10),
             engine: EngineOptions::default(),
             webhook: None,

@@ -1,13 +1,21 @@
 //! The pass that turns what the controller watches ([`super::stores`]) into the engine's services and pods,
-//! and, on the leader, into writes. A pass runs after every watch event and every
-//! [`super::options::Options::sync_interval`]; it is level-triggered (it compares what is wanted with what is
-//! seen), so a missed event or a restart loses nothing. Every replica runs the pass up to the engine; only
-//! the leader goes on to [`super::scale`] and [`super::path`].
+//! and, on the leader, into writes. Every replica runs the pass up to the engine; only the leader goes on to
+//! [`super::scale`] and [`super::path`].
+//!
+//! A pass visits only the services marked since the last ([`super::dirty`]): by a watch event that touches
+//! them, by a decision of the engine that needs a write, or by a change that concerns every service (the
+//! ConfigMap, a relist, leadership or buckets held, the ready activators), which marks them all. Each visit is
+//! level-triggered (it compares what is wanted with what is seen). A service whose visit left work undone (a
+//! held scale-down, a write waiting out its backoff, the activator not yet verified in its path) is visited
+//! again every [`super::options::Options::sync_interval`] until it is settled, since only time changes those;
+//! and every service is visited every [`super::options::Options::resync_interval`], so an edge that the marks
+//! missed is caught up. That resync is spread over the retries (a share of the services each time): visiting
+//! thousands of services in one pass holds up, for seconds, the decisions woken meanwhile.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY_EBB};
 use ebb_config::placement::template_only_keys;
@@ -20,10 +28,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 
+use super::dirty::Visit;
 use super::groups::{self, Groups};
 use super::instance_pods::InstancePods;
 use super::instances::{self, Views};
-use super::metrics::{BlockedLabels, KubeMetrics};
+use super::metrics::{BlockedLabels, KubeMetrics, PassLabels};
 use super::path::{self, PathContext, Prober};
 use super::pods::{self, is_ready};
 use super::scale::{self, ScaleContext};
@@ -66,6 +75,29 @@ pub(crate) struct Reconciler {
     /// Every pod of the multi-pod instances (`instances`).
     instance_pods: InstancePods,
     services: HashMap<ServiceId, ServiceState>,
+    /// The role groups as last sorted.
+    groups: Groups,
+    /// Services whose last visit left work undone: visited again at the next retry.
+    unsettled: HashSet<ServiceId>,
+    /// When the unsettled services are visited again.
+    next_retry: Instant,
+    /// When the next resync starts.
+    next_resync: Instant,
+    /// The services the running resync has still to visit, and how many it visits at each retry.
+    resync: (Vec<ServiceId>, usize),
+    /// What concerned every service at the last pass.
+    everywhere: Option<Everywhere>,
+}
+
+/// What every service's pass depends on: when it changes, every service is visited.
+#[derive(Debug, PartialEq)]
+struct Everywhere {
+    /// Whether this replica holds the leader Lease.
+    leading: bool,
+    /// The buckets it holds (with buckets).
+    buckets: Vec<u32>,
+    /// The ready activators' addresses.
+    activators: Vec<IpAddr>,
 }
 
 impl Reconciler {
@@ -86,6 +118,8 @@ impl Reconciler {
             context.health.clone(),
             signals.clone(),
         );
+        // The first pass visits every service (nothing is known yet): the first resync is one interval on.
+        let next_resync = Instant::now() + context.options.resync_interval;
         let instance_pods = InstancePods::new(
             context.client.clone(),
             &context.options.watch_namespaces,
@@ -106,6 +140,12 @@ impl Reconciler {
             targets,
             published,
             services: HashMap::new(),
+            groups: Groups::default(),
+            unsettled: HashSet::new(),
+            next_retry: Instant::now(),
+            next_resync,
+            resync: (Vec::new(), 0),
+            everywhere: None,
         }
     }
 
@@ -121,8 +161,9 @@ impl Reconciler {
                 return;
             }
             self.pass().await;
+            let due = self.next_retry;
             tokio::select! {
-                () = tokio::time::sleep(self.context.options.sync_interval) => {}
+                () = tokio::time::sleep_until(due.into()) => {}
                 () = self.signals.woken() => {
                     // Let a burst of events land before the next pass.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -132,11 +173,31 @@ impl Reconciler {
         }
     }
 
-    /// One pass: observe, decide, act.
+    /// One pass: observe, decide, act, for the services marked since the last pass (or every one).
     async fn pass(&mut self) {
+        let started = Instant::now();
+        let options = &self.context.options;
+        let (mut visit, groups_changed) = self.signals.take_dirty();
+        // Only time settles these services (a backoff, a hold, a probe): again at the next retry.
+        let retry = started >= self.next_retry;
+        if retry {
+            visit.extend(std::mem::take(&mut self.unsettled));
+            self.next_retry = started + options.sync_interval;
+            if started >= self.next_resync && self.resync.0.is_empty() {
+                let all = self.known_services();
+                let retries = options.resync_interval.as_secs_f64() / options.sync_interval.as_secs_f64();
+                let share = (all.len() as f64 / retries.max(1.0)).ceil() as usize;
+                self.resync = (all, share.max(1));
+                self.next_resync = started + options.resync_interval;
+            }
+            let (queue, share) = &mut self.resync;
+            let take = (*share).min(queue.len());
+            visit.extend(queue.drain(..take));
+        }
         let context = &*self.context;
         if update_global(context, &self.stores, &mut self.global) {
             self.in_force.set(self.global.config.clone());
+            visit = Visit::All;
         }
         for (kind, why) in self.targets.sync(&self.global.config.scale_target_kinds).await {
             let key = ObjectRef::new(CONFIG_MAP_NAME).within(&context.options.namespace);
@@ -145,7 +206,7 @@ impl Reconciler {
                 context.events.warning(config_map.object_ref(&()), "ScaleTargetUnavailable", message);
             }
         }
-        self.targets.refresh_scales().await;
+        visit.extend(self.targets.refresh_scales().await);
         let config = &self.global.config;
         self.instance_pods.sync(
             config
@@ -155,40 +216,119 @@ impl Reconciler {
                 .collect::<Vec<_>>()
                 .iter(),
         );
-        let snapshot = self.observe();
-        let work = self.decide(&snapshot);
+        let activators = self.ready_activators();
+        let everywhere = Everywhere {
+            leading: self.signals.is_leader(),
+            buckets: self.signals.ownership().map(|o| o.borrow().buckets()).unwrap_or_default(),
+            activators: activators.clone(),
+        };
+        if self.everywhere.as_ref() != Some(&everywhere) {
+            self.activators.set_ready(activators.clone());
+            self.everywhere = Some(everywhere);
+            visit = Visit::All;
+        }
+        let sort_groups = groups_changed || retry || visit.is_all();
+        if sort_groups {
+            let groups = groups::observe(&self.stores);
+            groups::report(context, &groups);
+            if groups_changed {
+                // Entries of groups that changed, went or came: their scaling or their refusal changes.
+                let entries = |g: &Groups| g.valid.keys().chain(&g.refused).cloned().collect::<Vec<_>>();
+                visit.extend(entries(&self.groups));
+                visit.extend(entries(&groups));
+            }
+            self.groups = groups;
+        }
+
+        let snapshot = self.observe(&visit, activators);
+        let visited = snapshot.visited;
+        let work = self.decide(&visit, &snapshot);
         self.act(&snapshot, work).await;
+        if sort_groups {
+            groups::write_notes(&self.context, &self.signals, &self.groups).await;
+        }
+        let metrics = &self.context.metrics;
+        let kind = if visit.is_all() { "all" } else { "dirty" };
+        metrics.reconcile_passes.get_or_create(&PassLabels { kind }).inc();
+        metrics.reconcile_services.inc_by(visited as u64);
+        metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        metrics.reconcile_unsettled.set(self.unsettled.len() as i64);
     }
 
-    /// Observe: what the watches show now. Also notes whether the API server answers and publishes the
-    /// ready activators.
-    fn observe(&mut self) -> Snapshot {
+    /// Every service the watches or this pass know of: the labelled Deployments, the targets of other kinds,
+    /// and the services that have state here (one whose target went without an event is found gone).
+    fn known_services(&self) -> Vec<ServiceId> {
+        let mut ids: HashSet<ServiceId> = self.services.keys().cloned().collect();
+        ids.extend(self.stores.deployment_ids());
+        ids.extend(self.targets.ids());
+        ids.into_iter().collect()
+    }
+
+    /// The ready activators' addresses.
+    fn ready_activators(&self) -> Vec<IpAddr> {
+        let mut ready: Vec<IpAddr> = self
+            .stores
+            .activators
+            .state()
+            .iter()
+            .filter(|p| is_ready(p))
+            .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+            .collect();
+        ready.sort();
+        ready
+    }
+
+    /// Observe: what the watches show now of the services in `visit`. Also notes whether the API server
+    /// answers.
+    fn observe(&mut self, visit: &Visit, activators: Vec<IpAddr>) -> Snapshot {
         let (context, stores) = (&*self.context, &self.stores);
         context.metrics.api_reachable.set(i64::from(context.health.reachable()));
         let kinds = &self.global.config.scale_target_kinds;
+        let deployments = kinds.iter().any(|k| k.is_deployments());
 
         // The scale targets of every listed kind, one per name.
-        let (mut targets, unreadable) = self.targets.targets();
-        if kinds.iter().any(|k| k.is_deployments()) {
-            targets.extend(
-                stores.deployments.iter().flat_map(Store::state).map(|d| Target::from_deployment(&d)),
-            );
-        }
+        let (targets, unreadable) = match visit {
+            Visit::All => {
+                let (mut targets, unreadable) = self.targets.targets();
+                if deployments {
+                    targets.extend(
+                        stores.deployments.iter().flat_map(Store::state).map(|d| Target::from_deployment(&d)),
+                    );
+                }
+                (targets, unreadable)
+            }
+            Visit::Some(ids) => {
+                let (mut targets, mut unreadable) = (Vec::new(), Vec::new());
+                for id in ids {
+                    let (found, failed) = self.targets.targets_of(id);
+                    targets.extend(found);
+                    unreadable.extend(failed);
+                    if deployments && let Some(d) = stores.deployment(id) {
+                        targets.push(Target::from_deployment(&d));
+                    }
+                }
+                (targets, unreadable)
+            }
+        };
         let (targets, clashes) = one_per_name(targets, kinds);
-        self.published.set(
-            targets
-                .iter()
-                .filter(|t| !t.kind.is_deployments())
-                .map(|t| {
-                    let settings = TargetSettings {
-                        kind: t.kind_name().to_owned(),
-                        annotations: t.annotations(),
-                        instances: self.global.config.instance_shape(&t.kind).is_some(),
-                    };
-                    (t.id(), settings)
-                })
-                .collect(),
-        );
+        let settings = |t: &Target| {
+            (!t.kind.is_deployments()).then(|| TargetSettings {
+                kind: t.kind_name().to_owned(),
+                annotations: t.annotations().clone(),
+                instances: self.global.config.instance_shape(&t.kind).is_some(),
+            })
+        };
+        match visit {
+            Visit::All => {
+                self.published.set(targets.iter().filter_map(|t| Some((t.id(), settings(t)?))).collect())
+            }
+            Visit::Some(ids) => {
+                let by_id: HashMap<ServiceId, &Target> = targets.iter().map(|t| (t.id(), t)).collect();
+                for id in ids {
+                    self.published.put(id, by_id.get(id).and_then(|t| settings(t)));
+                }
+            }
+        }
         for (target, why) in &clashes {
             context.events.warning(target.reference(), "ServiceNameTaken", why.clone());
         }
@@ -200,34 +340,19 @@ impl Reconciler {
 
         // Pods by service: labelled with its name and, when its scale subresource reports a selector,
         // matching it (a StatefulSet's or a custom resource's pods).
-        let mut labelled: HashMap<ServiceId, Vec<Arc<Pod>>> = HashMap::new();
-        for pod in stores.pods.iter().flat_map(Store::state) {
-            let Some(service) = pod.labels().get(LABEL_SERVICE).cloned() else { continue };
-            let id = ServiceId::new(pod.namespace().unwrap_or_default(), service);
-            labelled.entry(id).or_default().push(pod);
-        }
         let mut pods: HashMap<ServiceId, Vec<Arc<Pod>>> = HashMap::new();
         for target in &targets {
             let id = target.id();
-            let Some(candidates) = labelled.remove(&id) else { continue };
+            let candidates = stores.labelled_pods(&id);
+            if candidates.is_empty() {
+                continue;
+            }
             let selected = match &target.scale.selector {
                 Some(selector) => candidates.into_iter().filter(|p| selector.matches(p.labels())).collect(),
                 None => candidates,
             };
             pods.insert(id, selected);
         }
-
-        // Ready activators.
-        let activators: Vec<IpAddr> = stores
-            .activators
-            .state()
-            .iter()
-            .filter(|p| is_ready(p))
-            .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
-            .collect();
-        self.activators.set_ready(activators.clone());
-        let groups = groups::observe(stores);
-        groups::report(context, &groups);
         let instances = instances::views(
             context,
             &self.global.config,
@@ -235,13 +360,17 @@ impl Reconciler {
             (&self.targets, &self.instance_pods),
             &pods,
         );
-        Snapshot { targets, kept, pods, activators, groups, instances, synced: self.targets.synced() }
+        let visited = match visit {
+            Visit::All => targets.len(),
+            Visit::Some(ids) => ids.len(),
+        };
+        Snapshot { targets, kept, pods, activators, instances, synced: self.targets.synced(), visited }
     }
 
     /// Decide: brings the engine's services and pods up to date with the snapshot (the engine decides on its
     /// own ticks), reports what is wrong, forgets services that are gone and, on the leader, picks the
     /// services to act on, each with the engine's decision in force.
-    fn decide<'s>(&mut self, snapshot: &'s Snapshot) -> HashMap<ServiceId, Work<'s>> {
+    fn decide<'s>(&mut self, visit: &Visit, snapshot: &'s Snapshot) -> HashMap<ServiceId, Work<'s>> {
         let mut present: HashSet<ServiceId> =
             snapshot.kept.iter().filter(|id| self.signals.collects(id)).cloned().collect();
         for target in &snapshot.targets {
@@ -254,36 +383,38 @@ impl Reconciler {
             }
         }
         let (context, autoscaler, activators) = (&self.context, &self.autoscaler, &self.activators);
-        let synced = snapshot.synced;
-        self.services.retain(|id, _state| {
-            // While a kind's watch has not listed yet, its targets are unseen, not gone.
-            let keep = present.contains(id) || !synced;
-            if !keep {
-                autoscaler.remove_service(id);
+        // While a kind's watch has not listed yet, its targets are unseen, not gone; a service not visited is
+        // as it was.
+        if snapshot.synced {
+            let gone: Vec<ServiceId> = match visit {
+                Visit::All => self.services.keys().filter(|id| !present.contains(*id)).cloned().collect(),
+                Visit::Some(ids) => ids
+                    .iter()
+                    .filter(|id| !present.contains(*id) && self.services.contains_key(*id))
+                    .cloned()
+                    .collect(),
+            };
+            for id in gone {
+                self.services.remove(&id);
+                autoscaler.remove_service(&id);
                 context.metrics.remove_service(&id.namespace, &id.name);
-                activators.forget_path(id);
+                activators.forget_path(&id);
             }
-            keep
-        });
+        }
 
         if !self.signals.acts_on_any() {
             return HashMap::new();
         }
-        let mut statuses: HashMap<ServiceId, ServiceStatus> = autoscaler
-            .status()
-            .into_iter()
-            .map(|s| (ServiceId::new(s.namespace.clone(), s.name.clone()), s))
-            .collect();
         let mut work = HashMap::new();
         for target in &snapshot.targets {
             let id = target.id();
             if !self.signals.owns(&id)
-                || snapshot.groups.leaves_alone(target)
+                || self.groups.leaves_alone(target)
                 || !self.services.get(&id).is_some_and(|state| state.valid)
             {
                 continue;
             }
-            let Some(status) = statuses.remove(&id) else { continue };
+            let Some(status) = autoscaler.status_of(&id) else { continue };
             let pods = snapshot.pods.get(&id).map(Vec::as_slice).unwrap_or_default();
             work.insert(id, Work { target, status, pods });
         }
@@ -302,7 +433,7 @@ impl Reconciler {
         let (context, autoscaler, stores) = (&**context, &**autoscaler, &*stores);
         let id = target.id();
         let reference = target.reference();
-        let annotations: BTreeMap<String, String> = target.annotations();
+        let annotations: &BTreeMap<String, String> = target.annotations();
         let label = target.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
         if *label != *id.name {
             context.events.warning(
@@ -316,9 +447,8 @@ impl Reconciler {
             );
             return None;
         }
-        let template = target.template.as_ref().and_then(|t| t.metadata.as_ref());
-        if let Some(template) = template.and_then(|m| m.annotations.as_ref()) {
-            for (_key, message) in template_only_keys(&annotations, template) {
+        if let Some(template) = target.template.as_ref().and_then(|t| t.annotations.as_ref()) {
+            for (_key, message) in template_only_keys(annotations, template) {
                 context.events.warning(reference.clone(), "AnnotationOnPodTemplate", message);
             }
         }
@@ -336,10 +466,9 @@ impl Reconciler {
         let replicas = target.scale.replicas;
 
         // Configuration, re-resolved only when the annotations or the global config changed.
-        let key = (serde_json::to_string(&annotations).unwrap_or_default(), global.generation);
-        if state.config_key.as_ref() != Some(&key) {
-            state.config_key = Some(key);
-            match resolve_service(&annotations, &global.config) {
+        if state.config_key.as_ref().is_none_or(|(a, g)| a != annotations || *g != global.generation) {
+            state.config_key = Some((annotations.clone(), global.generation));
+            match resolve_service(annotations, &global.config) {
                 Ok(resolved) => {
                     let data_plane = resolved.value.data_plane.clone();
                     // A paused service's replicas belong to someone else; otherwise start from the last
@@ -347,7 +476,7 @@ impl Reconciler {
                     let in_force = if resolved.value.paused {
                         replicas
                     } else {
-                        status::leader_desired(&annotations).unwrap_or(replicas)
+                        status::leader_desired(annotations).unwrap_or(replicas)
                     };
                     match autoscaler.set_service_with_ready(id.clone(), resolved.value, in_force, ready) {
                         Ok(()) => {
@@ -378,7 +507,7 @@ impl Reconciler {
         }
         report_blocked(context, &reference, &id, state, service_pods);
         state.starting_since = starting::since(service_pods).map(|t| t.to_string());
-        let injected_at_creation = !template_has_queue_proxy(target);
+        let injected_at_creation = !target.template.as_ref().is_some_and(|t| t.has_queue_proxy);
         let outdated =
             report_mismatches(context, &reference, state, service_pods, target, injected_at_creation);
         let missing = report_missing_sidecars(context, &reference, state, service_pods, target);
@@ -393,7 +522,19 @@ impl Reconciler {
     /// concurrently, at most [`CONCURRENT_RECONCILES`] at once, so that one slow API call does not hold up
     /// every other service's writes.
     async fn act(&mut self, snapshot: &Snapshot, work: HashMap<ServiceId, Work<'_>>) {
-        let Self { context, signals, activators, autoscaler, stores, slices, prober, services, .. } = self;
+        let Self {
+            context,
+            signals,
+            activators,
+            autoscaler,
+            stores,
+            slices,
+            prober,
+            services,
+            groups,
+            unsettled,
+            ..
+        } = self;
         let scale_ctx = &ScaleContext { context, signals, activators, autoscaler };
         let path_ctx = &PathContext {
             context,
@@ -410,7 +551,7 @@ impl Reconciler {
             .iter_mut()
             .filter_map(|(id, state)| {
                 let Work { target, status, pods } = work.get(id)?;
-                let group = snapshot.groups.valid.get(id);
+                let group = groups.valid.get(id);
                 let instances = snapshot.instances.get(id);
                 let gate_ctx: &Context = scale_ctx.context;
                 Some(async move {
@@ -425,7 +566,14 @@ impl Reconciler {
             })
             .collect();
         futures::stream::iter(reconciles).buffer_unordered(CONCURRENT_RECONCILES).collect::<()>().await;
-        groups::write_notes(context, signals, &snapshot.groups).await;
+        for (id, Work { target, status, .. }) in &work {
+            let Some(state) = services.get(id) else { continue };
+            let in_path = activators.in_path(id);
+            let proxy = manage_request_path && !snapshot.activators.is_empty();
+            if !settled(state, target.scale.replicas, status, proxy && !in_path) {
+                unsettled.insert(id.clone());
+            }
+        }
     }
 }
 
@@ -440,8 +588,8 @@ struct Snapshot {
     pods: HashMap<ServiceId, Vec<Arc<Pod>>>,
     /// The ready activators' addresses.
     activators: Vec<IpAddr>,
-    /// The role groups.
-    groups: Groups,
+    /// How many services the pass visited.
+    visited: usize,
     /// The services with multi-pod instances.
     instances: Views,
 }
@@ -564,12 +712,14 @@ fn report_blocked(
     state.blocked = now;
 }
 
-/// Whether the target's own pod template carries the queue-proxy (`ebb inject`'s), rather than the
-/// admission webhook adding it to each pod when it is created.
-fn template_has_queue_proxy(target: &Target) -> bool {
-    let Some(spec) = target.template.as_ref().and_then(|t| t.spec.as_ref()) else { return false };
-    let pod = Pod { spec: Some(spec.clone()), ..Default::default() };
-    env_check::has_queue_proxy(&pod)
+/// Whether a service the leader acted on is settled: nothing left that only time would let it do. Not settled
+/// while a write waits out its backoff, while its replicas differ from the engine's (a held scale-down, or a
+/// write the watch has not shown yet), or while it is in proxy mode without the activator verified in its
+/// path (`unverified`; the probe is tried again).
+fn settled(state: &ServiceState, replicas: u32, status: &ServiceStatus, unverified: bool) -> bool {
+    let backing_off = !state.deployment_writes.ready() || !state.path_writes.ready();
+    let replicas_differ = !status.paused && replicas != status.desired;
+    !(backing_off || replicas_differ || (status.mode == "proxy" && unverified))
 }
 
 /// What to do about pods whose queue-proxy runs with other settings than the annotations ask for.

@@ -43,8 +43,8 @@ use crate::engine::{Autoscaler, Scaler, Scraper, ServiceStatus};
 /// Replicas are not lowered for this long after an activator reported requests queued for the service.
 pub const QUEUED_HOLD: Duration = Duration::from_secs(3);
 
-/// The engine's [`Scaler`] on Kubernetes: calls wake the controller's pass, which applies the engine's
-/// state if this replica leads.
+/// The engine's [`Scaler`] on Kubernetes: calls mark the service for the controller's next pass, which
+/// applies the engine's state if this replica leads.
 pub struct KubeScaler {
     signals: Arc<Signals>,
     activators: Arc<Activators>,
@@ -58,12 +58,17 @@ impl KubeScaler {
 }
 
 impl Scaler for KubeScaler {
-    fn set_replicas(&self, _service: &ServiceId, _replicas: u32) {
-        self.signals.wake();
+    fn set_replicas(&self, service: &ServiceId, _replicas: u32) {
+        self.signals.touch(service.clone());
     }
 
-    fn set_mode(&self, _service: &ServiceId, _mode: Mode) {
-        self.signals.wake();
+    fn set_mode(&self, service: &ServiceId, _mode: Mode) {
+        self.signals.touch(service.clone());
+    }
+
+    fn status_moved(&self, service: &ServiceId) {
+        // The phase goes on the public Service and the panic flag on the target.
+        self.signals.touch(service.clone());
     }
 
     fn activator_in_path(&self, service: &ServiceId) -> bool {
@@ -143,11 +148,7 @@ pub(crate) fn observe_replicas(
         return;
     }
     let (context, autoscaler) = (ctx.context, ctx.autoscaler);
-    let Some(status) =
-        autoscaler.status().into_iter().find(|s| *s.namespace == *id.namespace && *s.name == *id.name)
-    else {
-        return;
-    };
+    let Some(status) = autoscaler.status_of(id) else { return };
     if status.paused || status.desired == replicas {
         return;
     }
@@ -239,7 +240,7 @@ pub(crate) async fn reconcile(
             }
         }
     }
-    let current = &target.annotations();
+    let current = target.annotations();
     let reason = state.reason_pending.clone().or_else(|| (!current.contains_key(STATUS_REASON)).then(reason));
     let mut patch = status::annotations_patch(current, desired, status.mode, status.panic, reason.as_deref());
     status::note_patch(&mut patch, current, STATUS_SIDECAR, state.sidecar_note.as_deref());

@@ -1,7 +1,7 @@
 //! What the pass remembers about each service from one pass to the next, so that it writes only on change,
 //! backs off after errors and reports each problem once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -12,7 +12,7 @@ use super::env_check::Mismatch;
 #[derive(Debug, Default)]
 pub(crate) struct ServiceState {
     /// The annotations and global config generation last resolved.
-    pub config_key: Option<(String, u64)>,
+    pub config_key: Option<(BTreeMap<String, String>, u64)>,
     /// Whether a valid configuration was ever applied (the service is in the engine).
     pub valid: bool,
     /// `spec.replicas` last seen.

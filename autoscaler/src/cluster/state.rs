@@ -14,6 +14,7 @@ use kube::Client;
 use tokio::sync::{Notify, watch};
 
 use super::buckets::Owned;
+use super::dirty::{Dirty, Visit};
 use super::events::Events;
 use super::health::ApiHealth;
 use super::metrics::KubeMetrics;
@@ -38,6 +39,8 @@ pub(crate) struct Context {
 /// change of leadership) and the Leases' verdicts (the leader's, and with buckets the buckets held).
 pub(crate) struct Signals {
     wake: Notify,
+    /// The services the next pass visits.
+    dirty: Dirty,
     leading: watch::Receiver<bool>,
     /// With more than one bucket: the buckets this replica holds.
     owned: Option<watch::Receiver<Owned>>,
@@ -46,7 +49,7 @@ pub(crate) struct Signals {
 impl Signals {
     /// Signals that follow the leader election's `leading` and, with buckets, the buckets held (`owned`).
     pub fn new(leading: watch::Receiver<bool>, owned: Option<watch::Receiver<Owned>>) -> Self {
-        Self { wake: Notify::new(), leading, owned }
+        Self { wake: Notify::new(), dirty: Dirty::default(), leading, owned }
     }
 
     /// Whether this replica acts on `id` (scale, request path, status): it holds `id`'s bucket, or without
@@ -80,6 +83,29 @@ impl Signals {
     /// Runs the next pass soon.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Runs the next pass soon, visiting `id`.
+    pub fn touch(&self, id: ServiceId) {
+        self.dirty.mark(id);
+        self.wake();
+    }
+
+    /// Runs the next pass soon, visiting every service.
+    pub fn touch_all(&self) {
+        self.dirty.mark_all();
+        self.wake();
+    }
+
+    /// Runs the next pass soon, sorting the role groups again and visiting their entries.
+    pub fn touch_groups(&self) {
+        self.dirty.mark_groups();
+        self.wake();
+    }
+
+    /// What the next pass visits, and whether the role groups changed, since the last call.
+    pub fn take_dirty(&self) -> (Visit, bool) {
+        self.dirty.take()
     }
 
     /// Resolves at the next [`Self::wake`] (or at once if one came since the last).
@@ -191,5 +217,19 @@ impl OtherTargets {
     /// Replaces what the pass saw.
     pub fn set(&self, targets: HashMap<ServiceId, TargetSettings>) {
         *self.0.locked() = targets;
+    }
+
+    /// Replaces what the pass saw of service `id`: its target's settings, or `None` when it has no target of
+    /// another kind.
+    pub fn put(&self, id: &ServiceId, settings: Option<TargetSettings>) {
+        let mut targets = self.0.locked();
+        match settings {
+            Some(settings) => {
+                targets.insert(id.clone(), settings);
+            }
+            None => {
+                targets.remove(id);
+            }
+        }
     }
 }

@@ -1,11 +1,14 @@
 //! The reflectors: local copies of everything the controller watches, kept current by watches. Labelled
-//! Deployments and their pods, the Deployments of role groups (`ebb.dev/group`) (all namespaces, or the configured ones), the `config-autoscaler` ConfigMap and
-//! the activator pods (own namespace), and the Services and ebb's EndpointSlices. Every event wakes the pass.
-
+//! Deployments and their pods, the Deployments of role groups (`ebb.dev/group`) (all namespaces, or the
+//! configured ones), the `config-autoscaler` ConfigMap and the activator pods (own namespace), and the
+//! Services and ebb's EndpointSlices. Each keeps only what the controller reads ([`super::trim`]). An event
+//! marks the services it touches for the next pass ([`Signals::touch`]); a relist marks them all, since the
+//! objects deleted while the watch was away have no event of their own.
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use ebb_config::ServiceId;
 use ebb_config::groups::LABEL_GROUP;
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_SERVICE};
 use futures::StreamExt;
@@ -14,14 +17,16 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, watcher};
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 use super::health::ApiHealth;
+use super::pod_index::PodIndex;
 use super::slices::slice_selector;
 use super::state::{Context, Signals};
+use super::trim;
 
 /// The reflectors' stores.
 pub(crate) struct Stores {
@@ -37,6 +42,8 @@ pub(crate) struct Stores {
     pub replicasets: Vec<Store<PartialObjectMeta<ReplicaSet>>>,
     /// With the webhook: its certificates' Secret.
     pub webhook_secret: Option<Store<Secret>>,
+    /// The labelled pods by service.
+    pub pod_index: Arc<PodIndex>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -55,6 +62,7 @@ impl Stores {
         let labelled = watcher::Config::default().labels(LABEL_SERVICE);
         let grouped = watcher::Config::default().labels(LABEL_GROUP);
         let ours = watcher::Config::default().labels(&slice_selector());
+        let pod_index = Arc::new(PodIndex::default());
         let mut stores = Self {
             deployments: Vec::new(),
             groups: Vec::new(),
@@ -67,6 +75,7 @@ impl Stores {
                 Api::namespaced(client.clone(), &options.namespace),
                 watcher::Config::default().fields(&format!("metadata.name={CONFIG_MAP_NAME}")),
                 (),
+                (|_: &mut ConfigMap| {}, touch_all),
             ),
             activators: reflect(
                 report_to,
@@ -74,16 +83,20 @@ impl Stores {
                 Api::namespaced(client.clone(), &options.namespace),
                 watcher::Config::default().labels(&options.activator_selector),
                 (),
+                // The pass compares the ready activators with the last it saw, and marks every service then.
+                (trim::pod, wake),
             ),
             replicasets: Vec::new(),
             webhook_secret: None,
+            pod_index: pod_index.clone(),
             tasks: Vec::new(),
         };
         if let Some(webhook) = &options.webhook {
             // Watched by name, so that the Role may grant that one Secret only.
             let secrets = Api::namespaced(client.clone(), &options.namespace);
             let by_name = watcher::Config::default().fields(&format!("metadata.name={}", webhook.secret));
-            stores.webhook_secret = Some(reflect(report_to, &mut tasks, secrets, by_name, ()));
+            stores.webhook_secret =
+                Some(reflect(report_to, &mut tasks, secrets, by_name, (), (|_: &mut Secret| {}, quiet)));
         }
         for ns in namespaces {
             let c = client.clone();
@@ -94,26 +107,66 @@ impl Stores {
                 None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c)),
             };
             let (deployments, pods, services) = api(c.clone());
-            stores.deployments.push(reflect(report_to, &mut tasks, deployments, labelled.clone(), ()));
+            let touch = (trim::deployment, touch_by_name::<Deployment>);
+            stores.deployments.push(reflect(report_to, &mut tasks, deployments, labelled.clone(), (), touch));
             let members = match ns {
                 Some(ns) => Api::namespaced(c.clone(), ns),
                 None => Api::all(c.clone()),
             };
-            stores.groups.push(reflect(report_to, &mut tasks, members, grouped.clone(), ()));
-            stores.pods.push(reflect(report_to, &mut tasks, pods, labelled.clone(), ()));
-            stores.services.push(reflect(report_to, &mut tasks, services, watcher::Config::default(), ()));
+            stores.groups.push(reflect(
+                report_to,
+                &mut tasks,
+                members,
+                grouped.clone(),
+                (),
+                (trim::deployment, touch_group),
+            ));
+            let by_service = index_pods(pod_index.clone(), ns.map(str::to_owned));
+            stores.pods.push(reflect(
+                report_to,
+                &mut tasks,
+                pods,
+                labelled.clone(),
+                (),
+                (trim::pod, by_service),
+            ));
+            let touch = (trim::service, touch_by_name::<Service>);
+            stores.services.push(reflect(
+                report_to,
+                &mut tasks,
+                services,
+                watcher::Config::default(),
+                (),
+                touch,
+            ));
             let slice_api = match ns {
                 Some(ns) => Api::namespaced_with(c, ns, &slices),
                 None => Api::all_with(c, &slices),
             };
-            stores.slices.push(reflect(report_to, &mut tasks, slice_api, ours.clone(), slices.clone()));
+            let touch = (trim::dynamic, touch_by_name::<DynamicObject>);
+            stores.slices.push(reflect(
+                report_to,
+                &mut tasks,
+                slice_api,
+                ours.clone(),
+                slices.clone(),
+                touch,
+            ));
             if options.webhook.is_some() {
                 // Metadata only: the owner references are all the webhook reads.
                 let replicasets = match ns {
                     Some(ns) => Api::<PartialObjectMeta<ReplicaSet>>::namespaced(client.clone(), ns),
                     None => Api::all(client.clone()),
                 };
-                stores.replicasets.push(reflect(report_to, &mut tasks, replicasets, labelled.clone(), ()));
+                let owners_only = |r: &mut PartialObjectMeta<ReplicaSet>| r.metadata.managed_fields = None;
+                stores.replicasets.push(reflect(
+                    report_to,
+                    &mut tasks,
+                    replicasets,
+                    labelled.clone(),
+                    (),
+                    (owners_only, quiet),
+                ));
             }
         }
         stores.tasks = tasks;
@@ -150,6 +203,29 @@ impl Stores {
         self.config.wait_until_ready().await.is_ok()
     }
 
+    /// The labelled Deployment of service `id`, if any.
+    pub fn deployment(&self, id: &ServiceId) -> Option<Arc<Deployment>> {
+        let key = ObjectRef::new(&id.name).within(&id.namespace);
+        self.deployments.iter().find_map(|s| s.get(&key))
+    }
+
+    /// The services of every labelled Deployment.
+    pub fn deployment_ids(&self) -> Vec<ServiceId> {
+        self.deployments.iter().flat_map(Store::state).map(|d| named(&*d)).collect()
+    }
+
+    /// The pods labelled with service `id`'s name, in name order.
+    pub fn labelled_pods(&self, id: &ServiceId) -> Vec<Arc<Pod>> {
+        self.pod_index
+            .names(id)
+            .iter()
+            .filter_map(|name| {
+                let key = ObjectRef::new(name).within(&id.namespace);
+                self.pods.iter().find_map(|s| s.get(&key))
+            })
+            .collect()
+    }
+
     /// The Service `namespace/name`, if any.
     pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
         let key = ObjectRef::new(name).within(namespace);
@@ -171,30 +247,34 @@ impl Drop for Stores {
     }
 }
 
-/// A reflector whose every event wakes the pass and tells [`ApiHealth`] the API server answered.
-pub(crate) fn reflect<K>(
+/// A reflector that keeps what `trim` leaves of each object, tells [`ApiHealth`] the API server answered at
+/// every event, and hands every event to `on_event` once its store has it.
+pub(crate) fn reflect<K, T, E>(
     (health, signals): (&Arc<ApiHealth>, &Arc<Signals>),
     tasks: &mut Vec<JoinHandle<()>>,
     api: Api<K>,
     config: watcher::Config,
     dyntype: K::DynamicType,
+    (trim, mut on_event): (T, E),
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
+    T: FnMut(&mut K) + Send + 'static,
+    E: FnMut(&Signals, &Event<K>, &Store<K>) + Send + 'static,
 {
     let writer = reflector::store::Writer::new(dyntype);
     let reader = writer.as_reader();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
-    let (health, weak) = (health.clone(), Arc::downgrade(signals));
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(trim));
+    let (health, weak, store) = (health.clone(), Arc::downgrade(signals), reader.clone());
     tasks.push(tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
             let Some(signals) = weak.upgrade() else { return };
             match item {
-                Ok(_) => {
+                Ok(event) => {
                     health.ok();
-                    signals.wake();
+                    on_event(&signals, &event, &store);
                 }
                 Err(err) => {
                     health.failed();
@@ -204,4 +284,81 @@ where
         }
     }));
     reader
+}
+
+/// The service an object stands for by its namespace and name (a scale target, its public Service, its
+/// EndpointSlice).
+fn named<K: Resource>(object: &K) -> ServiceId {
+    let meta = object.meta();
+    ServiceId::new(meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+}
+
+/// Marks the service named as the object; after a relist, every service.
+pub(crate) fn touch_by_name<K>(signals: &Signals, event: &Event<K>, _: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    match event {
+        Event::Apply(object) | Event::Delete(object) => signals.touch(named(object)),
+        Event::InitDone => signals.touch_all(),
+        // A list in progress is not in the store yet: its end (`InitDone`) marks everything.
+        Event::Init | Event::InitApply(_) => {}
+    }
+}
+
+/// A role group member: its own service (an entry is also a target) and the groups, sorted again.
+fn touch_group(signals: &Signals, event: &Event<Deployment>, store: &Store<Deployment>) {
+    touch_by_name(signals, event, store);
+    if matches!(event, Event::Apply(_) | Event::Delete(_) | Event::InitDone) {
+        signals.touch_groups();
+    }
+}
+
+/// What concerns every service (the ConfigMap): marks them all.
+fn touch_all<K>(signals: &Signals, event: &Event<K>, _: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    if matches!(event, Event::Apply(_) | Event::Delete(_) | Event::InitDone) {
+        signals.touch_all();
+    }
+}
+
+/// Runs the next pass without marking a service: the pass itself finds out whom it concerns.
+fn wake<K>(signals: &Signals, event: &Event<K>, _: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    if matches!(event, Event::Apply(_) | Event::Delete(_) | Event::InitDone) {
+        signals.wake();
+    }
+}
+
+/// What the pass never reads (the webhook's caches): no pass at all.
+fn quiet<K>(_: &Signals, _: &Event<K>, _: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+}
+
+/// A labelled pod: filed in `index`, and its service (and the one it left) marked. `namespace` is the watch's
+/// (`None`: all), which a relist replaces.
+fn index_pods(
+    index: Arc<PodIndex>,
+    namespace: Option<String>,
+) -> impl FnMut(&Signals, &Event<Pod>, &Store<Pod>) + Send + 'static {
+    move |signals, event, store| match event {
+        Event::Apply(pod) => index.apply(pod).into_iter().for_each(|id| signals.touch(id)),
+        Event::Delete(pod) => index.delete(pod).into_iter().for_each(|id| signals.touch(id)),
+        Event::InitDone => {
+            let pods = store.state();
+            index.relisted(namespace.as_deref(), pods.iter().map(|p| &**p));
+            signals.touch_all();
+        }
+        Event::Init | Event::InitApply(_) => {}
+    }
 }

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ebb_config::ServiceId;
 use ebb_config::names::LABEL_SERVICE;
 use ebb_config::targets::TargetKind;
 use futures::{FutureExt, StreamExt};
@@ -24,8 +25,9 @@ use tokio::task::JoinHandle;
 use super::health::ApiHealth;
 use super::selector::Selector;
 use super::state::Signals;
-use super::stores::reflect;
+use super::stores::{reflect, touch_by_name};
 use super::targets::{ScaleView, Target};
+use super::trim;
 
 /// How long a kind that discovery could not resolve waits before it is looked up again.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(30);
@@ -127,15 +129,16 @@ impl TargetWatches {
                     Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
                     None => Api::all_with(self.client.clone(), &resource),
                 };
-                reflect((health, signals), &mut tasks, api, labelled.clone(), resource.clone())
+                let touch = (trim::dynamic, touch_by_name::<DynamicObject>);
+                reflect((health, signals), &mut tasks, api, labelled.clone(), resource.clone(), touch)
             })
             .collect();
         KindWatch { resource, stores, tasks }
     }
 
     /// Reads the scale subresource of every watched object whose version changed since it was last read
-    /// (or whose last read failed), at most [`CONCURRENT_SCALE_READS`] at once.
-    pub async fn refresh_scales(&mut self) {
+    /// (or whose last read failed), at most [`CONCURRENT_SCALE_READS`] at once. Returns the services read.
+    pub async fn refresh_scales(&mut self) -> Vec<ServiceId> {
         let mut due = Vec::new();
         let mut present = HashSet::new();
         for (kind, watch) in &self.kinds {
@@ -160,7 +163,9 @@ impl TargetWatches {
             .buffer_unordered(CONCURRENT_SCALE_READS)
             .collect::<Vec<_>>()
             .await;
+        let read = reads.iter().map(|((_, ns, name), _)| ServiceId::new(ns, name)).collect();
         self.scales.extend(reads);
+        read
     }
 
     /// Every watched object whose scale subresource was read, as a target; and the objects whose scale could
@@ -169,25 +174,55 @@ impl TargetWatches {
         let (mut targets, mut failed) = (Vec::new(), Vec::new());
         for (kind, watch) in &self.kinds {
             for object in watch.stores.iter().filter(|s| is_ready(s)).flat_map(Store::state) {
-                let key = (kind.clone(), object.namespace().unwrap_or_default(), object.name_any());
-                let Some(cached) = self.scales.get(&key) else { continue };
-                match &cached.view {
-                    Ok(view) => targets.push(Target::from_object(
-                        kind.clone(),
-                        watch.resource.clone(),
-                        &object,
-                        view.clone(),
-                    )),
-                    Err(why) => {
-                        let placeholder = ScaleView { replicas: 0, selector: None };
-                        let target =
-                            Target::from_object(kind.clone(), watch.resource.clone(), &object, placeholder);
-                        failed.push((target, why.clone()));
-                    }
-                }
+                self.sort(kind, watch, &object, &mut targets, &mut failed);
             }
         }
         (targets, failed)
+    }
+
+    /// The services of every watched object.
+    pub fn ids(&self) -> Vec<ServiceId> {
+        let stores = self.kinds.values().flat_map(|w| w.stores.iter().filter(|s| is_ready(s)));
+        stores
+            .flat_map(Store::state)
+            .map(|o| ServiceId::new(o.namespace().unwrap_or_default(), o.name_any()))
+            .collect()
+    }
+
+    /// [`Self::targets`] of service `id` alone: the object of each watched kind named as it.
+    pub fn targets_of(&self, id: &ServiceId) -> (Vec<Target>, Vec<(Target, String)>) {
+        let (mut targets, mut failed) = (Vec::new(), Vec::new());
+        for (kind, watch) in &self.kinds {
+            let key = ObjectRef::new_with(&id.name, watch.resource.clone()).within(&id.namespace);
+            let found = watch.stores.iter().filter(|s| is_ready(s)).find_map(|s| s.get(&key));
+            if let Some(object) = found {
+                self.sort(kind, watch, &object, &mut targets, &mut failed);
+            }
+        }
+        (targets, failed)
+    }
+
+    /// `object` as a target, or with why its scale could not be read; nothing before its scale was read.
+    fn sort(
+        &self,
+        kind: &TargetKind,
+        watch: &KindWatch,
+        object: &DynamicObject,
+        targets: &mut Vec<Target>,
+        failed: &mut Vec<(Target, String)>,
+    ) {
+        let key = (kind.clone(), object.namespace().unwrap_or_default(), object.name_any());
+        let Some(cached) = self.scales.get(&key) else { return };
+        match &cached.view {
+            Ok(view) => {
+                targets.push(Target::from_object(kind.clone(), watch.resource.clone(), object, view.clone()))
+            }
+            Err(why) => {
+                let placeholder = ScaleView { replicas: 0, selector: None };
+                let target = Target::from_object(kind.clone(), watch.resource.clone(), object, placeholder);
+                failed.push((target, why.clone()));
+            }
+        }
     }
 
     /// The watched object `namespace/name` of `kind`, as its watch shows it now.

@@ -14,7 +14,31 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{ApiResource, DynamicObject};
 use kube::{Api, Client};
 
+use super::env_check;
 use super::selector::Selector;
+
+/// No labels or annotations.
+static NONE: BTreeMap<String, String> = BTreeMap::new();
+
+/// What the pass reads of a target's pod template: read once when the target is made, rather than the
+/// template copied with it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct TemplateView {
+    /// The template's annotations (ebb's belong on the target itself).
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Whether the template carries the queue-proxy (`ebb inject`'s), rather than the admission webhook
+    /// adding it to each pod when it is created.
+    pub has_queue_proxy: bool,
+}
+
+impl TemplateView {
+    fn of(template: &PodTemplateSpec) -> Self {
+        Self {
+            annotations: template.metadata.as_ref().and_then(|m| m.annotations.clone()),
+            has_queue_proxy: template.spec.as_ref().is_some_and(env_check::spec_has_queue_proxy),
+        }
+    }
+}
 
 /// What a `scale` subresource said of an object: its replicas and, when it reports one, the selector of its
 /// pods.
@@ -39,7 +63,7 @@ pub(crate) struct Target {
     /// Replicas and pod selector, from the scale subresource (a Deployment's own spec says the same).
     pub scale: ScaleView,
     /// The pod template of the role that receives traffic, where the kind is known to have one.
-    pub template: Option<PodTemplateSpec>,
+    pub template: Option<TemplateView>,
 }
 
 impl Target {
@@ -54,7 +78,7 @@ impl Target {
                 replicas: spec.and_then(|s| s.replicas).unwrap_or(1).max(0) as u32,
                 selector: spec.map(|s| Selector::from_label_selector(&s.selector)),
             },
-            template: spec.map(|s| s.template.clone()),
+            template: spec.map(|s| TemplateView::of(&s.template)),
         }
     }
 
@@ -68,7 +92,8 @@ impl Target {
         let template = kind.entry_templates().and_then(|paths| {
             paths.iter().find_map(|path| {
                 let value = path.iter().try_fold(&object.data, |v, key| v.get(key))?;
-                serde_json::from_value(value.clone()).ok()
+                let template: PodTemplateSpec = serde_json::from_value(value.clone()).ok()?;
+                Some(TemplateView::of(&template))
             })
         });
         Self { kind, resource, meta: object.metadata.clone(), scale, template }
@@ -85,13 +110,13 @@ impl Target {
     }
 
     /// Its labels.
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        self.meta.labels.clone().unwrap_or_default()
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        self.meta.labels.as_ref().unwrap_or(&NONE)
     }
 
     /// Its annotations.
-    pub fn annotations(&self) -> BTreeMap<String, String> {
-        self.meta.annotations.clone().unwrap_or_default()
+    pub fn annotations(&self) -> &BTreeMap<String, String> {
+        self.meta.annotations.as_ref().unwrap_or(&NONE)
     }
 
     /// Its kind's name (`StatefulSet`), for messages.
@@ -125,8 +150,9 @@ impl Target {
         }
         let annotations = self
             .annotations()
-            .into_iter()
+            .iter()
             .filter(|(k, _)| keys::lookup(ANNOTATION_KEYS, k).is_some())
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Some((self.resource.kind.clone(), annotations))
     }

@@ -213,7 +213,7 @@ impl Autoscaler {
         self.metrics.stats_received("activator", 1);
         let id = ServiceId::new(frame.namespace, frame.name);
         let now = self.now();
-        let actions = {
+        let (actions, moved) = {
             let mut services = self.services.locked();
             let Some(entry) = services.get_mut(&id) else {
                 tracing::debug!(service = %id, "stat for an unknown service; ignored");
@@ -235,11 +235,12 @@ impl Autoscaler {
                 return;
             }
         };
-        self.apply(&id, actions);
+        self.apply(&id, actions, moved);
     }
 
-    /// Decides for one service now (the lock is held; the actions are applied after it is released).
-    fn decide(&self, id: &ServiceId, entry: &mut Entry, now: Timestamp) -> Actions {
+    /// Decides for one service now (the lock is held; the actions are applied after it is released). Also
+    /// says whether the phase or the panic flag moved, which the scaler may publish.
+    fn decide(&self, id: &ServiceId, entry: &mut Entry, now: Timestamp) -> (Actions, bool) {
         let ready = entry.ready();
         let in_path = self.scaler.activator_in_path(id);
         let load_at = self.load_at(entry, now);
@@ -272,6 +273,8 @@ impl Autoscaler {
                 && last.policy_kind == record.policy_kind
         });
         let level_info = !same;
+        let moved =
+            entry.last_logged.as_ref().is_none_or(|l| l.phase != record.phase || l.panic != record.panic);
         entry.last_logged = Some(record.clone());
         macro_rules! log_decision {
             ($level:ident) => {
@@ -294,7 +297,7 @@ impl Autoscaler {
         } else {
             log_decision!(debug);
         }
-        actions
+        (actions, moved)
     }
 
     /// When a decision at `now` reads the service's load: as of its last collection while collections keep
@@ -308,7 +311,10 @@ impl Autoscaler {
         }
     }
 
-    fn apply(&self, id: &ServiceId, actions: Actions) {
+    fn apply(&self, id: &ServiceId, actions: Actions, moved: bool) {
+        if moved && actions.mode.is_none() && actions.replicas.is_none() {
+            self.scaler.status_moved(id);
+        }
         if let Some(mode) = actions.mode {
             self.scaler.set_mode(id, mode);
         }
@@ -325,12 +331,12 @@ impl Autoscaler {
         {
             let mut services = self.services.locked();
             for (id, entry) in services.iter_mut() {
-                let actions = self.decide(id, entry, now);
-                all.push((id.clone(), actions));
+                let (actions, moved) = self.decide(id, entry, now);
+                all.push((id.clone(), actions, moved));
             }
         }
-        for (id, actions) in all {
-            self.apply(&id, actions);
+        for (id, actions, moved) in all {
+            self.apply(&id, actions, moved);
         }
         self.metrics.tick_took(started.elapsed());
     }
@@ -405,6 +411,11 @@ impl Autoscaler {
         self.services.locked().iter().map(|(id, entry)| entry.status(id)).collect()
     }
 
+    /// One service's status.
+    pub fn status_of(&self, id: &ServiceId) -> Option<ServiceStatus> {
+        self.services.locked().get(id).map(|entry| entry.status(id))
+    }
+
     /// A service's last decisions, oldest first.
     pub fn decisions(&self, id: &ServiceId) -> Option<Vec<DecisionRecord>> {
         self.services.locked().get(id).map(|entry| entry.controller.history())
@@ -472,6 +483,39 @@ mod tests {
         fn activator_in_path(&self, _service: &ServiceId) -> bool {
             true
         }
+    }
+
+    /// Counts the calls that say a status moved without a change of replicas or mode.
+    #[derive(Default)]
+    struct Moves(Mutex<Vec<ServiceId>>);
+
+    impl Scaler for Moves {
+        fn set_replicas(&self, _service: &ServiceId, _replicas: u32) {}
+        fn set_mode(&self, _service: &ServiceId, _mode: Mode) {}
+        fn status_moved(&self, service: &ServiceId) {
+            self.0.lock().unwrap().push(service.clone());
+        }
+        fn activator_in_path(&self, _service: &ServiceId) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_status_that_moves_is_reported_once_and_a_repeat_is_not() {
+        let scaler = Arc::new(Moves::default());
+        let autoscaler = Autoscaler::new(scaler.clone(), Options::default());
+        let data: BTreeMap<String, String> = [("allow-zero-initial-scale", "true"), ("initial-scale", "0")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        let global = GlobalConfig::from_data(&data).unwrap().value;
+        let config = resolve_service(&BTreeMap::new(), &global).unwrap().value;
+        let id = ServiceId::new("demo", "chat");
+        autoscaler.set_service(id.clone(), config, 0).unwrap();
+        autoscaler.tick();
+        assert_eq!(scaler.0.lock().unwrap().len(), 1, "the first decision publishes the phase");
+        autoscaler.tick();
+        autoscaler.tick();
+        assert_eq!(*scaler.0.lock().unwrap(), [id], "nothing moved since");
     }
 
     /// A queue-proxy stats endpoint answering every scrape with `concurrency`, on a real socket.

@@ -13,6 +13,11 @@ pub trait Scaler: Send + Sync + 'static {
     fn set_mode(&self, service: &ServiceId, mode: Mode);
     /// Whether the activator is verified in `service`'s request path (replicas go to 0 only then).
     fn activator_in_path(&self, service: &ServiceId) -> bool;
+    /// The service's phase or panic flag changed without a change of replicas or mode (which the calls above
+    /// report): a scaler that publishes them may act. Nothing by default.
+    fn status_moved(&self, service: &ServiceId) {
+        let _ = service;
+    }
     /// Whether at least one activator is ready (without one, serve mode is forced).
     fn activators_ready(&self) -> bool {
         true

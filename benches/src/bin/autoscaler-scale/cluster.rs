@@ -14,7 +14,7 @@ use ebb_benches::scale::driver::{
     ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, check_fd_limit, fleet, scrape_errors,
 };
 use ebb_benches::scale::measure::{cpu_time, ms, quantile, status_kib};
-use ebb_test_support::autoscaler::token_of;
+use ebb_test_support::autoscaler::{metrics_text, token_of};
 use ebb_test_support::{TestNamespace, require};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -77,6 +77,8 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let cpu_from = cpu_time(me).context("cpu time")?;
     let errors_from = scrape_errors(&controller.autoscaler().encode_metrics());
     let ticks_from = tick_histogram(&controller.autoscaler().encode_metrics());
+    let page_from = metrics_text(controller.metrics_addr).await;
+    let passes_from = histogram(&page_from, "ebb_autoscaler_reconcile_pass_seconds");
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     let mut steps = Vec::new();
     let step_every = Duration::from_secs(args.measure) / (args.steps as u32 + 1);
@@ -109,6 +111,13 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let rss = status_kib(me, "VmRSS").unwrap_or(0);
     let metrics = controller.autoscaler().encode_metrics();
     let ticks = tick_histogram(&metrics).since(&ticks_from);
+    let page = metrics_text(controller.metrics_addr).await;
+    let passes = histogram(&page, "ebb_autoscaler_reconcile_pass_seconds").since(&passes_from);
+    let pass_bound = |q: f64| (passes.count > 0.0).then(|| passes.quantile_bound(q) * 1000.0);
+    let per_second = |name: &str| {
+        let moved = counter(&page, name)? - counter(&page_from, name)?;
+        Some(moved / elapsed.as_secs_f64())
+    };
     let q = |s: &[Duration], p: f64| quantile(s, p).map_or(f64::NAN, ms);
     let result = json!({
         "mode": "cluster",
@@ -127,6 +136,11 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         "step_to_patch_ms": steps.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         "step_to_patch_max_ms": q(&steps, 1.0),
         "scrape_errors_measured": scrape_errors(&metrics) - errors_from,
+        "reconcile_passes_per_s": per_second("ebb_autoscaler_reconcile_passes_total"),
+        "reconcile_services_per_s": per_second("ebb_autoscaler_reconcile_services_total"),
+        "reconcile_pass_p50_le_ms": pass_bound(0.5),
+        "reconcile_pass_p99_le_ms": pass_bound(0.99),
+        "reconcile_unsettled_at_end": counter(&page, "ebb_autoscaler_reconcile_unsettled"),
     });
     println!("{result}");
     controller.shutdown().await;
@@ -176,7 +190,10 @@ async fn create_fleet(admin: &Client, ns: &str, fleet: Fleet) -> Result<()> {
         async move {
             let name = pod_name(s, p);
             let pod: Pod = serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {"ebb.dev/service": service_name(s)}},
+                // Labelled for the service and picked by its Deployment's selector: a service's pods are
+                // the labelled pods that its scale target's selector picks.
+                "metadata": {"name": name, "labels": {
+                    "ebb.dev/service": service_name(s), "bench.ebb.dev/template": service_name(s)}},
                 "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
             }))?;
             pods.create(&PostParams::default(), &pod).await?;
@@ -222,15 +239,33 @@ impl Histogram {
 }
 
 fn tick_histogram(metrics: &str) -> Histogram {
+    histogram(metrics, "ebb_autoscaler_tick_duration_seconds")
+}
+
+/// The unlabelled histogram `name` on a metrics page.
+fn histogram(metrics: &str, name: &str) -> Histogram {
+    let (bucket, total) = (format!("{name}_bucket{{le=\""), format!("{name}_count "));
     let mut histogram = Histogram::default();
     for line in metrics.lines() {
-        if let Some(rest) = line.strip_prefix("ebb_autoscaler_tick_duration_seconds_bucket{le=\"") {
+        if let Some(rest) = line.strip_prefix(&bucket) {
             let Some((le, count)) = rest.split_once("\"} ") else { continue };
             let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
             histogram.buckets.push((le, count.trim().parse().unwrap_or(0.0)));
-        } else if let Some(count) = line.strip_prefix("ebb_autoscaler_tick_duration_seconds_count ") {
+        } else if let Some(count) = line.strip_prefix(&total) {
             histogram.count = count.trim().parse().unwrap_or(0.0);
         }
     }
     histogram
+}
+
+/// A counter on the controller's metrics page, summed over its series; `None` when the page has none (a
+/// controller from before the counter existed).
+fn counter(page: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with(['{', ' ']))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
