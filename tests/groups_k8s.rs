@@ -1,4 +1,4 @@
-//! Role groups of Deployments (issue 17, part 3), with ebb installed from `manifests/` on the real control
+//! Role groups of Deployments, with ebb installed from `manifests/` on the real control
 //! plane and pods run as real processes: the prefill/decode example (`manifests/examples/prefill-decode`: 2
 //! prefill pods and 1 decode pod, the entry, per instance) woken from zero by a burst of requests that all
 //! succeed, with no decode pod before its instance's prefill pods are ready; scaled to 2 instances (6 pods)

@@ -1,12 +1,12 @@
-//! Instances of several pods (issue 17, part 2), with ebb installed from `manifests/` on the real control
+//! Instances of several pods, with ebb installed from `manifests/` on the real control
 //! plane and pods run as real processes: a custom resource with a scale subresource shaped like KubeInfer's
 //! (each instance 2 prefill pods and 1 decode pod, the entry; its controller played by the test, creating
 //! and deleting the 3 pods of each instance), configured through `scale-target-instances`. Woken from zero
 //! by a burst of requests that all succeed, none answered before all three pods of the instance were ready
 //! (the decode entry's readiness gate, set by the autoscaler, holds it back while prefill loads); scaled to
 //! 2 instances (6 pods) under load and back to zero. At a steady load of 2 instances, an instance restarting
-//! as a whole and an instance-level rolling update with surge: counted in instances, and not fought (issue
-//! 17, part 4). And a LeaderWorkerSet (a stand-in for its CRD, the
+//! as a whole and an instance-level rolling update with surge: counted in instances, and not fought. And a
+//! LeaderWorkerSet (a stand-in for its CRD, the
 //! shape ebb has built in), with the autoscaler in-process: its leader's gate follows its workers' readiness.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Slow starts are not failures (issue 17, part 4), with ebb installed from `manifests/` on the real
+//! Slow starts are not failures, with ebb installed from `manifests/` on the real
 //! control plane and pods run as real processes: a model that loads for 90 s behind a 10-minute startup
 //! probe is not reported as blocked, and the requests that woke it from zero wait in the activator (its
 //! activation timeout is the service's, here 10 minutes; it accepts up to 24 h) and are all served. While it
