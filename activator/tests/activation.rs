@@ -689,6 +689,9 @@ async fn a_request_to_the_only_pod_whose_model_died_waits_for_it_to_come_back() 
     eventually("the pod to be ready", || service.status().ready == 1).await;
 
     kill.send(true).unwrap();
+    // Dead as a crashed process is: its port refuses. (Sent while the listener was still closing, the request
+    // could still be taken by it, and the pod never left the rotation: a flake of about 1 run in 6.)
+    eventually("the model's port to refuse", || std::net::TcpStream::connect(model).is_err()).await;
     let request = tokio::spawn(client().request(post(activator.addr, "demo")));
     eventually("the pod to leave the rotation", || service.status().ready == 0).await;
     assert!(!request.is_finished(), "the request waits for a pod instead of failing");
