@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 
 use ebb_test_support as support;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, complete, failed_completions, gateway_load, http_client, ready_ips};
+use support::crd::ScalableKind;
 use support::gateway::Gateway;
 use support::manifests::grant_from;
 use support::wait_for;
@@ -33,39 +32,13 @@ const INSTANCE_LABEL: &str = "serving.example.com/instance";
 const ROLE_LABEL: &str = "serving.example.com/role";
 const LONG: Duration = Duration::from_secs(120);
 
-fn crd() -> Value {
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": KIND},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"plural": "inferenceservices", "singular": "inferenceservice", "kind": "InferenceService"},
-            "versions": [{
-                "name": "v1",
-                "served": true,
-                "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.selector",
-                    },
-                },
-            }],
-        },
-    })
-}
-
-fn resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(GROUP, "v1", "InferenceService"),
-        "inferenceservices",
-    )
-}
+/// The KubeInfer-shaped kind, as the test serves it.
+const INFERENCE: ScalableKind = ScalableKind {
+    group: GROUP,
+    kind: "InferenceService",
+    plural: "inferenceservices",
+    selector_path: ".status.selector",
+};
 
 /// The demo model as a container: `startup` to load, then ready on `/health`.
 fn model(startup: &str) -> Value {
@@ -112,7 +85,7 @@ struct Plan {
 /// terminating, the pods of any other instance deleted,
 /// `status.replicas` and `status.selector` written.
 async fn play_controller(admin: &Client, ns: &str, name: &str, plan: &Mutex<Plan>) -> Result<(), String> {
-    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &resource());
+    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &INFERENCE.resource());
     let object = objects.get(name).await.map_err(|e| e.to_string())?;
     let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
     let keep = {
@@ -277,20 +250,9 @@ impl Llm {
         ];
         let cluster = Cluster::install(prefix, &config).await?;
         grant_from(&cluster.admin, &cluster.system, "ebb-autoscaler", "manifests/scale-targets/custom").await;
-        let crds: Api<DynamicObject> = Api::all_with(
-            cluster.admin.clone(),
-            &ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-                "customresourcedefinitions",
-            ),
-        );
-        match crds.create(&PostParams::default(), &serde_json::from_value(crd()).unwrap()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => panic!("create the CRD: {e}"),
-        }
+        INFERENCE.install(&cluster.admin).await;
         let objects: Api<DynamicObject> =
-            Api::namespaced_with(cluster.admin.clone(), &cluster.apps, &resource());
+            Api::namespaced_with(cluster.admin.clone(), &cluster.apps, &INFERENCE.resource());
         let mut object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": format!("{GROUP}/v1"),
             "kind": "InferenceService",
@@ -433,46 +395,20 @@ const LWS_WORKER_INDEX: &str = "leaderworkerset.sigs.k8s.io/worker-index";
 
 /// A stand-in for LeaderWorkerSet's CRD: its group, names and scale subresource (replicas are groups; the
 /// HPA selector picks the leaders).
-fn lws_crd() -> Value {
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("leaderworkersets.{LWS_GROUP}")},
-        "spec": {
-            "group": LWS_GROUP,
-            "scope": "Namespaced",
-            "names": {"plural": "leaderworkersets", "singular": "leaderworkerset", "kind": "LeaderWorkerSet"},
-            "versions": [{
-                "name": "v1",
-                "served": true,
-                "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.hpaPodSelector",
-                    },
-                },
-            }],
-        },
-    })
-}
-
-fn lws_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(LWS_GROUP, "v1", "LeaderWorkerSet"),
-        "leaderworkersets",
-    )
-}
+/// LeaderWorkerSet's CRD as far as ebb reads it: its scale subresource selects the leaders.
+const LWS: ScalableKind = ScalableKind {
+    group: LWS_GROUP,
+    kind: "LeaderWorkerSet",
+    plural: "leaderworkersets",
+    selector_path: ".status.hpaPodSelector",
+};
 
 /// Plays LeaderWorkerSet's controller once, as its pods are labelled: for each group below `spec.replicas`
 /// a leader `NAME-G` (labelled `ebb.dev/service`, with the instance gate as `ebb inject` writes it into the
 /// leader template, when `gate`) and `size - 1` workers `NAME-G-W`; groups above it deleted; the status
 /// written.
 async fn play_lws(admin: &Client, ns: &str, name: &str, gate: bool) -> Result<(), String> {
-    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &lws_resource());
+    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &LWS.resource());
     let object = objects.get(name).await.map_err(|e| e.to_string())?;
     let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
     let size = object.data["spec"]["leaderWorkerTemplate"]["size"].as_i64().unwrap_or(1);
@@ -548,18 +484,7 @@ async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
     let client = support::k8s::client_from_kubeconfig(&sa_config).await.unwrap();
     let activator_token =
         support::autoscaler::token_of(&cp.service_account_kubeconfig(&admin, &ns, "ebb-activator").await);
-    let crds: Api<DynamicObject> = Api::all_with(
-        admin.clone(),
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-            "customresourcedefinitions",
-        ),
-    );
-    match crds.create(&PostParams::default(), &serde_json::from_value(lws_crd()).unwrap()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create the CRD: {e}"),
-    }
+    LWS.install(&admin).await;
     let data: std::collections::BTreeMap<String, String> = [
         ("allow-zero-initial-scale", "true"),
         ("scale-target-kinds", "deployments.apps, leaderworkersets.leaderworkerset.x-k8s.io"),
@@ -577,7 +502,7 @@ async fn a_leaderworkersets_leader_is_ready_only_with_its_whole_group() {
         .runtime(fake.clone())
         .start(&admin)
         .await;
-    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns, &lws_resource());
+    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns, &LWS.resource());
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": format!("{LWS_GROUP}/v1"),
         "kind": "LeaderWorkerSet",

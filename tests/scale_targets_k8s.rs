@@ -25,6 +25,7 @@ use support::autoscaler::{
     wait_event_note,
 };
 use support::cluster::{Cluster, WAIT, complete, failed_completions, http_client};
+use support::crd::ScalableKind;
 use support::manifests::{find, grant_from, render_in};
 use support::paths::in_repo;
 use support::{NodeEmulator, TestNamespace, require, wait_for};
@@ -286,42 +287,18 @@ async fn a_statefulset_is_scaled_from_zero_and_back_through_its_scale_subresourc
 /// pods' selector in `status.selector`, served through the scale subresource.
 const GROUP: &str = "serving.example.com";
 
-fn crd() -> serde_json::Value {
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("inferenceservices.{GROUP}")},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"plural": "inferenceservices", "singular": "inferenceservice", "kind": "InferenceService"},
-            "versions": [{
-                "name": "v1",
-                "served": true,
-                "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
-                "subresources": {
-                    "status": {},
-                    "scale": {
-                        "specReplicasPath": ".spec.replicas",
-                        "statusReplicasPath": ".status.replicas",
-                        "labelSelectorPath": ".status.selector",
-                    },
-                },
-            }],
-        },
-    })
-}
-
-fn inference_resource() -> ApiResource {
-    let gvk = GroupVersionKind::gvk(GROUP, "v1", "InferenceService");
-    ApiResource::from_gvk_with_plural(&gvk, "inferenceservices")
-}
+/// The kind as the test serves it.
+const INFERENCE: ScalableKind = ScalableKind {
+    group: GROUP,
+    kind: "InferenceService",
+    plural: "inferenceservices",
+    selector_path: ".status.selector",
+};
 
 /// Plays the custom resource's controller once: one pod per instance (`NAME-I`, labelled as its
 /// selector says), surplus pods deleted, `status` written.
 async fn play_controller(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
-    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &inference_resource());
+    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &INFERENCE.resource());
     let object = objects.get(name).await.map_err(|e| e.to_string())?;
     let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
@@ -367,20 +344,8 @@ async fn play_controller(admin: &Client, ns: &str, name: &str) -> Result<(), Str
 async fn a_custom_resource_is_scaled_through_its_scale_subresource_with_the_documented_rbac() {
     let kind = format!("inferenceservices.{GROUP}");
     let Some(env) = Env::start("st-crd", &kind, None).await else { return };
-    let crds: Api<DynamicObject> = Api::all_with(
-        env.admin.clone(),
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-            "customresourcedefinitions",
-        ),
-    );
-    let crd: DynamicObject = serde_json::from_value(crd()).unwrap();
-    match crds.create(&PostParams::default(), &crd).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create the CRD: {e}"),
-    }
-    let objects: Api<DynamicObject> = Api::namespaced_with(env.admin.clone(), &env.ns, &inference_resource());
+    INFERENCE.install(&env.admin).await;
+    let objects: Api<DynamicObject> = Api::namespaced_with(env.admin.clone(), &env.ns, &INFERENCE.resource());
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": format!("{GROUP}/v1"),
         "kind": "InferenceService",

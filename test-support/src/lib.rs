@@ -16,6 +16,7 @@
 //! - [`forward`]: [`forward::ServiceForwarder`], a Service's address for the API server (the webhook's),
 //!   standing in for kube-proxy.
 //! - [`autoscaler`]: the autoscaler's RBAC for a test namespace, fake pods and stats for its tests.
+//! - [`crd`]: [`crd::ScalableKind`], custom kinds with a `scale` subresource standing in for workload CRDs.
 //! - [`manifests`]: a tiny kustomize for `manifests/`, and the RBAC grants it holds.
 //! - [`wait`]: [`wait_for`] and friends, polling with a deadline and a message saying what was awaited.
 //! - [`supervisor`]: process groups that die with the test binary, however it ends.
@@ -25,6 +26,7 @@
 
 pub mod autoscaler;
 pub mod cluster;
+pub mod crd;
 pub mod forward;
 pub mod gateway;
 pub mod k8s;
