@@ -500,15 +500,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_status_that_moves_is_reported_once_and_a_repeat_is_not() {
-        let scaler = Arc::new(Moves::default());
-        let autoscaler = Autoscaler::new(scaler.clone(), Options::default());
+    /// A service whose defaults let it start at zero.
+    fn starting_at_zero() -> ServiceConfig {
         let data: BTreeMap<String, String> = [("allow-zero-initial-scale", "true"), ("initial-scale", "0")]
             .map(|(k, v)| (k.into(), v.into()))
             .into();
         let global = GlobalConfig::from_data(&data).unwrap().value;
-        let config = resolve_service(&BTreeMap::new(), &global).unwrap().value;
+        resolve_service(&BTreeMap::new(), &global).unwrap().value
+    }
+
+    #[test]
+    fn a_status_that_moves_is_reported_once_and_a_repeat_is_not() {
+        let scaler = Arc::new(Moves::default());
+        let autoscaler = Autoscaler::new(scaler.clone(), Options::default());
+        let config = starting_at_zero();
         let id = ServiceId::new("demo", "chat");
         autoscaler.set_service(id.clone(), config, 0).unwrap();
         autoscaler.tick();
@@ -598,11 +603,7 @@ mod tests {
     fn a_cold_start_stat_is_decided_at_once_and_the_wait_is_recorded() {
         let scaler = Arc::new(Recorder::default());
         let autoscaler = Autoscaler::new(scaler.clone(), Options::default());
-        let data: BTreeMap<String, String> = [("allow-zero-initial-scale", "true"), ("initial-scale", "0")]
-            .map(|(k, v)| (k.into(), v.into()))
-            .into();
-        let global = GlobalConfig::from_data(&data).unwrap().value;
-        let config = resolve_service(&BTreeMap::new(), &global).unwrap().value;
+        let config = starting_at_zero();
         let id = ServiceId::new("demo", "chat");
         autoscaler.set_service(id.clone(), config, 0).unwrap();
         autoscaler.tick();
