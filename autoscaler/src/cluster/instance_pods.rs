@@ -8,16 +8,14 @@ use std::sync::Arc;
 
 use ebb_config::ServiceId;
 use ebb_config::targets::InstanceShape;
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use tokio::task::JoinHandle;
 
 use super::health::ApiHealth;
 use super::state::Signals;
-use super::stores::reflect;
+use super::stores::{Reflectors, listed, reflect};
 
 /// Marks the service of an instance pod: the target named by its `label`; after a relist, every service.
 fn touch(label: &str) -> impl FnMut(&Signals, &watcher::Event<Pod>, &Store<Pod>) + Send + 'static {
@@ -39,15 +37,7 @@ pub(crate) type ByTarget = HashMap<(String, String), Vec<Arc<Pod>>>;
 /// The pods that carry one name label, in every watched namespace.
 struct LabelWatch {
     stores: Vec<Store<Pod>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for LabelWatch {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+    _tasks: Reflectors,
 }
 
 /// The pods of multi-pod instances, by the name label of their kind.
@@ -96,16 +86,14 @@ impl InstancePods {
                     )
                 })
                 .collect();
-            self.watches.insert(label.to_owned(), LabelWatch { stores, tasks });
+            self.watches.insert(label.to_owned(), LabelWatch { stores, _tasks: Reflectors(tasks) });
         }
     }
 
     /// Whether the watch of `label` has listed once (before, an instance's other pods are unseen, not
     /// missing).
     pub fn synced(&self, label: &str) -> bool {
-        self.watches.get(label).is_some_and(|w| {
-            w.stores.iter().all(|s| matches!(s.wait_until_ready().now_or_never(), Some(Ok(()))))
-        })
+        self.watches.get(label).is_some_and(|w| w.stores.iter().all(listed))
     }
 
     /// The pods labelled `label`, by namespace and the label's value (the target's name): one pass over

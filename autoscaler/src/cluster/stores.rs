@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ebb_config::ServiceId;
 use ebb_config::groups::LABEL_GROUP;
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_SERVICE};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
@@ -44,7 +44,7 @@ pub(crate) struct Stores {
     pub webhook_secret: Option<Store<Secret>>,
     /// The labelled pods by service.
     pub pod_index: Arc<PodIndex>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Reflectors,
 }
 
 impl Stores {
@@ -89,7 +89,7 @@ impl Stores {
             replicasets: Vec::new(),
             webhook_secret: None,
             pod_index: pod_index.clone(),
-            tasks: Vec::new(),
+            tasks: Reflectors::default(),
         };
         if let Some(webhook) = &options.webhook {
             // Watched by name, so that the Role may grant that one Secret only.
@@ -169,7 +169,7 @@ impl Stores {
                 ));
             }
         }
-        stores.tasks = tasks;
+        stores.tasks = Reflectors(tasks);
         stores
     }
 
@@ -239,12 +239,25 @@ impl Stores {
     }
 }
 
-impl Drop for Stores {
+/// The tasks of reflectors, stopped when this is dropped: a set of stores never outlives its watches.
+#[derive(Debug, Default)]
+pub(crate) struct Reflectors(pub Vec<JoinHandle<()>>);
+
+impl Drop for Reflectors {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in &self.0 {
             task.abort();
         }
     }
+}
+
+/// Whether `store` has listed once (before, what it lacks is unseen, not absent).
+pub(crate) fn listed<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
 }
 
 /// A reflector that keeps what `trim` leaves of each object, tells [`ApiHealth`] the API server answered at

@@ -14,18 +14,17 @@ use std::time::{Duration, Instant};
 use ebb_config::ServiceId;
 use ebb_config::names::LABEL_SERVICE;
 use ebb_config::targets::TargetKind;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::discovery;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use tokio::task::JoinHandle;
 
 use super::health::ApiHealth;
 use super::selector::Selector;
 use super::state::Signals;
-use super::stores::{reflect, touch_by_name};
+use super::stores::{Reflectors, listed, reflect, touch_by_name};
 use super::targets::{ScaleView, Target};
 use super::trim;
 
@@ -39,15 +38,7 @@ const CONCURRENT_SCALE_READS: usize = 16;
 struct KindWatch {
     resource: ApiResource,
     stores: Vec<Store<DynamicObject>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for KindWatch {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+    _tasks: Reflectors,
 }
 
 /// A scale subresource as last read, with the object version it was read for.
@@ -133,7 +124,7 @@ impl TargetWatches {
                 reflect((health, signals), &mut tasks, api, labelled.clone(), resource.clone(), touch)
             })
             .collect();
-        KindWatch { resource, stores, tasks }
+        KindWatch { resource, stores, _tasks: Reflectors(tasks) }
     }
 
     /// Reads the scale subresource of every watched object whose version changed since it was last read
@@ -142,7 +133,7 @@ impl TargetWatches {
         let mut due = Vec::new();
         let mut present = HashSet::new();
         for (kind, watch) in &self.kinds {
-            for object in watch.stores.iter().filter(|s| is_ready(s)).flat_map(Store::state) {
+            for object in watch.stores.iter().filter(|s| listed(s)).flat_map(Store::state) {
                 let key = (kind.clone(), object.namespace().unwrap_or_default(), object.name_any());
                 let version = object.resource_version();
                 let cached = self.scales.get(&key);
@@ -173,7 +164,7 @@ impl TargetWatches {
     pub fn targets(&self) -> (Vec<Target>, Vec<(Target, String)>) {
         let (mut targets, mut failed) = (Vec::new(), Vec::new());
         for (kind, watch) in &self.kinds {
-            for object in watch.stores.iter().filter(|s| is_ready(s)).flat_map(Store::state) {
+            for object in watch.stores.iter().filter(|s| listed(s)).flat_map(Store::state) {
                 self.sort(kind, watch, &object, &mut targets, &mut failed);
             }
         }
@@ -182,7 +173,7 @@ impl TargetWatches {
 
     /// The services of every watched object.
     pub fn ids(&self) -> Vec<ServiceId> {
-        let stores = self.kinds.values().flat_map(|w| w.stores.iter().filter(|s| is_ready(s)));
+        let stores = self.kinds.values().flat_map(|w| w.stores.iter().filter(|s| listed(s)));
         stores
             .flat_map(Store::state)
             .map(|o| ServiceId::new(o.namespace().unwrap_or_default(), o.name_any()))
@@ -194,7 +185,7 @@ impl TargetWatches {
         let (mut targets, mut failed) = (Vec::new(), Vec::new());
         for (kind, watch) in &self.kinds {
             let key = ObjectRef::new_with(&id.name, watch.resource.clone()).within(&id.namespace);
-            let found = watch.stores.iter().filter(|s| is_ready(s)).find_map(|s| s.get(&key));
+            let found = watch.stores.iter().filter(|s| listed(s)).find_map(|s| s.get(&key));
             if let Some(object) = found {
                 self.sort(kind, watch, &object, &mut targets, &mut failed);
             }
@@ -235,12 +226,8 @@ impl TargetWatches {
     /// Whether every watched kind has listed once, so that a target missing from [`Self::targets`] is gone
     /// rather than not yet seen (a kind that cannot be watched has no targets to lose).
     pub fn synced(&self) -> bool {
-        self.kinds.values().all(|w| w.stores.iter().all(is_ready))
+        self.kinds.values().all(|w| w.stores.iter().all(listed))
     }
-}
-
-fn is_ready(store: &Store<DynamicObject>) -> bool {
-    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
 }
 
 /// The preferred version of `kind`, which must serve the scale subresource and which this account may list
