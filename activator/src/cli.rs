@@ -75,6 +75,7 @@ pub fn run(args: Args) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     }
     logging::init(args.log.format);
+    ebb_process::limits::raise_and_log();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -189,6 +189,7 @@ async fn client(path: Option<&PathBuf>) -> Result<kube::Client, String> {
 /// Runs the autoscaler until SIGTERM or SIGINT, then releases the Lease. Builds its own runtime.
 pub fn run(args: Args) -> ExitCode {
     logging::init(args.log.format);
+    ebb_process::limits::raise_and_log();
     let options = match args.options() {
         Ok(options) => options,
         Err(err) => {

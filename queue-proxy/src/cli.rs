@@ -216,6 +216,7 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     logging::init(log_format);
+    ebb_process::limits::raise_and_log();
     let runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {

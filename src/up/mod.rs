@@ -71,6 +71,7 @@ pub struct Args {
 /// Runs `ebb up` until Ctrl-C or SIGTERM.
 pub fn run(args: Args) -> ExitCode {
     let log_format = logging::init(args.log.format);
+    ebb_process::limits::raise_and_log();
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(err) => {

@@ -58,6 +58,18 @@ pub struct Options {
     pub tick_interval: Duration,
     /// Decisions kept per service (`/debug/decisions`).
     pub history_len: usize,
+    /// Scrape connections kept open between seconds; `None`: as many as the open-files limit leaves room for
+    /// ([`kept_connections_allowed`]).
+    pub kept_connections: Option<usize>,
+}
+
+/// The scrape connections a process may keep: its open-files limit less a reserve for everything else (API
+/// and ingest connections, listeners, and the scrapes of pods beyond the kept ones while they are in flight:
+/// at most [`CONCURRENT_SCRAPES`] services' samples).
+pub fn kept_connections_allowed() -> usize {
+    let soft = ebb_process::limits::open_files().map_or(1024, |limits| limits.soft);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    soft.saturating_sub((soft / 4).min(4096))
 }
 
 impl Default for Options {
@@ -69,6 +81,7 @@ impl Default for Options {
             // A minute of ticks. Each record is about 300 bytes with its reason sentence; 100 of them made
             // 30 KiB of every service's memory.
             history_len: 30,
+            kept_connections: None,
         }
     }
 }
@@ -123,7 +136,8 @@ impl Autoscaler {
             services: Mutex::default(),
             scaler,
             metrics: Metrics::new(),
-            scraper: Scraper::new(options.scrape_timeout),
+            scraper: Scraper::new(options.scrape_timeout)
+                .keeping_at_most(options.kept_connections.unwrap_or_else(kept_connections_allowed)),
             in_flight: Arc::new(Semaphore::new(CONCURRENT_SCRAPES)),
             options,
             epoch: Instant::now(),
@@ -381,6 +395,7 @@ impl Autoscaler {
             .collect();
         let results: Vec<_> = join_all(tasks).await.into_iter().filter_map(Result::ok).collect();
         self.scraper.close_idle();
+        self.metrics.scrape_connections(self.scraper.kept(), self.scraper.keep_limit());
         let mut services = self.services.locked();
         for (id, ready, results) in results {
             let Some(entry) = services.get_mut(&id) else { continue };

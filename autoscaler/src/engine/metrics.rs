@@ -100,6 +100,8 @@ pub struct Metrics {
     stats_received: Family<SourceLabels, Counter>,
     tick_duration: Histogram,
     cold_start_decision: HistogramFamily,
+    scrape_connections_kept: Gauge,
+    scrape_connections_limit: Gauge,
 }
 
 impl Default for Metrics {
@@ -131,6 +133,8 @@ impl Metrics {
             // benchmark reads them from here).
             tick_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             cold_start_decision: Family::new_with_constructor(decision_histogram),
+            scrape_connections_kept: Gauge::default(),
+            scrape_connections_limit: Gauge::default(),
         };
         registry.register("desired_pods", "Replicas the autoscaler wants", m.desired.clone());
         registry.register("ready_pods", "Ready pods", m.ready.clone());
@@ -172,6 +176,16 @@ impl Metrics {
             "Cold starts: first stat showing load at zero until the decision to scale up",
             Unit::Seconds,
             m.cold_start_decision.clone(),
+        );
+        registry.register(
+            "scrape_connections_kept",
+            "Scrape connections kept open between seconds",
+            m.scrape_connections_kept.clone(),
+        );
+        registry.register(
+            "scrape_connections_limit",
+            "The most scrape connections kept; pods beyond it are scraped on a new connection each second",
+            m.scrape_connections_limit.clone(),
         );
         for source in ["pod", "activator"] {
             let _ = m.stats_received.get_or_create(&SourceLabels { source });
@@ -232,6 +246,12 @@ impl Metrics {
     /// Counts received stats.
     pub fn stats_received(&self, source: &'static str, count: u64) {
         self.stats_received.get_or_create(&SourceLabels { source }).inc_by(count);
+    }
+
+    /// Sets the scrape connections kept now and the most that may be.
+    pub fn scrape_connections(&self, kept: usize, limit: usize) {
+        self.scrape_connections_kept.set(i64::try_from(kept).unwrap_or(i64::MAX));
+        self.scrape_connections_limit.set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     /// Records how long a tick of every service took.

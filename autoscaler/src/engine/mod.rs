@@ -19,7 +19,7 @@ pub mod metrics;
 mod scaler;
 pub mod scrape;
 
-pub use autoscaler::{Autoscaler, Options, PodTarget};
+pub use autoscaler::{Autoscaler, Options, PodTarget, kept_connections_allowed};
 pub use controller::{Actions, DecisionRecord, ServiceController, ServiceStatus, Why};
 pub use metrics::{Metrics, ServiceSeries};
 pub use scaler::Scaler;

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,20 +44,40 @@ pub enum ScrapeError {
     Decode(String),
 }
 
-/// One kept-alive HTTP/1.1 connection per pod, reused from second to second.
+/// One kept-alive HTTP/1.1 connection per pod, reused from second to second, as long as the process may hold
+/// that many: beyond [`Scraper::keeping_at_most`] connections a pod is scraped on a new connection that its
+/// queue-proxy closes after answering, so an autoscaler short of descriptors costs more CPU, not its stats or
+/// the descriptors its ingest and API connections need.
 ///
 /// Not hyper-util's pooled client: at 10,000 services (30,000 pods a second) its pool's bookkeeping per
 /// request cost more than the request itself, and a scrape only ever needs its own pod's one connection.
 #[derive(Debug, Clone)]
 pub struct Scraper {
     idle: Arc<Mutex<HashMap<SocketAddr, (TcpStream, Instant)>>>,
+    /// Connections kept, idle or carrying a request.
+    kept: Arc<AtomicUsize>,
+    keep: usize,
+    /// Whether a pod has been scraped on a connection of its own (logged once).
+    over_budget: Arc<AtomicBool>,
     timeout: Duration,
 }
 
 impl Scraper {
-    /// A scraper whose every request is bounded by `timeout`.
+    /// A scraper whose every request is bounded by `timeout`, keeping a connection to every pod.
     pub fn new(timeout: Duration) -> Self {
-        Self { idle: Arc::default(), timeout }
+        Self {
+            idle: Arc::default(),
+            kept: Arc::default(),
+            keep: usize::MAX,
+            over_budget: Arc::default(),
+            timeout,
+        }
+    }
+
+    /// Keeps at most `connections` connections open between scrapes.
+    pub fn keeping_at_most(mut self, connections: usize) -> Self {
+        self.keep = connections;
+        self
     }
 
     /// The stat of the queue-proxy whose stats port is `addr`.
@@ -68,27 +89,90 @@ impl Scraper {
     }
 
     async fn fetch(&self, addr: SocketAddr) -> Result<PodStat, ScrapeError> {
-        let kept = self.idle.locked().remove(&addr).map(|(stream, _)| stream).filter(still_open);
-        let (stat, stream) = match kept {
-            Some(stream) => match exchange(stream, addr).await {
+        let kept = self.idle.locked().remove(&addr).map(|(stream, _)| stream);
+        // The place is given back when the connection is not put back, whatever ends this (a timeout too).
+        let place = match kept {
+            Some(_) => Some(Place(&self.kept)),
+            None => self.take_place(),
+        };
+        let Some(place) = place else {
+            return exchange(connect(addr).await?, addr, Connection::Close)
+                .await
+                .map(|(stat, _)| stat)
+                .map_err(Into::into);
+        };
+        let (stat, stream) = match kept.filter(still_open) {
+            Some(stream) => match exchange(stream, addr, Connection::Keep).await {
                 // The pod closed the kept connection while it was idle (it restarted, or its own idle timeout
                 // passed) before a byte of the answer came: once more on a new connection, as any HTTP client
                 // does with an idempotent GET.
-                Err(Exchange::Closed) => exchange(connect(addr).await?, addr).await?,
+                Err(Exchange::Closed) => exchange(connect(addr).await?, addr, Connection::Keep).await?,
                 other => other?,
             },
-            None => exchange(connect(addr).await?, addr).await?,
+            None => exchange(connect(addr).await?, addr, Connection::Keep).await?,
         };
         if let Some(stream) = stream {
             self.idle.locked().insert(addr, (stream, Instant::now()));
+            place.keep();
         }
         Ok(stat)
     }
 
+    /// A place for one more kept connection, if there is room.
+    fn take_place(&self) -> Option<Place<'_>> {
+        let taken =
+            self.kept.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.keep).then_some(n + 1));
+        if taken.is_err() && !self.over_budget.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                kept = self.keep,
+                "more pods than connections this process may keep: the others are scraped on a new connection \
+                 each time; raise the open-files limit"
+            );
+        }
+        taken.ok().map(|_| Place(&self.kept))
+    }
+
+    /// The most connections kept between scrapes.
+    pub fn keep_limit(&self) -> usize {
+        self.keep
+    }
+
+    /// Connections kept between scrapes now, idle or carrying a request.
+    pub fn kept(&self) -> usize {
+        self.kept.load(Ordering::Relaxed)
+    }
+
     /// Closes the connections unused for a while (their pods are gone or no longer sampled).
     pub fn close_idle(&self) {
-        self.idle.locked().retain(|_, (stream, used)| used.elapsed() < IDLE && still_open(stream));
+        let mut idle = self.idle.locked();
+        let before = idle.len();
+        idle.retain(|_, (stream, used)| used.elapsed() < IDLE && still_open(stream));
+        self.kept.fetch_sub(before - idle.len(), Ordering::AcqRel);
     }
+}
+
+/// One of the scraper's places for a kept connection, given back when dropped unless the connection was kept.
+struct Place<'a>(&'a AtomicUsize);
+
+impl Place<'_> {
+    /// The connection went back to the idle set, which holds the place from now on.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether a request asks to keep its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    Keep,
+    /// `connection: close`: the pod closes first, so the closed socket's wait (TIME_WAIT) is on its side.
+    Close,
 }
 
 /// A new connection to `addr`.
@@ -132,8 +216,17 @@ fn request_failed(err: impl ToString) -> Exchange {
 }
 
 /// Sends `GET /stats` on `stream` and reads the stat; the stream comes back when it may carry the next one.
-async fn exchange(mut stream: TcpStream, addr: SocketAddr) -> Result<(PodStat, Option<TcpStream>), Exchange> {
-    let request = format!("GET {STATS_PATH} HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+async fn exchange(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    connection: Connection,
+) -> Result<(PodStat, Option<TcpStream>), Exchange> {
+    let request = match connection {
+        Connection::Keep => format!("GET {STATS_PATH} HTTP/1.1\r\nhost: {addr}\r\n\r\n"),
+        Connection::Close => {
+            format!("GET {STATS_PATH} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")
+        }
+    };
     stream.write_all(request.as_bytes()).await.map_err(request_failed)?;
     let mut buf = [0u8; READ_BUFFER];
     let mut filled = 0;
@@ -204,7 +297,7 @@ async fn exchange(mut stream: TcpStream, addr: SocketAddr) -> Result<(PodStat, O
     };
     let stat = PodStat::decode(&body).map_err(|e| ScrapeError::Decode(e.to_string()))?;
     // A connection is kept only when the pod says so and sent nothing past its answer.
-    let reusable = response.keep_alive && filled == end;
+    let reusable = connection == Connection::Keep && response.keep_alive && filled == end;
     Ok((stat, reusable.then_some(stream)))
 }
 
@@ -275,30 +368,48 @@ mod tests {
         Stall,
     }
 
-    /// A server answering every request with `response`; the count is of the connections it accepted.
-    async fn server(response: Vec<u8>, then: Then) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A test pod: its address, the connections it accepted and the requests that asked it to close.
+    struct TestPod {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        asked_to_close: Arc<AtomicUsize>,
+    }
+
+    impl TestPod {
+        fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A server answering every request with `response`.
+    async fn server(response: Vec<u8>, then: Then) -> TestPod {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let (accepted, asked_to_close) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (count, closing) = (accepted.clone(), asked_to_close.clone());
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let response = response.clone();
+                let (response, closing) = (response.clone(), closing.clone());
                 tokio::spawn(async move {
                     let mut request = [0u8; 1024];
-                    while matches!(stream.read(&mut request).await, Ok(n) if n > 0) {
+                    while let Ok(n) = stream.read(&mut request).await
+                        && n > 0
+                    {
+                        let close =
+                            String::from_utf8_lossy(&request[..n]).contains("\r\nconnection: close\r\n");
+                        closing.fetch_add(usize::from(close), Ordering::SeqCst);
                         match then {
                             Then::Stall => std::future::pending::<()>().await,
-                            Then::KeepOpen => drop(stream.write_all(&response).await),
-                            Then::Close => return drop(stream.write_all(&response).await),
+                            Then::KeepOpen if !close => drop(stream.write_all(&response).await),
+                            Then::KeepOpen | Then::Close => return drop(stream.write_all(&response).await),
                         }
                     }
                 });
             }
         });
-        (addr, accepted)
+        TestPod { addr, accepted, asked_to_close }
     }
 
     fn http(status: &str, fields: &str, body: &[u8]) -> Vec<u8> {
@@ -315,10 +426,10 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_pod_times_out_and_the_others_answer() {
         let scraper = Scraper::new(Duration::from_millis(200));
-        let (good, _) = server(ok(), Then::KeepOpen).await;
-        let (stalled, _) = server(ok(), Then::Stall).await;
-        let (failing, _) = server(http("503 Service Unavailable", "", b"no"), Then::KeepOpen).await;
-        let (huge, _) = server(http("200 OK", "", &vec![1u8; MAX_STAT_LEN + 1]), Then::KeepOpen).await;
+        let good = server(ok(), Then::KeepOpen).await.addr;
+        let stalled = server(ok(), Then::Stall).await.addr;
+        let failing = server(http("503 Service Unavailable", "", b"no"), Then::KeepOpen).await.addr;
+        let huge = server(http("200 OK", "", &vec![1u8; MAX_STAT_LEN + 1]), Then::KeepOpen).await.addr;
 
         let (good, stalled, failing, huge) = tokio::join!(
             scraper.scrape(good),
@@ -335,30 +446,33 @@ mod tests {
     #[tokio::test]
     async fn one_connection_carries_every_second() {
         let scraper = Scraper::new(Duration::from_secs(5));
-        let (pod, accepted) = server(ok(), Then::KeepOpen).await;
+        let pod = server(ok(), Then::KeepOpen).await;
         for _ in 0..5 {
-            assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
+            assert_eq!(scraper.scrape(pod.addr).await.unwrap(), stat());
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pod.accepted(), 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_pod_closed_is_replaced_without_an_error() {
         let scraper = Scraper::new(Duration::from_secs(5));
         // The pod says nothing of closing, then closes after each answer (as one restarting would).
-        let (pod, accepted) = server(ok(), Then::Close).await;
+        let pod = server(ok(), Then::Close).await;
         for _ in 0..3 {
-            assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
+            assert_eq!(scraper.scrape(pod.addr).await.unwrap(), stat());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(pod.accepted(), 3);
         // One that says it closes is not kept in the first place.
-        let (pod, accepted) =
+        let pod =
             server(http("200 OK", "connection: close\r\n", &stat().encode().unwrap()), Then::KeepOpen).await;
         for _ in 0..2 {
-            assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
+            assert_eq!(scraper.scrape(pod.addr).await.unwrap(), stat());
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pod.accepted(), 2);
+        // The first pod's last connection, closed while idle, is let go with the idle ones.
+        scraper.close_idle();
+        assert_eq!(scraper.kept(), 0);
     }
 
     #[tokio::test]
@@ -374,10 +488,10 @@ mod tests {
         }
         response.extend_from_slice(b"0\r\n\r\n");
         let scraper = Scraper::new(Duration::from_secs(5));
-        let (pod, accepted) = server(response, Then::KeepOpen).await;
-        assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
-        assert_eq!(scraper.scrape(pod).await.unwrap(), stat());
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let pod = server(response, Then::KeepOpen).await;
+        assert_eq!(scraper.scrape(pod.addr).await.unwrap(), stat());
+        assert_eq!(scraper.scrape(pod.addr).await.unwrap(), stat());
+        assert_eq!(pod.accepted(), 1);
     }
 
     #[tokio::test]
@@ -386,9 +500,48 @@ mod tests {
         for response in
             [&b"SSH-2.0-OpenSSH\r\n\r\n"[..], &[b'x'; READ_BUFFER * 2][..], b"HTTP/1.1 200 OK\r\n\r\n"]
         {
-            let (pod, _) = server(response.to_vec(), Then::Close).await;
-            let result = scraper.scrape(pod).await;
+            let pod = server(response.to_vec(), Then::Close).await;
+            let result = scraper.scrape(pod.addr).await;
             assert!(matches!(result, Err(ScrapeError::Request(_) | ScrapeError::Decode(_))), "{result:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn pods_beyond_the_kept_connections_are_scraped_on_connections_they_close() {
+        let scraper = Scraper::new(Duration::from_millis(300)).keeping_at_most(2);
+        let mut pods = Vec::new();
+        for _ in 0..4 {
+            pods.push(server(ok(), Then::KeepOpen).await);
+        }
+        for _ in 0..3 {
+            for pod in &pods {
+                assert_eq!(scraper.scrape(pod.addr).await.unwrap(), stat());
+            }
+        }
+        // The first two keep theirs; the other two get a new connection each second, and close it themselves.
+        let accepted: Vec<usize> = pods.iter().map(TestPod::accepted).collect();
+        assert_eq!(accepted, [1, 1, 3, 3]);
+        let asked: Vec<usize> = pods.iter().map(|p| p.asked_to_close.load(Ordering::SeqCst)).collect();
+        assert_eq!(asked, [0, 0, 3, 3]);
+        assert_eq!(scraper.kept(), 2);
+
+        // A kept connection that times out gives its place back, and the next pod takes it.
+        let stalled = server(ok(), Then::Stall).await;
+        let scraper = Scraper::new(Duration::from_millis(100)).keeping_at_most(1);
+        assert!(matches!(scraper.scrape(stalled.addr).await, Err(ScrapeError::Timeout(_))));
+        assert_eq!(scraper.kept(), 0);
+        for _ in 0..2 {
+            assert_eq!(scraper.scrape(pods[3].addr).await.unwrap(), stat());
+        }
+        assert_eq!(pods[3].accepted(), 4, "one new connection, kept for the second scrape");
+        assert_eq!(scraper.kept(), 1);
+        // A kept connection its pod closed while idle gives its place back when idle ones are closed.
+        let closing = server(ok(), Then::Close).await;
+        let scraper = Scraper::new(Duration::from_millis(300)).keeping_at_most(1);
+        assert_eq!(scraper.scrape(closing.addr).await.unwrap(), stat());
+        assert_eq!(scraper.kept(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scraper.close_idle();
+        assert_eq!(scraper.kept(), 0);
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use super::addresses::Fleet;
@@ -57,29 +57,19 @@ pub const STEP_LOAD: f64 = 60.0;
 /// The annotations of every service.
 pub const ANNOTATIONS: [(&str, &str); 1] = [("autoscaling.knative.dev/target", "10")];
 
-/// Every pod is a connection to keep open on each side: raises the descriptor limit as far as allowed.
-pub fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if setrlimit(Resource::RLIMIT_NOFILE, 500_000, 500_000).is_err()
-        && let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
-/// Fails unless this process may hold a kept-alive connection to every pod (a sandbox may cap descriptors
-/// below what the benchmark needs; a scraper out of descriptors only measures its own errors).
-pub fn check_fd_limit(fleet: Fleet) -> Result<()> {
-    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
-    let needed = fleet.total_pods() as u64 + 1_000;
-    if soft < needed {
-        bail!(
-            "{} pods need about {needed} open files, and this process may open {soft}: run fewer services here, \
-             or where the limit can be raised",
-            fleet.total_pods()
+/// Says so when the fleet has more pods than this process may keep connections to: the autoscaler then
+/// scrapes the others on a new connection each second (`ebb_autoscaler_scrape_connections_limit`), and the run
+/// measures that cost too. The farm child keeps the other end of each kept connection.
+pub fn note_fd_limit(fleet: Fleet) {
+    let keep = ebb_autoscaler::engine::kept_connections_allowed();
+    if fleet.total_pods() > keep {
+        eprintln!(
+            "{} pods, and this process may keep {keep} connections: {} pods are scraped on a new connection each \
+             second",
+            fleet.total_pods(),
+            fleet.total_pods() - keep
         );
     }
-    Ok(())
 }
 
 /// The fleet of `shape`.
@@ -135,9 +125,17 @@ impl Drop for FarmChild {
 
 /// The sum of the engine's `scrape_errors` counters.
 pub fn scrape_errors(metrics: &str) -> f64 {
-    metrics
+    metric_sum(metrics, "ebb_autoscaler_scrape_errors_total").unwrap_or(0.0)
+}
+
+/// A metric on a metrics page, summed over its series; `None` when the page has none (a controller from
+/// before the metric existed).
+pub fn metric_sum(page: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = page
         .lines()
-        .filter(|l| l.starts_with("ebb_autoscaler_scrape_errors"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with(['{', ' ']))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }

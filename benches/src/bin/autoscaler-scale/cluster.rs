@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use ebb_autoscaler::cluster::{ClusterController, Options};
 use ebb_benches::scale::addresses::{Fleet, pod_name, service_name};
 use ebb_benches::scale::driver::{
-    ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, check_fd_limit, fleet, scrape_errors,
+    ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, fleet, metric_sum, note_fd_limit, scrape_errors,
 };
 use ebb_benches::scale::measure::{cpu_time, ms, quantile, status_kib};
 use ebb_test_support::autoscaler::{metrics_text, token_of};
@@ -29,7 +29,7 @@ const CREATING: usize = 32;
 pub async fn run(args: DriverArgs) -> Result<()> {
     let shape = &args.shape;
     let fleet = fleet(shape);
-    check_fd_limit(fleet)?;
+    note_fd_limit(fleet);
     let me = std::process::id();
     let Some(cp) = require::control_plane() else { bail!("no control plane to run on (see above)") };
     let admin = cp.client().await;
@@ -115,7 +115,7 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let passes = histogram(&page, "ebb_autoscaler_reconcile_pass_seconds").since(&passes_from);
     let pass_bound = |q: f64| (passes.count > 0.0).then(|| passes.quantile_bound(q) * 1000.0);
     let per_second = |name: &str| {
-        let moved = counter(&page, name)? - counter(&page_from, name)?;
+        let moved = metric_sum(&page, name)? - metric_sum(&page_from, name)?;
         Some(moved / elapsed.as_secs_f64())
     };
     let q = |s: &[Duration], p: f64| quantile(s, p).map_or(f64::NAN, ms);
@@ -136,11 +136,13 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         "step_to_patch_ms": steps.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         "step_to_patch_max_ms": q(&steps, 1.0),
         "scrape_errors_measured": scrape_errors(&metrics) - errors_from,
+        "scrape_connections_kept": metric_sum(&metrics, "ebb_autoscaler_scrape_connections_kept"),
+        "scrape_connections_limit": metric_sum(&metrics, "ebb_autoscaler_scrape_connections_limit"),
         "reconcile_passes_per_s": per_second("ebb_autoscaler_reconcile_passes_total"),
         "reconcile_services_per_s": per_second("ebb_autoscaler_reconcile_services_total"),
         "reconcile_pass_p50_le_ms": pass_bound(0.5),
         "reconcile_pass_p99_le_ms": pass_bound(0.99),
-        "reconcile_unsettled_at_end": counter(&page, "ebb_autoscaler_reconcile_unsettled"),
+        "reconcile_unsettled_at_end": metric_sum(&page, "ebb_autoscaler_reconcile_unsettled"),
     });
     println!("{result}");
     controller.shutdown().await;
@@ -256,16 +258,4 @@ fn histogram(metrics: &str, name: &str) -> Histogram {
         }
     }
     histogram
-}
-
-/// A counter on the controller's metrics page, summed over its series; `None` when the page has none (a
-/// controller from before the counter existed).
-fn counter(page: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = page
-        .lines()
-        .filter_map(|l| l.strip_prefix(name))
-        .filter(|rest| rest.starts_with(['{', ' ']))
-        .filter_map(|rest| rest.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
 }

@@ -28,7 +28,7 @@ use ebb_autoscaler::cluster::ingest::Ingest;
 use ebb_autoscaler::engine::{Autoscaler, Options, PodTarget, Scaler};
 use ebb_benches::scale::addresses::service_name;
 use ebb_benches::scale::driver::{
-    ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, Shape, check_fd_limit, fleet, raise_fd_limit,
+    ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, Shape, fleet, metric_sum, note_fd_limit,
     scrape_errors,
 };
 use ebb_benches::scale::farm::{self, Loads};
@@ -70,7 +70,7 @@ struct FarmArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    raise_fd_limit();
+    ebb_process::limits::raise_open_files();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Mode_::Farm(args) => runtime.block_on(run_farm(args)),
@@ -174,7 +174,7 @@ fn service_config() -> ebb_config::ServiceConfig {
 async fn run_engine(args: DriverArgs) -> Result<()> {
     let shape = &args.shape;
     let fleet = fleet(shape);
-    check_fd_limit(fleet)?;
+    note_fd_limit(fleet);
     let me = std::process::id();
     if let Some(path) = &args.pid_file {
         std::fs::write(path, me.to_string())?;
@@ -295,6 +295,7 @@ async fn run_engine(args: DriverArgs) -> Result<()> {
     };
     let (ticks, collections) = (window(&ticks), window(&collections));
     let q = |s: &[Duration], p: f64| quantile(s, p).map_or(f64::NAN, ms);
+    let metrics = autoscaler.encode_metrics();
     let latencies: Vec<Duration> = steps.iter().map(|(_, _, d)| *d).collect();
     let result = serde_json::json!({
         "mode": "engine",
@@ -320,7 +321,9 @@ async fn run_engine(args: DriverArgs) -> Result<()> {
         "steps": steps.len(),
         "step_to_patch_ms": latencies.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         "step_to_patch_max_ms": q(&latencies, 1.0),
-        "scrape_errors_measured": scrape_errors(&autoscaler.encode_metrics()) - errors_from,
+        "scrape_errors_measured": scrape_errors(&metrics) - errors_from,
+        "scrape_connections_kept": metric_sum(&metrics, "ebb_autoscaler_scrape_connections_kept"),
+        "scrape_connections_limit": metric_sum(&metrics, "ebb_autoscaler_scrape_connections_limit"),
     });
     println!("{result}");
     drop(farm);
