@@ -78,8 +78,8 @@ impl Default for Options {
             scrape_timeout: Duration::from_millis(500),
             scrape_interval: Duration::from_secs(1),
             tick_interval: TICK_INTERVAL,
-            // A minute of ticks. Each record is about 300 bytes with its reason sentence; 100 of them made
-            // 30 KiB of every service's memory.
+            // A minute of ticks, 160 bytes each: 4.7 KiB of every service's memory (100 records with their
+            // reason sentences once made 30 KiB).
             history_len: 30,
             kept_connections: None,
         }
@@ -612,6 +612,10 @@ mod tests {
         // Target 10 at the default 70 % utilization is 7 per pod: ceil(50 / 7) = 8, over 2 x 1 ready.
         assert!(last.panic, "50 concurrent over a target of 7 on 1 pod is a panic: {last:?}");
         assert_eq!(last.desired, 8, "{last:?}");
+        // What the kept history rebuilds from the decider's outcome.
+        assert_eq!(last.decider_desired, Some(8), "{last:?}");
+        assert!(last.excess_burst_capacity.is_some_and(|e| e < 0), "{last:?}");
+        assert_eq!((last.decider_kind, last.changed), ("panic", true), "{last:?}");
     }
 
     #[test]
