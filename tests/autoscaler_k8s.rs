@@ -843,3 +843,50 @@ async fn a_pod_event_visits_its_service_not_every_service() {
     );
     env.stop().await;
 }
+
+/// A pass that finds a problem with many services at once publishes their Warning Events a few at a time, over
+/// a few connections: unbounded, each Event was a request of its own at once, and kube's pool opened (and kept)
+/// a connection to the API server for each.
+#[tokio::test]
+async fn a_burst_of_warnings_is_published_over_a_few_connections() {
+    const SERVICES: usize = 150;
+    let Some(mut env) = Env::start("as-burst", &[]).await else { return };
+    let cp = require::control_plane().expect("a control plane, as Env started");
+    // Created while no controller runs, so that the next one finds every problem in its first pass.
+    env.controller.take().expect("a controller").shutdown().await;
+    for i in 0..SERVICES {
+        env.create(&format!("bad-{i}"), 0, &[("autoscaling.knative.dev/window", "2s")]).await;
+    }
+    let before = cp.connections_from_this_process();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(cp.connections_from_this_process(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    env.restart_controller("replica-1").await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.admin.clone(), &env.ns);
+    wait_for(TIMEOUT, "an InvalidConfiguration Event on every service", async || {
+        let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let warned: std::collections::BTreeSet<String> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("InvalidConfiguration"))
+            .filter_map(|e| e.regarding?.name)
+            .collect();
+        if warned.len() == SERVICES { Ok(()) } else { Err(format!("{} of {SERVICES}", warned.len())) }
+    })
+    .await;
+    sampler.abort();
+    let opened = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before);
+    // The new controller's watches, its pass's writes, and the Events in flight; not one per Event.
+    assert!(
+        opened < SERVICES / 3,
+        "{opened} connections opened to the API server for {SERVICES} Events ({before} before)"
+    );
+    env.stop().await;
+}

@@ -422,6 +422,13 @@ impl ControlPlane {
         &self.server
     }
 
+    /// This process's established TCP connections to the API server (its clients', whichever test made them).
+    pub fn connections_from_this_process(&self) -> usize {
+        let port: u16 =
+            self.server.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port in the URL");
+        established_connections_to(port)
+    }
+
     /// The control plane's directory (logs `NAME.log`, kubeconfigs); removed at teardown unless
     /// `EBB_KUBE_KEEP=1`.
     pub fn dir(&self) -> &Path {
@@ -654,4 +661,34 @@ impl Drop for TestNamespace {
             }
         });
     }
+}
+
+/// This process's established TCP connections whose far end is port `port` (`/proc/self/net/tcp*` lists the
+/// network namespace's sockets, `/proc/self/fd` says which are this process's).
+fn established_connections_to(port: u16) -> usize {
+    const ESTABLISHED: &str = "01";
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let far_port = format!(":{port:04X}");
+    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 9
+                && fields[2].ends_with(&far_port)
+                && fields[3] == ESTABLISHED
+                && ours.contains(fields[9])
+        })
+        .count()
 }

@@ -1,24 +1,34 @@
 //! Kubernetes Events (events.k8s.io/v1) through kube's `Recorder`, with a small dedupe so that a problem that
 //! is found again on every pass (an invalid annotation, a pod stuck pulling) is reported once per
-//! [`REPEAT_AFTER`], not every second. Publishing never blocks the caller: it runs on its own task.
+//! [`REPEAT_AFTER`], not every second. Publishing never blocks the caller: events wait in a queue of
+//! [`QUEUE`] for one task that publishes [`IN_FLIGHT`] at a time, and an event that finds the queue full is
+//! only logged (as every event is), as client-go's broadcaster drops beyond its queue. Unbounded, the first
+//! pass over 1,000 services with a problem each published 1,000 Events at once, and kube's HTTP/1.1 pool
+//! opened a connection for each and kept them: 1,023 connections to the API server and 22 MB of their state.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ebb_process::sync::Locked;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tokio::sync::mpsc;
 
 /// The same event (object, reason, note) is not published again within this time.
 pub const REPEAT_AFTER: Duration = Duration::from_secs(600);
 /// Longest note the API accepts is 1 kB.
 const MAX_NOTE: usize = 1000;
+/// Events waiting to be published.
+pub const QUEUE: usize = 1024;
+/// Events being published at once (each a request, and a connection while it is in flight).
+pub const IN_FLIGHT: usize = 8;
 
 /// Publishes Events as the autoscaler.
 pub struct Events {
-    client: Client,
+    queue: mpsc::Sender<(Event, ObjectReference)>,
     reporter: Reporter,
     seen: Mutex<HashMap<(String, String, String), Instant>>,
 }
@@ -33,7 +43,9 @@ impl Events {
     /// A publisher reporting as `controller` (instance: this replica's identity).
     pub fn new(client: Client, controller: &str, instance: &str) -> Self {
         let reporter = Reporter { controller: controller.to_owned(), instance: Some(instance.to_owned()) };
-        Self { client, reporter, seen: Mutex::default() }
+        let (queue, waiting) = mpsc::channel(QUEUE);
+        tokio::spawn(publish_all(client, reporter.clone(), waiting));
+        Self { queue, reporter, seen: Mutex::default() }
     }
 
     /// A Normal event (always published: each one records a distinct action, such as a scale change).
@@ -82,9 +94,6 @@ impl Events {
             EventType::Warning => tracing::warn!(object = %object_key(&regarding), reason, "{note}"),
             EventType::Normal => tracing::info!(object = %object_key(&regarding), reason, "{note}"),
         }
-        // A fresh recorder each time: kube's recorder folds events with the same reason into one series and
-        // keeps the first note, which would hide every later scale change's reason.
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let event = Event {
             type_,
             reason: reason.to_owned(),
@@ -92,12 +101,28 @@ impl Events {
             action: reason.to_owned(),
             secondary: None,
         };
-        tokio::spawn(async move {
-            if let Err(err) = recorder.publish(&event, &regarding).await {
-                tracing::warn!("cannot publish an event: {err}");
-            }
-        });
+        if self.queue.try_send((event, regarding)).is_err() {
+            tracing::warn!(reason, "event not published: {QUEUE} events are waiting already");
+        }
     }
+}
+
+/// Publishes the queued events, [`IN_FLIGHT`] at a time, until every sender is gone.
+async fn publish_all(client: Client, reporter: Reporter, waiting: mpsc::Receiver<(Event, ObjectReference)>) {
+    futures::stream::unfold(waiting, async |mut waiting| waiting.recv().await.map(|next| (next, waiting)))
+        .map(|(event, regarding)| {
+            // A fresh recorder each time: kube's recorder folds events with the same reason into one series
+            // and keeps the first note, which would hide every later scale change's reason.
+            let recorder = Recorder::new(client.clone(), reporter.clone());
+            async move {
+                if let Err(err) = recorder.publish(&event, &regarding).await {
+                    tracing::warn!("cannot publish an event: {err}");
+                }
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<()>()
+        .await;
 }
 
 fn object_key(r: &ObjectReference) -> String {
