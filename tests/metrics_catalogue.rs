@@ -3,11 +3,12 @@
 //! binary builds it, with one service known, so that every per-service family has series to show its labels.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use ebb_activator::metrics::Metrics as ActivatorMetrics;
 use ebb_autoscaler::cluster::metrics::KubeMetrics;
-use ebb_autoscaler::engine::metrics::Metrics as AutoscalerMetrics;
-use ebb_config::ServiceId;
+use ebb_autoscaler::engine::{Autoscaler, Options, Scaler};
+use ebb_config::{GlobalConfig, Mode, ServiceId, resolve_service};
 use ebb_queue_proxy::metrics::Metrics as QueueProxyMetrics;
 
 /// A family as a user queries it: type and label names.
@@ -65,6 +66,27 @@ fn documented(doc: &str) -> Catalogue {
     families
 }
 
+/// A scaler that applies nothing: the engine's page needs a decision, not its effect.
+struct Unapplied;
+
+impl Scaler for Unapplied {
+    fn set_replicas(&self, _service: &ServiceId, _replicas: u32) {}
+    fn set_mode(&self, _service: &ServiceId, _mode: Mode) {}
+    fn activator_in_path(&self, _service: &ServiceId) -> bool {
+        true
+    }
+}
+
+/// The engine's page with one service known and decided once (a decision counter's series appears with the
+/// service's first decision of its kind).
+fn engine_page() -> String {
+    let engine = Autoscaler::new(Arc::new(Unapplied), Options::default());
+    let config = resolve_service(&BTreeMap::new(), &GlobalConfig::default()).expect("the defaults").value;
+    engine.set_service(ServiceId::new("demo", "chat"), config, 1).expect("a valid service");
+    engine.tick();
+    engine.encode_metrics()
+}
+
 fn export_everything() -> Catalogue {
     let queue_proxy = QueueProxyMetrics::new().encode(0, 0, true);
 
@@ -72,12 +94,10 @@ fn export_everything() -> Catalogue {
     let _ = activator.service(&ServiceId::new("demo", "chat"));
     let activator = activator.encode(&[], 0);
 
-    let autoscaler = AutoscalerMetrics::new();
-    autoscaler.add_service(&ServiceId { namespace: "demo".into(), name: "chat".into() });
     let kube = KubeMetrics::new();
     kube.add_service("demo", "chat");
     // The autoscaler serves the controller's families, then the runtime's page.
-    let autoscaler = kube.page(&autoscaler.encode());
+    let autoscaler = kube.page(&engine_page());
 
     let mut all = Catalogue::new();
     for page in [queue_proxy, activator, autoscaler] {
@@ -127,14 +147,13 @@ fn pages() -> Vec<(&'static str, String)> {
     let activator = ActivatorMetrics::new();
     let _ = activator.service(&ServiceId::new("demo", "chat"));
     let activator = activator.encode(&[], 3);
-    let engine = AutoscalerMetrics::new();
-    engine.add_service(&ServiceId { namespace: "demo".into(), name: "chat".into() });
+    let engine = engine_page();
     let kube = KubeMetrics::new();
     kube.add_service("demo", "chat");
-    let autoscaler = kube.page(&engine.encode());
+    let autoscaler = kube.page(&engine);
     // As `ebb up`'s metrics port joins them: one document, one `# EOF`.
     let mut up = String::new();
-    for part in [engine.encode(), activator.clone()] {
+    for part in [engine, activator.clone()] {
         up.push_str(part.trim_end().trim_end_matches("# EOF"));
     }
     up.push_str("# EOF\n");

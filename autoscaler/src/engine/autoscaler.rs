@@ -525,6 +525,31 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_kinds_series_appears_with_its_first_decision_and_counts_every_one() {
+        let autoscaler = Autoscaler::new(Arc::new(Recorder::default()), Options::default());
+        let id = ServiceId::new("demo", "chat");
+        autoscaler.set_service(id.clone(), starting_at_zero(), 0).unwrap();
+        let series = |page: &str, family: &str| -> Vec<String> {
+            page.lines().filter(|l| l.starts_with(family)).map(str::to_owned).collect()
+        };
+        let page = autoscaler.encode_metrics();
+        assert_eq!(series(&page, "ebb_autoscaler_decisions_total{"), [] as [String; 0]);
+        assert!(!series(&page, "ebb_autoscaler_desired_pods{").is_empty(), "gauges exist at once");
+
+        autoscaler.tick();
+        autoscaler.tick();
+        let page = autoscaler.encode_metrics();
+        let decided = series(&page, "ebb_autoscaler_decisions_total{");
+        assert_eq!(decided.len(), 1, "one kind decided: {decided:?}");
+        assert!(decided[0].ends_with(" 2"), "both ticks counted: {decided:?}");
+        assert_eq!(series(&page, "ebb_autoscaler_policy_decisions_total{").len(), 1, "{page}");
+
+        autoscaler.remove_service(&id);
+        let page = autoscaler.encode_metrics();
+        assert_eq!(series(&page, "ebb_autoscaler_decisions_total{"), [] as [String; 0]);
+    }
+
+    #[test]
     fn a_status_that_moves_is_reported_once_and_a_repeat_is_not() {
         let scaler = Arc::new(Moves::default());
         let autoscaler = Autoscaler::new(scaler.clone(), Options::default());
