@@ -90,6 +90,22 @@ pub fn spec_has_queue_proxy(spec: &PodSpec) -> bool {
     queue_proxy_in(spec).is_some()
 }
 
+/// Drops every container but the queue-proxy (as [`has_queue_proxy`] finds it) from `spec`: the only one the
+/// checks read. Container names are unique across a pod's containers and init containers.
+pub(crate) fn keep_only_queue_proxy(spec: &mut PodSpec) {
+    let name = queue_proxy_in(spec).map(|c| c.name.clone());
+    let keep = |c: &Container| name.as_ref() == Some(&c.name);
+    spec.containers.retain(keep);
+    spec.containers.shrink_to_fit();
+    if let Some(init) = &mut spec.init_containers {
+        init.retain(keep);
+        init.shrink_to_fit();
+    }
+    if spec.init_containers.as_ref().is_some_and(Vec::is_empty) {
+        spec.init_containers = None;
+    }
+}
+
 fn queue_proxy_in(spec: &PodSpec) -> Option<&Container> {
     let all = || spec.containers.iter().chain(spec.init_containers.iter().flatten());
     all()

@@ -11,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntr
 use kube::api::DynamicObject;
 use serde_json::json;
 
+use super::env_check;
+
 /// kubectl's copy of the whole applied object, in an annotation.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -46,15 +48,18 @@ fn container(c: Container) -> Container {
     Container { name: c.name, env, ..Default::default() }
 }
 
-/// A pod spec as far as the sidecar checks read it, with its readiness gates (small, and what tells a pod
-/// that waits for more than its own containers).
+/// A pod spec as far as the sidecar checks read it: the queue-proxy's container alone (a `Container` is 2 KiB
+/// even when empty, and a model's pods carry one for each other container), with its readiness gates (small,
+/// and what tells a pod that waits for more than its own containers).
 fn pod_spec(spec: PodSpec) -> PodSpec {
-    PodSpec {
+    let mut kept = PodSpec {
         containers: spec.containers.into_iter().map(container).collect(),
         init_containers: spec.init_containers.map(|c| c.into_iter().map(container).collect()),
         readiness_gates: spec.readiness_gates,
         ..Default::default()
-    }
+    };
+    env_check::keep_only_queue_proxy(&mut kept);
+    kept
 }
 
 /// A container's status as far as a stuck pod is recognised: its name and why it waits.
@@ -87,7 +92,7 @@ pub(crate) fn pod(pod: &mut Pod) {
 }
 
 /// A Deployment: its metadata, replicas, selector and status, and its pod template's metadata and
-/// containers as [`pod`] keeps them.
+/// queue-proxy as [`pod`] keeps them.
 pub(crate) fn deployment(deployment: &mut Deployment) {
     meta(&mut deployment.metadata);
     if let Some(spec) = &mut deployment.spec {
@@ -113,7 +118,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::cluster::env_check;
 
     #[test]
     fn a_pod_keeps_what_the_pass_reads() {
@@ -148,7 +152,6 @@ mod tests {
         assert_eq!(
             kept["spec"],
             json!({"containers": [
-                {"name": "model", "env": []},
                 {"name": "queue-proxy", "env": [
                     {"name": "EBB_UPSTREAM", "value": "127.0.0.1:8080"},
                     {"name": "EBB_CONTAINER_CONCURRENCY", "value": "4"}]}],
@@ -161,6 +164,26 @@ mod tests {
         assert_eq!(kept["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "CrashLoopBackOff");
         assert!(kept["status"]["containerStatuses"][0].get("lastState").is_none());
         assert!(crate::cluster::blocked::blocked(&Pod { metadata: ObjectMeta::default(), ..p }).is_some());
+    }
+
+    #[test]
+    fn a_native_sidecar_queue_proxy_is_kept_where_it_lives_and_the_other_containers_are_not() {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "initContainers": [
+                    {"name": "fetch-weights", "image": "w:1"},
+                    {"name": "qp", "image": "ebb", "restartPolicy": "Always",
+                     "env": [{"name": "EBB_UPSTREAM", "value": "127.0.0.1:8000"}]}],
+                "containers": [{"name": "model", "image": "m:1"}, {"name": "metrics", "image": "x:1"}]},
+        }))
+        .unwrap();
+        pod(&mut p);
+        let spec = p.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty());
+        let init: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(init, ["qp"]);
+        assert!(env_check::has_queue_proxy(&p));
     }
 
     #[test]
@@ -187,7 +210,7 @@ mod tests {
         assert_eq!(kept["spec"]["replicas"], 2);
         assert_eq!(kept["spec"]["selector"]["matchLabels"]["app"], "chat");
         assert_eq!(kept["spec"]["template"]["metadata"]["annotations"]["ebb.dev/target"], "3");
-        assert_eq!(kept["spec"]["template"]["spec"], json!({"containers": [{"name": "model"}]}));
+        assert_eq!(kept["spec"]["template"]["spec"], json!({"containers": []}), "no queue-proxy to keep");
         assert_eq!(kept["status"]["readyReplicas"], 2, "a group member's ready pods");
     }
 }

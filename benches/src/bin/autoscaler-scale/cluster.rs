@@ -75,9 +75,10 @@ pub async fn run(args: DriverArgs) -> Result<()> {
 
     let measure_from = Instant::now();
     let cpu_from = cpu_time(me).context("cpu time")?;
-    let errors_from = scrape_errors(&controller.autoscaler().encode_metrics());
-    let ticks_from = tick_histogram(&controller.autoscaler().encode_metrics());
+    // One read of the page, as a Prometheus scrape makes (its copies are part of the memory measured).
     let page_from = metrics_text(controller.metrics_addr).await;
+    let errors_from = scrape_errors(&page_from);
+    let ticks_from = tick_histogram(&page_from);
     let passes_from = histogram(&page_from, "ebb_autoscaler_reconcile_pass_seconds");
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     let mut steps = Vec::new();
@@ -109,9 +110,8 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let elapsed = measure_from.elapsed();
     let cpu = cpu_time(me).context("cpu time")? - cpu_from;
     let rss = status_kib(me, "VmRSS").unwrap_or(0);
-    let metrics = controller.autoscaler().encode_metrics();
-    let ticks = tick_histogram(&metrics).since(&ticks_from);
     let page = metrics_text(controller.metrics_addr).await;
+    let ticks = tick_histogram(&page).since(&ticks_from);
     let passes = histogram(&page, "ebb_autoscaler_reconcile_pass_seconds").since(&passes_from);
     let pass_bound = |q: f64| (passes.count > 0.0).then(|| passes.quantile_bound(q) * 1000.0);
     let per_second = |name: &str| {
@@ -135,9 +135,9 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         "steps": steps.len(),
         "step_to_patch_ms": steps.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         "step_to_patch_max_ms": q(&steps, 1.0),
-        "scrape_errors_measured": scrape_errors(&metrics) - errors_from,
-        "scrape_connections_kept": metric_sum(&metrics, "ebb_autoscaler_scrape_connections_kept"),
-        "scrape_connections_limit": metric_sum(&metrics, "ebb_autoscaler_scrape_connections_limit"),
+        "scrape_errors_measured": scrape_errors(&page) - errors_from,
+        "scrape_connections_kept": metric_sum(&page, "ebb_autoscaler_scrape_connections_kept"),
+        "scrape_connections_limit": metric_sum(&page, "ebb_autoscaler_scrape_connections_limit"),
         "reconcile_passes_per_s": per_second("ebb_autoscaler_reconcile_passes_total"),
         "reconcile_services_per_s": per_second("ebb_autoscaler_reconcile_services_total"),
         "reconcile_pass_p50_le_ms": pass_bound(0.5),
