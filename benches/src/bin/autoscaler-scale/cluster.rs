@@ -14,6 +14,7 @@ use ebb_benches::scale::driver::{
     ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, fleet, metric_sum, note_fd_limit, scrape_errors,
 };
 use ebb_benches::scale::measure::{cpu_time, ms, quantile, status_kib};
+use ebb_config::ServiceId;
 use ebb_test_support::autoscaler::{metrics_text, token_of};
 use ebb_test_support::{TestNamespace, require};
 use futures::StreamExt;
@@ -82,12 +83,15 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let passes_from = histogram(&page_from, "ebb_autoscaler_reconcile_pass_seconds");
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     let mut steps = Vec::new();
+    // Per step: from the load step to the engine's decision (the tick that saw it), and on to the patch.
+    let mut decisions: Vec<(Option<f64>, Option<f64>)> = Vec::new();
     let step_every = Duration::from_secs(args.measure) / (args.steps as u32 + 1);
     for k in 0..args.steps {
         tokio::time::sleep(step_every).await;
         let service = 1 + k * (fleet.services / args.steps.max(1));
         let name = service_name(service);
         let stepped = Instant::now();
+        let stepped_unix_ms = unix_ms();
         farm.set_load(service, STEP_LOAD)?;
         let scaled = loop {
             let replicas = deployments.get_scale(&name).await?.spec.and_then(|s| s.replicas).unwrap_or(0);
@@ -100,9 +104,21 @@ pub async fn run(args: DriverArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         farm.set_load(service, REST_LOAD)?;
+        let id = ServiceId::new(ns.name(), name.as_str());
+        let decided = controller
+            .autoscaler()
+            .decisions(&id)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|d| d.unix_ms >= stepped_unix_ms && d.changed && d.desired > fleet.pods as u32);
+        let to_decision = decided.map(|d| (d.unix_ms - stepped_unix_ms) as f64);
+        let to_patch = scaled.zip(to_decision).map(|(took, decided)| ms(took) - decided);
+        decisions.push((to_decision, to_patch));
         match scaled {
             Some(took) => steps.push(took),
-            None => eprintln!("step on {name}: no scale patch within 20 s"),
+            None => {
+                eprintln!("step on {name}: no scale patch within 20 s (decided after {to_decision:?} ms)")
+            }
         }
     }
     let remaining = Duration::from_secs(args.measure).saturating_sub(measure_from.elapsed());
@@ -135,6 +151,8 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         "steps": steps.len(),
         "step_to_patch_ms": steps.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         "step_to_patch_max_ms": q(&steps, 1.0),
+        "step_to_decision_ms": decisions.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+        "decision_to_patch_ms": decisions.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
         "scrape_errors_measured": scrape_errors(&page) - errors_from,
         "scrape_connections_kept": metric_sum(&page, "ebb_autoscaler_scrape_connections_kept"),
         "scrape_connections_limit": metric_sum(&page, "ebb_autoscaler_scrape_connections_limit"),
@@ -258,4 +276,9 @@ fn histogram(metrics: &str, name: &str) -> Histogram {
         }
     }
     histogram
+}
+
+/// Wall-clock milliseconds since the Unix epoch, as decision records carry them.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
