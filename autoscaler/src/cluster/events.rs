@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ebb_process::sync::Locked;
@@ -29,6 +30,8 @@ pub const IN_FLIGHT: usize = 8;
 /// Publishes Events as the autoscaler.
 pub struct Events {
     queue: mpsc::Sender<(Event, ObjectReference)>,
+    /// Whether the last event found the queue full.
+    dropping: AtomicBool,
     reporter: Reporter,
     seen: Mutex<HashMap<(String, String, String), Instant>>,
 }
@@ -45,7 +48,7 @@ impl Events {
         let reporter = Reporter { controller: controller.to_owned(), instance: Some(instance.to_owned()) };
         let (queue, waiting) = mpsc::channel(QUEUE);
         tokio::spawn(publish_all(client, reporter.clone(), waiting));
-        Self { queue, reporter, seen: Mutex::default() }
+        Self { queue, dropping: AtomicBool::new(false), reporter, seen: Mutex::default() }
     }
 
     /// A Normal event (always published: each one records a distinct action, such as a scale change).
@@ -101,8 +104,13 @@ impl Events {
             action: reason.to_owned(),
             secondary: None,
         };
-        if self.queue.try_send((event, regarding)).is_err() {
-            tracing::warn!(reason, "event not published: {QUEUE} events are waiting already");
+        // Every event is logged above; a full queue is said once per burst, not once per event.
+        match self.queue.try_send((event, regarding)) {
+            Ok(()) => self.dropping.store(false, Ordering::Relaxed),
+            Err(_) if !self.dropping.swap(true, Ordering::Relaxed) => {
+                tracing::warn!("events not published while {QUEUE} wait already (they are logged)");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -325,6 +325,11 @@ impl Writes {
     fn note(&mut self, result: Result<(), kube::Error>, what: impl FnOnce() -> String) {
         match result {
             Ok(()) => self.succeeded = true,
+            // Created by an earlier pass and not yet seen by the watch (a busy API server's watch lags):
+            // neither a failure to back off from nor a success; the next visit reads what is there.
+            Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "AlreadyExists" => {
+                tracing::debug!("{}: it exists already, not yet seen by the watch", what());
+            }
             Err(err) => {
                 tracing::warn!("{} (retrying with backoff): {err}", what());
                 self.failure.get_or_insert(err);
@@ -411,5 +416,19 @@ mod tests {
         ]);
         let r = resumed(&future, now).unwrap();
         assert_eq!((r.mode, r.mode_for, r.phase), (Mode::Serve, Duration::ZERO, None), "skew counts as now");
+    }
+
+    #[test]
+    fn a_create_that_finds_the_object_there_already_is_no_failure_to_back_off_from() {
+        let api_error = |code: u16, reason: &str| {
+            let status =
+                serde_json::json!({"status": "Failure", "message": reason, "reason": reason, "code": code});
+            kube::Error::Api(Box::new(serde_json::from_value(status).unwrap()))
+        };
+        let mut writes = Writes::default();
+        writes.note(Err(api_error(409, "AlreadyExists")), || "create".into());
+        assert!(writes.failure.is_none() && !writes.succeeded);
+        writes.note(Err(api_error(409, "Conflict")), || "patch".into());
+        assert!(writes.failure.is_some(), "a conflict is a failure");
     }
 }

@@ -13,7 +13,8 @@
 //! thousands of services in one pass holds up, for seconds, the decisions woken meanwhile.
 //!
 //! For the same reason a pass acts (writes) on at most [`ACT_PER_PASS`] services, those whose replicas must
-//! change first; the others wait in a backlog that the next passes take in turn, without waiting for a mark.
+//! change first, and starts none after [`ACT_BUDGET`]; the others wait in a backlog that the next passes take
+//! in turn, without waiting for a mark.
 //! A new leader of 10,000 services has some 30,000 writes to make (Services, EndpointSlices, status
 //! annotations): in one pass they took minutes, and no load step was scaled meanwhile.
 
@@ -58,6 +59,9 @@ const CONCURRENT_RECONCILES: usize = 16;
 /// server, so a scale change waits at most that long behind a backlog.
 const ACT_PER_PASS: usize = 8 * CONCURRENT_RECONCILES;
 
+/// No service's writes start once a pass has acted this long; the rest wait for the next pass.
+const ACT_BUDGET: Duration = Duration::from_secs(1);
+
 /// The global configuration in force.
 struct Global {
     config: GlobalConfig,
@@ -97,7 +101,7 @@ pub(crate) struct Reconciler {
     /// What concerned every service at the last pass.
     everywhere: Option<Everywhere>,
     /// Services decided for but not acted on (beyond [`ACT_PER_PASS`]): the next passes visit them in turn.
-    backlog: VecDeque<ServiceId>,
+    backlog: Backlog,
 }
 
 /// What every service's pass depends on: when it changes, every service is visited.
@@ -157,7 +161,7 @@ impl Reconciler {
             next_resync,
             resync: (Vec::new(), 0),
             everywhere: None,
-            backlog: VecDeque::new(),
+            backlog: Backlog::default(),
         }
     }
 
@@ -211,8 +215,7 @@ impl Reconciler {
             let take = (*share).min(queue.len());
             visit.extend(queue.drain(..take));
         }
-        let take = ACT_PER_PASS.min(self.backlog.len());
-        visit.extend(self.backlog.drain(..take));
+        visit.extend(self.backlog.take(ACT_PER_PASS));
         let context = &*self.context;
         if update_global(context, &self.stores, &mut self.global) {
             self.in_force.set(self.global.config.clone());
@@ -262,13 +265,13 @@ impl Reconciler {
         let snapshot = self.observe(&visit, activators);
         let visited = snapshot.visited;
         let mut work = self.decide(&visit, &snapshot);
-        let urgency = work.iter().map(|(id, w)| (id.clone(), w.status.desired != w.target.scale.replicas));
-        let later = beyond(urgency, ACT_PER_PASS);
-        for id in &later {
-            work.remove(id);
+        let priorities = self.prioritise(&work, started);
+        for id in beyond(&priorities, ACT_PER_PASS) {
+            work.remove(&id);
+            self.backlog.push(id);
         }
-        self.backlog.extend(later);
-        self.act(&snapshot, work).await;
+        let unstarted = self.act(&snapshot, work, &priorities).await;
+        self.backlog.extend(unstarted);
         if sort_groups {
             groups::write_notes(&self.context, &self.signals, &self.groups).await;
         }
@@ -543,10 +546,41 @@ impl Reconciler {
         Some(id)
     }
 
+    /// Each service's place in the pass's order ([`Priority`]), noting since when its scale has waited.
+    fn prioritise(
+        &mut self,
+        work: &HashMap<ServiceId, Work<'_>>,
+        now: Instant,
+    ) -> HashMap<ServiceId, Priority> {
+        work.iter()
+            .map(|(id, w)| {
+                let (desired, observed) = (w.status.desired, w.target.scale.replicas);
+                let class = match desired.cmp(&observed) {
+                    std::cmp::Ordering::Greater => Urgency::ScaleUp,
+                    std::cmp::Ordering::Less => Urgency::ScaleDown,
+                    std::cmp::Ordering::Equal => Urgency::Other,
+                };
+                let since = self.services.get_mut(id).map_or(now, |state| {
+                    let waiting = &mut state.scale_waiting_since;
+                    *waiting = if class == Urgency::Other { None } else { Some(waiting.unwrap_or(now)) };
+                    waiting.unwrap_or(now)
+                });
+                (id.clone(), Priority { class, since })
+            })
+            .collect()
+    }
+
     /// Act (leader only): each picked service's replicas, then its request path. Services are reconciled
     /// concurrently, at most [`CONCURRENT_RECONCILES`] at once, so that one slow API call does not hold up
-    /// every other service's writes.
-    async fn act(&mut self, snapshot: &Snapshot, work: HashMap<ServiceId, Work<'_>>) {
+    /// every other service's writes; those whose replicas must change start first, and none starts after
+    /// [`ACT_BUDGET`] (a slow API server makes a pass of 128 services take many seconds, and a scale change
+    /// decided meanwhile waits for the pass to end). Returns the services not started, in order.
+    async fn act(
+        &mut self,
+        snapshot: &Snapshot,
+        work: HashMap<ServiceId, Work<'_>>,
+        priorities: &HashMap<ServiceId, Priority>,
+    ) -> Vec<ServiceId> {
         let Self {
             context,
             signals,
@@ -572,14 +606,20 @@ impl Reconciler {
         let manage_request_path = context.options.manage_request_path;
         // Collected first: a lazy iterator of futures held across the await fails the compiler's `Send`
         // check (a known limitation with closures).
-        let reconciles: Vec<_> = services
+        // A service not started by the deadline answers its id, for the next pass.
+        let deadline = Instant::now() + ACT_BUDGET;
+        let mut reconciles: Vec<_> = services
             .iter_mut()
             .filter_map(|(id, state)| {
                 let Work { target, status, pods } = work.get(id)?;
                 let group = groups.valid.get(id);
                 let instances = snapshot.instances.get(id);
                 let gate_ctx: &Context = scale_ctx.context;
-                Some(async move {
+                let priority = priorities.get(id).copied();
+                Some((priority, id, async move {
+                    if Instant::now() >= deadline {
+                        return Some(id.clone());
+                    }
                     if let Some(view) = instances {
                         instance_gate::reconcile(gate_ctx, id, view, pods).await;
                     }
@@ -587,10 +627,14 @@ impl Reconciler {
                     if manage_request_path {
                         path::reconcile(path_ctx, id, state, target, status, pods).await;
                     }
-                })
+                    None
+                }))
             })
             .collect();
-        futures::stream::iter(reconciles).buffer_unordered(CONCURRENT_RECONCILES).collect::<()>().await;
+        reconciles.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let reconciles: Vec<_> = reconciles.into_iter().map(|(_, _, reconcile)| reconcile).collect();
+        let unstarted: Vec<Option<ServiceId>> =
+            futures::stream::iter(reconciles).buffer_unordered(CONCURRENT_RECONCILES).collect().await;
         for (id, Work { target, status, .. }) in &work {
             let Some(state) = services.get(id) else { continue };
             let in_path = activators.in_path(id);
@@ -599,18 +643,70 @@ impl Reconciler {
                 unsettled.insert(id.clone());
             }
         }
+        unstarted.into_iter().flatten().collect()
     }
 }
 
-/// The services a pass leaves for later when it could act on more than `limit`: the least urgent ones (urgent:
-/// their replicas must change), in name order among equals.
-fn beyond(services: impl Iterator<Item = (ServiceId, bool)>, limit: usize) -> Vec<ServiceId> {
-    let mut ordered: Vec<(bool, ServiceId)> = services.map(|(id, urgent)| (!urgent, id)).collect();
-    if ordered.len() <= limit {
+/// What a service's pass has to do, most pressing first: a scale-up is a request waiting, a scale-down is
+/// cost, the rest (its request path, status annotations) is bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Urgency {
+    ScaleUp,
+    ScaleDown,
+    Other,
+}
+
+/// A service's place in a pass's order: by [`Urgency`], then the longest waiting first (so a burst of
+/// scale-downs cannot keep one service's scale-up waiting), then by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Priority {
+    class: Urgency,
+    since: Instant,
+}
+
+/// The services a pass leaves for later when it could act on more than `limit`: the last in [`Priority`]
+/// order.
+fn beyond(priorities: &HashMap<ServiceId, Priority>, limit: usize) -> Vec<ServiceId> {
+    if priorities.len() <= limit {
         return Vec::new();
     }
+    let mut ordered: Vec<(Priority, &ServiceId)> = priorities.iter().map(|(id, p)| (*p, id)).collect();
     ordered.sort_unstable();
-    ordered.split_off(limit).into_iter().map(|(_, id)| id).collect()
+    ordered.split_off(limit).into_iter().map(|(_, id)| id.clone()).collect()
+}
+
+/// Services left for later passes, each once, in the order they were left.
+#[derive(Debug, Default)]
+struct Backlog {
+    order: VecDeque<ServiceId>,
+    queued: HashSet<ServiceId>,
+}
+
+impl Backlog {
+    fn push(&mut self, id: ServiceId) {
+        if self.queued.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+    }
+
+    fn extend(&mut self, ids: impl IntoIterator<Item = ServiceId>) {
+        for id in ids {
+            self.push(id);
+        }
+    }
+
+    /// The `n` left longest ago.
+    fn take(&mut self, n: usize) -> Vec<ServiceId> {
+        let taken: Vec<ServiceId> = self.order.drain(..n.min(self.order.len())).collect();
+        for id in &taken {
+            self.queued.remove(id);
+        }
+        taken
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 /// What one pass observed.
@@ -863,13 +959,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pass_acts_on_the_services_whose_replicas_must_change_first() {
+    fn a_pass_scales_up_first_then_down_each_longest_waiting_first() {
         let id = |n: usize| ServiceId::new("m", format!("s{n:02}"));
-        // Services 0..10; 7 and 3 must change their replicas.
-        let services = || (0..10).map(|n| (id(n), n == 7 || n == 3));
-        assert_eq!(beyond(services(), 10), [] as [ServiceId; 0]);
-        assert_eq!(beyond(services(), 4), [2, 4, 5, 6, 8, 9].map(id));
-        assert_eq!(beyond(services(), 1), [7, 0, 1, 2, 4, 5, 6, 8, 9].map(id), "the other urgent one first");
-        assert_eq!(beyond(services(), 0).len(), 10);
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut priorities = HashMap::new();
+        for n in 0..6 {
+            priorities.insert(id(n), Priority { class: Urgency::Other, since: at(10) });
+        }
+        // Scale-downs waiting longer than the scale-up, and named before it.
+        priorities.insert(id(0), Priority { class: Urgency::ScaleDown, since: at(1) });
+        priorities.insert(id(1), Priority { class: Urgency::ScaleDown, since: at(0) });
+        priorities.insert(id(5), Priority { class: Urgency::ScaleUp, since: at(9) });
+        assert_eq!(beyond(&priorities, 6), [] as [ServiceId; 0]);
+        let mut later = beyond(&priorities, 2);
+        later.sort();
+        assert_eq!(later, [0, 2, 3, 4].map(id), "the scale-up and the longest-waiting scale-down go first");
+        assert_eq!(beyond(&priorities, 0).len(), 6);
+    }
+
+    #[test]
+    fn the_backlog_keeps_each_service_once_in_the_order_it_was_left() {
+        let id = |n: usize| ServiceId::new("m", format!("s{n}"));
+        let mut backlog = Backlog::default();
+        backlog.extend([3, 1, 3, 2, 1].map(id));
+        assert_eq!(backlog.take(2), [3, 1].map(id));
+        backlog.push(id(3));
+        assert_eq!(backlog.take(5), [2, 3].map(id));
+        assert!(backlog.is_empty());
     }
 }

@@ -192,6 +192,9 @@ pub(crate) async fn reconcile(
             .and_then(|d| d.into_iter().rev().find(|r| r.changed).map(|r| r.reason.to_string()))
             .unwrap_or_else(|| status.last_reason.clone())
     };
+    if observed != desired && !state.deployment_writes.ready() {
+        tracing::debug!(service = %id, observed, desired, "scale change waits out the backoff of a failed write");
+    }
     if observed != desired && state.deployment_writes.ready() {
         let mut hold = None;
         if desired < observed {

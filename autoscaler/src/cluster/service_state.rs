@@ -23,6 +23,9 @@ pub(crate) struct ServiceState {
     pub last_written: Option<u32>,
     /// The reason of the last change this replica applied, until written as an annotation.
     pub reason_pending: Option<String>,
+    /// Since when the replicas in force have differed from the decision (a scale write is waiting); `None`
+    /// while they agree. Among the services a pass must scale, the longest waiting go first.
+    pub scale_waiting_since: Option<std::time::Instant>,
     /// Writes of the Deployment (scale, status annotations) after an error.
     pub deployment_writes: Backoff,
     /// Writes of the request path (public Service, EndpointSlice) after an error.

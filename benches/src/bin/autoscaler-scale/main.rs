@@ -70,6 +70,10 @@ struct FarmArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The autoscaler's log, when asked for (`RUST_LOG=ebb_autoscaler=info`): what a run that misses a step did.
+    if std::env::var_os("RUST_LOG").is_some() {
+        ebb_process::logging::init(Some(ebb_process::logging::LogFormat::Text));
+    }
     ebb_process::limits::raise_open_files();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
