@@ -12,9 +12,9 @@
 //! missed is caught up. That resync is spread over the retries (a share of the services each time): visiting
 //! thousands of services in one pass holds up, for seconds, the decisions woken meanwhile.
 //!
-//! For the same reason a pass acts (writes) on at most [`ACT_PER_PASS`] services, those whose replicas must
-//! change first, and starts none after [`ACT_BUDGET`]; the others wait in a backlog that the next passes take
-//! in turn, without waiting for a mark.
+//! For the same reason a pass acts (writes) on at most [`ACT_PER_PASS`] services and starts none after
+//! [`ACT_BUDGET`]: scale-ups first, then scale-downs, then the rest, each the longest waiting first
+//! ([`Priority`]); the others wait in a backlog that the next passes take in turn, without waiting for a mark.
 //! A new leader of 10,000 services has some 30,000 writes to make (Services, EndpointSlices, status
 //! annotations): in one pass they took minutes, and no load step was scaled meanwhile.
 
@@ -572,9 +572,9 @@ impl Reconciler {
 
     /// Act (leader only): each picked service's replicas, then its request path. Services are reconciled
     /// concurrently, at most [`CONCURRENT_RECONCILES`] at once, so that one slow API call does not hold up
-    /// every other service's writes; those whose replicas must change start first, and none starts after
-    /// [`ACT_BUDGET`] (a slow API server makes a pass of 128 services take many seconds, and a scale change
-    /// decided meanwhile waits for the pass to end). Returns the services not started, in order.
+    /// every other service's writes. They start in [`Priority`] order, and none starts after [`ACT_BUDGET`] (a
+    /// slow API server makes a pass of 128 services take many seconds, and a scale change decided meanwhile
+    /// waits for the pass to end). Returns the services not started.
     async fn act(
         &mut self,
         snapshot: &Snapshot,

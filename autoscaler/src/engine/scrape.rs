@@ -112,8 +112,10 @@ impl Scraper {
             None => exchange(connect(addr).await?, addr, Connection::Keep).await?,
         };
         if let Some(stream) = stream {
-            self.idle.locked().insert(addr, (stream, Instant::now()));
+            let replaced = self.idle.locked().insert(addr, (stream, Instant::now()));
             place.keep();
+            // Two scrapes of one pod at once (not the collection's way): the other's place is given back.
+            drop(replaced.map(|_| Place(&self.kept)));
         }
         Ok(stat)
     }
