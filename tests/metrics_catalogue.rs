@@ -97,7 +97,7 @@ fn export_everything() -> Catalogue {
     let kube = KubeMetrics::new();
     kube.add_service("demo", "chat");
     // The autoscaler serves the controller's families, then the runtime's page.
-    let autoscaler = kube.page(&engine_page());
+    let autoscaler = kube.page(|out| out.push_str(&engine_page()));
 
     let mut all = Catalogue::new();
     for page in [queue_proxy, activator, autoscaler] {
@@ -150,7 +150,7 @@ fn pages() -> Vec<(&'static str, String)> {
     let engine = engine_page();
     let kube = KubeMetrics::new();
     kube.add_service("demo", "chat");
-    let autoscaler = kube.page(&engine);
+    let autoscaler = kube.page(|out| out.push_str(&engine));
     // As `ebb up`'s metrics port joins them: one document, one `# EOF`.
     let mut up = String::new();
     for part in [engine, activator.clone()] {

@@ -274,13 +274,17 @@ impl KubeMetrics {
         ServiceLabels { namespace: namespace.to_owned(), service: service.to_owned() }
     }
 
-    /// The metrics page: these families, then the engine's page (`engine`, which ends with `# EOF`). One
-    /// OpenMetrics document, which allows no blank line and one `# EOF`.
-    pub fn page(&self, engine: &str) -> String {
+    /// The metrics page: these families, then what `engine` appends (the engine's page, which ends with
+    /// `# EOF`), written into one string rather than joined from copies. One OpenMetrics document, which
+    /// allows no blank line and one `# EOF`.
+    pub fn page(&self, engine: impl FnOnce(&mut String)) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
-        let families = out.trim_end().trim_end_matches("# EOF").trim_end();
-        format!("{families}\n{}", engine.trim_start())
+        let families = out.trim_end().trim_end_matches("# EOF").trim_end().len();
+        out.truncate(families);
+        out.push('\n');
+        engine(&mut out);
+        out
     }
 }
 
@@ -293,7 +297,7 @@ mod tests {
     fn the_page_is_one_openmetrics_document() {
         let kube = KubeMetrics::new();
         kube.add_service("demo", "chat");
-        let page = kube.page(&Metrics::new().encode());
+        let page = kube.page(|out| Metrics::new().encode_into(out));
         assert!(
             page.contains("ebb_autoscaler_leader ") && page.contains("ebb_autoscaler_tick_duration_seconds")
         );

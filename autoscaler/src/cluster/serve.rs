@@ -36,7 +36,7 @@ pub(crate) async fn serve(
 fn answer(context: &Context, autoscaler: &Autoscaler, req: &Request<Incoming>) -> Reply {
     match req.uri().path() {
         "/metrics" => {
-            let page = context.metrics.page(&autoscaler.encode_metrics());
+            let page = context.metrics.page(|out| autoscaler.encode_metrics_into(out));
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let (content_type, page) = exposition::negotiate(accept, page);
             admin::reply(StatusCode::OK, content_type, page)

@@ -441,6 +441,11 @@ impl Autoscaler {
         self.metrics.encode()
     }
 
+    /// Appends the Prometheus text of the autoscaler's metrics to `out` (a page of several parts, written once).
+    pub fn encode_metrics_into(&self, out: &mut String) {
+        self.metrics.encode_into(out);
+    }
+
     /// Collects every second, decides every tick and ingests the activators' stats until `stop` resolves.
     pub async fn run(
         self: Arc<Self>,
