@@ -639,6 +639,23 @@ async fn engine_views(system: &Api<Pod>, namespace: &str) -> Result<Vec<(i64, bo
     Ok(views)
 }
 
+/// Each autoscaler replica's last decisions for `llm` (`/debug/decisions`), for a failure's message.
+async fn decision_traces(system: &Api<Pod>, namespace: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = String::new();
+    for ip in ready_ips(system, "app.kubernetes.io/component=autoscaler").await.unwrap_or_default() {
+        let Ok(mut stream) = tokio::net::TcpStream::connect((ip.as_str(), 9090)).await else { continue };
+        let request = format!("GET /debug/decisions?service={namespace}%2Fllm HTTP/1.0\r\nHost: a\r\n\r\n");
+        let mut page = String::new();
+        if stream.write_all(request.as_bytes()).await.is_ok()
+            && stream.read_to_string(&mut page).await.is_ok()
+        {
+            out.push_str(&format!("{ip}: {}\n", page.split_once("\r\n\r\n").map_or("", |(_, body)| body)));
+        }
+    }
+    out
+}
+
 /// One look at `llm`: `spec.replicas` and the engines' views.
 #[derive(Debug, Clone)]
 struct Sample {
@@ -808,6 +825,10 @@ async fn an_instance_restarting_or_rolled_out_with_surge_is_counted_whole_and_no
 
     let (ok, failures) = load.finish().await;
     let samples = sampler.finish().await;
+    if samples.iter().any(|s| s.replicas > 2) {
+        let system: Api<Pod> = Api::namespaced(llm.cluster.admin.clone(), &llm.cluster.system);
+        eprintln!("decisions:\n{}", decision_traces(&system, llm.cluster.apps.name()).await);
+    }
     llm.controller.abort();
     // The timeline, for whoever reads a failure or the figures.
     let mut last = None;
