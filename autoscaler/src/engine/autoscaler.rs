@@ -400,6 +400,7 @@ impl Autoscaler {
         for (id, ready, results) in results {
             let Some(entry) = services.get_mut(&id) else { continue };
             entry.collected_at = Some(now);
+            let sampled = results.len();
             let mut answered = Vec::with_capacity(results.len());
             for result in results {
                 match result {
@@ -413,7 +414,8 @@ impl Autoscaler {
             self.metrics.stats_received("pod", answered.len() as u64);
             let activators: Vec<PodStat> = entry.activator_stats.drain().map(|(_, s)| s).collect();
             let metric = entry.controller.config().scaling.metric;
-            if let Some(total) = collect::service_total(metric, ready, &answered, &activators)
+            let counted = collect::pods_to_count(ready, sampled, answered.len());
+            if let Some(total) = collect::service_total(metric, counted, &answered, &activators)
                 && let Err(err) = entry.controller.record(now, total)
             {
                 tracing::warn!(service = %id, "load refused: {err}");

@@ -64,10 +64,20 @@ pub fn activator_value(metric: Metric, stat: &PodStat) -> f64 {
     .max(0.0)
 }
 
+/// The ready pods the answered ones' load is scaled up to: the answered ones and the ready pods the sample
+/// left out. A sampled pod that did not answer is left out of the second rather than taken to be as loaded
+/// as those that did: one that has just become ready (a new pod, an instance just whole again) and does not
+/// answer yet carries next to nothing, and counting it at the others' load read twice the load after a
+/// whole-instance restart, which panic turned into an extra instance. With no answer at all, every ready
+/// pod is counted (and the second is no data).
+pub fn pods_to_count(ready: usize, sampled: usize, answered: usize) -> usize {
+    if answered == 0 { ready } else { answered + ready.saturating_sub(sampled) }
+}
+
 /// One second's service total, or `None` when there is nothing to go on ("no data": never scale on missing
-/// data). `ready` is the number of ready pods, `answered` the stats of the sampled pods that answered (every one
-/// of them is used, unlike Knative, which drops the second when a sample falls short), `activators` the
-/// activators' stats for the second.
+/// data). `ready` is the number of pods the answers stand for ([`pods_to_count`]), `answered` the stats of
+/// the sampled pods that answered (every one of them is used, unlike Knative, which drops the second when a
+/// sample falls short), `activators` the activators' stats for the second.
 ///
 /// The pods' load and the activators' overlap where requests went through both: that overlap is the pods'
 /// marked load, but at most what the activators reported (see the module's note on trust).
@@ -113,6 +123,21 @@ mod tests {
             timestamp_ms: 0,
             average_queued: Some(0.0),
         }
+    }
+
+    #[test]
+    fn a_sampled_pod_that_did_not_answer_is_not_counted_at_the_others_load() {
+        // 2 ready, both sampled, 1 answered (the other just became ready): the one that answered only.
+        assert_eq!(pods_to_count(2, 2, 1), 1);
+        // 10 ready, 7 sampled, 6 answered: the 6, and the 3 the sample left out.
+        assert_eq!(pods_to_count(10, 7, 6), 9);
+        assert_eq!(pods_to_count(3, 3, 3), 3);
+        assert_eq!(pods_to_count(2, 2, 0), 2, "no answer: every ready pod, so the second is no data");
+        let total = |ready, sampled, answered: &[PodStat]| {
+            service_total(Metric::Concurrency, pods_to_count(ready, sampled, answered.len()), answered, &[])
+        };
+        assert_eq!(total(2, 2, &[stat(8.0, 0.0)]), Some(8.0), "not 16");
+        assert_eq!(total(2, 2, &[]), None);
     }
 
     #[test]
