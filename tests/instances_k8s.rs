@@ -395,7 +395,6 @@ const LWS_WORKER_INDEX: &str = "leaderworkerset.sigs.k8s.io/worker-index";
 
 /// A stand-in for LeaderWorkerSet's CRD: its group, names and scale subresource (replicas are groups; the
 /// HPA selector picks the leaders).
-/// LeaderWorkerSet's CRD as far as ebb reads it: its scale subresource selects the leaders.
 const LWS: ScalableKind = ScalableKind {
     group: LWS_GROUP,
     kind: "LeaderWorkerSet",

@@ -98,9 +98,8 @@ fn observe_patch_latency(context: &Context, autoscaler: &Autoscaler, id: &Servic
     let decided = autoscaler
         .decisions(id)
         .and_then(|d| d.into_iter().rev().find(|r| r.changed && r.desired == desired).map(|r| r.unix_ms));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     if let Some(decided) = decided {
-        let took = Duration::from_millis(now.as_millis().saturating_sub(u128::from(decided)) as u64);
+        let took = Duration::from_millis(crate::engine::controller::unix_ms_now().saturating_sub(decided));
         let labels = KubeMetrics::labels(&id.namespace, &id.name);
         context.metrics.scale_patch.get_or_create(&labels).observe(took.as_secs_f64());
     }

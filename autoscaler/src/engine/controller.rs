@@ -11,6 +11,12 @@ use ebb_kpa::{
 };
 use serde::Serialize;
 
+/// Wall-clock milliseconds since the Unix epoch: the clock of [`DecisionRecord::unix_ms`], which whoever
+/// times a decision's effect (the scale patch, a benchmark) reads too.
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One tick's decision, as logged, kept for `/debug/decisions` and shown by `/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DecisionRecord {
@@ -277,11 +283,9 @@ impl ServiceController {
         let mode_changed = out.mode != self.mode;
         self.mode = out.mode;
         let reason = Why { decider: outcome, policy: out.reason, paused: self.is_paused() };
-        let unix_ms =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let kept = Kept {
             at_secs: now.since_epoch().as_secs_f64(),
-            unix_ms,
+            unix_ms: unix_ms_now(),
             observed,
             ready: ready_n,
             desired: self.replicas,

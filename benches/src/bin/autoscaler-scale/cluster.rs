@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ebb_autoscaler::cluster::{ClusterController, Options};
+use ebb_autoscaler::engine::controller::unix_ms_now;
 use ebb_benches::scale::addresses::{Fleet, pod_name, service_name};
 use ebb_benches::scale::driver::{
     ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, fleet, metric_sum, note_fd_limit, scrape_errors,
@@ -91,7 +92,7 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         let service = 1 + k * (fleet.services / args.steps.max(1));
         let name = service_name(service);
         let stepped = Instant::now();
-        let stepped_unix_ms = unix_ms();
+        let stepped_unix_ms = unix_ms_now();
         farm.set_load(service, STEP_LOAD)?;
         let scaled = loop {
             let replicas = deployments.get_scale(&name).await?.spec.and_then(|s| s.replicas).unwrap_or(0);
@@ -276,9 +277,4 @@ fn histogram(metrics: &str, name: &str) -> Histogram {
         }
     }
     histogram
-}
-
-/// Wall-clock milliseconds since the Unix epoch, as decision records carry them.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
