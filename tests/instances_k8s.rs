@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ebb_test_support as support;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, complete, failed_completions, gateway_load, http_client, ready_ips};
@@ -85,9 +85,9 @@ struct Plan {
 /// terminating, the pods of any other instance deleted,
 /// `status.replicas` and `status.selector` written.
 async fn play_controller(admin: &Client, ns: &str, name: &str, plan: &Mutex<Plan>) -> Result<(), String> {
-    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &INFERENCE.resource());
-    let object = objects.get(name).await.map_err(|e| e.to_string())?;
-    let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
+    let selector = format!("{NAME_LABEL}={name}");
+    let round = INFERENCE.round(admin, ns, name, &selector).await?;
+    let want = round.replicas();
     let keep = {
         let mut plan = plan.lock().unwrap();
         let total = usize::try_from(want).unwrap_or(0) + plan.surge;
@@ -99,13 +99,10 @@ async fn play_controller(admin: &Client, ns: &str, name: &str, plan: &Mutex<Plan
         plan.instances.truncate(total);
         plan.instances.clone()
     };
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
-    let selector = format!("{NAME_LABEL}={name}");
-    let existing = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
     for &instance in &keep {
         // An instance is created whole: a restarted one once all of its old pods are gone.
-        let terminating = existing
-            .items
+        let terminating = round
+            .existing
             .iter()
             .any(|p| instance_of(p) == Some(instance) && p.metadata.deletion_timestamp.is_some());
         if terminating {
@@ -113,30 +110,14 @@ async fn play_controller(admin: &Client, ns: &str, name: &str, plan: &Mutex<Plan
         }
         for (role, index) in [("prefill", 0), ("prefill", 1), ("decode", 0)] {
             let pod = instance_pod(name, instance, role, index);
-            if existing.items.iter().any(|p| p.metadata.name == pod.metadata.name) {
+            if round.existing.iter().any(|p| p.metadata.name == pod.metadata.name) {
                 continue;
             }
-            match pods.create(&PostParams::default(), &pod).await {
-                Ok(_) => {}
-                // Still being deleted (a restart): created on a later round.
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(e.to_string()),
-            }
+            round.create(&pod).await?;
         }
     }
-    for pod in &existing.items {
-        let kept = instance_of(pod).is_some_and(|i| keep.contains(&i));
-        if !kept && pod.metadata.deletion_timestamp.is_none() {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            pods.delete(&name, &DeleteParams::default()).await.map_err(|e| e.to_string())?;
-        }
-    }
-    let status = json!({"status": {"replicas": want, "selector": selector}});
-    objects
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    round.delete_unless(|pod| instance_of(pod).is_some_and(|i| keep.contains(&i))).await?;
+    round.write_status(json!({"replicas": want, "selector": selector})).await
 }
 
 fn instance_of(pod: &Pod) -> Option<i64> {
@@ -407,20 +388,14 @@ const LWS: ScalableKind = ScalableKind {
 /// leader template, when `gate`) and `size - 1` workers `NAME-G-W`; groups above it deleted; the status
 /// written.
 async fn play_lws(admin: &Client, ns: &str, name: &str, gate: bool) -> Result<(), String> {
-    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &LWS.resource());
-    let object = objects.get(name).await.map_err(|e| e.to_string())?;
-    let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
-    let size = object.data["spec"]["leaderWorkerTemplate"]["size"].as_i64().unwrap_or(1);
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
-    let existing = pods
-        .list(&ListParams::default().labels(&format!("{LWS_NAME}={name}")))
-        .await
-        .map_err(|e| e.to_string())?;
+    let round = LWS.round(admin, ns, name, &format!("{LWS_NAME}={name}")).await?;
+    let want = round.replicas();
+    let size = round.object.data["spec"]["leaderWorkerTemplate"]["size"].as_i64().unwrap_or(1);
     for group in 0..want {
         for worker in 0..size {
             let pod_name =
                 if worker == 0 { format!("{name}-{group}") } else { format!("{name}-{group}-{worker}") };
-            if existing.items.iter().any(|p| p.metadata.name.as_deref() == Some(&pod_name)) {
+            if round.has_pod(&pod_name) {
                 continue;
             }
             let mut labels = json!({LWS_NAME: name, LWS_GROUP_INDEX: group.to_string(), LWS_WORKER_INDEX: worker.to_string()});
@@ -435,27 +410,18 @@ async fn play_lws(admin: &Client, ns: &str, name: &str, gate: bool) -> Result<()
                 json!({"metadata": {"name": pod_name, "labels": labels}, "spec": spec}),
             )
             .unwrap();
-            match pods.create(&PostParams::default(), &pod).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(e.to_string()),
-            }
+            round.create(&pod).await?;
         }
     }
-    for pod in &existing.items {
-        let group = pod.metadata.labels.as_ref().and_then(|l| l.get(LWS_GROUP_INDEX)?.parse::<i64>().ok());
-        if group.unwrap_or(i64::MAX) >= want && pod.metadata.deletion_timestamp.is_none() {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            pods.delete(&name, &DeleteParams::default()).await.map_err(|e| e.to_string())?;
-        }
-    }
+    round
+        .delete_unless(|pod| {
+            let group =
+                pod.metadata.labels.as_ref().and_then(|l| l.get(LWS_GROUP_INDEX)?.parse::<i64>().ok());
+            group.unwrap_or(i64::MAX) < want
+        })
+        .await?;
     let selector = format!("{LWS_NAME}={name},{LWS_WORKER_INDEX}=0");
-    let status = json!({"status": {"replicas": want, "hpaPodSelector": selector}});
-    objects
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    round.write_status(json!({"replicas": want, "hpaPodSelector": selector})).await
 }
 
 /// The instance gate's condition on pod `name` and whether the pod is Ready.

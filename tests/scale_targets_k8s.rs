@@ -15,9 +15,7 @@ use ebb_config::ServiceId;
 use ebb_test_support as support;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use support::autoscaler::{
@@ -298,15 +296,12 @@ const INFERENCE: ScalableKind = ScalableKind {
 /// Plays the custom resource's controller once: one pod per instance (`NAME-I`, labelled as its
 /// selector says), surplus pods deleted, `status` written.
 async fn play_controller(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
-    let objects: Api<DynamicObject> = Api::namespaced_with(admin.clone(), ns, &INFERENCE.resource());
-    let object = objects.get(name).await.map_err(|e| e.to_string())?;
-    let want = object.data["spec"]["replicas"].as_i64().unwrap_or(0);
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
     let selector = format!("ebb.dev/service={name},{GROUP}/instance-of={name}");
-    let existing = pods.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
+    let round = INFERENCE.round(admin, ns, name, &selector).await?;
+    let want = round.replicas();
     for i in 0..want {
         let pod_name = format!("{name}-{i}");
-        if existing.items.iter().any(|p| p.metadata.name.as_deref() == Some(&pod_name)) {
+        if round.has_pod(&pod_name) {
             continue;
         }
         let pod: Pod = serde_json::from_value(json!({
@@ -314,26 +309,15 @@ async fn play_controller(admin: &Client, ns: &str, name: &str) -> Result<(), Str
             "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
         }))
         .unwrap();
-        match pods.create(&PostParams::default(), &pod).await {
-            Ok(_) => {}
-            // Still being deleted from an earlier scale-down: created on a later round.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.to_string()),
-        }
+        round.create(&pod).await?;
     }
-    for pod in &existing.items {
-        let index = pod.metadata.name.as_deref().and_then(|n| n.rsplit('-').next()?.parse::<i64>().ok());
-        if index.is_some_and(|i| i >= want) && pod.metadata.deletion_timestamp.is_none() {
-            let name = pod.metadata.name.clone().unwrap_or_default();
-            pods.delete(&name, &DeleteParams::default()).await.map_err(|e| e.to_string())?;
-        }
-    }
-    let status = json!({"status": {"replicas": want, "selector": selector}});
-    objects
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    round
+        .delete_unless(|pod| {
+            let index = pod.metadata.name.as_deref().and_then(|n| n.rsplit('-').next()?.parse::<i64>().ok());
+            index.is_none_or(|i| i < want)
+        })
+        .await?;
+    round.write_status(json!({"replicas": want, "selector": selector})).await
 }
 
 /// A custom resource with a scale subresource: before the autoscaler holds the kind's RBAC it says so on
