@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ebb_config::wire::IngestFrame;
-use ebb_http::stats::{Snapshot, pod_stat};
+use ebb_http::stats::{Snapshot, last_whole_second, pod_stat};
 use tokio::sync::mpsc;
 
 use crate::registry::Registry;
@@ -50,6 +50,10 @@ impl StatSink for ChannelSink {
     }
 }
 
+/// How long after the wall clock's whole second the stats of the second before are sent: the request
+/// counters have passed the second's mark by then, and the autoscaler reads the pods later in the second.
+const AFTER_THE_SECOND: Duration = Duration::from_millis(20);
+
 /// The stat that announces the first request for a service at zero: concurrency 1, one request, queued.
 pub fn cold_start_stat(service: &Service, activator: &str, uptime: Duration) -> IngestFrame {
     let one =
@@ -61,19 +65,24 @@ fn frame(service: &Service, stat: ebb_config::wire::PodStat) -> IngestFrame {
     IngestFrame { namespace: service.key.namespace.to_string(), name: service.key.name.to_string(), stat }
 }
 
-/// Every second, sends each service's time-weighted concurrency and request count. A service that was idle
-/// for the whole of this and the previous second is skipped, so idle services cost nothing; the first idle
-/// second after activity is still sent, so the autoscaler sees the load end.
+/// Every second, just after the wall clock's whole second, sends each service's time-weighted concurrency
+/// and request count over that second (the one the pods report too). A service that was idle for the whole
+/// of this and the previous second is skipped, so idle services cost nothing; the first idle second after
+/// activity is still sent, so the autoscaler sees the load end.
 pub async fn report(registry: Arc<Registry>, sink: Arc<dyn StatSink>, activator: String, started: Instant) {
-    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let next_second = last_whole_second(now, wall).0 + Duration::from_secs(1);
+    let first = next_second + AFTER_THE_SECOND;
+    let mut ticks = tokio::time::interval_at(first.into(), Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut busy_last_second = HashSet::new();
     loop {
         ticks.tick().await;
         let now = Instant::now();
+        let (end, end_wall) = last_whole_second(now, SystemTime::now());
         for service in registry.services() {
-            let snapshot = service.stats.snapshot(now);
-            let busy = snapshot.request_count > 0 || snapshot.average_concurrency > 0.0;
+            let second = service.stats.second_ending(end);
+            let busy = second.request_count > 0 || second.average_concurrency > 0.0;
             let was_busy = busy_last_second.contains(&service.key);
             if busy && !was_busy {
                 busy_last_second.insert(service.key.clone());
@@ -81,7 +90,7 @@ pub async fn report(registry: Arc<Registry>, sink: Arc<dyn StatSink>, activator:
                 busy_last_second.remove(&service.key);
             }
             if busy || was_busy {
-                let stat = pod_stat(&activator, &snapshot, now - started, SystemTime::now());
+                let stat = pod_stat(&activator, &second, now - started, end_wall);
                 sink.send(frame(&service, stat));
             }
         }

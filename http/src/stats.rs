@@ -1,21 +1,29 @@
 //! Request statistics: time-weighted average concurrency and request counts, with the part that came through
-//! the activator kept apart (the autoscaler subtracts it, since the activator reports that load itself).
+//! the activator kept apart.
 //!
 //! Concurrency is the integral of "requests inside" over time, divided by the period: a request that is queued
 //! in the breaker counts, since it is load the pod has been asked to carry. Entering and leaving are O(1): the
 //! integral is brought up to date and the count changed, under one short uncontended lock. Time is passed in
 //! explicitly where it matters, so the arithmetic is testable without a clock.
+//!
+//! Every measurement is of one wall-clock second ([`RequestStats::second_ending`] at [`last_whole_second`]):
+//! the autoscaler adds up what the pods of a service and the activators report, and that sum means something
+//! only when they all measured the same second. (Each process's own once-a-second period, as Knative's
+//! queue-proxy and activator report, ends at a different moment in each: while load moved from one to
+//! another, a pod just ready or an activator stepping out of the path, the sum counted the same requests in
+//! both, and read up to 18.5 for 10 concurrent.)
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ebb_config::wire::PodStat;
 use ebb_process::sync::Locked;
 
-/// One period's measurements.
+/// One second's measurements.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Snapshot {
-    /// Time-weighted average of requests inside (queued or in flight) over the period.
+    /// Time-weighted average of requests inside (queued or in flight) over the second.
     pub average_concurrency: f64,
     /// The same for requests that came through the activator.
     pub average_proxied_concurrency: f64,
@@ -26,7 +34,8 @@ pub struct Snapshot {
     pub request_count: u64,
     /// Requests that arrived through the activator during the period.
     pub proxied_request_count: u64,
-    /// Length of the period.
+    /// How much of the period the stats measured (a second, less for stats younger than that); the averages
+    /// are over the whole second.
     pub period: Duration,
 }
 
@@ -36,14 +45,18 @@ pub struct RequestStats {
     inner: Arc<Mutex<State>>,
 }
 
-#[derive(Debug)]
-struct State {
-    period_start: Instant,
-    last_change: Instant,
-    concurrency: u64,
-    proxied_concurrency: u64,
-    queued: u64,
-    /// Request-seconds accumulated this period up to `last_change`.
+/// How far apart the marks a measured second starts and ends at are: the seconds of two processes end at most
+/// this far apart.
+const MARK_STEP: Duration = Duration::from_millis(100);
+/// Marks kept: a second that ended up to a second ago (a read at any moment of the next second), and a step.
+const MARKS: usize = 22;
+/// What is measured.
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Running totals since the start, never reset: a period or a window is the difference of two.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    /// Request-seconds inside (queued or in flight).
     integral: f64,
     proxied_integral: f64,
     queued_integral: f64,
@@ -51,15 +64,63 @@ struct State {
     proxied_requests: u64,
 }
 
+#[derive(Debug)]
+struct State {
+    last_change: Instant,
+    concurrency: u64,
+    proxied_concurrency: u64,
+    queued: u64,
+    /// The totals up to `last_change`.
+    totals: Totals,
+    /// The totals at every [`MARK_STEP`] since the start, the last [`MARKS`] of them, oldest first.
+    marks: VecDeque<(Instant, Totals)>,
+    next_mark: Instant,
+}
+
 impl State {
+    /// Brings the totals up to `now`, marking each step passed on the way.
     fn advance(&mut self, now: Instant) {
         // A clock read by another thread just before ours may be slightly later; never go backwards.
-        if now > self.last_change {
-            let dt = (now - self.last_change).as_secs_f64();
-            self.integral += self.concurrency as f64 * dt;
-            self.proxied_integral += self.proxied_concurrency as f64 * dt;
-            self.queued_integral += self.queued as f64 * dt;
-            self.last_change = now;
+        if now <= self.last_change {
+            return;
+        }
+        // After a quiet spell, only the last marks are kept anyway (the counts were constant meanwhile).
+        let behind = now.saturating_duration_since(self.next_mark);
+        let skip = (behind.as_nanos() / MARK_STEP.as_nanos()).saturating_sub(MARKS as u128);
+        self.next_mark += MARK_STEP * u32::try_from(skip).unwrap_or(u32::MAX / 2);
+        while self.next_mark <= now {
+            self.integrate(self.next_mark);
+            if self.marks.len() == MARKS {
+                self.marks.pop_front();
+            }
+            self.marks.push_back((self.next_mark, self.totals));
+            self.next_mark += MARK_STEP;
+        }
+        self.integrate(now);
+    }
+
+    /// The measurements between two marks, as averages over one second: a second is all they ever span, but
+    /// for stats younger than that, which had nothing before they started.
+    fn measure((start, then): (Instant, Totals), (end, totals): (Instant, Totals)) -> Snapshot {
+        let average = |now: f64, then: f64| (now - then).max(0.0) / SECOND.as_secs_f64();
+        Snapshot {
+            average_concurrency: average(totals.integral, then.integral),
+            average_proxied_concurrency: average(totals.proxied_integral, then.proxied_integral),
+            average_queued: average(totals.queued_integral, then.queued_integral),
+            request_count: totals.requests - then.requests,
+            proxied_request_count: totals.proxied_requests - then.proxied_requests,
+            period: end.saturating_duration_since(start),
+        }
+    }
+
+    /// Adds the time from `last_change` to `to` at the current counts.
+    fn integrate(&mut self, to: Instant) {
+        if to > self.last_change {
+            let dt = (to - self.last_change).as_secs_f64();
+            self.totals.integral += self.concurrency as f64 * dt;
+            self.totals.proxied_integral += self.proxied_concurrency as f64 * dt;
+            self.totals.queued_integral += self.queued as f64 * dt;
+            self.last_change = to;
         }
     }
 }
@@ -67,18 +128,17 @@ impl State {
 impl RequestStats {
     /// Starts the first period at `now`.
     pub fn new(now: Instant) -> Self {
+        let mut marks = VecDeque::with_capacity(MARKS);
+        marks.push_back((now, Totals::default()));
         Self {
             inner: Arc::new(Mutex::new(State {
-                period_start: now,
                 last_change: now,
                 concurrency: 0,
                 proxied_concurrency: 0,
                 queued: 0,
-                integral: 0.0,
-                proxied_integral: 0.0,
-                queued_integral: 0.0,
-                requests: 0,
-                proxied_requests: 0,
+                totals: Totals::default(),
+                marks,
+                next_mark: now + MARK_STEP,
             })),
         }
     }
@@ -113,11 +173,11 @@ impl RequestStats {
         let mut state = self.state();
         state.advance(now);
         state.concurrency += 1;
-        state.requests += 1;
+        state.totals.requests += 1;
         state.queued += u64::from(queued);
         if proxied {
             state.proxied_concurrency += 1;
-            state.proxied_requests += 1;
+            state.totals.proxied_requests += 1;
         }
         drop(state);
         StatsGuard { stats: Some(self.clone()), proxied, queued }
@@ -146,33 +206,28 @@ impl RequestStats {
         self.state().concurrency
     }
 
-    /// Closes the period at `now`, returns its measurements and starts the next one.
-    pub fn snapshot(&self, now: Instant) -> Snapshot {
+    /// The measurements of the second that ends at the last mark at or before `end` (at most [`MARK_STEP`]
+    /// before it). Reading changes nothing, so any number
+    /// of readers may ask.
+    pub fn second_ending(&self, end: Instant) -> Snapshot {
         let mut state = self.state();
-        state.advance(now);
-        let period = now.saturating_duration_since(state.period_start);
-        let secs = period.as_secs_f64();
-        let (average_concurrency, average_proxied_concurrency, average_queued) = if secs > 0.0 {
-            (state.integral / secs, state.proxied_integral / secs, state.queued_integral / secs)
-        } else {
-            (state.concurrency as f64, state.proxied_concurrency as f64, state.queued as f64)
-        };
-        let snapshot = Snapshot {
-            average_concurrency,
-            average_proxied_concurrency,
-            average_queued,
-            request_count: state.requests,
-            proxied_request_count: state.proxied_requests,
-            period,
-        };
-        state.period_start = now.max(state.period_start);
-        state.integral = 0.0;
-        state.proxied_integral = 0.0;
-        state.queued_integral = 0.0;
-        state.requests = 0;
-        state.proxied_requests = 0;
-        snapshot
+        state.advance(end);
+        let marks = &state.marks;
+        let Some(last) = marks.iter().rposition(|(at, _)| *at <= end) else { return Snapshot::default() };
+        let to = marks[last];
+        let from = marks.iter().take(last + 1).rev().find(|(at, _)| *at + SECOND <= to.0);
+        State::measure(*from.or(marks.front()).unwrap_or(&to), to)
     }
+}
+
+/// The last whole second of the wall clock at `now` (whose wall-clock time is `wall`): the moment it ended, on
+/// `now`'s clock and on the wall clock. Every process measures this second, so that what they report adds up.
+pub fn last_whole_second(now: Instant, wall: SystemTime) -> (Instant, SystemTime) {
+    let into = wall
+        .duration_since(UNIX_EPOCH)
+        .map(|d| Duration::from_nanos(d.subsec_nanos().into()))
+        .unwrap_or_default();
+    (now.checked_sub(into).unwrap_or(now), wall.checked_sub(into).unwrap_or(wall))
 }
 
 /// Counts one request as inside until dropped. Move it into the response body so that a streamed response
@@ -241,12 +296,12 @@ mod tests {
         let a = stats.enter_at(t0, false);
         let b = stats.enter_at(t0 + 500 * MS, false);
         let c = stats.enter_at(t0 + 750 * MS, true);
-        let snap = stats.snapshot(t0 + 1000 * MS);
+        let snap = stats.second_ending(t0 + 1000 * MS);
         assert!((snap.average_concurrency - (1.0 + 0.5 + 0.25)).abs() < 1e-9, "{snap:?}");
         assert!((snap.average_proxied_concurrency - 0.25).abs() < 1e-9);
         assert_eq!((snap.request_count, snap.proxied_request_count), (3, 1));
         // Still inside in the next period: they count fully there, but are not new arrivals.
-        let next = stats.snapshot(t0 + 2000 * MS);
+        let next = stats.second_ending(t0 + 2000 * MS);
         assert!((next.average_concurrency - 3.0).abs() < 1e-9);
         assert_eq!(next.request_count, 0);
         stats.leave_at(t0 + 2500 * MS, false, false);
@@ -270,14 +325,11 @@ mod tests {
         for i in 0..30u32 {
             let start = t0 + i * 100 * MS;
             leave_until(&mut leaves, start);
-            if i == 20 {
-                stats.snapshot(start);
-            }
             std::mem::forget(stats.enter_at(start, i % 2 == 0));
             leaves.push((start + 1000 * MS, i % 2 == 0));
         }
         leave_until(&mut leaves, t0 + 3000 * MS);
-        let snap = stats.snapshot(t0 + 3000 * MS);
+        let snap = stats.second_ending(t0 + 3000 * MS);
         assert!((snap.average_concurrency - 10.0).abs() < 1e-6, "{snap:?}");
         assert!((snap.average_proxied_concurrency - 5.0).abs() < 1e-6, "{snap:?}");
         assert_eq!((snap.request_count, snap.proxied_request_count), (10, 5));
@@ -295,15 +347,75 @@ mod tests {
         let plain = stats.enter_at(t0 + 500 * MS, false);
         stats.leave_at(t0 + 750 * MS, false, true);
         std::mem::forget(gave_up);
-        let snap = stats.snapshot(t0 + 1000 * MS);
+        let snap = stats.second_ending(t0 + 1000 * MS);
         assert!((snap.average_queued - (0.25 + 0.5)).abs() < 1e-9, "{snap:?}");
         assert!((snap.average_concurrency - (1.0 + 0.5 + 0.5)).abs() < 1e-9, "{snap:?}");
         assert_eq!(snap.request_count, 3);
         drop((served, plain));
-        let next = stats.snapshot(t0 + 2000 * MS);
+        let next = stats.second_ending(t0 + 2000 * MS);
         assert_eq!(next.average_queued, 0.0, "{next:?}");
         assert_eq!(stats.concurrency(), 0);
     }
+    #[test]
+    fn processes_measuring_one_second_add_up() {
+        // Two pods whose stats started 650 ms apart; 10 requests inside the first until 2 s, then inside the
+        // second. Their own once-a-second periods ([1, 2] s and [1.65, 2.65] s) held 10 + 6.5 requests, more
+        // than were ever inside at once; the second ending at 2.7 s holds 3 + 6.5 (the second pod's marks
+        // fall 50 ms before the first's).
+        let t0 = Instant::now();
+        let (a, b) = (RequestStats::new(t0), RequestStats::new(t0 + 650 * MS));
+        let moved = t0 + 2000 * MS;
+        for _ in 0..10 {
+            std::mem::forget(a.enter_at(t0, false));
+        }
+        (0..10).for_each(|_| a.leave_at(moved, false, false));
+        (0..10).for_each(|_| std::mem::forget(b.enter_at(moved, false)));
+        let own_periods =
+            a.second_ending(moved).average_concurrency + b.second_ending(t0 + 2650 * MS).average_concurrency;
+        assert!((own_periods - 16.5).abs() < 1e-6, "what each process's own period held: {own_periods}");
+
+        let end = t0 + 2700 * MS;
+        let (first, second) = (a.second_ending(end), b.second_ending(end));
+        assert!((first.average_concurrency - 3.0).abs() < 1e-6, "{first:?}");
+        assert!((second.average_concurrency - 6.5).abs() < 1e-6, "{second:?}");
+        assert_eq!((first.period, second.period), (1000 * MS, 1000 * MS));
+        assert_eq!((first.request_count, second.request_count), (0, 10));
+        // Reading changes nothing: the same second reads the same, before and after a later one.
+        assert_eq!(a.second_ending(t0 + 3000 * MS).average_concurrency, 0.0);
+        assert_eq!(a.second_ending(end), first);
+    }
+
+    #[test]
+    fn a_second_after_a_quiet_minute_and_before_the_first() {
+        let t0 = Instant::now();
+        let stats = RequestStats::new(t0);
+        let early = stats.enter_at(t0, false);
+        // Younger than a second: nothing before the start.
+        let young = stats.second_ending(t0 + 400 * MS);
+        assert!((young.average_concurrency - 0.4).abs() < 1e-9, "{young:?}");
+        assert_eq!((young.period, young.request_count), (400 * MS, 1));
+        drop(early);
+        // A minute without a request, then 5 arrive at 60.5 s and stay: half of the second to 61 s.
+        let burst = t0 + 60_500 * MS;
+        let inside: Vec<_> = (0..5).map(|_| stats.enter_at(burst, false)).collect();
+        let snap = stats.second_ending(t0 + 61_000 * MS);
+        assert!((snap.average_concurrency - 2.5).abs() < 1e-6, "{snap:?}");
+        assert_eq!((snap.request_count, snap.period), (5, 1000 * MS));
+        // Between marks, the second ends at the last one; a second that ended a second before is still there.
+        assert_eq!(stats.second_ending(t0 + 61_050 * MS), snap);
+        let later = stats.second_ending(t0 + 62_000 * MS);
+        assert!((later.average_concurrency - 5.0).abs() < 1e-6, "{later:?}");
+        assert_eq!(stats.second_ending(t0 + 61_000 * MS).period, 1000 * MS);
+        drop(inside);
+    }
+
+    #[test]
+    fn the_last_whole_second_of_the_wall_clock() {
+        let now = Instant::now() + 10_000 * MS;
+        let wall = UNIX_EPOCH + 1_234_567 * MS;
+        assert_eq!(last_whole_second(now, wall), (now - 567 * MS, UNIX_EPOCH + 1_234_000 * MS));
+    }
+
     #[test]
     fn pod_stat_encodes() {
         let snap = Snapshot { average_concurrency: 1.5, request_count: 3, ..Default::default() };

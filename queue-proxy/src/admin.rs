@@ -8,11 +8,13 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use ebb_config::names::{HEADER_PROBE, PROBE_QUEUE, STATS_PATH, WAIT_FOR_DRAIN_PATH};
 use ebb_config::wire::STAT_CONTENT_TYPE;
 use ebb_http::admin::{self, text};
+use ebb_http::stats::{last_whole_second, pod_stat};
 use ebb_process::exposition;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -21,7 +23,6 @@ use tokio::sync::Semaphore;
 
 use crate::handler::DataPlane;
 use crate::probe::{ProbeOptions, probe_once};
-use crate::stats::LatestStat;
 
 /// Readiness path on the admin port (the kubelet's readiness probe).
 pub const READY_PATH: &str = "/ready";
@@ -40,16 +41,18 @@ pub struct Admin {
     pub data: Arc<DataPlane>,
     /// How to re-probe the user container on a readiness check.
     pub probe: ProbeOptions,
-    /// The latest encoded stat.
-    pub latest: LatestStat,
+    /// The pod's name, which its stats carry.
+    pub pod: String,
+    /// When the proxy started (the stats' uptime).
+    pub started: Instant,
     /// Places for `/wait-for-drain` callers.
     drain_waiters: Semaphore,
 }
 
 impl Admin {
     /// The endpoints over `data`.
-    pub fn new(data: Arc<DataPlane>, probe: ProbeOptions, latest: LatestStat) -> Self {
-        Self { data, probe, latest, drain_waiters: Semaphore::new(MAX_DRAIN_WAITERS) }
+    pub fn new(data: Arc<DataPlane>, probe: ProbeOptions, pod: String, started: Instant) -> Self {
+        Self { data, probe, pod, started, drain_waiters: Semaphore::new(MAX_DRAIN_WAITERS) }
     }
 
     /// The admin port.
@@ -110,7 +113,7 @@ impl Admin {
         }
     }
 
-    /// The stats port.
+    /// The stats port: the last whole second of the wall clock, which every pod and activator measures.
     pub async fn stats(
         self: Arc<Self>,
         req: Request<hyper::body::Incoming>,
@@ -118,10 +121,18 @@ impl Admin {
         if req.uri().path() != STATS_PATH || req.method() != Method::GET {
             return Ok(text(StatusCode::NOT_FOUND, "not found; GET /stats"));
         }
-        let Some(stat) = self.latest.get() else {
-            return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "no stat yet"));
+        let now = Instant::now();
+        let (end, end_wall) = last_whole_second(now, SystemTime::now());
+        let second = self.data.stats.second_ending(end);
+        let stat = pod_stat(&self.pod, &second, now.saturating_duration_since(self.started), end_wall);
+        let encoded = match stat.encode() {
+            Ok(encoded) => encoded,
+            Err(err) => {
+                tracing::error!("cannot encode the stat: {err}");
+                return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the stat"));
+            }
         };
-        let mut response = Response::new(Full::new(stat));
+        let mut response = Response::new(Full::new(Bytes::from(encoded)));
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(STAT_CONTENT_TYPE));
         Ok(response)
     }

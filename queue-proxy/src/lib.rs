@@ -12,6 +12,5 @@ pub mod handler;
 pub mod metrics;
 pub mod probe;
 pub mod server;
-pub mod stats;
 
 pub use server::{Addresses, QueueProxy};

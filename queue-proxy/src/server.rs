@@ -1,4 +1,4 @@
-//! Process wiring: binds the four ports, starts the start-up prober and the once-a-second stat reporter,
+//! Process wiring: binds the four ports, starts the start-up prober,
 //! serves connections (HTTP/1.1 and HTTP/2 cleartext on each, `TCP_NODELAY` on every accepted socket) and
 //! runs the drain when told to stop.
 
@@ -6,14 +6,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
 use ebb_http::breaker::Breaker;
 use ebb_http::drain::{DrainOutcome, Drainer};
 use ebb_http::listen::Acceptor;
 use ebb_http::proxy::Forwarder;
-use ebb_http::stats::{RequestStats, Snapshot, pod_stat};
+use ebb_http::stats::RequestStats;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -22,7 +21,6 @@ use crate::config::Config;
 use crate::handler::DataPlane;
 use crate::metrics::Metrics;
 use crate::probe::{Readiness, wait_until_ready};
-use crate::stats::LatestStat;
 
 /// Why the queue-proxy could not run.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +74,6 @@ pub struct QueueProxy {
     listeners: [TcpListener; 4],
     addresses: Addresses,
     data: Arc<DataPlane>,
-    latest: LatestStat,
     started: Instant,
 }
 
@@ -116,14 +113,7 @@ impl QueueProxy {
             service: config.service.clone(),
             retry_after: config.retry_after,
         });
-        let latest = LatestStat::default();
-        // Until the first period ends, /stats answers with an empty period.
-        if let Ok(encoded) =
-            pod_stat(&config.pod_name, &Snapshot::default(), Duration::ZERO, SystemTime::now()).encode()
-        {
-            latest.set(Bytes::from(encoded));
-        }
-        Ok(Self { config, listeners, addresses, data, latest, started })
+        Ok(Self { config, listeners, addresses, data, started })
     }
 
     /// The bound addresses.
@@ -143,7 +133,7 @@ impl QueueProxy {
 
     /// Serves until `stop` resolves (or a drain is started otherwise), then drains and returns.
     pub async fn run(self, stop: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Self { config, listeners, addresses, data, latest, started } = self;
+        let Self { config, listeners, addresses, data, started } = self;
         tracing::info!(
             data = %addresses.data, admin = %addresses.admin, stats = %addresses.stats, metrics = %addresses.metrics,
             upstream = %config.upstream, container_concurrency = config.container_concurrency,
@@ -153,11 +143,14 @@ impl QueueProxy {
             let (probe, readiness) = (config.probe.clone(), data.readiness.clone());
             tokio::spawn(async move { wait_until_ready(&probe, &readiness).await })
         };
-        let reporter =
-            tokio::spawn(report_stats(data.stats.clone(), latest.clone(), config.pod_name.clone(), started));
 
         let (ctx, shutdown) = Acceptor::new();
-        let admin = Arc::new(Admin::new(data.clone(), config.probe.clone(), latest));
+        let admin = Arc::new(Admin::new(
+            data.clone(),
+            config.probe.clone(),
+            config.pod_name.clone(),
+            started.into_std(),
+        ));
         let [data_listener, admin_listener, stats_listener, metrics_listener] = listeners;
 
         let d = data.clone();
@@ -196,24 +189,9 @@ impl QueueProxy {
         }
         data.drainer.mark_drained();
         prober.abort();
-        reporter.abort();
         // Stop accepting, finish open exchanges (idle keep-alive connections close, HTTP/2 gets GOAWAY), and
         // give connections a moment to close.
         shutdown.close(Duration::from_secs(2)).await;
         Ok(())
-    }
-}
-
-async fn report_stats(stats: RequestStats, latest: LatestStat, pod: String, started: Instant) {
-    let mut tick = tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let now = tick.tick().await;
-        let snapshot = stats.snapshot(now.into_std());
-        let stat = pod_stat(&pod, &snapshot, now - started, SystemTime::now());
-        match stat.encode() {
-            Ok(encoded) => latest.set(Bytes::from(encoded)),
-            Err(err) => tracing::error!("cannot encode the stat: {err}"),
-        }
     }
 }

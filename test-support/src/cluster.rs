@@ -295,7 +295,7 @@ pub fn overlay(object: &mut Value, system: &str, apps: &str, config: &[(&str, &s
                 env.push(json!({"name": "EBB_WATCH_NAMESPACES", "value": apps}));
                 // The components' debug logs help when a test fails.
                 for var in env.iter_mut().filter(|v| v["name"] == "RUST_LOG") {
-                    var["value"] = json!("info,ebb_autoscaler=debug,ebb_activator=debug");
+                    var["value"] = json!("info,ebb_autoscaler=debug,ebb_activator=debug,ebb::load=trace");
                 }
             }
         }

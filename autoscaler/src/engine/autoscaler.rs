@@ -12,6 +12,7 @@ use ebb_config::Mode;
 use ebb_config::ServiceConfig;
 use ebb_config::ServiceId;
 use ebb_config::wire::{IngestFrame, PodStat};
+use ebb_http::stats::last_whole_second;
 use ebb_kpa::{Error, Phase, TICK_INTERVAL, Timestamp};
 use ebb_process::sync::Locked;
 use futures::future::join_all;
@@ -27,6 +28,10 @@ use super::scrape::Scraper;
 /// ([`Autoscaler::resume_service`]) can lie before this autoscaler started ([`Timestamp`] cannot be negative).
 /// Older times are clamped to it, a day being longer than any window or period the clocks are compared with.
 const CLOCK_ORIGIN: Duration = Duration::from_secs(86_400);
+
+/// How far into each wall-clock second the pods are read (for the second before): the activators send their
+/// frames for it just after it ends, and a read this late still falls within the second.
+const COLLECT_AFTER_THE_SECOND: Duration = Duration::from_millis(250);
 
 /// Services scraped at once (each its whole sample): enough to keep every core busy on a round, few enough
 /// that a round is a steady stream rather than one burst that outlasts the scrape timeout.
@@ -415,7 +420,18 @@ impl Autoscaler {
             let activators: Vec<PodStat> = entry.activator_stats.drain().map(|(_, s)| s).collect();
             let metric = entry.controller.config().scaling.metric;
             let counted = collect::pods_to_count(ready, sampled, answered.len());
-            if let Some(total) = collect::service_total(metric, counted, &answered, &activators)
+            let total = collect::service_total(metric, counted, &answered, &activators);
+            tracing::trace!(
+                target: "ebb::load",
+                service = %id,
+                ready,
+                sampled,
+                pods = ?answered.iter().map(|s| collect::pod_values(metric, s)).collect::<Vec<_>>(),
+                activators = ?activators.iter().map(|s| collect::activator_value(metric, s)).collect::<Vec<_>>(),
+                ?total,
+                "one second of load"
+            );
+            if let Some(total) = total
                 && let Err(err) = entry.controller.record(now, total)
             {
                 tracing::warn!(service = %id, "load refused: {err}");
@@ -454,7 +470,12 @@ impl Autoscaler {
         mut frames: mpsc::Receiver<IngestFrame>,
         stop: impl Future<Output = ()>,
     ) {
-        let mut collect = tokio::time::interval(self.options.scrape_interval);
+        // Collections read the wall clock's last whole second, which the pods and activators all measure (see
+        // `ebb_http::stats`): a quarter of a second into each, when the activators' frames for it are in.
+        let (now, wall) = (std::time::Instant::now(), std::time::SystemTime::now());
+        let next_second = last_whole_second(now, wall).0 + Duration::from_secs(1);
+        let first = tokio::time::Instant::now() + (next_second - now) + COLLECT_AFTER_THE_SECOND;
+        let mut collect = tokio::time::interval_at(first, self.options.scrape_interval);
         collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(self.options.tick_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

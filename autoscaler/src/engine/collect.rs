@@ -3,11 +3,21 @@
 //! ready pods, and the activators' own load is added, without counting twice what went through both. Pure
 //! functions: the engine does the I/O.
 //!
-//! Trust: a pod counts every request it serves, and reports apart the part marked `Ebb-Proxied: activator`.
-//! That mark is a request header, which any client on the pod network can send, so it is not taken on trust
-//! (Knative subtracts it whole, and forged marks hide load from its autoscaler). What the activators report for
-//! the service bounds how much marked load is taken out: marked load that no activator accounts for is a
-//! client's, and counts.
+//! Counting twice: a request the activator forwarded is inside a pod, and the pod counts it. For concurrency an
+//! activator therefore adds only what it holds waiting for a slot (its `average_queued`), which no pod counts
+//! yet; all of it while no pod is counted. Subtracting the forwarded part from the pods instead (Knative's
+//! way, and ebb's before) needs the activator's second and the pods' to be exactly the same stretch: they are
+//! the same wall-clock second now, but each process marks its own 100 ms steps, and when a service came up
+//! from zero with their seconds a fraction apart, the pod's second already had the requests directly while
+//! the activators' second still had them forwarded, and the sum read 18.5 of 10 concurrent.
+//!
+//! Trust: a pod reports apart the part of its load marked `Ebb-Proxied: activator`. That mark is a request
+//! header, which any client on the pod network can send, so it is not taken on trust (Knative subtracts it
+//! whole, and forged marks hide load from its autoscaler). Concurrency no longer uses it. For request rates
+//! (no activator can say which of its arrivals a pod has not seen) the marked arrivals are subtracted, but at
+//! most what the activators report for the service: marked load that no activator accounts for is a
+//! client's, and counts. A version-1 activator, which does not say what it holds, is counted that way for
+//! concurrency too.
 
 use std::time::Duration;
 
@@ -77,17 +87,14 @@ pub fn pods_to_count(ready: usize, sampled: usize, answered: usize) -> usize {
 /// One second's service total, or `None` when there is nothing to go on ("no data": never scale on missing
 /// data). `ready` is the number of pods the answers stand for ([`pods_to_count`]), `answered` the stats of
 /// the sampled pods that answered (every one of them is used, unlike Knative, which drops the second when a
-/// sample falls short), `activators` the activators' stats for the second.
-///
-/// The pods' load and the activators' overlap where requests went through both: that overlap is the pods'
-/// marked load, but at most what the activators reported (see the module's note on trust).
+/// sample falls short), `activators` the activators' stats for the second. How the activators' load is
+/// added without counting twice what went through both: see the module's notes.
 pub fn service_total(
     metric: Metric,
     ready: usize,
     answered: &[PodStat],
     activators: &[PodStat],
 ) -> Option<f64> {
-    let activator: f64 = activators.iter().map(|s| activator_value(metric, s)).sum();
     if ready > 0 && answered.is_empty() {
         // Pods are serving but none could be read: the activator's share alone would under-count.
         return None;
@@ -105,12 +112,27 @@ pub fn service_total(
         let scale = ready.max(answered.len()) as f64 / answered.len() as f64;
         (all * scale, marked * scale)
     };
-    Some(pods - marked.min(activator) + activator)
+    // What the activators add whole (their waiting requests) and what they add less the pods' marked part.
+    let (mut waiting, mut forwarded) = (0.0, 0.0);
+    for stat in activators {
+        let all = activator_value(metric, stat);
+        match (metric, stat.average_queued) {
+            (Metric::Concurrency, Some(_)) if answered.is_empty() => waiting += all,
+            (Metric::Concurrency, Some(queued)) => waiting += queued.clamp(0.0, all),
+            _ => forwarded += all,
+        }
+    }
+    Some(pods - marked.min(forwarded) + forwarded + waiting)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An activator's stat: `concurrency` inside it, `queued` of them waiting for a slot.
+    fn activator(concurrency: f64, queued: f64) -> PodStat {
+        PodStat { average_queued: Some(queued), ..stat(concurrency, 0.0) }
+    }
 
     fn stat(concurrency: f64, proxied: f64) -> PodStat {
         PodStat {
@@ -162,35 +184,57 @@ mod tests {
     #[test]
     fn totals_scale_the_sample_and_add_activators_without_counting_twice() {
         // 10 ready, 5 answered with 2 each of which 1 came through the activator: 20 at the pods, 10 of them
-        // the activator's; the activator reports those 10 and 2 more queued: 20 - 10 + 12.
+        // the activator's; the activator reports those 10 and 2 more it holds: 20 + 2.
         let answered = vec![stat(2.0, 1.0); 5];
-        let total = service_total(Metric::Concurrency, 10, &answered, &[stat(12.0, 0.0)]).unwrap();
+        let total = service_total(Metric::Concurrency, 10, &answered, &[activator(12.0, 2.0)]).unwrap();
         assert!((total - 22.0).abs() < 1e-9, "{total}");
-        let rps = service_total(Metric::Rps, 10, &answered, &[stat(12.0, 0.0)]).unwrap();
+        // Rates: 200 arrivals a second at the pods, 100 of them forwarded, 120 at the activator: 200 - 100 + 120.
+        let rps = service_total(Metric::Rps, 10, &answered, &[activator(12.0, 2.0)]).unwrap();
         assert!((rps - 220.0).abs() < 1e-9, "{rps}");
+        // A version-1 activator does not say what it holds: its forwarded part comes off the pods' marked load.
+        let v1 = PodStat { average_queued: None, ..stat(12.0, 0.0) };
+        let total = service_total(Metric::Concurrency, 10, &answered, &[v1]).unwrap();
+        assert!((total - 22.0).abs() < 1e-9, "{total}");
     }
 
     #[test]
-    fn marked_load_no_activator_reported_counts() {
+    fn an_activator_leaving_the_path_is_not_counted_twice() {
+        // Read on a service just up from zero (the k8s instances test): the pod's second had most requests
+        // directly (9.57, 0.79 of it forwarded); the two activators' seconds, ending earlier, still forwarded
+        // 9.73 and held none. 9.57 - 0.79 + 9.73 read 18.5 for 10 clients.
+        let pod = stat(9.57, 0.79);
+        let activators = [activator(5.06, 0.0), activator(4.67, 0.0)];
+        let total = service_total(Metric::Concurrency, 1, &[pod], &activators).unwrap();
+        assert!((total - 9.57).abs() < 1e-9, "{total}");
+        // With no pod counted yet, all an activator has counts, forwarded or not.
+        let total = service_total(Metric::Concurrency, 0, &[], &[activator(10.0, 3.0)]).unwrap();
+        assert!((total - 10.0).abs() < 1e-9, "{total}");
+    }
+
+    #[test]
+    fn marked_load_counts() {
         // Six clients send `Ebb-Proxied: activator` straight to a pod: the pod reports 6, all of it marked, and
         // no activator reports anything. Once, the autoscaler saw 0 and scaled the busy service to zero.
         let forged = vec![stat(6.0, 6.0)];
         assert_eq!(service_total(Metric::Concurrency, 1, &forged, &[]), Some(6.0));
         assert_eq!(service_total(Metric::Rps, 1, &forged, &[]), Some(60.0));
-        // The activator really carries 2 of them (and holds 1 more queued): only its 3 are taken out of the
-        // pod's 6 and added back, so the forged 4 still count.
-        let total = service_total(Metric::Concurrency, 1, &[stat(6.0, 6.0)], &[stat(3.0, 0.0)]).unwrap();
-        assert!((total - 6.0).abs() < 1e-9, "{total}");
-        // An honest split: 2 at the pod through the activator, 1 queued there, 1 direct.
-        let total = service_total(Metric::Concurrency, 1, &[stat(3.0, 2.0)], &[stat(3.0, 0.0)]).unwrap();
-        assert!((total - 4.0).abs() < 1e-9, "{total}");
+        // The activator really forwards 2 of them and holds 1 more: the pod's 6 and the 1 held.
+        let total = service_total(Metric::Concurrency, 1, &forged, &[activator(3.0, 1.0)]).unwrap();
+        assert!((total - 7.0).abs() < 1e-9, "{total}");
+        // Rates: only the activator's 30 arrivals come off the pod's 60 marked ones, and are added back.
+        let rps = service_total(Metric::Rps, 1, &forged, &[activator(3.0, 1.0)]).unwrap();
+        assert!((rps - 60.0).abs() < 1e-9, "{rps}");
     }
 
     #[test]
     fn a_mark_larger_than_the_load_is_clamped() {
-        let lying = PodStat { average_proxied_concurrency: 50.0, ..stat(2.0, 0.0) };
+        let lying =
+            PodStat { average_proxied_concurrency: 50.0, proxied_request_count: 500.0, ..stat(2.0, 0.0) };
         assert_eq!(pod_values(Metric::Concurrency, &lying), (2.0, 2.0));
-        assert_eq!(service_total(Metric::Concurrency, 1, &[lying], &[stat(10.0, 0.0)]), Some(10.0));
+        assert_eq!(pod_values(Metric::Rps, &lying), (20.0, 20.0));
+        assert_eq!(service_total(Metric::Rps, 1, &[lying], &[activator(10.0, 0.0)]), Some(100.0));
+        let queued_beyond = activator(1.0, 5.0);
+        assert_eq!(service_total(Metric::Concurrency, 1, &[stat(2.0, 0.0)], &[queued_beyond]), Some(3.0));
     }
 
     #[test]
