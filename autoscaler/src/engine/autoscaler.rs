@@ -427,7 +427,7 @@ impl Autoscaler {
                 ready,
                 sampled,
                 pods = ?answered.iter().map(|s| collect::pod_values(metric, s)).collect::<Vec<_>>(),
-                activators = ?activators.iter().map(|s| collect::activator_value(metric, s)).collect::<Vec<_>>(),
+                activators = ?activators.iter().map(|s| (collect::activator_value(metric, s), s.average_queued)).collect::<Vec<_>>(),
                 ?total,
                 "one second of load"
             );
