@@ -84,10 +84,21 @@ impl State {
         if now <= self.last_change {
             return;
         }
-        // After a quiet spell, only the last marks are kept anyway (the counts were constant meanwhile).
-        let behind = now.saturating_duration_since(self.next_mark);
-        let skip = (behind.as_nanos() / MARK_STEP.as_nanos()).saturating_sub(MARKS as u128);
-        self.next_mark += MARK_STEP * u32::try_from(skip).unwrap_or(u32::MAX / 2);
+        if now >= self.next_mark {
+            self.mark_until(now);
+        }
+        self.integrate(now);
+    }
+
+    /// Marks every step up to `now` (once in [`MARK_STEP`] at most: requests in between only integrate).
+    fn mark_until(&mut self, now: Instant) {
+        // After a quiet spell only the last marks are kept anyway, and the counts were constant meanwhile.
+        let steps = (now - self.next_mark).as_nanos() / MARK_STEP.as_nanos();
+        if let Some(skipped) = steps.checked_sub(MARKS as u128) {
+            let skip =
+                Duration::from_nanos(u64::try_from(skipped * MARK_STEP.as_nanos()).unwrap_or(u64::MAX));
+            self.next_mark = self.next_mark.checked_add(skip).unwrap_or(now);
+        }
         while self.next_mark <= now {
             self.integrate(self.next_mark);
             if self.marks.len() == MARKS {
@@ -96,7 +107,6 @@ impl State {
             self.marks.push_back((self.next_mark, self.totals));
             self.next_mark += MARK_STEP;
         }
-        self.integrate(now);
     }
 
     /// The measurements between two marks, as averages over one second: a second is all they ever span, but
