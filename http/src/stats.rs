@@ -136,7 +136,7 @@ impl State {
 }
 
 impl RequestStats {
-    /// Starts the first period at `now`.
+    /// Starts counting at `now`.
     pub fn new(now: Instant) -> Self {
         let mut marks = VecDeque::with_capacity(MARKS);
         marks.push_back((now, Totals::default()));
@@ -217,8 +217,7 @@ impl RequestStats {
     }
 
     /// The measurements of the second that ends at the last mark at or before `end` (at most [`MARK_STEP`]
-    /// before it). Reading changes nothing, so any number
-    /// of readers may ask.
+    /// before it). Reading changes nothing, so any number of readers may ask.
     pub fn second_ending(&self, end: Instant) -> Snapshot {
         let mut state = self.state();
         state.advance(end);
