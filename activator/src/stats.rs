@@ -90,7 +90,11 @@ pub async fn report(registry: Arc<Registry>, sink: Arc<dyn StatSink>, activator:
                 busy_last_second.remove(&service.key);
             }
             if busy || was_busy {
-                let stat = pod_stat(&activator, &second, now - started, end_wall);
+                let mut stat = pod_stat(&activator, &second, now - started, end_wall);
+                // An activator's proxied count is what it forwarded in the second (its requests are its own,
+                // none marked): requests held through a cold start arrive in one second and reach a pod,
+                // marked, in a later one, and the autoscaler takes that many marked arrivals off the pods'.
+                stat.proxied_request_count = second.admitted_count as f64;
                 sink.send(frame(&service, stat));
             }
         }

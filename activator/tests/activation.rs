@@ -72,6 +72,16 @@ async fn the_cold_start_stat_reaches_the_autoscaler_before_any_pod_exists() {
     let pod = queue_proxy(upstream, "demo-1", 0).await;
     activator.pods(&key, &[("demo-1", pod.data)]);
     assert_eq!(pending.await.unwrap(), 200);
+
+    // The seconds' frames then count the request once as an arrival and once as forwarded, which the
+    // autoscaler takes off the pod's marked arrivals even when the two fall in different seconds.
+    let (mut arrived, mut forwarded) = (0.0, 0.0);
+    while forwarded < 1.0 {
+        let frame = tokio::time::timeout(DEADLINE, activator.stats.recv()).await.expect("no stat").unwrap();
+        arrived += frame.stat.request_count;
+        forwarded += frame.stat.proxied_request_count;
+    }
+    assert_eq!((arrived, forwarded), (1.0, 1.0));
 }
 
 /// The `dur` of each `Server-Timing` metric, by name.

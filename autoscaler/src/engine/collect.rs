@@ -11,13 +11,18 @@
 //! from zero with their seconds a fraction apart, the pod's second already had the requests directly while
 //! the activators' second still had them forwarded, and the sum read 18.5 of 10 concurrent.
 //!
+//! Request rates count arrivals: an activator's arrivals count whole, and the pods' marked arrivals (the
+//! requests activators forwarded) come off, as far as the activators account for them: their arrivals in the
+//! second, or the requests they forwarded in it (an activator's `proxied_request_count`), whichever is more.
+//! Requests held through a cold start arrive at the activator in one second and at the pod in a later one;
+//! bounded by that second's arrivals alone, a 5 s cold start at 10 requests a second read 50 the second the
+//! pod came up.
+//!
 //! Trust: a pod reports apart the part of its load marked `Ebb-Proxied: activator`. That mark is a request
 //! header, which any client on the pod network can send, so it is not taken on trust (Knative subtracts it
-//! whole, and forged marks hide load from its autoscaler). Concurrency no longer uses it. For request rates
-//! (no activator can say which of its arrivals a pod has not seen) the marked arrivals are subtracted, but at
-//! most what the activators report for the service: marked load that no activator accounts for is a
-//! client's, and counts. A version-1 activator, which does not say what it holds, is counted that way for
-//! concurrency too.
+//! whole, and forged marks hide load from its autoscaler). Concurrency does not use it; rates take off at most
+//! what the activators account for, so marked load that no activator accounts for is a client's, and counts.
+//! A version-1 activator, which does not say what it holds, is counted like rates for concurrency too.
 
 use std::time::Duration;
 
@@ -112,17 +117,21 @@ pub fn service_total(
         let scale = ready.max(answered.len()) as f64 / answered.len() as f64;
         (all * scale, marked * scale)
     };
-    // What the activators add whole (their waiting requests) and what they add less the pods' marked part.
-    let (mut waiting, mut forwarded) = (0.0, 0.0);
+    // What the activators add, and how much of the pods' marked load they account for (see the module's notes).
+    let (mut added, mut accounted) = (0.0, 0.0);
     for stat in activators {
         let all = activator_value(metric, stat);
         match (metric, stat.average_queued) {
-            (Metric::Concurrency, Some(_)) if answered.is_empty() => waiting += all,
-            (Metric::Concurrency, Some(queued)) => waiting += queued.clamp(0.0, all),
-            _ => forwarded += all,
+            (Metric::Concurrency, Some(_)) if answered.is_empty() => added += all,
+            (Metric::Concurrency, Some(queued)) => added += queued.clamp(0.0, all),
+            (Metric::Concurrency, None) => (added, accounted) = (added + all, accounted + all),
+            (Metric::Rps, _) => {
+                added += all;
+                accounted += all.max(stat.proxied_request_count.max(0.0));
+            }
         }
     }
-    Some(pods - marked.min(forwarded) + forwarded + waiting)
+    Some(pods - marked.min(accounted) + added)
 }
 
 #[cfg(test)]
@@ -209,6 +218,18 @@ mod tests {
         // With no pod counted yet, all an activator has counts, forwarded or not.
         let total = service_total(Metric::Concurrency, 0, &[], &[activator(10.0, 3.0)]).unwrap();
         assert!((total - 10.0).abs() < 1e-9, "{total}");
+    }
+
+    #[test]
+    fn requests_held_through_a_cold_start_count_once() {
+        // 10 requests a second held for a 5 s cold start: when the pod comes up it gets the 50 held ones and
+        // that second's 10, all marked; the activator counted 10 arrivals and forwarded 60. Demand: 10.
+        let pod = PodStat { request_count: 60.0, proxied_request_count: 60.0, ..stat(1.0, 1.0) };
+        let activator = PodStat { request_count: 10.0, proxied_request_count: 60.0, ..activator(0.0, 0.0) };
+        assert_eq!(service_total(Metric::Rps, 1, &[pod.clone()], &[activator.clone()]), Some(10.0));
+        // An activator that does not say what it forwarded (before it did): its arrivals bound what comes off.
+        let silent = PodStat { proxied_request_count: 0.0, ..activator };
+        assert_eq!(service_total(Metric::Rps, 1, &[pod], &[silent]), Some(60.0));
     }
 
     #[test]
