@@ -226,7 +226,10 @@ mod tests {
         // that second's 10, all marked; the activator counted 10 arrivals and forwarded 60. Demand: 10.
         let pod = PodStat { request_count: 60.0, proxied_request_count: 60.0, ..stat(1.0, 1.0) };
         let activator = PodStat { request_count: 10.0, proxied_request_count: 60.0, ..activator(0.0, 0.0) };
-        assert_eq!(service_total(Metric::Rps, 1, &[pod.clone()], &[activator.clone()]), Some(10.0));
+        assert_eq!(
+            service_total(Metric::Rps, 1, std::slice::from_ref(&pod), std::slice::from_ref(&activator)),
+            Some(10.0)
+        );
         // An activator that does not say what it forwarded (before it did): its arrivals bound what comes off.
         let silent = PodStat { proxied_request_count: 0.0, ..activator };
         assert_eq!(service_total(Metric::Rps, 1, &[pod], &[silent]), Some(60.0));
