@@ -191,9 +191,6 @@ pub(crate) async fn reconcile(
             .and_then(|d| d.into_iter().rev().find(|r| r.changed).map(|r| r.reason.to_string()))
             .unwrap_or_else(|| status.last_reason.clone())
     };
-    if observed != desired && !state.deployment_writes.ready() {
-        tracing::debug!(service = %id, observed, desired, "scale change waits out the backoff of a failed write");
-    }
     if observed != desired && state.deployment_writes.ready() {
         let mut hold = None;
         if desired < observed {
@@ -241,6 +238,8 @@ pub(crate) async fn reconcile(
                 }
             }
         }
+    } else if observed != desired {
+        tracing::debug!(service = %id, observed, desired, "scale change waits out the backoff of a failed write");
     }
     let current = target.annotations();
     let reason = state.reason_pending.clone().or_else(|| (!current.contains_key(STATUS_REASON)).then(reason));
