@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use ebb_test_support as support;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, complete, failed_completions, gateway_load, http_client, ready_ips};
 use support::crd::ScalableKind;
@@ -110,7 +110,7 @@ async fn play_controller(admin: &Client, ns: &str, name: &str, plan: &Mutex<Plan
         }
         for (role, index) in [("prefill", 0), ("prefill", 1), ("decode", 0)] {
             let pod = instance_pod(name, instance, role, index);
-            if round.existing.iter().any(|p| p.metadata.name == pod.metadata.name) {
+            if round.has_pod(&pod.name_any()) {
                 continue;
             }
             round.create(&pod).await?;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ebb_config::wire::IngestFrame;
-use ebb_http::stats::{Snapshot, last_whole_second, pod_stat};
+use ebb_http::stats::{Snapshot, every_wall_second, last_whole_second, pod_stat};
 use tokio::sync::mpsc;
 
 use crate::registry::Registry;
@@ -70,11 +70,7 @@ fn frame(service: &Service, stat: ebb_config::wire::PodStat) -> IngestFrame {
 /// of this and the previous second is skipped, so idle services cost nothing; the first idle second after
 /// activity is still sent, so the autoscaler sees the load end.
 pub async fn report(registry: Arc<Registry>, sink: Arc<dyn StatSink>, activator: String, started: Instant) {
-    let (now, wall) = (Instant::now(), SystemTime::now());
-    let next_second = last_whole_second(now, wall).0 + Duration::from_secs(1);
-    let first = next_second + AFTER_THE_SECOND;
-    let mut ticks = tokio::time::interval_at(first.into(), Duration::from_secs(1));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = every_wall_second(AFTER_THE_SECOND, Duration::from_secs(1));
     let mut busy_last_second = HashSet::new();
     loop {
         ticks.tick().await;

@@ -246,6 +246,17 @@ pub fn last_whole_second(now: Instant, wall: SystemTime) -> (Instant, SystemTime
     (now.checked_sub(into).unwrap_or(now), wall.checked_sub(into).unwrap_or(wall))
 }
 
+/// Ticks every `period` at `offset` past the wall clock's whole seconds (a late tick delays the next rather
+/// than bunching them): the rhythm of whoever reports or reads [`last_whole_second`].
+pub fn every_wall_second(offset: Duration, period: Duration) -> tokio::time::Interval {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let next = last_whole_second(now, wall).0 + SECOND;
+    let first = tokio::time::Instant::now() + (next - now) + offset;
+    let mut ticks = tokio::time::interval_at(first, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
 /// Counts one request as inside until dropped. Move it into the response body so that a streamed response
 /// counts until it ends.
 #[derive(Debug)]

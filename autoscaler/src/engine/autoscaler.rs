@@ -12,7 +12,7 @@ use ebb_config::Mode;
 use ebb_config::ServiceConfig;
 use ebb_config::ServiceId;
 use ebb_config::wire::{IngestFrame, PodStat};
-use ebb_http::stats::last_whole_second;
+use ebb_http::stats::every_wall_second;
 use ebb_kpa::{Error, Phase, TICK_INTERVAL, Timestamp};
 use ebb_process::sync::Locked;
 use futures::future::join_all;
@@ -472,11 +472,7 @@ impl Autoscaler {
     ) {
         // Collections read the wall clock's last whole second, which the pods and activators all measure (see
         // `ebb_http::stats`): a quarter of a second into each, when the activators' frames for it are in.
-        let (now, wall) = (std::time::Instant::now(), std::time::SystemTime::now());
-        let next_second = last_whole_second(now, wall).0 + Duration::from_secs(1);
-        let first = tokio::time::Instant::now() + (next_second - now) + COLLECT_AFTER_THE_SECOND;
-        let mut collect = tokio::time::interval_at(first, self.options.scrape_interval);
-        collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut collect = every_wall_second(COLLECT_AFTER_THE_SECOND, self.options.scrape_interval);
         let mut tick = tokio::time::interval(self.options.tick_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Collection runs on its own task so a slow scrape never delays a tick or a cold-start stat.
