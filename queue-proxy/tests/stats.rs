@@ -156,3 +156,46 @@ async fn one_second_upstream() -> std::net::SocketAddr {
     })
     .await
 }
+
+/// The stats port is open to the pod network: a client reading it as often as it likes changes nothing the
+/// autoscaler reads (every read of one second answers the same), and anything but `GET /stats` is refused
+/// with a clear answer.
+#[tokio::test]
+async fn reading_the_stats_port_changes_nothing_and_other_requests_are_refused() {
+    let addr = one_second_upstream().await;
+    let proxy = proxy(addr, &[]).await;
+    let client = client();
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (client.clone(), proxy.url("/work"));
+            tokio::spawn(async move { send(&client, get(&url)).await.status() })
+        })
+        .collect();
+    let stats_url = format!("http://{}/stats", proxy.addrs.stats);
+    let mut by_second: std::collections::HashMap<u64, PodStat> = std::collections::HashMap::new();
+    let mut reads = 0;
+    let until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < until {
+        let body = http_body_util::BodyExt::collect(send(&client, get(&stats_url)).await.into_body()).await;
+        let stat = PodStat::decode(&body.unwrap().to_bytes()).unwrap();
+        let first = by_second.entry(stat.timestamp_ms).or_insert_with(|| stat.clone());
+        assert_eq!(
+            *first,
+            PodStat { process_uptime_secs: first.process_uptime_secs, ..stat },
+            "read {reads}"
+        );
+        reads += 1;
+    }
+    assert!(reads > 100 && !by_second.is_empty(), "{reads} reads of {} seconds", by_second.len());
+    for request in load {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+
+    let (status, body) = fetch(proxy.addrs.stats, "/stats/../metrics").await;
+    assert_eq!((status, String::from_utf8_lossy(&body).contains("GET /stats")), (404, true));
+    let post = Request::post(&stats_url).body(Full::new(Bytes::from_static(b"x"))).unwrap();
+    let response = send(&client, post).await;
+    assert_eq!(response.status(), 404);
+    assert!(text(response).await.contains("GET /stats"));
+    proxy.stop().await;
+}
