@@ -77,11 +77,16 @@ pub async fn run(args: DriverArgs) -> Result<()> {
 
     let measure_from = Instant::now();
     let cpu_from = cpu_time(me).context("cpu time")?;
-    // One read of the page, as a Prometheus scrape makes (its copies are part of the memory measured).
+    // One read of the page, as a Prometheus scrape makes: the controller's copies while it writes the page are
+    // part of the memory measured, the driver's (the scraper's) is not, so only its figures are kept.
     let page_from = metrics_text(controller.metrics_addr).await;
     let errors_from = scrape_errors(&page_from);
     let ticks_from = tick_histogram(&page_from);
     let passes_from = histogram(&page_from, "ebb_autoscaler_reconcile_pass_seconds");
+    let per_second_names =
+        ["ebb_autoscaler_reconcile_passes_total", "ebb_autoscaler_reconcile_services_total"];
+    let sums_from = per_second_names.map(|name| metric_sum(&page_from, name));
+    drop(page_from);
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     let mut steps = Vec::new();
     // Per step: from the load step to the engine's decision (the tick that saw it), and on to the patch.
@@ -131,8 +136,8 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let ticks = tick_histogram(&page).since(&ticks_from);
     let passes = histogram(&page, "ebb_autoscaler_reconcile_pass_seconds").since(&passes_from);
     let pass_bound = |q: f64| (passes.count > 0.0).then(|| passes.quantile_bound(q) * 1000.0);
-    let per_second = |name: &str| {
-        let moved = metric_sum(&page, name)? - metric_sum(&page_from, name)?;
+    let per_second = |k: usize| {
+        let moved = metric_sum(&page, per_second_names[k])? - sums_from[k]?;
         Some(moved / elapsed.as_secs_f64())
     };
     let q = |s: &[Duration], p: f64| quantile(s, p).map_or(f64::NAN, ms);
@@ -157,8 +162,8 @@ pub async fn run(args: DriverArgs) -> Result<()> {
         "scrape_errors_measured": scrape_errors(&page) - errors_from,
         "scrape_connections_kept": metric_sum(&page, "ebb_autoscaler_scrape_connections_kept"),
         "scrape_connections_limit": metric_sum(&page, "ebb_autoscaler_scrape_connections_limit"),
-        "reconcile_passes_per_s": per_second("ebb_autoscaler_reconcile_passes_total"),
-        "reconcile_services_per_s": per_second("ebb_autoscaler_reconcile_services_total"),
+        "reconcile_passes_per_s": per_second(0),
+        "reconcile_services_per_s": per_second(1),
         "reconcile_pass_p50_le_ms": pass_bound(0.5),
         "reconcile_pass_p99_le_ms": pass_bound(0.99),
         "reconcile_unsettled_at_end": metric_sum(&page, "ebb_autoscaler_reconcile_unsettled"),
