@@ -140,11 +140,23 @@ fn table(decisions: &[Value]) -> String {
                 if d["panic"] == true { "yes".to_owned() } else { "no".to_owned() },
                 text(&d["mode"]),
                 text(&d["phase"]),
-                text(&d["reason"]),
+                reason(d),
             ]
         })
         .collect();
     render(&headers, rows)
+}
+
+/// A decision's reason, with the ticks it stands for when the autoscaler kept several that decided alike as
+/// one (the row shows the latest).
+fn reason(d: &Value) -> String {
+    let reason = d["reason"].as_str().unwrap_or("-");
+    match (d["ticks"].as_u64(), d["since_unix_ms"].as_u64()) {
+        (Some(ticks), Some(since)) if ticks > 1 => {
+            format!("{reason} ({ticks} ticks alike since {})", clock(since))
+        }
+        _ => reason.to_owned(),
+    }
 }
 
 /// `HH:MM:SS.mmm` of a Unix time in milliseconds.
@@ -247,13 +259,16 @@ ebb_autoscaler_cold_start_decision_seconds_count{namespace=\"default\",service=\
             r#"[{"unix_ms": 3723004005, "observed_stable": 1.5, "observed_panic": 2.0, "ready": 0, "desired": 1,
                  "decider_desired": 1, "panic": true, "mode": "proxy", "phase": "activating", "reason": "up"},
                 {"unix_ms": 3723006005, "observed_stable": null, "observed_panic": null, "ready": 1, "desired": 1,
-                 "decider_desired": null, "panic": false, "mode": "serve", "phase": "active", "reason": "hold"}]"#,
+                 "decider_desired": null, "panic": false, "mode": "serve", "phase": "active", "reason": "hold",
+                 "ticks": 3, "since_unix_ms": 3723005005}]"#,
         )
         .unwrap();
         let text = table(&decisions);
         assert!(text.starts_with("TIME (UTC)"), "{text}");
         assert!(text.contains("02:10:04.005  1.50      2.00"), "{text}");
         assert!(text.lines().nth(2).unwrap().contains("-         -"), "{text}");
+        assert!(text.lines().nth(1).unwrap().ends_with("up"), "one tick: the reason alone: {text}");
+        assert!(text.lines().nth(2).unwrap().ends_with("hold (3 ticks alike since 02:10:05.005)"), "{text}");
         let chart = chart("ebb: default/demo", &decisions, &[]);
         assert_eq!(chart.points.len(), 2);
         assert_eq!((chart.points[1].t, chart.points[1].ready, chart.points[1].desired), (2.0, 1, None));

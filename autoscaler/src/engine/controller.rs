@@ -50,6 +50,11 @@ pub struct DecisionRecord {
     pub policy_kind: &'static str,
     /// Both reasons; written as one sentence (its `Display`, and in JSON).
     pub reason: Why,
+    /// The ticks this record stands for: consecutive ticks that decided alike (the same replicas, ready pods,
+    /// mode, phase, panic and reason kinds) are kept as one, with the latest one's inputs and time.
+    pub ticks: u32,
+    /// When the first of those ticks decided, milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
 }
 
 /// Why a tick decided as it did, as values: the sentence is written only when something reads it (a log
@@ -60,6 +65,18 @@ pub struct Why {
     decider: ebb_kpa::Outcome,
     policy: ebb_kpa::PolicyReason,
     paused: bool,
+}
+
+impl Why {
+    /// Whether `other` gives the same reasons: the decider's kind and count, the policy's kind, paused or not
+    /// (the numbers a reason quotes besides may differ).
+    fn same_kinds(&self, other: &Why) -> bool {
+        let count = |w: &Why| w.decider.decision().map(|d| d.desired);
+        self.decider.kind() == other.decider.kind()
+            && count(self) == count(other)
+            && self.policy.kind() == other.policy.kind()
+            && self.paused == other.paused
+    }
 }
 
 impl std::fmt::Display for Why {
@@ -138,8 +155,8 @@ pub struct ServiceController {
 }
 
 /// A decision as kept in the history: what [`DecisionRecord`] holds less what its reason already says (the
-/// decider's count and excess capacity, both reasons' kinds). 160 bytes against the record's 240, 30 times
-/// for every service.
+/// decider's count and excess capacity, both reasons' kinds). 168 bytes against the record's 248; a service
+/// whose decision holds keeps one of them, however many ticks it stays.
 #[derive(Debug, Clone, Copy)]
 struct Kept {
     at_secs: f64,
@@ -152,9 +169,21 @@ struct Kept {
     mode: Mode,
     phase: &'static str,
     reason: Why,
+    /// The ticks folded into this one ([`DecisionRecord::ticks`]).
+    ticks: u32,
+    /// Milliseconds from the first of them to this one.
+    span_ms: u32,
 }
 
 impl Kept {
+    /// Whether `next` decided as this one did, so that it may stand in for both.
+    fn alike(&self, next: &Kept) -> bool {
+        !next.changed
+            && (self.desired, self.ready, self.mode, self.phase, self.panic)
+                == (next.desired, next.ready, next.mode, next.phase, next.panic)
+            && self.reason.same_kinds(&next.reason)
+    }
+
     fn record(&self) -> DecisionRecord {
         let decision = self.reason.decider.decision();
         DecisionRecord {
@@ -173,6 +202,8 @@ impl Kept {
             decider_kind: self.reason.decider.kind().as_str(),
             policy_kind: self.reason.policy.kind(),
             reason: self.reason,
+            ticks: self.ticks,
+            since_unix_ms: self.unix_ms - u64::from(self.span_ms),
         }
     }
 }
@@ -283,9 +314,10 @@ impl ServiceController {
         let mode_changed = out.mode != self.mode;
         self.mode = out.mode;
         let reason = Why { decider: outcome, policy: out.reason, paused: self.is_paused() };
+        let unix_ms = unix_ms_now();
         let kept = Kept {
             at_secs: now.since_epoch().as_secs_f64(),
-            unix_ms: unix_ms_now(),
+            unix_ms,
             observed,
             ready: ready_n,
             desired: self.replicas,
@@ -294,19 +326,36 @@ impl ServiceController {
             mode: out.mode,
             phase: out.phase.name(),
             reason,
+            ticks: 1,
+            span_ms: 0,
         };
-        if self.history.len() == self.history_len {
-            self.history.pop_front();
-        } else if self.history.capacity() == 0 {
-            // Exactly the records kept: a growing deque would double to 32.
-            self.history.reserve_exact(self.history_len);
-        }
-        self.history.push_back(kept);
+        self.keep(kept);
         let actions = Actions {
             replicas: (self.replicas != previous).then_some(self.replicas),
             mode: mode_changed.then_some(self.mode),
         };
         (kept.record(), actions)
+    }
+
+    /// Adds `kept` to the history, or folds it into the last record when it decided alike.
+    fn keep(&mut self, kept: Kept) {
+        match self.history.back_mut() {
+            Some(last) if last.alike(&kept) => {
+                let since = last.unix_ms - u64::from(last.span_ms);
+                let span_ms = u32::try_from(kept.unix_ms.saturating_sub(since)).unwrap_or(u32::MAX);
+                *last = Kept { ticks: last.ticks.saturating_add(1), span_ms, ..kept };
+                return;
+            }
+            _ => {}
+        }
+        if self.history.len() == self.history_len {
+            self.history.pop_front();
+        } else if self.history.len() == self.history.capacity() {
+            // Grown by doubling up to exactly the records kept (a deque left to itself would reach 32 for 30).
+            let more = self.history.len().max(2).min(self.history_len - self.history.len());
+            self.history.reserve_exact(more);
+        }
+        self.history.push_back(kept);
     }
 
     /// The last decisions, oldest first.
@@ -373,9 +422,39 @@ mod tests {
 
     #[test]
     fn a_kept_decision_is_a_third_smaller_than_its_record() {
-        // Kept 30 times for each of up to 10,000 services.
-        assert!(std::mem::size_of::<Kept>() <= 160, "{}", std::mem::size_of::<Kept>());
+        // Kept up to 30 times for each of up to 10,000 services.
+        assert!(std::mem::size_of::<Kept>() <= 168, "{}", std::mem::size_of::<Kept>());
         assert!(std::mem::size_of::<DecisionRecord>() >= 240);
+    }
+
+    #[test]
+    fn ticks_that_decide_alike_are_kept_as_one_record_with_the_latest_inputs() {
+        let mut c = ServiceController::new(config(&[]), Timestamp::ZERO, 1, 1, 30).unwrap();
+        // A steady load: every tick keeps 1 replica for the same reasons, with slightly different inputs.
+        for t in 1..=20 {
+            c.record(Timestamp::from_secs(t), 0.5 + t as f64 / 100.0).unwrap();
+            if t % 2 == 0 {
+                tick_at(&mut c, t);
+            }
+        }
+        let history = c.history();
+        assert_eq!(history.len(), 1, "{history:#?}");
+        let steady = &history[0];
+        assert_eq!((steady.ticks, steady.desired, steady.changed), (10, 1, false));
+        assert_eq!(steady.at_secs, 20.0, "the latest tick's time");
+        assert!(steady.observed_stable.is_some_and(|o| o > 0.5), "the latest tick's inputs: {steady:?}");
+        assert!(steady.since_unix_ms <= steady.unix_ms);
+        // A step of load: the change is a record of its own, and what follows it another.
+        for t in 21..=30 {
+            c.record(Timestamp::from_secs(t), 300.0).unwrap();
+            if t % 2 == 0 {
+                tick_at(&mut c, t);
+            }
+        }
+        let history = c.history();
+        assert!(history.len() >= 2, "{history:#?}");
+        assert!(history[1].changed && history[1].desired > 1 && history[1].ticks == 1, "{:?}", history[1]);
+        assert_eq!(history.iter().map(|r| r.ticks).sum::<u32>(), 15, "every tick is counted once");
     }
 
     #[test]
