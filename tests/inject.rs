@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use ebb_autoscaler::cluster::env_check;
+use ebb_autoscaler::cluster::watched::WatchedPod;
 use ebb_config::{GlobalConfig, resolve_service};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -148,6 +149,8 @@ fn the_sidecar_carries_the_annotations_and_passes_the_autoscalers_check() {
         spec: template.spec,
         ..Default::default()
     };
+    // Read as the autoscaler's pod watch reads it: from the pod's JSON.
+    let pod: WatchedPod = serde_json::from_value(serde_json::to_value(&pod).unwrap()).unwrap();
     assert_eq!(env_check::mismatches(&pod, &spec), []);
     // ... and would complain about a sidecar injected for other annotations.
     let stale = CHAT.replace("\"8\"", "\"2\"");

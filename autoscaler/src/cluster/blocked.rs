@@ -2,7 +2,7 @@
 //! A pure function of the pod's status, so that the activator's Kubernetes source (which has its own copy
 //! today, in `activator/src/kube_source.rs`) could share it from a common place.
 
-use k8s_openapi::api::core::v1::Pod;
+use super::watched::WatchedPod;
 
 /// Why a pod is stuck.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +21,7 @@ const CRASH_LOOP: [&str; 2] = ["CrashLoopBackOff", "CreateContainerConfigError"]
 pub const KINDS: [&str; 3] = ["unschedulable", "image_pull", "crash_loop"];
 
 /// Whether `pod` is stuck, and why. A pod being deleted is not reported.
-pub fn blocked(pod: &Pod) -> Option<Blocked> {
+pub fn blocked(pod: &WatchedPod) -> Option<Blocked> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -57,7 +57,7 @@ mod tests {
 
     use super::*;
 
-    fn pod(status: serde_json::Value) -> Pod {
+    fn pod(status: serde_json::Value) -> WatchedPod {
         serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
     }
 

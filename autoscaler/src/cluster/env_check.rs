@@ -10,10 +10,9 @@ use ebb_config::keys::annotation;
 use ebb_config::sidecar::{data_plane_settings, env};
 use ebb_config::value::{format_duration, parse_duration};
 use ebb_config::{DataPlaneSpec, Protocol};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
-/// The queue-proxy container's usual name.
-const QUEUE_PROXY: &str = "queue-proxy";
+use super::watched::{WatchedContainer, WatchedPod};
+
 /// The queue-proxy's `--timeout` default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -74,45 +73,6 @@ pub fn describe_with(mismatches: &[Mismatch], remedy: &str) -> String {
     format!("pod {}: {}; {remedy}", first.pod, clauses.join("; "))
 }
 
-/// Whether `pod` runs a queue-proxy (found as [`mismatches`] finds it).
-pub fn has_queue_proxy(pod: &Pod) -> bool {
-    queue_proxy(pod).is_some()
-}
-
-/// The queue-proxy container: the one whose env has `EBB_UPSTREAM`, else the one named `queue-proxy`
-/// (regular containers first, then init containers, where a native sidecar lives).
-fn queue_proxy(pod: &Pod) -> Option<&Container> {
-    queue_proxy_in(pod.spec.as_ref()?)
-}
-
-/// Whether a pod spec (a pod template's) runs a queue-proxy, found as [`has_queue_proxy`] finds it.
-pub fn spec_has_queue_proxy(spec: &PodSpec) -> bool {
-    queue_proxy_in(spec).is_some()
-}
-
-/// Drops every container but the queue-proxy (as [`has_queue_proxy`] finds it) from `spec`: the only one the
-/// checks read. Container names are unique across a pod's containers and init containers.
-pub(crate) fn keep_only_queue_proxy(spec: &mut PodSpec) {
-    let name = queue_proxy_in(spec).map(|c| c.name.clone());
-    let keep = |c: &Container| name.as_ref() == Some(&c.name);
-    spec.containers.retain(keep);
-    spec.containers.shrink_to_fit();
-    if let Some(init) = &mut spec.init_containers {
-        init.retain(keep);
-        init.shrink_to_fit();
-    }
-    if spec.init_containers.as_ref().is_some_and(Vec::is_empty) {
-        spec.init_containers = None;
-    }
-}
-
-fn queue_proxy_in(spec: &PodSpec) -> Option<&Container> {
-    let all = || spec.containers.iter().chain(spec.init_containers.iter().flatten());
-    all()
-        .find(|c| c.env.iter().flatten().any(|e| e.name == env::UPSTREAM))
-        .or_else(|| all().find(|c| c.name == QUEUE_PROXY))
-}
-
 /// A variable's state on the container.
 enum Env<'a> {
     /// Not set (or empty, which clap treats as not set): the default applies.
@@ -123,7 +83,7 @@ enum Env<'a> {
     Literal(&'a str),
 }
 
-fn env<'a>(container: &'a Container, name: &str) -> Env<'a> {
+fn env<'a>(container: &'a WatchedContainer, name: &str) -> Env<'a> {
     // Kubernetes lets the last of duplicate names win.
     match container.env.iter().flatten().rfind(|e| e.name == name) {
         None => Env::Unset,
@@ -234,8 +194,8 @@ const VARIABLES: [Variable; 7] = [
 
 /// Where the queue-proxy container of `pod` (if it has one) would enforce something other than `spec`.
 /// Variables set through `valueFrom` are not compared; an unset variable counts as the queue-proxy's default.
-pub fn mismatches(pod: &Pod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
-    let Some(container) = queue_proxy(pod) else { return Vec::new() };
+pub fn mismatches(pod: &WatchedPod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
+    let Some(container) = pod.queue_proxy() else { return Vec::new() };
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     // What the annotations ask for, as text; a setting left out (the protocol) is unset.
     let wanted = data_plane_settings(spec);
@@ -294,7 +254,7 @@ mod tests {
         }
     }
 
-    fn pod(env: serde_json::Value) -> Pod {
+    fn pod(env: serde_json::Value) -> WatchedPod {
         serde_json::from_value(json!({
             "metadata": {"name": "chat-7f9c"},
             "spec": {"containers": [
@@ -305,7 +265,7 @@ mod tests {
         .unwrap()
     }
 
-    fn qp(extra: serde_json::Value) -> Pod {
+    fn qp(extra: serde_json::Value) -> WatchedPod {
         let mut env = vec![json!({"name": env::UPSTREAM, "value": "127.0.0.1:8080"})];
         env.extend(extra.as_array().unwrap().iter().cloned());
         pod(serde_json::Value::Array(env))
@@ -412,10 +372,10 @@ mod tests {
     fn pods_without_a_queue_proxy_are_not_checked() {
         let p = pod(json!([{"name": "OTHER", "value": "1"}]));
         assert_eq!(mismatches(&p, &spec()), []);
-        let bare: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
+        let bare: WatchedPod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
         assert_eq!(mismatches(&bare, &spec()), []);
         // Found by name when EBB_UPSTREAM is left to its default.
-        let named: Pod = serde_json::from_value(json!({"metadata": {"name": "p"},
+        let named: WatchedPod = serde_json::from_value(json!({"metadata": {"name": "p"},
             "spec": {"containers": [{"name": "queue-proxy"}]}}))
         .unwrap();
         assert_eq!(envs(&mismatches(&named, &spec())), [env::CONTAINER_CONCURRENCY, env::QUEUE_DEPTH]);

@@ -8,8 +8,6 @@
 use std::sync::Arc;
 
 use ebb_config::ServiceId;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Patch;
 use kube::{Api, Resource};
 use serde_json::json;
@@ -19,6 +17,7 @@ use super::options::patch_params;
 use super::scale::{self, ScaleContext};
 use super::service_state::ServiceState;
 use super::targets::Target;
+use super::watched::{WatchedDeployment, WatchedPod};
 use crate::engine::ServiceStatus;
 
 /// The leader's pass for one service: [`scale::reconcile`] alone, or with its group.
@@ -27,7 +26,7 @@ pub(crate) async fn reconcile(
     (id, state): (&ServiceId, &mut ServiceState),
     target: &Target,
     status: &ServiceStatus,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<WatchedPod>],
     group: Option<&GroupState>,
 ) {
     let Some(group) = group else { return scale::reconcile(ctx, id, state, target, status, pods).await };
@@ -75,7 +74,7 @@ async fn scale_member(
     }
     let context = ctx.context;
     let namespace = member.deployment.meta().namespace.clone().unwrap_or_default();
-    let api: Api<Deployment> = Api::namespaced(context.client.clone(), &namespace);
+    let api: Api<WatchedDeployment> = Api::namespaced(context.client.clone(), &namespace);
     let patch = json!({"spec": {"replicas": want}});
     match api.patch_scale(&name, &patch_params(), &Patch::Merge(&patch)).await {
         Ok(_) => {

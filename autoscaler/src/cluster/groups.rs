@@ -9,7 +9,6 @@ use std::sync::Arc;
 use ebb_config::ServiceId;
 use ebb_config::groups::{BadGroup, LABEL_GROUP, MemberMeta, resolve_groups};
 use ebb_config::names::STATUS_GROUP;
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Patch;
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
@@ -19,12 +18,13 @@ use super::options::patch_params;
 use super::state::{Context, Signals};
 use super::stores::Stores;
 use super::targets::Target;
+use super::watched::WatchedDeployment;
 
 /// One member of a valid group other than the entry, as the watch shows it.
 #[derive(Debug, Clone)]
 pub(crate) struct MemberState {
     /// The Deployment.
-    pub deployment: Arc<Deployment>,
+    pub deployment: Arc<WatchedDeployment>,
     /// Its pods per instance.
     pub pods: u32,
     /// `spec.replicas`.
@@ -64,10 +64,10 @@ pub(crate) struct Groups {
     /// Entries of bad groups: ebb leaves these services alone.
     pub refused: HashSet<ServiceId>,
     /// Each member of a bad group with what is wrong.
-    pub problems: Vec<(Arc<Deployment>, String)>,
+    pub problems: Vec<(Arc<WatchedDeployment>, String)>,
     /// Every member of every group, with what its `status.ebb.dev/group` should say, and the key whose
     /// owner writes it ([`group_key`]).
-    notes: Vec<(ServiceId, Arc<Deployment>, Option<String>)>,
+    notes: Vec<(ServiceId, Arc<WatchedDeployment>, Option<String>)>,
 }
 
 impl Groups {
@@ -85,7 +85,7 @@ impl Groups {
 
 /// Sorts the Deployments labelled `ebb.dev/group` into groups.
 pub(crate) fn observe(stores: &Stores) -> Groups {
-    let deployments: Vec<Arc<Deployment>> = stores.groups.iter().flat_map(Store::state).collect();
+    let deployments: Vec<Arc<WatchedDeployment>> = stores.groups.iter().flat_map(Store::state).collect();
     let empty = BTreeMap::new();
     let metas = deployments.iter().map(|d| MemberMeta {
         namespace: d.metadata.namespace.as_deref().unwrap_or_default(),
@@ -127,7 +127,11 @@ pub(crate) fn observe(stores: &Stores) -> Groups {
     groups
 }
 
-fn refuse(groups: &mut Groups, group: &BadGroup, find: &impl Fn(&str, &str) -> Option<Arc<Deployment>>) {
+fn refuse(
+    groups: &mut Groups,
+    group: &BadGroup,
+    find: &impl Fn(&str, &str) -> Option<Arc<WatchedDeployment>>,
+) {
     let message = group.message();
     for entry in &group.entries {
         groups.refused.insert(ServiceId::new(group.namespace.clone(), entry.clone()));
@@ -164,7 +168,7 @@ pub(crate) async fn write_notes(context: &Context, signals: &Signals, groups: &G
             continue;
         }
         let (namespace, name) = (deployment.namespace().unwrap_or_default(), deployment.name_any());
-        let api: Api<Deployment> = Api::namespaced(context.client.clone(), &namespace);
+        let api: Api<WatchedDeployment> = Api::namespaced(context.client.clone(), &namespace);
         let patch = json!({"metadata": {"annotations": {STATUS_GROUP: note}}});
         if let Err(err) = api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
             tracing::warn!(deployment = %name, %namespace, "cannot write {STATUS_GROUP}: {err}");
@@ -177,7 +181,7 @@ mod tests {
     use super::*;
 
     fn member(ready: u32, pods: u32) -> MemberState {
-        MemberState { deployment: Arc::new(Deployment::default()), pods, replicas: 0, ready }
+        MemberState { deployment: Arc::new(WatchedDeployment::default()), pods, replicas: 0, ready }
     }
 
     #[test]

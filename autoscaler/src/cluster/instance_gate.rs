@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use ebb_config::ServiceId;
 use ebb_config::targets::INSTANCE_READY_GATE;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Patch;
 use kube::{Api, ResourceExt};
@@ -20,15 +19,16 @@ use super::instances::InstanceView;
 use super::options::patch_params;
 use super::pods::has_instance_gate as has_gate;
 use super::state::Context;
+use super::watched::WatchedPod;
 
 /// The gate's condition on `pod`'s status: `None` until it is first written.
-pub(crate) fn gate_status(pod: &Pod) -> Option<bool> {
+pub(crate) fn gate_status(pod: &WatchedPod) -> Option<bool> {
     let conditions = pod.status.as_ref()?.conditions.as_ref()?;
     conditions.iter().find(|c| c.type_ == INSTANCE_READY_GATE).map(|c| c.status == "True")
 }
 
 /// The entry pods whose gate must change, with the value it must take.
-pub(crate) fn changes(view: &InstanceView, entries: &[Arc<Pod>]) -> Vec<(Arc<Pod>, bool)> {
+pub(crate) fn changes(view: &InstanceView, entries: &[Arc<WatchedPod>]) -> Vec<(Arc<WatchedPod>, bool)> {
     entries
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && has_gate(p))
@@ -42,7 +42,7 @@ pub(crate) fn changes(view: &InstanceView, entries: &[Arc<Pod>]) -> Vec<(Arc<Pod
 /// The strategic-merge patch of `pod`'s status that sets the gate to `whole` (conditions merge by type, so
 /// the kubelet's own are left as they are); the uid makes it apply to this pod only, not a successor of
 /// the same name.
-fn patch(pod: &Pod, whole: bool, size: &Result<u32, String>) -> Value {
+fn patch(pod: &WatchedPod, whole: bool, size: &Result<u32, String>) -> Value {
     let (status, reason, message) = if whole {
         ("True", "InstanceReady", "every pod of its instance is ready".to_owned())
     } else {
@@ -63,9 +63,14 @@ fn patch(pod: &Pod, whole: bool, size: &Result<u32, String>) -> Value {
 
 /// Writes the gates of `id`'s entry pods that differ from `view`. Failures are logged and retried on the
 /// next pass (the condition read back from the watch still differs).
-pub(crate) async fn reconcile(context: &Context, id: &ServiceId, view: &InstanceView, entries: &[Arc<Pod>]) {
+pub(crate) async fn reconcile(
+    context: &Context,
+    id: &ServiceId,
+    view: &InstanceView,
+    entries: &[Arc<WatchedPod>],
+) {
     for (pod, whole) in changes(view, entries) {
-        let api: Api<Pod> = Api::namespaced(context.client.clone(), &id.namespace);
+        let api: Api<WatchedPod> = Api::namespaced(context.client.clone(), &id.namespace);
         let name = pod.name_any();
         match api
             .patch_status(&name, &patch_params(), &Patch::Strategic(patch(&pod, whole, &view.size)))
@@ -86,7 +91,7 @@ pub(crate) async fn reconcile(context: &Context, id: &ServiceId, view: &Instance
 mod tests {
     use super::*;
 
-    fn entry(name: &str, gate: bool, condition: Option<&str>) -> Arc<Pod> {
+    fn entry(name: &str, gate: bool, condition: Option<&str>) -> Arc<WatchedPod> {
         let gates = if gate { json!([{"conditionType": INSTANCE_READY_GATE}]) } else { json!([]) };
         let conditions: Vec<Value> =
             condition.map(|s| json!({"type": INSTANCE_READY_GATE, "status": s})).into_iter().collect();

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use ebb_config::ServiceId;
 use ebb_config::targets::InstanceShape;
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -16,9 +15,12 @@ use kube::{Api, Client, ResourceExt};
 use super::health::ApiHealth;
 use super::state::Signals;
 use super::stores::{Reflectors, listed, reflect};
+use super::watched::{self, WatchedPod};
 
 /// Marks the service of an instance pod: the target named by its `label`; after a relist, every service.
-fn touch(label: &str) -> impl FnMut(&Signals, &watcher::Event<Pod>, &Store<Pod>) + Send + 'static {
+fn touch(
+    label: &str,
+) -> impl FnMut(&Signals, &watcher::Event<WatchedPod>, &Store<WatchedPod>) + Send + 'static {
     let label = label.to_owned();
     move |signals, event, _| match event {
         watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
@@ -32,11 +34,11 @@ fn touch(label: &str) -> impl FnMut(&Signals, &watcher::Event<Pod>, &Store<Pod>)
 }
 
 /// Pods by namespace and target name.
-pub(crate) type ByTarget = HashMap<(String, String), Vec<Arc<Pod>>>;
+pub(crate) type ByTarget = HashMap<(String, String), Vec<Arc<WatchedPod>>>;
 
 /// The pods that carry one name label, in every watched namespace.
 struct LabelWatch {
-    stores: Vec<Store<Pod>>,
+    stores: Vec<Store<WatchedPod>>,
     _tasks: Reflectors,
 }
 
@@ -82,7 +84,7 @@ impl InstancePods {
                         api,
                         config.clone(),
                         (),
-                        (|_: &mut Pod| {}, touch(label)),
+                        (watched::pod, touch(label)),
                     )
                 })
                 .collect();

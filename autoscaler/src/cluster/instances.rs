@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use ebb_config::targets::{INSTANCE_READY_GATE, InstanceShape, SizeField};
 use ebb_config::{GlobalConfig, ServiceId};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 
@@ -22,6 +21,7 @@ use super::pods::has_instance_gate;
 use super::state::Context;
 use super::target_watches::TargetWatches;
 use super::targets::Target;
+use super::watched::WatchedPod;
 use crate::engine::PodTarget;
 
 /// One service's instances as the pass saw them.
@@ -41,11 +41,11 @@ impl InstanceView {
     pub fn observe(
         shape: &InstanceShape,
         size: Result<u32, String>,
-        entries: &[Arc<Pod>],
-        members: &[Arc<Pod>],
+        entries: &[Arc<WatchedPod>],
+        members: &[Arc<WatchedPod>],
         synced: bool,
     ) -> Self {
-        let mut instances: HashMap<&str, BTreeMap<String, &Pod>> = HashMap::new();
+        let mut instances: HashMap<&str, BTreeMap<String, &WatchedPod>> = HashMap::new();
         for pod in members.iter().chain(entries).filter(|p| p.metadata.deletion_timestamp.is_none()) {
             if let Some(instance) = pod.labels().get(&shape.instance_label) {
                 instances.entry(instance.as_str()).or_default().insert(pod.name_any(), pod);
@@ -83,7 +83,7 @@ impl InstanceView {
 /// Entry pods without the instance readiness gate (created before their kind had an instance shape, or
 /// without the webhook): the activator and the EndpointSlice would use them before their instance is whole.
 /// A Warning Event naming them, deduplicated by the events' own memory.
-fn report_ungated(context: &Context, target: &Target, entries: &[Arc<Pod>]) {
+fn report_ungated(context: &Context, target: &Target, entries: &[Arc<WatchedPod>]) {
     let mut ungated: Vec<String> = entries
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && !has_instance_gate(p))
@@ -120,7 +120,7 @@ pub(crate) fn size_of(
 
 /// The kubelet's verdict on the pod's containers, which no readiness gate holds back; a pod that reports
 /// none (written by something other than a kubelet) by its `Ready`.
-pub(crate) fn containers_ready(pod: &Pod) -> bool {
+pub(crate) fn containers_ready(pod: &WatchedPod) -> bool {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
     let find = |kind: &str| conditions.iter().find(|c| c.type_ == kind).map(|c| c.status == "True");
     pod.metadata.deletion_timestamp.is_none()
@@ -137,7 +137,7 @@ pub(crate) fn views(
     global: &GlobalConfig,
     targets: &[Target],
     (watches, members): (&TargetWatches, &InstancePods),
-    entries: &HashMap<ServiceId, Vec<Arc<Pod>>>,
+    entries: &HashMap<ServiceId, Vec<Arc<WatchedPod>>>,
 ) -> Views {
     let mut indexed: HashMap<String, ByTarget> = HashMap::new();
     let mut views = Views::new();
@@ -168,7 +168,7 @@ pub(crate) fn views(
 mod tests {
     use super::*;
 
-    fn pod(name: &str, instance: &str, entry: bool, containers_ready: bool) -> Arc<Pod> {
+    fn pod(name: &str, instance: &str, entry: bool, containers_ready: bool) -> Arc<WatchedPod> {
         let mut labels = serde_json::json!({"example.com/instance": instance, "example.com/name": "llm"});
         if entry {
             labels["ebb.dev/service"] = "llm".into();

@@ -3,8 +3,8 @@
 //! (and its entry point [`ClusterController`]) so that neither the module nor the type is taken for the
 //! `kube` crate or its `Controller`.
 //!
-//! - `stores`: reflectors on labelled Deployments, their pods, the `config-autoscaler` ConfigMap, Services,
-//!   EndpointSlices and the activator pods;
+//! - `stores`, [`watched`]: reflectors on labelled Deployments, their pods, the `config-autoscaler` ConfigMap,
+//!   Services, EndpointSlices and the activator pods, each keeping only what the pass reads;
 //! - `targets`, `target_watches`, `selector`: scale targets of any kind (`scale-target-kinds`): one view of
 //!   a Deployment or another object with its `scale` subresource, the watches of the other kinds, the pod
 //!   selectors their scale subresources report;
@@ -68,7 +68,7 @@ pub mod status;
 mod stores;
 mod target_watches;
 mod targets;
-mod trim;
+pub mod watched;
 pub mod webhook;
 
 use std::net::SocketAddr;

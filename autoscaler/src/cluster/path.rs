@@ -28,7 +28,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PostParams};
 use kube::{Api, Resource, ResourceExt};
@@ -41,6 +41,7 @@ use super::slices::{LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER};
 use super::state::{Activators, Context};
 use super::stores::Stores;
 use super::targets::Target;
+use super::watched::{WatchedPod, WatchedSlice};
 use crate::engine::ServiceStatus;
 
 /// How long a successful activator probe counts.
@@ -150,7 +151,7 @@ pub(crate) struct PathContext<'a> {
 }
 
 /// The wanted slice: addresses and port.
-fn wanted(ctx: &PathContext<'_>, status: &ServiceStatus, pods: &[Arc<Pod>]) -> (Vec<String>, u16) {
+fn wanted(ctx: &PathContext<'_>, status: &ServiceStatus, pods: &[Arc<WatchedPod>]) -> (Vec<String>, u16) {
     let options = &ctx.context.options;
     if status.mode == "proxy" && !ctx.activators.is_empty() {
         let mut ips: Vec<String> = ctx.activators.iter().map(IpAddr::to_string).collect();
@@ -165,22 +166,7 @@ fn wanted(ctx: &PathContext<'_>, status: &ServiceStatus, pods: &[Arc<Pod>]) -> (
     }
 }
 
-/// The addresses and port of a slice as stored.
-fn slice_content(slice: &DynamicObject) -> (Vec<String>, u16) {
-    let mut ips: Vec<String> = slice.data["endpoints"]
-        .as_array()
-        .map(|eps| {
-            eps.iter()
-                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
-                .filter_map(|a| a.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    ips.sort();
-    let port = slice.data["ports"][0]["port"].as_u64().unwrap_or(0) as u16;
-    (ips, port)
-}
-
+/// A slice's content as written: one ready endpoint per address, and the port.
 fn slice_body(ips: &[String], port: u16) -> Value {
     let endpoints: Vec<Value> =
         ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
@@ -198,7 +184,7 @@ pub(crate) async fn reconcile(
     state: &mut ServiceState,
     target: &Target,
     status: &ServiceStatus,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<WatchedPod>],
 ) {
     let context = ctx.context;
     let set_in_path = |v: bool| ctx.verified.set_in_path(id, v);
@@ -277,7 +263,7 @@ pub(crate) async fn reconcile(
     let (ips, port) = wanted(ctx, status, pods);
     let slices: Api<DynamicObject> = Api::namespaced_with(context.client.clone(), &id.namespace, ctx.slices);
     let seen = ctx.stores.slice(&id.namespace, &id.name, ctx.slices);
-    let seen_content = seen.as_deref().map(slice_content);
+    let seen_content = seen.as_deref().map(WatchedSlice::content);
     if seen_content.as_ref() != Some(&(ips.clone(), port)) && may_write {
         let body = slice_body(&ips, port);
         let result = match &seen {

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use ebb_config::ServiceId;
 use ebb_config::names::LABEL_SERVICE;
 use ebb_process::sync::Locked;
-use k8s_openapi::api::core::v1::Pod;
+
+use super::watched::WatchedPod;
 
 #[derive(Debug, Default)]
 struct Index {
@@ -38,11 +39,11 @@ impl Index {
 #[derive(Debug, Default)]
 pub(crate) struct PodIndex(Mutex<Index>);
 
-fn key(pod: &Pod) -> (String, String) {
+fn key(pod: &WatchedPod) -> (String, String) {
     (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
 }
 
-fn service_of(pod: &Pod) -> Option<ServiceId> {
+fn service_of(pod: &WatchedPod) -> Option<ServiceId> {
     let service = pod.metadata.labels.as_ref()?.get(LABEL_SERVICE)?;
     Some(ServiceId::new(pod.metadata.namespace.as_deref().unwrap_or_default(), service))
 }
@@ -50,7 +51,7 @@ fn service_of(pod: &Pod) -> Option<ServiceId> {
 impl PodIndex {
     /// Files an added or changed pod under its service. Returns the services whose pods changed: the pod's,
     /// and the one it was filed under before if its label changed.
-    pub fn apply(&self, pod: &Pod) -> Vec<ServiceId> {
+    pub fn apply(&self, pod: &WatchedPod) -> Vec<ServiceId> {
         let key = key(pod);
         let mut index = self.0.locked();
         let before = index.remove(&key);
@@ -63,12 +64,12 @@ impl PodIndex {
     }
 
     /// Forgets a deleted pod; returns the service it was filed under.
-    pub fn delete(&self, pod: &Pod) -> Option<ServiceId> {
+    pub fn delete(&self, pod: &WatchedPod) -> Option<ServiceId> {
         self.0.locked().remove(&key(pod))
     }
 
     /// Files `pods` anew after a watch listed them all, in `namespace` (`None`: every namespace).
-    pub fn relisted<'p>(&self, namespace: Option<&str>, pods: impl IntoIterator<Item = &'p Pod>) {
+    pub fn relisted<'p>(&self, namespace: Option<&str>, pods: impl IntoIterator<Item = &'p WatchedPod>) {
         let mut index = self.0.locked();
         let gone: Vec<(String, String)> =
             index.of_pod.keys().filter(|(ns, _)| namespace.is_none_or(|n| n == ns)).cloned().collect();
@@ -92,8 +93,8 @@ impl PodIndex {
 mod tests {
     use super::*;
 
-    fn pod(namespace: &str, name: &str, service: Option<&str>) -> Pod {
-        let mut pod = Pod::default();
+    fn pod(namespace: &str, name: &str, service: Option<&str>) -> WatchedPod {
+        let mut pod = WatchedPod::default();
         pod.metadata.namespace = Some(namespace.into());
         pod.metadata.name = Some(name.into());
         pod.metadata.labels = service.map(|s| [(LABEL_SERVICE.to_owned(), s.to_owned())].into());

@@ -5,14 +5,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ebb_config::targets::INSTANCE_READY_GATE;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use super::watched::WatchedPod;
 use crate::engine::PodTarget;
 
 /// Ready condition true, not being deleted.
-pub(crate) fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &WatchedPod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status
@@ -22,7 +22,7 @@ pub(crate) fn is_ready(pod: &Pod) -> bool {
 }
 
 /// Whether `pod`'s spec carries the readiness gate of multi-pod instances.
-pub(crate) fn has_instance_gate(pod: &Pod) -> bool {
+pub(crate) fn has_instance_gate(pod: &WatchedPod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.readiness_gates.as_ref())
@@ -30,7 +30,7 @@ pub(crate) fn has_instance_gate(pod: &Pod) -> bool {
 }
 
 /// The engine's view of a pod.
-pub(crate) fn target(pod: &Pod, stats_port: u16) -> PodTarget {
+pub(crate) fn target(pod: &WatchedPod, stats_port: u16) -> PodTarget {
     let status = pod.status.as_ref();
     let ip: Option<IpAddr> = status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
     let age = status

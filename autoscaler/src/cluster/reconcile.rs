@@ -27,7 +27,7 @@ use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGE
 use ebb_config::placement::template_only_keys;
 use ebb_config::{GlobalConfig, ServiceId, resolve_service};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ApiResource;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -48,6 +48,7 @@ use super::state::{Activators, Context, GlobalInForce, OtherTargets, Signals, Ta
 use super::stores::Stores;
 use super::target_watches::TargetWatches;
 use super::targets::{Target, one_per_name};
+use super::watched::WatchedPod;
 use super::{blocked, env_check, group_scale, instance_gate, status};
 use crate::engine::{Autoscaler, PodTarget, ServiceStatus};
 
@@ -368,7 +369,7 @@ impl Reconciler {
 
         // Pods by service: labelled with its name and, when its scale subresource reports a selector,
         // matching it (a StatefulSet's or a custom resource's pods).
-        let mut pods: HashMap<ServiceId, Vec<Arc<Pod>>> = HashMap::new();
+        let mut pods: HashMap<ServiceId, Vec<Arc<WatchedPod>>> = HashMap::new();
         for target in &targets {
             let id = target.id();
             let candidates = stores.labelled_pods(&id);
@@ -454,7 +455,7 @@ impl Reconciler {
     fn update_service(
         &mut self,
         target: &Target,
-        pods: &HashMap<ServiceId, Vec<Arc<Pod>>>,
+        pods: &HashMap<ServiceId, Vec<Arc<WatchedPod>>>,
         instances: &Views,
     ) -> Option<ServiceId> {
         let Self { context, signals, activators, autoscaler, stores, global, services, .. } = self;
@@ -717,7 +718,7 @@ struct Snapshot {
     kept: HashSet<ServiceId>,
     /// Whether every target kind's watch has listed once.
     synced: bool,
-    pods: HashMap<ServiceId, Vec<Arc<Pod>>>,
+    pods: HashMap<ServiceId, Vec<Arc<WatchedPod>>>,
     /// The ready activators' addresses.
     activators: Vec<IpAddr>,
     /// How many services the pass visited.
@@ -730,7 +731,7 @@ struct Snapshot {
 struct Work<'s> {
     target: &'s Target,
     status: ServiceStatus,
-    pods: &'s [Arc<Pod>],
+    pods: &'s [Arc<WatchedPod>],
 }
 
 /// Resumes a just-added service's clocks from its public Service's annotations, when ebb manages it.
@@ -818,7 +819,7 @@ fn report_blocked(
     reference: &ObjectReference,
     id: &ServiceId,
     state: &mut ServiceState,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<WatchedPod>],
 ) {
     let mut now: HashMap<String, &'static str> = HashMap::new();
     for pod in pods {
@@ -870,12 +871,12 @@ fn report_missing_sidecars(
     context: &Context,
     reference: &ObjectReference,
     state: &mut ServiceState,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<WatchedPod>],
     target: &Target,
 ) -> usize {
     let mut missing: Vec<String> = pods
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && !env_check::has_queue_proxy(p))
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && p.queue_proxy().is_none())
         .map(|p| p.name_any())
         .collect();
     missing.sort();
@@ -925,7 +926,7 @@ fn report_mismatches(
     context: &Context,
     reference: &ObjectReference,
     state: &mut ServiceState,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<WatchedPod>],
     target: &Target,
     injected_at_creation: bool,
 ) -> usize {

@@ -23,8 +23,6 @@ use std::time::Duration;
 use ebb_config::Mode;
 use ebb_config::ServiceId;
 use ebb_config::names::{ANNOTATION_POD_DELETION_COST, STATUS_REASON, STATUS_SIDECAR, STATUS_STARTING_SINCE};
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Patch;
 use kube::{Api, ResourceExt};
@@ -38,6 +36,7 @@ use super::service_state::ServiceState;
 use super::state::{Activators, Context, Signals};
 use super::status;
 use super::targets::Target;
+use super::watched::{ReplicasWriter, WatchedPod};
 use crate::engine::{Autoscaler, Scaler, Scraper, ServiceStatus};
 
 /// Replicas are not lowered for this long after an activator reported requests queued for the service.
@@ -109,20 +108,13 @@ fn observe_patch_latency(context: &Context, autoscaler: &Autoscaler, id: &Servic
 /// server recorded one. Entries have whole seconds, so only one in a later second than `after` counts: an API
 /// server before 1.22 does not record writes of the scale subresource at all, and the newest entry with
 /// `f:replicas` is then the Deployment's creator, not whoever just scaled it.
-pub fn replicas_writer(meta: &ObjectMeta, after: Timestamp) -> Option<String> {
+pub fn replicas_writer(writers: &[ReplicasWriter], after: Timestamp) -> Option<String> {
     let after_second = after.as_second();
-    meta.managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| m.manager.as_deref() != Some(CONTROLLER_NAME))
-        .filter(|m| m.time.as_ref().is_some_and(|t| t.0.as_second() > after_second))
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.get("f:spec").is_some_and(|s| s.get("f:replicas").is_some()))
-        })
-        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
-        .and_then(|m| m.manager.clone())
+    (writers.iter())
+        .filter(|w| w.manager != CONTROLLER_NAME)
+        .filter(|w| w.time.is_some_and(|t| t.as_second() > after_second))
+        .max_by_key(|w| w.time)
+        .map(|w| w.manager.clone())
 }
 
 /// Notes `spec.replicas` as the watch shows it; when it changed to a value this replica did not write while
@@ -151,7 +143,7 @@ pub(crate) fn observe_replicas(
     if status.paused || status.desired == replicas {
         return;
     }
-    let writer = replicas_writer(&target.meta, previous_seen_at).map_or_else(
+    let writer = replicas_writer(&target.replicas_writers, previous_seen_at).map_or_else(
         || "a writer the API server did not record (kubectl scale, an HPA or a GitOps tool)".to_owned(),
         |m| format!("{m:?}"),
     );
@@ -176,7 +168,7 @@ pub(crate) async fn reconcile(
     state: &mut ServiceState,
     target: &Target,
     status: &ServiceStatus,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<WatchedPod>],
 ) {
     if status.paused {
         return;
@@ -258,10 +250,10 @@ pub(crate) async fn reconcile(
 }
 
 /// Marks the ready pods with their in-flight work as deletion cost (least busy = cheapest), best effort.
-async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<Pod>]) {
+async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<WatchedPod>]) {
     // All pods at once: a scale-down of many pods must not stall the leader's pass for 300 ms per pod.
     let scraper = Scraper::new(Duration::from_millis(300));
-    let loads: Vec<(Arc<Pod>, Option<f64>)> =
+    let loads: Vec<(Arc<WatchedPod>, Option<f64>)> =
         futures::future::join_all(pods.iter().filter(|p| is_ready(p)).map(async |pod| {
             let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
             let load = match ip {
@@ -280,7 +272,7 @@ async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<Pod>
             .iter()
             .map(|(p, load)| (p.metadata.name.as_deref().unwrap_or_default(), p.annotations(), *load)),
     );
-    let api: Api<Pod> = Api::namespaced(context.client.clone(), &id.namespace);
+    let api: Api<WatchedPod> = Api::namespaced(context.client.clone(), &id.namespace);
     for (name, cost) in changes {
         let patch = json!({"metadata": {"annotations": {ANNOTATION_POD_DELETION_COST: cost.to_string()}}});
         if let Err(err) = api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
@@ -293,6 +285,7 @@ async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<Pod>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::watched::replicas_writers;
 
     fn deployment(entries: &[(&str, &str, bool)]) -> k8s_openapi::api::apps::v1::Deployment {
         let managed: Vec<serde_json::Value> = entries
@@ -316,10 +309,10 @@ mod tests {
             ("labeller", "2026-12-03T12:00:10Z", false),
             (CONTROLLER_NAME, "2026-12-03T12:00:11Z", true),
         ]);
-        assert_eq!(replicas_writer(&d.metadata, seen).as_deref(), Some("kubectl"));
+        assert_eq!(replicas_writer(&replicas_writers(&d.metadata), seen).as_deref(), Some("kubectl"));
         // A server that did not record the scale write: the creator's entry is older, so nobody is named,
         // also when it falls in the same second as the previous value was seen.
         let d = deployment(&[("creator", "2026-12-03T12:00:05Z", true)]);
-        assert_eq!(replicas_writer(&d.metadata, seen), None);
+        assert_eq!(replicas_writer(&replicas_writers(&d.metadata), seen), None);
     }
 }

@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 use super::blocked::blocked;
 use super::pods::is_ready;
+use super::watched::WatchedPod;
 
 /// When the oldest starting pod of `pods` was created; `None` when none is starting.
-pub(crate) fn since(pods: &[Arc<Pod>]) -> Option<Timestamp> {
+pub(crate) fn since(pods: &[Arc<WatchedPod>]) -> Option<Timestamp> {
     pods.iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_ready(p) && blocked(p).is_none())
         .filter_map(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
@@ -25,7 +25,7 @@ mod tests {
 
     use super::*;
 
-    fn pod(created: &str, status: serde_json::Value) -> Arc<Pod> {
+    fn pod(created: &str, status: serde_json::Value) -> Arc<WatchedPod> {
         Arc::new(
             serde_json::from_value(json!({"metadata": {"creationTimestamp": created}, "status": status}))
                 .unwrap(),
@@ -48,7 +48,7 @@ mod tests {
         ];
         assert_eq!(since(&pods), Some("2026-12-05T10:00:00Z".parse().unwrap()));
         assert_eq!(since(&pods[..2]), None, "ready and crash-looping pods are not starting");
-        let mut going: Pod = (*pod("2026-12-05T08:00:00Z", loading)).clone();
+        let mut going: WatchedPod = (*pod("2026-12-05T08:00:00Z", loading)).clone();
         going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
         assert_eq!(since(&[Arc::new(going)]), None, "a pod being deleted is not starting");
     }

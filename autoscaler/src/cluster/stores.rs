@@ -1,7 +1,7 @@
 //! The reflectors: local copies of everything the controller watches, kept current by watches. Labelled
 //! Deployments and their pods, the Deployments of role groups (`ebb.dev/group`) (all namespaces, or the
 //! configured ones), the `config-autoscaler` ConfigMap and the activator pods (own namespace), and the
-//! Services and ebb's EndpointSlices. Each keeps only what the controller reads ([`super::trim`]). An event
+//! Services and ebb's EndpointSlices. Each keeps only what the controller reads ([`super::watched`]). An event
 //! marks the services it touches for the next pass ([`Signals::touch`]); a relist marks them all, since the
 //! objects deleted while the watch was away have no event of their own.
 use std::fmt::Debug;
@@ -12,9 +12,9 @@ use ebb_config::ServiceId;
 use ebb_config::groups::LABEL_GROUP;
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_SERVICE};
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{ApiResource, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event, watcher};
@@ -26,18 +26,18 @@ use super::health::ApiHealth;
 use super::pod_index::PodIndex;
 use super::slices::slice_selector;
 use super::state::{Context, Signals};
-use super::trim;
+use super::watched::{self, WatchedDeployment, WatchedPod, WatchedService, WatchedSlice};
 
 /// The reflectors' stores.
 pub(crate) struct Stores {
-    pub deployments: Vec<Store<Deployment>>,
+    pub deployments: Vec<Store<WatchedDeployment>>,
     /// The Deployments labelled `ebb.dev/group` (role groups' members, the entry included).
-    pub groups: Vec<Store<Deployment>>,
-    pub pods: Vec<Store<Pod>>,
-    pub services: Vec<Store<Service>>,
-    pub slices: Vec<Store<DynamicObject>>,
+    pub groups: Vec<Store<WatchedDeployment>>,
+    pub pods: Vec<Store<WatchedPod>>,
+    pub services: Vec<Store<WatchedService>>,
+    pub slices: Vec<Store<WatchedSlice>>,
     pub config: Store<ConfigMap>,
-    pub activators: Store<Pod>,
+    pub activators: Store<WatchedPod>,
     /// With the webhook: the labelled ReplicaSets' metadata (a pod's way to its Deployment).
     pub replicasets: Vec<Store<PartialObjectMeta<ReplicaSet>>>,
     /// With the webhook: its certificates' Secret.
@@ -84,7 +84,7 @@ impl Stores {
                 watcher::Config::default().labels(&options.activator_selector),
                 (),
                 // The pass compares the ready activators with the last it saw, and marks every service then.
-                (trim::pod, wake),
+                (watched::pod, wake),
             ),
             replicasets: Vec::new(),
             webhook_secret: None,
@@ -107,7 +107,7 @@ impl Stores {
                 None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c)),
             };
             let (deployments, pods, services) = api(c.clone());
-            let touch = (trim::deployment, touch_by_name::<Deployment>);
+            let touch = (watched::deployment, touch_by_name::<WatchedDeployment>);
             stores.deployments.push(reflect(report_to, &mut tasks, deployments, labelled.clone(), (), touch));
             let members = match ns {
                 Some(ns) => Api::namespaced(c.clone(), ns),
@@ -119,7 +119,7 @@ impl Stores {
                 members,
                 grouped.clone(),
                 (),
-                (trim::deployment, touch_group),
+                (watched::deployment, touch_group),
             ));
             let by_service = index_pods(pod_index.clone(), ns.map(str::to_owned));
             stores.pods.push(reflect(
@@ -128,9 +128,9 @@ impl Stores {
                 pods,
                 labelled.clone(),
                 (),
-                (trim::pod, by_service),
+                (watched::pod, by_service),
             ));
-            let touch = (trim::service, touch_by_name::<Service>);
+            let touch = (watched::service, touch_by_name::<WatchedService>);
             stores.services.push(reflect(
                 report_to,
                 &mut tasks,
@@ -143,7 +143,7 @@ impl Stores {
                 Some(ns) => Api::namespaced_with(c, ns, &slices),
                 None => Api::all_with(c, &slices),
             };
-            let touch = (trim::dynamic, touch_by_name::<DynamicObject>);
+            let touch = (watched::slice, touch_by_name::<WatchedSlice>);
             stores.slices.push(reflect(
                 report_to,
                 &mut tasks,
@@ -204,7 +204,7 @@ impl Stores {
     }
 
     /// The labelled Deployment of service `id`, if any.
-    pub fn deployment(&self, id: &ServiceId) -> Option<Arc<Deployment>> {
+    pub fn deployment(&self, id: &ServiceId) -> Option<Arc<WatchedDeployment>> {
         let key = ObjectRef::new(&id.name).within(&id.namespace);
         self.deployments.iter().find_map(|s| s.get(&key))
     }
@@ -215,7 +215,7 @@ impl Stores {
     }
 
     /// The pods labelled with service `id`'s name, in name order.
-    pub fn labelled_pods(&self, id: &ServiceId) -> Vec<Arc<Pod>> {
+    pub fn labelled_pods(&self, id: &ServiceId) -> Vec<Arc<WatchedPod>> {
         self.pod_index
             .names(id)
             .iter()
@@ -227,13 +227,13 @@ impl Stores {
     }
 
     /// The Service `namespace/name`, if any.
-    pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<WatchedService>> {
         let key = ObjectRef::new(name).within(namespace);
         self.services.iter().find_map(|s| s.get(&key))
     }
 
     /// ebb's EndpointSlice `namespace/name`, if any.
-    pub fn slice(&self, namespace: &str, name: &str, resource: &ApiResource) -> Option<Arc<DynamicObject>> {
+    pub fn slice(&self, namespace: &str, name: &str, resource: &ApiResource) -> Option<Arc<WatchedSlice>> {
         let key = ObjectRef::new_with(name, resource.clone()).within(namespace);
         self.slices.iter().find_map(|s| s.get(&key))
     }
@@ -321,7 +321,7 @@ where
 }
 
 /// A role group member: its own service (an entry is also a target) and the groups, sorted again.
-fn touch_group(signals: &Signals, event: &Event<Deployment>, store: &Store<Deployment>) {
+fn touch_group(signals: &Signals, event: &Event<WatchedDeployment>, store: &Store<WatchedDeployment>) {
     touch_by_name(signals, event, store);
     if matches!(event, Event::Apply(_) | Event::Delete(_) | Event::InitDone) {
         signals.touch_groups();
@@ -363,7 +363,7 @@ where
 fn index_pods(
     index: Arc<PodIndex>,
     namespace: Option<String>,
-) -> impl FnMut(&Signals, &Event<Pod>, &Store<Pod>) + Send + 'static {
+) -> impl FnMut(&Signals, &Event<WatchedPod>, &Store<WatchedPod>) + Send + 'static {
     move |signals, event, store| match event {
         Event::Apply(pod) => index.apply(pod).into_iter().for_each(|id| signals.touch(id)),
         Event::Delete(pod) => index.delete(pod).into_iter().for_each(|id| signals.touch(id)),

@@ -26,7 +26,7 @@ use super::selector::Selector;
 use super::state::Signals;
 use super::stores::{Reflectors, listed, reflect, touch_by_name};
 use super::targets::{ScaleView, Target};
-use super::trim;
+use super::watched;
 
 /// How long a kind that discovery could not resolve waits before it is looked up again.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(30);
@@ -120,7 +120,7 @@ impl TargetWatches {
                     Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
                     None => Api::all_with(self.client.clone(), &resource),
                 };
-                let touch = (trim::dynamic, touch_by_name::<DynamicObject>);
+                let touch = (watched::dynamic, touch_by_name::<DynamicObject>);
                 reflect((health, signals), &mut tasks, api, labelled.clone(), resource.clone(), touch)
             })
             .collect();

@@ -9,13 +9,14 @@ use ebb_config::ServiceId;
 use ebb_config::keys::{self, ANNOTATION_KEYS};
 use ebb_config::targets::TargetKind;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{ApiResource, DynamicObject};
 use kube::{Api, Client};
+use serde::Deserialize;
 
-use super::env_check;
 use super::selector::Selector;
+use super::watched::{ReplicasWriter, WatchedDeployment, WatchedTemplate, replicas_writers};
 
 /// No labels or annotations.
 static NONE: BTreeMap<String, String> = BTreeMap::new();
@@ -32,10 +33,10 @@ pub(crate) struct TemplateView {
 }
 
 impl TemplateView {
-    fn of(template: &PodTemplateSpec) -> Self {
+    fn of(template: &WatchedTemplate) -> Self {
         Self {
             annotations: template.metadata.as_ref().and_then(|m| m.annotations.clone()),
-            has_queue_proxy: template.spec.as_ref().is_some_and(env_check::spec_has_queue_proxy),
+            has_queue_proxy: template.spec.as_ref().is_some_and(|s| s.queue_proxy().is_some()),
         }
     }
 }
@@ -64,11 +65,13 @@ pub(crate) struct Target {
     pub scale: ScaleView,
     /// The pod template of the role that receives traffic, where the kind is known to have one.
     pub template: Option<TemplateView>,
+    /// Who wrote `spec.replicas`, from its managed fields.
+    pub replicas_writers: Vec<ReplicasWriter>,
 }
 
 impl Target {
     /// A Deployment from the typed watch: its spec says what its scale subresource would.
-    pub fn from_deployment(deployment: &Deployment) -> Self {
+    pub fn from_deployment(deployment: &WatchedDeployment) -> Self {
         let spec = deployment.spec.as_ref();
         Self {
             kind: TargetKind::deployments(),
@@ -76,9 +79,10 @@ impl Target {
             meta: deployment.metadata.clone(),
             scale: ScaleView {
                 replicas: spec.and_then(|s| s.replicas).unwrap_or(1).max(0) as u32,
-                selector: spec.map(|s| Selector::from_label_selector(&s.selector)),
+                selector: spec.map(|s| s.selector.clone()),
             },
             template: spec.map(|s| TemplateView::of(&s.template)),
+            replicas_writers: deployment.replicas_writers.clone(),
         }
     }
 
@@ -92,11 +96,12 @@ impl Target {
         let template = kind.entry_templates().and_then(|paths| {
             paths.iter().find_map(|path| {
                 let value = path.iter().try_fold(&object.data, |v, key| v.get(key))?;
-                let template: PodTemplateSpec = serde_json::from_value(value.clone()).ok()?;
+                let template = WatchedTemplate::deserialize(value).ok()?;
                 Some(TemplateView::of(&template))
             })
         });
-        Self { kind, resource, meta: object.metadata.clone(), scale, template }
+        let replicas_writers = replicas_writers(&object.metadata);
+        Self { kind, resource, meta: object.metadata.clone(), scale, template, replicas_writers }
     }
 
     /// The service it is: its namespace and name.
@@ -231,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_deployment_is_a_target_with_its_own_selector_and_replicas() {
-        let d: Deployment = serde_json::from_value(serde_json::json!({
+        let d: WatchedDeployment = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "chat", "namespace": "m", "uid": "u1", "labels": {"ebb.dev/service": "chat"}},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "chat"}},
                      "template": {"metadata": {"labels": {"app": "chat"}}}},
@@ -260,7 +265,7 @@ mod tests {
         let sts = ApiResource::from_gvk_with_plural(&gvk, "statefulsets");
         let kind = TargetKind::parse("statefulsets.apps").unwrap();
         let scale = ScaleView { replicas: 0, selector: None };
-        let d: Deployment = serde_json::from_value(
+        let d: WatchedDeployment = serde_json::from_value(
             serde_json::json!({"metadata": {"name": "chat", "namespace": "m"}, "spec": {"selector": {}, "template": {}}}),
         )
         .unwrap();

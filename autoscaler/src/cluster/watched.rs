@@ -1,17 +1,34 @@
-//! What the reflectors keep of each object: only what the controller reads, so that a cache of thousands of
-//! Deployments, pods and Services does not hold their full copies (the managed fields alone are often half
-//! of an object). Nothing the controller writes is built from these copies: every write is a merge patch of
-//! ebb's own fields, or a new object made from scratch.
+//! What the reflectors keep of each object: types that read from the API's JSON only the fields the
+//! controller reads, so that a cache of thousands of Deployments, pods, Services and EndpointSlices holds
+//! a few hundred bytes of each instead of a k8s-openapi copy (a `Pod` is over 2 KiB before its first string,
+//! a `Container` 2 KiB even when empty, a `DynamicObject` a tree of JSON values). Field names follow the API
+//! and k8s-openapi, so code reads them as it would the full types. Nothing the controller writes is built from
+//! these: every write is a merge patch of ebb's own fields, or a new object made from scratch.
+//!
+//! Each type is a [`kube::Resource`] of its kind, so watches and reflectors deserialize into it directly; the
+//! trimming functions ([`pod`], [`deployment`], ...) drop what the types still keep and the pass never reads
+//! (kubectl's copy of the object, managed fields other than the replicas writers, every container but the
+//! queue-proxy).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStatus, Pod, PodSpec, PodStatus, Service,
+use k8s_openapi::api::core::v1::{ContainerStateWaiting, Pod, PodReadinessGate, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    FieldsV1, LabelSelector, ManagedFieldsEntry, ObjectMeta, Time,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
-use kube::api::DynamicObject;
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+use kube::api::{ApiResource, DynamicObject};
+use kube::core::DynamicResourceScope;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
-use super::env_check;
+use super::selector::Selector;
+
+use ebb_config::sidecar::env;
 
 /// kubectl's copy of the whole applied object, in an annotation.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -19,20 +36,404 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// The prefix of every variable the queue-proxy reads (and of the one that marks its container).
 const SIDECAR_ENV_PREFIX: &str = "EBB_";
 
-/// Metadata without kubectl's copy of the object and with only the managed-field entries that name a writer of
-/// `spec.replicas` (each reduced to that field): who fought ebb over replicas is all they are read for.
-fn meta(meta: &mut ObjectMeta) {
+/// The queue-proxy container's usual name.
+const QUEUE_PROXY: &str = "queue-proxy";
+
+/// A pod: its metadata, its queue-proxy container, and the status fields that say whether it is ready,
+/// stuck, where it is and since when.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedPod {
+    /// Its metadata (labels, annotations, uid, creation and deletion times).
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Its containers as far as the sidecar checks read them.
+    pub spec: Option<WatchedPodSpec>,
+    /// Its conditions, address, start time and containers' states.
+    pub status: Option<WatchedPodStatus>,
+}
+
+/// A pod spec (a pod's or a template's) as far as the sidecar checks read it: the queue-proxy's container
+/// once trimmed (a model's pods carry others), and the readiness gates, which tell a pod that waits for more
+/// than its own containers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedPodSpec {
+    /// The regular containers.
+    #[serde(default)]
+    pub containers: Vec<WatchedContainer>,
+    /// The init containers, where a native sidecar lives.
+    pub init_containers: Option<Vec<WatchedContainer>>,
+    /// The readiness gates.
+    pub readiness_gates: Option<Vec<PodReadinessGate>>,
+}
+
+/// A container: its name and, once trimmed, only its `EBB_*` variables.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedContainer {
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+    /// Its environment variables.
+    pub env: Option<Vec<WatchedEnvVar>>,
+}
+
+/// An environment variable: its literal value, or whether it is set from elsewhere (`valueFrom`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedEnvVar {
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+    /// Its literal value.
+    pub value: Option<String>,
+    /// Present when the value comes from a field, a ConfigMap or a Secret (not known here).
+    pub value_from: Option<IgnoredAny>,
+}
+
+/// A pod's status as far as the pass reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedPodStatus {
+    /// `Ready`, `ContainersReady`, `PodScheduled`, readiness gates' conditions.
+    pub conditions: Option<Vec<WatchedCondition>>,
+    /// The pod's address.
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<String>,
+    /// When the kubelet started it.
+    pub start_time: Option<Time>,
+    /// The containers' states.
+    pub container_statuses: Option<Vec<WatchedContainerStatus>>,
+    /// The init containers' states.
+    pub init_container_statuses: Option<Vec<WatchedContainerStatus>>,
+}
+
+/// A pod condition without its times.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedCondition {
+    /// Its type, e.g. `Ready`.
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    #[serde(default)]
+    pub status: String,
+    /// Why, in a word.
+    pub reason: Option<String>,
+    /// Why, in a sentence.
+    pub message: Option<String>,
+}
+
+/// A container's status as far as a stuck pod is recognised: its name, readiness and why it waits.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedContainerStatus {
+    /// The container's name.
+    #[serde(default)]
+    pub name: String,
+    /// Whether it passes its readiness probe.
+    #[serde(default)]
+    pub ready: bool,
+    /// Its state, of which only waiting is kept.
+    pub state: Option<WatchedContainerState>,
+}
+
+/// A container's state: waiting, and why (running and terminated are not read).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedContainerState {
+    /// Why it waits.
+    pub waiting: Option<ContainerStateWaiting>,
+}
+
+/// A Deployment: its metadata, replicas, selector, ready replicas, and its pod template's annotations and
+/// queue-proxy.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedDeployment {
+    /// Its metadata (labels, annotations, the replicas writers' managed fields).
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Replicas, selector and template.
+    pub spec: Option<WatchedDeploymentSpec>,
+    /// Its ready replicas (a group member's).
+    pub status: Option<WatchedDeploymentStatus>,
+    /// Who wrote `spec.replicas`, from the managed fields (which are not kept).
+    #[serde(skip)]
+    pub replicas_writers: Vec<ReplicasWriter>,
+}
+
+/// A Deployment's spec as the pass reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedDeploymentSpec {
+    /// `spec.replicas` (unset means 1).
+    pub replicas: Option<i32>,
+    /// Its pods' selector, parsed.
+    #[serde(default, deserialize_with = "parsed_selector")]
+    pub selector: Selector,
+    /// Its pod template.
+    #[serde(default)]
+    pub template: WatchedTemplate,
+}
+
+/// A pod template (a Deployment's, or another kind's at a known path): its annotations and its queue-proxy.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedTemplate {
+    /// Its metadata, of which the annotations are read.
+    pub metadata: Option<WatchedTemplateMeta>,
+    /// Its spec.
+    pub spec: Option<WatchedPodSpec>,
+}
+
+/// A pod template's metadata: its annotations.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedTemplateMeta {
+    /// The annotations.
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// A Deployment's status as the pass reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedDeploymentStatus {
+    /// Pods ready for at least `minReadySeconds`.
+    pub ready_replicas: Option<i32>,
+}
+
+/// A Service: its metadata only (ebb reads the labels and annotations of the Service it owns).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedService {
+    /// Its metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
+/// An EndpointSlice of `discovery.k8s.io` `v1` or `v1beta1` (the same in what is read here): its addresses
+/// and first port.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedSlice {
+    /// Its metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Its endpoints (the API writes an empty list as `null`).
+    pub endpoints: Option<Vec<WatchedEndpoint>>,
+    /// Its ports.
+    pub ports: Option<Vec<WatchedPort>>,
+}
+
+/// One endpoint of a slice.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedEndpoint {
+    /// Its addresses.
+    pub addresses: Option<Vec<String>>,
+}
+
+/// One port of a slice.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WatchedPort {
+    /// The port number.
+    pub port: Option<i32>,
+}
+
+impl WatchedSlice {
+    /// Its addresses, sorted, and its first port (0 when none).
+    pub fn content(&self) -> (Vec<String>, u16) {
+        let mut ips: Vec<String> =
+            (self.endpoints.iter().flatten()).flat_map(|e| e.addresses.iter().flatten().cloned()).collect();
+        ips.sort();
+        let port = self.ports.iter().flatten().next().and_then(|p| p.port).unwrap_or(0);
+        (ips, u16::try_from(port).unwrap_or(0))
+    }
+}
+
+impl WatchedPod {
+    /// Its queue-proxy container, found as [`WatchedPodSpec::queue_proxy`] finds it.
+    pub fn queue_proxy(&self) -> Option<&WatchedContainer> {
+        self.spec.as_ref()?.queue_proxy()
+    }
+}
+
+impl WatchedPodSpec {
+    /// The queue-proxy container: the one whose env has `EBB_UPSTREAM`, else the one named `queue-proxy`
+    /// (regular containers first, then init containers, where a native sidecar lives).
+    pub fn queue_proxy(&self) -> Option<&WatchedContainer> {
+        let all = || self.containers.iter().chain(self.init_containers.iter().flatten());
+        all()
+            .find(|c| c.env.iter().flatten().any(|e| e.name == env::UPSTREAM))
+            .or_else(|| all().find(|c| c.name == QUEUE_PROXY))
+    }
+
+    /// Drops every container but the queue-proxy, and its variables but the `EBB_*` ones: all the checks
+    /// read. Container names are unique across a pod's containers and init containers.
+    fn keep_only_queue_proxy(&mut self) {
+        let name = self.queue_proxy().map(|c| c.name.clone());
+        let keep = |c: &WatchedContainer| name.as_ref() == Some(&c.name);
+        self.containers.retain(keep);
+        self.containers.shrink_to_fit();
+        if let Some(init) = &mut self.init_containers {
+            init.retain(keep);
+            init.shrink_to_fit();
+        }
+        if self.init_containers.as_ref().is_some_and(Vec::is_empty) {
+            self.init_containers = None;
+        }
+        for container in self.containers.iter_mut().chain(self.init_containers.iter_mut().flatten()) {
+            if let Some(env) = &mut container.env {
+                env.retain(|e| e.name.starts_with(SIDECAR_ENV_PREFIX));
+                env.shrink_to_fit();
+            }
+        }
+    }
+}
+
+/// A kept type is a resource of the kind it is read from: the same API group, version, kind and path.
+macro_rules! resource_as {
+    ($watched:ty, $kind:ty) => {
+        impl Resource for $watched {
+            type DynamicType = ();
+            type Scope = <$kind as Resource>::Scope;
+
+            fn kind(dt: &()) -> Cow<'_, str> {
+                <$kind>::kind(dt)
+            }
+
+            fn group(dt: &()) -> Cow<'_, str> {
+                <$kind>::group(dt)
+            }
+
+            fn version(dt: &()) -> Cow<'_, str> {
+                <$kind>::version(dt)
+            }
+
+            fn plural(dt: &()) -> Cow<'_, str> {
+                <$kind>::plural(dt)
+            }
+
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+resource_as!(WatchedPod, Pod);
+resource_as!(WatchedDeployment, Deployment);
+resource_as!(WatchedService, Service);
+
+/// Whichever version of `discovery.k8s.io` the API server serves (its resource is found at start).
+impl Resource for WatchedSlice {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::kind(dt)
+    }
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::group(dt)
+    }
+
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::version(dt)
+    }
+
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::api_version(dt)
+    }
+
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A writer of `spec.replicas`, as the managed fields name it: who, and when (in whole seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicasWriter {
+    /// The field manager, e.g. `kubectl` or `ebb-autoscaler`.
+    pub manager: String,
+    /// When it last wrote a field it manages.
+    pub time: Option<Timestamp>,
+}
+
+/// Whether a managed-fields entry includes `spec.replicas`.
+fn writes_replicas(entry: &ManagedFieldsEntry) -> bool {
+    (entry.fields_v1.as_ref())
+        .is_some_and(|f| f.0.get("f:spec").is_some_and(|s| s.get("f:replicas").is_some()))
+}
+
+/// The writers of `spec.replicas` among `meta`'s managed fields: who fought ebb over replicas is all the
+/// managed fields are read for.
+pub(crate) fn replicas_writers(meta: &ObjectMeta) -> Vec<ReplicasWriter> {
+    (meta.managed_fields.iter().flatten())
+        .filter(|m| writes_replicas(m))
+        .map(|m| ReplicasWriter {
+            manager: m.manager.clone().unwrap_or_default(),
+            time: m.time.as_ref().map(|t| t.0),
+        })
+        .collect()
+}
+
+/// A `LabelSelector` as read, parsed.
+fn parsed_selector<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Selector, D::Error> {
+    LabelSelector::deserialize(deserializer).map(|s| Selector::from_label_selector(&s))
+}
+
+/// Metadata without kubectl's copy of the object, the managed fields, the owners and the finalizers (a pod's
+/// are its ReplicaSet and the kubelet's; none is read).
+fn meta(object: &mut ObjectMeta) {
+    if let Some(annotations) = &mut object.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+    object.managed_fields = None;
+    object.owner_references = None;
+    object.finalizers = None;
+    object.generate_name = None;
+}
+
+/// A pod: its metadata as [`meta`] keeps it, and its queue-proxy container.
+pub(crate) fn pod(pod: &mut WatchedPod) {
+    meta(&mut pod.metadata);
+    if let Some(spec) = &mut pod.spec {
+        spec.keep_only_queue_proxy();
+    }
+}
+
+/// A Deployment: its metadata as [`meta`] keeps it with its [`replicas_writers`], and its template's
+/// queue-proxy.
+pub(crate) fn deployment(deployment: &mut WatchedDeployment) {
+    deployment.replicas_writers = replicas_writers(&deployment.metadata);
+    meta(&mut deployment.metadata);
+    if let Some(spec) = deployment.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        spec.keep_only_queue_proxy();
+    }
+}
+
+/// A Service: its metadata as [`meta`] keeps it.
+pub(crate) fn service(service: &mut WatchedService) {
+    meta(&mut service.metadata);
+}
+
+/// ebb's EndpointSlice: its metadata as [`meta`] keeps it.
+pub(crate) fn slice(slice: &mut WatchedSlice) {
+    meta(&mut slice.metadata);
+}
+
+/// An object of another kind (its data is read at paths its kind names): without kubectl's copy, and with
+/// only the managed-field entries of the [`replicas_writers`], each reduced to that field.
+pub(crate) fn dynamic(object: &mut DynamicObject) {
+    let meta = &mut object.metadata;
     if let Some(annotations) = &mut meta.annotations {
         annotations.remove(LAST_APPLIED);
     }
     let Some(entries) = meta.managed_fields.take() else { return };
-    let kept: Vec<ManagedFieldsEntry> = entries
-        .into_iter()
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.get("f:spec").is_some_and(|s| s.get("f:replicas").is_some()))
-        })
+    let kept: Vec<ManagedFieldsEntry> = (entries.into_iter().filter(writes_replicas))
         .map(|m| ManagedFieldsEntry {
             fields_v1: Some(FieldsV1(json!({"f:spec": {"f:replicas": {}}}))),
             subresource: None,
@@ -40,77 +441,6 @@ fn meta(meta: &mut ObjectMeta) {
         })
         .collect();
     meta.managed_fields = (!kept.is_empty()).then_some(kept);
-}
-
-/// A container as far as the sidecar checks read it: its name and its `EBB_*` variables.
-fn container(c: Container) -> Container {
-    let env = c.env.map(|env| env.into_iter().filter(|e| e.name.starts_with(SIDECAR_ENV_PREFIX)).collect());
-    Container { name: c.name, env, ..Default::default() }
-}
-
-/// A pod spec as far as the sidecar checks read it: the queue-proxy's container alone (a `Container` is 2 KiB
-/// even when empty, and a model's pods carry one for each other container), with its readiness gates (small,
-/// and what tells a pod that waits for more than its own containers).
-fn pod_spec(spec: PodSpec) -> PodSpec {
-    let mut kept = PodSpec {
-        containers: spec.containers.into_iter().map(container).collect(),
-        init_containers: spec.init_containers.map(|c| c.into_iter().map(container).collect()),
-        readiness_gates: spec.readiness_gates,
-        ..Default::default()
-    };
-    env_check::keep_only_queue_proxy(&mut kept);
-    kept
-}
-
-/// A container's status as far as a stuck pod is recognised: its name and why it waits.
-fn container_status(c: ContainerStatus) -> ContainerStatus {
-    let waiting = c.state.and_then(|s| s.waiting);
-    ContainerStatus {
-        name: c.name,
-        ready: c.ready,
-        state: waiting.map(|w| ContainerState { waiting: Some(w), ..Default::default() }),
-        ..Default::default()
-    }
-}
-
-/// A pod: its metadata, its containers' names and sidecar variables, and the status fields that say whether
-/// it is ready, stuck, where it is and since when.
-pub(crate) fn pod(pod: &mut Pod) {
-    meta(&mut pod.metadata);
-    pod.metadata.managed_fields = None;
-    pod.spec = pod.spec.take().map(pod_spec);
-    pod.status = pod.status.take().map(|s| PodStatus {
-        conditions: s.conditions,
-        pod_ip: s.pod_ip,
-        start_time: s.start_time,
-        container_statuses: s.container_statuses.map(|c| c.into_iter().map(container_status).collect()),
-        init_container_statuses: s
-            .init_container_statuses
-            .map(|c| c.into_iter().map(container_status).collect()),
-        ..Default::default()
-    });
-}
-
-/// A Deployment: its metadata, replicas, selector and status, and its pod template's metadata and
-/// queue-proxy as [`pod`] keeps them.
-pub(crate) fn deployment(deployment: &mut Deployment) {
-    meta(&mut deployment.metadata);
-    if let Some(spec) = &mut deployment.spec {
-        spec.template.spec = spec.template.spec.take().map(pod_spec);
-    }
-}
-
-/// A Service: its metadata only (ebb reads the labels and annotations of the Service it owns).
-pub(crate) fn service(service: &mut Service) {
-    meta(&mut service.metadata);
-    service.metadata.managed_fields = None;
-    service.spec = None;
-    service.status = None;
-}
-
-/// An object of another kind or an EndpointSlice: its managed fields as [`meta`] keeps them.
-pub(crate) fn dynamic(object: &mut DynamicObject) {
-    meta(&mut object.metadata);
 }
 
 #[cfg(test)]
@@ -121,8 +451,11 @@ mod tests {
 
     #[test]
     fn a_pod_keeps_what_the_pass_reads() {
-        let mut p: Pod = serde_json::from_value(json!({
+        let mut p: WatchedPod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "m", "labels": {"ebb.dev/service": "chat"},
+                "generateName": "chat-7d9-",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "chat-7d9",
+                    "uid": "u", "controller": true}],
                 "annotations": {LAST_APPLIED: "{...}", "controller.kubernetes.io/pod-deletion-cost": "3"},
                 "deletionTimestamp": "2026-12-03T12:00:00Z",
                 "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]},
@@ -132,43 +465,58 @@ mod tests {
                     {"name": "model", "image": "m:1", "env": [{"name": "HF_TOKEN", "value": "x"}]},
                     {"name": "queue-proxy", "image": "ebb", "env": [
                         {"name": "EBB_UPSTREAM", "value": "127.0.0.1:8080"},
-                        {"name": "EBB_CONTAINER_CONCURRENCY", "value": "4"}]}]},
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {"name": "EBB_CONTAINER_CONCURRENCY", "valueFrom": {"fieldRef": {
+                            "fieldPath": "metadata.annotations['ebb.dev/container-concurrency']"}}}]}]},
             "status": {"podIP": "10.0.0.1", "startTime": "2026-12-03T11:00:00Z", "hostIP": "1.2.3.4",
-                "conditions": [{"type": "Ready", "status": "True"}],
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-03T11:00:09Z"}],
                 "containerStatuses": [{"name": "model", "image": "m:1", "imageID": "sha", "ready": false,
                     "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                     "lastState": {"terminated": {"exitCode": 1}}}]},
         }))
         .unwrap();
         pod(&mut p);
-        let kept = serde_json::to_value(&p).unwrap();
-        assert_eq!(kept["metadata"]["labels"]["ebb.dev/service"], "chat");
+        let meta = &p.metadata;
+        assert_eq!(meta.labels.as_ref().unwrap()["ebb.dev/service"], "chat");
         assert_eq!(
-            kept["metadata"]["annotations"],
-            json!({"controller.kubernetes.io/pod-deletion-cost": "3"})
+            meta.annotations.as_ref().unwrap(),
+            &BTreeMap::from([("controller.kubernetes.io/pod-deletion-cost".to_owned(), "3".to_owned())])
         );
-        assert!(kept["metadata"].get("managedFields").is_none());
-        assert!(p.metadata.deletion_timestamp.is_some());
+        assert!(
+            meta.managed_fields.is_none() && meta.owner_references.is_none() && meta.generate_name.is_none()
+        );
+        assert!(meta.deletion_timestamp.is_some());
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.containers.len(), 1, "the queue-proxy alone");
+        let qp = &spec.containers[0];
+        assert_eq!(qp.name, "queue-proxy");
+        let env: Vec<(&str, Option<&str>, bool)> = (qp.env.iter().flatten())
+            .map(|e| (e.name.as_str(), e.value.as_deref(), e.value_from.is_some()))
+            .collect();
         assert_eq!(
-            kept["spec"],
-            json!({"containers": [
-                {"name": "queue-proxy", "env": [
-                    {"name": "EBB_UPSTREAM", "value": "127.0.0.1:8080"},
-                    {"name": "EBB_CONTAINER_CONCURRENCY", "value": "4"}]}],
-                "readinessGates": [{"conditionType": "example.dev/ready"}]})
+            env,
+            [("EBB_UPSTREAM", Some("127.0.0.1:8080"), false), ("EBB_CONTAINER_CONCURRENCY", None, true)]
         );
-        assert!(env_check::has_queue_proxy(&p));
-        assert_eq!(kept["status"]["podIP"], "10.0.0.1");
-        assert_eq!(kept["status"]["conditions"][0]["type"], "Ready");
-        assert!(kept["status"].get("hostIP").is_none());
-        assert_eq!(kept["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "CrashLoopBackOff");
-        assert!(kept["status"]["containerStatuses"][0].get("lastState").is_none());
-        assert!(crate::cluster::blocked::blocked(&Pod { metadata: ObjectMeta::default(), ..p }).is_some());
+        assert_eq!(spec.readiness_gates.as_ref().unwrap()[0].condition_type, "example.dev/ready");
+        assert!(p.queue_proxy().is_some());
+        let status = p.status.as_ref().unwrap();
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));
+        assert!(status.start_time.is_some());
+        let ready = &status.conditions.as_ref().unwrap()[0];
+        assert_eq!((ready.type_.as_str(), ready.status.as_str()), ("Ready", "True"));
+        let model = &status.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(
+            model.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(),
+            Some("CrashLoopBackOff")
+        );
+        assert!(
+            crate::cluster::blocked::blocked(&WatchedPod { metadata: ObjectMeta::default(), ..p }).is_some()
+        );
     }
 
     #[test]
     fn a_native_sidecar_queue_proxy_is_kept_where_it_lives_and_the_other_containers_are_not() {
-        let mut p: Pod = serde_json::from_value(json!({
+        let mut p: WatchedPod = serde_json::from_value(json!({
             "metadata": {"name": "p"},
             "spec": {
                 "initContainers": [
@@ -183,12 +531,12 @@ mod tests {
         assert!(spec.containers.is_empty());
         let init: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
         assert_eq!(init, ["qp"]);
-        assert!(env_check::has_queue_proxy(&p));
+        assert!(p.queue_proxy().is_some());
     }
 
     #[test]
-    fn a_deployment_keeps_only_the_replicas_writers_of_its_managed_fields() {
-        let mut d: Deployment = serde_json::from_value(json!({
+    fn a_deployment_keeps_the_replicas_writers_of_its_managed_fields_and_its_selector_parsed() {
+        let mut d: WatchedDeployment = serde_json::from_value(json!({
             "metadata": {"name": "chat", "annotations": {"ebb.dev/target": "5", LAST_APPLIED: "{...}"},
                 "managedFields": [
                     {"manager": "kubectl", "operation": "Update", "time": "2026-12-03T12:00:09Z",
@@ -197,20 +545,42 @@ mod tests {
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "chat"}},
                 "template": {"metadata": {"annotations": {"ebb.dev/target": "3"}},
                     "spec": {"volumes": [{"name": "v"}], "containers": [{"name": "model", "image": "m:1"}]}}},
-            "status": {"readyReplicas": 2},
+            "status": {"readyReplicas": 2, "replicas": 2},
         }))
         .unwrap();
         deployment(&mut d);
-        let kept = serde_json::to_value(&d).unwrap();
-        assert_eq!(kept["metadata"]["annotations"], json!({"ebb.dev/target": "5"}));
-        let managed = d.metadata.managed_fields.as_ref().unwrap();
-        assert_eq!(managed.len(), 1);
-        assert_eq!(managed[0].manager.as_deref(), Some("kubectl"));
-        assert_eq!(managed[0].fields_v1.as_ref().unwrap().0, json!({"f:spec": {"f:replicas": {}}}));
-        assert_eq!(kept["spec"]["replicas"], 2);
-        assert_eq!(kept["spec"]["selector"]["matchLabels"]["app"], "chat");
-        assert_eq!(kept["spec"]["template"]["metadata"]["annotations"]["ebb.dev/target"], "3");
-        assert_eq!(kept["spec"]["template"]["spec"], json!({"containers": []}), "no queue-proxy to keep");
-        assert_eq!(kept["status"]["readyReplicas"], 2, "a group member's ready pods");
+        let annotations = d.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations, &BTreeMap::from([("ebb.dev/target".to_owned(), "5".to_owned())]));
+        assert!(d.metadata.managed_fields.is_none());
+        let at = "2026-12-03T12:00:09Z".parse().ok();
+        assert_eq!(d.replicas_writers, [ReplicasWriter { manager: "kubectl".to_owned(), time: at }]);
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let chat = BTreeMap::from([("app".to_owned(), "chat".to_owned())]);
+        assert!(spec.selector.matches(&chat) && !spec.selector.matches(&BTreeMap::new()));
+        let template = &spec.template;
+        assert_eq!(template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["ebb.dev/target"], "3");
+        assert!(template.spec.as_ref().unwrap().containers.is_empty(), "no queue-proxy to keep");
+        assert_eq!(d.status.as_ref().unwrap().ready_replicas, Some(2), "a group member's ready pods");
+    }
+
+    #[test]
+    fn a_slice_of_either_version_reads_its_addresses_and_port() {
+        let v1: WatchedSlice = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "chat"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.2"], "conditions": {"ready": true}},
+                          {"addresses": ["10.0.0.1"], "conditions": {"ready": true}}],
+            "ports": [{"name": "http", "port": 8012, "protocol": "TCP"}],
+        }))
+        .unwrap();
+        assert_eq!(v1.content(), (vec!["10.0.0.1".to_owned(), "10.0.0.2".to_owned()], 8012));
+        // v1beta1 as a v1.20 server writes an empty slice: no endpoints, no ports, as nulls.
+        let empty: WatchedSlice = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice", "metadata": {"name": "chat"},
+            "addressType": "IPv4", "endpoints": null, "ports": null,
+        }))
+        .unwrap();
+        assert_eq!(empty.content(), (vec![], 0));
     }
 }

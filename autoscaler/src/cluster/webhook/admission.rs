@@ -11,7 +11,7 @@ use std::time::Duration;
 use ebb_config::ServiceId;
 use ebb_config::names::LABEL_SERVICE;
 use ebb_inject::{Service, add_instance_gate, inject_pod};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::review::{Request, Verdict, controller, has_sidecar, json_patch};
 use crate::cluster::state::{GlobalInForce, OtherTargets};
+use crate::cluster::watched::WatchedDeployment;
 
 /// How long a pod's ReplicaSet or Deployment may take to reach the watch caches: the API server answers the
 /// controller that creates them before the watch event reaches ebb.
@@ -28,7 +29,7 @@ const CACHE_POLL: Duration = Duration::from_millis(25);
 /// The watch caches and settings the webhook decides with.
 pub(crate) struct Admission {
     /// Labelled Deployments (one store per watched namespace, or one for all).
-    pub deployments: Vec<Store<Deployment>>,
+    pub deployments: Vec<Store<WatchedDeployment>>,
     /// Labelled ReplicaSets' metadata (their owner references).
     pub replicasets: Vec<Store<PartialObjectMeta<ReplicaSet>>>,
     /// The scale targets of the other kinds, by service.
@@ -137,7 +138,7 @@ impl Admission {
 
     /// The labelled Deployment that owns `pod` through a ReplicaSet, waiting briefly for the caches. `Err`
     /// is the verdict when there is none.
-    async fn deployment_of(&self, namespace: &str, pod: &Value) -> Result<Arc<Deployment>, Verdict> {
+    async fn deployment_of(&self, namespace: &str, pod: &Value) -> Result<Arc<WatchedDeployment>, Verdict> {
         // Before the caches have listed once, "not found" means nothing: refuse, and the pod comes again.
         if !self.synced().await {
             return Err(Verdict::Deny {
@@ -176,7 +177,7 @@ impl Admission {
                  Deployments"
             )));
         };
-        let key = ObjectRef::<Deployment>::new(&owner.name).within(namespace);
+        let key = ObjectRef::<WatchedDeployment>::new(&owner.name).within(namespace);
         cached(&self.deployments, &key).await.ok_or_else(|| {
             warn(format!(
                 "Deployment {namespace}/{}: not labelled {LABEL_SERVICE}, or in a namespace this autoscaler does \
