@@ -176,9 +176,11 @@ struct Kept {
 }
 
 impl Kept {
-    /// Whether `next` decided as this one did, so that it may stand in for both.
+    /// Whether `next` decided as this one did, so that it may stand in for both. A change is a record of its
+    /// own: it is never folded, nor folded into.
     fn alike(&self, next: &Kept) -> bool {
-        !next.changed
+        !self.changed
+            && !next.changed
             && (self.desired, self.ready, self.mode, self.phase, self.panic)
                 == (next.desired, next.ready, next.mode, next.phase, next.panic)
             && self.reason.same_kinds(&next.reason)
@@ -451,10 +453,39 @@ mod tests {
                 tick_at(&mut c, t);
             }
         }
+        // The same load on: the ticks after the change decide alike, and the change keeps its record.
+        for t in 31..=40 {
+            c.record(Timestamp::from_secs(t), 300.0).unwrap();
+            if t % 2 == 0 {
+                tick_at(&mut c, t);
+            }
+        }
         let history = c.history();
-        assert!(history.len() >= 2, "{history:#?}");
+        assert!(history.len() >= 3, "{history:#?}");
         assert!(history[1].changed && history[1].desired > 1 && history[1].ticks == 1, "{:?}", history[1]);
-        assert_eq!(history.iter().map(|r| r.ticks).sum::<u32>(), 15, "every tick is counted once");
+        let (change, last) = (&history[history.len() - 2], &history[history.len() - 1]);
+        assert!(change.changed && change.ticks == 1, "{history:#?}");
+        assert!(!last.changed && last.ticks > 1 && last.desired == change.desired, "{history:#?}");
+        assert_eq!(history.iter().map(|r| r.ticks).sum::<u32>(), 20, "every tick is counted once");
+    }
+
+    #[test]
+    fn a_change_keeps_its_own_record_while_the_ticks_after_it_decide_alike() {
+        let config = config(&[("autoscaling.knative.dev/min-scale", "1")]);
+        let mut c = ServiceController::new(config, Timestamp::ZERO, 5, 5, 30).unwrap();
+        // No load, and the 5 pods stay ready (a scale-down's pods take a while to go): replicas come down.
+        for t in 1..=200 {
+            let now = Timestamp::from_secs(t);
+            c.record(now, 0.0).unwrap();
+            if t % 2 == 0 {
+                c.tick(now, now, Some(5), false, true);
+            }
+        }
+        let history = c.history();
+        let changes: Vec<&DecisionRecord> = history.iter().filter(|r| r.changed).collect();
+        assert!(!changes.is_empty() && changes.iter().all(|r| r.ticks == 1), "{history:#?}");
+        let last = history.last().unwrap();
+        assert!(!last.changed && last.ticks > 1 && last.desired < 5, "{history:#?}");
     }
 
     #[test]
