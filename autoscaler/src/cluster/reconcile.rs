@@ -42,7 +42,7 @@ use super::metrics::{BlockedLabels, KubeMetrics, PassLabels};
 use super::path::{self, PathContext, Prober};
 use super::pods::{self, is_ready};
 use super::scale::{self, ScaleContext};
-use super::service_state::ServiceState;
+use super::service_state::{ServiceState, fingerprint};
 use super::starting;
 use super::state::{Activators, Context, GlobalInForce, OtherTargets, Signals, TargetSettings};
 use super::stores::Stores;
@@ -495,8 +495,9 @@ impl Reconciler {
         let replicas = target.scale.replicas;
 
         // Configuration, re-resolved only when the annotations or the global config changed.
-        if state.config_key.as_ref().is_none_or(|(a, g)| a != annotations || *g != global.generation) {
-            state.config_key = Some((annotations.clone(), global.generation));
+        let config_key = (fingerprint(annotations), global.generation);
+        if state.config_key != Some(config_key) {
+            state.config_key = Some(config_key);
             match resolve_service(annotations, &global.config) {
                 Ok(resolved) => {
                     let data_plane = resolved.value.data_plane.clone();

@@ -2,17 +2,27 @@
 //! backs off after errors and reports each problem once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::OnceLock;
 
 use k8s_openapi::jiff::Timestamp;
 
 use super::backoff::Backoff;
 use super::env_check::Mismatch;
 
+/// A 64-bit hash of `annotations` under this process's random keys: what tells the pass that a service's
+/// annotations changed, without a copy of them for every service (about 1 KiB each). Two different sets hash
+/// alike with odds of 2^-64, and no one outside the process can aim for it.
+pub(crate) fn fingerprint(annotations: &BTreeMap<String, String>) -> u64 {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    KEYS.get_or_init(RandomState::new).hash_one(annotations)
+}
+
 /// What the pass remembers about one service between passes.
 #[derive(Debug, Default)]
 pub(crate) struct ServiceState {
-    /// The annotations and global config generation last resolved.
-    pub config_key: Option<(BTreeMap<String, String>, u64)>,
+    /// The annotations' [`fingerprint`] and the global config generation last resolved.
+    pub config_key: Option<(u64, u64)>,
     /// Whether a valid configuration was ever applied (the service is in the engine).
     pub valid: bool,
     /// `spec.replicas` last seen.
@@ -54,4 +64,19 @@ pub(crate) struct ServiceState {
 pub(crate) struct PathState {
     /// A foreign Service was reported.
     pub foreign: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_tells_changed_annotations_apart() {
+        let a = BTreeMap::from([("ebb.dev/target".to_owned(), "5".to_owned())]);
+        let mut b = a.clone();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        b.insert("ebb.dev/target".to_owned(), "6".to_owned());
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&BTreeMap::new()));
+    }
 }
