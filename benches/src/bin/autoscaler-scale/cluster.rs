@@ -143,6 +143,8 @@ pub async fn run(args: DriverArgs) -> Result<()> {
     let q = |s: &[Duration], p: f64| quantile(s, p).map_or(f64::NAN, ms);
     let result = json!({
         "mode": "cluster",
+        // The allocator's settings (the manifest's are in benches/README.md): they move resident memory.
+        "glibc_tunables": std::env::var("GLIBC_TUNABLES").ok(),
         "services": fleet.services,
         "pods_per_service": fleet.pods,
         "activators": shape.activators,

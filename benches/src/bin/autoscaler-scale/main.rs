@@ -303,6 +303,8 @@ async fn run_engine(args: DriverArgs) -> Result<()> {
     let latencies: Vec<Duration> = steps.iter().map(|(_, _, d)| *d).collect();
     let result = serde_json::json!({
         "mode": "engine",
+        // The allocator's settings (the manifest's are in benches/README.md): they move resident memory.
+        "glibc_tunables": std::env::var("GLIBC_TUNABLES").ok(),
         "services": fleet.services,
         "pods_per_service": fleet.pods,
         "activators": shape.activators,
