@@ -2,10 +2,6 @@
 //! `controller.kubernetes.io/pod-deletion-cost`, so the ReplicaSet controller removes idle pods rather than
 //! busy ones (honoured from Kubernetes 1.22; older servers ignore the annotation).
 
-use std::collections::BTreeMap;
-
-use ebb_config::names::ANNOTATION_POD_DELETION_COST;
-
 /// The deletion cost of a pod with `in_flight` average concurrency: in hundredths of a request, so that
 /// fractional loads still order; a pod whose load is unknown costs 0 (nothing known to lose).
 pub fn cost(in_flight: Option<f64>) -> i32 {
@@ -13,13 +9,14 @@ pub fn cost(in_flight: Option<f64>) -> i32 {
 }
 
 /// The pods whose annotation must change: `(pod, cost)` for each pod whose current annotation differs.
+/// Each pod comes with its current annotation's value, if any.
 pub fn changes<'a>(
-    pods: impl IntoIterator<Item = (&'a str, &'a BTreeMap<String, String>, Option<f64>)>,
+    pods: impl IntoIterator<Item = (&'a str, Option<&'a str>, Option<f64>)>,
 ) -> Vec<(String, i32)> {
     pods.into_iter()
-        .filter_map(|(name, annotations, in_flight)| {
+        .filter_map(|(name, current, in_flight)| {
             let cost = cost(in_flight);
-            let current = annotations.get(ANNOTATION_POD_DELETION_COST).and_then(|v| v.parse::<i32>().ok());
+            let current = current.and_then(|v| v.parse::<i32>().ok());
             (current != Some(cost)).then(|| (name.to_owned(), cost))
         })
         .collect()
@@ -34,10 +31,7 @@ mod tests {
         assert!(cost(Some(0.0)) < cost(Some(0.4)));
         assert!(cost(Some(0.4)) < cost(Some(3.0)));
         assert_eq!(cost(None), 0);
-        let mut marked = BTreeMap::new();
-        marked.insert(ANNOTATION_POD_DELETION_COST.to_owned(), "300".to_owned());
-        let none = BTreeMap::new();
-        let out = changes([("busy", &marked, Some(3.0)), ("idle", &none, Some(0.0))]);
+        let out = changes([("busy", Some("300"), Some(3.0)), ("idle", None, Some(0.0))]);
         assert_eq!(out, vec![("idle".to_owned(), 0)]);
     }
 }

@@ -3,7 +3,7 @@
 //! pods, from the Deployment's status). A bad group is reported on every member (a Warning Event and the
 //! `status.ebb.dev/group` annotation, which `ebb status` shows) and its entry is left alone.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ebb_config::ServiceId;
@@ -86,12 +86,12 @@ impl Groups {
 /// Sorts the Deployments labelled `ebb.dev/group` into groups.
 pub(crate) fn observe(stores: &Stores) -> Groups {
     let deployments: Vec<Arc<WatchedDeployment>> = stores.groups.iter().flat_map(Store::state).collect();
-    let empty = BTreeMap::new();
-    let metas = deployments.iter().map(|d| MemberMeta {
+    let maps: Vec<_> = deployments.iter().map(|d| (d.labels().to_map(), d.annotations().to_map())).collect();
+    let metas = deployments.iter().zip(&maps).map(|(d, (labels, annotations))| MemberMeta {
         namespace: d.metadata.namespace.as_deref().unwrap_or_default(),
         name: d.metadata.name.as_deref().unwrap_or_default(),
-        labels: d.metadata.labels.as_ref().unwrap_or(&empty),
-        annotations: d.metadata.annotations.as_ref().unwrap_or(&empty),
+        labels,
+        annotations,
     });
     let (good, bad) = resolve_groups(metas);
     let find = |namespace: &str, name: &str| {

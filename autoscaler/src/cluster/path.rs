@@ -31,7 +31,7 @@ use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PostParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, Resource};
 use serde_json::{Value, json};
 
 use super::options::patch_params;

@@ -44,7 +44,7 @@ fn key(pod: &WatchedPod) -> (String, String) {
 }
 
 fn service_of(pod: &WatchedPod) -> Option<ServiceId> {
-    let service = pod.metadata.labels.as_ref()?.get(LABEL_SERVICE)?;
+    let service = pod.labels().get(LABEL_SERVICE)?;
     Some(ServiceId::new(pod.metadata.namespace.as_deref().unwrap_or_default(), service))
 }
 
@@ -97,7 +97,9 @@ mod tests {
         let mut pod = WatchedPod::default();
         pod.metadata.namespace = Some(namespace.into());
         pod.metadata.name = Some(name.into());
-        pod.metadata.labels = service.map(|s| [(LABEL_SERVICE.to_owned(), s.to_owned())].into());
+        pod.labels =
+            std::collections::BTreeMap::from_iter(service.map(|s| (LABEL_SERVICE.to_owned(), s.to_owned())))
+                .into();
         pod
     }
 

@@ -377,7 +377,9 @@ impl Reconciler {
                 continue;
             }
             let selected = match &target.scale.selector {
-                Some(selector) => candidates.into_iter().filter(|p| selector.matches(p.labels())).collect(),
+                Some(selector) => {
+                    candidates.into_iter().filter(|p| selector.matches(|key| p.labels().get(key))).collect()
+                }
                 None => candidates,
             };
             pods.insert(id, selected);
@@ -744,7 +746,7 @@ fn resume(context: &Context, stores: &Stores, autoscaler: &Autoscaler, id: &Serv
     if service.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_EBB) {
         return;
     }
-    let Some(resumed) = path::resumed(service.annotations(), Timestamp::now()) else { return };
+    let Some(resumed) = path::resumed(&service.annotations().to_map(), Timestamp::now()) else { return };
     let phase = resumed.phase_at(|ago| autoscaler.ago(ago));
     autoscaler.resume_service(id, phase, resumed.mode, autoscaler.ago(resumed.mode_for));
 }

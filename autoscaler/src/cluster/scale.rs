@@ -24,8 +24,8 @@ use ebb_config::Mode;
 use ebb_config::ServiceId;
 use ebb_config::names::{ANNOTATION_POD_DELETION_COST, STATUS_REASON, STATUS_SIDECAR, STATUS_STARTING_SINCE};
 use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube::api::Patch;
-use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::deletion_cost;
@@ -267,11 +267,10 @@ async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<Watc
             (pod.clone(), load)
         }))
         .await;
-    let changes = deletion_cost::changes(
-        loads
-            .iter()
-            .map(|(p, load)| (p.metadata.name.as_deref().unwrap_or_default(), p.annotations(), *load)),
-    );
+    let changes = deletion_cost::changes(loads.iter().map(|(p, load)| {
+        let current = p.annotations().get(ANNOTATION_POD_DELETION_COST).map(String::as_str);
+        (p.metadata.name.as_deref().unwrap_or_default(), current, *load)
+    }));
     let api: Api<WatchedPod> = Api::namespaced(context.client.clone(), &id.namespace);
     for (name, cost) in changes {
         let patch = json!({"metadata": {"annotations": {ANNOTATION_POD_DELETION_COST: cost.to_string()}}});

@@ -76,7 +76,12 @@ impl Target {
         Self {
             kind: TargetKind::deployments(),
             resource: ApiResource::erase::<Deployment>(&()),
-            meta: deployment.metadata.clone(),
+            // The pairs kept apart go back into the metadata every reader of a target knows.
+            meta: ObjectMeta {
+                labels: Some(deployment.labels().to_map()),
+                annotations: Some(deployment.annotations().to_map()),
+                ..deployment.metadata.clone()
+            },
             scale: ScaleView {
                 replicas: spec.and_then(|s| s.replicas).unwrap_or(1).max(0) as u32,
                 selector: spec.map(|s| s.selector.clone()),
@@ -244,7 +249,9 @@ mod tests {
         .unwrap();
         let t = Target::from_deployment(&d);
         assert_eq!(t.scale.replicas, 2);
-        assert!(t.scale.selector.as_ref().unwrap().matches(&[("app".into(), "chat".into())].into()));
+        let app = BTreeMap::from([("app".to_owned(), "chat".to_owned())]);
+        assert!(t.scale.selector.as_ref().unwrap().matches(|k| app.get(k)));
+        assert_eq!(t.labels().get("ebb.dev/service").map(String::as_str), Some("chat"), "labels kept apart");
         assert_eq!(t.reference().kind.as_deref(), Some("Deployment"));
         assert_eq!(t.owner_reference().unwrap().api_version, "apps/v1");
         assert_eq!(t.id(), ServiceId::new("m", "chat"));

@@ -28,6 +28,7 @@ use serde_json::json;
 
 use super::selector::Selector;
 
+use ebb_config::names::ANNOTATION_POD_DELETION_COST;
 use ebb_config::sidecar::env;
 
 /// kubectl's copy of the whole applied object, in an annotation.
@@ -39,17 +40,78 @@ const SIDECAR_ENV_PREFIX: &str = "EBB_";
 /// The queue-proxy container's usual name.
 const QUEUE_PROXY: &str = "queue-proxy";
 
+/// Labels or annotations as the watches keep them: the pairs sorted by key in one allocation. A `BTreeMap`
+/// allocates a node of 544 bytes for even one pair, and every pod, Deployment and Service has two maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyValues(Box<[(String, String)]>);
+
+impl KeyValues {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&String> {
+        let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Whether `key` is there.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// The pairs as a map (for what needs one: a target's metadata, a configuration to resolve).
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for KeyValues {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Self(map.into_iter().collect())
+    }
+}
+
+/// Moves `meta`'s labels and annotations out into compact pairs (kubectl's copy of the object left out).
+fn take_key_values(meta: &mut ObjectMeta) -> (KeyValues, KeyValues) {
+    let mut annotations = meta.annotations.take().unwrap_or_default();
+    annotations.remove(LAST_APPLIED);
+    (meta.labels.take().unwrap_or_default().into(), annotations.into())
+}
+
 /// A pod: its metadata, its queue-proxy container, and the status fields that say whether it is ready,
 /// stuck, where it is and since when.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "ReadPod")]
 pub struct WatchedPod {
-    /// Its metadata (labels, annotations, uid, creation and deletion times).
-    #[serde(default)]
+    /// Its metadata (name, uid, creation and deletion times), without its labels and annotations.
     pub metadata: ObjectMeta,
+    /// Its labels.
+    pub labels: KeyValues,
+    /// Its annotations.
+    pub annotations: KeyValues,
     /// Its containers as far as the sidecar checks read them.
     pub spec: Option<WatchedPodSpec>,
     /// Its conditions, address, start time and containers' states.
     pub status: Option<WatchedPodStatus>,
+}
+
+/// A pod as read, before its labels and annotations move out of its metadata.
+#[derive(Deserialize)]
+struct ReadPod {
+    #[serde(default)]
+    metadata: ObjectMeta,
+    spec: Option<WatchedPodSpec>,
+    status: Option<WatchedPodStatus>,
+}
+
+impl From<ReadPod> for WatchedPod {
+    fn from(ReadPod { mut metadata, spec, status }: ReadPod) -> Self {
+        let (labels, annotations) = take_key_values(&mut metadata);
+        Self { metadata, labels, annotations, spec, status }
+    }
 }
 
 /// A pod spec (a pod's or a template's) as far as the sidecar checks read it: the queue-proxy's container
@@ -145,17 +207,37 @@ pub struct WatchedContainerState {
 /// A Deployment: its metadata, replicas, selector, ready replicas, and its pod template's annotations and
 /// queue-proxy.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "ReadDeployment")]
 pub struct WatchedDeployment {
-    /// Its metadata (labels, annotations, the replicas writers' managed fields).
-    #[serde(default)]
+    /// Its metadata (name, uid), without its labels, annotations and managed fields.
     pub metadata: ObjectMeta,
+    /// Its labels.
+    pub labels: KeyValues,
+    /// Its annotations (ebb's configuration among them).
+    pub annotations: KeyValues,
     /// Replicas, selector and template.
     pub spec: Option<WatchedDeploymentSpec>,
     /// Its ready replicas (a group member's).
     pub status: Option<WatchedDeploymentStatus>,
-    /// Who wrote `spec.replicas`, from the managed fields (which are not kept).
-    #[serde(skip)]
+    /// Who wrote `spec.replicas`, from the managed fields.
     pub replicas_writers: Vec<ReplicasWriter>,
+}
+
+/// A Deployment as read.
+#[derive(Deserialize)]
+struct ReadDeployment {
+    #[serde(default)]
+    metadata: ObjectMeta,
+    spec: Option<WatchedDeploymentSpec>,
+    status: Option<WatchedDeploymentStatus>,
+}
+
+impl From<ReadDeployment> for WatchedDeployment {
+    fn from(ReadDeployment { mut metadata, spec, status }: ReadDeployment) -> Self {
+        let (labels, annotations) = take_key_values(&mut metadata);
+        let replicas_writers = replicas_writers(&metadata);
+        Self { metadata, labels, annotations, spec, status, replicas_writers }
+    }
 }
 
 /// A Deployment's spec as the pass reads it.
@@ -197,10 +279,28 @@ pub struct WatchedDeploymentStatus {
 
 /// A Service: its metadata only (ebb reads the labels and annotations of the Service it owns).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "ReadService")]
 pub struct WatchedService {
-    /// Its metadata.
-    #[serde(default)]
+    /// Its metadata (name, uid), without its labels and annotations.
     pub metadata: ObjectMeta,
+    /// Its labels.
+    pub labels: KeyValues,
+    /// Its annotations.
+    pub annotations: KeyValues,
+}
+
+/// A Service as read.
+#[derive(Deserialize)]
+struct ReadService {
+    #[serde(default)]
+    metadata: ObjectMeta,
+}
+
+impl From<ReadService> for WatchedService {
+    fn from(ReadService { mut metadata }: ReadService) -> Self {
+        let (labels, annotations) = take_key_values(&mut metadata);
+        Self { metadata, labels, annotations }
+    }
 }
 
 /// An EndpointSlice of `discovery.k8s.io` `v1` or `v1beta1` (the same in what is read here): its addresses
@@ -280,6 +380,28 @@ impl WatchedPodSpec {
         }
     }
 }
+
+/// Labels and annotations read as the pairs kept: these inherent methods come before `kube::ResourceExt`'s,
+/// which would read the (emptied) metadata.
+macro_rules! key_values {
+    ($watched:ty) => {
+        impl $watched {
+            /// Its labels.
+            pub fn labels(&self) -> &KeyValues {
+                &self.labels
+            }
+
+            /// Its annotations.
+            pub fn annotations(&self) -> &KeyValues {
+                &self.annotations
+            }
+        }
+    };
+}
+
+key_values!(WatchedPod);
+key_values!(WatchedDeployment);
+key_values!(WatchedService);
 
 /// A kept type is a resource of the kind it is read from: the same API group, version, kind and path.
 macro_rules! resource_as {
@@ -385,30 +507,31 @@ fn parsed_selector<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Selecto
     LabelSelector::deserialize(deserializer).map(|s| Selector::from_label_selector(&s))
 }
 
-/// Metadata without kubectl's copy of the object, the managed fields, the owners and the finalizers (a pod's
-/// are its ReplicaSet and the kubelet's; none is read).
+/// Metadata without the managed fields, the owners and the finalizers (a pod's are its ReplicaSet and the
+/// kubelet's; none is read); the types above keep the labels and annotations apart.
 fn meta(object: &mut ObjectMeta) {
-    if let Some(annotations) = &mut object.annotations {
-        annotations.remove(LAST_APPLIED);
-    }
+    object.labels = None;
+    object.annotations = None;
     object.managed_fields = None;
     object.owner_references = None;
     object.finalizers = None;
     object.generate_name = None;
 }
 
-/// A pod: its metadata as [`meta`] keeps it, and its queue-proxy container.
+/// A pod: its metadata as [`meta`] keeps it, of its annotations the deletion cost alone (the one read), and
+/// its queue-proxy container.
 pub(crate) fn pod(pod: &mut WatchedPod) {
     meta(&mut pod.metadata);
+    let cost = pod.annotations.get(ANNOTATION_POD_DELETION_COST).cloned();
+    pod.annotations =
+        KeyValues(cost.map(|c| (ANNOTATION_POD_DELETION_COST.to_owned(), c)).into_iter().collect());
     if let Some(spec) = &mut pod.spec {
         spec.keep_only_queue_proxy();
     }
 }
 
-/// A Deployment: its metadata as [`meta`] keeps it with its [`replicas_writers`], and its template's
-/// queue-proxy.
+/// A Deployment: its metadata as [`meta`] keeps it, and its template's queue-proxy.
 pub(crate) fn deployment(deployment: &mut WatchedDeployment) {
-    deployment.replicas_writers = replicas_writers(&deployment.metadata);
     meta(&mut deployment.metadata);
     if let Some(spec) = deployment.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
         spec.keep_only_queue_proxy();
@@ -420,7 +543,7 @@ pub(crate) fn service(service: &mut WatchedService) {
     meta(&mut service.metadata);
 }
 
-/// ebb's EndpointSlice: its metadata as [`meta`] keeps it.
+/// ebb's EndpointSlice: its metadata as [`meta`] keeps it (its labels, ebb's, are only what the watch selects).
 pub(crate) fn slice(slice: &mut WatchedSlice) {
     meta(&mut slice.metadata);
 }
@@ -456,7 +579,8 @@ mod tests {
                 "generateName": "chat-7d9-",
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "chat-7d9",
                     "uid": "u", "controller": true}],
-                "annotations": {LAST_APPLIED: "{...}", "controller.kubernetes.io/pod-deletion-cost": "3"},
+                "annotations": {LAST_APPLIED: "{...}", "controller.kubernetes.io/pod-deletion-cost": "3",
+                    "prometheus.io/scrape": "true"},
                 "deletionTimestamp": "2026-12-03T12:00:00Z",
                 "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]},
             "spec": {"volumes": [{"name": "v"}], "nodeName": "n",
@@ -477,11 +601,11 @@ mod tests {
         .unwrap();
         pod(&mut p);
         let meta = &p.metadata;
-        assert_eq!(meta.labels.as_ref().unwrap()["ebb.dev/service"], "chat");
-        assert_eq!(
-            meta.annotations.as_ref().unwrap(),
-            &BTreeMap::from([("controller.kubernetes.io/pod-deletion-cost".to_owned(), "3".to_owned())])
-        );
+        assert_eq!(p.labels().get("ebb.dev/service").map(String::as_str), Some("chat"));
+        let cost =
+            BTreeMap::from([("controller.kubernetes.io/pod-deletion-cost".to_owned(), "3".to_owned())]);
+        assert_eq!(p.annotations().to_map(), cost, "the deletion cost alone");
+        assert!(meta.labels.is_none() && meta.annotations.is_none(), "kept apart, once");
         assert!(
             meta.managed_fields.is_none() && meta.owner_references.is_none() && meta.generate_name.is_none()
         );
@@ -549,15 +673,17 @@ mod tests {
         }))
         .unwrap();
         deployment(&mut d);
-        let annotations = d.metadata.annotations.as_ref().unwrap();
-        assert_eq!(annotations, &BTreeMap::from([("ebb.dev/target".to_owned(), "5".to_owned())]));
+        let target = BTreeMap::from([("ebb.dev/target".to_owned(), "5".to_owned())]);
+        assert_eq!(d.annotations().to_map(), target, "no kubectl copy");
+        assert_eq!(d.annotations().get("ebb.dev/target").map(String::as_str), Some("5"));
+        assert_eq!(d.annotations().get("ebb.dev/window"), None);
         assert!(d.metadata.managed_fields.is_none());
         let at = "2026-12-03T12:00:09Z".parse().ok();
         assert_eq!(d.replicas_writers, [ReplicasWriter { manager: "kubectl".to_owned(), time: at }]);
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(2));
         let chat = BTreeMap::from([("app".to_owned(), "chat".to_owned())]);
-        assert!(spec.selector.matches(&chat) && !spec.selector.matches(&BTreeMap::new()));
+        assert!(spec.selector.matches(|k| chat.get(k)) && !spec.selector.matches(|_| None));
         let template = &spec.template;
         assert_eq!(template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["ebb.dev/target"], "3");
         assert!(template.spec.as_ref().unwrap().containers.is_empty(), "no queue-proxy to keep");

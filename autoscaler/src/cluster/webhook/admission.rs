@@ -108,7 +108,7 @@ impl Admission {
                      it alone and injects no queue-proxy"
                 )));
             }
-            return Ok(("Deployment".into(), name, deployment.annotations().clone()));
+            return Ok(("Deployment".into(), name, deployment.annotations().to_map()));
         }
         // Another kind's pod: the target its label names, once the pass has seen it.
         let service = pod["metadata"]["labels"][LABEL_SERVICE].as_str().unwrap_or_default();
