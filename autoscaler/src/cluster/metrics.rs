@@ -1,6 +1,9 @@
 //! The Kubernetes controller's own metrics, beside the engine's (`ebb_autoscaler_*`): leadership, whether
 //! the API server is reachable, stuck pods, writers that fight over replicas, and configuration errors.
 
+use std::sync::Arc;
+
+use ebb_config::ServiceId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -9,35 +12,36 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-/// Labels of a service's series.
+/// Labels of a service's series. The names are the service id's own, shared (nine series of every service
+/// carry them), not copies.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Service (Deployment) name.
-    pub service: String,
+    pub service: Arc<str>,
 }
 
 /// Labels of stuck pods by kind.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BlockedLabels {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Service (Deployment) name.
-    pub service: String,
+    pub service: Arc<str>,
     /// `unschedulable`, `image_pull` or `crash_loop`.
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 /// Labels of held scale-downs by reason.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HeldLabels {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Service (Deployment) name.
-    pub service: String,
+    pub service: Arc<str>,
     /// One of [`HOLD_REASONS`].
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 /// Why a scale-down is held: the API server is unreachable, or an activator has requests queued.
@@ -230,48 +234,48 @@ impl KubeMetrics {
     }
 
     /// Creates a service's series at zero, so dashboards and alerts see them before any event.
-    pub fn add_service(&self, namespace: &str, service: &str) {
-        let labels = Self::labels(namespace, service);
+    pub fn add_service(&self, id: &ServiceId) {
+        let labels = Self::labels(id);
         for family in [&self.external_changes, &self.config_errors, &self.scale_changes] {
             let _ = family.get_or_create(&labels);
         }
         let _ = self.scale_patch.get_or_create(&labels);
         for reason in HOLD_REASONS {
-            let _ = self.scale_downs_held.get_or_create(&Self::held_labels(namespace, service, reason));
+            let _ = self.scale_downs_held.get_or_create(&Self::held_labels(id, reason));
         }
         for kind in super::blocked::KINDS {
-            let _ = self.blocked_pods.get_or_create(&Self::blocked_labels(namespace, service, kind));
+            let _ = self.blocked_pods.get_or_create(&Self::blocked_labels(id, kind));
         }
     }
 
     /// Drops a removed service's series.
-    pub fn remove_service(&self, namespace: &str, service: &str) {
-        let labels = Self::labels(namespace, service);
+    pub fn remove_service(&self, id: &ServiceId) {
+        let labels = Self::labels(id);
         for family in [&self.external_changes, &self.config_errors, &self.scale_changes] {
             family.remove(&labels);
         }
         self.scale_patch.remove(&labels);
         for reason in HOLD_REASONS {
-            self.scale_downs_held.remove(&Self::held_labels(namespace, service, reason));
+            self.scale_downs_held.remove(&Self::held_labels(id, reason));
         }
         for kind in super::blocked::KINDS {
-            self.blocked_pods.remove(&Self::blocked_labels(namespace, service, kind));
+            self.blocked_pods.remove(&Self::blocked_labels(id, kind));
         }
     }
 
     /// Labels of a service's stuck pods of one kind.
-    pub fn blocked_labels(namespace: &str, service: &str, kind: &str) -> BlockedLabels {
-        BlockedLabels { namespace: namespace.to_owned(), service: service.to_owned(), kind: kind.to_owned() }
+    pub fn blocked_labels(id: &ServiceId, kind: &'static str) -> BlockedLabels {
+        BlockedLabels { namespace: id.namespace.clone(), service: id.name.clone(), kind }
     }
 
     /// Labels of a service's held scale-downs for one reason.
-    pub fn held_labels(namespace: &str, service: &str, reason: &str) -> HeldLabels {
-        HeldLabels { namespace: namespace.to_owned(), service: service.to_owned(), reason: reason.to_owned() }
+    pub fn held_labels(id: &ServiceId, reason: &'static str) -> HeldLabels {
+        HeldLabels { namespace: id.namespace.clone(), service: id.name.clone(), reason }
     }
 
     /// Labels of a service.
-    pub fn labels(namespace: &str, service: &str) -> ServiceLabels {
-        ServiceLabels { namespace: namespace.to_owned(), service: service.to_owned() }
+    pub fn labels(id: &ServiceId) -> ServiceLabels {
+        ServiceLabels { namespace: id.namespace.clone(), service: id.name.clone() }
     }
 
     /// The metrics page: these families, then what `engine` appends (the engine's page, which ends with
@@ -296,7 +300,7 @@ mod tests {
     #[test]
     fn the_page_is_one_openmetrics_document() {
         let kube = KubeMetrics::new();
-        kube.add_service("demo", "chat");
+        kube.add_service(&ServiceId::new("demo", "chat"));
         let page = kube.page(|out| Metrics::new().encode_into(out));
         assert!(
             page.contains("ebb_autoscaler_leader ") && page.contains("ebb_autoscaler_tick_duration_seconds")

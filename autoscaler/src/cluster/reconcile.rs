@@ -38,7 +38,7 @@ use super::dirty::Visit;
 use super::groups::{self, Groups};
 use super::instance_pods::InstancePods;
 use super::instances::{self, Views};
-use super::metrics::{BlockedLabels, KubeMetrics, PassLabels};
+use super::metrics::{KubeMetrics, PassLabels};
 use super::path::{self, PathContext, Prober};
 use super::pods::{self, is_ready};
 use super::scale::{self, ScaleContext};
@@ -428,7 +428,7 @@ impl Reconciler {
             for id in gone {
                 self.services.remove(&id);
                 autoscaler.remove_service(&id);
-                context.metrics.remove_service(&id.namespace, &id.name);
+                context.metrics.remove_service(&id);
                 activators.forget_path(&id);
             }
         }
@@ -484,7 +484,7 @@ impl Reconciler {
             }
         }
         let state = services.entry(id.clone()).or_insert_with(|| {
-            context.metrics.add_service(&id.namespace, &id.name);
+            context.metrics.add_service(&id);
             ServiceState::default()
         });
         let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
@@ -777,7 +777,10 @@ fn update_global(context: &Context, stores: &Stores, global: &mut Global) -> boo
             context
                 .metrics
                 .config_errors
-                .get_or_create(&KubeMetrics::labels(&context.options.namespace, CONFIG_MAP_NAME))
+                .get_or_create(&KubeMetrics::labels(&ServiceId::new(
+                    &context.options.namespace,
+                    CONFIG_MAP_NAME,
+                )))
                 .inc();
             if let Some(cm) = &config_map {
                 context.events.warning(
@@ -795,7 +798,7 @@ fn update_global(context: &Context, stores: &Stores, global: &mut Global) -> boo
 }
 
 fn invalid(context: &Context, reference: &ObjectReference, id: &ServiceId, valid: bool, err: &str) {
-    context.metrics.config_errors.get_or_create(&KubeMetrics::labels(&id.namespace, &id.name)).inc();
+    context.metrics.config_errors.get_or_create(&KubeMetrics::labels(id)).inc();
     let consequence = if valid {
         "the last valid configuration stays in force"
     } else {
@@ -810,10 +813,6 @@ fn invalid(context: &Context, reference: &ObjectReference, id: &ServiceId, valid
 
 fn oneline(text: &str) -> String {
     text.lines().collect::<Vec<_>>().join("; ")
-}
-
-fn blocked_labels(id: &ServiceId, kind: &str) -> BlockedLabels {
-    KubeMetrics::blocked_labels(&id.namespace, &id.name, kind)
 }
 
 /// Stuck pods: a Warning Event (deduplicated) and the `blocked_pods` gauge.
@@ -835,14 +834,14 @@ fn report_blocked(
     for (name, kind) in &now {
         if state.blocked.get(name) != Some(kind) {
             if let Some(old) = state.blocked.get(name) {
-                context.metrics.blocked_pods.get_or_create(&blocked_labels(id, old)).dec();
+                context.metrics.blocked_pods.get_or_create(&KubeMetrics::blocked_labels(id, old)).dec();
             }
-            context.metrics.blocked_pods.get_or_create(&blocked_labels(id, kind)).inc();
+            context.metrics.blocked_pods.get_or_create(&KubeMetrics::blocked_labels(id, kind)).inc();
         }
     }
     for (name, kind) in &state.blocked {
         if !now.contains_key(name) {
-            context.metrics.blocked_pods.get_or_create(&blocked_labels(id, kind)).dec();
+            context.metrics.blocked_pods.get_or_create(&KubeMetrics::blocked_labels(id, kind)).dec();
         }
     }
     state.blocked = now;

@@ -99,7 +99,7 @@ fn observe_patch_latency(context: &Context, autoscaler: &Autoscaler, id: &Servic
         .and_then(|d| d.into_iter().rev().find(|r| r.changed && r.desired == desired).map(|r| r.unix_ms));
     if let Some(decided) = decided {
         let took = Duration::from_millis(crate::engine::controller::unix_ms_now().saturating_sub(decided));
-        let labels = KubeMetrics::labels(&id.namespace, &id.name);
+        let labels = KubeMetrics::labels(id);
         context.metrics.scale_patch.get_or_create(&labels).observe(took.as_secs_f64());
     }
 }
@@ -147,7 +147,7 @@ pub(crate) fn observe_replicas(
         || "a writer the API server did not record (kubectl scale, an HPA or a GitOps tool)".to_owned(),
         |m| format!("{m:?}"),
     );
-    context.metrics.external_changes.get_or_create(&KubeMetrics::labels(&id.namespace, &id.name)).inc();
+    context.metrics.external_changes.get_or_create(&KubeMetrics::labels(id)).inc();
     let kind = target.kind_name();
     context.events.warning(
         target.reference(),
@@ -194,11 +194,7 @@ pub(crate) async fn reconcile(
             }
         }
         if let Some((reason, why)) = hold {
-            context
-                .metrics
-                .scale_downs_held
-                .get_or_create(&KubeMetrics::held_labels(&id.namespace, &id.name, reason))
-                .inc();
+            context.metrics.scale_downs_held.get_or_create(&KubeMetrics::held_labels(id, reason)).inc();
             tracing::info!(service = %id, observed, desired, "scale-down held: {why}");
         } else {
             if desired < observed {
@@ -211,11 +207,7 @@ pub(crate) async fn reconcile(
                     state.last_written = Some(desired);
                     observe_patch_latency(context, autoscaler, id, desired);
                     let reason = reason();
-                    context
-                        .metrics
-                        .scale_changes
-                        .get_or_create(&KubeMetrics::labels(&id.namespace, &id.name))
-                        .inc();
+                    context.metrics.scale_changes.get_or_create(&KubeMetrics::labels(id)).inc();
                     context.events.normal(
                         target.reference(),
                         "Scaled",
