@@ -88,7 +88,8 @@ pub(crate) struct Reconciler {
     published: Arc<OtherTargets>,
     /// Every pod of the multi-pod instances (`instances`).
     instance_pods: InstancePods,
-    services: HashMap<ServiceId, ServiceState>,
+    /// Boxed: a state is 504 bytes, and a hash table keeps up to half its slots empty after it grows.
+    services: HashMap<ServiceId, Box<ServiceState>>,
     /// The role groups as last sorted.
     groups: Groups,
     /// Services whose last visit left work undone: visited again at the next retry.
@@ -485,7 +486,7 @@ impl Reconciler {
         }
         let state = services.entry(id.clone()).or_insert_with(|| {
             context.metrics.add_service(&id);
-            ServiceState::default()
+            Box::<ServiceState>::default()
         });
         let service_pods = pods.get(&id).map(Vec::as_slice).unwrap_or_default();
         let mut targets: Vec<PodTarget> =

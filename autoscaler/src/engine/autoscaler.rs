@@ -118,7 +118,8 @@ impl Entry {
 
 /// The autoscaler of a set of services.
 pub struct Autoscaler {
-    services: Mutex<BTreeMap<ServiceId, Entry>>,
+    /// Boxed: a B-tree node holds 11 entries, full or not, and an entry is over a kilobyte.
+    services: Mutex<BTreeMap<ServiceId, Box<Entry>>>,
     scaler: Arc<dyn Scaler>,
     metrics: Metrics,
     scraper: Scraper,
@@ -204,7 +205,7 @@ impl Autoscaler {
                     series: self.metrics.add_service(&id),
                 };
                 entry.series.observe_status(&entry.status(&id));
-                services.insert(id, entry);
+                services.insert(id, Box::new(entry));
                 Ok(())
             }
         }
@@ -546,6 +547,11 @@ mod tests {
             .into();
         let global = GlobalConfig::from_data(&data).unwrap().value;
         resolve_service(&BTreeMap::new(), &global).unwrap().value
+    }
+
+    #[test]
+    fn an_entry_is_worth_boxing() {
+        assert!(std::mem::size_of::<Entry>() > 512, "{}", std::mem::size_of::<Entry>());
     }
 
     #[test]
