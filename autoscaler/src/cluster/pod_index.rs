@@ -1,8 +1,8 @@
 //! The labelled pods' names by service, kept by the pod watches' events, so that a pass that visits a few
 //! services finds their pods without going through every pod in the cache.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use ebb_config::ServiceId;
 use ebb_config::names::LABEL_SERVICE;
@@ -10,18 +10,26 @@ use ebb_process::sync::Locked;
 
 use super::watched::WatchedPod;
 
+/// A pod's name, shared by both directions of the index.
+type Name = Arc<str>;
+
 #[derive(Debug, Default)]
 struct Index {
-    by_service: HashMap<ServiceId, BTreeSet<String>>,
+    /// Each service's pods' names, sorted (a few a service: a sorted vector, not a B-tree node of 11).
+    by_service: HashMap<ServiceId, Vec<Name>>,
     /// Each pod's service, by namespace and name (a pod's label may change).
-    of_pod: HashMap<(String, String), ServiceId>,
+    of_pod: HashMap<Arc<str>, HashMap<Name, ServiceId>>,
 }
 
 impl Index {
-    fn remove(&mut self, key: &(String, String)) -> Option<ServiceId> {
-        let id = self.of_pod.remove(key)?;
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<ServiceId> {
+        let pods = self.of_pod.get_mut(namespace)?;
+        let id = pods.remove(name)?;
+        if pods.is_empty() {
+            self.of_pod.remove(namespace);
+        }
         if let Some(names) = self.by_service.get_mut(&id) {
-            names.remove(&key.1);
+            names.retain(|n| &**n != name);
             if names.is_empty() {
                 self.by_service.remove(&id);
             }
@@ -29,9 +37,13 @@ impl Index {
         Some(id)
     }
 
-    fn insert(&mut self, key: (String, String), id: ServiceId) {
-        self.by_service.entry(id.clone()).or_default().insert(key.1.clone());
-        self.of_pod.insert(key, id);
+    fn insert(&mut self, name: &str, id: ServiceId) {
+        let name: Name = name.into();
+        let names = self.by_service.entry(id.clone()).or_default();
+        if let Err(at) = names.binary_search(&name) {
+            names.insert(at, name.clone());
+        }
+        self.of_pod.entry(id.namespace.clone()).or_default().insert(name, id);
     }
 }
 
@@ -39,8 +51,9 @@ impl Index {
 #[derive(Debug, Default)]
 pub(crate) struct PodIndex(Mutex<Index>);
 
-fn key(pod: &WatchedPod) -> (String, String) {
-    (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
+/// A pod's namespace and name.
+fn key(pod: &WatchedPod) -> (&str, &str) {
+    (pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default())
 }
 
 fn service_of(pod: &WatchedPod) -> Option<ServiceId> {
@@ -52,12 +65,12 @@ impl PodIndex {
     /// Files an added or changed pod under its service. Returns the services whose pods changed: the pod's,
     /// and the one it was filed under before if its label changed.
     pub fn apply(&self, pod: &WatchedPod) -> Vec<ServiceId> {
-        let key = key(pod);
+        let (namespace, name) = key(pod);
         let mut index = self.0.locked();
-        let before = index.remove(&key);
+        let before = index.remove(namespace, name);
         let now = service_of(pod);
         if let Some(id) = &now {
-            index.insert(key, id.clone());
+            index.insert(name, id.clone());
         }
         let left = before.filter(|b| Some(b) != now.as_ref());
         left.into_iter().chain(now).collect()
@@ -65,27 +78,30 @@ impl PodIndex {
 
     /// Forgets a deleted pod; returns the service it was filed under.
     pub fn delete(&self, pod: &WatchedPod) -> Option<ServiceId> {
-        self.0.locked().remove(&key(pod))
+        let (namespace, name) = key(pod);
+        self.0.locked().remove(namespace, name)
     }
 
     /// Files `pods` anew after a watch listed them all, in `namespace` (`None`: every namespace).
     pub fn relisted<'p>(&self, namespace: Option<&str>, pods: impl IntoIterator<Item = &'p WatchedPod>) {
         let mut index = self.0.locked();
-        let gone: Vec<(String, String)> =
-            index.of_pod.keys().filter(|(ns, _)| namespace.is_none_or(|n| n == ns)).cloned().collect();
-        for key in &gone {
-            index.remove(key);
+        let gone: Vec<(Arc<str>, Name)> = (index.of_pod.iter())
+            .filter(|(ns, _)| namespace.is_none_or(|n| n == &***ns))
+            .flat_map(|(ns, pods)| pods.keys().map(|name| (ns.clone(), name.clone())))
+            .collect();
+        for (ns, name) in &gone {
+            index.remove(ns, name);
         }
         for pod in pods {
             if let Some(id) = service_of(pod) {
-                index.insert(key(pod), id);
+                index.insert(key(pod).1, id);
             }
         }
     }
 
     /// The names of `id`'s labelled pods, in name order.
-    pub fn names(&self, id: &ServiceId) -> Vec<String> {
-        self.0.locked().by_service.get(id).map(|names| names.iter().cloned().collect()).unwrap_or_default()
+    pub fn names(&self, id: &ServiceId) -> Vec<Name> {
+        self.0.locked().by_service.get(id).cloned().unwrap_or_default()
     }
 }
 
@@ -103,6 +119,10 @@ mod tests {
         pod
     }
 
+    fn names(index: &PodIndex, id: &ServiceId) -> Vec<String> {
+        index.names(id).iter().map(|n| n.to_string()).collect()
+    }
+
     #[test]
     fn pods_are_found_by_their_service_as_they_come_change_and_go() {
         let index = PodIndex::default();
@@ -112,15 +132,15 @@ mod tests {
         assert_eq!(index.apply(&pod("m", "b", Some("chat"))), only(&chat));
         assert_eq!(index.apply(&pod("m", "a", Some("chat"))), only(&chat));
         assert_eq!(index.apply(&pod("m", "a", Some("chat"))), only(&chat), "a change of the same pod");
-        assert_eq!(index.names(&chat), ["a", "b"]);
+        assert_eq!(names(&index, &chat), ["a", "b"]);
         assert_eq!(index.apply(&pod("m", "a", Some("embed"))), [chat.clone(), embed.clone()], "relabelled");
-        assert_eq!(index.names(&chat), ["b"]);
-        assert_eq!(index.names(&embed), ["a"]);
+        assert_eq!(names(&index, &chat), ["b"]);
+        assert_eq!(names(&index, &embed), ["a"]);
         assert_eq!(index.apply(&pod("m", "b", None)), only(&chat), "label removed");
-        assert!(index.names(&chat).is_empty());
+        assert!(names(&index, &chat).is_empty());
         assert_eq!(index.delete(&pod("m", "a", Some("embed"))), Some(embed.clone()));
         assert_eq!(index.delete(&pod("m", "a", Some("embed"))), None);
-        assert!(index.names(&embed).is_empty());
+        assert!(names(&index, &embed).is_empty());
     }
 
     #[test]
@@ -129,9 +149,9 @@ mod tests {
         index.apply(&pod("m", "old", Some("chat")));
         index.apply(&pod("n", "other", Some("chat")));
         index.relisted(Some("m"), &[pod("m", "new", Some("chat"))]);
-        assert_eq!(index.names(&ServiceId::new("m", "chat")), ["new"]);
-        assert_eq!(index.names(&ServiceId::new("n", "chat")), ["other"]);
+        assert_eq!(names(&index, &ServiceId::new("m", "chat")), ["new"]);
+        assert_eq!(names(&index, &ServiceId::new("n", "chat")), ["other"]);
         index.relisted(None, &[]);
-        assert!(index.names(&ServiceId::new("n", "chat")).is_empty());
+        assert!(names(&index, &ServiceId::new("n", "chat")).is_empty());
     }
 }
