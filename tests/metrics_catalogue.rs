@@ -87,16 +87,6 @@ fn engine_page() -> String {
     engine.encode_metrics()
 }
 
-/// The controller's families with one service known and one of its pods stuck (a stuck-pod gauge's series
-/// appears with the service's first stuck pod).
-fn known_service() -> KubeMetrics {
-    let kube = KubeMetrics::new();
-    let id = ServiceId::new("demo", "chat");
-    kube.add_service(&id);
-    kube.blocked_pods.get_or_create(&KubeMetrics::blocked_labels(&id, "image_pull")).inc();
-    kube
-}
-
 fn export_everything() -> Catalogue {
     let queue_proxy = QueueProxyMetrics::new().encode(0, 0, true);
 
@@ -104,7 +94,8 @@ fn export_everything() -> Catalogue {
     let _ = activator.service(&ServiceId::new("demo", "chat"));
     let activator = activator.encode(&[], 0);
 
-    let kube = known_service();
+    let kube = KubeMetrics::new();
+    kube.add_service(&ServiceId::new("demo", "chat"));
     // The autoscaler serves the controller's families, then the runtime's page.
     let autoscaler = kube.page(|out| out.push_str(&engine_page()));
 
@@ -157,7 +148,8 @@ fn pages() -> Vec<(&'static str, String)> {
     let _ = activator.service(&ServiceId::new("demo", "chat"));
     let activator = activator.encode(&[], 3);
     let engine = engine_page();
-    let kube = known_service();
+    let kube = KubeMetrics::new();
+    kube.add_service(&ServiceId::new("demo", "chat"));
     let autoscaler = kube.page(|out| out.push_str(&engine));
     // As `ebb up`'s metrics port joins them: one document, one `# EOF`.
     let mut up = String::new();

