@@ -5,14 +5,17 @@
 //! and k8s-openapi, so code reads them as it would the full types. Nothing the controller writes is built from
 //! these: every write is a merge patch of ebb's own fields, or a new object made from scratch.
 //!
-//! Each type is a [`kube::Resource`] of its kind, so watches and reflectors deserialize into it directly; the
-//! trimming functions ([`pod`], [`deployment`], ...) drop what the types still keep and the pass never reads
-//! (kubectl's copy of the object, managed fields other than the replicas writers, every container but the
-//! queue-proxy).
+//! Each type is a [`kube::Resource`] of its kind, so watches and reflectors deserialize into it directly. As
+//! they are read, labels and annotations move out of the metadata into sorted pairs ([`KeyValues`]) and a
+//! Deployment's managed fields become the list of who wrote `spec.replicas`; the trimming functions ([`pod`],
+//! [`deployment`], ...) then drop what the pass never reads (managed fields, owners, finalizers, every
+//! container but the queue-proxy).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use ebb_config::names::ANNOTATION_POD_DELETION_COST;
+use ebb_config::sidecar::env;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ContainerStateWaiting, Pod, PodReadinessGate, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -27,9 +30,6 @@ use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
 use super::selector::Selector;
-
-use ebb_config::names::ANNOTATION_POD_DELETION_COST;
-use ebb_config::sidecar::env;
 
 /// kubectl's copy of the whole applied object, in an annotation.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -50,11 +50,6 @@ impl KeyValues {
     pub fn get(&self, key: &str) -> Option<&String> {
         let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
         Some(&self.0[i].1)
-    }
-
-    /// Whether `key` is there.
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
     }
 
     /// The keys, in order.
