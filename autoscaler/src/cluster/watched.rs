@@ -79,7 +79,7 @@ fn take_key_values(meta: &mut ObjectMeta) -> (KeyValues, KeyValues) {
 /// A pod: its metadata, its queue-proxy container, and the status fields that say whether it is ready,
 /// stuck, where it is and since when.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(from = "ReadPod")]
+#[serde(from = "Read<WatchedPodSpec, WatchedPodStatus>")]
 pub struct WatchedPod {
     /// Its metadata (name, uid, creation and deletion times), without its labels and annotations.
     pub metadata: ObjectMeta,
@@ -93,17 +93,17 @@ pub struct WatchedPod {
     pub status: Option<WatchedPodStatus>,
 }
 
-/// A pod as read, before its labels and annotations move out of its metadata.
+/// An object as read, before its labels and annotations move out of its metadata.
 #[derive(Deserialize)]
-struct ReadPod {
+struct Read<Spec, Status> {
     #[serde(default)]
     metadata: ObjectMeta,
-    spec: Option<WatchedPodSpec>,
-    status: Option<WatchedPodStatus>,
+    spec: Option<Spec>,
+    status: Option<Status>,
 }
 
-impl From<ReadPod> for WatchedPod {
-    fn from(ReadPod { mut metadata, spec, status }: ReadPod) -> Self {
+impl From<Read<WatchedPodSpec, WatchedPodStatus>> for WatchedPod {
+    fn from(Read { mut metadata, spec, status }: Read<WatchedPodSpec, WatchedPodStatus>) -> Self {
         let (labels, annotations) = take_key_values(&mut metadata);
         Self { metadata, labels, annotations, spec, status }
     }
@@ -202,7 +202,7 @@ pub struct WatchedContainerState {
 /// A Deployment: its metadata, replicas, selector, ready replicas, and its pod template's annotations and
 /// queue-proxy.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(from = "ReadDeployment")]
+#[serde(from = "Read<WatchedDeploymentSpec, WatchedDeploymentStatus>")]
 pub struct WatchedDeployment {
     /// Its metadata (name, uid), without its labels, annotations and managed fields.
     pub metadata: ObjectMeta,
@@ -218,17 +218,10 @@ pub struct WatchedDeployment {
     pub replicas_writers: Vec<ReplicasWriter>,
 }
 
-/// A Deployment as read.
-#[derive(Deserialize)]
-struct ReadDeployment {
-    #[serde(default)]
-    metadata: ObjectMeta,
-    spec: Option<WatchedDeploymentSpec>,
-    status: Option<WatchedDeploymentStatus>,
-}
-
-impl From<ReadDeployment> for WatchedDeployment {
-    fn from(ReadDeployment { mut metadata, spec, status }: ReadDeployment) -> Self {
+impl From<Read<WatchedDeploymentSpec, WatchedDeploymentStatus>> for WatchedDeployment {
+    fn from(
+        Read { mut metadata, spec, status }: Read<WatchedDeploymentSpec, WatchedDeploymentStatus>,
+    ) -> Self {
         let (labels, annotations) = take_key_values(&mut metadata);
         let replicas_writers = replicas_writers(&metadata);
         Self { metadata, labels, annotations, spec, status, replicas_writers }
@@ -274,7 +267,7 @@ pub struct WatchedDeploymentStatus {
 
 /// A Service: its metadata only (ebb reads the labels and annotations of the Service it owns).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(from = "ReadService")]
+#[serde(from = "Read<IgnoredAny, IgnoredAny>")]
 pub struct WatchedService {
     /// Its metadata (name, uid), without its labels and annotations.
     pub metadata: ObjectMeta,
@@ -284,15 +277,9 @@ pub struct WatchedService {
     pub annotations: KeyValues,
 }
 
-/// A Service as read.
-#[derive(Deserialize)]
-struct ReadService {
-    #[serde(default)]
-    metadata: ObjectMeta,
-}
-
-impl From<ReadService> for WatchedService {
-    fn from(ReadService { mut metadata }: ReadService) -> Self {
+/// A Service's spec and status are read past, not kept.
+impl From<Read<IgnoredAny, IgnoredAny>> for WatchedService {
+    fn from(Read { mut metadata, .. }: Read<IgnoredAny, IgnoredAny>) -> Self {
         let (labels, annotations) = take_key_values(&mut metadata);
         Self { metadata, labels, annotations }
     }
@@ -683,6 +670,22 @@ mod tests {
         assert_eq!(template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["ebb.dev/target"], "3");
         assert!(template.spec.as_ref().unwrap().containers.is_empty(), "no queue-proxy to keep");
         assert_eq!(d.status.as_ref().unwrap().ready_replicas, Some(2), "a group member's ready pods");
+    }
+
+    #[test]
+    fn a_service_reads_past_its_spec_and_status_and_keeps_its_labels_and_annotations_apart() {
+        let mut svc: WatchedService = serde_json::from_value(json!({
+            "metadata": {"name": "chat", "labels": {"app.kubernetes.io/managed-by": "ebb"},
+                "annotations": {LAST_APPLIED: "{...}", "status.ebb.dev/mode": "proxy"}},
+            "spec": {"ports": [{"port": 80}], "selector": {"app": "chat"}, "type": "ClusterIP"},
+            "status": {"loadBalancer": {}},
+        }))
+        .unwrap();
+        service(&mut svc);
+        assert_eq!(svc.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("ebb"));
+        let mode = BTreeMap::from([("status.ebb.dev/mode".to_owned(), "proxy".to_owned())]);
+        assert_eq!(svc.annotations().to_map(), mode, "no kubectl copy");
+        assert!(svc.metadata.labels.is_none() && svc.metadata.annotations.is_none());
     }
 
     #[test]
