@@ -86,7 +86,7 @@ async fn load_marked_as_the_activators_by_a_client_still_counts() {
     assert!(ok > 0);
 }
 
-/// Twenty streaming clients on two pods, and one pod's model is killed: only the streams that were in flight on
+/// Twenty streaming clients on two pods, and one pod's model is killed: only the requests that were in flight on
 /// that model are cut. (Once, its queue-proxy answered 502 for about a second until the pod was noticed, the
 /// gateway kept choosing it because it failed fastest, and 54-62 requests failed per kill.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,9 +121,15 @@ async fn a_killed_model_costs_only_the_streams_it_was_serving() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (ok, failures) = load.finish().await;
-    // A stream cut mid-way ends without [DONE] (status 200) or as a broken connection; none is refused.
-    let refused: Vec<&String> =
-        failures.iter().filter(|f| f.starts_with("status ") && !f.starts_with("status 200")).collect();
+    // A stream cut mid-way ends without [DONE] (status 200) or as a broken connection. A request the model had
+    // been handed but not yet answered when it died is cut too: its queue-proxy answers 502 `upstream_reset`
+    // (it cannot be sent again: a POST may have been acted on). Anything else is a refusal, and none may be.
+    let cut = |f: &String| {
+        !f.starts_with("status ")
+            || f.starts_with("status 200")
+            || (f.starts_with("status 502") && f.contains("\"upstream_reset\""))
+    };
+    let refused: Vec<&String> = failures.iter().filter(|f| !cut(f)).collect();
     assert!(
         refused.is_empty(),
         "{} requests were refused after the kill: {:?}",
