@@ -22,7 +22,7 @@ pub const KINDS: [&str; 3] = ["unschedulable", "image_pull", "crash_loop"];
 
 /// Whether `pod` is stuck, and why. A pod being deleted is not reported.
 pub fn blocked(pod: &WatchedPod) -> Option<Blocked> {
-    if pod.metadata.deletion_timestamp.is_some() {
+    if pod.meta.deleting.is_some() {
         return None;
     }
     let status = pod.status.as_ref()?;

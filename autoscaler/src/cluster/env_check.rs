@@ -196,7 +196,7 @@ const VARIABLES: [Variable; 7] = [
 /// Variables set through `valueFrom` are not compared; an unset variable counts as the queue-proxy's default.
 pub fn mismatches(pod: &WatchedPod, spec: &DataPlaneSpec) -> Vec<Mismatch> {
     let Some(container) = pod.queue_proxy() else { return Vec::new() };
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let pod_name = pod.name().to_owned();
     // What the annotations ask for, as text; a setting left out (the protocol) is unset.
     let wanted = data_plane_settings(spec);
     let mut known = Known { spec, effective: Vec::with_capacity(VARIABLES.len()) };

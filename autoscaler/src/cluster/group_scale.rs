@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use ebb_config::ServiceId;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
 use kube::api::Patch;
-use kube::{Api, Resource};
 use serde_json::json;
 
 use super::groups::{GroupState, MemberState};
@@ -17,7 +18,7 @@ use super::options::patch_params;
 use super::scale::{self, ScaleContext};
 use super::service_state::ServiceState;
 use super::targets::Target;
-use super::watched::{WatchedDeployment, WatchedPod};
+use super::watched::{DeploymentWire, WatchedPod};
 use crate::engine::ServiceStatus;
 
 /// The leader's pass for one service: [`scale::reconcile`] alone, or with its group.
@@ -73,15 +74,15 @@ async fn scale_member(
         return;
     }
     let context = ctx.context;
-    let namespace = member.deployment.meta().namespace.clone().unwrap_or_default();
-    let api: Api<WatchedDeployment> = Api::namespaced(context.client.clone(), &namespace);
+    let namespace = member.deployment.namespace();
+    let api: Api<DeploymentWire> = Api::namespaced(context.client.clone(), namespace);
     let patch = json!({"spec": {"replicas": want}});
     match api.patch_scale(&name, &patch_params(), &Patch::Merge(&patch)).await {
         Ok(_) => {
             state.deployment_writes.succeeded(&context.health);
             state.group_written.insert(name, (member.replicas, want));
             context.events.normal(
-                member.deployment.object_ref(&()),
+                member.deployment.meta.reference::<Deployment>(),
                 "Scaled",
                 format!(
                     "replicas {} -> {want}: group {:?} at {instances} instance(s), {} pod(s) each",

@@ -9,16 +9,17 @@ use std::sync::Arc;
 use ebb_config::ServiceId;
 use ebb_config::groups::{BadGroup, LABEL_GROUP, MemberMeta, resolve_groups};
 use ebb_config::names::STATUS_GROUP;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
 use kube::api::Patch;
-use kube::runtime::reflector::Store;
-use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use super::cache::Cache;
 use super::options::patch_params;
 use super::state::{Context, Signals};
 use super::stores::Stores;
 use super::targets::Target;
-use super::watched::WatchedDeployment;
+use super::watched::{DeploymentWire, WatchedDeployment};
 
 /// One member of a valid group other than the entry, as the watch shows it.
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ pub(crate) struct MemberState {
 impl MemberState {
     /// Its name.
     pub fn name(&self) -> String {
-        self.deployment.name_any()
+        self.deployment.name().to_owned()
     }
 }
 
@@ -85,20 +86,17 @@ impl Groups {
 
 /// Sorts the Deployments labelled `ebb.dev/group` into groups.
 pub(crate) fn observe(stores: &Stores) -> Groups {
-    let deployments: Vec<Arc<WatchedDeployment>> = stores.groups.iter().flat_map(Store::state).collect();
+    let deployments: Vec<Arc<WatchedDeployment>> = stores.groups.iter().flat_map(Cache::state).collect();
     let maps: Vec<_> = deployments.iter().map(|d| (d.labels().to_map(), d.annotations().to_map())).collect();
     let metas = deployments.iter().zip(&maps).map(|(d, (labels, annotations))| MemberMeta {
-        namespace: d.metadata.namespace.as_deref().unwrap_or_default(),
-        name: d.metadata.name.as_deref().unwrap_or_default(),
+        namespace: d.namespace(),
+        name: d.name(),
         labels,
         annotations,
     });
     let (good, bad) = resolve_groups(metas);
     let find = |namespace: &str, name: &str| {
-        deployments
-            .iter()
-            .find(|d| d.metadata.namespace.as_deref() == Some(namespace) && d.name_any() == name)
-            .cloned()
+        deployments.iter().find(|d| d.namespace() == namespace && d.name() == name).cloned()
     };
     let mut groups = Groups::default();
     for group in good {
@@ -146,7 +144,7 @@ fn refuse(
 /// A Warning Event (deduplicated) on every member of a bad group.
 pub(crate) fn report(context: &Context, groups: &Groups) {
     for (deployment, message) in &groups.problems {
-        context.events.warning(deployment.object_ref(&()), "InvalidGroup", message.clone());
+        context.events.warning(deployment.meta.reference::<Deployment>(), "InvalidGroup", message.clone());
     }
 }
 
@@ -167,10 +165,10 @@ pub(crate) async fn write_notes(context: &Context, signals: &Signals, groups: &G
         if current == note.as_ref() {
             continue;
         }
-        let (namespace, name) = (deployment.namespace().unwrap_or_default(), deployment.name_any());
-        let api: Api<WatchedDeployment> = Api::namespaced(context.client.clone(), &namespace);
+        let (namespace, name) = (deployment.namespace(), deployment.name());
+        let api: Api<DeploymentWire> = Api::namespaced(context.client.clone(), namespace);
         let patch = json!({"metadata": {"annotations": {STATUS_GROUP: note}}});
-        if let Err(err) = api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {
+        if let Err(err) = api.patch(name, &patch_params(), &Patch::Merge(&patch)).await {
             tracing::warn!(deployment = %name, %namespace, "cannot write {STATUS_GROUP}: {err}");
         }
     }

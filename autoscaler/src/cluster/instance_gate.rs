@@ -11,15 +11,15 @@ use std::sync::Arc;
 use ebb_config::ServiceId;
 use ebb_config::targets::INSTANCE_READY_GATE;
 use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube::api::Patch;
-use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use super::instances::InstanceView;
 use super::options::patch_params;
 use super::pods::has_instance_gate as has_gate;
 use super::state::Context;
-use super::watched::WatchedPod;
+use super::watched::{PodWire, WatchedPod};
 
 /// The gate's condition on `pod`'s status: `None` until it is first written.
 pub(crate) fn gate_status(pod: &WatchedPod) -> Option<bool> {
@@ -31,9 +31,9 @@ pub(crate) fn gate_status(pod: &WatchedPod) -> Option<bool> {
 pub(crate) fn changes(view: &InstanceView, entries: &[Arc<WatchedPod>]) -> Vec<(Arc<WatchedPod>, bool)> {
     entries
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && has_gate(p))
+        .filter(|p| p.meta.deleting.is_none() && has_gate(p))
         .filter_map(|pod| {
-            let whole = view.is_whole(&pod.name_any());
+            let whole = view.is_whole(pod.name());
             (gate_status(pod) != Some(whole)).then(|| (pod.clone(), whole))
         })
         .collect()
@@ -50,7 +50,7 @@ fn patch(pod: &WatchedPod, whole: bool, size: &Result<u32, String>) -> Value {
         ("False", "InstanceNotReady", format!("waiting for {pods} of its instance to be ready"))
     };
     json!({
-        "metadata": {"uid": pod.metadata.uid},
+        "metadata": {"uid": pod.meta.uid},
         "status": {"conditions": [{
             "type": INSTANCE_READY_GATE,
             "status": status,
@@ -70,8 +70,8 @@ pub(crate) async fn reconcile(
     entries: &[Arc<WatchedPod>],
 ) {
     for (pod, whole) in changes(view, entries) {
-        let api: Api<WatchedPod> = Api::namespaced(context.client.clone(), &id.namespace);
-        let name = pod.name_any();
+        let api: Api<PodWire> = Api::namespaced(context.client.clone(), &id.namespace);
+        let name = pod.name().to_owned();
         match api
             .patch_status(&name, &patch_params(), &Patch::Strategic(patch(&pod, whole, &view.size)))
             .await
@@ -122,7 +122,7 @@ mod tests {
             entry("broke", true, Some("True")),
         ];
         let mut out: Vec<(String, bool)> =
-            changes(&view, &entries).into_iter().map(|(p, w)| (p.name_any(), w)).collect();
+            changes(&view, &entries).into_iter().map(|(p, w)| (p.name().to_owned(), w)).collect();
         out.sort();
         assert_eq!(
             out,

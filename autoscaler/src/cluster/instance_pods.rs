@@ -8,28 +8,25 @@ use std::sync::Arc;
 
 use ebb_config::ServiceId;
 use ebb_config::targets::InstanceShape;
-use kube::runtime::reflector::Store;
+use kube::Client;
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
 
+use super::cache::{Cache, Change};
 use super::health::ApiHealth;
 use super::state::Signals;
-use super::stores::{Reflectors, listed, reflect};
-use super::watched::{self, WatchedPod};
+use super::stores::{Watches, api_in, cached_watch};
+use super::watched::WatchedPod;
 
 /// Marks the service of an instance pod: the target named by its `label`; after a relist, every service.
-fn touch(
-    label: &str,
-) -> impl FnMut(&Signals, &watcher::Event<WatchedPod>, &Store<WatchedPod>) + Send + 'static {
+fn touch(label: &str) -> impl FnMut(&Signals, &Change<WatchedPod>, &Cache<WatchedPod>) + Send + 'static {
     let label = label.to_owned();
-    move |signals, event, _| match event {
-        watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
+    move |signals, change, _| match change {
+        Change::Applied(pod) | Change::Deleted(pod) => {
             if let Some(name) = pod.labels().get(&label) {
-                signals.touch(ServiceId::new(pod.namespace().unwrap_or_default(), name));
+                signals.touch(ServiceId::new(pod.meta.namespace.clone(), name.as_str()));
             }
         }
-        watcher::Event::InitDone => signals.touch_all(),
-        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        Change::Relisted => signals.touch_all(),
     }
 }
 
@@ -38,8 +35,8 @@ pub(crate) type ByTarget = HashMap<(String, String), Vec<Arc<WatchedPod>>>;
 
 /// The pods that carry one name label, in every watched namespace.
 struct LabelWatch {
-    stores: Vec<Store<WatchedPod>>,
-    _tasks: Reflectors,
+    caches: Vec<Cache<WatchedPod>>,
+    _tasks: Watches,
 }
 
 /// The pods of multi-pod instances, by the name label of their kind.
@@ -70,41 +67,29 @@ impl InstancePods {
             let (health, signals) = &self.report_to;
             let config = watcher::Config::default().labels(label);
             let mut tasks = Vec::new();
-            let stores = self
-                .namespaces
-                .iter()
+            let caches = (self.namespaces.iter())
                 .map(|ns| {
-                    let api = match ns {
-                        Some(ns) => Api::namespaced(self.client.clone(), ns),
-                        None => Api::all(self.client.clone()),
-                    };
-                    reflect(
-                        (health, signals),
-                        &mut tasks,
-                        api,
-                        config.clone(),
-                        (),
-                        (watched::pod, touch(label)),
-                    )
+                    let api = api_in(&self.client, ns.as_deref());
+                    cached_watch((health, signals), &mut tasks, api, config.clone(), touch(label))
                 })
                 .collect();
-            self.watches.insert(label.to_owned(), LabelWatch { stores, _tasks: Reflectors(tasks) });
+            self.watches.insert(label.to_owned(), LabelWatch { caches, _tasks: Watches(tasks) });
         }
     }
 
     /// Whether the watch of `label` has listed once (before, an instance's other pods are unseen, not
     /// missing).
     pub fn synced(&self, label: &str) -> bool {
-        self.watches.get(label).is_some_and(|w| w.stores.iter().all(listed))
+        self.watches.get(label).is_some_and(|w| w.caches.iter().all(Cache::listed))
     }
 
     /// The pods labelled `label`, by namespace and the label's value (the target's name): one pass over
     /// the cache, whatever the number of targets.
     pub fn by_target(&self, label: &str) -> ByTarget {
         let mut found = ByTarget::new();
-        for pod in self.watches.get(label).into_iter().flat_map(|w| &w.stores).flat_map(Store::state) {
+        for pod in self.watches.get(label).into_iter().flat_map(|w| &w.caches).flat_map(Cache::state) {
             let Some(value) = pod.labels().get(label).cloned() else { continue };
-            found.entry((pod.namespace().unwrap_or_default(), value)).or_default().push(pod);
+            found.entry((pod.namespace().to_owned(), value)).or_default().push(pod);
         }
         found
     }

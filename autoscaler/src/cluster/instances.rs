@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use ebb_config::targets::{INSTANCE_READY_GATE, InstanceShape, SizeField};
 use ebb_config::{GlobalConfig, ServiceId};
-use kube::ResourceExt;
 use kube::api::DynamicObject;
 
 use super::instance_pods::{ByTarget, InstancePods};
@@ -46,9 +45,9 @@ impl InstanceView {
         synced: bool,
     ) -> Self {
         let mut instances: HashMap<&str, BTreeMap<String, &WatchedPod>> = HashMap::new();
-        for pod in members.iter().chain(entries).filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        for pod in members.iter().chain(entries).filter(|p| p.meta.deleting.is_none()) {
             if let Some(instance) = pod.labels().get(&shape.instance_label) {
-                instances.entry(instance.as_str()).or_default().insert(pod.name_any(), pod);
+                instances.entry(instance.as_str()).or_default().insert(pod.name().to_owned(), pod);
             }
         }
         let whole = entries
@@ -60,7 +59,7 @@ impl InstanceView {
                         let enough = size.as_ref().map_or(true, |&size| pods.len() >= size as usize);
                         enough && pods.values().all(|p| containers_ready(p))
                     });
-                (entry.name_any(), whole)
+                (entry.name().to_owned(), whole)
             })
             .collect();
         Self { size, whole }
@@ -86,8 +85,8 @@ impl InstanceView {
 fn report_ungated(context: &Context, target: &Target, entries: &[Arc<WatchedPod>]) {
     let mut ungated: Vec<String> = entries
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && !has_instance_gate(p))
-        .map(|p| p.name_any())
+        .filter(|p| p.meta.deleting.is_none() && !has_instance_gate(p))
+        .map(|p| p.name().to_owned())
         .collect();
     if ungated.is_empty() {
         return;
@@ -123,8 +122,7 @@ pub(crate) fn size_of(
 pub(crate) fn containers_ready(pod: &WatchedPod) -> bool {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
     let find = |kind: &str| conditions.iter().find(|c| c.type_ == kind).map(|c| c.status == "True");
-    pod.metadata.deletion_timestamp.is_none()
-        && find("ContainersReady").or_else(|| find("Ready")).unwrap_or(false)
+    pod.meta.deleting.is_none() && find("ContainersReady").or_else(|| find("Ready")).unwrap_or(false)
 }
 
 /// Services with multi-pod instances, each with its view.
@@ -145,7 +143,7 @@ pub(crate) fn views(
         let Some(shape) = global.instance_shape(&target.kind) else { continue };
         let id = target.id();
         let object = watches.object(&target.kind, &id.namespace, &id.name);
-        let size = size_of(&shape, object.as_deref(), target.annotations());
+        let size = size_of(&shape, object.as_ref().map(|o| &o.object), target.annotations());
         if let Err(why) = &size {
             let note = format!(
                 "ebb cannot tell how many pods make an instance ({why}); it waits for every pod seen"

@@ -3,8 +3,9 @@
 //! (and its entry point [`ClusterController`]) so that neither the module nor the type is taken for the
 //! `kube` crate or its `Controller`.
 //!
-//! - `stores`, [`watched`]: reflectors on labelled Deployments, their pods, the `config-autoscaler` ConfigMap,
-//!   Services, EndpointSlices and the activator pods, each keeping only what the pass reads;
+//! - `stores`, `cache`, [`watched`]: watches on labelled Deployments, their pods, the `config-autoscaler`
+//!   ConfigMap, Services, EndpointSlices and the activator pods, each into a cache that keeps only what the
+//!   pass reads, in compact types;
 //! - `targets`, `target_watches`, `selector`: scale targets of any kind (`scale-target-kinds`): one view of
 //!   a Deployment or another object with its `scale` subresource, the watches of the other kinds, the pod
 //!   selectors their scale subresources report;
@@ -37,6 +38,7 @@ pub mod auth;
 mod backoff;
 pub mod blocked;
 pub mod buckets;
+mod cache;
 pub mod deletion_cost;
 mod dirty;
 pub mod env_check;
@@ -231,7 +233,7 @@ impl ClusterController {
                 client: client.clone(),
                 namespace: options.namespace.clone(),
                 secret: webhook.secret.clone(),
-                store: stores.webhook_secret.clone().expect("the webhook's Secret is watched"),
+                cache: stores.webhook_secret.clone().expect("the webhook's Secret is watched"),
                 serving,
                 issuer: webhook.issuer.clone(),
                 leading: signals.leadership(),

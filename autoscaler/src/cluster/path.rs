@@ -30,8 +30,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PostParams};
-use kube::{Api, Resource};
 use serde_json::{Value, json};
 
 use super::options::patch_params;
@@ -41,7 +41,7 @@ use super::slices::{LABEL_SLICE_MANAGED_BY, LABEL_SLICE_SERVICE, SLICE_MANAGER};
 use super::state::{Activators, Context};
 use super::stores::Stores;
 use super::targets::Target;
-use super::watched::{WatchedPod, WatchedSlice};
+use super::watched::WatchedPod;
 use crate::engine::ServiceStatus;
 
 /// How long a successful activator probe counts.
@@ -262,9 +262,9 @@ pub(crate) async fn reconcile(
     // The one EndpointSlice.
     let (ips, port) = wanted(ctx, status, pods);
     let slices: Api<DynamicObject> = Api::namespaced_with(context.client.clone(), &id.namespace, ctx.slices);
-    let seen = ctx.stores.slice(&id.namespace, &id.name, ctx.slices);
-    let seen_content = seen.as_deref().map(WatchedSlice::content);
-    if seen_content.as_ref() != Some(&(ips.clone(), port)) && may_write {
+    let seen = ctx.stores.slice(&id.namespace, &id.name);
+    let seen_matches = seen.as_ref().is_some_and(|s| s.addresses == ips && s.port == port);
+    if !seen_matches && may_write {
         let body = slice_body(&ips, port);
         let result = match &seen {
             Some(_) => slices.patch(&id.name, &patch_params(), &Patch::Merge(&body)).await.map(drop),
@@ -275,7 +275,8 @@ pub(crate) async fn reconcile(
                     (LABEL_SLICE_MANAGED_BY.to_owned(), SLICE_MANAGER.to_owned()),
                     (LABEL_MANAGED_BY.to_owned(), MANAGED_BY_EBB.to_owned()),
                 ]));
-                object.metadata.owner_references = service.controller_owner_ref(&()).map(|r| vec![r]);
+                object.metadata.owner_references =
+                    service.meta.controller_owner::<Service>().map(|r| vec![r]);
                 object.data = body;
                 slices.create(&PostParams::default(), &object).await.map(drop)
             }
@@ -287,7 +288,6 @@ pub(crate) async fn reconcile(
     // Verified in the path: activator-only slice seen back on the watch, and every activator answers.
     let proxy_slice =
         status.mode == "proxy" && !ctx.activators.is_empty() && port == context.options.activator_port;
-    let seen_matches = seen_content.as_ref() == Some(&(ips.clone(), port));
     let mut verified = proxy_slice && seen_matches && !ips.is_empty();
     if verified {
         for ip in ctx.activators {

@@ -1,6 +1,7 @@
 //! The labelled pods' names by service, kept by the pod watches' events, so that a pass that visits a few
 //! services finds their pods without going through every pod in the cache.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -37,8 +38,7 @@ impl Index {
         Some(id)
     }
 
-    fn insert(&mut self, name: &str, id: ServiceId) {
-        let name: Name = name.into();
+    fn insert(&mut self, name: Name, id: ServiceId) {
         let names = self.by_service.entry(id.clone()).or_default();
         if let Err(at) = names.binary_search(&name) {
             names.insert(at, name.clone());
@@ -51,26 +51,21 @@ impl Index {
 #[derive(Debug, Default)]
 pub(crate) struct PodIndex(Mutex<Index>);
 
-/// A pod's namespace and name.
-fn key(pod: &WatchedPod) -> (&str, &str) {
-    (pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default())
-}
-
+/// The service `pod` is labelled with.
 fn service_of(pod: &WatchedPod) -> Option<ServiceId> {
     let service = pod.labels().get(LABEL_SERVICE)?;
-    Some(ServiceId::new(pod.metadata.namespace.as_deref().unwrap_or_default(), service))
+    Some(ServiceId::new(pod.meta.namespace.clone(), service.as_str()))
 }
 
 impl PodIndex {
     /// Files an added or changed pod under its service. Returns the services whose pods changed: the pod's,
     /// and the one it was filed under before if its label changed.
     pub fn apply(&self, pod: &WatchedPod) -> Vec<ServiceId> {
-        let (namespace, name) = key(pod);
         let mut index = self.0.locked();
-        let before = index.remove(namespace, name);
+        let before = index.remove(pod.namespace(), pod.name());
         let now = service_of(pod);
         if let Some(id) = &now {
-            index.insert(name, id.clone());
+            index.insert(pod.meta.name.clone(), id.clone());
         }
         let left = before.filter(|b| Some(b) != now.as_ref());
         left.into_iter().chain(now).collect()
@@ -78,12 +73,11 @@ impl PodIndex {
 
     /// Forgets a deleted pod; returns the service it was filed under.
     pub fn delete(&self, pod: &WatchedPod) -> Option<ServiceId> {
-        let (namespace, name) = key(pod);
-        self.0.locked().remove(namespace, name)
+        self.0.locked().remove(pod.namespace(), pod.name())
     }
 
     /// Files `pods` anew after a watch listed them all, in `namespace` (`None`: every namespace).
-    pub fn relisted<'p>(&self, namespace: Option<&str>, pods: impl IntoIterator<Item = &'p WatchedPod>) {
+    pub fn relisted(&self, namespace: Option<&str>, pods: impl IntoIterator<Item = impl Borrow<WatchedPod>>) {
         let mut index = self.0.locked();
         let gone: Vec<(Arc<str>, Name)> = (index.of_pod.iter())
             .filter(|(ns, _)| namespace.is_none_or(|n| n == &***ns))
@@ -93,8 +87,9 @@ impl PodIndex {
             index.remove(ns, name);
         }
         for pod in pods {
+            let pod = pod.borrow();
             if let Some(id) = service_of(pod) {
-                index.insert(key(pod).1, id);
+                index.insert(pod.meta.name.clone(), id);
             }
         }
     }
@@ -111,8 +106,8 @@ mod tests {
 
     fn pod(namespace: &str, name: &str, service: Option<&str>) -> WatchedPod {
         let mut pod = WatchedPod::default();
-        pod.metadata.namespace = Some(namespace.into());
-        pod.metadata.name = Some(name.into());
+        pod.meta.namespace = namespace.into();
+        pod.meta.name = name.into();
         pod.labels =
             std::collections::BTreeMap::from_iter(service.map(|s| (LABEL_SERVICE.to_owned(), s.to_owned())))
                 .into();

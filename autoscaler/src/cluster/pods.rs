@@ -6,14 +6,13 @@ use std::time::{Duration, Instant};
 
 use ebb_config::targets::INSTANCE_READY_GATE;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 
 use super::watched::WatchedPod;
 use crate::engine::PodTarget;
 
 /// Ready condition true, not being deleted.
 pub(crate) fn is_ready(pod: &WatchedPod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
+    pod.meta.deleting.is_none()
         && pod
             .status
             .as_ref()
@@ -38,10 +37,10 @@ pub(crate) fn target(pod: &WatchedPod, stats_port: u16) -> PodTarget {
         .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())
         .unwrap_or_default();
     PodTarget {
-        name: pod.name_any(),
+        name: pod.name().to_owned(),
         stats: ip.map(|ip| SocketAddr::new(ip, stats_port)),
         ready: is_ready(pod),
-        terminating: pod.metadata.deletion_timestamp.is_some(),
+        terminating: pod.meta.deleting.is_some(),
         started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
     }
 }

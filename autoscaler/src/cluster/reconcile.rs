@@ -27,13 +27,13 @@ use ebb_config::names::{CONFIG_MAP_NAME, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGE
 use ebb_config::placement::template_only_keys;
 use ebb_config::{GlobalConfig, ServiceId, resolve_service};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::ApiResource;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 
+use super::cache::Cache;
 use super::dirty::Visit;
 use super::groups::{self, Groups};
 use super::instance_pods::InstancePods;
@@ -224,10 +224,13 @@ impl Reconciler {
             visit = Visit::All;
         }
         for (kind, why) in self.targets.sync(&self.global.config.scale_target_kinds).await {
-            let key = ObjectRef::new(CONFIG_MAP_NAME).within(&context.options.namespace);
-            if let Some(config_map) = self.stores.config.get(&key) {
+            if let Some(config_map) = self.stores.config_map(&context.options.namespace) {
                 let message = format!("scale-target-kinds: ebb cannot scale {kind}: {why}");
-                context.events.warning(config_map.object_ref(&()), "ScaleTargetUnavailable", message);
+                context.events.warning(
+                    config_map.meta.reference::<ConfigMap>(),
+                    "ScaleTargetUnavailable",
+                    message,
+                );
             }
         }
         visit.extend(self.targets.refresh_scales().await);
@@ -322,7 +325,7 @@ impl Reconciler {
                 let (mut targets, unreadable) = self.targets.targets();
                 if deployments {
                     targets.extend(
-                        stores.deployments.iter().flat_map(Store::state).map(|d| Target::from_deployment(&d)),
+                        stores.deployments.iter().flat_map(Cache::state).map(|d| Target::from_deployment(&d)),
                     );
                 }
                 (targets, unreadable)
@@ -754,14 +757,13 @@ fn resume(context: &Context, stores: &Stores, autoscaler: &Autoscaler, id: &Serv
 
 /// Applies a changed `config-autoscaler`; `true` when a new configuration is in force.
 fn update_global(context: &Context, stores: &Stores, global: &mut Global) -> bool {
-    let key = ObjectRef::new(CONFIG_MAP_NAME).within(&context.options.namespace);
-    let config_map = stores.config.get(&key);
-    let version = config_map.as_ref().map(|c| c.resource_version().unwrap_or_default());
+    let config_map = stores.config_map(&context.options.namespace);
+    let version = config_map.as_ref().map(|c| c.object.resource_version().unwrap_or_default());
     if global.resource_version.as_ref() == Some(&version) {
         return false;
     }
     global.resource_version = Some(version);
-    let data = config_map.as_ref().and_then(|c| c.data.clone()).unwrap_or_default();
+    let data = config_map.as_ref().and_then(|c| c.object.data.clone()).unwrap_or_default();
     match GlobalConfig::from_data(&data) {
         Ok(resolved) => {
             tracing::info!("global configuration applied ({} keys)", data.len());
@@ -769,7 +771,11 @@ fn update_global(context: &Context, stores: &Stores, global: &mut Global) -> boo
             global.generation += 1;
             if let Some(cm) = &config_map {
                 for warning in resolved.warnings {
-                    context.events.warning(cm.object_ref(&()), "ConfigurationWarning", warning.to_string());
+                    context.events.warning(
+                        cm.meta.reference::<ConfigMap>(),
+                        "ConfigurationWarning",
+                        warning.to_string(),
+                    );
                 }
             }
             true
@@ -785,7 +791,7 @@ fn update_global(context: &Context, stores: &Stores, global: &mut Global) -> boo
                 .inc();
             if let Some(cm) = &config_map {
                 context.events.warning(
-                    cm.object_ref(&()),
+                    cm.meta.reference::<ConfigMap>(),
                     "InvalidConfiguration",
                     format!(
                         "{CONFIG_MAP_NAME} is invalid; the previous configuration stays in force: {}",
@@ -827,7 +833,7 @@ fn report_blocked(
     let mut now: HashMap<String, &'static str> = HashMap::new();
     for pod in pods {
         if let Some(b) = blocked::blocked(pod) {
-            let name = pod.name_any();
+            let name = pod.name().to_owned();
             context.events.warning(reference.clone(), "PodBlocked", format!("pod {name}: {}", b.message));
             now.insert(name, b.kind);
         }
@@ -879,8 +885,8 @@ fn report_missing_sidecars(
 ) -> usize {
     let mut missing: Vec<String> = pods
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && p.queue_proxy().is_none())
-        .map(|p| p.name_any())
+        .filter(|p| p.meta.deleting.is_none() && p.queue_proxy().is_none())
+        .map(|p| p.name().to_owned())
         .collect();
     missing.sort();
     if !missing.is_empty() && missing != state.without_sidecar {
@@ -938,12 +944,12 @@ fn report_mismatches(
         return 0;
     };
     let mut now = HashMap::new();
-    for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+    for pod in pods.iter().filter(|p| p.meta.deleting.is_none()) {
         let found = env_check::mismatches(pod, spec);
         if found.is_empty() {
             continue;
         }
-        let name = pod.name_any();
+        let name = pod.name().to_owned();
         if state.mismatched.get(&name) != Some(&found) {
             let note = if injected_at_creation {
                 env_check::describe_with(&found, &remedy(target, true))

@@ -36,7 +36,7 @@ use super::service_state::ServiceState;
 use super::state::{Activators, Context, Signals};
 use super::status;
 use super::targets::Target;
-use super::watched::{ReplicasWriter, WatchedPod};
+use super::watched::{PodWire, ReplicasWriter, WatchedPod};
 use crate::engine::{Autoscaler, Scaler, Scraper, ServiceStatus};
 
 /// Replicas are not lowered for this long after an activator reported requests queued for the service.
@@ -261,9 +261,9 @@ async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<Watc
         .await;
     let changes = deletion_cost::changes(loads.iter().map(|(p, load)| {
         let current = p.annotations().get(ANNOTATION_POD_DELETION_COST).map(String::as_str);
-        (p.metadata.name.as_deref().unwrap_or_default(), current, *load)
+        (p.name(), current, *load)
     }));
-    let api: Api<WatchedPod> = Api::namespaced(context.client.clone(), &id.namespace);
+    let api: Api<PodWire> = Api::namespaced(context.client.clone(), &id.namespace);
     for (name, cost) in changes {
         let patch = json!({"metadata": {"annotations": {ANNOTATION_POD_DELETION_COST: cost.to_string()}}});
         if let Err(err) = api.patch(&name, &patch_params(), &Patch::Merge(&patch)).await {

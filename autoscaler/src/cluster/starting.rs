@@ -14,8 +14,8 @@ use super::watched::WatchedPod;
 /// When the oldest starting pod of `pods` was created; `None` when none is starting.
 pub(crate) fn since(pods: &[Arc<WatchedPod>]) -> Option<Timestamp> {
     pods.iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_ready(p) && blocked(p).is_none())
-        .filter_map(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .filter(|p| p.meta.deleting.is_none() && !is_ready(p) && blocked(p).is_none())
+        .filter_map(|p| p.meta.created.as_ref().map(|t| t.0))
         .min()
 }
 
@@ -49,7 +49,7 @@ mod tests {
         assert_eq!(since(&pods), Some("2026-12-05T10:00:00Z".parse().unwrap()));
         assert_eq!(since(&pods[..2]), None, "ready and crash-looping pods are not starting");
         let mut going: WatchedPod = (*pod("2026-12-05T08:00:00Z", loading)).clone();
-        going.metadata.deletion_timestamp = going.metadata.creation_timestamp.clone();
+        going.meta.deleting = going.meta.created.clone();
         assert_eq!(since(&[Arc::new(going)]), None, "a pod being deleted is not starting");
     }
 }

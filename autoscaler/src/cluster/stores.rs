@@ -1,54 +1,53 @@
-//! The reflectors: local copies of everything the controller watches, kept current by watches. Labelled
-//! Deployments and their pods, the Deployments of role groups (`ebb.dev/group`) (all namespaces, or the
-//! configured ones), the `config-autoscaler` ConfigMap and the activator pods (own namespace), and the
-//! Services and ebb's EndpointSlices. Each keeps only what the controller reads ([`super::watched`]). An event
-//! marks the services it touches for the next pass ([`Signals::touch`]); a relist marks them all, since the
-//! objects deleted while the watch was away have no event of their own.
-use std::fmt::Debug;
-use std::hash::Hash;
+//! The watches and their caches: local copies of everything the controller watches. Labelled Deployments and
+//! their pods, the Deployments of role groups (`ebb.dev/group`) (all namespaces, or the configured ones), the
+//! `config-autoscaler` ConfigMap and the activator pods (own namespace), and the Services and ebb's
+//! EndpointSlices. Each keeps only what the controller reads ([`super::watched`]). An event marks the services
+//! it touches for the next pass ([`Signals::touch`]); a relist marks them all, since the objects deleted while
+//! the watch was away have no event of their own.
 use std::sync::Arc;
 
 use ebb_config::ServiceId;
 use ebb_config::groups::LABEL_GROUP;
 use ebb_config::names::{CONFIG_MAP_NAME, LABEL_SERVICE};
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{ApiResource, PartialObjectMeta};
+use kube::api::ApiResource;
+use kube::core::NamespaceResourceScope;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, Event, watcher};
-use kube::{Api, Resource};
-use serde::de::DeserializeOwned;
+use kube::runtime::watcher::{self, watcher};
+use kube::{Api, Client, Resource};
 use tokio::task::JoinHandle;
 
+use super::cache::{Cache, Change, cache};
 use super::health::ApiHealth;
 use super::pod_index::PodIndex;
 use super::slices::slice_selector;
 use super::state::{Context, Signals};
-use super::watched::{self, WatchedDeployment, WatchedPod, WatchedService, WatchedSlice};
+use super::watched::{
+    Cached, WatchedDeployment, WatchedPod, WatchedReplicaSet, WatchedService, WatchedSlice, Whole,
+};
 
-/// The reflectors' stores.
+/// The watches' caches.
 pub(crate) struct Stores {
-    pub deployments: Vec<Store<WatchedDeployment>>,
+    pub deployments: Vec<Cache<WatchedDeployment>>,
     /// The Deployments labelled `ebb.dev/group` (role groups' members, the entry included).
-    pub groups: Vec<Store<WatchedDeployment>>,
-    pub pods: Vec<Store<WatchedPod>>,
-    pub services: Vec<Store<WatchedService>>,
-    pub slices: Vec<Store<WatchedSlice>>,
-    pub config: Store<ConfigMap>,
-    pub activators: Store<WatchedPod>,
+    pub groups: Vec<Cache<WatchedDeployment>>,
+    pub pods: Vec<Cache<WatchedPod>>,
+    pub services: Vec<Cache<WatchedService>>,
+    pub slices: Vec<Cache<WatchedSlice>>,
+    pub config: Cache<Whole<ConfigMap>>,
+    pub activators: Cache<WatchedPod>,
     /// With the webhook: the labelled ReplicaSets' metadata (a pod's way to its Deployment).
-    pub replicasets: Vec<Store<PartialObjectMeta<ReplicaSet>>>,
+    pub replicasets: Vec<Cache<WatchedReplicaSet>>,
     /// With the webhook: its certificates' Secret.
-    pub webhook_secret: Option<Store<Secret>>,
+    pub webhook_secret: Option<Cache<Whole<Secret>>>,
     /// The labelled pods by service.
     pub pod_index: Arc<PodIndex>,
-    tasks: Reflectors,
+    tasks: Watches,
 }
 
 impl Stores {
-    /// Starts every reflector.
+    /// Starts every watch.
     pub fn start(context: &Context, signals: &Arc<Signals>, slices: ApiResource) -> Self {
         let client = &context.client;
         let options = &context.options;
@@ -69,181 +68,148 @@ impl Stores {
             pods: Vec::new(),
             services: Vec::new(),
             slices: Vec::new(),
-            config: reflect(
+            config: cached_watch(
                 report_to,
                 &mut tasks,
-                Api::namespaced(client.clone(), &options.namespace),
+                api_in(client, Some(&options.namespace)),
                 watcher::Config::default().fields(&format!("metadata.name={CONFIG_MAP_NAME}")),
-                (),
-                (|_: &mut ConfigMap| {}, touch_all),
+                touch_all,
             ),
-            activators: reflect(
+            // The pass compares the ready activators with the last it saw, and marks every service then.
+            activators: cached_watch(
                 report_to,
                 &mut tasks,
-                Api::namespaced(client.clone(), &options.namespace),
+                api_in(client, Some(&options.namespace)),
                 watcher::Config::default().labels(&options.activator_selector),
-                (),
-                // The pass compares the ready activators with the last it saw, and marks every service then.
-                (watched::pod, wake),
+                wake,
             ),
             replicasets: Vec::new(),
             webhook_secret: None,
             pod_index: pod_index.clone(),
-            tasks: Reflectors::default(),
+            tasks: Watches::default(),
         };
         if let Some(webhook) = &options.webhook {
             // Watched by name, so that the Role may grant that one Secret only.
-            let secrets = Api::namespaced(client.clone(), &options.namespace);
             let by_name = watcher::Config::default().fields(&format!("metadata.name={}", webhook.secret));
-            stores.webhook_secret =
-                Some(reflect(report_to, &mut tasks, secrets, by_name, (), (|_: &mut Secret| {}, quiet)));
+            stores.webhook_secret = Some(cached_watch(
+                report_to,
+                &mut tasks,
+                api_in(client, Some(&options.namespace)),
+                by_name,
+                quiet,
+            ));
         }
         for ns in namespaces {
-            let c = client.clone();
-            let api = |c: kube::Client| match ns {
-                Some(ns) => {
-                    (Api::namespaced(c.clone(), ns), Api::namespaced(c.clone(), ns), Api::namespaced(c, ns))
-                }
-                None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c)),
-            };
-            let (deployments, pods, services) = api(c.clone());
-            let touch = (watched::deployment, touch_by_name::<WatchedDeployment>);
-            stores.deployments.push(reflect(report_to, &mut tasks, deployments, labelled.clone(), (), touch));
-            let members = match ns {
-                Some(ns) => Api::namespaced(c.clone(), ns),
-                None => Api::all(c.clone()),
-            };
-            stores.groups.push(reflect(
+            let watch = &mut tasks;
+            stores.deployments.push(cached_watch(
                 report_to,
-                &mut tasks,
-                members,
+                watch,
+                api_in(client, ns),
+                labelled.clone(),
+                touch_by_name,
+            ));
+            stores.groups.push(cached_watch(
+                report_to,
+                watch,
+                api_in(client, ns),
                 grouped.clone(),
-                (),
-                (watched::deployment, touch_group),
+                touch_group,
             ));
             let by_service = index_pods(pod_index.clone(), ns.map(str::to_owned));
-            stores.pods.push(reflect(
+            stores.pods.push(cached_watch(
                 report_to,
-                &mut tasks,
-                pods,
+                watch,
+                api_in(client, ns),
                 labelled.clone(),
-                (),
-                (watched::pod, by_service),
+                by_service,
             ));
-            let touch = (watched::service, touch_by_name::<WatchedService>);
-            stores.services.push(reflect(
-                report_to,
-                &mut tasks,
-                services,
-                watcher::Config::default(),
-                (),
-                touch,
-            ));
+            let every = watcher::Config::default();
+            stores.services.push(cached_watch(report_to, watch, api_in(client, ns), every, touch_by_name));
             let slice_api = match ns {
-                Some(ns) => Api::namespaced_with(c, ns, &slices),
-                None => Api::all_with(c, &slices),
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &slices),
+                None => Api::all_with(client.clone(), &slices),
             };
-            let touch = (watched::slice, touch_by_name::<WatchedSlice>);
-            stores.slices.push(reflect(
-                report_to,
-                &mut tasks,
-                slice_api,
-                ours.clone(),
-                slices.clone(),
-                touch,
-            ));
+            stores.slices.push(cached_watch(report_to, watch, slice_api, ours.clone(), touch_by_name));
             if options.webhook.is_some() {
                 // Metadata only: the owner references are all the webhook reads.
-                let replicasets = match ns {
-                    Some(ns) => Api::<PartialObjectMeta<ReplicaSet>>::namespaced(client.clone(), ns),
-                    None => Api::all(client.clone()),
-                };
-                let owners_only = |r: &mut PartialObjectMeta<ReplicaSet>| r.metadata.managed_fields = None;
-                stores.replicasets.push(reflect(
-                    report_to,
-                    &mut tasks,
-                    replicasets,
-                    labelled.clone(),
-                    (),
-                    (owners_only, quiet),
-                ));
+                let replicasets = cached_watch(report_to, watch, api_in(client, ns), labelled.clone(), quiet);
+                stores.replicasets.push(replicasets);
             }
         }
-        stores.tasks = Reflectors(tasks);
+        stores.tasks = Watches(tasks);
         stores
     }
 
-    /// Whether every reflector has listed once (`false`: one of them gave up).
+    /// Whether every watch has listed once (`false`: one of them gave up).
     pub async fn ready(&self) -> bool {
-        for s in self.deployments.iter().chain(&self.groups) {
-            if s.wait_until_ready().await.is_err() {
-                return false;
-            }
-        }
-        for s in self.pods.iter().chain([&self.activators]) {
-            if s.wait_until_ready().await.is_err() {
-                return false;
-            }
-        }
-        for s in &self.services {
-            if s.wait_until_ready().await.is_err() {
-                return false;
-            }
-        }
-        for s in &self.slices {
-            if s.wait_until_ready().await.is_err() {
-                return false;
-            }
-        }
-        for s in &self.replicasets {
-            if s.wait_until_ready().await.is_err() {
-                return false;
-            }
-        }
-        self.config.wait_until_ready().await.is_ok()
+        all_ready(&self.deployments).await
+            && all_ready(&self.groups).await
+            && all_ready(&self.pods).await
+            && self.activators.ready().await
+            && all_ready(&self.services).await
+            && all_ready(&self.slices).await
+            && all_ready(&self.replicasets).await
+            && self.config.ready().await
     }
 
     /// The labelled Deployment of service `id`, if any.
     pub fn deployment(&self, id: &ServiceId) -> Option<Arc<WatchedDeployment>> {
-        let key = ObjectRef::new(&id.name).within(&id.namespace);
-        self.deployments.iter().find_map(|s| s.get(&key))
+        self.deployments.iter().find_map(|c| c.get(&id.namespace, &id.name))
     }
 
     /// The services of every labelled Deployment.
     pub fn deployment_ids(&self) -> Vec<ServiceId> {
-        self.deployments.iter().flat_map(Store::state).map(|d| named(&*d)).collect()
+        self.deployments.iter().flat_map(Cache::state).map(|d| d.meta.service_id()).collect()
     }
 
     /// The pods labelled with service `id`'s name, in name order.
     pub fn labelled_pods(&self, id: &ServiceId) -> Vec<Arc<WatchedPod>> {
-        self.pod_index
-            .names(id)
-            .iter()
-            .filter_map(|name| {
-                let key = ObjectRef::new(name).within(&id.namespace);
-                self.pods.iter().find_map(|s| s.get(&key))
-            })
-            .collect()
+        let names = self.pod_index.names(id);
+        names.iter().filter_map(|name| self.pods.iter().find_map(|c| c.get(&id.namespace, name))).collect()
     }
 
     /// The Service `namespace/name`, if any.
     pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<WatchedService>> {
-        let key = ObjectRef::new(name).within(namespace);
-        self.services.iter().find_map(|s| s.get(&key))
+        self.services.iter().find_map(|c| c.get(namespace, name))
     }
 
     /// ebb's EndpointSlice `namespace/name`, if any.
-    pub fn slice(&self, namespace: &str, name: &str, resource: &ApiResource) -> Option<Arc<WatchedSlice>> {
-        let key = ObjectRef::new_with(name, resource.clone()).within(namespace);
-        self.slices.iter().find_map(|s| s.get(&key))
+    pub fn slice(&self, namespace: &str, name: &str) -> Option<Arc<WatchedSlice>> {
+        self.slices.iter().find_map(|c| c.get(namespace, name))
+    }
+
+    /// `config-autoscaler`, if it exists.
+    pub fn config_map(&self, namespace: &str) -> Option<Arc<Whole<ConfigMap>>> {
+        self.config.get(namespace, CONFIG_MAP_NAME)
     }
 }
 
-/// The tasks of reflectors, stopped when this is dropped: a set of stores never outlives its watches.
-#[derive(Debug, Default)]
-pub(crate) struct Reflectors(pub Vec<JoinHandle<()>>);
+/// Whether every one of `caches` has listed once.
+async fn all_ready<K: Cached>(caches: &[Cache<K>]) -> bool {
+    for cache in caches {
+        if !cache.ready().await {
+            return false;
+        }
+    }
+    true
+}
 
-impl Drop for Reflectors {
+/// `K`'s API in `namespace` (`None`: every namespace).
+pub(crate) fn api_in<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The tasks of watches, stopped when this is dropped: a set of caches never outlives its watches.
+#[derive(Debug, Default)]
+pub(crate) struct Watches(pub Vec<JoinHandle<()>>);
+
+impl Drop for Watches {
     fn drop(&mut self) {
         for task in &self.0 {
             task.abort();
@@ -251,35 +217,22 @@ impl Drop for Reflectors {
     }
 }
 
-/// Whether `store` has listed once (before, what it lacks is unseen, not absent).
-pub(crate) fn listed<K>(store: &Store<K>) -> bool
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-{
-    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
-}
-
-/// A reflector that keeps what `trim` leaves of each object, tells [`ApiHealth`] the API server answered at
-/// every event, and hands every event to `on_event` once its store has it.
-pub(crate) fn reflect<K, T, E>(
+/// A watch on `api` into a new cache: tells [`ApiHealth`] the API server answered at every event, and hands
+/// every change to `on_change` once the cache has it.
+pub(crate) fn cached_watch<K, E>(
     (health, signals): (&Arc<ApiHealth>, &Arc<Signals>),
     tasks: &mut Vec<JoinHandle<()>>,
-    api: Api<K>,
+    api: Api<K::Wire>,
     config: watcher::Config,
-    dyntype: K::DynamicType,
-    (trim, mut on_event): (T, E),
-) -> Store<K>
+    mut on_change: E,
+) -> Cache<K>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Send + Sync,
-    T: FnMut(&mut K) + Send + 'static,
-    E: FnMut(&Signals, &Event<K>, &Store<K>) + Send + 'static,
+    K: Cached,
+    E: FnMut(&Signals, &Change<K>, &Cache<K>) + Send + 'static,
 {
-    let writer = reflector::store::Writer::new(dyntype);
-    let reader = writer.as_reader();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(trim));
-    let (health, weak, store) = (health.clone(), Arc::downgrade(signals), reader.clone());
+    let (mut writer, cache) = cache();
+    let stream = watcher(api, config).default_backoff();
+    let (health, weak, reader) = (health.clone(), Arc::downgrade(signals), cache.clone());
     tasks.push(tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
@@ -287,7 +240,9 @@ where
             match item {
                 Ok(event) => {
                     health.ok();
-                    on_event(&signals, &event, &store);
+                    if let Some(change) = writer.apply(event) {
+                        on_change(&signals, &change, &reader);
+                    }
                 }
                 Err(err) => {
                     health.failed();
@@ -296,82 +251,48 @@ where
             }
         }
     }));
-    reader
-}
-
-/// The service an object stands for by its namespace and name (a scale target, its public Service, its
-/// EndpointSlice).
-fn named<K: Resource>(object: &K) -> ServiceId {
-    let meta = object.meta();
-    ServiceId::new(meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+    cache
 }
 
 /// Marks the service named as the object; after a relist, every service.
-pub(crate) fn touch_by_name<K>(signals: &Signals, event: &Event<K>, _: &Store<K>)
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-{
-    match event {
-        Event::Apply(object) | Event::Delete(object) => signals.touch(named(object)),
-        Event::InitDone => signals.touch_all(),
-        // A list in progress is not in the store yet: its end (`InitDone`) marks everything.
-        Event::Init | Event::InitApply(_) => {}
+pub(crate) fn touch_by_name<K: Cached>(signals: &Signals, change: &Change<K>, _: &Cache<K>) {
+    match change {
+        Change::Applied(object) | Change::Deleted(object) => signals.touch(object.meta().service_id()),
+        Change::Relisted => signals.touch_all(),
     }
 }
 
 /// A role group member: its own service (an entry is also a target) and the groups, sorted again.
-fn touch_group(signals: &Signals, event: &Event<WatchedDeployment>, store: &Store<WatchedDeployment>) {
-    touch_by_name(signals, event, store);
-    if matches!(event, Event::Apply(_) | Event::Delete(_) | Event::InitDone) {
-        signals.touch_groups();
-    }
+fn touch_group(signals: &Signals, change: &Change<WatchedDeployment>, cache: &Cache<WatchedDeployment>) {
+    touch_by_name(signals, change, cache);
+    signals.touch_groups();
 }
 
 /// What concerns every service (the ConfigMap): marks them all.
-fn touch_all<K>(signals: &Signals, event: &Event<K>, _: &Store<K>)
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-{
-    if matches!(event, Event::Apply(_) | Event::Delete(_) | Event::InitDone) {
-        signals.touch_all();
-    }
+fn touch_all<K>(signals: &Signals, _: &Change<K>, _: &Cache<K>) {
+    signals.touch_all();
 }
 
 /// Runs the next pass without marking a service: the pass itself finds out whom it concerns.
-fn wake<K>(signals: &Signals, event: &Event<K>, _: &Store<K>)
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-{
-    if matches!(event, Event::Apply(_) | Event::Delete(_) | Event::InitDone) {
-        signals.wake();
-    }
+fn wake<K>(signals: &Signals, _: &Change<K>, _: &Cache<K>) {
+    signals.wake();
 }
 
 /// What the pass never reads (the webhook's caches): no pass at all.
-fn quiet<K>(_: &Signals, _: &Event<K>, _: &Store<K>)
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + Hash + Clone,
-{
-}
+fn quiet<K>(_: &Signals, _: &Change<K>, _: &Cache<K>) {}
 
 /// A labelled pod: filed in `index`, and its service (and the one it left) marked. `namespace` is the watch's
 /// (`None`: all), which a relist replaces.
 fn index_pods(
     index: Arc<PodIndex>,
     namespace: Option<String>,
-) -> impl FnMut(&Signals, &Event<WatchedPod>, &Store<WatchedPod>) + Send + 'static {
-    move |signals, event, store| match event {
-        Event::Apply(pod) => index.apply(pod).into_iter().for_each(|id| signals.touch(id)),
-        Event::Delete(pod) => index.delete(pod).into_iter().for_each(|id| signals.touch(id)),
-        Event::InitDone => {
-            let pods = store.state();
-            index.relisted(namespace.as_deref(), pods.iter().map(|p| &**p));
+) -> impl FnMut(&Signals, &Change<WatchedPod>, &Cache<WatchedPod>) + Send + 'static {
+    move |signals, change, cache| match change {
+        Change::Applied(pod) => index.apply(pod).into_iter().for_each(|id| signals.touch(id)),
+        Change::Deleted(pod) => index.delete(pod).into_iter().for_each(|id| signals.touch(id)),
+        Change::Relisted => {
+            index.relisted(namespace.as_deref(), cache.state());
             signals.touch_all();
         }
-        Event::Init | Event::InitApply(_) => {}
     }
 }

@@ -17,16 +17,16 @@ use ebb_config::targets::TargetKind;
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::discovery;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use super::cache::Cache;
 use super::health::ApiHealth;
 use super::selector::Selector;
 use super::state::Signals;
-use super::stores::{Reflectors, listed, reflect, touch_by_name};
+use super::stores::{Watches, cached_watch, touch_by_name};
 use super::targets::{ScaleView, Target};
-use super::watched;
+use super::watched::WatchedObject;
 
 /// How long a kind that discovery could not resolve waits before it is looked up again.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(30);
@@ -37,8 +37,8 @@ const CONCURRENT_SCALE_READS: usize = 16;
 /// One kind being watched.
 struct KindWatch {
     resource: ApiResource,
-    stores: Vec<Store<DynamicObject>>,
-    _tasks: Reflectors,
+    caches: Vec<Cache<WatchedObject>>,
+    _tasks: Watches,
 }
 
 /// A scale subresource as last read, with the object version it was read for.
@@ -112,19 +112,16 @@ impl TargetWatches {
         let (health, signals) = &self.report_to;
         let labelled = watcher::Config::default().labels(LABEL_SERVICE);
         let mut tasks = Vec::new();
-        let stores = self
-            .namespaces
-            .iter()
+        let caches = (self.namespaces.iter())
             .map(|ns| {
                 let api = match ns {
                     Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
                     None => Api::all_with(self.client.clone(), &resource),
                 };
-                let touch = (watched::dynamic, touch_by_name::<DynamicObject>);
-                reflect((health, signals), &mut tasks, api, labelled.clone(), resource.clone(), touch)
+                cached_watch((health, signals), &mut tasks, api, labelled.clone(), touch_by_name)
             })
             .collect();
-        KindWatch { resource, stores, _tasks: Reflectors(tasks) }
+        KindWatch { resource, caches, _tasks: Watches(tasks) }
     }
 
     /// Reads the scale subresource of every watched object whose version changed since it was last read
@@ -133,7 +130,8 @@ impl TargetWatches {
         let mut due = Vec::new();
         let mut present = HashSet::new();
         for (kind, watch) in &self.kinds {
-            for object in watch.stores.iter().filter(|s| listed(s)).flat_map(Store::state) {
+            for kept in watch.caches.iter().filter(|c| c.listed()).flat_map(Cache::state) {
+                let object = &kept.object;
                 let key = (kind.clone(), object.namespace().unwrap_or_default(), object.name_any());
                 let version = object.resource_version();
                 let cached = self.scales.get(&key);
@@ -164,8 +162,8 @@ impl TargetWatches {
     pub fn targets(&self) -> (Vec<Target>, Vec<(Target, String)>) {
         let (mut targets, mut failed) = (Vec::new(), Vec::new());
         for (kind, watch) in &self.kinds {
-            for object in watch.stores.iter().filter(|s| listed(s)).flat_map(Store::state) {
-                self.sort(kind, watch, &object, &mut targets, &mut failed);
+            for kept in watch.caches.iter().filter(|c| c.listed()).flat_map(Cache::state) {
+                self.sort(kind, watch, &kept.object, &mut targets, &mut failed);
             }
         }
         (targets, failed)
@@ -173,21 +171,18 @@ impl TargetWatches {
 
     /// The services of every watched object.
     pub fn ids(&self) -> Vec<ServiceId> {
-        let stores = self.kinds.values().flat_map(|w| w.stores.iter().filter(|s| listed(s)));
-        stores
-            .flat_map(Store::state)
-            .map(|o| ServiceId::new(o.namespace().unwrap_or_default(), o.name_any()))
-            .collect()
+        let caches = self.kinds.values().flat_map(|w| w.caches.iter().filter(|c| c.listed()));
+        caches.flat_map(Cache::state).map(|o| o.meta.service_id()).collect()
     }
 
     /// [`Self::targets`] of service `id` alone: the object of each watched kind named as it.
     pub fn targets_of(&self, id: &ServiceId) -> (Vec<Target>, Vec<(Target, String)>) {
         let (mut targets, mut failed) = (Vec::new(), Vec::new());
         for (kind, watch) in &self.kinds {
-            let key = ObjectRef::new_with(&id.name, watch.resource.clone()).within(&id.namespace);
-            let found = watch.stores.iter().filter(|s| listed(s)).find_map(|s| s.get(&key));
-            if let Some(object) = found {
-                self.sort(kind, watch, &object, &mut targets, &mut failed);
+            let found =
+                watch.caches.iter().filter(|c| c.listed()).find_map(|c| c.get(&id.namespace, &id.name));
+            if let Some(kept) = found {
+                self.sort(kind, watch, &kept.object, &mut targets, &mut failed);
             }
         }
         (targets, failed)
@@ -217,16 +212,15 @@ impl TargetWatches {
     }
 
     /// The watched object `namespace/name` of `kind`, as its watch shows it now.
-    pub fn object(&self, kind: &TargetKind, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
+    pub fn object(&self, kind: &TargetKind, namespace: &str, name: &str) -> Option<Arc<WatchedObject>> {
         let watch = self.kinds.get(kind)?;
-        let key = ObjectRef::new_with(name, watch.resource.clone()).within(namespace);
-        watch.stores.iter().find_map(|s| s.get(&key))
+        watch.caches.iter().find_map(|c| c.get(namespace, name))
     }
 
     /// Whether every watched kind has listed once, so that a target missing from [`Self::targets`] is gone
     /// rather than not yet seen (a kind that cannot be watched has no targets to lose).
     pub fn synced(&self) -> bool {
-        self.kinds.values().all(|w| w.stores.iter().all(listed))
+        self.kinds.values().all(|w| w.caches.iter().all(Cache::listed))
     }
 }
 

@@ -78,9 +78,12 @@ impl Target {
             resource: ApiResource::erase::<Deployment>(&()),
             // The pairs kept apart go back into the metadata every reader of a target knows.
             meta: ObjectMeta {
+                name: Some(deployment.name().to_owned()),
+                namespace: Some(deployment.namespace().to_owned()),
+                uid: deployment.meta.uid.as_deref().map(str::to_owned),
                 labels: Some(deployment.labels().to_map()),
                 annotations: Some(deployment.annotations().to_map()),
-                ..deployment.metadata.clone()
+                ..ObjectMeta::default()
             },
             scale: ScaleView {
                 replicas: spec.and_then(|s| s.replicas).unwrap_or(1).max(0) as u32,

@@ -1,31 +1,37 @@
-//! What the reflectors keep of each object: types that read from the API's JSON only the fields the
-//! controller reads, so that a cache of thousands of Deployments, pods, Services and EndpointSlices holds
-//! a few hundred bytes of each instead of a k8s-openapi copy (a `Pod` is over 2 KiB before its first string,
-//! a `Container` 2 KiB even when empty, a `DynamicObject` a tree of JSON values). Field names follow the API
-//! and k8s-openapi, so code reads them as it would the full types. Nothing the controller writes is built from
+//! What the caches keep of each object: types that read from the API's JSON only the fields the controller
+//! reads, so that a cache of thousands of Deployments, pods, Services and EndpointSlices holds a few hundred
+//! bytes of each instead of a k8s-openapi copy (a `Pod` is over 2 KiB before its first string, a `Container`
+//! 2 KiB even when empty, a `DynamicObject` a tree of JSON values). Field names follow the API and
+//! k8s-openapi, so code reads them as it would the full types. Nothing the controller writes is built from
 //! these: every write is a merge patch of ebb's own fields, or a new object made from scratch.
 //!
-//! Each type is a [`kube::Resource`] of its kind, so watches and reflectors deserialize into it directly. As
-//! they are read, labels and annotations move out of the metadata into sorted pairs ([`KeyValues`]) and a
-//! Deployment's managed fields become the list of who wrote `spec.replicas`; the trimming functions ([`pod`],
-//! [`deployment`], ...) then drop what the pass never reads (managed fields, owners, finalizers, every
-//! container but the queue-proxy).
+//! A watch reads each object in its [`Wire`] form, a [`kube::Resource`] of the object's kind whose metadata is
+//! k8s-openapi's `ObjectMeta` (the watch reads the resource version there). The cache keeps the object in its
+//! [`Cached`] form, made from the wire form: the metadata shrinks to [`Meta`] (name, namespace, uid and the
+//! creation and deletion times), labels and annotations become sorted pairs ([`KeyValues`]), a Deployment's
+//! managed fields the list of who wrote `spec.replicas`, and what the pass never reads goes (owners,
+//! finalizers, every container but the queue-proxy, kubectl's copy of the object). Each kept type also reads
+//! straight from JSON the same way, as a test or a tool would.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::sync::Arc;
 
+use ebb_config::ServiceId;
 use ebb_config::names::ANNOTATION_POD_DELETION_COST;
 use ebb_config::sidecar::env;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ContainerStateWaiting, Pod, PodReadinessGate, Service};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ContainerStateWaiting, ObjectReference, Pod, PodReadinessGate, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    FieldsV1, LabelSelector, ManagedFieldsEntry, ObjectMeta, Time,
+    FieldsV1, LabelSelector, ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::core::DynamicResourceScope;
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
@@ -40,7 +46,173 @@ const SIDECAR_ENV_PREFIX: &str = "EBB_";
 /// The queue-proxy container's usual name.
 const QUEUE_PROXY: &str = "queue-proxy";
 
-/// Labels or annotations as the watches keep them: the pairs sorted by key in one allocation. A `BTreeMap`
+/// An object as a cache keeps it, made from the form its watch reads.
+pub trait Cached: From<Self::Wire> + Send + Sync + 'static {
+    /// The form a watch reads: a resource of the object's kind.
+    type Wire: Resource + Clone + DeserializeOwned + Debug + Send + 'static;
+
+    /// Its identity and times.
+    fn meta(&self) -> &Meta;
+
+    /// Its identity and times, for the cache to share their strings.
+    fn meta_mut(&mut self) -> &mut Meta;
+}
+
+/// An object's metadata as the caches keep it. The name and namespace are shared: a cache keys the object by
+/// the same name and holds one copy of each namespace, and a [`ServiceId`] made from them copies no string.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Meta {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its namespace (empty for a cluster-scoped object).
+    pub namespace: Arc<str>,
+    /// Its uid.
+    pub uid: Option<Box<str>>,
+    /// When it was created.
+    pub created: Option<Time>,
+    /// When its deletion was asked for (it is terminating).
+    pub deleting: Option<Time>,
+}
+
+impl Meta {
+    /// What is kept of `meta`, its strings moved out.
+    fn take(meta: &mut ObjectMeta) -> Self {
+        Self {
+            name: meta.name.take().unwrap_or_default().into(),
+            namespace: meta.namespace.take().unwrap_or_default().into(),
+            uid: meta.uid.take().map(String::into_boxed_str),
+            created: meta.creation_timestamp.take(),
+            deleting: meta.deletion_timestamp.take(),
+        }
+    }
+
+    /// What is kept of `meta`, its strings copied.
+    fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            namespace: meta.namespace.as_deref().unwrap_or_default().into(),
+            uid: meta.uid.as_deref().map(Box::from),
+            created: meta.creation_timestamp.clone(),
+            deleting: meta.deletion_timestamp.clone(),
+        }
+    }
+
+    /// The service the object stands for by its namespace and name (a scale target, its public Service, its
+    /// EndpointSlice).
+    pub fn service_id(&self) -> ServiceId {
+        ServiceId { namespace: self.namespace.clone(), name: self.name.clone() }
+    }
+
+    /// Whether it is terminating.
+    pub fn is_deleting(&self) -> bool {
+        self.deleting.is_some()
+    }
+
+    /// The reference that Events about the object carry, `Kind` being its kind.
+    pub fn reference<Kind: Resource<DynamicType = ()>>(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some(Kind::api_version(&()).into_owned()),
+            kind: Some(Kind::kind(&()).into_owned()),
+            name: Some(self.name.to_string()),
+            namespace: (!self.namespace.is_empty()).then(|| self.namespace.to_string()),
+            uid: self.uid.as_deref().map(str::to_owned),
+            ..ObjectReference::default()
+        }
+    }
+
+    /// The owner reference that makes what ebb creates for the object go with it, `Kind` being its kind.
+    pub fn controller_owner<Kind: Resource<DynamicType = ()>>(&self) -> Option<OwnerReference> {
+        Some(OwnerReference {
+            api_version: Kind::api_version(&()).into_owned(),
+            kind: Kind::kind(&()).into_owned(),
+            name: self.name.to_string(),
+            uid: self.uid.as_deref()?.to_owned(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        })
+    }
+}
+
+/// An object kept whole, for the watches of one object: the `config-autoscaler` ConfigMap, the webhook's
+/// Secret.
+#[derive(Debug, Clone)]
+pub struct Whole<K> {
+    /// Its identity, as the cache keys it.
+    pub meta: Meta,
+    /// The object as read.
+    pub object: K,
+}
+
+impl<K: Resource> From<K> for Whole<K> {
+    fn from(object: K) -> Self {
+        Self { meta: Meta::of(object.meta()), object }
+    }
+}
+
+impl<K> Cached for Whole<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    type Wire = K;
+
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    fn meta_mut(&mut self) -> &mut Meta {
+        &mut self.meta
+    }
+}
+
+/// An object as a watch reads it: its metadata whole, its spec and status as the kept type reads them, and
+/// `Kind` the resource it is read as.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Wire<Kind, Spec, Status> {
+    /// Its metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Its spec.
+    pub spec: Option<Spec>,
+    /// Its status.
+    pub status: Option<Status>,
+    #[serde(skip)]
+    kind: PhantomData<fn() -> Kind>,
+}
+
+/// A wire form is a resource of its kind: the same API group, version, kind and path.
+impl<Kind, Spec, Status> Resource for Wire<Kind, Spec, Status>
+where
+    Kind: Resource<DynamicType = ()>,
+{
+    type DynamicType = ();
+    type Scope = Kind::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        Kind::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        Kind::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        Kind::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        Kind::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Labels or annotations as the caches keep them: the pairs sorted by key in one allocation. A `BTreeMap`
 /// allocates a node of 544 bytes for even one pair, and every pod, Deployment and Service has two maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyValues(Box<[(String, String)]>);
@@ -76,42 +248,45 @@ fn take_key_values(meta: &mut ObjectMeta) -> (KeyValues, KeyValues) {
     (meta.labels.take().unwrap_or_default().into(), annotations.into())
 }
 
-/// A pod: its metadata, its queue-proxy container, and the status fields that say whether it is ready,
-/// stuck, where it is and since when.
+/// A pod as its watch reads it.
+pub type PodWire = Wire<Pod, WatchedPodSpec, WatchedPodStatus>;
+/// A Deployment as its watch reads it.
+pub type DeploymentWire = Wire<Deployment, WatchedDeploymentSpec, WatchedDeploymentStatus>;
+/// A Service as its watch reads it: its spec and status are read past.
+pub type ServiceWire = Wire<Service, IgnoredAny, IgnoredAny>;
+
+/// A pod: its metadata, the deletion cost of its annotations, its queue-proxy container, and the status fields
+/// that say whether it is ready, stuck, where it is and since when.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(from = "Read<WatchedPodSpec, WatchedPodStatus>")]
+#[serde(from = "PodWire")]
 pub struct WatchedPod {
-    /// Its metadata (name, uid, creation and deletion times), without its labels and annotations.
-    pub metadata: ObjectMeta,
+    /// Its name, namespace, uid, creation and deletion times.
+    pub meta: Meta,
     /// Its labels.
     pub labels: KeyValues,
-    /// Its annotations.
+    /// Of its annotations, the deletion cost (the one the pass reads).
     pub annotations: KeyValues,
-    /// Its containers as far as the sidecar checks read them.
+    /// Its queue-proxy container (a model's pods carry others) and readiness gates.
     pub spec: Option<WatchedPodSpec>,
     /// Its conditions, address, start time and containers' states.
     pub status: Option<WatchedPodStatus>,
 }
 
-/// An object as read, before its labels and annotations move out of its metadata.
-#[derive(Deserialize)]
-struct Read<Spec, Status> {
-    #[serde(default)]
-    metadata: ObjectMeta,
-    spec: Option<Spec>,
-    status: Option<Status>,
-}
-
-impl From<Read<WatchedPodSpec, WatchedPodStatus>> for WatchedPod {
-    fn from(Read { mut metadata, spec, status }: Read<WatchedPodSpec, WatchedPodStatus>) -> Self {
+impl From<PodWire> for WatchedPod {
+    fn from(Wire { mut metadata, mut spec, status, .. }: PodWire) -> Self {
         let (labels, annotations) = take_key_values(&mut metadata);
-        Self { metadata, labels, annotations, spec, status }
+        let cost = annotations.get(ANNOTATION_POD_DELETION_COST).cloned();
+        let annotations =
+            KeyValues(cost.map(|c| (ANNOTATION_POD_DELETION_COST.to_owned(), c)).into_iter().collect());
+        if let Some(spec) = &mut spec {
+            spec.keep_only_queue_proxy();
+        }
+        Self { meta: Meta::take(&mut metadata), labels, annotations, spec, status }
     }
 }
 
-/// A pod spec (a pod's or a template's) as far as the sidecar checks read it: the queue-proxy's container
-/// once trimmed (a model's pods carry others), and the readiness gates, which tell a pod that waits for more
-/// than its own containers.
+/// A pod spec (a pod's or a template's) as far as the sidecar checks read it: its containers (once kept, the
+/// queue-proxy alone), and the readiness gates, which tell a pod that waits for more than its own containers.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchedPodSpec {
@@ -124,7 +299,7 @@ pub struct WatchedPodSpec {
     pub readiness_gates: Option<Vec<PodReadinessGate>>,
 }
 
-/// A container: its name and, once trimmed, only its `EBB_*` variables.
+/// A container: its name and, once kept, only its `EBB_*` variables.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct WatchedContainer {
     /// Its name.
@@ -202,10 +377,10 @@ pub struct WatchedContainerState {
 /// A Deployment: its metadata, replicas, selector, ready replicas, and its pod template's annotations and
 /// queue-proxy.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(from = "Read<WatchedDeploymentSpec, WatchedDeploymentStatus>")]
+#[serde(from = "DeploymentWire")]
 pub struct WatchedDeployment {
-    /// Its metadata (name, uid), without its labels, annotations and managed fields.
-    pub metadata: ObjectMeta,
+    /// Its name, namespace and uid.
+    pub meta: Meta,
     /// Its labels.
     pub labels: KeyValues,
     /// Its annotations (ebb's configuration among them).
@@ -218,13 +393,14 @@ pub struct WatchedDeployment {
     pub replicas_writers: Vec<ReplicasWriter>,
 }
 
-impl From<Read<WatchedDeploymentSpec, WatchedDeploymentStatus>> for WatchedDeployment {
-    fn from(
-        Read { mut metadata, spec, status }: Read<WatchedDeploymentSpec, WatchedDeploymentStatus>,
-    ) -> Self {
+impl From<DeploymentWire> for WatchedDeployment {
+    fn from(Wire { mut metadata, mut spec, status, .. }: DeploymentWire) -> Self {
         let (labels, annotations) = take_key_values(&mut metadata);
         let replicas_writers = replicas_writers(&metadata);
-        Self { metadata, labels, annotations, spec, status, replicas_writers }
+        if let Some(template) = spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            template.keep_only_queue_proxy();
+        }
+        Self { meta: Meta::take(&mut metadata), labels, annotations, spec, status, replicas_writers }
     }
 }
 
@@ -267,28 +443,45 @@ pub struct WatchedDeploymentStatus {
 
 /// A Service: its metadata only (ebb reads the labels and annotations of the Service it owns).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(from = "Read<IgnoredAny, IgnoredAny>")]
+#[serde(from = "ServiceWire")]
 pub struct WatchedService {
-    /// Its metadata (name, uid), without its labels and annotations.
-    pub metadata: ObjectMeta,
+    /// Its name, namespace and uid.
+    pub meta: Meta,
     /// Its labels.
     pub labels: KeyValues,
     /// Its annotations.
     pub annotations: KeyValues,
 }
 
-/// A Service's spec and status are read past, not kept.
-impl From<Read<IgnoredAny, IgnoredAny>> for WatchedService {
-    fn from(Read { mut metadata, .. }: Read<IgnoredAny, IgnoredAny>) -> Self {
+impl From<ServiceWire> for WatchedService {
+    fn from(Wire { mut metadata, .. }: ServiceWire) -> Self {
         let (labels, annotations) = take_key_values(&mut metadata);
-        Self { metadata, labels, annotations }
+        Self { meta: Meta::take(&mut metadata), labels, annotations }
     }
 }
 
-/// An EndpointSlice of `discovery.k8s.io` `v1` or `v1beta1` (the same in what is read here): its addresses
-/// and first port.
+/// A labelled ReplicaSet, read by its metadata alone: the Deployment that controls it (the webhook's way from
+/// a pod to its Deployment).
+#[derive(Debug, Clone, Default)]
+pub struct WatchedReplicaSet {
+    /// Its name and namespace.
+    pub meta: Meta,
+    /// The kind and name of its controller, if it has one.
+    pub controller: Option<(String, String)>,
+}
+
+impl From<PartialObjectMeta<ReplicaSet>> for WatchedReplicaSet {
+    fn from(mut object: PartialObjectMeta<ReplicaSet>) -> Self {
+        let owners = object.metadata.owner_references.take().unwrap_or_default();
+        let controller = owners.into_iter().find(|o| o.controller == Some(true)).map(|o| (o.kind, o.name));
+        Self { meta: Meta::take(&mut object.metadata), controller }
+    }
+}
+
+/// An EndpointSlice of `discovery.k8s.io` `v1` or `v1beta1` (the same in what is read here) as its watch
+/// reads it.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct WatchedSlice {
+pub struct SliceWire {
     /// Its metadata.
     #[serde(default)]
     pub metadata: ObjectMeta,
@@ -312,15 +505,86 @@ pub struct WatchedPort {
     pub port: Option<i32>,
 }
 
-impl WatchedSlice {
-    /// Its addresses, sorted, and its first port (0 when none).
-    pub fn content(&self) -> (Vec<String>, u16) {
-        let mut ips: Vec<String> =
-            (self.endpoints.iter().flatten()).flat_map(|e| e.addresses.iter().flatten().cloned()).collect();
-        ips.sort();
-        let port = self.ports.iter().flatten().next().and_then(|p| p.port).unwrap_or(0);
-        (ips, u16::try_from(port).unwrap_or(0))
+/// One of ebb's EndpointSlices: what ebb writes into it, its addresses and port.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "SliceWire")]
+pub struct WatchedSlice {
+    /// Its name and namespace (the service's).
+    pub meta: Meta,
+    /// Its endpoints' addresses, sorted.
+    pub addresses: Vec<String>,
+    /// Its first port (0 when none).
+    pub port: u16,
+}
+
+impl From<SliceWire> for WatchedSlice {
+    fn from(SliceWire { mut metadata, endpoints, ports }: SliceWire) -> Self {
+        let mut addresses: Vec<String> =
+            endpoints.into_iter().flatten().flat_map(|e| e.addresses.into_iter().flatten()).collect();
+        addresses.sort();
+        let port = ports.iter().flatten().next().and_then(|p| p.port).unwrap_or(0);
+        Self { meta: Meta::take(&mut metadata), addresses, port: u16::try_from(port).unwrap_or(0) }
     }
+}
+
+/// Whichever version of `discovery.k8s.io` the API server serves (its resource is found at start).
+impl Resource for SliceWire {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::kind(dt)
+    }
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::group(dt)
+    }
+
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::version(dt)
+    }
+
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::api_version(dt)
+    }
+
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The kept kinds: each is read from its wire form.
+macro_rules! cached_from {
+    ($($kept:ty => $wire:ty),* $(,)?) => {$(
+        impl Cached for $kept {
+            type Wire = $wire;
+
+            fn meta(&self) -> &Meta {
+                &self.meta
+            }
+
+            fn meta_mut(&mut self) -> &mut Meta {
+                &mut self.meta
+            }
+        }
+    )*};
+}
+
+cached_from! {
+    WatchedPod => PodWire,
+    WatchedDeployment => DeploymentWire,
+    WatchedService => ServiceWire,
+    WatchedSlice => SliceWire,
+    WatchedReplicaSet => PartialObjectMeta<ReplicaSet>,
+    WatchedObject => DynamicObject,
 }
 
 impl WatchedPod {
@@ -363,11 +627,20 @@ impl WatchedPodSpec {
     }
 }
 
-/// Labels and annotations read as the pairs kept: these inherent methods come before `kube::ResourceExt`'s,
-/// which would read the (emptied) metadata.
-macro_rules! key_values {
-    ($watched:ty) => {
-        impl $watched {
+/// Name, namespace, labels and annotations, read as the kept types hold them.
+macro_rules! named_with_key_values {
+    ($($kept:ty),*) => {$(
+        impl $kept {
+            /// Its name.
+            pub fn name(&self) -> &str {
+                &self.meta.name
+            }
+
+            /// Its namespace.
+            pub fn namespace(&self) -> &str {
+                &self.meta.namespace
+            }
+
             /// Its labels.
             pub fn labels(&self) -> &KeyValues {
                 &self.labels
@@ -378,84 +651,10 @@ macro_rules! key_values {
                 &self.annotations
             }
         }
-    };
+    )*};
 }
 
-key_values!(WatchedPod);
-key_values!(WatchedDeployment);
-key_values!(WatchedService);
-
-/// A kept type is a resource of the kind it is read from: the same API group, version, kind and path.
-macro_rules! resource_as {
-    ($watched:ty, $kind:ty) => {
-        impl Resource for $watched {
-            type DynamicType = ();
-            type Scope = <$kind as Resource>::Scope;
-
-            fn kind(dt: &()) -> Cow<'_, str> {
-                <$kind>::kind(dt)
-            }
-
-            fn group(dt: &()) -> Cow<'_, str> {
-                <$kind>::group(dt)
-            }
-
-            fn version(dt: &()) -> Cow<'_, str> {
-                <$kind>::version(dt)
-            }
-
-            fn plural(dt: &()) -> Cow<'_, str> {
-                <$kind>::plural(dt)
-            }
-
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
-}
-
-resource_as!(WatchedPod, Pod);
-resource_as!(WatchedDeployment, Deployment);
-resource_as!(WatchedService, Service);
-
-/// Whichever version of `discovery.k8s.io` the API server serves (its resource is found at start).
-impl Resource for WatchedSlice {
-    type DynamicType = ApiResource;
-    type Scope = DynamicResourceScope;
-
-    fn kind(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::kind(dt)
-    }
-
-    fn group(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::group(dt)
-    }
-
-    fn version(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::version(dt)
-    }
-
-    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::api_version(dt)
-    }
-
-    fn plural(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::plural(dt)
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+named_with_key_values!(WatchedPod, WatchedDeployment, WatchedService);
 
 /// A writer of `spec.replicas`, as the managed fields name it: who, and when (in whole seconds).
 #[derive(Debug, Clone, PartialEq)]
@@ -489,51 +688,25 @@ fn parsed_selector<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Selecto
     LabelSelector::deserialize(deserializer).map(|s| Selector::from_label_selector(&s))
 }
 
-/// Metadata without the managed fields, the owners and the finalizers (a pod's are its ReplicaSet and the
-/// kubelet's; none is read); the types above keep the labels and annotations apart.
-fn meta(object: &mut ObjectMeta) {
-    object.labels = None;
-    object.annotations = None;
-    object.managed_fields = None;
-    object.owner_references = None;
-    object.finalizers = None;
-    object.generate_name = None;
+/// A scale target of another kind (`scale-target-kinds`), whose data is read at paths its kind names: kept
+/// whole, but without kubectl's copy and with only the managed-field entries of the [`replicas_writers`],
+/// each reduced to that field.
+#[derive(Debug, Clone)]
+pub struct WatchedObject {
+    /// Its identity, as the cache keys it.
+    pub meta: Meta,
+    /// The object.
+    pub object: DynamicObject,
 }
 
-/// A pod: its metadata as [`meta`] keeps it, of its annotations the deletion cost alone (the one read), and
-/// its queue-proxy container.
-pub(crate) fn pod(pod: &mut WatchedPod) {
-    meta(&mut pod.metadata);
-    let cost = pod.annotations.get(ANNOTATION_POD_DELETION_COST).cloned();
-    pod.annotations =
-        KeyValues(cost.map(|c| (ANNOTATION_POD_DELETION_COST.to_owned(), c)).into_iter().collect());
-    if let Some(spec) = &mut pod.spec {
-        spec.keep_only_queue_proxy();
+impl From<DynamicObject> for WatchedObject {
+    fn from(mut object: DynamicObject) -> Self {
+        trim_dynamic(&mut object.metadata);
+        Self { meta: Meta::of(&object.metadata), object }
     }
 }
 
-/// A Deployment: its metadata as [`meta`] keeps it, and its template's queue-proxy.
-pub(crate) fn deployment(deployment: &mut WatchedDeployment) {
-    meta(&mut deployment.metadata);
-    if let Some(spec) = deployment.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-        spec.keep_only_queue_proxy();
-    }
-}
-
-/// A Service: its metadata as [`meta`] keeps it.
-pub(crate) fn service(service: &mut WatchedService) {
-    meta(&mut service.metadata);
-}
-
-/// ebb's EndpointSlice: its metadata as [`meta`] keeps it (its labels, ebb's, are only what the watch selects).
-pub(crate) fn slice(slice: &mut WatchedSlice) {
-    meta(&mut slice.metadata);
-}
-
-/// An object of another kind (its data is read at paths its kind names): without kubectl's copy, and with
-/// only the managed-field entries of the [`replicas_writers`], each reduced to that field.
-pub(crate) fn dynamic(object: &mut DynamicObject) {
-    let meta = &mut object.metadata;
+fn trim_dynamic(meta: &mut ObjectMeta) {
     if let Some(annotations) = &mut meta.annotations {
         annotations.remove(LAST_APPLIED);
     }
@@ -556,8 +729,8 @@ mod tests {
 
     #[test]
     fn a_pod_keeps_what_the_pass_reads() {
-        let mut p: WatchedPod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "m", "labels": {"ebb.dev/service": "chat"},
+        let p: WatchedPod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "m", "uid": "u1", "labels": {"ebb.dev/service": "chat"},
                 "generateName": "chat-7d9-",
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "chat-7d9",
                     "uid": "u", "controller": true}],
@@ -581,17 +754,12 @@ mod tests {
                     "lastState": {"terminated": {"exitCode": 1}}}]},
         }))
         .unwrap();
-        pod(&mut p);
-        let meta = &p.metadata;
+        assert_eq!((p.name(), p.namespace(), p.meta.uid.as_deref()), ("p", "m", Some("u1")));
         assert_eq!(p.labels().get("ebb.dev/service").map(String::as_str), Some("chat"));
         let cost =
             BTreeMap::from([("controller.kubernetes.io/pod-deletion-cost".to_owned(), "3".to_owned())]);
         assert_eq!(p.annotations().to_map(), cost, "the deletion cost alone");
-        assert!(meta.labels.is_none() && meta.annotations.is_none(), "kept apart, once");
-        assert!(
-            meta.managed_fields.is_none() && meta.owner_references.is_none() && meta.generate_name.is_none()
-        );
-        assert!(meta.deletion_timestamp.is_some());
+        assert!(p.meta.is_deleting() && p.meta.created.is_none());
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.containers.len(), 1, "the queue-proxy alone");
         let qp = &spec.containers[0];
@@ -615,14 +783,12 @@ mod tests {
             model.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(),
             Some("CrashLoopBackOff")
         );
-        assert!(
-            crate::cluster::blocked::blocked(&WatchedPod { metadata: ObjectMeta::default(), ..p }).is_some()
-        );
+        assert!(crate::cluster::blocked::blocked(&WatchedPod { meta: Meta::default(), ..p }).is_some());
     }
 
     #[test]
     fn a_native_sidecar_queue_proxy_is_kept_where_it_lives_and_the_other_containers_are_not() {
-        let mut p: WatchedPod = serde_json::from_value(json!({
+        let p: WatchedPod = serde_json::from_value(json!({
             "metadata": {"name": "p"},
             "spec": {
                 "initContainers": [
@@ -632,7 +798,6 @@ mod tests {
                 "containers": [{"name": "model", "image": "m:1"}, {"name": "metrics", "image": "x:1"}]},
         }))
         .unwrap();
-        pod(&mut p);
         let spec = p.spec.as_ref().unwrap();
         assert!(spec.containers.is_empty());
         let init: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
@@ -642,7 +807,7 @@ mod tests {
 
     #[test]
     fn a_deployment_keeps_the_replicas_writers_of_its_managed_fields_and_its_selector_parsed() {
-        let mut d: WatchedDeployment = serde_json::from_value(json!({
+        let d: WatchedDeployment = serde_json::from_value(json!({
             "metadata": {"name": "chat", "annotations": {"ebb.dev/target": "5", LAST_APPLIED: "{...}"},
                 "managedFields": [
                     {"manager": "kubectl", "operation": "Update", "time": "2026-12-03T12:00:09Z",
@@ -654,12 +819,11 @@ mod tests {
             "status": {"readyReplicas": 2, "replicas": 2},
         }))
         .unwrap();
-        deployment(&mut d);
         let target = BTreeMap::from([("ebb.dev/target".to_owned(), "5".to_owned())]);
         assert_eq!(d.annotations().to_map(), target, "no kubectl copy");
         assert_eq!(d.annotations().get("ebb.dev/target").map(String::as_str), Some("5"));
         assert_eq!(d.annotations().get("ebb.dev/window"), None);
-        assert!(d.metadata.managed_fields.is_none());
+        assert_eq!(d.name(), "chat");
         let at = "2026-12-03T12:00:09Z".parse().ok();
         assert_eq!(d.replicas_writers, [ReplicasWriter { manager: "kubectl".to_owned(), time: at }]);
         let spec = d.spec.as_ref().unwrap();
@@ -674,18 +838,16 @@ mod tests {
 
     #[test]
     fn a_service_reads_past_its_spec_and_status_and_keeps_its_labels_and_annotations_apart() {
-        let mut svc: WatchedService = serde_json::from_value(json!({
+        let svc: WatchedService = serde_json::from_value(json!({
             "metadata": {"name": "chat", "labels": {"app.kubernetes.io/managed-by": "ebb"},
                 "annotations": {LAST_APPLIED: "{...}", "status.ebb.dev/mode": "proxy"}},
             "spec": {"ports": [{"port": 80}], "selector": {"app": "chat"}, "type": "ClusterIP"},
             "status": {"loadBalancer": {}},
         }))
         .unwrap();
-        service(&mut svc);
         assert_eq!(svc.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("ebb"));
         let mode = BTreeMap::from([("status.ebb.dev/mode".to_owned(), "proxy".to_owned())]);
         assert_eq!(svc.annotations().to_map(), mode, "no kubectl copy");
-        assert!(svc.metadata.labels.is_none() && svc.metadata.annotations.is_none());
     }
 
     #[test]
@@ -698,13 +860,13 @@ mod tests {
             "ports": [{"name": "http", "port": 8012, "protocol": "TCP"}],
         }))
         .unwrap();
-        assert_eq!(v1.content(), (vec!["10.0.0.1".to_owned(), "10.0.0.2".to_owned()], 8012));
+        assert_eq!((v1.addresses, v1.port), (vec!["10.0.0.1".to_owned(), "10.0.0.2".to_owned()], 8012));
         // v1beta1 as a v1.20 server writes an empty slice: no endpoints, no ports, as nulls.
         let empty: WatchedSlice = serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice", "metadata": {"name": "chat"},
             "addressType": "IPv4", "endpoints": null, "ports": null,
         }))
         .unwrap();
-        assert_eq!(empty.content(), (vec![], 0));
+        assert_eq!((empty.addresses, empty.port), (vec![], 0));
     }
 }

@@ -11,15 +11,12 @@ use std::time::Duration;
 use ebb_config::ServiceId;
 use ebb_config::names::LABEL_SERVICE;
 use ebb_inject::{Service, add_instance_gate, inject_pod};
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use kube::ResourceExt;
-use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::Value;
 
 use super::review::{Request, Verdict, controller, has_sidecar, json_patch};
+use crate::cluster::cache::Cache;
 use crate::cluster::state::{GlobalInForce, OtherTargets};
-use crate::cluster::watched::WatchedDeployment;
+use crate::cluster::watched::{Cached, WatchedDeployment, WatchedReplicaSet};
 
 /// How long a pod's ReplicaSet or Deployment may take to reach the watch caches: the API server answers the
 /// controller that creates them before the watch event reaches ebb.
@@ -29,9 +26,9 @@ const CACHE_POLL: Duration = Duration::from_millis(25);
 /// The watch caches and settings the webhook decides with.
 pub(crate) struct Admission {
     /// Labelled Deployments (one store per watched namespace, or one for all).
-    pub deployments: Vec<Store<WatchedDeployment>>,
-    /// Labelled ReplicaSets' metadata (their owner references).
-    pub replicasets: Vec<Store<PartialObjectMeta<ReplicaSet>>>,
+    pub deployments: Vec<Cache<WatchedDeployment>>,
+    /// Labelled ReplicaSets, by their controllers.
+    pub replicasets: Vec<Cache<WatchedReplicaSet>>,
     /// The scale targets of the other kinds, by service.
     pub others: Arc<OtherTargets>,
     /// `config-autoscaler` as the controller applies it.
@@ -100,7 +97,7 @@ impl Admission {
             && kind == "ReplicaSet"
         {
             let deployment = self.deployment_of(namespace, pod).await?;
-            let name = deployment.name_any();
+            let name = deployment.name().to_owned();
             let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
             if label != name {
                 return Err(warn(format!(
@@ -159,8 +156,7 @@ impl Admission {
                 "this pod belongs to {kind} {name}: ebb injects the queue-proxy only into pods of Deployments"
             )));
         }
-        let key = ObjectRef::<PartialObjectMeta<ReplicaSet>>::new(&name).within(namespace);
-        let Some(replicaset) = cached(&self.replicasets, &key).await else {
+        let Some(replicaset) = cached(&self.replicasets, namespace, &name).await else {
             // Refused, so the ReplicaSet controller tries again, by when the cache has it.
             return Err(Verdict::Deny {
                 message: format!(
@@ -169,20 +165,16 @@ impl Admission {
                 ),
             });
         };
-        let owner =
-            replicaset.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-        let Some(owner) = owner.filter(|o| o.kind == "Deployment") else {
+        let Some((_, owner)) = replicaset.controller.as_ref().filter(|(kind, _)| kind == "Deployment") else {
             return Err(warn(format!(
                 "ReplicaSet {namespace}/{name} has no Deployment: ebb injects the queue-proxy only into pods of \
                  Deployments"
             )));
         };
-        let key = ObjectRef::<WatchedDeployment>::new(&owner.name).within(namespace);
-        cached(&self.deployments, &key).await.ok_or_else(|| {
+        cached(&self.deployments, namespace, owner).await.ok_or_else(|| {
             warn(format!(
-                "Deployment {namespace}/{}: not labelled {LABEL_SERVICE}, or in a namespace this autoscaler does \
-                 not watch: no queue-proxy injected",
-                owner.name
+                "Deployment {namespace}/{owner}: not labelled {LABEL_SERVICE}, or in a namespace this autoscaler \
+                 does not watch: no queue-proxy injected"
             ))
         })
     }
@@ -192,15 +184,19 @@ impl Admission {
     /// Whether every cache the decision reads has listed once, waiting up to [`CACHE_WAIT`].
     async fn synced(&self) -> bool {
         let all = async {
-            for store in &self.deployments {
-                store.wait_until_ready().await.map_err(drop)?;
+            for cache in &self.deployments {
+                if !cache.ready().await {
+                    return false;
+                }
             }
-            for store in &self.replicasets {
-                store.wait_until_ready().await.map_err(drop)?;
+            for cache in &self.replicasets {
+                if !cache.ready().await {
+                    return false;
+                }
             }
-            Ok::<_, ()>(())
+            true
         };
-        matches!(tokio::time::timeout(CACHE_WAIT, all).await, Ok(Ok(())))
+        matches!(tokio::time::timeout(CACHE_WAIT, all).await, Ok(true))
     }
 }
 
@@ -208,15 +204,11 @@ fn warn(warning: String) -> Verdict {
     Verdict::Allow { warnings: vec![warning] }
 }
 
-/// The object `key` in one of `stores`, waiting up to [`CACHE_WAIT`] for it to arrive.
-async fn cached<K>(stores: &[Store<K>], key: &ObjectRef<K>) -> Option<Arc<K>>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
+/// The object `namespace/name` in one of `caches`, waiting up to [`CACHE_WAIT`] for it to arrive.
+async fn cached<K: Cached>(caches: &[Cache<K>], namespace: &str, name: &str) -> Option<Arc<K>> {
     let deadline = tokio::time::Instant::now() + CACHE_WAIT;
     loop {
-        if let Some(found) = stores.iter().find_map(|s| s.get(key)) {
+        if let Some(found) = caches.iter().find_map(|c| c.get(namespace, name)) {
             return Some(found);
         }
         if tokio::time::Instant::now() >= deadline {

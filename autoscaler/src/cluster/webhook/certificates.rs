@@ -11,16 +11,17 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PostParams};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::certs::{self, CA_BUNDLE, Policy, Step, TLS_CRT, TLS_KEY};
 use super::tls::{ServingCertificate, certified_key};
+use crate::cluster::cache::Cache;
 use crate::cluster::options::patch_params;
+use crate::cluster::watched::Whole;
 
-/// How often the Secret is looked at (a store read, no API call) and the rotation planned.
+/// How often the Secret is looked at (a cache read, no API call) and the rotation planned.
 const PERIOD: Duration = Duration::from_secs(1);
 /// How often the leader sends the `caBundle` again although it has not changed.
 const REASSERT: Duration = Duration::from_secs(60);
@@ -45,7 +46,7 @@ pub(crate) struct Certificates {
     /// The Secret's namespace (the autoscaler's) and name.
     pub namespace: String,
     pub secret: String,
-    pub store: Store<Secret>,
+    pub cache: Cache<Whole<Secret>>,
     pub serving: Arc<ServingCertificate>,
     pub issuer: Issuer,
     pub leading: watch::Receiver<bool>,
@@ -62,12 +63,12 @@ struct Bundle {
 impl Certificates {
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let key = ObjectRef::<Secret>::new(&self.secret).within(&self.namespace);
         let mut loaded: Option<String> = None;
         let mut bundle = Bundle::default();
         let mut reported = String::new();
         loop {
-            let secret = self.store.get(&key);
+            let secret = self.cache.get(&self.namespace, &self.secret);
+            let secret = secret.as_ref().map(|s| &s.object);
             if let Some(secret) = &secret {
                 self.reload(secret, &mut loaded);
             }
