@@ -26,6 +26,9 @@ const MAX_NOTE: usize = 1000;
 pub const QUEUE: usize = 1024;
 /// Events being published at once (each a request, and a connection while it is in flight).
 pub const IN_FLIGHT: usize = 8;
+/// How often the warnings remembered longer than [`REPEAT_AFTER`] are swept out: a sweep goes through every
+/// one, and a new leader's first pass over 10,000 services with a warning each publishes 10,000.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Publishes Events as the autoscaler.
 pub struct Events {
@@ -33,7 +36,33 @@ pub struct Events {
     /// Whether the last event found the queue full.
     dropping: AtomicBool,
     reporter: Reporter,
-    seen: Mutex<HashMap<(String, String, String), Instant>>,
+    seen: Mutex<Seen>,
+}
+
+/// The warnings published lately, by object, reason and note.
+#[derive(Debug)]
+struct Seen {
+    at: HashMap<(String, String, String), Instant>,
+    swept: Instant,
+}
+
+impl Seen {
+    fn new(now: Instant) -> Self {
+        Self { at: HashMap::new(), swept: now }
+    }
+
+    /// Whether `key` was not published within [`REPEAT_AFTER`] of `now`; if so, it is remembered as published.
+    fn fresh(&mut self, key: (String, String, String), now: Instant) -> bool {
+        if now.saturating_duration_since(self.swept) >= SWEEP_EVERY {
+            self.at.retain(|_, at| now.saturating_duration_since(*at) < REPEAT_AFTER);
+            self.swept = now;
+        }
+        if self.at.get(&key).is_some_and(|at| now.saturating_duration_since(*at) < REPEAT_AFTER) {
+            return false;
+        }
+        self.at.insert(key, now);
+        true
+    }
 }
 
 impl std::fmt::Debug for Events {
@@ -48,7 +77,12 @@ impl Events {
         let reporter = Reporter { controller: controller.to_owned(), instance: Some(instance.to_owned()) };
         let (queue, waiting) = mpsc::channel(QUEUE);
         tokio::spawn(publish_all(client, reporter.clone(), waiting));
-        Self { queue, dropping: AtomicBool::new(false), reporter, seen: Mutex::default() }
+        Self {
+            queue,
+            dropping: AtomicBool::new(false),
+            reporter,
+            seen: Mutex::new(Seen::new(Instant::now())),
+        }
     }
 
     /// A Normal event (always published: each one records a distinct action, such as a scale change).
@@ -64,7 +98,7 @@ impl Events {
     /// Forgets what was reported about an object, so the next problem with it is reported at once.
     pub fn forget(&self, regarding: &ObjectReference) {
         let key = object_key(regarding);
-        self.seen.locked().retain(|(object, _, _), _| *object != key);
+        self.seen.locked().at.retain(|(object, _, _), _| *object != key);
     }
 
     fn publish(
@@ -86,12 +120,9 @@ impl Events {
         }
         if dedupe {
             let key = (object_key(&regarding), reason.to_owned(), note.clone());
-            let mut seen = self.seen.locked();
-            seen.retain(|_, at| at.elapsed() < REPEAT_AFTER);
-            if seen.contains_key(&key) {
+            if !self.seen.locked().fresh(key, Instant::now()) {
                 return;
             }
-            seen.insert(key, Instant::now());
         }
         match type_ {
             EventType::Warning => tracing::warn!(object = %object_key(&regarding), reason, "{note}"),
@@ -140,4 +171,41 @@ fn object_key(r: &ObjectReference) -> String {
         r.namespace.as_deref().unwrap_or_default(),
         r.name.as_deref().unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(object: &str) -> (String, String, String) {
+        (object.to_owned(), "InvalidAnnotation".to_owned(), "bad".to_owned())
+    }
+
+    #[test]
+    fn a_warning_is_not_repeated_within_its_time_and_is_after_it() {
+        let t0 = Instant::now();
+        let mut seen = Seen::new(t0);
+        assert!(seen.fresh(key("a"), t0));
+        assert!(!seen.fresh(key("a"), t0 + Duration::from_secs(1)));
+        assert!(seen.fresh(key("b"), t0 + Duration::from_secs(1)), "another object");
+        // Past its time, even before a sweep has removed it.
+        assert!(seen.fresh(key("a"), t0 + REPEAT_AFTER));
+    }
+
+    #[test]
+    fn the_remembered_warnings_are_swept_once_a_minute_not_at_every_warning() {
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let mut seen = Seen::new(t0);
+        for i in 0..1000 {
+            seen.fresh(key(&i.to_string()), t0);
+        }
+        assert!(seen.fresh(key("x"), at(590)), "a sweep, and nothing expired yet");
+        assert_eq!(seen.at.len(), 1001);
+        // The thousand have expired, but the last sweep was a moment ago: a warning costs no pass over them.
+        assert!(seen.fresh(key("y"), at(600)));
+        assert_eq!(seen.at.len(), 1002);
+        assert!(seen.fresh(key("z"), at(650)), "a minute after the last sweep");
+        assert_eq!(seen.at.len(), 3, "the expired ones swept, the recent kept");
+    }
 }
