@@ -1,4 +1,4 @@
-//! ebb's EndpointSlices: which API version serves them, and the labels that mark them as ebb's (the reflector
+//! ebb's EndpointSlices: which API version serves them, and the labels that mark them as ebb's (the watch
 //! selects on them, the request path writes them).
 
 use kube::Client;
