@@ -26,11 +26,9 @@ pub fn blocked(pod: &WatchedPod) -> Option<Blocked> {
         return None;
     }
     let status = pod.status.as_ref()?;
-    if let Some(c) = status.conditions.iter().flatten().find(|c| {
-        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
-    }) {
-        let message = format!("Unschedulable: {}", c.message.as_deref().unwrap_or("no node fits"));
-        return Some(Blocked { kind: "unschedulable", message });
+    if let Some(why) = &status.conditions.unschedulable {
+        let why = if why.is_empty() { "no node fits" } else { why };
+        return Some(Blocked { kind: "unschedulable", message: format!("Unschedulable: {why}") });
     }
     let containers =
         status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());

@@ -23,8 +23,7 @@ use super::watched::{PodWire, WatchedPod};
 
 /// The gate's condition on `pod`'s status: `None` until it is first written.
 pub(crate) fn gate_status(pod: &WatchedPod) -> Option<bool> {
-    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
-    conditions.iter().find(|c| c.type_ == INSTANCE_READY_GATE).map(|c| c.status == "True")
+    pod.status.as_ref()?.conditions.instance_ready
 }
 
 /// The entry pods whose gate must change, with the value it must take.

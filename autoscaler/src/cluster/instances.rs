@@ -120,9 +120,8 @@ pub(crate) fn size_of(
 /// The kubelet's verdict on the pod's containers, which no readiness gate holds back; a pod that reports
 /// none (written by something other than a kubelet) by its `Ready`.
 pub(crate) fn containers_ready(pod: &WatchedPod) -> bool {
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    let find = |kind: &str| conditions.iter().find(|c| c.type_ == kind).map(|c| c.status == "True");
-    pod.meta.deleting.is_none() && find("ContainersReady").or_else(|| find("Ready")).unwrap_or(false)
+    let Some(conditions) = pod.status.as_ref().map(|s| &s.conditions) else { return false };
+    pod.meta.deleting.is_none() && conditions.containers_ready.or(conditions.ready).unwrap_or(false)
 }
 
 /// Services with multi-pod instances, each with its view.

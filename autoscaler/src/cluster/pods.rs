@@ -12,12 +12,7 @@ use crate::engine::PodTarget;
 
 /// Ready condition true, not being deleted.
 pub(crate) fn is_ready(pod: &WatchedPod) -> bool {
-    pod.meta.deleting.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    pod.meta.deleting.is_none() && pod.status.as_ref().is_some_and(|s| s.conditions.ready == Some(true))
 }
 
 /// Whether `pod`'s spec carries the readiness gate of multi-pod instances.

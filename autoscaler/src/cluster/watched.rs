@@ -22,6 +22,7 @@ use std::sync::Arc;
 use ebb_config::ServiceId;
 use ebb_config::names::ANNOTATION_POD_DELETION_COST;
 use ebb_config::sidecar::env;
+use ebb_config::targets::INSTANCE_READY_GATE;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ContainerStateWaiting, ObjectReference, Pod, PodReadinessGate, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -326,8 +327,9 @@ pub struct WatchedEnvVar {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchedPodStatus {
-    /// `Ready`, `ContainersReady`, `PodScheduled`, readiness gates' conditions.
-    pub conditions: Option<Vec<WatchedCondition>>,
+    /// The conditions the pass reads.
+    #[serde(default)]
+    pub conditions: PodConditions,
     /// The pod's address.
     #[serde(rename = "podIP")]
     pub pod_ip: Option<String>,
@@ -339,19 +341,50 @@ pub struct WatchedPodStatus {
     pub init_container_statuses: Option<Vec<WatchedContainerStatus>>,
 }
 
-/// A pod condition without its times.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct WatchedCondition {
-    /// Its type, e.g. `Ready`.
+/// A pod's conditions as far as the pass reads them: whether each of three is `True` (`None` where the pod
+/// does not report it), and why the scheduler cannot place it. A pod reports four to six conditions of up to
+/// four strings each, an allocation a string: kept as they were read, they were the largest part of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodConditions {
+    /// `Ready`.
+    pub ready: Option<bool>,
+    /// `ContainersReady`: the kubelet's verdict on the containers, which no readiness gate holds back.
+    pub containers_ready: Option<bool>,
+    /// The readiness gate of multi-pod instances ([`INSTANCE_READY_GATE`]), which ebb writes.
+    pub instance_ready: Option<bool>,
+    /// `PodScheduled` false for `Unschedulable`: the scheduler's message (empty when it gave none).
+    pub unschedulable: Option<String>,
+}
+
+/// A pod condition as the API writes it (its times are read past).
+#[derive(Deserialize)]
+struct Condition {
     #[serde(rename = "type", default)]
-    pub type_: String,
-    /// `True`, `False` or `Unknown`.
+    type_: String,
     #[serde(default)]
-    pub status: String,
-    /// Why, in a word.
-    pub reason: Option<String>,
-    /// Why, in a sentence.
-    pub message: Option<String>,
+    status: String,
+    reason: Option<String>,
+    message: Option<String>,
+}
+
+/// The conditions read as the list the API writes, kept as [`PodConditions`].
+impl<'de> Deserialize<'de> for PodConditions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut kept = Self::default();
+        for c in Option::<Vec<Condition>>::deserialize(deserializer)?.unwrap_or_default() {
+            let is_true = Some(c.status == "True");
+            match c.type_.as_str() {
+                "Ready" => kept.ready = is_true,
+                "ContainersReady" => kept.containers_ready = is_true,
+                INSTANCE_READY_GATE => kept.instance_ready = is_true,
+                "PodScheduled" if c.status == "False" && c.reason.as_deref() == Some("Unschedulable") => {
+                    kept.unschedulable = Some(c.message.unwrap_or_default());
+                }
+                _ => {}
+            }
+        }
+        Ok(kept)
+    }
 }
 
 /// A container's status as far as a stuck pod is recognised: its name, readiness and why it waits.
@@ -776,14 +809,43 @@ mod tests {
         let status = p.status.as_ref().unwrap();
         assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));
         assert!(status.start_time.is_some());
-        let ready = &status.conditions.as_ref().unwrap()[0];
-        assert_eq!((ready.type_.as_str(), ready.status.as_str()), ("Ready", "True"));
+        let conditions = PodConditions { ready: Some(true), ..PodConditions::default() };
+        assert_eq!(status.conditions, conditions, "the one it reports");
         let model = &status.container_statuses.as_ref().unwrap()[0];
         assert_eq!(
             model.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(),
             Some("CrashLoopBackOff")
         );
         assert!(crate::cluster::blocked::blocked(&WatchedPod { meta: Meta::default(), ..p }).is_some());
+    }
+
+    #[test]
+    fn a_pods_conditions_keep_what_the_pass_reads_of_them() {
+        let status = |conditions: serde_json::Value| -> PodConditions {
+            serde_json::from_value::<WatchedPodStatus>(json!({"conditions": conditions})).unwrap().conditions
+        };
+        let read = status(json!([
+            {"type": "Initialized", "status": "True", "lastTransitionTime": "2026-12-03T11:00:00Z"},
+            {"type": "Ready", "status": "False", "reason": "ReadinessGatesNotReady"},
+            {"type": "ContainersReady", "status": "True"},
+            {"type": INSTANCE_READY_GATE, "status": "False", "reason": "InstanceNotReady"},
+            {"type": "PodScheduled", "status": "True"},
+        ]));
+        let want = PodConditions {
+            ready: Some(false),
+            containers_ready: Some(true),
+            instance_ready: Some(false),
+            unschedulable: None,
+        };
+        assert_eq!(read, want);
+        let pending = status(json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available"}]));
+        assert_eq!(pending.unschedulable.as_deref(), Some("0/3 nodes are available"));
+        assert_eq!(pending.ready, None, "not reported");
+        let waiting =
+            status(json!([{"type": "PodScheduled", "status": "False", "reason": "SchedulerError"}]));
+        assert_eq!(waiting.unschedulable, None, "only the scheduler's verdict that nothing fits");
+        assert_eq!(status(json!(null)), PodConditions::default(), "the API writes an empty list as null");
     }
 
     #[test]
