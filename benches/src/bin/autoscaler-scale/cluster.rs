@@ -4,6 +4,7 @@
 //! scale patch, Service and EndpointSlice write is real. A load step is timed until the API server shows the
 //! new replica count.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,8 @@ use ebb_benches::scale::driver::{
     ANNOTATIONS, DriverArgs, FarmChild, REST_LOAD, STEP_LOAD, fleet, metric_sum, note_fd_limit, scrape_errors,
 };
 use ebb_benches::scale::measure::{cpu_time, ms, quantile, status_kib};
-use ebb_config::ServiceId;
+use ebb_config::{GlobalConfig, ServiceId};
+use ebb_inject::{SIDECAR, Service, inject_pod};
 use ebb_test_support::autoscaler::{metrics_text, token_of};
 use ebb_test_support::{TestNamespace, require};
 use futures::StreamExt;
@@ -213,23 +215,33 @@ async fn create_fleet(admin: &Client, ns: &str, fleet: Fleet) -> Result<()> {
     }
     let started =
         json!(k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600));
+    let annotations: BTreeMap<String, String> =
+        ANNOTATIONS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let global = GlobalConfig::default();
     let creates = (0..fleet.services).flat_map(|s| (0..fleet.pods).map(move |p| (s, p))).map(|(s, p)| {
         let (pods, started) = (pods.clone(), started.clone());
+        let pod = fleet_pod(s, p, &annotations, &global);
         async move {
             let name = pod_name(s, p);
-            let pod: Pod = serde_json::from_value(json!({
-                // Labelled for the service and picked by its Deployment's selector: a service's pods are
-                // the labelled pods that its scale target's selector picks.
-                "metadata": {"name": name, "labels": {
-                    "ebb.dev/service": service_name(s), "bench.ebb.dev/template": service_name(s)}},
-                "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
-            }))?;
-            pods.create(&PostParams::default(), &pod).await?;
+            pods.create(&PostParams::default(), &serde_json::from_value::<Pod>(pod?)?).await?;
+            // As a kubelet reports a running pod of two ready containers.
+            let since = started.clone();
+            let condition = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": since});
+            let running = |container: &str| {
+                json!({"name": container, "ready": true, "started": true, "restartCount": 0,
+                       "image": "example.invalid/app:1", "imageID": "example.invalid/app@sha256:0",
+                       "containerID": "containerd://0", "state": {"running": {"startedAt": since}}})
+            };
+            let conditions = ["Initialized", "Ready", "ContainersReady", "PodScheduled"].map(condition);
             let status = json!({"status": {
                 "phase": "Running",
                 "podIP": fleet.address(s, p).to_string(),
+                "podIPs": [{"ip": fleet.address(s, p).to_string()}],
+                "hostIP": "10.255.0.1",
+                "qosClass": "Burstable",
                 "startTime": started,
-                "conditions": [{"type": "Ready", "status": "True"}],
+                "conditions": conditions,
+                "containerStatuses": [running("app"), running(SIDECAR)],
             }});
             pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
             anyhow::Ok(())
@@ -239,6 +251,28 @@ async fn create_fleet(admin: &Client, ns: &str, fleet: Fleet) -> Result<()> {
         result?;
     }
     Ok(())
+}
+
+/// Pod `p` of service `s` as the admission webhook lets it be created: labelled for the service and picked by
+/// its Deployment's selector, with the queue-proxy that the inject core makes of the service's annotations (so
+/// that the controller keeps what it keeps of a real pod, and finds no sidecar to warn about).
+fn fleet_pod(
+    s: usize,
+    p: usize,
+    annotations: &BTreeMap<String, String>,
+    global: &GlobalConfig,
+) -> Result<serde_json::Value> {
+    let service = service_name(s);
+    let pod = json!({
+        "metadata": {"name": pod_name(s, p), "labels": {
+            "ebb.dev/service": service, "bench.ebb.dev/template": service, "pod-template-hash": "5d8f7c9b64"}},
+        "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1",
+            "ports": [{"containerPort": 8080}], "resources": {"requests": {"cpu": "100m"}}}]},
+    });
+    let target = Service { name: &service, annotations, global };
+    let injected = inject_pod(&pod, &target, "example.invalid/ebb:1")
+        .map_err(|why| anyhow::anyhow!("cannot inject the bench's pod: {}", why.join("; ")))?;
+    Ok(injected.pod)
 }
 
 /// The engine's tick-duration histogram: cumulative counts by upper bound (seconds).
