@@ -30,11 +30,8 @@ pub fn blocked(pod: &WatchedPod) -> Option<Blocked> {
         let why = if why.is_empty() { "no node fits" } else { why };
         return Some(Blocked { kind: "unschedulable", message: format!("Unschedulable: {why}") });
     }
-    let containers =
-        status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
-    for c in containers {
-        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
-        let reason = waiting.reason.as_deref().unwrap_or_default();
+    for c in status.waiting_init_containers.iter().chain(&status.waiting_containers) {
+        let reason = c.reason.as_deref().unwrap_or_default();
         let kind = if IMAGE_PULL.contains(&reason) {
             "image_pull"
         } else if CRASH_LOOP.contains(&reason) {
@@ -42,8 +39,7 @@ pub fn blocked(pod: &WatchedPod) -> Option<Blocked> {
         } else {
             continue;
         };
-        let message =
-            format!("container {}: {reason}: {}", c.name, waiting.message.as_deref().unwrap_or_default());
+        let message = format!("container {}: {reason}: {}", c.name, c.message.as_deref().unwrap_or_default());
         return Some(Blocked { kind, message });
     }
     None

@@ -87,7 +87,7 @@ fn env<'a>(container: &'a WatchedContainer, name: &str) -> Env<'a> {
     // Kubernetes lets the last of duplicate names win.
     match container.env.iter().flatten().rfind(|e| e.name == name) {
         None => Env::Unset,
-        Some(e) if e.value_from.is_some() => Env::From,
+        Some(e) if e.value_from => Env::From,
         Some(e) => match e.value.as_deref() {
             None | Some("") => Env::Unset,
             Some(v) => Env::Literal(v),

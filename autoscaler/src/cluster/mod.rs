@@ -50,6 +50,7 @@ pub mod ingest;
 mod instance_gate;
 mod instance_pods;
 mod instances;
+mod intern;
 pub mod leader;
 mod members;
 pub mod metrics;

@@ -17,14 +17,14 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use ebb_config::ServiceId;
 use ebb_config::names::ANNOTATION_POD_DELETION_COST;
 use ebb_config::sidecar::env;
 use ebb_config::targets::INSTANCE_READY_GATE;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ContainerStateWaiting, ObjectReference, Pod, PodReadinessGate, Service};
+use k8s_openapi::api::core::v1::{ContainerStateWaiting, ObjectReference, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     FieldsV1, LabelSelector, ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
 };
@@ -36,6 +36,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
+use super::intern::Interner;
 use super::selector::Selector;
 
 /// kubectl's copy of the whole applied object, in an annotation.
@@ -267,28 +268,33 @@ pub struct WatchedPod {
     pub labels: KeyValues,
     /// Of its annotations, the deletion cost (the one the pass reads).
     pub annotations: KeyValues,
-    /// Its queue-proxy container (a model's pods carry others) and readiness gates.
-    pub spec: Option<WatchedPodSpec>,
+    /// Its queue-proxy container (a model's pods carry others) and readiness gates: one copy for all the pods
+    /// whose are equal (a Deployment's pods).
+    pub spec: Option<Arc<WatchedPodSpec>>,
     /// Its conditions, address, start time and containers' states.
     pub status: Option<WatchedPodStatus>,
 }
 
 impl From<PodWire> for WatchedPod {
-    fn from(Wire { mut metadata, mut spec, status, .. }: PodWire) -> Self {
+    fn from(Wire { mut metadata, spec, status, .. }: PodWire) -> Self {
         let (labels, annotations) = take_key_values(&mut metadata);
         let cost = annotations.get(ANNOTATION_POD_DELETION_COST).cloned();
         let annotations =
             KeyValues(cost.map(|c| (ANNOTATION_POD_DELETION_COST.to_owned(), c)).into_iter().collect());
-        if let Some(spec) = &mut spec {
+        let spec = spec.map(|mut spec| {
             spec.keep_only_queue_proxy();
-        }
+            POD_SPECS.share(spec)
+        });
         Self { meta: Meta::take(&mut metadata), labels, annotations, spec, status }
     }
 }
 
+/// The pod specs that pods hold, as far as they are kept: a Deployment's pods share one.
+static POD_SPECS: LazyLock<Interner<WatchedPodSpec>> = LazyLock::new(Interner::default);
+
 /// A pod spec (a pod's or a template's) as far as the sidecar checks read it: its containers (once kept, the
 /// queue-proxy alone), and the readiness gates, which tell a pod that waits for more than its own containers.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchedPodSpec {
     /// The regular containers.
@@ -297,11 +303,19 @@ pub struct WatchedPodSpec {
     /// The init containers, where a native sidecar lives.
     pub init_containers: Option<Vec<WatchedContainer>>,
     /// The readiness gates.
-    pub readiness_gates: Option<Vec<PodReadinessGate>>,
+    pub readiness_gates: Option<Vec<WatchedReadinessGate>>,
+}
+
+/// A readiness gate: the condition type the pod waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedReadinessGate {
+    /// The condition's type.
+    pub condition_type: String,
 }
 
 /// A container: its name and, once kept, only its `EBB_*` variables.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 pub struct WatchedContainer {
     /// Its name.
     #[serde(default)]
@@ -311,7 +325,7 @@ pub struct WatchedContainer {
 }
 
 /// An environment variable: its literal value, or whether it is set from elsewhere (`valueFrom`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchedEnvVar {
     /// Its name.
@@ -319,8 +333,9 @@ pub struct WatchedEnvVar {
     pub name: String,
     /// Its literal value.
     pub value: Option<String>,
-    /// Present when the value comes from a field, a ConfigMap or a Secret (not known here).
-    pub value_from: Option<IgnoredAny>,
+    /// Whether the value comes from a field, a ConfigMap or a Secret (not known here).
+    #[serde(default, deserialize_with = "present")]
+    pub value_from: bool,
 }
 
 /// A pod's status as far as the pass reads it.
@@ -335,10 +350,52 @@ pub struct WatchedPodStatus {
     pub pod_ip: Option<String>,
     /// When the kubelet started it.
     pub start_time: Option<Time>,
-    /// The containers' states.
-    pub container_statuses: Option<Vec<WatchedContainerStatus>>,
-    /// The init containers' states.
-    pub init_container_statuses: Option<Vec<WatchedContainerStatus>>,
+    /// The containers that wait, and why (of the containers' states, the one a stuck pod is told by).
+    #[serde(default, rename = "containerStatuses", deserialize_with = "waiting_only")]
+    pub waiting_containers: Vec<WaitingContainer>,
+    /// The init containers that wait, and why.
+    #[serde(default, rename = "initContainerStatuses", deserialize_with = "waiting_only")]
+    pub waiting_init_containers: Vec<WaitingContainer>,
+}
+
+/// A container that waits: its name, and the reason and message its kubelet gives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaitingContainer {
+    /// The container's name.
+    pub name: String,
+    /// Why it waits, in a word (`CrashLoopBackOff`).
+    pub reason: Option<String>,
+    /// Why, in a sentence.
+    pub message: Option<String>,
+}
+
+/// A container's status as the API writes it, read as far as whether it waits.
+#[derive(Deserialize)]
+struct ContainerStatus {
+    #[serde(default)]
+    name: String,
+    state: Option<ContainerState>,
+}
+
+/// A container's state: waiting, and why (running and terminated are read past).
+#[derive(Deserialize)]
+struct ContainerState {
+    waiting: Option<ContainerStateWaiting>,
+}
+
+/// The containers' statuses, kept for those that wait: a running pod keeps none.
+fn waiting_only<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<WaitingContainer>, D::Error> {
+    let statuses = Option::<Vec<ContainerStatus>>::deserialize(deserializer)?.unwrap_or_default();
+    let waiting = statuses.into_iter().filter_map(|c| {
+        let waiting = c.state?.waiting?;
+        Some(WaitingContainer { name: c.name, reason: waiting.reason, message: waiting.message })
+    });
+    Ok(waiting.collect())
+}
+
+/// Whether a value is there at all (whatever it is).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Option::<IgnoredAny>::deserialize(deserializer).map(|value| value.is_some())
 }
 
 /// A pod's conditions as far as the pass reads them: whether each of three is `True` (`None` where the pod
@@ -385,26 +442,6 @@ impl<'de> Deserialize<'de> for PodConditions {
         }
         Ok(kept)
     }
-}
-
-/// A container's status as far as a stuck pod is recognised: its name, readiness and why it waits.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct WatchedContainerStatus {
-    /// The container's name.
-    #[serde(default)]
-    pub name: String,
-    /// Whether it passes its readiness probe.
-    #[serde(default)]
-    pub ready: bool,
-    /// Its state, of which only waiting is kept.
-    pub state: Option<WatchedContainerState>,
-}
-
-/// A container's state: waiting, and why (running and terminated are not read).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct WatchedContainerState {
-    /// Why it waits.
-    pub waiting: Option<ContainerStateWaiting>,
 }
 
 /// A Deployment: its metadata, replicas, selector, ready replicas, and its pod template's annotations and
@@ -797,9 +834,8 @@ mod tests {
         assert_eq!(spec.containers.len(), 1, "the queue-proxy alone");
         let qp = &spec.containers[0];
         assert_eq!(qp.name, "queue-proxy");
-        let env: Vec<(&str, Option<&str>, bool)> = (qp.env.iter().flatten())
-            .map(|e| (e.name.as_str(), e.value.as_deref(), e.value_from.is_some()))
-            .collect();
+        let env: Vec<(&str, Option<&str>, bool)> =
+            (qp.env.iter().flatten()).map(|e| (e.name.as_str(), e.value.as_deref(), e.value_from)).collect();
         assert_eq!(
             env,
             [("EBB_UPSTREAM", Some("127.0.0.1:8080"), false), ("EBB_CONTAINER_CONCURRENCY", None, true)]
@@ -811,11 +847,8 @@ mod tests {
         assert!(status.start_time.is_some());
         let conditions = PodConditions { ready: Some(true), ..PodConditions::default() };
         assert_eq!(status.conditions, conditions, "the one it reports");
-        let model = &status.container_statuses.as_ref().unwrap()[0];
-        assert_eq!(
-            model.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(),
-            Some("CrashLoopBackOff")
-        );
+        let model = &status.waiting_containers[0];
+        assert_eq!((model.name.as_str(), model.reason.as_deref()), ("model", Some("CrashLoopBackOff")));
         assert!(crate::cluster::blocked::blocked(&WatchedPod { meta: Meta::default(), ..p }).is_some());
     }
 
@@ -846,6 +879,30 @@ mod tests {
             status(json!([{"type": "PodScheduled", "status": "False", "reason": "SchedulerError"}]));
         assert_eq!(waiting.unschedulable, None, "only the scheduler's verdict that nothing fits");
         assert_eq!(status(json!(null)), PodConditions::default(), "the API writes an empty list as null");
+    }
+
+    #[test]
+    fn the_pods_of_one_template_share_one_kept_spec_and_running_containers_keep_nothing() {
+        let pod = |name: &str, upstream: &str| -> WatchedPod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"containers": [{"name": "model", "image": "m:1"},
+                    {"name": "queue-proxy", "env": [{"name": "EBB_UPSTREAM", "value": upstream}]}]},
+                "status": {"containerStatuses": [
+                    {"name": "model", "ready": true, "state": {"running": {"startedAt": "2026-12-05T10:00:00Z"}}},
+                    {"name": "queue-proxy", "ready": true, "state": {"running": {}}}]},
+            }))
+            .unwrap()
+        };
+        let (a, b, other) =
+            (pod("a", "127.0.0.1:8080"), pod("b", "127.0.0.1:8080"), pod("c", "127.0.0.1:9000"));
+        assert!(Arc::ptr_eq(a.spec.as_ref().unwrap(), b.spec.as_ref().unwrap()), "one copy for both");
+        assert!(!Arc::ptr_eq(a.spec.as_ref().unwrap(), other.spec.as_ref().unwrap()));
+        assert_eq!(
+            other.queue_proxy().unwrap().env.as_ref().unwrap()[0].value.as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert!(a.status.as_ref().unwrap().waiting_containers.is_empty(), "nothing waits");
     }
 
     #[test]
