@@ -158,8 +158,11 @@ fn wanted(ctx: &PathContext<'_>, status: &ServiceStatus, pods: &[Arc<WatchedPod>
         ips.sort();
         (ips, options.activator_port)
     } else {
-        let mut ips: Vec<String> =
-            pods.iter().filter(|p| is_ready(p)).filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
+        let mut ips: Vec<String> = pods
+            .iter()
+            .filter(|p| is_ready(p))
+            .filter_map(|p| Some(p.status.as_ref()?.pod_ip?.to_string()))
+            .collect();
         ips.sort();
         ips.dedup();
         (ips, options.pod_data_port)

@@ -108,9 +108,9 @@ mod tests {
         let mut pod = WatchedPod::default();
         pod.meta.namespace = namespace.into();
         pod.meta.name = name.into();
-        pod.labels =
-            std::collections::BTreeMap::from_iter(service.map(|s| (LABEL_SERVICE.to_owned(), s.to_owned())))
-                .into();
+        let labels =
+            std::collections::BTreeMap::from_iter(service.map(|s| (LABEL_SERVICE.to_owned(), s.to_owned())));
+        pod.labels = Arc::new(labels.into());
         pod
     }
 

@@ -26,7 +26,7 @@ pub(crate) fn has_instance_gate(pod: &WatchedPod) -> bool {
 /// The engine's view of a pod.
 pub(crate) fn target(pod: &WatchedPod, stats_port: u16) -> PodTarget {
     let status = pod.status.as_ref();
-    let ip: Option<IpAddr> = status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
+    let ip: Option<IpAddr> = status.and_then(|s| s.pod_ip);
     let age = status
         .and_then(|s| s.start_time.as_ref())
         .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t.0)).ok())

@@ -305,7 +305,7 @@ impl Reconciler {
             .state()
             .iter()
             .filter(|p| is_ready(p))
-            .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+            .filter_map(|p| p.status.as_ref()?.pod_ip)
             .collect();
         ready.sort();
         ready

@@ -247,7 +247,7 @@ async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<Watc
     let scraper = Scraper::new(Duration::from_millis(300));
     let loads: Vec<(Arc<WatchedPod>, Option<f64>)> =
         futures::future::join_all(pods.iter().filter(|p| is_ready(p)).map(async |pod| {
-            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip);
             let load = match ip {
                 Some(ip) => scraper
                     .scrape(std::net::SocketAddr::new(ip, context.options.pod_stats_port))

@@ -96,14 +96,47 @@ struct Entry {
     pods: Vec<PodTarget>,
     /// The latest stat of each activator since the last collection.
     activator_stats: HashMap<String, PodStat>,
-    /// The last decision logged at info level's content, to log repeats at debug level.
-    last_logged: Option<DecisionRecord>,
+    /// What the last decision said, to log repeats at debug level.
+    last_logged: Option<LastDecision>,
     /// When the first stat showing load arrived while the service was at zero, until it is scaled up.
     cold_since: Option<Instant>,
     /// The time of the last collection, which stamped its second of load.
     collected_at: Option<Timestamp>,
     /// Its metric series.
     series: ServiceSeries,
+}
+
+/// What the engine keeps of a service's last decision: whether the next one repeats it, and whether the
+/// status series or the phase moved, are told from this (a whole record is 248 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LastDecision {
+    desired: u32,
+    ready: u32,
+    mode: &'static str,
+    phase: &'static str,
+    panic: bool,
+    decider_kind: &'static str,
+    policy_kind: &'static str,
+}
+
+impl LastDecision {
+    fn of(record: &DecisionRecord) -> Self {
+        Self {
+            desired: record.desired,
+            ready: record.ready,
+            mode: record.mode,
+            phase: record.phase,
+            panic: record.panic,
+            decider_kind: record.decider_kind,
+            policy_kind: record.policy_kind,
+        }
+    }
+
+    /// Whether `next` changes nothing worth an info line: the same replicas, mode, phase, ready pods and
+    /// reason kinds (the panic flag aside).
+    fn repeated_by(&self, next: &Self) -> bool {
+        Self { panic: next.panic, ..*self } == *next
+    }
 }
 
 impl Entry {
@@ -284,18 +317,11 @@ impl Autoscaler {
         let fmt_obs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
         // Every decision is logged; those that change nothing (same replicas, mode, phase and reason kind as
         // the last one) at debug level, so an idle service does not fill the terminal.
-        let same = entry.last_logged.as_ref().is_some_and(|last: &DecisionRecord| {
-            last.desired == record.desired
-                && last.mode == record.mode
-                && last.phase == record.phase
-                && last.ready == record.ready
-                && last.decider_kind == record.decider_kind
-                && last.policy_kind == record.policy_kind
-        });
-        let level_info = !same;
+        let this = LastDecision::of(&record);
+        let level_info = !entry.last_logged.is_some_and(|last| last.repeated_by(&this));
         let moved =
             entry.last_logged.as_ref().is_none_or(|l| l.phase != record.phase || l.panic != record.panic);
-        entry.last_logged = Some(record.clone());
+        entry.last_logged = Some(this);
         macro_rules! log_decision {
             ($level:ident) => {
                 tracing::$level!(
@@ -577,6 +603,31 @@ mod tests {
         autoscaler.remove_service(&id);
         let page = autoscaler.encode_metrics();
         assert_eq!(series(&page, "ebb_autoscaler_decisions_total{"), [] as [String; 0]);
+    }
+
+    #[test]
+    fn a_decision_repeats_the_last_whatever_its_panic_flag_and_not_when_anything_else_moves() {
+        let last = LastDecision {
+            desired: 2,
+            ready: 2,
+            mode: "serve",
+            phase: "active",
+            panic: false,
+            decider_kind: "load",
+            policy_kind: "desired",
+        };
+        assert!(last.repeated_by(&last));
+        assert!(last.repeated_by(&LastDecision { panic: true, ..last }));
+        for moved in [
+            LastDecision { desired: 3, ..last },
+            LastDecision { ready: 1, ..last },
+            LastDecision { mode: "proxy", ..last },
+            LastDecision { phase: "idle", ..last },
+            LastDecision { decider_kind: "zero", ..last },
+            LastDecision { policy_kind: "held", ..last },
+        ] {
+            assert!(!last.repeated_by(&moved), "{moved:?}");
+        }
     }
 
     #[test]
