@@ -39,6 +39,8 @@ impl Index {
     }
 
     fn insert(&mut self, name: Name, id: ServiceId) {
+        // One copy of the service's id for all its pods.
+        let id = self.by_service.get_key_value(&id).map_or(id, |(shared, _)| shared.clone());
         let names = self.by_service.entry(id.clone()).or_default();
         if let Err(at) = names.binary_search(&name) {
             names.insert(at, name.clone());

@@ -10,10 +10,11 @@
 //! service) was a large part of a tick at 10,000 services. The label sets share the service id's strings.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ebb_config::ServiceId;
+use ebb_process::sync::Locked;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -284,7 +285,7 @@ impl Metrics {
 }
 
 /// One service's series, as [`Metrics::add_service`] created them (each a handle on the registered one).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServiceSeries {
     desired: Gauge,
     ready: Gauge,
@@ -302,31 +303,38 @@ pub struct ServiceSeries {
     labels: ServiceLabels,
 }
 
-/// A service's counters by reason kind, each made at its first count.
-#[derive(Debug, Clone)]
+/// A service's counters by reason kind, each made at its first count. A service meets a few of the kinds, so
+/// the made ones are a short list (a slot per kind was 384 bytes a service, most of them never filled).
+#[derive(Debug)]
 struct KindCounters<const N: usize> {
     family: Family<KindLabels, Counter>,
     kinds: &'static [&'static str; N],
-    made: [OnceLock<Counter>; N],
+    /// The counters made, by their kind's index.
+    made: Mutex<Vec<(u8, Counter)>>,
 }
 
 impl<const N: usize> KindCounters<N> {
     fn new(family: &Family<KindLabels, Counter>, kinds: &'static [&'static str; N]) -> Self {
-        Self { family: family.clone(), kinds, made: std::array::from_fn(|_| OnceLock::new()) }
+        const { assert!(N <= u8::MAX as usize) };
+        Self { family: family.clone(), kinds, made: Mutex::default() }
     }
 
     /// Counts one decision of `kind` (one of the kinds named at creation; another is not counted).
     fn count(&self, service: &ServiceLabels, kind: &str) {
         let Some(i) = self.kinds.iter().position(|k| *k == kind) else { return };
-        let counter = self.made[i].get_or_init(|| {
-            let labels = KindLabels {
-                namespace: service.namespace.clone(),
-                service: service.service.clone(),
-                kind: self.kinds[i],
-            };
-            self.family.get_or_create_owned(&labels)
-        });
+        let mut made = self.made.locked();
+        if let Some((_, counter)) = made.iter().find(|(k, _)| usize::from(*k) == i) {
+            counter.inc();
+            return;
+        }
+        let labels = KindLabels {
+            namespace: service.namespace.clone(),
+            service: service.service.clone(),
+            kind: self.kinds[i],
+        };
+        let counter = self.family.get_or_create_owned(&labels);
         counter.inc();
+        made.push((i as u8, counter));
     }
 }
 
