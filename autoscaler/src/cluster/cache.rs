@@ -157,7 +157,7 @@ mod tests {
     }
 
     fn mode(cache: &Cache<WatchedService>, namespace: &str, name: &str) -> Option<String> {
-        cache.get(namespace, name).and_then(|s| s.annotations().get("status.ebb.dev/mode").cloned())
+        cache.get(namespace, name).and_then(|s| s.annotations().get("status.ebb.dev/mode").map(str::to_owned))
     }
 
     #[test]
@@ -175,7 +175,7 @@ mod tests {
         // A deletion hands over the object as the cache had it.
         let change = writer.apply(Event::Delete(service("m", "chat", "")));
         let Some(Change::Deleted(gone)) = change else { panic!("{change:?}") };
-        assert_eq!(gone.annotations().get("status.ebb.dev/mode").map(String::as_str), Some("serve"));
+        assert_eq!(gone.annotations().get("status.ebb.dev/mode"), Some("serve"));
         assert_eq!(cache.get("m", "chat").map(|s| s.name().to_owned()), None);
         // One the cache never had is reported as the deletion read it.
         let change = writer.apply(Event::Delete(service("m", "never", "x")));

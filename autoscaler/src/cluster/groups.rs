@@ -162,7 +162,7 @@ pub(crate) async fn write_notes(context: &Context, signals: &Signals, groups: &G
             continue;
         }
         let current = deployment.annotations().get(STATUS_GROUP);
-        if current == note.as_ref() {
+        if current == note.as_deref() {
             continue;
         }
         let (namespace, name) = (deployment.namespace(), deployment.name());

@@ -23,7 +23,7 @@ fn touch(label: &str) -> impl FnMut(&Signals, &Change<WatchedPod>, &Cache<Watche
     move |signals, change, _| match change {
         Change::Applied(pod) | Change::Deleted(pod) => {
             if let Some(name) = pod.labels().get(&label) {
-                signals.touch(ServiceId::new(pod.meta.namespace.clone(), name.as_str()));
+                signals.touch(ServiceId::new(pod.meta.namespace.clone(), name));
             }
         }
         Change::Relisted => signals.touch_all(),
@@ -88,7 +88,7 @@ impl InstancePods {
     pub fn by_target(&self, label: &str) -> ByTarget {
         let mut found = ByTarget::new();
         for pod in self.watches.get(label).into_iter().flat_map(|w| &w.caches).flat_map(Cache::state) {
-            let Some(value) = pod.labels().get(label).cloned() else { continue };
+            let Some(value) = pod.labels().get(label).map(str::to_owned) else { continue };
             found.entry((pod.namespace().to_owned(), value)).or_default().push(pod);
         }
         found

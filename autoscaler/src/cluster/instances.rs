@@ -47,13 +47,13 @@ impl InstanceView {
         let mut instances: HashMap<&str, BTreeMap<String, &WatchedPod>> = HashMap::new();
         for pod in members.iter().chain(entries).filter(|p| p.meta.deleting.is_none()) {
             if let Some(instance) = pod.labels().get(&shape.instance_label) {
-                instances.entry(instance.as_str()).or_default().insert(pod.name().to_owned(), pod);
+                instances.entry(instance).or_default().insert(pod.name().to_owned(), pod);
             }
         }
         let whole = entries
             .iter()
             .map(|entry| {
-                let pods = entry.labels().get(&shape.instance_label).and_then(|i| instances.get(i.as_str()));
+                let pods = entry.labels().get(&shape.instance_label).and_then(|i| instances.get(i));
                 let whole = synced
                     && pods.is_some_and(|pods| {
                         let enough = size.as_ref().map_or(true, |&size| pods.len() >= size as usize);

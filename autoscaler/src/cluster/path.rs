@@ -208,7 +208,7 @@ pub(crate) async fn reconcile(
         }
         Some(service) => service,
     };
-    if service.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_EBB) {
+    if service.labels().get(LABEL_MANAGED_BY) != Some(MANAGED_BY_EBB) {
         if !state.path.foreign {
             state.path.foreign = true;
             context.events.warning(
@@ -234,7 +234,7 @@ pub(crate) async fn reconcile(
     for (key, since_key, value) in
         [(STATUS_MODE, STATUS_MODE_SINCE, status.mode), (STATUS_PHASE, STATUS_PHASE_SINCE, status.phase)]
     {
-        if service.annotations().get(key).map(String::as_str) != Some(value) {
+        if service.annotations().get(key) != Some(value) {
             changes.insert(key.to_owned(), json!(value));
             changes.insert(since_key.to_owned(), json!(now));
         }
@@ -242,17 +242,17 @@ pub(crate) async fn reconcile(
     // A target of another kind: its settings for the activator, kept equal to the target's.
     let mut labels = serde_json::Map::new();
     if let Some((kind, wanted)) = target.published_settings() {
-        if service.labels().get(LABEL_TARGET_KIND) != Some(&kind) {
+        if service.labels().get(LABEL_TARGET_KIND) != Some(kind.as_str()) {
             labels.insert(LABEL_TARGET_KIND.to_owned(), json!(kind));
         }
         for (key, value) in &wanted {
-            if service.annotations().get(key) != Some(value) {
+            if service.annotations().get(key) != Some(value.as_str()) {
                 changes.insert(key.clone(), json!(value));
             }
         }
         for key in service.annotations().keys() {
             if keys::lookup(ANNOTATION_KEYS, key).is_some() && !wanted.contains_key(key) {
-                changes.insert(key.clone(), Value::Null);
+                changes.insert(key.to_owned(), Value::Null);
             }
         }
     }

@@ -56,7 +56,7 @@ pub(crate) struct PodIndex(Mutex<Index>);
 /// The service `pod` is labelled with.
 fn service_of(pod: &WatchedPod) -> Option<ServiceId> {
     let service = pod.labels().get(LABEL_SERVICE)?;
-    Some(ServiceId::new(pod.meta.namespace.clone(), service.as_str()))
+    Some(ServiceId::new(pod.meta.namespace.clone(), service))
 }
 
 impl PodIndex {

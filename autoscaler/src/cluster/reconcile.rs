@@ -747,7 +747,7 @@ fn resume(context: &Context, stores: &Stores, autoscaler: &Autoscaler, id: &Serv
         return;
     }
     let Some(service) = stores.service(&id.namespace, &id.name) else { return };
-    if service.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_EBB) {
+    if service.labels().get(LABEL_MANAGED_BY) != Some(MANAGED_BY_EBB) {
         return;
     }
     let Some(resumed) = path::resumed(&service.annotations().to_map(), Timestamp::now()) else { return };

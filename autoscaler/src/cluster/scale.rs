@@ -260,7 +260,7 @@ async fn mark_deletion_costs(context: &Context, id: &ServiceId, pods: &[Arc<Watc
         }))
         .await;
     let changes = deletion_cost::changes(loads.iter().map(|(p, load)| {
-        let current = p.annotations().get(ANNOTATION_POD_DELETION_COST).map(String::as_str);
+        let current = p.annotations().get(ANNOTATION_POD_DELETION_COST);
         (p.name(), current, *load)
     }));
     let api: Api<PodWire> = Api::namespaced(context.client.clone(), &id.namespace);

@@ -55,12 +55,12 @@ impl Selector {
     }
 
     /// Whether the labels that `label` looks up satisfy every requirement.
-    pub fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a String>) -> bool {
+    pub fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|r| match r {
-            Requirement::Equals(k, v) => label(k) == Some(v),
-            Requirement::NotEquals(k, v) => label(k) != Some(v),
-            Requirement::In(k, vs) => label(k).is_some_and(|l| vs.contains(l)),
-            Requirement::NotIn(k, vs) => label(k).is_none_or(|l| !vs.contains(l)),
+            Requirement::Equals(k, v) => label(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => label(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => label(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => label(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
             Requirement::Exists(k) => label(k).is_some(),
             Requirement::Absent(k) => label(k).is_none(),
         })
@@ -118,7 +118,7 @@ mod tests {
     fn matches(selector: &Selector, pairs: &[(&str, &str)]) -> bool {
         let labels: BTreeMap<String, String> =
             pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        selector.matches(|key| labels.get(key))
+        selector.matches(|key| labels.get(key).map(String::as_str))
     }
 
     #[test]

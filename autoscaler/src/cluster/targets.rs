@@ -253,7 +253,7 @@ mod tests {
         let t = Target::from_deployment(&d);
         assert_eq!(t.scale.replicas, 2);
         let app = BTreeMap::from([("app".to_owned(), "chat".to_owned())]);
-        assert!(t.scale.selector.as_ref().unwrap().matches(|k| app.get(k)));
+        assert!(t.scale.selector.as_ref().unwrap().matches(|k| app.get(k).map(String::as_str)));
         assert_eq!(t.labels().get("ebb.dev/service").map(String::as_str), Some("chat"), "labels kept apart");
         assert_eq!(t.reference().kind.as_deref(), Some("Deployment"));
         assert_eq!(t.owner_reference().unwrap().api_version, "apps/v1");

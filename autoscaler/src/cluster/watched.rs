@@ -10,8 +10,10 @@
 //! [`Cached`] form, made from the wire form: the metadata shrinks to [`Meta`] (name, namespace, uid and the
 //! creation and deletion times), labels and annotations become sorted pairs ([`KeyValues`]), a Deployment's
 //! managed fields the list of who wrote `spec.replicas`, and what the pass never reads goes (owners,
-//! finalizers, every container but the queue-proxy, kubectl's copy of the object). Each kept type also reads
-//! straight from JSON the same way, as a test or a tool would.
+//! finalizers, every container but the queue-proxy, kubectl's copy of the object, of a pod's conditions all but
+//! three flags, of its containers' states all but the waiting ones). A pod's kept spec and labels are shared
+//! with every pod whose are equal (the pods of a Deployment carry the same queue-proxy). Each kept type also
+//! reads straight from JSON the same way, as a test or a tool would.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -104,11 +106,6 @@ impl Meta {
     /// EndpointSlice).
     pub fn service_id(&self) -> ServiceId {
         ServiceId { namespace: self.namespace.clone(), name: self.name.clone() }
-    }
-
-    /// Whether it is terminating.
-    pub fn is_deleting(&self) -> bool {
-        self.deleting.is_some()
     }
 
     /// The reference that Events about the object carry, `Kind` being its kind.
@@ -215,32 +212,68 @@ where
     }
 }
 
-/// Labels or annotations as the caches keep them: the pairs sorted by key in one allocation. A `BTreeMap`
-/// allocates a node of 544 bytes for even one pair, and every pod, Deployment and Service has two maps.
+/// Labels or annotations as the caches keep them: the pairs sorted by key, their text in one string and where
+/// each key and value ends in another allocation. A `BTreeMap` allocates a node of 544 bytes for even one
+/// pair, and a list of string pairs two allocations a pair; every Deployment and Service has two such maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct KeyValues(Box<[(String, String)]>);
+pub struct KeyValues {
+    /// The keys and values one after the other.
+    text: Box<str>,
+    /// For each pair, where its key ends and where its value ends in `text`.
+    ends: Box<[(u32, u32)]>,
+}
 
 impl KeyValues {
+    /// The `i`th pair.
+    fn pair(&self, i: usize) -> (&str, &str) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1].1 as usize };
+        let (key_end, end) = (self.ends[i].0 as usize, self.ends[i].1 as usize);
+        (&self.text[start..key_end], &self.text[key_end..end])
+    }
+
+    /// The pairs, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        (0..self.ends.len()).map(|i| self.pair(i))
+    }
+
     /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&String> {
-        let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
-        Some(&self.0[i].1)
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let (mut low, mut high) = (0, self.ends.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            let (k, v) = self.pair(middle);
+            match k.cmp(key) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return Some(v),
+            }
+        }
+        None
     }
 
     /// The keys, in order.
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(k, _)| k)
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(k, _)| k)
     }
 
     /// The pairs as a map (for what needs one: a target's metadata, a configuration to resolve).
     pub fn to_map(&self) -> BTreeMap<String, String> {
-        self.0.iter().cloned().collect()
+        self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
     }
 }
 
 impl From<BTreeMap<String, String>> for KeyValues {
     fn from(map: BTreeMap<String, String>) -> Self {
-        Self(map.into_iter().collect())
+        let mut text = String::with_capacity(map.iter().map(|(k, v)| k.len() + v.len()).sum());
+        let mut ends = Vec::with_capacity(map.len());
+        for (k, v) in &map {
+            text.push_str(k);
+            let key_end = text.len();
+            text.push_str(v);
+            // An object of the API is far below 4 GiB (etcd takes at most 1.5 MiB).
+            ends.push((key_end as u32, text.len() as u32));
+        }
+        Self { text: text.into_boxed_str(), ends: ends.into_boxed_slice() }
     }
 }
 
@@ -279,9 +312,9 @@ pub struct WatchedPod {
 impl From<PodWire> for WatchedPod {
     fn from(Wire { mut metadata, spec, status, .. }: PodWire) -> Self {
         let (labels, annotations) = take_key_values(&mut metadata);
-        let cost = annotations.get(ANNOTATION_POD_DELETION_COST).cloned();
+        let cost = annotations.get(ANNOTATION_POD_DELETION_COST).map(str::to_owned);
         let annotations =
-            KeyValues(cost.map(|c| (ANNOTATION_POD_DELETION_COST.to_owned(), c)).into_iter().collect());
+            BTreeMap::from_iter(cost.map(|c| (ANNOTATION_POD_DELETION_COST.to_owned(), c))).into();
         let spec = spec.map(|mut spec| {
             spec.keep_only_queue_proxy();
             POD_SPECS.share(spec)
@@ -838,11 +871,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!((p.name(), p.namespace(), p.meta.uid.as_deref()), ("p", "m", Some("u1")));
-        assert_eq!(p.labels().get("ebb.dev/service").map(String::as_str), Some("chat"));
+        assert_eq!(p.labels().get("ebb.dev/service"), Some("chat"));
         let cost =
             BTreeMap::from([("controller.kubernetes.io/pod-deletion-cost".to_owned(), "3".to_owned())]);
         assert_eq!(p.annotations().to_map(), cost, "the deletion cost alone");
-        assert!(p.meta.is_deleting() && p.meta.created.is_none());
+        assert!(p.meta.deleting.is_some() && p.meta.created.is_none());
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.containers.len(), 1, "the queue-proxy alone");
         let qp = &spec.containers[0];
@@ -863,6 +896,27 @@ mod tests {
         let model = &status.waiting_containers[0];
         assert_eq!((model.name.as_str(), model.reason.as_deref()), ("model", Some("CrashLoopBackOff")));
         assert!(crate::cluster::blocked::blocked(&WatchedPod { meta: Meta::default(), ..p }).is_some());
+    }
+
+    #[test]
+    fn key_values_find_every_key_and_no_other() {
+        let map = BTreeMap::from([
+            ("a".to_owned(), "1".to_owned()),
+            ("ab".to_owned(), String::new()),
+            ("ebb.dev/target".to_owned(), "5".to_owned()),
+            ("z".to_owned(), "last".to_owned()),
+        ]);
+        let kept = KeyValues::from(map.clone());
+        for (k, v) in &map {
+            assert_eq!(kept.get(k), Some(v.as_str()), "{k}");
+        }
+        for absent in ["", "aa", "b", "ebb.dev", "zz"] {
+            assert_eq!(kept.get(absent), None, "{absent}");
+        }
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["a", "ab", "ebb.dev/target", "z"]);
+        assert_eq!(kept.to_map(), map);
+        let empty = KeyValues::default();
+        assert_eq!((empty.get("a"), empty.iter().count()), (None, 0));
     }
 
     #[test]
@@ -953,7 +1007,7 @@ mod tests {
         .unwrap();
         let target = BTreeMap::from([("ebb.dev/target".to_owned(), "5".to_owned())]);
         assert_eq!(d.annotations().to_map(), target, "no kubectl copy");
-        assert_eq!(d.annotations().get("ebb.dev/target").map(String::as_str), Some("5"));
+        assert_eq!(d.annotations().get("ebb.dev/target"), Some("5"));
         assert_eq!(d.annotations().get("ebb.dev/window"), None);
         assert_eq!(d.name(), "chat");
         let at = "2026-12-03T12:00:09Z".parse().ok();
@@ -961,7 +1015,9 @@ mod tests {
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(2));
         let chat = BTreeMap::from([("app".to_owned(), "chat".to_owned())]);
-        assert!(spec.selector.matches(|k| chat.get(k)) && !spec.selector.matches(|_| None));
+        assert!(
+            spec.selector.matches(|k| chat.get(k).map(String::as_str)) && !spec.selector.matches(|_| None)
+        );
         let template = &spec.template;
         assert_eq!(template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["ebb.dev/target"], "3");
         assert!(template.spec.as_ref().unwrap().containers.is_empty(), "no queue-proxy to keep");
@@ -977,7 +1033,7 @@ mod tests {
             "status": {"loadBalancer": {}},
         }))
         .unwrap();
-        assert_eq!(svc.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("ebb"));
+        assert_eq!(svc.labels().get("app.kubernetes.io/managed-by"), Some("ebb"));
         let mode = BTreeMap::from([("status.ebb.dev/mode".to_owned(), "proxy".to_owned())]);
         assert_eq!(svc.annotations().to_map(), mode, "no kubectl copy");
     }

@@ -98,7 +98,7 @@ impl Admission {
         {
             let deployment = self.deployment_of(namespace, pod).await?;
             let name = deployment.name().to_owned();
-            let label = deployment.labels().get(LABEL_SERVICE).cloned().unwrap_or_default();
+            let label = deployment.labels().get(LABEL_SERVICE).map(str::to_owned).unwrap_or_default();
             if label != name {
                 return Err(warn(format!(
                     "Deployment {namespace}/{name}: label {LABEL_SERVICE}={label:?} must equal its name; ebb leaves \
