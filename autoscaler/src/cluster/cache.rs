@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use ebb_process::sync::ReadWrite;
+use kube::Resource;
 use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 
@@ -98,9 +99,12 @@ impl<K: Cached> Writer<K> {
                 Some(Change::Applied(insert(&mut self.objects.write_locked(), kept)))
             }
             Event::Delete(wire) => {
-                let gone = K::from(wire);
-                let removed = remove(&mut self.objects.write_locked(), &gone);
-                Some(Change::Deleted(removed.unwrap_or_else(|| Arc::new(gone))))
+                // Found by the wire form's name: made into the kept form only if the cache never had it.
+                let meta = wire.meta();
+                let (namespace, name) =
+                    (meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default());
+                let removed = remove(&mut self.objects.write_locked(), namespace, name);
+                Some(Change::Deleted(removed.unwrap_or_else(|| Arc::new(K::from(wire)))))
             }
             Event::Init => {
                 self.relist = Some(Objects::default());
@@ -132,15 +136,24 @@ fn insert<K: Cached>(objects: &mut Objects<K>, mut kept: K) -> Arc<K> {
     kept
 }
 
-/// Takes out the object filed under `gone`'s namespace and name.
-fn remove<K: Cached>(objects: &mut Objects<K>, gone: &K) -> Option<Arc<K>> {
-    let meta = gone.meta();
-    let names = objects.get_mut(&*meta.namespace)?;
-    let removed = names.remove(&*meta.name);
+/// Takes out the object `namespace/name`.
+fn remove<K>(objects: &mut Objects<K>, namespace: &str, name: &str) -> Option<Arc<K>> {
+    let names = objects.get_mut(namespace)?;
+    let removed = names.remove(name);
     if names.is_empty() {
-        objects.remove(&*meta.namespace);
+        objects.remove(namespace);
     }
     removed
+}
+
+/// Whether every one of `caches` has listed once, waiting for those that have not.
+pub(crate) async fn all_ready<K: Cached>(caches: &[Cache<K>]) -> bool {
+    for cache in caches {
+        if !cache.ready().await {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

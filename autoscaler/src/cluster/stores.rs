@@ -18,7 +18,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, Resource};
 use tokio::task::JoinHandle;
 
-use super::cache::{Cache, Change, cache};
+use super::cache::{Cache, Change, all_ready, cache};
 use super::health::ApiHealth;
 use super::pod_index::PodIndex;
 use super::slices::slice_selector;
@@ -182,16 +182,6 @@ impl Stores {
     pub fn config_map(&self, namespace: &str) -> Option<Arc<Whole<ConfigMap>>> {
         self.config.get(namespace, CONFIG_MAP_NAME)
     }
-}
-
-/// Whether every one of `caches` has listed once.
-async fn all_ready<K: Cached>(caches: &[Cache<K>]) -> bool {
-    for cache in caches {
-        if !cache.ready().await {
-            return false;
-        }
-    }
-    true
 }
 
 /// `K`'s API in `namespace` (`None`: every namespace).

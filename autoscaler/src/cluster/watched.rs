@@ -311,8 +311,8 @@ pub struct WatchedPod {
 
 impl From<PodWire> for WatchedPod {
     fn from(Wire { mut metadata, spec, status, .. }: PodWire) -> Self {
-        let (labels, annotations) = take_key_values(&mut metadata);
-        let cost = annotations.get(ANNOTATION_POD_DELETION_COST).map(str::to_owned);
+        let labels = KeyValues::from(metadata.labels.take().unwrap_or_default());
+        let cost = metadata.annotations.take().and_then(|mut all| all.remove(ANNOTATION_POD_DELETION_COST));
         let annotations =
             BTreeMap::from_iter(cost.map(|c| (ANNOTATION_POD_DELETION_COST.to_owned(), c))).into();
         let spec = spec.map(|mut spec| {
@@ -896,6 +896,17 @@ mod tests {
         let model = &status.waiting_containers[0];
         assert_eq!((model.name.as_str(), model.reason.as_deref()), ("model", Some("CrashLoopBackOff")));
         assert!(crate::cluster::blocked::blocked(&WatchedPod { meta: Meta::default(), ..p }).is_some());
+    }
+
+    #[test]
+    fn an_address_that_does_not_parse_is_none_and_the_pod_still_reads() {
+        let read = |ip: serde_json::Value| {
+            serde_json::from_value::<WatchedPodStatus>(json!({"podIP": ip})).unwrap().pod_ip
+        };
+        assert_eq!(read(json!("fd00::1")), Some("fd00::1".parse().unwrap()));
+        assert_eq!(read(json!("10.0.0.300")), None);
+        assert_eq!(read(json!("")), None);
+        assert_eq!(read(json!(null)), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use ebb_inject::{Service, add_instance_gate, inject_pod};
 use serde_json::Value;
 
 use super::review::{Request, Verdict, controller, has_sidecar, json_patch};
-use crate::cluster::cache::Cache;
+use crate::cluster::cache::{Cache, all_ready};
 use crate::cluster::state::{GlobalInForce, OtherTargets};
 use crate::cluster::watched::{Cached, WatchedDeployment, WatchedReplicaSet};
 
@@ -183,19 +183,7 @@ impl Admission {
 impl Admission {
     /// Whether every cache the decision reads has listed once, waiting up to [`CACHE_WAIT`].
     async fn synced(&self) -> bool {
-        let all = async {
-            for cache in &self.deployments {
-                if !cache.ready().await {
-                    return false;
-                }
-            }
-            for cache in &self.replicasets {
-                if !cache.ready().await {
-                    return false;
-                }
-            }
-            true
-        };
+        let all = async { all_ready(&self.deployments).await && all_ready(&self.replicasets).await };
         matches!(tokio::time::timeout(CACHE_WAIT, all).await, Ok(true))
     }
 }
